@@ -1,0 +1,44 @@
+use std::fmt;
+
+/// Why a file could not be turned into ONNX.
+///
+/// Every variant is something the user can act on, so each message says what was wrong and,
+/// where there is one, what to do instead. The file name is added by [`ImportError`].
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Problem {
+    #[error("not a CNTK v2 model ({0})")]
+    NotCntk(String),
+    #[error(
+        "this is a CNTK v1 (BrainScript) model; only models saved by CNTK 2.x (`Function.save`) can be imported"
+    )]
+    CntkV1,
+    #[error("this is already an ONNX model; stage it as it is, no conversion needed")]
+    AlreadyOnnx,
+    #[error("malformed CNTK model: {0}")]
+    Malformed(String),
+    #[error(
+        "operation {op} (uid {uid}) is not supported by the importer; supported: {supported}"
+    )]
+    UnsupportedOp { op: String, uid: String, supported: &'static str },
+    #[error("{op} (uid {uid}) uses {what}, which the importer does not support")]
+    UnsupportedUse { op: String, uid: String, what: String },
+}
+
+/// A failed import: the [`Problem`] and the file it was found in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImportError {
+    pub file: String,
+    pub problem: Problem,
+}
+
+impl fmt::Display for ImportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.file, self.problem)
+    }
+}
+
+impl std::error::Error for ImportError {}
+
+pub(crate) fn malformed(what: impl Into<String>) -> Problem {
+    Problem::Malformed(what.into())
+}

@@ -1,0 +1,230 @@
+//! A CNTK v2 model read out of its `Dictionary` into typed variables and functions.
+//!
+//! The saved form of a CNTK `CompositeFunction` is: `inputs` (every variable: inputs,
+//! parameters, constants, placeholders), `primitive_functions` (every function, including the
+//! ones inside block functions, flattened), and `root` (the uid of the function whose outputs
+//! are the model's outputs). A function's output variables are not saved; they are named
+//! `<function uid>_Output_<index>`.
+
+use std::collections::HashMap;
+
+use crate::error::{Problem, malformed};
+use crate::proto::cntk::{ArrayValues, Dictionary, DictionaryValue, NdArrayView, Value};
+
+/// `CNTK::VariableKind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VariableKind {
+    Input,
+    Output,
+    Parameter,
+    Constant,
+    Placeholder,
+}
+
+#[derive(Debug)]
+pub struct Variable {
+    pub uid: String,
+    pub kind: VariableKind,
+    /// Static shape in CNTK's order: column-major, fastest-varying axis first.
+    pub shape: Vec<u64>,
+    /// Whether the variable has a batch (dynamic) axis.
+    pub batched: bool,
+    /// Weights of parameters and constants, in the order of `shape` read column-major.
+    pub value: Option<Vec<f32>>,
+}
+
+#[derive(Debug)]
+pub struct Function {
+    pub uid: String,
+    /// `CNTK::PrimitiveOpType` as saved.
+    pub op: u64,
+    pub inputs: Vec<String>,
+    pub attributes: Dictionary,
+    pub block: Option<Block>,
+}
+
+/// A block function: a composite (rooted at `root`) whose placeholders are bound to the
+/// block's actual inputs by `arguments`.
+#[derive(Debug)]
+pub struct Block {
+    pub root: String,
+    pub op_name: String,
+    pub arguments: HashMap<String, String>,
+}
+
+#[derive(Debug)]
+pub struct Model {
+    pub variables: HashMap<String, Variable>,
+    pub functions: HashMap<String, Function>,
+    pub root: String,
+}
+
+impl Model {
+    pub fn from_dictionary(dict: &Dictionary) -> Result<Self, Problem> {
+        let kind = dict.data.get("type").and_then(|v| as_str(v).ok());
+        if kind != Some("CompositeFunction") {
+            return Err(Problem::NotCntk(
+                "no CompositeFunction at the top level of the protobuf dictionary".into(),
+            ));
+        }
+        let root = get_str(dict, "root")?.to_owned();
+        let mut variables = HashMap::new();
+        for value in get_vec(dict, "inputs")? {
+            let var = read_variable(as_dict(value)?)?;
+            variables.insert(var.uid.clone(), var);
+        }
+        let mut functions = HashMap::new();
+        for value in get_vec(dict, "primitive_functions")? {
+            let function = read_function(as_dict(value)?)?;
+            functions.insert(function.uid.clone(), function);
+        }
+        if !functions.contains_key(&root) {
+            return Err(malformed(format!("root function {root} is not among the saved functions")));
+        }
+        Ok(Self { variables, functions, root })
+    }
+}
+
+fn read_variable(dict: &Dictionary) -> Result<Variable, Problem> {
+    let uid = get_str(dict, "uid")?.to_owned();
+    let kind = match get_u64(dict, "kind")? {
+        0 => VariableKind::Input,
+        1 => VariableKind::Output,
+        2 => VariableKind::Parameter,
+        3 => VariableKind::Constant,
+        4 => VariableKind::Placeholder,
+        other => return Err(malformed(format!("variable {uid} has unknown kind {other}"))),
+    };
+    let shape = get_shape(dict, "shape")?;
+    let batched = dict.data.get("dynamic_axis").map(as_vec).transpose()?.is_some_and(|axes| !axes.is_empty());
+    let value = match dict.data.get("value") {
+        Some(v) => Some(read_array(as_array(v)?, &uid)?),
+        None if matches!(kind, VariableKind::Parameter | VariableKind::Constant) => {
+            return Err(malformed(format!("{uid} has no saved value")));
+        }
+        None => None,
+    };
+    if let Some(values) = &value {
+        let expected: u64 = shape.iter().product();
+        if values.len() as u64 != expected {
+            return Err(malformed(format!(
+                "{uid} holds {} values but its shape {shape:?} needs {expected}",
+                values.len()
+            )));
+        }
+    }
+    Ok(Variable { uid, kind, shape, batched, value })
+}
+
+fn read_array(array: &NdArrayView, uid: &str) -> Result<Vec<f32>, Problem> {
+    if array.storage_format != 0 {
+        return Err(malformed(format!("{uid} is stored sparse; only dense weights are supported")));
+    }
+    match &array.values {
+        Some(ArrayValues::Float(v)) => Ok(v.value.clone()),
+        // Narrowing is what CNTK itself does when a double model is evaluated in float.
+        Some(ArrayValues::Double(v)) => Ok(v.value.iter().map(|&x| x as f32).collect()),
+        Some(_) => Err(malformed(format!(
+            "{uid} has weights of data type {}; only float and double are supported",
+            array.data_type
+        ))),
+        None => Err(malformed(format!("{uid} has an empty value"))),
+    }
+}
+
+fn read_function(dict: &Dictionary) -> Result<Function, Problem> {
+    let uid = get_str(dict, "uid")?.to_owned();
+    let op = get_u64(dict, "op")?;
+    let inputs = get_vec(dict, "inputs")?
+        .iter()
+        .map(|v| as_str(v).map(str::to_owned))
+        .collect::<Result<Vec<_>, _>>()?;
+    let attributes = match dict.data.get("attributes") {
+        Some(v) => as_dict(v)?.clone(),
+        None => Dictionary::default(),
+    };
+    let block = match dict.data.get("block_function_composite") {
+        None => None,
+        Some(composite) => {
+            let composite = as_dict(composite)?;
+            let keys = get_vec(dict, "block_function_composite_arguments_map_keys")?;
+            let values = get_vec(dict, "block_function_composite_arguments_map_values")?;
+            if keys.len() != values.len() {
+                return Err(malformed(format!("block {uid} has an uneven argument map")));
+            }
+            let arguments = keys
+                .iter()
+                .zip(values)
+                .map(|(k, v)| Ok((as_str(k)?.to_owned(), as_str(v)?.to_owned())))
+                .collect::<Result<_, Problem>>()?;
+            Some(Block {
+                root: get_str(composite, "root")?.to_owned(),
+                op_name: dict.data.get("block_function_op_name").map(as_str).transpose()?.unwrap_or("Block").to_owned(),
+                arguments,
+            })
+        }
+    };
+    Ok(Function { uid, op, inputs, attributes, block })
+}
+
+// Typed access to dictionary entries. Each error names the key, since that is all a user can
+// look for in a file they did not write.
+
+fn missing(key: &str) -> Problem {
+    malformed(format!("entry `{key}` is missing"))
+}
+
+fn wrong_type(what: &str) -> Problem {
+    malformed(format!("expected {what} in the dictionary"))
+}
+
+pub fn as_str(v: &DictionaryValue) -> Result<&str, Problem> {
+    match &v.value {
+        Some(Value::String(s)) => Ok(s),
+        _ => Err(wrong_type("a string")),
+    }
+}
+
+pub fn as_dict(v: &DictionaryValue) -> Result<&Dictionary, Problem> {
+    match &v.value {
+        Some(Value::Dictionary(d)) => Ok(d),
+        _ => Err(wrong_type("a dictionary")),
+    }
+}
+
+pub fn as_vec(v: &DictionaryValue) -> Result<&[DictionaryValue], Problem> {
+    match &v.value {
+        Some(Value::Vector(vec)) => Ok(&vec.value),
+        _ => Err(wrong_type("a vector")),
+    }
+}
+
+fn as_array(v: &DictionaryValue) -> Result<&NdArrayView, Problem> {
+    match &v.value {
+        Some(Value::Array(a)) => Ok(a),
+        _ => Err(wrong_type("an NDArrayView")),
+    }
+}
+
+pub fn get_str<'d>(dict: &'d Dictionary, key: &str) -> Result<&'d str, Problem> {
+    as_str(dict.data.get(key).ok_or_else(|| missing(key))?)
+}
+
+pub fn get_vec<'d>(dict: &'d Dictionary, key: &str) -> Result<&'d [DictionaryValue], Problem> {
+    as_vec(dict.data.get(key).ok_or_else(|| missing(key))?)
+}
+
+pub fn get_u64(dict: &Dictionary, key: &str) -> Result<u64, Problem> {
+    match dict.data.get(key).ok_or_else(|| missing(key))?.value {
+        Some(Value::SizeT(n)) => Ok(n),
+        Some(Value::Int(n)) if n >= 0 => Ok(n as u64),
+        _ => Err(malformed(format!("entry `{key}` is not an unsigned integer"))),
+    }
+}
+
+pub fn get_shape(dict: &Dictionary, key: &str) -> Result<Vec<u64>, Problem> {
+    match &dict.data.get(key).ok_or_else(|| missing(key))?.value {
+        Some(Value::Shape(s)) => Ok(s.shape_dim.clone()),
+        _ => Err(malformed(format!("entry `{key}` is not a shape"))),
+    }
+}
