@@ -5,7 +5,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let [input, output] = args.as_slice() else {
         return Err("usage: import <model.dnn> <model.onnx>".into());
     };
-    let name = std::path::Path::new(input).file_name().map_or(input.clone(), |n| n.to_string_lossy().into_owned());
+    let name = std::path::Path::new(input)
+        .file_name()
+        .map_or(input.clone(), |n| n.to_string_lossy().into_owned());
     let imported = cntk_onnx::import(&std::fs::read(input)?, &name)?;
     std::fs::write(output, &imported.onnx)?;
     println!(

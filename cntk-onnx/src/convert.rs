@@ -70,19 +70,24 @@ pub fn lower(model: &Model) -> Result<Lowered, Problem> {
         memo: HashMap::new(),
         input: None,
     };
-    let top = Scope { id: String::new(), bindings: None, parent: None };
+    let top = Scope {
+        id: String::new(),
+        bindings: None,
+        parent: None,
+    };
     let outputs = lowering.function(&model.root, &top)?;
     let output = outputs
         .into_iter()
         .next()
         .ok_or_else(|| malformed(format!("root function {} has no output", model.root)))?;
-    let (input_var, input) = lowering.input.clone().ok_or_else(|| {
-        Problem::UnsupportedUse {
+    let (input_var, input) = lowering
+        .input
+        .clone()
+        .ok_or_else(|| Problem::UnsupportedUse {
             op: ops::name(model.functions[&model.root].op),
             uid: model.root.clone(),
             what: "no image input (the output does not depend on any input variable)".into(),
-        }
-    })?;
+        })?;
     if !output.batched {
         return Err(malformed("the model output does not depend on its input"));
     }
@@ -103,12 +108,18 @@ pub fn lower(model: &Model) -> Result<Lowered, Problem> {
         input: vec![value_info(&input.name, &input_shape)],
         output: vec![value_info(OUTPUT_NAME, &output_shape)],
     };
-    Ok(Lowered { graph, input_shape, output_shape })
+    Ok(Lowered {
+        graph,
+        input_shape,
+        output_shape,
+    })
 }
 
 /// ONNX dims of a batched CNTK shape; `-1` stands for the symbolic batch size.
 fn batched_dims(shape: &[u64]) -> Vec<i64> {
-    std::iter::once(-1).chain(shape.iter().rev().map(|&d| d as i64)).collect()
+    std::iter::once(-1)
+        .chain(shape.iter().rev().map(|&d| d as i64))
+        .collect()
 }
 
 fn value_info(name: &str, dims: &[i64]) -> ValueInfoProto {
@@ -150,11 +161,21 @@ impl<'m> Lowering<'m> {
     fn fresh(&mut self, base: &str) -> String {
         let count = self.names.entry(base.to_owned()).or_insert(0);
         *count += 1;
-        if *count == 1 { base.to_owned() } else { format!("{base}_{count}") }
+        if *count == 1 {
+            base.to_owned()
+        } else {
+            format!("{base}_{count}")
+        }
     }
 
     /// Adds a node with one output and returns the output's name.
-    fn node(&mut self, op_type: &str, base: &str, inputs: Vec<String>, attribute: Vec<AttributeProto>) -> String {
+    fn node(
+        &mut self,
+        op_type: &str,
+        base: &str,
+        inputs: Vec<String>,
+        attribute: Vec<AttributeProto>,
+    ) -> String {
         let name = self.fresh(base);
         self.nodes.push(NodeProto {
             input: inputs,
@@ -170,7 +191,12 @@ impl<'m> Lowering<'m> {
     fn float_initializer(&mut self, base: &str, dims: Vec<i64>, values: &[f32]) -> String {
         let name = self.fresh(base);
         let raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        self.initializers.push(TensorProto { dims, data_type: data_type::FLOAT, name: name.clone(), raw_data });
+        self.initializers.push(TensorProto {
+            dims,
+            data_type: data_type::FLOAT,
+            name: name.clone(),
+            raw_data,
+        });
         name
     }
 
@@ -178,7 +204,12 @@ impl<'m> Lowering<'m> {
         let name = self.fresh(base);
         let raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         let dims = vec![values.len() as i64];
-        self.initializers.push(TensorProto { dims, data_type: data_type::INT64, name: name.clone(), raw_data });
+        self.initializers.push(TensorProto {
+            dims,
+            data_type: data_type::INT64,
+            name: name.clone(),
+            raw_data,
+        });
         name
     }
 
@@ -242,24 +273,35 @@ impl<'m> Lowering<'m> {
                 if !var.batched {
                     return Err(malformed(format!("input {uid} has no batch axis")));
                 }
-                let tensor = Tensor { name: INPUT_NAME.into(), shape: var.shape.clone(), batched: true, constant: None };
+                let tensor = Tensor {
+                    name: INPUT_NAME.into(),
+                    shape: var.shape.clone(),
+                    batched: true,
+                    constant: None,
+                };
                 self.input = Some((var, tensor.clone()));
                 Ok(tensor)
             }
             // Written out only when an op needs it as it is: ops such as Times and
             // BatchNormalization store the weights in a layout of their own.
-            VariableKind::Parameter | VariableKind::Constant => {
-                Ok(Tensor { name: String::new(), shape: var.shape.clone(), batched: false, constant: Some(var) })
-            }
+            VariableKind::Parameter | VariableKind::Constant => Ok(Tensor {
+                name: String::new(),
+                shape: var.shape.clone(),
+                batched: false,
+                constant: Some(var),
+            }),
             VariableKind::Placeholder => {
-                let bound = scope
-                    .bindings
-                    .and_then(|b| b.get(uid))
-                    .ok_or_else(|| malformed(format!("placeholder {uid} is not bound to any input")))?;
-                let parent = scope.parent.ok_or_else(|| malformed(format!("placeholder {uid} outside a block")))?;
+                let bound = scope.bindings.and_then(|b| b.get(uid)).ok_or_else(|| {
+                    malformed(format!("placeholder {uid} is not bound to any input"))
+                })?;
+                let parent = scope
+                    .parent
+                    .ok_or_else(|| malformed(format!("placeholder {uid} outside a block")))?;
                 self.variable(bound, parent)
             }
-            VariableKind::Output => Err(malformed(format!("output variable {uid} saved as an input"))),
+            VariableKind::Output => Err(malformed(format!(
+                "output variable {uid} saved as an input"
+            ))),
         }
     }
 
@@ -289,22 +331,34 @@ impl<'m> Lowering<'m> {
         Ok(outputs)
     }
 
-    fn block(&mut self, function: &Function, block: &Block, scope: &Scope<'_>) -> Result<Vec<Tensor<'m>>, Problem> {
+    fn block(
+        &mut self,
+        function: &Function,
+        block: &Block,
+        scope: &Scope<'_>,
+    ) -> Result<Vec<Tensor<'m>>, Problem> {
         let inner = Scope {
             id: format!("{}/{}", scope.id, function.uid),
             bindings: Some(&block.arguments),
             parent: Some(scope),
         };
-        self.function(&block.root, &inner).map_err(|problem| match problem {
-            // Say which layer the failing op belongs to: the uid alone means little to a user.
-            Problem::UnsupportedUse { op, uid, what } => {
-                Problem::UnsupportedUse { op, uid: format!("{uid} in {} {}", block.op_name, function.uid), what }
-            }
-            other => other,
-        })
+        self.function(&block.root, &inner)
+            .map_err(|problem| match problem {
+                // Say which layer the failing op belongs to: the uid alone means little to a user.
+                Problem::UnsupportedUse { op, uid, what } => Problem::UnsupportedUse {
+                    op,
+                    uid: format!("{uid} in {} {}", block.op_name, function.uid),
+                    what,
+                },
+                other => other,
+            })
     }
 
-    fn primitive(&mut self, f: &Function, inputs: Vec<Tensor<'m>>) -> Result<Vec<Tensor<'m>>, Problem> {
+    fn primitive(
+        &mut self,
+        f: &Function,
+        inputs: Vec<Tensor<'m>>,
+    ) -> Result<Vec<Tensor<'m>>, Problem> {
         let unary = |op: &str| (op.to_owned(), ());
         let out = match f.op {
             ops::COMBINE => return Ok(inputs),
@@ -343,13 +397,21 @@ impl<'m> Lowering<'m> {
                 let x = one(f, inputs)?;
                 let input = self.value_name(&x);
                 let name = self.node(&onnx_op, &f.uid, vec![input], vec![]);
-                Tensor { name, constant: None, ..x }
+                Tensor {
+                    name,
+                    constant: None,
+                    ..x
+                }
             }
         };
         Ok(vec![out])
     }
 
-    fn convolution(&mut self, f: &Function, inputs: Vec<Tensor<'m>>) -> Result<Tensor<'m>, Problem> {
+    fn convolution(
+        &mut self,
+        f: &Function,
+        inputs: Vec<Tensor<'m>>,
+    ) -> Result<Tensor<'m>, Problem> {
         let [kernel, x] = two(f, inputs)?;
         let attrs = &f.attributes;
         if bool_attr(attrs, "transpose")?.unwrap_or(false) {
@@ -358,14 +420,28 @@ impl<'m> Lowering<'m> {
         if bools_attr(attrs, "sharing")?.iter().any(|shared| !shared) {
             return Err(unsupported(f, "unshared convolution weights"));
         }
-        let weights = kernel.constant.ok_or_else(|| unsupported(f, "a kernel computed at run time"))?;
+        let weights = kernel
+            .constant
+            .ok_or_else(|| unsupported(f, "a kernel computed at run time"))?;
         if !x.batched || kernel.rank() != x.rank() + 1 || x.rank() < 2 {
-            return Err(unsupported(f, &format!("a kernel of shape {:?} over input {:?}", kernel.shape, x.shape)));
+            return Err(unsupported(
+                f,
+                &format!(
+                    "a kernel of shape {:?} over input {:?}",
+                    kernel.shape, x.shape
+                ),
+            ));
         }
         let groups = u64_attr(attrs, "groups")?.unwrap_or(1).max(1);
         let channels = x.shape[x.rank() - 1];
         if kernel.shape[x.rank() - 1] * groups != channels {
-            return Err(unsupported(f, &format!("a kernel of shape {:?} over {channels} channels", kernel.shape)));
+            return Err(unsupported(
+                f,
+                &format!(
+                    "a kernel of shape {:?} over {channels} channels",
+                    kernel.shape
+                ),
+            ));
         }
         let spatial = x.rank() - 1;
         let geometry = Geometry::read(f, attrs, spatial, &x.shape, &kernel.shape[..spatial])?;
@@ -379,14 +455,22 @@ impl<'m> Lowering<'m> {
             attribute.push(AttributeProto::int("group", groups as i64));
         }
         let name = self.node("Conv", &f.uid, vec![x.name, weight_name], attribute);
-        Ok(Tensor { name, shape, batched: true, constant: None })
+        Ok(Tensor {
+            name,
+            shape,
+            batched: true,
+            constant: None,
+        })
     }
 
     fn pooling(&mut self, f: &Function, inputs: Vec<Tensor<'m>>) -> Result<Tensor<'m>, Problem> {
         let x = one(f, inputs)?;
         let attrs = &f.attributes;
         if !x.batched || x.rank() < 2 {
-            return Err(unsupported(f, &format!("pooling over an input of shape {:?}", x.shape)));
+            return Err(unsupported(
+                f,
+                &format!("pooling over an input of shape {:?}", x.shape),
+            ));
         }
         let spatial = x.rank() - 1;
         let mut window = shape_attr(attrs, "poolingWindowShape")?
@@ -406,23 +490,42 @@ impl<'m> Lowering<'m> {
             Some(0) => "MaxPool",
             Some(1) => {
                 let include_pad = bool_attr(attrs, "includePad")?.unwrap_or(false);
-                attribute.push(AttributeProto::int("count_include_pad", i64::from(include_pad)));
+                attribute.push(AttributeProto::int(
+                    "count_include_pad",
+                    i64::from(include_pad),
+                ));
                 "AveragePool"
             }
             other => return Err(unsupported(f, &format!("pooling type {other:?}"))),
         };
         let name = self.node(op, &f.uid, vec![x.name], attribute);
-        Ok(Tensor { name, shape, batched: true, constant: None })
+        Ok(Tensor {
+            name,
+            shape,
+            batched: true,
+            constant: None,
+        })
     }
 
-    fn batch_normalization(&mut self, f: &Function, inputs: Vec<Tensor<'m>>) -> Result<Tensor<'m>, Problem> {
+    fn batch_normalization(
+        &mut self,
+        f: &Function,
+        inputs: Vec<Tensor<'m>>,
+    ) -> Result<Tensor<'m>, Problem> {
         if inputs.len() < 5 {
-            return Err(malformed(format!("{} has {} inputs, BatchNormalization needs 5", f.uid, inputs.len())));
+            return Err(malformed(format!(
+                "{} has {} inputs, BatchNormalization needs 5",
+                f.uid,
+                inputs.len()
+            )));
         }
         let x = inputs[0].clone();
         let params = inputs[1..5]
             .iter()
-            .map(|p| p.constant.ok_or_else(|| unsupported(f, "statistics computed at run time")))
+            .map(|p| {
+                p.constant
+                    .ok_or_else(|| unsupported(f, "statistics computed at run time"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let epsilon = f64_attr(&f.attributes, "epsilon")?.unwrap_or(1e-5);
         let spatial = bool_attr(&f.attributes, "spatial")?.unwrap_or(false);
@@ -434,7 +537,13 @@ impl<'m> Lowering<'m> {
             let mut names = vec![x.name.clone()];
             for p in &params {
                 if p.shape.iter().product::<u64>() != channels {
-                    return Err(unsupported(f, &format!("spatial statistics of shape {:?} for {channels} channels", p.shape)));
+                    return Err(unsupported(
+                        f,
+                        &format!(
+                            "spatial statistics of shape {:?} for {channels} channels",
+                            p.shape
+                        ),
+                    ));
                 }
                 names.push(self.constant_as(p, vec![channels as i64]));
             }
@@ -443,16 +552,37 @@ impl<'m> Lowering<'m> {
             return Ok(Tensor { name, ..x });
         }
         // Per-element statistics: fold them into one scale and one shift.
-        let [scale, bias, mean, variance] = [params[0], params[1], params[2], params[3]].map(|p| p.value.as_deref().unwrap_or_default());
-        if [bias, mean, variance].iter().any(|v| v.len() != scale.len()) {
-            return Err(malformed(format!("{} has statistics of different sizes", f.uid)));
+        let [scale, bias, mean, variance] = [params[0], params[1], params[2], params[3]]
+            .map(|p| p.value.as_deref().unwrap_or_default());
+        if [bias, mean, variance]
+            .iter()
+            .any(|v| v.len() != scale.len())
+        {
+            return Err(malformed(format!(
+                "{} has statistics of different sizes",
+                f.uid
+            )));
         }
-        let mul: Vec<f32> = scale.iter().zip(variance).map(|(s, v)| s / (v + epsilon as f32).sqrt()).collect();
-        let add: Vec<f32> = bias.iter().zip(mean).zip(&mul).map(|((b, m), a)| b - m * a).collect();
+        let mul: Vec<f32> = scale
+            .iter()
+            .zip(variance)
+            .map(|(s, v)| s / (v + epsilon as f32).sqrt())
+            .collect();
+        let add: Vec<f32> = bias
+            .iter()
+            .zip(mean)
+            .zip(&mul)
+            .map(|((b, m), a)| b - m * a)
+            .collect();
         let dims: Vec<i64> = params[0].shape.iter().rev().map(|&d| d as i64).collect();
         let mul_name = self.float_initializer(&format!("{}_scale", f.uid), dims.clone(), &mul);
         let add_name = self.float_initializer(&format!("{}_shift", f.uid), dims, &add);
-        let scaled = self.node("Mul", &format!("{}_mul", f.uid), vec![x.name.clone(), mul_name], vec![]);
+        let scaled = self.node(
+            "Mul",
+            &format!("{}_mul", f.uid),
+            vec![x.name.clone(), mul_name],
+            vec![],
+        );
         let name = self.node("Add", &f.uid, vec![scaled, add_name], vec![]);
         Ok(Tensor { name, ..x })
     }
@@ -460,23 +590,39 @@ impl<'m> Lowering<'m> {
     /// `Times(W, x)`: `W` is `[out..., in...]` and `x` is `[in..., extra...]` (CNTK order).
     fn times(&mut self, f: &Function, inputs: Vec<Tensor<'m>>) -> Result<Tensor<'m>, Problem> {
         let [w, x] = two(f, inputs)?;
-        let weights = w.constant.ok_or_else(|| unsupported(f, "a product of two computed values"))?;
+        let weights = w
+            .constant
+            .ok_or_else(|| unsupported(f, "a product of two computed values"))?;
         if !x.batched {
             return Err(unsupported(f, "a product of two constants"));
         }
         let output_rank = u64_attr(&f.attributes, "outputRank")?.unwrap_or(1) as usize;
         if output_rank > w.rank() {
-            return Err(malformed(format!("{} has outputRank {output_rank} > weight rank {}", f.uid, w.rank())));
+            return Err(malformed(format!(
+                "{} has outputRank {output_rank} > weight rank {}",
+                f.uid,
+                w.rank()
+            )));
         }
         let (out_dims, in_dims) = w.shape.split_at(output_rank);
         if x.rank() < in_dims.len() || x.shape[..in_dims.len()] != *in_dims {
-            return Err(unsupported(f, &format!("weights {:?} that do not fit an input {:?}", w.shape, x.shape)));
+            return Err(unsupported(
+                f,
+                &format!(
+                    "weights {:?} that do not fit an input {:?}",
+                    w.shape, x.shape
+                ),
+            ));
         }
         let extra = &x.shape[in_dims.len()..];
         let (n_in, n_out, n_extra) = (product(in_dims), product(out_dims), product(extra));
         // Row-major, x is [N, extra_rev..., in_rev...] and W is [in_rev..., out_rev...].
         let mut lhs = x.name.clone();
-        let flat: Vec<i64> = if extra.is_empty() { vec![0, n_in] } else { vec![0, n_extra, n_in] };
+        let flat: Vec<i64> = if extra.is_empty() {
+            vec![0, n_in]
+        } else {
+            vec![0, n_extra, n_in]
+        };
         if x.rank() != flat.len() - 1 || in_dims.len() != 1 {
             lhs = self.reshape(&lhs, &format!("{}_flatten", f.uid), &flat);
         }
@@ -485,20 +631,38 @@ impl<'m> Lowering<'m> {
         let mut shape: Vec<u64> = out_dims.to_vec();
         shape.extend_from_slice(extra);
         if out_dims.len() != 1 || extra.len() > 1 {
-            let dims: Vec<i64> = std::iter::once(0).chain(shape.iter().rev().map(|&d| d as i64)).collect();
+            let dims: Vec<i64> = std::iter::once(0)
+                .chain(shape.iter().rev().map(|&d| d as i64))
+                .collect();
             name = self.reshape(&name, &format!("{}_unflatten", f.uid), &dims);
         }
-        Ok(Tensor { name, shape, batched: true, constant: None })
+        Ok(Tensor {
+            name,
+            shape,
+            batched: true,
+            constant: None,
+        })
     }
 
-    fn elementwise(&mut self, f: &Function, op: &str, inputs: Vec<Tensor<'m>>) -> Result<Tensor<'m>, Problem> {
+    fn elementwise(
+        &mut self,
+        f: &Function,
+        op: &str,
+        inputs: Vec<Tensor<'m>>,
+    ) -> Result<Tensor<'m>, Problem> {
         let [mut a, mut b] = two(f, inputs)?;
         let rank = a.rank().max(b.rank());
         let mut shape = Vec::with_capacity(rank);
         for i in 0..rank {
-            let (da, db) = (a.shape.get(i).copied().unwrap_or(1), b.shape.get(i).copied().unwrap_or(1));
+            let (da, db) = (
+                a.shape.get(i).copied().unwrap_or(1),
+                b.shape.get(i).copied().unwrap_or(1),
+            );
             if da != db && da != 1 && db != 1 {
-                return Err(unsupported(f, &format!("operands of shapes {:?} and {:?}", a.shape, b.shape)));
+                return Err(unsupported(
+                    f,
+                    &format!("operands of shapes {:?} and {:?}", a.shape, b.shape),
+                ));
             }
             shape.push(da.max(db));
         }
@@ -515,11 +679,19 @@ impl<'m> Lowering<'m> {
         let batched = a.batched || b.batched;
         let operands = vec![self.value_name(&a), self.value_name(&b)];
         let name = self.node(op, &f.uid, operands, vec![]);
-        Ok(Tensor { name, shape, batched, constant: None })
+        Ok(Tensor {
+            name,
+            shape,
+            batched,
+            constant: None,
+        })
     }
 
     fn splice(&mut self, f: &Function, inputs: Vec<Tensor<'m>>) -> Result<Tensor<'m>, Problem> {
-        let first = inputs.first().cloned().ok_or_else(|| malformed(format!("{} has no inputs", f.uid)))?;
+        let first = inputs
+            .first()
+            .cloned()
+            .ok_or_else(|| malformed(format!("{} has no inputs", f.uid)))?;
         let axis = axis_attr(&f.attributes, "axis")?.unwrap_or(first.rank().saturating_sub(1));
         if axis >= first.rank() {
             return Err(unsupported(f, "splicing along a new axis"));
@@ -528,34 +700,62 @@ impl<'m> Lowering<'m> {
         shape[axis] = 0;
         for input in &inputs {
             let same_elsewhere = input.rank() == first.rank()
-                && input.shape.iter().zip(&first.shape).enumerate().all(|(i, (a, b))| i == axis || a == b);
+                && input
+                    .shape
+                    .iter()
+                    .zip(&first.shape)
+                    .enumerate()
+                    .all(|(i, (a, b))| i == axis || a == b);
             if !input.batched || !same_elsewhere {
-                return Err(unsupported(f, &format!("splicing {:?} with {:?}", input.shape, first.shape)));
+                return Err(unsupported(
+                    f,
+                    &format!("splicing {:?} with {:?}", input.shape, first.shape),
+                ));
             }
             shape[axis] += input.shape[axis];
         }
         let onnx_axis = 1 + (first.rank() - 1 - axis) as i64;
         let names = inputs.into_iter().map(|t| t.name).collect();
-        let name = self.node("Concat", &f.uid, names, vec![AttributeProto::int("axis", onnx_axis)]);
-        Ok(Tensor { name, shape, batched: true, constant: None })
+        let name = self.node(
+            "Concat",
+            &f.uid,
+            names,
+            vec![AttributeProto::int("axis", onnx_axis)],
+        );
+        Ok(Tensor {
+            name,
+            shape,
+            batched: true,
+            constant: None,
+        })
     }
 
     fn reshape_op(&mut self, f: &Function, inputs: Vec<Tensor<'m>>) -> Result<Tensor<'m>, Problem> {
         let x = one(f, inputs)?;
         let new_shape = shape_attr(&f.attributes, "newShape")?
             .ok_or_else(|| malformed(format!("{} has no newShape", f.uid)))?;
-        let begin = axis_attr(&f.attributes, "beginAxis")?.unwrap_or(0).min(x.rank());
-        let end = axis_attr(&f.attributes, "endAxis")?.unwrap_or(x.rank()).clamp(begin, x.rank());
+        let begin = axis_attr(&f.attributes, "beginAxis")?
+            .unwrap_or(0)
+            .min(x.rank());
+        let end = axis_attr(&f.attributes, "endAxis")?
+            .unwrap_or(x.rank())
+            .clamp(begin, x.rank());
         let replaced = product(&x.shape[begin..end]) as u64;
         // CNTK marks a dimension to infer with the largest size_t value.
         let known: u64 = new_shape.iter().filter(|&&d| d != u64::MAX).product();
         let inferred = new_shape.iter().filter(|&&d| d == u64::MAX).count();
         let resolved: Vec<u64> = match inferred {
             0 if known == replaced => new_shape,
-            1 if known > 0 && replaced % known == 0 => {
-                new_shape.iter().map(|&d| if d == u64::MAX { replaced / known } else { d }).collect()
+            1 if known > 0 && replaced % known == 0 => new_shape
+                .iter()
+                .map(|&d| if d == u64::MAX { replaced / known } else { d })
+                .collect(),
+            _ => {
+                return Err(unsupported(
+                    f,
+                    &format!("reshaping {:?} to {new_shape:?}", x.shape),
+                ));
             }
-            _ => return Err(unsupported(f, &format!("reshaping {:?} to {new_shape:?}", x.shape))),
         };
         let mut shape = x.shape[..begin].to_vec();
         shape.extend(resolved);
@@ -563,9 +763,16 @@ impl<'m> Lowering<'m> {
         if !x.batched {
             return Err(unsupported(f, "reshaping a constant"));
         }
-        let dims: Vec<i64> = std::iter::once(0).chain(shape.iter().rev().map(|&d| d as i64)).collect();
+        let dims: Vec<i64> = std::iter::once(0)
+            .chain(shape.iter().rev().map(|&d| d as i64))
+            .collect();
         let name = self.reshape(&x.name, &f.uid, &dims);
-        Ok(Tensor { name, shape, batched: true, constant: None })
+        Ok(Tensor {
+            name,
+            shape,
+            batched: true,
+            constant: None,
+        })
     }
 
     fn softmax(&mut self, f: &Function, inputs: Vec<Tensor<'m>>) -> Result<Tensor<'m>, Problem> {
@@ -573,12 +780,29 @@ impl<'m> Lowering<'m> {
         let axis = match axis_attr(&f.attributes, "axis")? {
             Some(axis) if axis < x.rank() => axis,
             None if x.rank() == 1 => 0,
-            _ => return Err(unsupported(f, &format!("softmax over an input of shape {:?} without one axis", x.shape))),
+            _ => {
+                return Err(unsupported(
+                    f,
+                    &format!(
+                        "softmax over an input of shape {:?} without one axis",
+                        x.shape
+                    ),
+                ));
+            }
         };
         let onnx_axis = x.rank() as i64 - axis as i64 - if x.batched { 0 } else { 1 };
         let input = self.value_name(&x);
-        let name = self.node("Softmax", &f.uid, vec![input], vec![AttributeProto::int("axis", onnx_axis)]);
-        Ok(Tensor { name, constant: None, ..x })
+        let name = self.node(
+            "Softmax",
+            &f.uid,
+            vec![input],
+            vec![AttributeProto::int("axis", onnx_axis)],
+        );
+        Ok(Tensor {
+            name,
+            constant: None,
+            ..x
+        })
     }
 }
 
@@ -593,14 +817,24 @@ struct Geometry {
 }
 
 impl Geometry {
-    fn read(f: &Function, attrs: &Dictionary, spatial: usize, input: &[u64], kernel: &[u64]) -> Result<Self, Problem> {
+    fn read(
+        f: &Function,
+        attrs: &Dictionary,
+        spatial: usize,
+        input: &[u64],
+        kernel: &[u64],
+    ) -> Result<Self, Problem> {
         let strides = shape_attr(attrs, "strides")?.unwrap_or_else(|| vec![1]);
         let dilations = shape_attr(attrs, "dilation")?.unwrap_or_else(|| vec![1]);
         let auto_pad = bools_attr(attrs, "autoPadding")?;
         let lower = shape_attr(attrs, "lowerPad")?.unwrap_or_else(|| vec![0]);
         let upper = shape_attr(attrs, "upperPad")?.unwrap_or_else(|| vec![0]);
         // CNTK lets a one-element attribute stand for every axis.
-        let at = |v: &[u64], i: usize, default: u64| v.get(if v.len() == 1 { 0 } else { i }).copied().unwrap_or(default);
+        let at = |v: &[u64], i: usize, default: u64| {
+            v.get(if v.len() == 1 { 0 } else { i })
+                .copied()
+                .unwrap_or(default)
+        };
         let mut geometry = Geometry {
             output: vec![],
             strides: vec![],
@@ -611,7 +845,10 @@ impl Geometry {
         for i in 0..spatial {
             let stride = at(&strides, i, 1).max(1);
             let dilation = at(&dilations, i, 1).max(1);
-            let pad = auto_pad.get(if auto_pad.len() == 1 { 0 } else { i }).copied().unwrap_or(false);
+            let pad = auto_pad
+                .get(if auto_pad.len() == 1 { 0 } else { i })
+                .copied()
+                .unwrap_or(false);
             let (lo, hi) = (at(&lower, i, 0), at(&upper, i, 0));
             let (out, begin, end) = window_axis(input[i], kernel[i], stride, dilation, pad, lo, hi)
                 .map_err(|what| unsupported(f, &what))?;
@@ -645,9 +882,21 @@ impl Geometry {
 /// CNTK places output `j`'s window centre at `start + j * stride`, where `start` is `extra / 2`
 /// (auto-padding or no padding) or set by explicit lower padding. The centre of a window of
 /// size `k` is its cell `(k - 1) / 2`.
-fn window_axis(input: u64, kernel: u64, stride: u64, dilation: u64, auto_pad: bool, lower: u64, upper: u64) -> Result<(u64, u64, u64), String> {
+fn window_axis(
+    input: u64,
+    kernel: u64,
+    stride: u64,
+    dilation: u64,
+    auto_pad: bool,
+    lower: u64,
+    upper: u64,
+) -> Result<(u64, u64, u64), String> {
     let k = (kernel - 1) * dilation + 1;
-    let padded = if auto_pad { input + k - 1 } else { input + lower + upper };
+    let padded = if auto_pad {
+        input + k - 1
+    } else {
+        input + lower + upper
+    };
     if padded < k {
         return Err(format!("a window of {k} over {input} cells"));
     }
@@ -656,7 +905,11 @@ fn window_axis(input: u64, kernel: u64, stride: u64, dilation: u64, auto_pad: bo
     let (input, k, cells) = (input as i64, k as i64, cells as i64);
     let left = (k - 1) / 2;
     let right = k - 1 - left;
-    let start = if !auto_pad && (lower != 0 || upper != 0) { left - lower as i64 } else { (input - cells) / 2 };
+    let start = if !auto_pad && (lower != 0 || upper != 0) {
+        left - lower as i64
+    } else {
+        (input - cells) / 2
+    };
     let begin = left - start;
     let end = start + cells - 1 + right - (input - 1);
     if begin < 0 {
@@ -665,7 +918,9 @@ fn window_axis(input: u64, kernel: u64, stride: u64, dilation: u64, auto_pad: bo
     // A negative end pad means trailing cells no window reaches; ONNX drops those by itself.
     let end = end.max(0);
     if (input + begin + end - k) / stride as i64 + 1 != out as i64 {
-        return Err(format!("a window geometry ONNX cannot express (input {input}, window {k}, stride {stride})"));
+        return Err(format!(
+            "a window geometry ONNX cannot express (input {input}, window {k}, stride {stride})"
+        ));
     }
     Ok((out, begin as u64, end as u64))
 }
@@ -675,7 +930,11 @@ fn product(dims: &[u64]) -> i64 {
 }
 
 fn unsupported(f: &Function, what: &str) -> Problem {
-    Problem::UnsupportedUse { op: ops::name(f.op), uid: f.uid.clone(), what: what.into() }
+    Problem::UnsupportedUse {
+        op: ops::name(f.op),
+        uid: f.uid.clone(),
+        what: what.into(),
+    }
 }
 
 fn one<'m>(f: &Function, inputs: Vec<Tensor<'m>>) -> Result<Tensor<'m>, Problem> {
@@ -685,7 +944,8 @@ fn one<'m>(f: &Function, inputs: Vec<Tensor<'m>>) -> Result<Tensor<'m>, Problem>
 }
 
 fn two<'m>(f: &Function, inputs: Vec<Tensor<'m>>) -> Result<[Tensor<'m>; 2], Problem> {
-    <[Tensor<'m>; 2]>::try_from(inputs).map_err(|v| malformed(format!("{} has {} inputs, expected 2", f.uid, v.len())))
+    <[Tensor<'m>; 2]>::try_from(inputs)
+        .map_err(|v| malformed(format!("{} has {} inputs, expected 2", f.uid, v.len())))
 }
 
 // Optional attributes: absent is `None`, present with the wrong type is an error.
@@ -707,7 +967,9 @@ fn bool_attr(attrs: &Dictionary, key: &str) -> Result<Option<bool>, Problem> {
 }
 
 fn bools_attr(attrs: &Dictionary, key: &str) -> Result<Vec<bool>, Problem> {
-    let Some(value) = attrs.data.get(key) else { return Ok(vec![]) };
+    let Some(value) = attrs.data.get(key) else {
+        return Ok(vec![]);
+    };
     as_vec(value)?
         .iter()
         .map(|v| match v.value {
@@ -748,7 +1010,9 @@ fn shape_attr(attrs: &Dictionary, key: &str) -> Result<Option<Vec<u64>>, Problem
 fn axis_attr(attrs: &Dictionary, key: &str) -> Result<Option<usize>, Problem> {
     match attr(attrs, key) {
         None => Ok(None),
-        Some(Value::Axis(a)) => Ok(usize::try_from(a.static_axis_idx).ok().filter(|&i| i < 1 << 16)),
+        Some(Value::Axis(a)) => Ok(usize::try_from(a.static_axis_idx)
+            .ok()
+            .filter(|&i| i < 1 << 16)),
         Some(Value::Dictionary(d)) => {
             // Some CNTK versions nest the axis in a dictionary of its own.
             Ok(d.data.get("static_axis_idx").and_then(|v| match v.value {

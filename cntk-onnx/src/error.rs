@@ -16,12 +16,18 @@ pub enum Problem {
     AlreadyOnnx,
     #[error("malformed CNTK model: {0}")]
     Malformed(String),
-    #[error(
-        "operation {op} (uid {uid}) is not supported by the importer; supported: {supported}"
-    )]
-    UnsupportedOp { op: String, uid: String, supported: &'static str },
+    #[error("operation {op} (uid {uid}) is not supported by the importer; supported: {supported}")]
+    UnsupportedOp {
+        op: String,
+        uid: String,
+        supported: &'static str,
+    },
     #[error("{op} (uid {uid}) uses {what}, which the importer does not support")]
-    UnsupportedUse { op: String, uid: String, what: String },
+    UnsupportedUse {
+        op: String,
+        uid: String,
+        what: String,
+    },
 }
 
 /// A failed import: the [`Problem`] and the file it was found in.

@@ -95,7 +95,10 @@ fn parse_cntk(bytes: &[u8]) -> Result<model::Model, Problem> {
 /// Converts the CNTK v2 model in `bytes` to ONNX. `source_name` names the file in errors and
 /// in the model's metadata.
 pub fn import(bytes: &[u8], source_name: &str) -> Result<Imported, ImportError> {
-    let fail = |problem| ImportError { file: source_name.to_owned(), problem };
+    let fail = |problem| ImportError {
+        file: source_name.to_owned(),
+        problem,
+    };
     let model = parse_cntk(bytes).map_err(|problem| match problem {
         Problem::NotCntk(_) if is_onnx(bytes) => fail(Problem::AlreadyOnnx),
         other => fail(other),
@@ -103,20 +106,36 @@ pub fn import(bytes: &[u8], source_name: &str) -> Result<Imported, ImportError> 
     let lowered = convert::lower(&model).map_err(fail)?;
     let source_sha256 = hex(&Sha256::digest(bytes));
     let nodes = lowered.graph.node.len();
-    let parameters = lowered.graph.initializer.iter().map(|t| t.raw_data.len() / 4).sum();
-    let entry = |key: &str, value: &str| proto::onnx::StringStringEntryProto { key: key.into(), value: value.into() };
+    let parameters = lowered
+        .graph
+        .initializer
+        .iter()
+        .map(|t| t.raw_data.len() / 4)
+        .sum();
+    let entry = |key: &str, value: &str| proto::onnx::StringStringEntryProto {
+        key: key.into(),
+        value: value.into(),
+    };
     let onnx = proto::onnx::ModelProto {
         ir_version: IR_VERSION,
         producer_name: env!("CARGO_PKG_NAME").into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
-        doc_string: format!("Imported from the CNTK v2 model {source_name} (sha256 {source_sha256})"),
+        doc_string: format!(
+            "Imported from the CNTK v2 model {source_name} (sha256 {source_sha256})"
+        ),
         graph: Some(lowered.graph),
-        opset_import: vec![proto::onnx::OperatorSetIdProto { domain: String::new(), version: OPSET }],
+        opset_import: vec![proto::onnx::OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET,
+        }],
         metadata_props: vec![
             entry(metadata::SOURCE_FILE, source_name),
             entry(metadata::SOURCE_SHA256, &source_sha256),
             entry(metadata::SOURCE_FORMAT, "CNTK v2"),
-            entry(metadata::IMPORTER, concat!(env!("CARGO_PKG_NAME"), " ", env!("CARGO_PKG_VERSION"))),
+            entry(
+                metadata::IMPORTER,
+                concat!(env!("CARGO_PKG_NAME"), " ", env!("CARGO_PKG_VERSION")),
+            ),
         ],
     }
     .encode_to_vec();
@@ -143,7 +162,11 @@ mod tests {
     fn random_bytes_are_not_a_model() {
         let err = import(b"\x89PNG\r\n\x1a\n not a model at all", "picture.png").unwrap_err();
         assert!(matches!(err.problem, Problem::NotCntk(_)), "{err}");
-        assert!(err.to_string().starts_with("picture.png: not a CNTK v2 model"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("picture.png: not a CNTK v2 model"),
+            "{err}"
+        );
         assert_eq!(sniff(b"hello"), Format::Unknown);
     }
 
@@ -155,7 +178,10 @@ mod tests {
 
     #[test]
     fn a_dictionary_without_a_composite_function_is_not_a_model() {
-        let dict = proto::cntk::Dictionary { version: 1, data: Default::default() };
+        let dict = proto::cntk::Dictionary {
+            version: 1,
+            data: Default::default(),
+        };
         let err = import(&dict.encode_to_vec(), "empty.dnn").unwrap_err();
         assert!(matches!(err.problem, Problem::NotCntk(_)), "{err}");
     }

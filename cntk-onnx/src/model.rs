@@ -79,9 +79,15 @@ impl Model {
             functions.insert(function.uid.clone(), function);
         }
         if !functions.contains_key(&root) {
-            return Err(malformed(format!("root function {root} is not among the saved functions")));
+            return Err(malformed(format!(
+                "root function {root} is not among the saved functions"
+            )));
         }
-        Ok(Self { variables, functions, root })
+        Ok(Self {
+            variables,
+            functions,
+            root,
+        })
     }
 }
 
@@ -93,10 +99,19 @@ fn read_variable(dict: &Dictionary) -> Result<Variable, Problem> {
         2 => VariableKind::Parameter,
         3 => VariableKind::Constant,
         4 => VariableKind::Placeholder,
-        other => return Err(malformed(format!("variable {uid} has unknown kind {other}"))),
+        other => {
+            return Err(malformed(format!(
+                "variable {uid} has unknown kind {other}"
+            )));
+        }
     };
     let shape = get_shape(dict, "shape")?;
-    let batched = dict.data.get("dynamic_axis").map(as_vec).transpose()?.is_some_and(|axes| !axes.is_empty());
+    let batched = dict
+        .data
+        .get("dynamic_axis")
+        .map(as_vec)
+        .transpose()?
+        .is_some_and(|axes| !axes.is_empty());
     let value = match dict.data.get("value") {
         Some(v) => Some(read_array(as_array(v)?, &uid)?),
         None if matches!(kind, VariableKind::Parameter | VariableKind::Constant) => {
@@ -113,12 +128,20 @@ fn read_variable(dict: &Dictionary) -> Result<Variable, Problem> {
             )));
         }
     }
-    Ok(Variable { uid, kind, shape, batched, value })
+    Ok(Variable {
+        uid,
+        kind,
+        shape,
+        batched,
+        value,
+    })
 }
 
 fn read_array(array: &NdArrayView, uid: &str) -> Result<Vec<f32>, Problem> {
     if array.storage_format != 0 {
-        return Err(malformed(format!("{uid} is stored sparse; only dense weights are supported")));
+        return Err(malformed(format!(
+            "{uid} is stored sparse; only dense weights are supported"
+        )));
     }
     match &array.values {
         Some(ArrayValues::Float(v)) => Ok(v.value.clone()),
@@ -159,12 +182,24 @@ fn read_function(dict: &Dictionary) -> Result<Function, Problem> {
                 .collect::<Result<_, Problem>>()?;
             Some(Block {
                 root: get_str(composite, "root")?.to_owned(),
-                op_name: dict.data.get("block_function_op_name").map(as_str).transpose()?.unwrap_or("Block").to_owned(),
+                op_name: dict
+                    .data
+                    .get("block_function_op_name")
+                    .map(as_str)
+                    .transpose()?
+                    .unwrap_or("Block")
+                    .to_owned(),
                 arguments,
             })
         }
     };
-    Ok(Function { uid, op, inputs, attributes, block })
+    Ok(Function {
+        uid,
+        op,
+        inputs,
+        attributes,
+        block,
+    })
 }
 
 // Typed access to dictionary entries. Each error names the key, since that is all a user can
@@ -218,7 +253,9 @@ pub fn get_u64(dict: &Dictionary, key: &str) -> Result<u64, Problem> {
     match dict.data.get(key).ok_or_else(|| missing(key))?.value {
         Some(Value::SizeT(n)) => Ok(n),
         Some(Value::Int(n)) if n >= 0 => Ok(n as u64),
-        _ => Err(malformed(format!("entry `{key}` is not an unsigned integer"))),
+        _ => Err(malformed(format!(
+            "entry `{key}` is not an unsigned integer"
+        ))),
     }
 }
 

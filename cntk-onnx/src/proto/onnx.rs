@@ -91,13 +91,28 @@ pub struct AttributeProto {
 
 impl AttributeProto {
     pub fn int(name: &str, i: i64) -> Self {
-        Self { name: name.into(), i, r#type: attribute_type::INT, ..Default::default() }
+        Self {
+            name: name.into(),
+            i,
+            r#type: attribute_type::INT,
+            ..Default::default()
+        }
     }
     pub fn ints(name: &str, ints: Vec<i64>) -> Self {
-        Self { name: name.into(), ints, r#type: attribute_type::INTS, ..Default::default() }
+        Self {
+            name: name.into(),
+            ints,
+            r#type: attribute_type::INTS,
+            ..Default::default()
+        }
     }
     pub fn float(name: &str, f: f32) -> Self {
-        Self { name: name.into(), f, r#type: attribute_type::FLOAT, ..Default::default() }
+        Self {
+            name: name.into(),
+            f,
+            r#type: attribute_type::FLOAT,
+            ..Default::default()
+        }
     }
 }
 

@@ -1,0 +1,141 @@
+//! The message broker seam: publish with confirmation, consume with manual acknowledgement.
+//!
+//! Two implementations sit side by side: [`memory::MemoryBroker`] (in-process queues, the
+//! embedded default) and `amqp::AmqpBroker` (RabbitMQ). Producer, worker and collector are
+//! written once against [`Broker`]; the semantics they rely on are the same in both:
+//! - `publish` returns only once the broker holds the message (publisher confirms);
+//! - a delivery that is neither acked nor rejected is redelivered (its `attempt` grows);
+//! - `dead_letter` moves a message to the dead-letter queue with a reason, then acks it;
+//! - at most `prefetch` unacknowledged deliveries are held by one consumer.
+
+pub mod memory;
+
+use std::future::Future;
+
+/// Which queue of the fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Queue {
+    /// Partitions waiting to be scored.
+    Partitions,
+    /// Scores (and job seals) waiting for the collector.
+    Results,
+    /// Messages that could not be processed, with the reason.
+    DeadLetter,
+}
+
+/// Queue names, configurable so that several fleets can share one broker.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct QueueNames {
+    /// Queue of partitions to score.
+    #[arg(
+        long = "partitions-queue",
+        env = "PARTITIONS_QUEUE",
+        default_value = "cifar.partitions"
+    )]
+    pub partitions: String,
+    /// Queue of scored partitions.
+    #[arg(
+        long = "results-queue",
+        env = "RESULTS_QUEUE",
+        default_value = "cifar.results"
+    )]
+    pub results: String,
+    /// Queue where poison messages end, with their error.
+    #[arg(
+        long = "dead-letter-queue",
+        env = "DEAD_LETTER_QUEUE",
+        default_value = "cifar.dead-letter"
+    )]
+    pub dead_letter: String,
+}
+
+impl Default for QueueNames {
+    fn default() -> Self {
+        Self {
+            partitions: "cifar.partitions".into(),
+            results: "cifar.results".into(),
+            dead_letter: "cifar.dead-letter".into(),
+        }
+    }
+}
+
+impl QueueNames {
+    pub fn name(&self, queue: Queue) -> &str {
+        match queue {
+            Queue::Partitions => &self.partitions,
+            Queue::Results => &self.results,
+            Queue::DeadLetter => &self.dead_letter,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot connect to the message broker at {url}: {reason}")]
+    Connect { url: String, reason: String },
+    #[error(
+        "the message broker refused the credentials for {url}: check the user name and password in the AMQP URL"
+    )]
+    Credentials { url: String },
+    #[error("the message broker connection was lost: {0}")]
+    Lost(String),
+    #[error("the message broker did not confirm a message to {queue}: {reason}")]
+    NotConfirmed { queue: String, reason: String },
+    #[error("message broker error: {0}")]
+    Other(String),
+}
+
+impl BrokerError {
+    /// Whether reconnecting may help (as opposed to a configuration error).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            BrokerError::Lost(_) | BrokerError::NotConfirmed { .. }
+        )
+    }
+}
+
+/// A message broker with confirmed publishing and acknowledged consumption.
+pub trait Broker: Clone + Send + Sync + 'static {
+    type Consumer: Consumer;
+
+    /// Publishes `payload` to `queue` and waits until the broker holds it.
+    fn publish(
+        &self,
+        queue: Queue,
+        payload: Vec<u8>,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Starts consuming `queue`, holding at most `prefetch` unacknowledged deliveries.
+    fn consume(
+        &self,
+        queue: Queue,
+        prefetch: u16,
+    ) -> impl Future<Output = Result<Self::Consumer, BrokerError>> + Send;
+
+    /// Number of messages ready in `queue`, if the broker can tell.
+    fn ready_count(&self, queue: Queue) -> impl Future<Output = Result<u64, BrokerError>> + Send;
+}
+
+pub trait Consumer: Send + 'static {
+    type Delivery: Delivery;
+
+    /// The next delivery; `None` once the consumer is closed (broker shut down or cancelled).
+    fn next(&mut self) -> impl Future<Output = Result<Option<Self::Delivery>, BrokerError>> + Send;
+}
+
+pub trait Delivery: Send + 'static {
+    fn payload(&self) -> &[u8];
+
+    /// 1 for the first delivery, higher for redeliveries.
+    fn attempt(&self) -> u32;
+
+    /// Done with: the broker forgets the message.
+    fn ack(self) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Not processed this time: deliver it again, to this or another consumer.
+    fn retry(self) -> impl Future<Output = Result<(), BrokerError>> + Send;
+
+    /// Never processable: move it to the dead-letter queue with `reason`.
+    fn dead_letter(self, reason: &str) -> impl Future<Output = Result<(), BrokerError>> + Send;
+}

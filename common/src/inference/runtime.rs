@@ -1,0 +1,85 @@
+//! Finding and loading the ONNX Runtime shared library.
+//!
+//! The library is loaded at run time (`ort`'s `load-dynamic`), never downloaded at build time,
+//! so the same build works offline and on a machine with a GPU build of ONNX Runtime. Search
+//! order: the `ORT_DYLIB_PATH` variable, then `.onnxruntime/` in the working directory or next
+//! to (or above) the executable, where `scripts/install-onnxruntime.sh` puts it; then the system
+//! library path (`/usr/local/lib` in the container image).
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use super::InferenceError;
+
+/// Environment variable naming the library file (the variable `ort` itself documents).
+pub const DYLIB_ENV: &str = "ORT_DYLIB_PATH";
+/// File name of the library on Linux.
+const LIB_NAME: &str = "libonnxruntime.so";
+/// Project-local install directory, relative to the repository root.
+const LOCAL_DIR: &str = ".onnxruntime";
+
+static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+
+/// Loads ONNX Runtime once per process and returns its environment.
+pub fn environment() -> Result<&'static ort::environment::Environment, InferenceError> {
+    ENVIRONMENT
+        .get_or_init(|| {
+            let path = locate().map_err(|e| e.to_string())?;
+            tracing::debug!(library = %path.display(), "loading ONNX Runtime");
+            ort::init_from(&path)
+                .map_err(|e| format!("could not load ONNX Runtime from {}: {e}", path.display()))?
+                .with_name("cifar-fleet")
+                .build()
+                .map_err(|e| format!("could not start ONNX Runtime from {}: {e}", path.display()))
+        })
+        .as_ref()
+        .map_err(|message| InferenceError::Runtime(message.clone()))
+}
+
+/// Where the library is, or an error that says how to install it.
+pub fn locate() -> Result<PathBuf, InferenceError> {
+    if let Some(path) = std::env::var_os(DYLIB_ENV).filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(InferenceError::Runtime(format!(
+                "{DYLIB_ENV} is set to {}, which is not a file; point it at libonnxruntime.so or unset it",
+                path.display()
+            )))
+        };
+    }
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        roots.push(cwd);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
+    }
+    let mut searched = Vec::new();
+    for root in roots {
+        let candidate = root.join(LOCAL_DIR).join(LIB_NAME);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        searched.push(candidate);
+    }
+    for dir in ["/usr/local/lib", "/usr/lib", "/usr/lib/x86_64-linux-gnu"] {
+        let candidate = Path::new(dir).join(LIB_NAME);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    Err(InferenceError::Runtime(format!(
+        "the ONNX Runtime library ({LIB_NAME}) was not found. Install it with \
+         `scripts/install-onnxruntime.sh` (unpacks it from the onnxruntime wheel on PyPI into \
+         {LOCAL_DIR}/), or set {DYLIB_ENV} to the path of a libonnxruntime.so, version 1.22 or newer. \
+         Looked in: {}",
+        searched
+            .iter()
+            .take(3)
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
+}

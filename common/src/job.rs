@@ -1,0 +1,138 @@
+//! Jobs: their ids, their manifest, and where their blobs live in the container.
+//!
+//! Container layout:
+//! `cifar-10-python.tar.gz` · `models/<name>.onnx` · `models/<name>.mean.xml` ·
+//! `jobs/<job>/manifest.json` · `jobs/<job>/partitions/<n>.bin` (the collector's durable
+//! state) · `results/<job>/{scores.csv,summary.json,confusion.csv,confusion.png,samples.png}`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Default name of the dataset blob: the walkthrough's tarball.
+pub const DATASET_BLOB: &str = "cifar-10-python.tar.gz";
+/// Default model name: the walkthrough's ResNet-20.
+pub const DEFAULT_MODEL: &str = "resnet20";
+
+pub fn model_key(model: &str) -> String {
+    format!("models/{model}.onnx")
+}
+
+pub fn mean_image_key(model: &str) -> String {
+    format!("models/{model}.mean.xml")
+}
+
+pub fn manifest_key(job: &str) -> String {
+    format!("jobs/{job}/manifest.json")
+}
+
+pub fn partitions_prefix(job: &str) -> String {
+    format!("jobs/{job}/partitions/")
+}
+
+pub fn partition_key(job: &str, partition: u32) -> String {
+    format!("jobs/{job}/partitions/{partition:06}.bin")
+}
+
+pub fn result_key(job: &str, file: &str) -> String {
+    format!("results/{job}/{file}")
+}
+
+/// Names of the result files, in the order the collector writes them: `summary.json` last, so
+/// its presence means the set is complete.
+pub mod files {
+    pub const SCORES: &str = "scores.csv";
+    pub const CONFUSION_CSV: &str = "confusion.csv";
+    pub const CONFUSION_PNG: &str = "confusion.png";
+    pub const SAMPLES_PNG: &str = "samples.png";
+    pub const SUMMARY: &str = "summary.json";
+}
+
+/// A batch of the job as submitted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchEntry {
+    pub name: String,
+    pub images: u32,
+    pub first_partition: u32,
+    pub partitions: u32,
+}
+
+/// `jobs/<job>/manifest.json`, written by the producer once every partition is published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub job: String,
+    pub dataset: String,
+    pub model: String,
+    pub partition_size: u32,
+    pub partitions: u32,
+    pub images: u64,
+    pub batches: Vec<BatchEntry>,
+    pub submitted_at_ms: u64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A new job id: UTC time to the second and a random suffix, e.g. `20261123-233012-7f3a9c`.
+/// Sortable by submission time; two producers starting in the same second still differ.
+pub fn new_job_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let ms = now_ms();
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(ms);
+    hasher.write_u32(std::process::id());
+    let (y, mo, d, h, mi, s) = civil_time(ms / 1000);
+    format!(
+        "{y:04}{mo:02}{d:02}-{h:02}{mi:02}{s:02}-{:06x}",
+        hasher.finish() & 0xff_ffff
+    )
+}
+
+/// UTC calendar time of a Unix timestamp (Howard Hinnant's days-to-civil algorithm).
+fn civil_time(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        (rem / 60 % 60) as u32,
+        (rem % 60) as u32,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_time_matches_known_dates() {
+        assert_eq!(civil_time(0), (1970, 1, 1, 0, 0, 0));
+        // 2026-11-23T23:30:12Z
+        assert_eq!(civil_time(1_795_476_612), (2026, 11, 23, 23, 30, 12));
+        // 2024-02-29T12:00:00Z
+        assert_eq!(civil_time(1_709_208_000), (2024, 2, 29, 12, 0, 0));
+    }
+
+    #[test]
+    fn job_ids_are_unique_and_valid_blob_names() {
+        let a = new_job_id();
+        let b = new_job_id();
+        assert_ne!(a, b);
+        crate::store::check_key(&manifest_key(&a)).unwrap();
+    }
+}

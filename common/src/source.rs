@@ -1,0 +1,112 @@
+//! Where staged inputs come from: a local file or an http(s) URL.
+
+use std::fmt;
+use std::io::Read;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+/// A local path or a URL, as given on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File(PathBuf),
+    Url(String),
+}
+
+impl FromStr for Source {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(if s.starts_with("https://") || s.starts_with("http://") {
+            Source::Url(s.into())
+        } else {
+            Source::File(s.into())
+        })
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(p) => write!(f, "{}", p.display()),
+            Source::Url(u) => f.write_str(u),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot read {path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("cannot download {url}: {reason}")]
+    Download { url: String, reason: String },
+}
+
+impl Source {
+    /// The last path segment: the name the input is stored under by default.
+    pub fn file_name(&self) -> String {
+        let s = match self {
+            Source::File(p) => p.to_string_lossy().into_owned(),
+            Source::Url(u) => u.split(['?', '#']).next().unwrap_or(u).to_owned(),
+        };
+        s.rsplit('/').next().unwrap_or(&s).to_owned()
+    }
+
+    /// Opens the input for streaming, with its size when known.
+    pub fn open(&self) -> Result<(Box<dyn Read + Send>, Option<u64>), SourceError> {
+        match self {
+            Source::File(path) => {
+                let fail = |e: std::io::Error| SourceError::File {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                };
+                let file = std::fs::File::open(path).map_err(fail)?;
+                let size = file.metadata().map_err(fail)?.len();
+                Ok((Box::new(file), Some(size)))
+            }
+            Source::Url(url) => {
+                let fail = |e: ureq::Error| SourceError::Download {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                };
+                let response = ureq::get(url).call().map_err(fail)?;
+                let size = response
+                    .headers()
+                    .get("content-length")
+                    .and_then(|v| v.to_str().ok()?.parse().ok());
+                Ok((Box::new(response.into_body().into_reader()), size))
+            }
+        }
+    }
+
+    /// Reads the whole input (for small inputs: models, mean images).
+    pub fn read_all(&self) -> Result<Vec<u8>, SourceError> {
+        let (mut reader, size) = self.open()?;
+        let mut bytes = Vec::with_capacity(size.unwrap_or(0) as usize);
+        reader.read_to_end(&mut bytes).map_err(|e| match self {
+            Source::File(p) => SourceError::File {
+                path: p.display().to_string(),
+                reason: e.to_string(),
+            },
+            Source::Url(u) => SourceError::Download {
+                url: u.clone(),
+                reason: e.to_string(),
+            },
+        })?;
+        Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_names_sources() {
+        let url: Source = "https://host/path/CIFAR-10_mean.xml?raw=1".parse().unwrap();
+        assert_eq!(url.file_name(), "CIFAR-10_mean.xml");
+        let file: Source = "../fixtures/model.dnn".parse().unwrap();
+        assert_eq!(file, Source::File("../fixtures/model.dnn".into()));
+        assert_eq!(file.file_name(), "model.dnn");
+        assert!(matches!(file.read_all(), Err(SourceError::File { .. })));
+    }
+}

@@ -1,0 +1,187 @@
+//! A directory per container: the embedded default, and what a laptop user browses.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use super::{BlobStore, StoreError, check_key};
+
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    dir: PathBuf,
+}
+
+impl LocalStore {
+    /// The container `container` under `root`, created if missing.
+    pub fn create(root: &Path, container: &str) -> Result<Self, StoreError> {
+        let dir = root.join(container);
+        fs::create_dir_all(&dir).map_err(|e| StoreError::Io {
+            store: dir.display().to_string(),
+            key: String::new(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self { dir })
+    }
+
+    /// The existing container `container` under `root`.
+    pub fn open(root: &Path, container: &str) -> Result<Self, StoreError> {
+        let dir = root.join(container);
+        if !dir.is_dir() {
+            return Err(StoreError::NoContainer {
+                container: container.into(),
+                location: root.display().to_string(),
+            });
+        }
+        Ok(Self { dir })
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
+        check_key(key)?;
+        Ok(self.dir.join(key))
+    }
+
+    fn io(&self, key: &str, e: std::io::Error) -> StoreError {
+        match e.kind() {
+            std::io::ErrorKind::NotFound => StoreError::NotFound {
+                store: self.describe(),
+                key: key.into(),
+            },
+            std::io::ErrorKind::PermissionDenied => StoreError::Denied {
+                store: self.describe(),
+                key: key.into(),
+                reason: e.to_string(),
+            },
+            _ => StoreError::Io {
+                store: self.describe(),
+                key: key.into(),
+                reason: e.to_string(),
+            },
+        }
+    }
+
+    /// Writes through a temporary file and renames it, so a crash never leaves half a blob.
+    fn write_atomically(
+        &self,
+        key: &str,
+        write: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
+    ) -> Result<(), StoreError> {
+        let path = self.path(key)?;
+        let parent = path.parent().expect("keys are relative to the container");
+        fs::create_dir_all(parent).map_err(|e| self.io(key, e))?;
+        let tmp = parent.join(format!(
+            ".{}.{}.tmp",
+            path.file_name().expect("checked key").to_string_lossy(),
+            std::process::id()
+        ));
+        let result = (|| {
+            let mut file = fs::File::create(&tmp)?;
+            write(&mut file)?;
+            file.sync_data()?;
+            fs::rename(&tmp, &path)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map_err(|e| self.io(key, e))
+    }
+}
+
+impl BlobStore for LocalStore {
+    fn open(&self, key: &str) -> Result<Box<dyn Read + Send>, StoreError> {
+        let path = self.path(key)?;
+        let file = fs::File::open(&path).map_err(|e| self.io(key, e))?;
+        Ok(Box::new(file))
+    }
+
+    fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.write_atomically(key, |file| file.write_all(bytes))
+    }
+
+    fn put_file(&self, key: &str, source: &Path) -> Result<(), StoreError> {
+        let mut input = fs::File::open(source).map_err(|e| StoreError::Io {
+            store: source.display().to_string(),
+            key: key.into(),
+            reason: format!("cannot read {}: {e}", source.display()),
+        })?;
+        self.write_atomically(key, |file| std::io::copy(&mut input, file).map(drop))
+    }
+
+    fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.path(key)?.is_file())
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut keys = Vec::new();
+        let mut dirs = vec![self.dir.clone()];
+        while let Some(dir) = dirs.pop() {
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(self.io(prefix, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| self.io(prefix, e))?;
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue; // temporary files of writes in progress
+                }
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if let Ok(relative) = path.strip_prefix(&self.dir) {
+                    let key = relative.to_string_lossy().replace('\\', "/");
+                    if key.starts_with(prefix) {
+                        keys.push(key);
+                    }
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        match fs::remove_file(self.path(key)?) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(self.io(key, e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("local container {}", self.dir.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_get_list_delete() {
+        let root = tempfile::tempdir().unwrap();
+        let store = LocalStore::create(root.path(), "cifar").unwrap();
+        store.put("results/j/scores.csv", b"a,b\n").unwrap();
+        store.put("models/m.onnx", b"onnx").unwrap();
+        assert_eq!(store.get("results/j/scores.csv").unwrap(), b"a,b\n");
+        assert_eq!(
+            store.list("results/").unwrap(),
+            vec!["results/j/scores.csv"]
+        );
+        assert!(store.exists("models/m.onnx").unwrap());
+        store.delete("models/m.onnx").unwrap();
+        store.delete("models/m.onnx").unwrap();
+        assert!(store.get("models/m.onnx").unwrap_err().is_not_found());
+    }
+
+    #[test]
+    fn missing_container_and_bad_keys_are_clear_errors() {
+        let root = tempfile::tempdir().unwrap();
+        let err = LocalStore::open(root.path(), "nope").unwrap_err();
+        assert!(
+            err.to_string().contains("container nope does not exist"),
+            "{err}"
+        );
+        let store = LocalStore::create(root.path(), "cifar").unwrap();
+        assert!(matches!(store.get("../escape"), Err(StoreError::BadKey(_))));
+    }
+}

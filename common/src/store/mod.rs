@@ -1,0 +1,112 @@
+//! The blob store seam: one container of named blobs.
+//!
+//! Two implementations sit side by side: [`local::LocalStore`] (a directory per container,
+//! the embedded default) and `azure::AzureStore` (Azure Blob Storage). The API is blocking:
+//! both back ends are blocking I/O, and async callers run it on the blocking pool.
+
+pub mod local;
+
+use std::fmt::Debug;
+use std::io::Read;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{store} has no blob {key}")]
+    NotFound { store: String, key: String },
+    #[error(
+        "container {container} does not exist in {location}; create it or stage the data first (`producer stage`)"
+    )]
+    NoContainer { container: String, location: String },
+    #[error("{store}: access denied to {key}: {reason}")]
+    Denied {
+        store: String,
+        key: String,
+        reason: String,
+    },
+    #[error("{store}: {key}: {reason}")]
+    Io {
+        store: String,
+        key: String,
+        reason: String,
+    },
+    #[error(
+        "invalid blob name {0:?}: use relative names of letters, digits, `.`, `-`, `_` and `/`"
+    )]
+    BadKey(String),
+}
+
+impl StoreError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StoreError::NotFound { .. })
+    }
+}
+
+/// A blob container.
+pub trait BlobStore: Send + Sync + Debug {
+    /// Reads a whole blob.
+    fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+        let mut bytes = Vec::new();
+        self.open(key)?
+            .read_to_end(&mut bytes)
+            .map_err(|e| StoreError::Io {
+                store: self.describe(),
+                key: key.into(),
+                reason: e.to_string(),
+            })?;
+        Ok(bytes)
+    }
+
+    /// Streams a blob.
+    fn open(&self, key: &str) -> Result<Box<dyn Read + Send>, StoreError>;
+
+    /// Writes a whole blob, replacing any previous one atomically: readers see the old or the
+    /// new blob, never a part.
+    fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError>;
+
+    /// Uploads a local file (large files in blocks where the back end has them).
+    fn put_file(&self, key: &str, path: &Path) -> Result<(), StoreError>;
+
+    /// Whether a blob exists.
+    fn exists(&self, key: &str) -> Result<bool, StoreError>;
+
+    /// Names of the blobs under `prefix`, sorted.
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+
+    /// Deletes a blob; deleting a missing blob is not an error.
+    fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Where this is, for messages: a directory or a container URL.
+    fn describe(&self) -> String;
+}
+
+/// Rejects names that could escape the container or mean different things to the two back
+/// ends.
+pub fn check_key(key: &str) -> Result<(), StoreError> {
+    let valid = !key.is_empty()
+        && !key.starts_with('/')
+        && key
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/'));
+    if valid {
+        Ok(())
+    } else {
+        Err(StoreError::BadKey(key.into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_key;
+
+    #[test]
+    fn keys_stay_inside_the_container() {
+        assert!(check_key("results/job-1/scores.csv").is_ok());
+        for bad in ["", "/etc/passwd", "a/../b", "a//b", "a b", "./x"] {
+            assert!(check_key(bad).is_err(), "{bad:?}");
+        }
+    }
+}
