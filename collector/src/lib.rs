@@ -1,1 +1,137 @@
+//! The collector: gathers each job's scored partitions and writes its result files.
+//!
+//! Invariants:
+//! - A result is acked only after its rows are stored durably in the container
+//!   (`jobs/<job>/partitions/<n>.bin`); a collector restarted at any point rebuilds its state
+//!   from there and finishes the job.
+//! - One row set per (job, partition): a redelivered or twice-scored partition overwrites the
+//!   same blob with the same rows.
+//! - Result files are written only when every partition is in; `summary.json` is written last,
+//!   so its presence means the set is complete.
 
+pub mod state;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleet_common::broker::{Broker, BrokerError, Consumer, Delivery, Queue};
+use fleet_common::message::{self, ResultMessage};
+use fleet_common::results::Summary;
+use fleet_common::shutdown::Shutdown;
+use fleet_common::store::{BlobStore, StoreError};
+use tokio::sync::mpsc;
+
+use crate::state::Jobs;
+
+/// How the collector runs. Part of the `collector` binary's configuration.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CollectorOptions {
+    /// Results held unacknowledged at once.
+    #[arg(long, env = "COLLECTOR_PREFETCH", default_value_t = 8)]
+    pub prefetch: u16,
+    /// How long to keep retrying when storage fails, before giving up (the result stays
+    /// unacknowledged and is redelivered to the next collector).
+    #[arg(long, env = "COLLECTOR_STORE_RETRY_SECS", default_value_t = 300)]
+    pub store_retry_secs: u64,
+}
+
+impl Default for CollectorOptions {
+    fn default() -> Self {
+        Self { prefetch: 8, store_retry_secs: 300 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("storing results failed: {0}")]
+    Store(#[from] StoreError),
+    #[error("a storage task failed: {0}")]
+    Task(String),
+}
+
+/// What the collector tells its caller as it goes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A partition's scores were stored.
+    Stored { job: String, images: u64 },
+    /// A job's result files were written.
+    Completed(Box<Summary>),
+    /// A job was cancelled by its producer; nothing was written for it.
+    Cancelled { job: String, reason: String },
+}
+
+/// Consumes results until shutdown or the broker closes. Events go to `events`, if given.
+pub async fn run<B: Broker>(
+    broker: B,
+    store: Arc<dyn BlobStore>,
+    options: CollectorOptions,
+    mut shutdown: Shutdown,
+    events: Option<mpsc::UnboundedSender<Event>>,
+) -> Result<(), CollectorError> {
+    let mut consumer = broker.consume(Queue::Results, options.prefetch).await?;
+    let jobs = Jobs::new(store);
+    let mut jobs = Some(jobs);
+    let notify = |event: Event| {
+        if let Some(events) = &events {
+            let _ = events.send(event);
+        }
+    };
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = shutdown.requested() => break,
+            next = consumer.next() => next?,
+        };
+        let Some(delivery) = next else { break };
+        let message = match message::decode::<ResultMessage>(delivery.payload()) {
+            Ok(message) => message,
+            Err(e) => {
+                tracing::error!(error = %e, "poison message on the results queue: dead-lettering it");
+                delivery.dead_letter(&e.to_string()).await?;
+                continue;
+            }
+        };
+        // Storage is blocking I/O: run it off the async threads, taking the state along.
+        let mut owned = jobs.take().expect("state is returned after each message");
+        let patience = Duration::from_secs(options.store_retry_secs);
+        let (returned, outcome) = tokio::task::spawn_blocking(move || {
+            let outcome = with_retries(patience, || owned.handle(message.clone()));
+            (owned, outcome)
+        })
+        .await
+        .map_err(|e| CollectorError::Task(e.to_string()))?;
+        jobs = Some(returned);
+        // On error the delivery is dropped unacknowledged: the broker hands it out again.
+        let events = outcome?;
+        // Stored durably (and, when complete, written): now the broker may forget it.
+        delivery.ack().await?;
+        for event in events {
+            if let Event::Completed(summary) = &event {
+                tracing::info!(job = %summary.job, "{}", summary.accuracy_line());
+            }
+            notify(event);
+        }
+    }
+    Ok(())
+}
+
+/// Runs `attempt` until it succeeds or `patience` is spent, backing off from 250 ms to 10 s.
+/// Storage outages are waited out here, holding the delivery, rather than by requeueing it:
+/// a requeue would count against the message's delivery limit.
+fn with_retries<T>(patience: Duration, mut attempt: impl FnMut() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    let deadline = Instant::now() + patience;
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match attempt() {
+            Ok(value) => return Ok(value),
+            Err(e) if Instant::now() + delay < deadline => {
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "storage failed; retrying");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -1,1 +1,156 @@
-fn main() {}
+//! `producer`: stage inputs, convert CNTK models, submit and run scoring jobs.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use fleet_common::inference::InferenceOptions;
+use fleet_common::job;
+use fleet_common::source::Source;
+use fleet_common::store::StoreArgs;
+use producer::stage::{self, DEFAULT_DATASET_URL, DEFAULT_MEAN_IMAGE_URL, DEFAULT_MODEL_URL};
+use producer::submit::SubmitOptions;
+use worker::WorkerOptions;
+
+/// Scores a CIFAR-10 tarball in a blob container with a trained classifier.
+///
+/// Without a subcommand, submits a job over the tarball in the container; with --embedded,
+/// also scores it in this process and prints the accuracy.
+#[derive(Debug, Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Put the dataset, a model and its mean image into a container (CNTK models are
+    /// converted to ONNX on the way). Defaults are the walkthrough's public URLs.
+    Stage(StageArgs),
+    /// Convert a CNTK v2 model (.dnn) to an ONNX file.
+    Convert(ConvertArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Run producer, workers and collector in this process (no broker needed).
+    #[arg(long)]
+    embedded: bool,
+    /// Workers in the embedded run.
+    #[arg(long, env = "EMBEDDED_WORKERS", default_value_t = 1, requires = "embedded")]
+    workers: usize,
+    #[command(flatten)]
+    submit: SubmitOptions,
+    #[command(flatten)]
+    worker: WorkerOptions,
+}
+
+#[derive(Debug, Args)]
+struct StageArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// CIFAR-10 tarball: a file or an http(s) URL.
+    #[arg(long, default_value = DEFAULT_DATASET_URL)]
+    dataset: Source,
+    /// Model: CNTK v2 (.dnn) or ONNX, a file or an http(s) URL.
+    #[arg(long, default_value = DEFAULT_MODEL_URL)]
+    model: Source,
+    /// Mean image (OpenCV XML), a file or an http(s) URL.
+    #[arg(long = "mean-image", default_value = DEFAULT_MEAN_IMAGE_URL)]
+    mean_image: Source,
+    /// Name the model is staged under (`models/<name>.onnx`).
+    #[arg(long = "model-name", env = "MODEL_NAME", default_value = job::DEFAULT_MODEL)]
+    model_name: String,
+    /// Blob name of the dataset in the container.
+    #[arg(long = "dataset-blob", env = "DATASET_BLOB", default_value = job::DATASET_BLOB)]
+    dataset_blob: String,
+    /// Stage only these inputs (default: all three).
+    #[arg(long, value_delimiter = ',', value_enum)]
+    only: Vec<Input>,
+    #[command(flatten)]
+    inference: InferenceOptions,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Input {
+    Dataset,
+    Model,
+    MeanImage,
+}
+
+#[derive(Debug, Args)]
+struct ConvertArgs {
+    /// The CNTK v2 model file.
+    input: PathBuf,
+    /// The ONNX file to write (default: the input with an .onnx extension).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,producer=info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Stage(args)) => stage(args),
+        Some(Command::Convert(args)) => convert(args),
+        None => tokio::runtime::Runtime::new().context("starting the async runtime")?.block_on(run(cli.run)),
+    }
+}
+
+fn stage(args: StageArgs) -> Result<()> {
+    let store = args.store.open(true)?;
+    let wants = |input| args.only.is_empty() || args.only.contains(&input);
+    if wants(Input::Dataset) {
+        println!("{}", stage::stage_dataset(store.as_ref(), &args.dataset, &args.dataset_blob)?);
+    }
+    if wants(Input::Model) {
+        println!("{}", stage::stage_model(store.as_ref(), &args.model, &args.model_name, &args.inference)?);
+    }
+    if wants(Input::MeanImage) {
+        println!("{}", stage::stage_mean_image(store.as_ref(), &args.mean_image, &args.model_name)?);
+    }
+    Ok(())
+}
+
+fn convert(args: ConvertArgs) -> Result<()> {
+    let bytes = std::fs::read(&args.input).with_context(|| format!("cannot read {}", args.input.display()))?;
+    let name = args.input.file_name().map_or_else(|| args.input.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let imported = cntk_onnx::import(&bytes, &name)?;
+    let output = args.output.unwrap_or_else(|| args.input.with_extension("onnx"));
+    std::fs::write(&output, &imported.onnx).with_context(|| format!("cannot write {}", output.display()))?;
+    println!(
+        "{} -> {}: {} nodes, {} weights, input {:?}, output {:?}, source sha256 {}",
+        args.input.display(),
+        output.display(),
+        imported.nodes,
+        imported.parameters,
+        imported.input_shape,
+        imported.output_shape,
+        imported.source_sha256
+    );
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> Result<()> {
+    if !args.embedded {
+        bail!("submitting to a broker is not available in this build yet: add --embedded to run the job in this process");
+    }
+    let store = args.store.open(false)?;
+    let job = job::new_job_id();
+    let run = producer::embedded::run(store, &args.submit, args.workers, args.worker, &job).await?;
+    println!("{}", run.summary.accuracy_line());
+    println!(
+        "scored {} images in {:.2}s ({:.0} images/s)",
+        run.summary.images, run.summary.timings.wall_seconds, run.summary.timings.images_per_second
+    );
+    println!("job: {}", run.job);
+    Ok(())
+}

@@ -1,1 +1,152 @@
+//! The worker: consumes partitions, scores each as one batch, publishes its scores.
+//!
+//! - [`scoring`]: the model (one ONNX Runtime session per process) and the per-partition work.
+//! - [`run`]: the consume / score / publish / ack loop.
+//!
+//! Invariants: a partition is acked only after its scores are confirmed by the broker, so a
+//! worker killed at any point loses nothing (the partition is redelivered). A partition that
+//! can never be scored (undecodable, invalid, or for a model that cannot load) goes to the
+//! dead-letter queue with the reason, instead of being retried forever.
 
+pub mod scoring;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_common::broker::{Broker, BrokerError, Consumer, Delivery, Queue};
+use fleet_common::inference::InferenceOptions;
+use fleet_common::message::{self, Partition, ResultMessage};
+use fleet_common::shutdown::Shutdown;
+use fleet_common::store::BlobStore;
+use tokio::task::JoinHandle;
+
+use crate::scoring::{Models, ScoreError};
+
+/// How a worker runs. Part of the `worker` binary's configuration.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerOptions {
+    /// Partitions held unacknowledged at once: one being scored, one waiting.
+    #[arg(long, env = "WORKER_PREFETCH", default_value_t = 2)]
+    pub prefetch: u16,
+    /// Exit after the partitions queue has been empty this many seconds (for event-driven
+    /// jobs); run until stopped when absent.
+    #[arg(long, env = "WORKER_IDLE_EXIT_SECS")]
+    pub idle_exit_secs: Option<u64>,
+    /// Deliveries of one partition before it is dead-lettered.
+    #[arg(long, env = "WORKER_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: u32,
+    #[command(flatten)]
+    pub inference: InferenceOptions,
+}
+
+impl Default for WorkerOptions {
+    fn default() -> Self {
+        Self { prefetch: 2, idle_exit_secs: None, max_attempts: 5, inference: InferenceOptions::default() }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("a scoring task failed: {0}")]
+    Task(String),
+}
+
+/// What one worker did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct WorkerReport {
+    pub partitions: u64,
+    pub images: u64,
+    pub dead_lettered: u64,
+}
+
+/// Consumes and scores partitions until shutdown, idle exit, or the broker closes.
+pub async fn run<B: Broker>(
+    broker: B,
+    store: Arc<dyn BlobStore>,
+    options: WorkerOptions,
+    name: String,
+    mut shutdown: Shutdown,
+) -> Result<WorkerReport, WorkerError> {
+    let mut consumer = broker.consume(Queue::Partitions, options.prefetch).await?;
+    let mut models = Some(Models::new(store, options.inference.clone()));
+    let mut report = WorkerReport::default();
+    // The previous partition's publish-and-ack, overlapped with scoring the next one.
+    let mut in_flight: Option<JoinHandle<Result<(), BrokerError>>> = None;
+    let idle = options.idle_exit_secs.map(Duration::from_secs);
+    loop {
+        let next = tokio::select! {
+            biased;
+            () = shutdown.requested() => break,
+            next = consumer.next() => next?,
+            () = sleep_or_forever(idle) => {
+                tracing::info!("partitions queue idle for {}s: exiting", idle.unwrap_or_default().as_secs());
+                break;
+            }
+        };
+        let Some(delivery) = next else { break };
+        let partition = match message::decode::<Partition>(delivery.payload()).and_then(|p| p.validate().map(|()| p)) {
+            Ok(partition) => partition,
+            Err(e) => {
+                tracing::error!(error = %e, "poison message on the partitions queue: dead-lettering it");
+                delivery.dead_letter(&e.to_string()).await?;
+                report.dead_lettered += 1;
+                continue;
+            }
+        };
+        // Scoring is CPU-bound: run it off the async threads, taking the models along.
+        let mut owned = models.take().expect("models are returned after each partition");
+        let worker = name.clone();
+        let (returned, outcome) = tokio::task::spawn_blocking(move || {
+            let outcome = owned.score(&partition, &worker);
+            (owned, outcome)
+        })
+        .await
+        .map_err(|e| WorkerError::Task(e.to_string()))?;
+        models = Some(returned);
+        match outcome {
+            Ok(scored) => {
+                report.partitions += 1;
+                report.images += scored.scores.len() as u64;
+                tracing::debug!(job = %scored.job, partition = scored.partition, images = scored.scores.len(), "scored");
+                if let Some(previous) = in_flight.take() {
+                    previous.await.map_err(|e| WorkerError::Task(e.to_string()))??;
+                }
+                let broker = broker.clone();
+                let payload = message::encode(&ResultMessage::Scored(scored));
+                in_flight = Some(tokio::spawn(async move {
+                    broker.publish(Queue::Results, payload).await?;
+                    delivery.ack().await
+                }));
+            }
+            Err(ScoreError::Permanent(reason)) => {
+                tracing::error!(%reason, "partition cannot be scored: dead-lettering it");
+                delivery.dead_letter(&reason).await?;
+                report.dead_lettered += 1;
+            }
+            Err(ScoreError::Transient(reason)) if delivery.attempt() >= options.max_attempts => {
+                let reason = format!("failed {} times, last: {reason}", delivery.attempt());
+                tracing::error!(%reason, "giving up on partition: dead-lettering it");
+                delivery.dead_letter(&reason).await?;
+                report.dead_lettered += 1;
+            }
+            Err(ScoreError::Transient(reason)) => {
+                tracing::warn!(%reason, attempt = delivery.attempt(), "scoring failed; the partition will be retried");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                delivery.retry().await?;
+            }
+        }
+    }
+    if let Some(previous) = in_flight.take() {
+        previous.await.map_err(|e| WorkerError::Task(e.to_string()))??;
+    }
+    Ok(report)
+}
+
+async fn sleep_or_forever(duration: Option<Duration>) {
+    match duration {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}

@@ -110,3 +110,29 @@ mod tests {
         }
     }
 }
+
+/// Where the container is. Part of every binary's configuration.
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreArgs {
+    /// Root directory of the local store (one sub-directory per container).
+    #[arg(long, env = "FLEET_STORE", value_name = "DIR")]
+    pub store: Option<std::path::PathBuf>,
+    /// Blob container holding the dataset, models and results.
+    #[arg(long, env = "FLEET_CONTAINER", default_value = "cifar")]
+    pub container: String,
+}
+
+impl StoreArgs {
+    /// Opens the container; with `create`, makes it if it does not exist.
+    pub fn open(&self, create: bool) -> Result<std::sync::Arc<dyn BlobStore>, StoreError> {
+        let Some(root) = &self.store else {
+            return Err(StoreError::Io {
+                store: "configuration".into(),
+                key: String::new(),
+                reason: "no store given: pass --store DIR (or set FLEET_STORE)".into(),
+            });
+        };
+        let store = if create { local::LocalStore::create(root, &self.container)? } else { local::LocalStore::open(root, &self.container)? };
+        Ok(std::sync::Arc::new(store))
+    }
+}
