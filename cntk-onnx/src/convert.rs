@@ -746,7 +746,7 @@ impl<'m> Lowering<'m> {
         let inferred = new_shape.iter().filter(|&&d| d == u64::MAX).count();
         let resolved: Vec<u64> = match inferred {
             0 if known == replaced => new_shape,
-            1 if known > 0 && replaced % known == 0 => new_shape
+            1 if known > 0 && replaced.is_multiple_of(known) => new_shape
                 .iter()
                 .map(|&d| if d == u64::MAX { replaced / known } else { d })
                 .collect(),

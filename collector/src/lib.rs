@@ -37,7 +37,10 @@ pub struct CollectorOptions {
 
 impl Default for CollectorOptions {
     fn default() -> Self {
-        Self { prefetch: 8, store_retry_secs: 300 }
+        Self {
+            prefetch: 8,
+            store_retry_secs: 300,
+        }
     }
 }
 
@@ -120,7 +123,10 @@ pub async fn run<B: Broker>(
 /// Runs `attempt` until it succeeds or `patience` is spent, backing off from 250 ms to 10 s.
 /// Storage outages are waited out here, holding the delivery, rather than by requeueing it:
 /// a requeue would count against the message's delivery limit.
-fn with_retries<T>(patience: Duration, mut attempt: impl FnMut() -> Result<T, StoreError>) -> Result<T, StoreError> {
+fn with_retries<T>(
+    patience: Duration,
+    mut attempt: impl FnMut() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
     let deadline = Instant::now() + patience;
     let mut delay = Duration::from_millis(250);
     loop {

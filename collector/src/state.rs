@@ -31,7 +31,11 @@ pub struct Jobs {
 
 impl Jobs {
     pub fn new(store: Arc<dyn BlobStore>) -> Self {
-        Self { store, open: HashMap::new(), finished: HashSet::new() }
+        Self {
+            store,
+            open: HashMap::new(),
+            finished: HashSet::new(),
+        }
     }
 
     /// Applies one message. Returns only once everything it implies is stored; on error nothing
@@ -45,9 +49,17 @@ impl Jobs {
         let mut events = Vec::new();
         match message {
             ResultMessage::Scored(scored) => {
-                self.store.put(&job::partition_key(&job, scored.partition), &message::encode(&scored))?;
-                events.push(Event::Stored { job: job.clone(), images: scored.scores.len() as u64 });
-                self.state(&job)?.partitions.insert(scored.partition, scored);
+                self.store.put(
+                    &job::partition_key(&job, scored.partition),
+                    &message::encode(&scored),
+                )?;
+                events.push(Event::Stored {
+                    job: job.clone(),
+                    images: scored.scores.len() as u64,
+                });
+                self.state(&job)?
+                    .partitions
+                    .insert(scored.partition, scored);
             }
             ResultMessage::Sealed(sealed) => self.state(&job)?.sealed = Some(sealed),
             ResultMessage::Cancelled(Cancelled { job, reason }) => {
@@ -73,7 +85,8 @@ impl Jobs {
             return Ok(false);
         }
         // First message of this job since start: it may have been finished before a restart.
-        Ok(self.store.exists(&job::result_key(job, files::SUMMARY))? || self.store.exists(&cancelled_key(job))?)
+        Ok(self.store.exists(&job::result_key(job, files::SUMMARY))?
+            || self.store.exists(&cancelled_key(job))?)
     }
 
     /// The job's state, rebuilt from the container the first time it is seen.
@@ -88,7 +101,9 @@ impl Jobs {
                     }
                     // Written by this program, so only a foreign or damaged blob gets here: the
                     // partition will be scored again if it is still in the queue.
-                    Err(e) => tracing::warn!(%key, error = %e, "ignoring an unreadable stored partition"),
+                    Err(e) => {
+                        tracing::warn!(%key, error = %e, "ignoring an unreadable stored partition")
+                    }
                 }
             }
             match self.store.get(&job::manifest_key(job)) {
@@ -114,8 +129,12 @@ impl Jobs {
     }
 
     fn complete_if_ready(&mut self, job: &str) -> Result<Option<results::Summary>, StoreError> {
-        let Some(state) = self.open.get(job) else { return Ok(None) };
-        let Some(sealed) = &state.sealed else { return Ok(None) };
+        let Some(state) = self.open.get(job) else {
+            return Ok(None);
+        };
+        let Some(sealed) = &state.sealed else {
+            return Ok(None);
+        };
         let complete = state.partitions.len() as u32 == sealed.partitions
             && state.partitions.keys().copied().eq(0..sealed.partitions);
         if !complete {
@@ -130,7 +149,8 @@ impl Jobs {
         put(files::SCORES, files.scores_csv.as_bytes())?;
         put(files::CONFUSION_CSV, files.confusion_csv.as_bytes())?;
         put(files::CONFUSION_PNG, &files.confusion_png)?;
-        let summary = serde_json::to_vec_pretty(&files.summary).expect("a summary always serializes");
+        let summary =
+            serde_json::to_vec_pretty(&files.summary).expect("a summary always serializes");
         put(files::SUMMARY, &summary)?;
         self.open.remove(job);
         self.finished.insert(job.to_owned());

@@ -61,12 +61,24 @@ pub async fn run(
     {
         let (broker, store, shutdown) = (broker.clone(), store.clone(), shutdown.clone());
         fleet.spawn(async move {
-            collector::run(broker, store, CollectorOptions::default(), shutdown, Some(events_tx)).await?;
+            collector::run(
+                broker,
+                store,
+                CollectorOptions::default(),
+                shutdown,
+                Some(events_tx),
+            )
+            .await?;
             Ok(())
         });
     }
     for i in 0..workers {
-        let (broker, store, shutdown, options) = (broker.clone(), store.clone(), shutdown.clone(), worker_options.clone());
+        let (broker, store, shutdown, options) = (
+            broker.clone(),
+            store.clone(),
+            shutdown.clone(),
+            worker_options.clone(),
+        );
         let name = format!("embedded-worker-{}", i + 1);
         fleet.spawn(async move {
             let report = worker::run(broker, store, options, name.clone(), shutdown).await?;
@@ -76,11 +88,15 @@ pub async fn run(
     }
 
     let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("{spinner} scoring {bar:40} {pos}/{len} images ({per_sec}, {elapsed})")
-            .expect("the template is valid"),
+        ProgressStyle::with_template(
+            "{spinner} scoring {bar:40} {pos}/{len} images ({per_sec}, {elapsed})",
+        )
+        .expect("the template is valid"),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
-    let submission = submit(&broker, store.clone(), options, job, |images| bar.inc_length(images));
+    let submission = submit(&broker, store.clone(), options, job, |images| {
+        bar.inc_length(images)
+    });
     tokio::pin!(submission);
     let mut submitted = false;
     // Submit while the fleet scores, and wait for this job's completion.
@@ -116,5 +132,8 @@ pub async fn run(
     broker.close();
     while fleet.join_next().await.is_some() {}
     let summary = outcome?;
-    Ok(EmbeddedRun { job: job.to_owned(), summary })
+    Ok(EmbeddedRun {
+        job: job.to_owned(),
+        summary,
+    })
 }

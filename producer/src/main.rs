@@ -42,7 +42,12 @@ struct RunArgs {
     #[arg(long)]
     embedded: bool,
     /// Workers in the embedded run.
-    #[arg(long, env = "EMBEDDED_WORKERS", default_value_t = 1, requires = "embedded")]
+    #[arg(
+        long,
+        env = "EMBEDDED_WORKERS",
+        default_value_t = 1,
+        requires = "embedded"
+    )]
     workers: usize,
     #[command(flatten)]
     submit: SubmitOptions,
@@ -94,14 +99,19 @@ struct ConvertArgs {
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,producer=info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,producer=info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Stage(args)) => stage(args),
         Some(Command::Convert(args)) => convert(args),
-        None => tokio::runtime::Runtime::new().context("starting the async runtime")?.block_on(run(cli.run)),
+        None => tokio::runtime::Runtime::new()
+            .context("starting the async runtime")?
+            .block_on(run(cli.run)),
     }
 }
 
@@ -109,23 +119,44 @@ fn stage(args: StageArgs) -> Result<()> {
     let store = args.store.open(true)?;
     let wants = |input| args.only.is_empty() || args.only.contains(&input);
     if wants(Input::Dataset) {
-        println!("{}", stage::stage_dataset(store.as_ref(), &args.dataset, &args.dataset_blob)?);
+        println!(
+            "{}",
+            stage::stage_dataset(store.as_ref(), &args.dataset, &args.dataset_blob)?
+        );
     }
     if wants(Input::Model) {
-        println!("{}", stage::stage_model(store.as_ref(), &args.model, &args.model_name, &args.inference)?);
+        println!(
+            "{}",
+            stage::stage_model(
+                store.as_ref(),
+                &args.model,
+                &args.model_name,
+                &args.inference
+            )?
+        );
     }
     if wants(Input::MeanImage) {
-        println!("{}", stage::stage_mean_image(store.as_ref(), &args.mean_image, &args.model_name)?);
+        println!(
+            "{}",
+            stage::stage_mean_image(store.as_ref(), &args.mean_image, &args.model_name)?
+        );
     }
     Ok(())
 }
 
 fn convert(args: ConvertArgs) -> Result<()> {
-    let bytes = std::fs::read(&args.input).with_context(|| format!("cannot read {}", args.input.display()))?;
-    let name = args.input.file_name().map_or_else(|| args.input.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let bytes = std::fs::read(&args.input)
+        .with_context(|| format!("cannot read {}", args.input.display()))?;
+    let name = args.input.file_name().map_or_else(
+        || args.input.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
     let imported = cntk_onnx::import(&bytes, &name)?;
-    let output = args.output.unwrap_or_else(|| args.input.with_extension("onnx"));
-    std::fs::write(&output, &imported.onnx).with_context(|| format!("cannot write {}", output.display()))?;
+    let output = args
+        .output
+        .unwrap_or_else(|| args.input.with_extension("onnx"));
+    std::fs::write(&output, &imported.onnx)
+        .with_context(|| format!("cannot write {}", output.display()))?;
     println!(
         "{} -> {}: {} nodes, {} weights, input {:?}, output {:?}, source sha256 {}",
         args.input.display(),
@@ -141,7 +172,9 @@ fn convert(args: ConvertArgs) -> Result<()> {
 
 async fn run(args: RunArgs) -> Result<()> {
     if !args.embedded {
-        bail!("submitting to a broker is not available in this build yet: add --embedded to run the job in this process");
+        bail!(
+            "submitting to a broker is not available in this build yet: add --embedded to run the job in this process"
+        );
     }
     let store = args.store.open(false)?;
     let job = job::new_job_id();

@@ -14,10 +14,8 @@ use fleet_common::store::{BlobStore, StoreError};
 
 /// The walkthrough's inputs, staged when no other is given.
 pub const DEFAULT_DATASET_URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz";
-pub const DEFAULT_MODEL_URL: &str =
-    "https://github.com/Azure-Samples/hdinsight-pyspark-cntk-integration/raw/master/resnet20_meanimage_159.dnn";
-pub const DEFAULT_MEAN_IMAGE_URL: &str =
-    "https://raw.githubusercontent.com/Azure-Samples/hdinsight-pyspark-cntk-integration/master/CIFAR-10_mean.xml";
+pub const DEFAULT_MODEL_URL: &str = "https://github.com/Azure-Samples/hdinsight-pyspark-cntk-integration/raw/master/resnet20_meanimage_159.dnn";
+pub const DEFAULT_MEAN_IMAGE_URL: &str = "https://raw.githubusercontent.com/Azure-Samples/hdinsight-pyspark-cntk-integration/master/CIFAR-10_mean.xml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
@@ -46,7 +44,11 @@ pub struct StageReport {
 }
 
 /// Stages the dataset as `blob`, after checking that it reads as a CIFAR-10 tarball.
-pub fn stage_dataset(store: &dyn BlobStore, source: &Source, blob: &str) -> Result<String, StageError> {
+pub fn stage_dataset(
+    store: &dyn BlobStore,
+    source: &Source,
+    blob: &str,
+) -> Result<String, StageError> {
     // A URL is downloaded once to a temporary file: it is read twice (checked, then uploaded).
     let mut _download = None;
     let path = match source {
@@ -54,32 +56,51 @@ pub fn stage_dataset(store: &dyn BlobStore, source: &Source, blob: &str) -> Resu
         Source::Url(_) => {
             let (mut reader, _) = source.open()?;
             let mut file = tempfile::NamedTempFile::new().map_err(StageError::Temp)?;
-            std::io::copy(&mut reader, &mut file).map_err(|e| SourceError::Download { url: source.to_string(), reason: e.to_string() })?;
+            std::io::copy(&mut reader, &mut file).map_err(|e| SourceError::Download {
+                url: source.to_string(),
+                reason: e.to_string(),
+            })?;
             file.flush().map_err(StageError::Temp)?;
             let path = file.path().to_path_buf();
             _download = Some(file);
             path
         }
     };
-    let file = std::fs::File::open(&path).map_err(|e| SourceError::File { path: path.display().to_string(), reason: e.to_string() })?;
-    let mut images = 0;
-    let batches = dataset::read_tarball(file, &source.file_name(), &BatchSelection::All, |batch| {
-        images += batch.len();
-        Ok(())
+    let file = std::fs::File::open(&path).map_err(|e| SourceError::File {
+        path: path.display().to_string(),
+        reason: e.to_string(),
     })?;
+    let mut images = 0;
+    let batches =
+        dataset::read_tarball(file, &source.file_name(), &BatchSelection::All, |batch| {
+            images += batch.len();
+            Ok(())
+        })?;
     store.put_file(blob, &path)?;
-    Ok(format!("dataset {source} -> {blob} ({} batches, {images} images: {})", batches.len(), batches.join(", ")))
+    Ok(format!(
+        "dataset {source} -> {blob} ({} batches, {images} images: {})",
+        batches.len(),
+        batches.join(", ")
+    ))
 }
 
 /// Stages a model as `models/<name>.onnx`, converting a CNTK model, and checks that ONNX
 /// Runtime loads it and that it takes CIFAR images.
-pub fn stage_model(store: &dyn BlobStore, source: &Source, name: &str, inference: &InferenceOptions) -> Result<String, StageError> {
+pub fn stage_model(
+    store: &dyn BlobStore,
+    source: &Source,
+    name: &str,
+    inference: &InferenceOptions,
+) -> Result<String, StageError> {
     let bytes = source.read_all()?;
     let file_name = source.file_name();
     let (onnx, how) = match cntk_onnx::sniff(&bytes) {
         Format::CntkV2 => {
             let imported = cntk_onnx::import(&bytes, &file_name)?;
-            let how = format!("converted from CNTK v2: {} nodes, {} weights", imported.nodes, imported.parameters);
+            let how = format!(
+                "converted from CNTK v2: {} nodes, {} weights",
+                imported.nodes, imported.parameters
+            );
             (imported.onnx, how)
         }
         Format::Onnx => (bytes, "ONNX".to_owned()),
@@ -92,11 +113,18 @@ pub fn stage_model(store: &dyn BlobStore, source: &Source, name: &str, inference
     let scorer = Scorer::load(&onnx, &file_name, inference)?;
     let key = job::model_key(name);
     store.put(&key, &onnx)?;
-    Ok(format!("model {source} -> {key} ({how}; {} classes)", scorer.classes()))
+    Ok(format!(
+        "model {source} -> {key} ({how}; {} classes)",
+        scorer.classes()
+    ))
 }
 
 /// Stages a mean image as `models/<name>.mean.xml`, after checking its shape.
-pub fn stage_mean_image(store: &dyn BlobStore, source: &Source, name: &str) -> Result<String, StageError> {
+pub fn stage_mean_image(
+    store: &dyn BlobStore,
+    source: &Source,
+    name: &str,
+) -> Result<String, StageError> {
     let bytes = source.read_all()?;
     MeanImage::from_xml(&bytes, &source.file_name())?;
     let key = job::mean_image_key(name);

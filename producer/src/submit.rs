@@ -45,7 +45,11 @@ impl Default for SubmitOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
     #[error("model {model} is not staged in {store} (no {key}); run `producer stage` first")]
-    NotStaged { model: String, store: String, key: String },
+    NotStaged {
+        model: String,
+        store: String,
+        key: String,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -67,9 +71,16 @@ pub async fn submit<B: Broker>(
     job: &str,
     mut on_published: impl FnMut(u64),
 ) -> Result<Manifest, SubmitError> {
-    for key in [job::model_key(&options.model), job::mean_image_key(&options.model)] {
+    for key in [
+        job::model_key(&options.model),
+        job::mean_image_key(&options.model),
+    ] {
         if !store.exists(&key)? {
-            return Err(SubmitError::NotStaged { model: options.model.clone(), store: store.describe(), key });
+            return Err(SubmitError::NotStaged {
+                model: options.model.clone(),
+                store: store.describe(),
+                key,
+            });
         }
     }
     let submitted_at_ms = now_ms();
@@ -77,8 +88,14 @@ pub async fn submit<B: Broker>(
     let (batches, samples) = match result {
         Ok(done) => done,
         Err(e) => {
-            let cancel = ResultMessage::Cancelled(Cancelled { job: job.into(), reason: e.to_string() });
-            if let Err(cancel_error) = broker.publish(Queue::Results, message::encode(&cancel)).await {
+            let cancel = ResultMessage::Cancelled(Cancelled {
+                job: job.into(),
+                reason: e.to_string(),
+            });
+            if let Err(cancel_error) = broker
+                .publish(Queue::Results, message::encode(&cancel))
+                .await
+            {
                 tracing::error!(%job, error = %cancel_error, "could not cancel the job after a failed submission");
             }
             return Err(e);
@@ -105,8 +122,15 @@ pub async fn submit<B: Broker>(
     })
     .await
     .map_err(|e| SubmitError::Task(e.to_string()))??;
-    let sealed = ResultMessage::Sealed(Sealed { job: job.into(), partitions, images, submitted_at_ms });
-    broker.publish(Queue::Results, message::encode(&sealed)).await?;
+    let sealed = ResultMessage::Sealed(Sealed {
+        job: job.into(),
+        partitions,
+        images,
+        submitted_at_ms,
+    });
+    broker
+        .publish(Queue::Results, message::encode(&sealed))
+        .await?;
     tracing::info!(%job, partitions, images, "job submitted");
     Ok(manifest)
 }
@@ -121,8 +145,13 @@ async fn publish_partitions<B: Broker>(
 ) -> Result<(Vec<BatchEntry>, Vec<u8>), SubmitError> {
     // The tarball is decoded on a blocking thread, a few partitions ahead of publishing.
     let (tx, mut rx) = mpsc::channel::<Partition>(4);
-    let (dataset, selection, size, model, job_id) =
-        (options.dataset.clone(), options.batches.clone(), options.partition_size as usize, options.model.clone(), job.to_owned());
+    let (dataset, selection, size, model, job_id) = (
+        options.dataset.clone(),
+        options.batches.clone(),
+        options.partition_size as usize,
+        options.model.clone(),
+        job.to_owned(),
+    );
     let reader = tokio::task::spawn_blocking(move || -> Result<Vec<BatchEntry>, SubmitError> {
         let source = store.open(&dataset)?;
         let mut entries = Vec::new();
@@ -142,7 +171,8 @@ async fn publish_partitions<B: Broker>(
                     pixels: batch.pixels[start * IMAGE_BYTES..end * IMAGE_BYTES].to_vec(),
                 };
                 next_partition += 1;
-                tx.blocking_send(partition).map_err(|_| DatasetError::Stopped("publishing stopped".into()))?;
+                tx.blocking_send(partition)
+                    .map_err(|_| DatasetError::Stopped("publishing stopped".into()))?;
             }
             entries.push(BatchEntry {
                 name: batch.name.clone(),
@@ -163,7 +193,10 @@ async fn publish_partitions<B: Broker>(
             samples.push((pixels, partition.filenames[i].clone()));
         }
         let images = partition.len() as u64;
-        if let Err(e) = broker.publish(Queue::Partitions, message::encode(&partition)).await {
+        if let Err(e) = broker
+            .publish(Queue::Partitions, message::encode(&partition))
+            .await
+        {
             publish_error = Some(e);
             break;
         }
@@ -176,6 +209,12 @@ async fn publish_partitions<B: Broker>(
         return Err(e.into());
     }
     let batches = read?;
-    let grid: Vec<Sample<'_>> = samples.iter().map(|(pixels, caption)| Sample { pixels, caption: caption.clone() }).collect();
+    let grid: Vec<Sample<'_>> = samples
+        .iter()
+        .map(|(pixels, caption)| Sample {
+            pixels,
+            caption: caption.clone(),
+        })
+        .collect();
     Ok((batches, sample_grid_png(&grid, 8)))
 }

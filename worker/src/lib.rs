@@ -41,7 +41,12 @@ pub struct WorkerOptions {
 
 impl Default for WorkerOptions {
     fn default() -> Self {
-        Self { prefetch: 2, idle_exit_secs: None, max_attempts: 5, inference: InferenceOptions::default() }
+        Self {
+            prefetch: 2,
+            idle_exit_secs: None,
+            max_attempts: 5,
+            inference: InferenceOptions::default(),
+        }
     }
 }
 
@@ -86,7 +91,9 @@ pub async fn run<B: Broker>(
             }
         };
         let Some(delivery) = next else { break };
-        let partition = match message::decode::<Partition>(delivery.payload()).and_then(|p| p.validate().map(|()| p)) {
+        let partition = match message::decode::<Partition>(delivery.payload())
+            .and_then(|p| p.validate().map(|()| p))
+        {
             Ok(partition) => partition,
             Err(e) => {
                 tracing::error!(error = %e, "poison message on the partitions queue: dead-lettering it");
@@ -96,7 +103,9 @@ pub async fn run<B: Broker>(
             }
         };
         // Scoring is CPU-bound: run it off the async threads, taking the models along.
-        let mut owned = models.take().expect("models are returned after each partition");
+        let mut owned = models
+            .take()
+            .expect("models are returned after each partition");
         let worker = name.clone();
         let (returned, outcome) = tokio::task::spawn_blocking(move || {
             let outcome = owned.score(&partition, &worker);
@@ -111,7 +120,9 @@ pub async fn run<B: Broker>(
                 report.images += scored.scores.len() as u64;
                 tracing::debug!(job = %scored.job, partition = scored.partition, images = scored.scores.len(), "scored");
                 if let Some(previous) = in_flight.take() {
-                    previous.await.map_err(|e| WorkerError::Task(e.to_string()))??;
+                    previous
+                        .await
+                        .map_err(|e| WorkerError::Task(e.to_string()))??;
                 }
                 let broker = broker.clone();
                 let payload = message::encode(&ResultMessage::Scored(scored));
@@ -139,7 +150,9 @@ pub async fn run<B: Broker>(
         }
     }
     if let Some(previous) = in_flight.take() {
-        previous.await.map_err(|e| WorkerError::Task(e.to_string()))??;
+        previous
+            .await
+            .map_err(|e| WorkerError::Task(e.to_string()))??;
     }
     Ok(report)
 }

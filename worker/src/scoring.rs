@@ -39,27 +39,42 @@ pub struct Models {
 
 impl Models {
     pub fn new(store: Arc<dyn BlobStore>, options: InferenceOptions) -> Self {
-        Self { store, options, loaded: HashMap::new() }
+        Self {
+            store,
+            options,
+            loaded: HashMap::new(),
+        }
     }
 
     fn load(&mut self, model: &str) -> Result<&mut Loaded, ScoreError> {
         if !self.loaded.contains_key(model) {
             let fetch = |key: String| {
                 self.store.get(&key).map_err(|e| match e {
-                    StoreError::NotFound { .. } | StoreError::BadKey(_) | StoreError::NoContainer { .. } => {
-                        ScoreError::Permanent(format!("model {model}: {e}; stage it with `producer stage`"))
-                    }
+                    StoreError::NotFound { .. }
+                    | StoreError::BadKey(_)
+                    | StoreError::NoContainer { .. } => ScoreError::Permanent(format!(
+                        "model {model}: {e}; stage it with `producer stage`"
+                    )),
                     other => ScoreError::Transient(other.to_string()),
                 })
             };
             let onnx = fetch(job::model_key(model))?;
             let mean_key = job::mean_image_key(model);
-            let mean = MeanImage::from_xml(&fetch(mean_key.clone())?, &mean_key).map_err(|e| ScoreError::Permanent(e.to_string()))?;
+            let mean = MeanImage::from_xml(&fetch(mean_key.clone())?, &mean_key)
+                .map_err(|e| ScoreError::Permanent(e.to_string()))?;
             let scorer = Scorer::load(&onnx, model, &self.options).map_err(|e| match e {
                 InferenceError::Run(reason) => ScoreError::Transient(reason),
                 other => ScoreError::Permanent(other.to_string()),
             })?;
-            self.loaded.insert(model.to_owned(), Loaded { scorer, mean, input: Vec::new(), logits: Vec::new() });
+            self.loaded.insert(
+                model.to_owned(),
+                Loaded {
+                    scorer,
+                    mean,
+                    input: Vec::new(),
+                    logits: Vec::new(),
+                },
+            );
         }
         Ok(self.loaded.get_mut(model).expect("inserted above"))
     }
@@ -82,7 +97,11 @@ impl Models {
             .zip(&partition.labels)
             .map(|(logits, &label)| {
                 let (predicted, confidence) = argmax_softmax(logits);
-                Score { label, predicted: predicted as u8, confidence }
+                Score {
+                    label,
+                    predicted: predicted as u8,
+                    confidence,
+                }
             })
             .collect();
         Ok(Scored {
@@ -104,7 +123,9 @@ pub fn argmax_softmax(logits: &[f32]) -> (usize, f32) {
         .iter()
         .copied()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, v)| if v > bv { (i, v) } else { (bi, bv) });
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, v)| {
+            if v > bv { (i, v) } else { (bi, bv) }
+        });
     // exp(max - max) = 1 over the sum of exp(l - max): stable for any logits.
     let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
     (best, 1.0 / sum)
@@ -118,7 +139,11 @@ mod tests {
     fn argmax_and_confidence() {
         let (i, p) = argmax_softmax(&[1.0, 3.0, 3.0, -2.0]);
         assert_eq!(i, 1, "ties go to the first maximum");
-        let expected = 3f32.exp() / [1.0f32, 3.0, 3.0, -2.0].iter().map(|l| l.exp()).sum::<f32>();
+        let expected = 3f32.exp()
+            / [1.0f32, 3.0, 3.0, -2.0]
+                .iter()
+                .map(|l| l.exp())
+                .sum::<f32>();
         assert!((p - expected).abs() < 1e-6);
         let (_, p) = argmax_softmax(&[1000.0, 0.0]);
         assert!((p - 1.0).abs() < 1e-6, "large logits must not overflow");

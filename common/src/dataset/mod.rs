@@ -152,7 +152,8 @@ pub fn read_tarball(
     let mut present = Vec::new();
     let mut visited = Vec::new();
     let mut saw_cifar = false;
-    for entry in archive.entries().map_err(corrupt)? {
+    let mut entries = archive.entries().map_err(corrupt)?;
+    while let Some(entry) = entries.next() {
         let mut entry = entry.map_err(corrupt)?;
         let path = entry
             .path()
@@ -180,14 +181,26 @@ pub fn read_tarball(
         if (bytes.len() as u64) < size {
             return Err(corrupt(std::io::ErrorKind::UnexpectedEof.into()));
         }
-        let bad = |detail: String| DatasetError::BadBatch {
-            source_name: source_name.into(),
-            batch: name.clone(),
-            detail,
+        let decoded = match format {
+            Format::Python => decode_python(&bytes, &name),
+            Format::Binary => decode_binary(&bytes, &name),
         };
-        let batch = match format {
-            Format::Python => decode_python(&bytes, &name).map_err(bad)?,
-            Format::Binary => decode_binary(&bytes, &name).map_err(bad)?,
+        let batch = match decoded {
+            Ok(batch) => batch,
+            Err(detail) => {
+                // gzip checks its CRC only at the end of the stream: read on, so that damage to
+                // the file is reported as such rather than as a strange batch.
+                drop(entry);
+                for rest in entries.by_ref() {
+                    std::io::copy(&mut rest.map_err(corrupt)?, &mut std::io::sink())
+                        .map_err(corrupt)?;
+                }
+                return Err(DatasetError::BadBatch {
+                    source_name: source_name.into(),
+                    batch: name,
+                    detail,
+                });
+            }
         };
         drop(bytes);
         visited.push(batch.name.clone());
@@ -296,7 +309,7 @@ fn decode_python(bytes: &[u8], name: &str) -> Result<Batch, String> {
 
 fn decode_binary(bytes: &[u8], name: &str) -> Result<Batch, String> {
     const RECORD: usize = 1 + IMAGE_BYTES;
-    if bytes.is_empty() || bytes.len() % RECORD != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) {
         return Err(format!(
             "{} bytes is not a whole number of {RECORD}-byte records",
             bytes.len()

@@ -132,7 +132,11 @@ impl StoreArgs {
                 reason: "no store given: pass --store DIR (or set FLEET_STORE)".into(),
             });
         };
-        let store = if create { local::LocalStore::create(root, &self.container)? } else { local::LocalStore::open(root, &self.container)? };
+        let store = if create {
+            local::LocalStore::create(root, &self.container)?
+        } else {
+            local::LocalStore::open(root, &self.container)?
+        };
         Ok(std::sync::Arc::new(store))
     }
 }

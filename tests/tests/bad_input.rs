@@ -1,0 +1,252 @@
+//! Bad input is stopped with an error that names the problem, and nothing is written half-way.
+
+use std::io::Write;
+use std::path::Path;
+
+use cntk_onnx::proto::onnx::{
+    Dimension, DimensionValue, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
+    TensorShapeProto, TensorTypeProto, TypeProto, ValueInfoProto,
+};
+use fleet_tests::{fixture, run_err, stage_fixtures};
+use prost::Message;
+
+fn stage(store: &Path, what: &str, source: &Path) -> String {
+    run_err(
+        "producer",
+        &[
+            "stage",
+            "--store",
+            store.to_str().unwrap(),
+            "--container",
+            "cifar",
+            &format!("--{what}"),
+            source.to_str().unwrap(),
+            "--only",
+            what,
+        ],
+    )
+}
+
+fn run_job(store: &Path, extra: &[&str]) -> String {
+    let mut args = vec![
+        "--store",
+        store.to_str().unwrap(),
+        "--container",
+        "cifar",
+        "--embedded",
+    ];
+    args.extend_from_slice(extra);
+    run_err("producer", &args)
+}
+
+/// No result files for any job.
+fn assert_no_results(store: &Path) {
+    let results = store.join("cifar/results");
+    let files: Vec<_> = walk(&results)
+        .into_iter()
+        .filter(|p| !p.ends_with("samples.png"))
+        .collect();
+    assert!(files.is_empty(), "result files written: {files:?}");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return vec![];
+    };
+    entries
+        .flat_map(|e| {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                walk(&path)
+            } else {
+                vec![path]
+            }
+        })
+        .collect()
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(bytes)
+        .unwrap();
+    path
+}
+
+#[test]
+fn truncated_and_corrupt_tarballs_are_refused_at_staging_and_at_submission() {
+    let root = tempfile::tempdir().unwrap();
+    let tarball = std::fs::read(fixture("cifar-10-python.tar.gz")).unwrap();
+    let truncated = write(
+        root.path(),
+        "truncated.tar.gz",
+        &tarball[..tarball.len() / 2],
+    );
+    let mut flipped = tarball.clone();
+    for b in &mut flipped[tarball.len() / 3..tarball.len() / 3 + 64] {
+        *b ^= 0x5a;
+    }
+    let corrupt = write(root.path(), "corrupt.tar.gz", &flipped);
+
+    let store = root.path().join("store");
+    for bad in [&truncated, &corrupt] {
+        let err = stage(&store, "dataset", bad);
+        assert!(err.contains("is corrupt or truncated"), "{err}");
+        assert!(!store.join("cifar/cifar-10-python.tar.gz").exists());
+    }
+
+    // Past staging (the blob damaged in the store): the job is cancelled, nothing is written.
+    stage_fixtures(&store, "cifar");
+    std::fs::copy(&truncated, store.join("cifar/cifar-10-python.tar.gz")).unwrap();
+    let err = run_job(&store, &[]);
+    assert!(err.contains("is corrupt or truncated"), "{err}");
+    assert_no_results(&store);
+}
+
+#[test]
+fn a_missing_batch_is_named_with_what_the_tarball_holds() {
+    let root = tempfile::tempdir().unwrap();
+    stage_fixtures(root.path(), "cifar");
+    let err = run_job(root.path(), &["--batches", "data_batch_1"]);
+    assert!(
+        err.contains("has no batch named data_batch_1; it holds: test_batch"),
+        "{err}"
+    );
+    assert_no_results(root.path());
+}
+
+#[test]
+fn a_tarball_without_cifar_batches_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let mut tar = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(5);
+    header.set_cksum();
+    tar.append_data(&mut header, "notes/readme.txt", &b"hello"[..])
+        .unwrap();
+    let bytes = tar.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&bytes).unwrap();
+    let path = write(root.path(), "other.tar.gz", &gz.finish().unwrap());
+    let err = stage(&root.path().join("store"), "dataset", &path);
+    assert!(err.contains("holds no CIFAR-10 batches"), "{err}");
+}
+
+#[test]
+fn bad_mean_images_are_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join("store");
+    let small = write(
+        root.path(),
+        "small.xml",
+        b"<?xml version=\"1.0\"?><opencv_storage><MeanImg type_id=\"opencv-matrix\"><rows>1</rows><cols>3</cols><dt>f</dt><data>1 2 3</data></MeanImg></opencv_storage>",
+    );
+    let err = stage(&store, "mean-image", &small);
+    assert!(
+        err.contains("small.xml") && err.contains("a CIFAR mean image has 3072"),
+        "{err}"
+    );
+    let xml = std::fs::read(fixture("CIFAR-10_mean.xml")).unwrap();
+    let cut = write(root.path(), "cut.xml", &xml[..xml.len() / 2]);
+    let err = stage(&store, "mean-image", &cut);
+    assert!(err.contains("mean image cut.xml"), "{err}");
+    assert!(!store.join("cifar/models/resnet20.mean.xml").exists());
+}
+
+/// An ONNX model taking `[N, 3, side, side]` and returning `[N, 3]` (global average pool).
+fn pooling_model(side: i64) -> Vec<u8> {
+    let dims = |d: &[Option<i64>]| TensorShapeProto {
+        dim: d
+            .iter()
+            .map(|v| Dimension {
+                value: Some(v.map_or(DimensionValue::Param("N".into()), DimensionValue::Value)),
+            })
+            .collect(),
+    };
+    let info = |name: &str, shape| ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TensorTypeProto {
+                elem_type: 1,
+                shape: Some(shape),
+            }),
+        }),
+    };
+    let node = |op: &str, i: &str, o: &str| NodeProto {
+        input: vec![i.into()],
+        output: vec![o.into()],
+        name: o.into(),
+        op_type: op.into(),
+        ..Default::default()
+    };
+    ModelProto {
+        ir_version: 8,
+        opset_import: vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: 17,
+        }],
+        graph: Some(GraphProto {
+            name: "pool".into(),
+            node: vec![
+                node("GlobalAveragePool", "input", "pooled"),
+                node("Flatten", "pooled", "output"),
+            ],
+            input: vec![info(
+                "input",
+                dims(&[None, Some(3), Some(side), Some(side)]),
+            )],
+            output: vec![info("output", dims(&[None, Some(3)]))],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+#[test]
+fn models_that_do_not_fit_or_are_not_models_are_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join("store");
+    let wrong = write(root.path(), "imagenet.onnx", &pooling_model(64));
+    let err = stage(&store, "model", &wrong);
+    assert!(
+        err.contains("does not fit CIFAR images") && err.contains("[-1, 3, 64, 64]"),
+        "{err}"
+    );
+
+    let text = write(root.path(), "notes.dnn", b"this is not a model");
+    let err = stage(&store, "model", &text);
+    assert!(err.contains("notes.dnn: not a CNTK v2 model"), "{err}");
+    assert!(!store.join("cifar/models/resnet20.onnx").exists());
+
+    // A model that fits is accepted by the same path.
+    let fits = write(root.path(), "tiny.onnx", &pooling_model(32));
+    fleet_tests::run_ok(
+        "producer",
+        &[
+            "stage",
+            "--store",
+            store.to_str().unwrap(),
+            "--container",
+            "cifar",
+            "--model",
+            fits.to_str().unwrap(),
+            "--only",
+            "model",
+        ],
+    );
+}
+
+#[test]
+fn a_job_on_an_unstaged_container_says_to_stage_first() {
+    let root = tempfile::tempdir().unwrap();
+    let err = run_job(root.path(), &[]);
+    assert!(err.contains("container cifar does not exist"), "{err}");
+    std::fs::create_dir_all(root.path().join("cifar")).unwrap();
+    let err = run_job(root.path(), &[]);
+    assert!(
+        err.contains("is not staged") && err.contains("producer stage"),
+        "{err}"
+    );
+}

@@ -1,0 +1,241 @@
+//! The CNTK importer against the real model: reference logits through ONNX Runtime, and the
+//! errors for files it must refuse.
+
+use cntk_onnx::proto::cntk::{Dictionary, Value};
+use cntk_onnx::{Problem, import};
+use fleet_common::dataset::{self, BatchSelection, IMAGE_BYTES};
+use fleet_common::inference::{InferenceOptions, Scorer};
+use fleet_common::mean_image::MeanImage;
+use fleet_common::preprocess::preprocess_into;
+use fleet_tests::fixture;
+use prost::Message;
+
+const MODEL: &str = "resnet20_meanimage_159.dnn";
+
+fn model_bytes() -> Vec<u8> {
+    std::fs::read(fixture(MODEL)).unwrap()
+}
+
+/// The fixture test batch, preprocessed as the walkthrough does.
+fn test_batch() -> (dataset::Batch, Vec<f32>) {
+    let file = std::fs::File::open(fixture("cifar-10-python.tar.gz")).unwrap();
+    let mut batches = Vec::new();
+    dataset::read_tarball(file, "fixture", &BatchSelection::default(), |b| {
+        batches.push(b);
+        Ok(())
+    })
+    .unwrap();
+    let batch = batches.pop().unwrap();
+    let mean = MeanImage::from_xml(
+        &std::fs::read(fixture("CIFAR-10_mean.xml")).unwrap(),
+        "mean",
+    )
+    .unwrap();
+    let mut input = Vec::new();
+    preprocess_into(&batch.pixels, &mean, &mut input);
+    (batch, input)
+}
+
+#[test]
+fn converted_model_reproduces_the_reference_logits() {
+    let imported = import(&model_bytes(), MODEL).unwrap();
+    assert_eq!(imported.input_shape, vec![-1, 3, 32, 32]);
+    assert_eq!(imported.output_shape, vec![-1, 10]);
+    let mut scorer = Scorer::load(&imported.onnx, MODEL, &InferenceOptions::default()).unwrap();
+
+    let reference: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("reference_logits.json")).unwrap()).unwrap();
+    let images = reference["images"].as_array().unwrap();
+    assert_eq!(images.len(), 16);
+    let (batch, input) = test_batch();
+    let mut logits = Vec::new();
+    scorer
+        .score(&input[..16 * IMAGE_BYTES], 16, &mut logits)
+        .unwrap();
+
+    let mut worst = 0f64;
+    for (i, image) in images.iter().enumerate() {
+        assert_eq!(image["index"].as_u64(), Some(i as u64));
+        assert_eq!(
+            image["filename"].as_str(),
+            Some(batch.filenames[i].as_str())
+        );
+        let expected: Vec<f64> = image["logits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        for (k, e) in expected.iter().enumerate() {
+            let got = f64::from(logits[i * 10 + k]);
+            worst = worst.max((got - e).abs());
+            assert!(
+                (got - e).abs() <= 1e-3,
+                "image {i} logit {k}: got {got}, reference {e}"
+            );
+        }
+    }
+    println!("largest logit difference from the reference: {worst:.2e}");
+}
+
+#[test]
+fn converted_model_scores_the_whole_test_batch() {
+    let imported = import(&model_bytes(), MODEL).unwrap();
+    let mut scorer = Scorer::load(&imported.onnx, MODEL, &InferenceOptions::default()).unwrap();
+    let (batch, input) = test_batch();
+    let mut logits = Vec::new();
+    let mut correct = 0;
+    for (start, chunk) in input.chunks(500 * IMAGE_BYTES).enumerate() {
+        let n = chunk.len() / IMAGE_BYTES;
+        scorer.score(chunk, n, &mut logits).unwrap();
+        for (j, row) in logits.chunks_exact(10).enumerate() {
+            let predicted = row
+                .iter()
+                .enumerate()
+                .fold(0, |best, (k, v)| if *v > row[best] { k } else { best });
+            correct += usize::from(predicted == batch.labels[start * 500 + j] as usize);
+        }
+    }
+    let accuracy = correct as f64 / batch.len() as f64;
+    println!(
+        "converted model: {correct} of {} correct ({:.2}%)",
+        batch.len(),
+        accuracy * 100.0
+    );
+    // The fixture's images carry JPEG artefacts; the walkthrough's 91.65% is on the originals.
+    assert_eq!(batch.len(), 10_000);
+    assert!(
+        accuracy > 0.75,
+        "accuracy {accuracy} is far below what the model reaches"
+    );
+}
+
+#[test]
+fn metadata_names_the_source() {
+    let imported = import(&model_bytes(), MODEL).unwrap();
+    let model = cntk_onnx::proto::onnx::ModelProto::decode(imported.onnx.as_slice()).unwrap();
+    assert!(
+        model
+            .opset_import
+            .iter()
+            .any(|o| o.domain.is_empty() && o.version >= 17)
+    );
+    let meta = |key: &str| {
+        model
+            .metadata_props
+            .iter()
+            .find(|p| p.key == key)
+            .map(|p| p.value.clone())
+    };
+    assert_eq!(meta("source_file").as_deref(), Some(MODEL));
+    let sums = std::fs::read_to_string(fixture("SHA256SUMS")).unwrap();
+    let expected = sums
+        .lines()
+        .find(|l| l.ends_with(MODEL))
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap();
+    assert_eq!(meta("source_sha256").as_deref(), Some(expected));
+    let graph = model.graph.unwrap();
+    assert_eq!(graph.input[0].name, "input");
+    assert_eq!(graph.output[0].name, "output");
+}
+
+#[test]
+fn a_truncated_model_is_malformed() {
+    let bytes = model_bytes();
+    let err = import(&bytes[..bytes.len() / 2], "cut.dnn").unwrap_err();
+    assert!(err.to_string().starts_with("cut.dnn: "), "{err}");
+    assert!(
+        matches!(err.problem, Problem::NotCntk(_) | Problem::Malformed(_)),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_file_that_is_not_a_model_is_refused() {
+    let xml = std::fs::read(fixture("CIFAR-10_mean.xml")).unwrap();
+    let err = import(&xml, "CIFAR-10_mean.xml").unwrap_err();
+    assert!(matches!(err.problem, Problem::NotCntk(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains("CIFAR-10_mean.xml: not a CNTK v2 model"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_onnx_model_is_recognised() {
+    let onnx = import(&model_bytes(), MODEL).unwrap().onnx;
+    let err = import(&onnx, "model.onnx").unwrap_err();
+    assert_eq!(err.problem, Problem::AlreadyOnnx);
+    assert_eq!(cntk_onnx::sniff(&onnx), cntk_onnx::Format::Onnx);
+}
+
+/// Rewrites the first ReLU of the model into `op`, keeping everything else.
+fn with_first_relu_as(op: u64) -> (Vec<u8>, String) {
+    let mut dict = Dictionary::decode(model_bytes().as_slice()).unwrap();
+    let Some(Value::Vector(functions)) =
+        &mut dict.data.get_mut("primitive_functions").unwrap().value
+    else {
+        panic!()
+    };
+    let relu = functions
+        .value
+        .iter_mut()
+        .filter_map(|f| match &mut f.value {
+            Some(Value::Dictionary(d)) => Some(d),
+            _ => None,
+        })
+        .find(|d| matches!(d.data["op"].value, Some(Value::SizeT(3))))
+        .expect("the model has ReLUs");
+    let uid = match &relu.data["uid"].value {
+        Some(Value::String(s)) => s.clone(),
+        _ => panic!(),
+    };
+    relu.data.get_mut("op").unwrap().value = Some(Value::SizeT(op));
+    (dict.encode_to_vec(), uid)
+}
+
+#[test]
+fn an_unsupported_op_is_named_with_its_uid_and_file() {
+    let (bytes, uid) = with_first_relu_as(49); // OptimizedRNNStack
+    let err = import(&bytes, "rnn.dnn").unwrap_err();
+    let text = err.to_string();
+    assert!(
+        matches!(err.problem, Problem::UnsupportedOp { .. }),
+        "{text}"
+    );
+    assert!(text.starts_with("rnn.dnn: "), "{text}");
+    assert!(text.contains("OptimizedRNNStack"), "{text}");
+    assert!(text.contains(&uid), "{text}");
+}
+
+#[test]
+fn mapped_activations_change_the_graph_not_its_shape() {
+    // Sigmoid in place of one ReLU: still converts and runs, with different logits.
+    let (bytes, _) = with_first_relu_as(1);
+    let imported = import(&bytes, "sigmoid.dnn").unwrap();
+    let mut scorer =
+        Scorer::load(&imported.onnx, "sigmoid.dnn", &InferenceOptions::default()).unwrap();
+    let original = import(&model_bytes(), MODEL).unwrap();
+    let mut reference = Scorer::load(&original.onnx, MODEL, &InferenceOptions::default()).unwrap();
+    let (_, input) = test_batch();
+    let (mut logits, mut expected) = (Vec::new(), Vec::new());
+    scorer.score(&input[..IMAGE_BYTES], 1, &mut logits).unwrap();
+    reference
+        .score(&input[..IMAGE_BYTES], 1, &mut expected)
+        .unwrap();
+    assert_eq!(logits.len(), 10);
+    assert!(logits.iter().all(|v| v.is_finite()));
+    let change = logits
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        change > 1e-3,
+        "replacing a ReLU by a Sigmoid must change the logits"
+    );
+}
