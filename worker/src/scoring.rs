@@ -119,13 +119,13 @@ impl Models {
 
 /// The predicted class (first maximum, as numpy's argmax) and its softmax probability.
 pub fn argmax_softmax(logits: &[f32]) -> (usize, f32) {
-    let (best, max) = logits
-        .iter()
-        .copied()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, v)| {
-            if v > bv { (i, v) } else { (bi, bv) }
-        });
+    let mut best = 0;
+    for (i, &value) in logits.iter().enumerate() {
+        if value > logits[best] {
+            best = i;
+        }
+    }
+    let max = logits[best];
     // exp(max - max) = 1 over the sum of exp(l - max): stable for any logits.
     let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
     (best, 1.0 / sum)
