@@ -1,11 +1,17 @@
 #!/usr/bin/env bash
-# Runs every test: unit tests, and the end-to-end tests that run the binaries on the fixtures.
+# Runs every test: unit tests, the end-to-end tests that run the binaries on the fixtures, and
+# the integration tests against RabbitMQ and Azurite.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 scripts/install-onnxruntime.sh
+# The integration tests talk to a real RabbitMQ and a real Azurite: start them unless the
+# environment already points at some (AMQP_URL and AZURE_STORAGE_CONNECTION_STRING).
+if [[ -z "${AMQP_URL:-}" || -z "${AZURE_STORAGE_CONNECTION_STRING:-}" ]]; then
+    eval "$(scripts/services.sh)"
+fi
 # The end-to-end tests run the binaries of every crate: build them first.
 cargo build --workspace --bins
 

@@ -1,1 +1,52 @@
-fn main() {}
+//! `collector`: gathers scored partitions and writes each job's result files.
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use collector::{CollectorOptions, Event};
+use fleet_common::broker::amqp::{AmqpArgs, AmqpBroker};
+use fleet_common::shutdown::Shutdown;
+use fleet_common::store::StoreArgs;
+
+/// Consumes scores from RabbitMQ, stores them durably, and writes `results/<job>/` when a job
+/// is complete. Safe to restart at any point: it resumes from what it stored.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    amqp: AmqpArgs,
+    #[command(flatten)]
+    collector: CollectorOptions,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,collector=info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    tokio::runtime::Runtime::new().context("starting the async runtime")?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let store_args = cli.store.clone();
+    let store = tokio::task::spawn_blocking(move || store_args.open(false)).await??;
+    let broker = AmqpBroker::connect(cli.amqp).await?;
+    let (shutdown, _trigger) = Shutdown::on_signals();
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+    tracing::info!(store = %store.describe(), "collector started");
+    let logger = tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            match event {
+                Event::Completed(summary) => println!("job {}: {}", summary.job, summary.accuracy_line()),
+                Event::Cancelled { job, reason } => println!("job {job}: cancelled ({reason})"),
+                Event::Stored { .. } => {}
+            }
+        }
+    });
+    collector::run(broker, store, cli.collector, shutdown, Some(events_tx)).await?;
+    logger.await?;
+    tracing::info!("collector stopped");
+    Ok(())
+}

@@ -93,7 +93,7 @@ pub fn new_job_id() -> String {
 }
 
 /// UTC calendar time of a Unix timestamp (Howard Hinnant's days-to-civil algorithm).
-fn civil_time(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
+pub(crate) fn civil_time(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let z = days + 719_468;

@@ -2,8 +2,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
 use clap::{Args, Parser, Subcommand};
+use fleet_common::broker::amqp::{AmqpArgs, AmqpBroker};
 use fleet_common::inference::InferenceOptions;
 use fleet_common::job;
 use fleet_common::source::Source;
@@ -14,8 +18,9 @@ use worker::WorkerOptions;
 
 /// Scores a CIFAR-10 tarball in a blob container with a trained classifier.
 ///
-/// Without a subcommand, submits a job over the tarball in the container; with --embedded,
-/// also scores it in this process and prints the accuracy.
+/// Without a subcommand, submits a job over the tarball in the container to the broker
+/// (workers and a collector do the rest) and prints its id; --wait follows it to the end.
+/// With --embedded, runs the whole job in this process instead, with no broker.
 #[derive(Debug, Parser)]
 #[command(version, args_conflicts_with_subcommands = true)]
 struct Cli {
@@ -41,6 +46,14 @@ struct RunArgs {
     /// Run producer, workers and collector in this process (no broker needed).
     #[arg(long)]
     embedded: bool,
+    /// After submitting, follow the job to its end and print the accuracy.
+    #[arg(long, conflicts_with = "embedded")]
+    wait: bool,
+    /// Give up waiting after this many seconds.
+    #[arg(long = "wait-timeout-secs", env = "WAIT_TIMEOUT_SECS", default_value_t = 3600)]
+    wait_timeout_secs: u64,
+    #[command(flatten)]
+    amqp: AmqpArgs,
     /// Workers in the embedded run.
     #[arg(
         long,
@@ -171,19 +184,36 @@ fn convert(args: ConvertArgs) -> Result<()> {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
-    if !args.embedded {
-        bail!(
-            "submitting to a broker is not available in this build yet: add --embedded to run the job in this process"
-        );
-    }
-    let store = args.store.open(false)?;
+    let store_args = args.store.clone();
+    let store = tokio::task::spawn_blocking(move || store_args.open(false)).await??;
     let job = job::new_job_id();
-    let run = producer::embedded::run(store, &args.submit, args.workers, args.worker, &job).await?;
-    println!("{}", run.summary.accuracy_line());
+    if args.embedded {
+        let run = producer::embedded::run(store, &args.submit, args.workers, args.worker, &job).await?;
+        print_summary(&run.summary);
+        println!("job: {}", run.job);
+        return Ok(());
+    }
+    let broker = AmqpBroker::connect(args.amqp).await?;
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{spinner} publishing {pos} images ({per_sec}, {elapsed})").expect("the template is valid"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let manifest = producer::submit::submit(&broker, store.clone(), &args.submit, &job, |n| bar.inc(n)).await;
+    bar.finish_and_clear();
+    let manifest = manifest?;
+    println!("submitted {} images in {} partitions", manifest.images, manifest.partitions);
+    println!("job: {job}");
+    if args.wait {
+        let summary = producer::follow::follow(store, &manifest, Duration::from_secs(args.wait_timeout_secs)).await?;
+        print_summary(&summary);
+    }
+    Ok(())
+}
+
+fn print_summary(summary: &fleet_common::results::Summary) {
+    println!("{}", summary.accuracy_line());
     println!(
         "scored {} images in {:.2}s ({:.0} images/s)",
-        run.summary.images, run.summary.timings.wall_seconds, run.summary.timings.images_per_second
+        summary.images, summary.timings.wall_seconds, summary.timings.images_per_second
     );
-    println!("job: {}", run.job);
-    Ok(())
 }

@@ -71,18 +71,17 @@ pub async fn submit<B: Broker>(
     job: &str,
     mut on_published: impl FnMut(u64),
 ) -> Result<Manifest, SubmitError> {
-    for key in [
-        job::model_key(&options.model),
-        job::mean_image_key(&options.model),
-    ] {
-        if !store.exists(&key)? {
-            return Err(SubmitError::NotStaged {
-                model: options.model.clone(),
-                store: store.describe(),
-                key,
-            });
+    let (check_store, model) = (store.clone(), options.model.clone());
+    tokio::task::spawn_blocking(move || {
+        for key in [job::model_key(&model), job::mean_image_key(&model)] {
+            if !check_store.exists(&key)? {
+                return Err(SubmitError::NotStaged { model: model.clone(), store: check_store.describe(), key });
+            }
         }
-    }
+        Ok(())
+    })
+    .await
+    .map_err(|e| SubmitError::Task(e.to_string()))??;
     let submitted_at_ms = now_ms();
     let result = publish_partitions(broker, store.clone(), options, job, &mut on_published).await;
     let (batches, samples) = match result {

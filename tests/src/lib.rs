@@ -103,3 +103,88 @@ pub fn field(output: &str, key: &str) -> String {
         .trim()
         .to_owned()
 }
+
+/// Where the real RabbitMQ and Azurite are: `AMQP_URL` and `AZURE_STORAGE_CONNECTION_STRING`
+/// when set (the test script sets them), else containers started with testcontainers.
+#[derive(Debug)]
+pub struct Services {
+    pub amqp_url: String,
+    pub connection_string: String,
+    /// Containers started for this test, stopped when it ends.
+    _containers: Vec<Box<dyn std::any::Any>>,
+}
+
+impl Services {
+    pub fn get() -> Self {
+        if let (Ok(amqp_url), Ok(connection_string)) =
+            (std::env::var("AMQP_URL"), std::env::var("AZURE_STORAGE_CONNECTION_STRING"))
+        {
+            return Self { amqp_url, connection_string, _containers: vec![] };
+        }
+        Self::from_containers()
+    }
+
+    fn from_containers() -> Self {
+        use testcontainers::ImageExt;
+        use testcontainers::runners::SyncRunner;
+        let rabbit = testcontainers_modules::rabbitmq::RabbitMq::default()
+            .start()
+            .expect("AMQP_URL is not set and a RabbitMQ container could not start (is Docker running?)");
+        let azurite = testcontainers_modules::azurite::Azurite::default()
+            .with_cmd(["azurite-blob", "--blobHost", "0.0.0.0", "--skipApiVersionCheck", "--loose", "--disableTelemetry"])
+            .start()
+            .expect("AZURE_STORAGE_CONNECTION_STRING is not set and an Azurite container could not start");
+        let amqp_port = rabbit.get_host_port_ipv4(5672).expect("RabbitMQ port");
+        let blob_port = azurite.get_host_port_ipv4(10000).expect("Azurite port");
+        Self {
+            amqp_url: format!("amqp://guest:guest@127.0.0.1:{amqp_port}/%2f"),
+            connection_string: format!(
+                "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint=http://127.0.0.1:{blob_port}/devstoreaccount1;"
+            ),
+            _containers: vec![Box::new(rabbit), Box::new(azurite)],
+        }
+    }
+}
+
+/// A name no other test run uses: for containers and queues, so tests can share the services.
+pub fn unique(prefix: &str) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    format!("{prefix}-{:012x}", h.finish() & 0xffff_ffff_ffff)
+}
+
+/// Starts a binary in the background with extra environment variables.
+pub fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)]) -> std::process::Child {
+    Command::new(bin(name))
+        .args(args)
+        .envs(envs.iter().copied())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
+}
+
+/// Runs a binary with extra environment variables to completion.
+pub fn run_with(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    Command::new(bin(name))
+        .args(args)
+        .envs(envs.iter().copied())
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
+}
+
+/// Sends SIGTERM and waits; returns the exit status and the standard error.
+pub fn terminate(mut child: std::process::Child) -> (std::process::ExitStatus, String) {
+    // The `kill` command sends SIGTERM without a libc binding in the tests.
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let status = child.wait().expect("child exits");
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    (status, stderr)
+}

@@ -1,1 +1,56 @@
-fn main() {}
+//! `worker`: scores partitions from the broker until stopped (SIGTERM drains and exits).
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use fleet_common::broker::amqp::{AmqpArgs, AmqpBroker};
+use fleet_common::shutdown::Shutdown;
+use fleet_common::store::StoreArgs;
+use worker::WorkerOptions;
+
+/// Consumes partitions from RabbitMQ, scores each as one batch with ONNX Runtime, publishes
+/// the scores. On SIGTERM it finishes the partition in hand and exits.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    amqp: AmqpArgs,
+    #[command(flatten)]
+    worker: WorkerOptions,
+    /// Name of this worker in the job summary and the logs (default: host name and process id).
+    #[arg(long, env = "WORKER_NAME")]
+    name: Option<String>,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,worker=info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    tokio::runtime::Runtime::new().context("starting the async runtime")?.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let store_args = cli.store.clone();
+    let store = tokio::task::spawn_blocking(move || store_args.open(false)).await??;
+    let broker = AmqpBroker::connect(cli.amqp).await?;
+    let (shutdown, _trigger) = Shutdown::on_signals();
+    let name = cli.name.unwrap_or_else(default_name);
+    tracing::info!(worker = %name, store = %store.describe(), "worker started");
+    let report = worker::run(broker, store, cli.worker, name.clone(), shutdown).await?;
+    tracing::info!(
+        worker = %name,
+        partitions = report.partitions,
+        images = report.images,
+        dead_lettered = report.dead_lettered,
+        "worker stopped"
+    );
+    Ok(())
+}
+
+fn default_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "worker".into());
+    format!("{host}-{}", std::process::id())
+}

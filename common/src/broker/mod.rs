@@ -1,13 +1,14 @@
 //! The message broker seam: publish with confirmation, consume with manual acknowledgement.
 //!
 //! Two implementations sit side by side: [`memory::MemoryBroker`] (in-process queues, the
-//! embedded default) and `amqp::AmqpBroker` (RabbitMQ). Producer, worker and collector are
+//! embedded default) and [`amqp::AmqpBroker`] (RabbitMQ). Producer, worker and collector are
 //! written once against [`Broker`]; the semantics they rely on are the same in both:
 //! - `publish` returns only once the broker holds the message (publisher confirms);
 //! - a delivery that is neither acked nor rejected is redelivered (its `attempt` grows);
 //! - `dead_letter` moves a message to the dead-letter queue with a reason, then acks it;
 //! - at most `prefetch` unacknowledged deliveries are held by one consumer.
 
+pub mod amqp;
 pub mod memory;
 
 use std::future::Future;

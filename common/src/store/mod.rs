@@ -1,9 +1,10 @@
 //! The blob store seam: one container of named blobs.
 //!
 //! Two implementations sit side by side: [`local::LocalStore`] (a directory per container,
-//! the embedded default) and `azure::AzureStore` (Azure Blob Storage). The API is blocking:
+//! the embedded default) and [`azure::AzureStore`] (Azure Blob Storage). The API is blocking:
 //! both back ends are blocking I/O, and async callers run it on the blocking pool.
 
+pub mod azure;
 pub mod local;
 
 use std::fmt::Debug;
@@ -114,29 +115,35 @@ mod tests {
 /// Where the container is. Part of every binary's configuration.
 #[derive(Debug, Clone, clap::Args)]
 pub struct StoreArgs {
-    /// Root directory of the local store (one sub-directory per container).
-    #[arg(long, env = "FLEET_STORE", value_name = "DIR")]
-    pub store: Option<std::path::PathBuf>,
+    /// The store: a local directory (one sub-directory per container), an Azure Storage
+    /// connection string, or a blob service URL (`https://<account>.blob.core.windows.net`,
+    /// authenticated by the host's managed identity).
+    #[arg(long, env = "FLEET_STORE", value_name = "DIR|CONNECTION STRING|URL", hide_env_values = true)]
+    pub store: Option<String>,
+    /// Azure Storage connection string, used when --store is not given.
+    #[arg(long = "azure-connection-string", env = "AZURE_STORAGE_CONNECTION_STRING", hide_env_values = true)]
+    pub connection_string: Option<String>,
     /// Blob container holding the dataset, models and results.
     #[arg(long, env = "FLEET_CONTAINER", default_value = "cifar")]
     pub container: String,
 }
 
 impl StoreArgs {
-    /// Opens the container; with `create`, makes it if it does not exist.
+    /// Opens the container; with `create`, makes it if it does not exist. Blocking (it may
+    /// talk to Azure): call it from a blocking context.
     pub fn open(&self, create: bool) -> Result<std::sync::Arc<dyn BlobStore>, StoreError> {
-        let Some(root) = &self.store else {
-            return Err(StoreError::Io {
-                store: "configuration".into(),
-                key: String::new(),
-                reason: "no store given: pass --store DIR (or set FLEET_STORE)".into(),
-            });
-        };
-        let store = if create {
-            local::LocalStore::create(root, &self.container)?
-        } else {
-            local::LocalStore::open(root, &self.container)?
-        };
+        let spec = self.store.as_deref().or(self.connection_string.as_deref()).ok_or_else(|| StoreError::Io {
+            store: "configuration".into(),
+            key: String::new(),
+            reason: "no store given: pass --store DIR for a local store, or an Azure connection string \
+                     (--store or AZURE_STORAGE_CONNECTION_STRING)"
+                .into(),
+        })?;
+        if azure::is_azure(spec) {
+            return Ok(std::sync::Arc::new(azure::AzureStore::open(spec, &self.container, create)?));
+        }
+        let root = std::path::Path::new(spec);
+        let store = if create { local::LocalStore::create(root, &self.container)? } else { local::LocalStore::open(root, &self.container)? };
         Ok(std::sync::Arc::new(store))
     }
 }

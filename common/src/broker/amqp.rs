@@ -1,0 +1,372 @@
+//! RabbitMQ over AMQP 0-9-1 (`lapin` on tokio), following RabbitMQ's reliability recipe:
+//! durable quorum queues, persistent messages, publisher confirms, manual acks, bounded
+//! prefetch, a delivery limit after which the broker dead-letters a message, and a
+//! dead-letter queue where rejected messages carry their error in the `x-error` header.
+//!
+//! When the connection drops, publishers and consumers reconnect with backoff for a bounded
+//! time. Deliveries received on the lost connection can no longer be acked; RabbitMQ hands
+//! their messages out again, which the consumers are built to tolerate.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use tokio::sync::Mutex;
+
+use super::{Broker, BrokerError, Consumer, Delivery, Queue, QueueNames};
+
+/// How to reach the broker. Part of the configuration of every binary that uses it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AmqpArgs {
+    /// AMQP URL of the broker, e.g. amqp://user:password@host:5672/%2f.
+    #[arg(long = "amqp-url", env = "AMQP_URL", hide_env_values = true, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub url: String,
+    /// Deliveries of one message before the broker dead-letters it (quorum queue delivery limit).
+    #[arg(long = "delivery-limit", env = "DELIVERY_LIMIT", default_value_t = 5)]
+    pub delivery_limit: u32,
+    /// How long to keep trying to reconnect when the broker goes away, in seconds.
+    #[arg(long = "amqp-reconnect-secs", env = "AMQP_RECONNECT_SECS", default_value_t = 120)]
+    pub reconnect_secs: u64,
+    #[command(flatten)]
+    pub queues: QueueNames,
+}
+
+#[derive(Debug, Clone)]
+pub struct AmqpBroker {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    args: AmqpArgs,
+    /// The live connection and its publishing channel; replaced on reconnect.
+    link: Mutex<Option<Link>>,
+    /// Bumped on every reconnect, so that consumers notice they must re-subscribe.
+    generation: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+struct Link {
+    connection: Arc<Connection>,
+    publisher: Channel,
+}
+
+impl Link {
+    fn is_open(&self) -> bool {
+        self.connection.status().connected() && self.publisher.status().connected()
+    }
+}
+
+/// The URL without its password, for messages and logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn classify(url: &str, e: &lapin::Error) -> BrokerError {
+    let text = e.to_string();
+    if text.contains("ACCESS_REFUSED") || text.contains("ACCESS-REFUSED") || text.to_lowercase().contains("auth") {
+        BrokerError::Credentials { url: redact(url) }
+    } else {
+        BrokerError::Connect { url: redact(url), reason: text }
+    }
+}
+
+impl AmqpBroker {
+    /// Connects and declares the queues. Fails at once (no retry) when the broker cannot be
+    /// reached or refuses the credentials: that is a configuration error to report.
+    pub async fn connect(args: AmqpArgs) -> Result<Self, BrokerError> {
+        let link = open_link(&args).await?;
+        declare_topology(&link.publisher, &args).await?;
+        Ok(Self { inner: Arc::new(Inner { args, link: Mutex::new(Some(link)), generation: AtomicU64::new(0) }) })
+    }
+
+    fn names(&self) -> &QueueNames {
+        &self.inner.args.queues
+    }
+
+    /// The live link, reconnecting (with backoff, for a bounded time) if it was lost.
+    async fn link(&self) -> Result<Link, BrokerError> {
+        let mut guard = self.inner.link.lock().await;
+        if let Some(link) = guard.as_ref().filter(|l| l.is_open()) {
+            return Ok(link.clone());
+        }
+        let deadline = Instant::now() + Duration::from_secs(self.inner.args.reconnect_secs);
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match open_link(&self.inner.args).await {
+                Ok(link) => {
+                    declare_topology(&link.publisher, &self.inner.args).await?;
+                    self.inner.generation.fetch_add(1, Ordering::SeqCst);
+                    tracing::info!(url = %redact(&self.inner.args.url), "reconnected to the message broker");
+                    *guard = Some(link.clone());
+                    return Ok(link);
+                }
+                Err(e) if Instant::now() + delay < deadline => {
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "message broker unreachable");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(BrokerError::Lost(format!("gave up reconnecting: {e}"))),
+            }
+        }
+    }
+
+    async fn confirmed_publish(&self, queue_name: &str, payload: &[u8], headers: FieldTable) -> Result<(), BrokerError> {
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2) // persistent
+            .with_content_type(ShortString::from("application/x-postcard"))
+            .with_headers(headers);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let link = self.link().await?;
+            let outcome = async {
+                let confirm = link
+                    .publisher
+                    .basic_publish(ShortString::from(""), ShortString::from(queue_name), BasicPublishOptions::default(), payload, properties.clone())
+                    .await?;
+                confirm.await
+            }
+            .await;
+            match outcome {
+                Ok(Confirmation::Ack(_)) => return Ok(()),
+                Ok(other) => {
+                    return Err(BrokerError::NotConfirmed { queue: queue_name.into(), reason: format!("{other:?}") });
+                }
+                // The connection went away before the confirm: publish again on a new one.
+                // (The broker may hold the first copy too; consumers tolerate duplicates.)
+                Err(e) if attempts < 1000 => {
+                    tracing::warn!(error = %e, queue = queue_name, "publish interrupted; retrying");
+                    if link.is_open() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+                Err(e) => return Err(BrokerError::NotConfirmed { queue: queue_name.into(), reason: e.to_string() }),
+            }
+        }
+    }
+}
+
+async fn open_link(args: &AmqpArgs) -> Result<Link, BrokerError> {
+    let connection = Connection::connect(&args.url, ConnectionProperties::default().with_connection_name("cifar-fleet".into()))
+        .await
+        .map_err(|e| classify(&args.url, &e))?;
+    let publisher = connection.create_channel().await.map_err(|e| BrokerError::Lost(e.to_string()))?;
+    publisher.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| BrokerError::Lost(e.to_string()))?;
+    Ok(Link { connection: Arc::new(connection), publisher })
+}
+
+async fn declare_topology(channel: &Channel, args: &AmqpArgs) -> Result<(), BrokerError> {
+    let names = &args.queues;
+    let quorum = || {
+        let mut table = FieldTable::default();
+        table.insert(ShortString::from("x-queue-type"), AMQPValue::LongString(LongString::from("quorum")));
+        table
+    };
+    let mut work = quorum();
+    work.insert(ShortString::from("x-dead-letter-exchange"), AMQPValue::LongString(LongString::from("")));
+    work.insert(ShortString::from("x-dead-letter-routing-key"), AMQPValue::LongString(LongString::from(names.dead_letter.as_str())));
+    work.insert(ShortString::from("x-delivery-limit"), AMQPValue::LongInt(args.delivery_limit as i32));
+    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    for (name, arguments) in [(&names.dead_letter, quorum()), (&names.partitions, work.clone()), (&names.results, work)] {
+        channel.queue_declare(ShortString::from(name.as_str()), durable, arguments).await.map_err(|e| {
+            BrokerError::Other(format!(
+                "cannot declare queue {name}: {e}. If it exists with other settings, delete it or choose other queue names"
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+impl Broker for AmqpBroker {
+    type Consumer = AmqpConsumer;
+
+    async fn publish(&self, queue: Queue, payload: Vec<u8>) -> Result<(), BrokerError> {
+        let name = self.names().name(queue).to_owned();
+        self.confirmed_publish(&name, &payload, FieldTable::default()).await
+    }
+
+    async fn consume(&self, queue: Queue, prefetch: u16) -> Result<AmqpConsumer, BrokerError> {
+        let mut consumer = AmqpConsumer {
+            broker: self.clone(),
+            queue: self.names().name(queue).to_owned(),
+            prefetch,
+            stream: None,
+            generation: u64::MAX,
+        };
+        consumer.subscribe().await?;
+        Ok(consumer)
+    }
+
+    async fn ready_count(&self, queue: Queue) -> Result<u64, BrokerError> {
+        let link = self.link().await?;
+        let options = QueueDeclareOptions { passive: true, ..Default::default() };
+        let name = self.names().name(queue);
+        let declared = link
+            .publisher
+            .queue_declare(ShortString::from(name), options, FieldTable::default())
+            .await
+            .map_err(|e| BrokerError::Other(format!("cannot inspect queue {name}: {e}")))?;
+        Ok(u64::from(declared.message_count()))
+    }
+}
+
+#[derive(Debug)]
+pub struct AmqpConsumer {
+    broker: AmqpBroker,
+    queue: String,
+    prefetch: u16,
+    stream: Option<(Channel, lapin::Consumer)>,
+    generation: u64,
+}
+
+impl AmqpConsumer {
+    async fn subscribe(&mut self) -> Result<(), BrokerError> {
+        let link = self.broker.link().await?;
+        let lost = |e: lapin::Error| BrokerError::Lost(e.to_string());
+        let channel = link.connection.create_channel().await.map_err(lost)?;
+        channel.basic_qos(self.prefetch.max(1), BasicQosOptions::default()).await.map_err(lost)?;
+        let consumer = channel
+            .basic_consume(ShortString::from(self.queue.as_str()), ShortString::from(""), BasicConsumeOptions::default(), FieldTable::default())
+            .await
+            .map_err(lost)?;
+        self.generation = self.broker.inner.generation.load(Ordering::SeqCst);
+        self.stream = Some((channel, consumer));
+        Ok(())
+    }
+}
+
+impl Consumer for AmqpConsumer {
+    type Delivery = AmqpDelivery;
+
+    async fn next(&mut self) -> Result<Option<AmqpDelivery>, BrokerError> {
+        loop {
+            if self.stream.is_none() || self.generation != self.broker.inner.generation.load(Ordering::SeqCst) {
+                self.subscribe().await?;
+            }
+            let (channel, stream) = self.stream.as_mut().expect("subscribed above");
+            match stream.next().await {
+                Some(Ok(delivery)) => {
+                    return Ok(Some(AmqpDelivery { delivery, channel: channel.clone(), broker: self.broker.clone(), settled: false }));
+                }
+                // The stream ends or fails when the channel or connection goes away.
+                Some(Err(e)) => tracing::warn!(error = %e, queue = %self.queue, "consumer lost its connection; resubscribing"),
+                None => tracing::warn!(queue = %self.queue, "consumer cancelled by the broker; resubscribing"),
+            }
+            self.stream = None;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct AmqpDelivery {
+    delivery: lapin::message::Delivery,
+    channel: Channel,
+    broker: AmqpBroker,
+    settled: bool,
+}
+
+impl AmqpDelivery {
+    fn settle_error(&self, e: lapin::Error) -> BrokerError {
+        // The channel it came on is gone: the broker will deliver the message again.
+        BrokerError::Lost(format!("cannot settle a delivery ({e}); it will be redelivered"))
+    }
+}
+
+impl Delivery for AmqpDelivery {
+    fn payload(&self) -> &[u8] {
+        &self.delivery.data
+    }
+
+    fn attempt(&self) -> u32 {
+        // Quorum queues count earlier failed deliveries in `x-delivery-count`.
+        let count = self
+            .delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get("x-delivery-count").cloned())
+            .and_then(|v| match v {
+                AMQPValue::LongLongInt(n) => u32::try_from(n).ok(),
+                AMQPValue::LongInt(n) => u32::try_from(n).ok(),
+                AMQPValue::ShortInt(n) => u32::try_from(n).ok(),
+                _ => None,
+            });
+        match count {
+            Some(n) => n + 1,
+            None if self.delivery.redelivered => 2,
+            None => 1,
+        }
+    }
+
+    async fn ack(mut self) -> Result<(), BrokerError> {
+        self.settled = true;
+        let tag = self.delivery.delivery_tag;
+        self.channel.basic_ack(tag, BasicAckOptions::default()).await.map_err(|e| self.settle_error(e))
+    }
+
+    async fn retry(mut self) -> Result<(), BrokerError> {
+        self.settled = true;
+        let tag = self.delivery.delivery_tag;
+        let options = BasicNackOptions { requeue: true, ..Default::default() };
+        self.channel.basic_nack(tag, options).await.map_err(|e| self.settle_error(e))
+    }
+
+    async fn dead_letter(mut self, reason: &str) -> Result<(), BrokerError> {
+        let mut headers = FieldTable::default();
+        headers.insert(ShortString::from("x-error"), AMQPValue::LongString(LongString::from(reason)));
+        headers.insert(
+            ShortString::from("x-original-queue"),
+            AMQPValue::LongString(LongString::from(self.delivery.routing_key.as_str())),
+        );
+        let dead_letter = self.broker.names().dead_letter.clone();
+        self.broker.confirmed_publish(&dead_letter, &self.delivery.data, headers).await?;
+        self.settled = true;
+        let tag = self.delivery.delivery_tag;
+        self.channel.basic_ack(tag, BasicAckOptions::default()).await.map_err(|e| self.settle_error(e))
+    }
+}
+
+impl Drop for AmqpDelivery {
+    /// Unsettled (the task holding it failed or was cancelled): hand it back at once rather
+    /// than leave it unacknowledged until the channel closes.
+    fn drop(&mut self) {
+        if self.settled || !self.channel.status().connected() {
+            return;
+        }
+        let (channel, tag) = (self.channel.clone(), self.delivery.delivery_tag);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = channel.basic_nack(tag, BasicNackOptions { requeue: true, ..Default::default() }).await;
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(redact("amqp://fleet:s3cret@rabbit:5672/%2f"), "amqp://fleet:***@rabbit:5672/%2f");
+        assert_eq!(redact("amqp://rabbit:5672"), "amqp://rabbit:5672");
+    }
+}

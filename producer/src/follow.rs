@@ -1,0 +1,76 @@
+//! Following a submitted job to its end from the outside, by watching the container: the
+//! collector's stored partitions show progress, `summary.json` marks completion.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fleet_common::job::{self, Manifest, files};
+use fleet_common::results::Summary;
+use fleet_common::store::{BlobStore, StoreError};
+use indicatif::{ProgressBar, ProgressStyle};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FollowError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("job {job} was cancelled: {reason}")]
+    Cancelled { job: String, reason: String },
+    #[error("job {job} did not complete within {seconds}s; is a collector running? ({done} of {total} partitions stored)")]
+    TimedOut { job: String, seconds: u64, done: usize, total: u32 },
+    #[error("summary.json of job {job} is unreadable: {reason}")]
+    BadSummary { job: String, reason: String },
+    #[error("a storage task failed: {0}")]
+    Task(String),
+}
+
+/// Waits until the job's `summary.json` is written, showing partitions stored as progress.
+pub async fn follow(store: Arc<dyn BlobStore>, manifest: &Manifest, timeout: Duration) -> Result<Summary, FollowError> {
+    let bar = ProgressBar::new(u64::from(manifest.partitions)).with_style(
+        ProgressStyle::with_template("{spinner} scoring {bar:40} {pos}/{len} partitions ({elapsed})").expect("the template is valid"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let deadline = Instant::now() + timeout;
+    let job = manifest.job.clone();
+    loop {
+        let (store, job_id) = (store.clone(), job.clone());
+        let status = tokio::task::spawn_blocking(move || -> Result<Status, StoreError> {
+            match store.get(&job::result_key(&job_id, files::SUMMARY)) {
+                Ok(bytes) => return Ok(Status::Done(bytes)),
+                Err(e) if !e.is_not_found() => return Err(e),
+                Err(_) => {}
+            }
+            match store.get(&format!("jobs/{job_id}/cancelled")) {
+                Ok(reason) => return Ok(Status::Cancelled(String::from_utf8_lossy(&reason).into_owned())),
+                Err(e) if !e.is_not_found() => return Err(e),
+                Err(_) => {}
+            }
+            Ok(Status::Running(store.list(&job::partitions_prefix(&job_id))?.len()))
+        })
+        .await
+        .map_err(|e| FollowError::Task(e.to_string()))??;
+        match status {
+            Status::Done(bytes) => {
+                bar.finish_and_clear();
+                return serde_json::from_slice(&bytes).map_err(|e| FollowError::BadSummary { job, reason: e.to_string() });
+            }
+            Status::Cancelled(reason) => {
+                bar.finish_and_clear();
+                return Err(FollowError::Cancelled { job, reason });
+            }
+            Status::Running(done) => {
+                bar.set_position(done as u64);
+                if Instant::now() > deadline {
+                    bar.finish_and_clear();
+                    return Err(FollowError::TimedOut { job, seconds: timeout.as_secs(), done, total: manifest.partitions });
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+enum Status {
+    Done(Vec<u8>),
+    Cancelled(String),
+    Running(usize),
+}
