@@ -22,11 +22,16 @@ struct Cli {
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,collector=info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,collector=info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    tokio::runtime::Runtime::new().context("starting the async runtime")?.block_on(run(cli))
+    tokio::runtime::Runtime::new()
+        .context("starting the async runtime")?
+        .block_on(run(cli))
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -39,7 +44,9 @@ async fn run(cli: Cli) -> Result<()> {
     let logger = tokio::spawn(async move {
         while let Some(event) = events.recv().await {
             match event {
-                Event::Completed(summary) => println!("job {}: {}", summary.job, summary.accuracy_line()),
+                Event::Completed(summary) => {
+                    println!("job {}: {}", summary.job, summary.accuracy_line())
+                }
                 Event::Cancelled { job, reason } => println!("job {job}: cancelled ({reason})"),
                 Event::Stored { .. } => {}
             }

@@ -15,8 +15,15 @@ pub enum FollowError {
     Store(#[from] StoreError),
     #[error("job {job} was cancelled: {reason}")]
     Cancelled { job: String, reason: String },
-    #[error("job {job} did not complete within {seconds}s; is a collector running? ({done} of {total} partitions stored)")]
-    TimedOut { job: String, seconds: u64, done: usize, total: u32 },
+    #[error(
+        "job {job} did not complete within {seconds}s; is a collector running? ({done} of {total} partitions stored)"
+    )]
+    TimedOut {
+        job: String,
+        seconds: u64,
+        done: usize,
+        total: u32,
+    },
     #[error("summary.json of job {job} is unreadable: {reason}")]
     BadSummary { job: String, reason: String },
     #[error("a storage task failed: {0}")]
@@ -24,9 +31,16 @@ pub enum FollowError {
 }
 
 /// Waits until the job's `summary.json` is written, showing partitions stored as progress.
-pub async fn follow(store: Arc<dyn BlobStore>, manifest: &Manifest, timeout: Duration) -> Result<Summary, FollowError> {
+pub async fn follow(
+    store: Arc<dyn BlobStore>,
+    manifest: &Manifest,
+    timeout: Duration,
+) -> Result<Summary, FollowError> {
     let bar = ProgressBar::new(u64::from(manifest.partitions)).with_style(
-        ProgressStyle::with_template("{spinner} scoring {bar:40} {pos}/{len} partitions ({elapsed})").expect("the template is valid"),
+        ProgressStyle::with_template(
+            "{spinner} scoring {bar:40} {pos}/{len} partitions ({elapsed})",
+        )
+        .expect("the template is valid"),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     let deadline = Instant::now() + timeout;
@@ -40,18 +54,27 @@ pub async fn follow(store: Arc<dyn BlobStore>, manifest: &Manifest, timeout: Dur
                 Err(_) => {}
             }
             match store.get(&format!("jobs/{job_id}/cancelled")) {
-                Ok(reason) => return Ok(Status::Cancelled(String::from_utf8_lossy(&reason).into_owned())),
+                Ok(reason) => {
+                    return Ok(Status::Cancelled(
+                        String::from_utf8_lossy(&reason).into_owned(),
+                    ));
+                }
                 Err(e) if !e.is_not_found() => return Err(e),
                 Err(_) => {}
             }
-            Ok(Status::Running(store.list(&job::partitions_prefix(&job_id))?.len()))
+            Ok(Status::Running(
+                store.list(&job::partitions_prefix(&job_id))?.len(),
+            ))
         })
         .await
         .map_err(|e| FollowError::Task(e.to_string()))??;
         match status {
             Status::Done(bytes) => {
                 bar.finish_and_clear();
-                return serde_json::from_slice(&bytes).map_err(|e| FollowError::BadSummary { job, reason: e.to_string() });
+                return serde_json::from_slice(&bytes).map_err(|e| FollowError::BadSummary {
+                    job,
+                    reason: e.to_string(),
+                });
             }
             Status::Cancelled(reason) => {
                 bar.finish_and_clear();
@@ -61,7 +84,12 @@ pub async fn follow(store: Arc<dyn BlobStore>, manifest: &Manifest, timeout: Dur
                 bar.set_position(done as u64);
                 if Instant::now() > deadline {
                     bar.finish_and_clear();
-                    return Err(FollowError::TimedOut { job, seconds: timeout.as_secs(), done, total: manifest.partitions });
+                    return Err(FollowError::TimedOut {
+                        job,
+                        seconds: timeout.as_secs(),
+                        done,
+                        total: manifest.partitions,
+                    });
                 }
             }
         }

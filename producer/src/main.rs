@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use clap::{Args, Parser, Subcommand};
 use fleet_common::broker::amqp::{AmqpArgs, AmqpBroker};
 use fleet_common::inference::InferenceOptions;
 use fleet_common::job;
 use fleet_common::source::Source;
 use fleet_common::store::StoreArgs;
+use indicatif::{ProgressBar, ProgressStyle};
 use producer::stage::{self, DEFAULT_DATASET_URL, DEFAULT_MEAN_IMAGE_URL, DEFAULT_MODEL_URL};
 use producer::submit::SubmitOptions;
 use worker::WorkerOptions;
@@ -34,7 +34,7 @@ struct Cli {
 enum Command {
     /// Put the dataset, a model and its mean image into a container (CNTK models are
     /// converted to ONNX on the way). Defaults are the walkthrough's public URLs.
-    Stage(StageArgs),
+    Stage(Box<StageArgs>),
     /// Convert a CNTK v2 model (.dnn) to an ONNX file.
     Convert(ConvertArgs),
 }
@@ -50,7 +50,11 @@ struct RunArgs {
     #[arg(long, conflicts_with = "embedded")]
     wait: bool,
     /// Give up waiting after this many seconds.
-    #[arg(long = "wait-timeout-secs", env = "WAIT_TIMEOUT_SECS", default_value_t = 3600)]
+    #[arg(
+        long = "wait-timeout-secs",
+        env = "WAIT_TIMEOUT_SECS",
+        default_value_t = 3600
+    )]
     wait_timeout_secs: u64,
     #[command(flatten)]
     amqp: AmqpArgs,
@@ -120,7 +124,7 @@ fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Stage(args)) => stage(args),
+        Some(Command::Stage(args)) => stage(*args),
         Some(Command::Convert(args)) => convert(args),
         None => tokio::runtime::Runtime::new()
             .context("starting the async runtime")?
@@ -188,23 +192,34 @@ async fn run(args: RunArgs) -> Result<()> {
     let store = tokio::task::spawn_blocking(move || store_args.open(false)).await??;
     let job = job::new_job_id();
     if args.embedded {
-        let run = producer::embedded::run(store, &args.submit, args.workers, args.worker, &job).await?;
+        let run =
+            producer::embedded::run(store, &args.submit, args.workers, args.worker, &job).await?;
         print_summary(&run.summary);
         println!("job: {}", run.job);
         return Ok(());
     }
     let broker = AmqpBroker::connect(args.amqp).await?;
     let bar = ProgressBar::new(0).with_style(
-        ProgressStyle::with_template("{spinner} publishing {pos} images ({per_sec}, {elapsed})").expect("the template is valid"),
+        ProgressStyle::with_template("{spinner} publishing {pos} images ({per_sec}, {elapsed})")
+            .expect("the template is valid"),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
-    let manifest = producer::submit::submit(&broker, store.clone(), &args.submit, &job, |n| bar.inc(n)).await;
+    let manifest =
+        producer::submit::submit(&broker, store.clone(), &args.submit, &job, |n| bar.inc(n)).await;
     bar.finish_and_clear();
     let manifest = manifest?;
-    println!("submitted {} images in {} partitions", manifest.images, manifest.partitions);
+    println!(
+        "submitted {} images in {} partitions",
+        manifest.images, manifest.partitions
+    );
     println!("job: {job}");
     if args.wait {
-        let summary = producer::follow::follow(store, &manifest, Duration::from_secs(args.wait_timeout_secs)).await?;
+        let summary = producer::follow::follow(
+            store,
+            &manifest,
+            Duration::from_secs(args.wait_timeout_secs),
+        )
+        .await?;
         print_summary(&summary);
     }
     Ok(())

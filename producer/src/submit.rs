@@ -75,7 +75,11 @@ pub async fn submit<B: Broker>(
     tokio::task::spawn_blocking(move || {
         for key in [job::model_key(&model), job::mean_image_key(&model)] {
             if !check_store.exists(&key)? {
-                return Err(SubmitError::NotStaged { model: model.clone(), store: check_store.describe(), key });
+                return Err(SubmitError::NotStaged {
+                    model: model.clone(),
+                    store: check_store.describe(),
+                    key,
+                });
             }
         }
         Ok(())

@@ -116,10 +116,15 @@ pub struct Services {
 
 impl Services {
     pub fn get() -> Self {
-        if let (Ok(amqp_url), Ok(connection_string)) =
-            (std::env::var("AMQP_URL"), std::env::var("AZURE_STORAGE_CONNECTION_STRING"))
-        {
-            return Self { amqp_url, connection_string, _containers: vec![] };
+        if let (Ok(amqp_url), Ok(connection_string)) = (
+            std::env::var("AMQP_URL"),
+            std::env::var("AZURE_STORAGE_CONNECTION_STRING"),
+        ) {
+            return Self {
+                amqp_url,
+                connection_string,
+                _containers: vec![],
+            };
         }
         Self::from_containers()
     }
@@ -129,7 +134,9 @@ impl Services {
         use testcontainers::runners::SyncRunner;
         let rabbit = testcontainers_modules::rabbitmq::RabbitMq::default()
             .start()
-            .expect("AMQP_URL is not set and a RabbitMQ container could not start (is Docker running?)");
+            .expect(
+                "AMQP_URL is not set and a RabbitMQ container could not start (is Docker running?)",
+            );
         let azurite = testcontainers_modules::azurite::Azurite::default()
             .with_cmd(["azurite-blob", "--blobHost", "0.0.0.0", "--skipApiVersionCheck", "--loose", "--disableTelemetry"])
             .start()
@@ -150,7 +157,12 @@ impl Services {
 pub fn unique(prefix: &str) -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
     format!("{prefix}-{:012x}", h.finish() & 0xffff_ffff_ffff)
 }
 
@@ -179,7 +191,10 @@ pub fn run_with(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Output {
 /// Sends SIGTERM and waits; returns the exit status and the standard error.
 pub fn terminate(mut child: std::process::Child) -> (std::process::ExitStatus, String) {
     // The `kill` command sends SIGTERM without a libc binding in the tests.
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
     let status = child.wait().expect("child exits");
     let mut stderr = String::new();
     if let Some(mut e) = child.stderr.take() {

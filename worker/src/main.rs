@@ -25,11 +25,16 @@ struct Cli {
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn,worker=info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,worker=info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    tokio::runtime::Runtime::new().context("starting the async runtime")?.block_on(run(cli))
+    tokio::runtime::Runtime::new()
+        .context("starting the async runtime")?
+        .block_on(run(cli))
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -51,6 +56,8 @@ async fn run(cli: Cli) -> Result<()> {
 }
 
 fn default_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "worker".into());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "worker".into());
     format!("{host}-{}", std::process::id())
 }

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
@@ -26,13 +26,22 @@ use super::{Broker, BrokerError, Consumer, Delivery, Queue, QueueNames};
 #[derive(Debug, Clone, clap::Args)]
 pub struct AmqpArgs {
     /// AMQP URL of the broker, e.g. amqp://user:password@host:5672/%2f.
-    #[arg(long = "amqp-url", env = "AMQP_URL", hide_env_values = true, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(
+        long = "amqp-url",
+        env = "AMQP_URL",
+        hide_env_values = true,
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
     pub url: String,
     /// Deliveries of one message before the broker dead-letters it (quorum queue delivery limit).
     #[arg(long = "delivery-limit", env = "DELIVERY_LIMIT", default_value_t = 5)]
     pub delivery_limit: u32,
     /// How long to keep trying to reconnect when the broker goes away, in seconds.
-    #[arg(long = "amqp-reconnect-secs", env = "AMQP_RECONNECT_SECS", default_value_t = 120)]
+    #[arg(
+        long = "amqp-reconnect-secs",
+        env = "AMQP_RECONNECT_SECS",
+        default_value_t = 120
+    )]
     pub reconnect_secs: u64,
     #[command(flatten)]
     pub queues: QueueNames,
@@ -80,10 +89,16 @@ fn redact(url: &str) -> String {
 
 fn classify(url: &str, e: &lapin::Error) -> BrokerError {
     let text = e.to_string();
-    if text.contains("ACCESS_REFUSED") || text.contains("ACCESS-REFUSED") || text.to_lowercase().contains("auth") {
+    if text.contains("ACCESS_REFUSED")
+        || text.contains("ACCESS-REFUSED")
+        || text.to_lowercase().contains("auth")
+    {
         BrokerError::Credentials { url: redact(url) }
     } else {
-        BrokerError::Connect { url: redact(url), reason: text }
+        BrokerError::Connect {
+            url: redact(url),
+            reason: text,
+        }
     }
 }
 
@@ -93,7 +108,13 @@ impl AmqpBroker {
     pub async fn connect(args: AmqpArgs) -> Result<Self, BrokerError> {
         let link = open_link(&args).await?;
         declare_topology(&link.publisher, &args).await?;
-        Ok(Self { inner: Arc::new(Inner { args, link: Mutex::new(Some(link)), generation: AtomicU64::new(0) }) })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                args,
+                link: Mutex::new(Some(link)),
+                generation: AtomicU64::new(0),
+            }),
+        })
     }
 
     fn names(&self) -> &QueueNames {
@@ -127,7 +148,12 @@ impl AmqpBroker {
         }
     }
 
-    async fn confirmed_publish(&self, queue_name: &str, payload: &[u8], headers: FieldTable) -> Result<(), BrokerError> {
+    async fn confirmed_publish(
+        &self,
+        queue_name: &str,
+        payload: &[u8],
+        headers: FieldTable,
+    ) -> Result<(), BrokerError> {
         let properties = BasicProperties::default()
             .with_delivery_mode(2) // persistent
             .with_content_type(ShortString::from("application/x-postcard"))
@@ -139,7 +165,13 @@ impl AmqpBroker {
             let outcome = async {
                 let confirm = link
                     .publisher
-                    .basic_publish(ShortString::from(""), ShortString::from(queue_name), BasicPublishOptions::default(), payload, properties.clone())
+                    .basic_publish(
+                        ShortString::from(""),
+                        ShortString::from(queue_name),
+                        BasicPublishOptions::default(),
+                        payload,
+                        properties.clone(),
+                    )
                     .await?;
                 confirm.await
             }
@@ -147,7 +179,10 @@ impl AmqpBroker {
             match outcome {
                 Ok(Confirmation::Ack(_)) => return Ok(()),
                 Ok(other) => {
-                    return Err(BrokerError::NotConfirmed { queue: queue_name.into(), reason: format!("{other:?}") });
+                    return Err(BrokerError::NotConfirmed {
+                        queue: queue_name.into(),
+                        reason: format!("{other:?}"),
+                    });
                 }
                 // The connection went away before the confirm: publish again on a new one.
                 // (The broker may hold the first copy too; consumers tolerate duplicates.)
@@ -157,34 +192,70 @@ impl AmqpBroker {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }
-                Err(e) => return Err(BrokerError::NotConfirmed { queue: queue_name.into(), reason: e.to_string() }),
+                Err(e) => {
+                    return Err(BrokerError::NotConfirmed {
+                        queue: queue_name.into(),
+                        reason: e.to_string(),
+                    });
+                }
             }
         }
     }
 }
 
 async fn open_link(args: &AmqpArgs) -> Result<Link, BrokerError> {
-    let connection = Connection::connect(&args.url, ConnectionProperties::default().with_connection_name("cifar-fleet".into()))
+    let connection = Connection::connect(
+        &args.url,
+        ConnectionProperties::default().with_connection_name("cifar-fleet".into()),
+    )
+    .await
+    .map_err(|e| classify(&args.url, &e))?;
+    let publisher = connection
+        .create_channel()
         .await
-        .map_err(|e| classify(&args.url, &e))?;
-    let publisher = connection.create_channel().await.map_err(|e| BrokerError::Lost(e.to_string()))?;
-    publisher.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| BrokerError::Lost(e.to_string()))?;
-    Ok(Link { connection: Arc::new(connection), publisher })
+        .map_err(|e| BrokerError::Lost(e.to_string()))?;
+    publisher
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| BrokerError::Lost(e.to_string()))?;
+    Ok(Link {
+        connection: Arc::new(connection),
+        publisher,
+    })
 }
 
 async fn declare_topology(channel: &Channel, args: &AmqpArgs) -> Result<(), BrokerError> {
     let names = &args.queues;
     let quorum = || {
         let mut table = FieldTable::default();
-        table.insert(ShortString::from("x-queue-type"), AMQPValue::LongString(LongString::from("quorum")));
+        table.insert(
+            ShortString::from("x-queue-type"),
+            AMQPValue::LongString(LongString::from("quorum")),
+        );
         table
     };
     let mut work = quorum();
-    work.insert(ShortString::from("x-dead-letter-exchange"), AMQPValue::LongString(LongString::from("")));
-    work.insert(ShortString::from("x-dead-letter-routing-key"), AMQPValue::LongString(LongString::from(names.dead_letter.as_str())));
-    work.insert(ShortString::from("x-delivery-limit"), AMQPValue::LongInt(args.delivery_limit as i32));
-    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-    for (name, arguments) in [(&names.dead_letter, quorum()), (&names.partitions, work.clone()), (&names.results, work)] {
+    work.insert(
+        ShortString::from("x-dead-letter-exchange"),
+        AMQPValue::LongString(LongString::from("")),
+    );
+    work.insert(
+        ShortString::from("x-dead-letter-routing-key"),
+        AMQPValue::LongString(LongString::from(names.dead_letter.as_str())),
+    );
+    work.insert(
+        ShortString::from("x-delivery-limit"),
+        AMQPValue::LongInt(args.delivery_limit as i32),
+    );
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    for (name, arguments) in [
+        (&names.dead_letter, quorum()),
+        (&names.partitions, work.clone()),
+        (&names.results, work),
+    ] {
         channel.queue_declare(ShortString::from(name.as_str()), durable, arguments).await.map_err(|e| {
             BrokerError::Other(format!(
                 "cannot declare queue {name}: {e}. If it exists with other settings, delete it or choose other queue names"
@@ -199,7 +270,8 @@ impl Broker for AmqpBroker {
 
     async fn publish(&self, queue: Queue, payload: Vec<u8>) -> Result<(), BrokerError> {
         let name = self.names().name(queue).to_owned();
-        self.confirmed_publish(&name, &payload, FieldTable::default()).await
+        self.confirmed_publish(&name, &payload, FieldTable::default())
+            .await
     }
 
     async fn consume(&self, queue: Queue, prefetch: u16) -> Result<AmqpConsumer, BrokerError> {
@@ -216,7 +288,10 @@ impl Broker for AmqpBroker {
 
     async fn ready_count(&self, queue: Queue) -> Result<u64, BrokerError> {
         let link = self.link().await?;
-        let options = QueueDeclareOptions { passive: true, ..Default::default() };
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
         let name = self.names().name(queue);
         let declared = link
             .publisher
@@ -241,9 +316,17 @@ impl AmqpConsumer {
         let link = self.broker.link().await?;
         let lost = |e: lapin::Error| BrokerError::Lost(e.to_string());
         let channel = link.connection.create_channel().await.map_err(lost)?;
-        channel.basic_qos(self.prefetch.max(1), BasicQosOptions::default()).await.map_err(lost)?;
+        channel
+            .basic_qos(self.prefetch.max(1), BasicQosOptions::default())
+            .await
+            .map_err(lost)?;
         let consumer = channel
-            .basic_consume(ShortString::from(self.queue.as_str()), ShortString::from(""), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                ShortString::from(self.queue.as_str()),
+                ShortString::from(""),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await
             .map_err(lost)?;
         self.generation = self.broker.inner.generation.load(Ordering::SeqCst);
@@ -257,17 +340,28 @@ impl Consumer for AmqpConsumer {
 
     async fn next(&mut self) -> Result<Option<AmqpDelivery>, BrokerError> {
         loop {
-            if self.stream.is_none() || self.generation != self.broker.inner.generation.load(Ordering::SeqCst) {
+            if self.stream.is_none()
+                || self.generation != self.broker.inner.generation.load(Ordering::SeqCst)
+            {
                 self.subscribe().await?;
             }
             let (channel, stream) = self.stream.as_mut().expect("subscribed above");
             match stream.next().await {
                 Some(Ok(delivery)) => {
-                    return Ok(Some(AmqpDelivery { delivery, channel: channel.clone(), broker: self.broker.clone(), settled: false }));
+                    return Ok(Some(AmqpDelivery {
+                        delivery,
+                        channel: channel.clone(),
+                        broker: self.broker.clone(),
+                        settled: false,
+                    }));
                 }
                 // The stream ends or fails when the channel or connection goes away.
-                Some(Err(e)) => tracing::warn!(error = %e, queue = %self.queue, "consumer lost its connection; resubscribing"),
-                None => tracing::warn!(queue = %self.queue, "consumer cancelled by the broker; resubscribing"),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, queue = %self.queue, "consumer lost its connection; resubscribing")
+                }
+                None => {
+                    tracing::warn!(queue = %self.queue, "consumer cancelled by the broker; resubscribing")
+                }
             }
             self.stream = None;
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -286,7 +380,9 @@ pub struct AmqpDelivery {
 impl AmqpDelivery {
     fn settle_error(&self, e: lapin::Error) -> BrokerError {
         // The channel it came on is gone: the broker will deliver the message again.
-        BrokerError::Lost(format!("cannot settle a delivery ({e}); it will be redelivered"))
+        BrokerError::Lost(format!(
+            "cannot settle a delivery ({e}); it will be redelivered"
+        ))
     }
 }
 
@@ -319,28 +415,45 @@ impl Delivery for AmqpDelivery {
     async fn ack(mut self) -> Result<(), BrokerError> {
         self.settled = true;
         let tag = self.delivery.delivery_tag;
-        self.channel.basic_ack(tag, BasicAckOptions::default()).await.map_err(|e| self.settle_error(e))
+        self.channel
+            .basic_ack(tag, BasicAckOptions::default())
+            .await
+            .map_err(|e| self.settle_error(e))
     }
 
     async fn retry(mut self) -> Result<(), BrokerError> {
         self.settled = true;
         let tag = self.delivery.delivery_tag;
-        let options = BasicNackOptions { requeue: true, ..Default::default() };
-        self.channel.basic_nack(tag, options).await.map_err(|e| self.settle_error(e))
+        let options = BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        };
+        self.channel
+            .basic_nack(tag, options)
+            .await
+            .map_err(|e| self.settle_error(e))
     }
 
     async fn dead_letter(mut self, reason: &str) -> Result<(), BrokerError> {
         let mut headers = FieldTable::default();
-        headers.insert(ShortString::from("x-error"), AMQPValue::LongString(LongString::from(reason)));
+        headers.insert(
+            ShortString::from("x-error"),
+            AMQPValue::LongString(LongString::from(reason)),
+        );
         headers.insert(
             ShortString::from("x-original-queue"),
             AMQPValue::LongString(LongString::from(self.delivery.routing_key.as_str())),
         );
         let dead_letter = self.broker.names().dead_letter.clone();
-        self.broker.confirmed_publish(&dead_letter, &self.delivery.data, headers).await?;
+        self.broker
+            .confirmed_publish(&dead_letter, &self.delivery.data, headers)
+            .await?;
         self.settled = true;
         let tag = self.delivery.delivery_tag;
-        self.channel.basic_ack(tag, BasicAckOptions::default()).await.map_err(|e| self.settle_error(e))
+        self.channel
+            .basic_ack(tag, BasicAckOptions::default())
+            .await
+            .map_err(|e| self.settle_error(e))
     }
 }
 
@@ -354,7 +467,15 @@ impl Drop for AmqpDelivery {
         let (channel, tag) = (self.channel.clone(), self.delivery.delivery_tag);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let _ = channel.basic_nack(tag, BasicNackOptions { requeue: true, ..Default::default() }).await;
+                let _ = channel
+                    .basic_nack(
+                        tag,
+                        BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        },
+                    )
+                    .await;
             });
         }
     }
@@ -366,7 +487,10 @@ mod tests {
 
     #[test]
     fn passwords_never_reach_messages() {
-        assert_eq!(redact("amqp://fleet:s3cret@rabbit:5672/%2f"), "amqp://fleet:***@rabbit:5672/%2f");
+        assert_eq!(
+            redact("amqp://fleet:s3cret@rabbit:5672/%2f"),
+            "amqp://fleet:***@rabbit:5672/%2f"
+        );
         assert_eq!(redact("amqp://rabbit:5672"), "amqp://rabbit:5672");
     }
 }

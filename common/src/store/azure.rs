@@ -28,7 +28,8 @@ use super::{BlobStore, StoreError, check_key};
 
 /// Azurite's well-known development account.
 const DEV_ACCOUNT: &str = "devstoreaccount1";
-const DEV_KEY: &str = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+const DEV_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 /// SAS version signed here: one that every service and Azurite release accepts.
 const SAS_VERSION: &str = "2021-08-06";
 /// A SAS lives this long and is renewed when less than a quarter of it is left.
@@ -60,7 +61,10 @@ pub struct AzureStore {
 
 impl std::fmt::Debug for AzureStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AzureStore").field("container_url", &self.container_url).field("auth", &self.auth).finish()
+        f.debug_struct("AzureStore")
+            .field("container_url", &self.container_url)
+            .field("auth", &self.auth)
+            .finish()
     }
 }
 
@@ -98,7 +102,10 @@ fn block_on<T: Send + 'static>(future: impl Future<Output = T> + Send + 'static)
 
 /// Whether `store` (the `--store` value) names Azure rather than a directory.
 pub fn is_azure(store: &str) -> bool {
-    store.contains("AccountName=") || store.contains("UseDevelopmentStorage=true") || store.starts_with("https://") || store.starts_with("http://")
+    store.contains("AccountName=")
+        || store.contains("UseDevelopmentStorage=true")
+        || store.starts_with("https://")
+        || store.starts_with("http://")
 }
 
 impl AzureStore {
@@ -107,9 +114,17 @@ impl AzureStore {
     pub fn open(spec: &str, container: &str, create: bool) -> Result<Self, StoreError> {
         let (service, auth) = parse_spec(spec)?;
         let mut container_url = service.clone();
-        container_url.path_segments_mut().map_err(|()| config_error(format!("{service} is not a blob service URL")))?.pop_if_empty().push(container);
+        container_url
+            .path_segments_mut()
+            .map_err(|()| config_error(format!("{service} is not a blob service URL")))?
+            .pop_if_empty()
+            .push(container);
         let client = make_client(&container_url, &auth)?;
-        let store = Self { container_url, auth, client: Mutex::new(client) };
+        let store = Self {
+            container_url,
+            auth,
+            client: Mutex::new(client),
+        };
         let client = store.client()?;
         let location = service.to_string();
         let name = container.to_owned();
@@ -118,9 +133,15 @@ impl AzureStore {
             Ok(true) => {}
             Ok(false) if create => {
                 let client = store.client()?;
-                block_on(async move { client.create(None).await }).map_err(|e| store.error("", e))?;
+                block_on(async move { client.create(None).await })
+                    .map_err(|e| store.error("", e))?;
             }
-            Ok(false) => return Err(StoreError::NoContainer { container: name, location }),
+            Ok(false) => {
+                return Err(StoreError::NoContainer {
+                    container: name,
+                    location,
+                });
+            }
             Err(e) => return Err(store.error("", e)),
         }
         Ok(store)
@@ -140,28 +161,50 @@ impl AzureStore {
     fn error(&self, key: &str, e: azure_core::Error) -> StoreError {
         let store = self.describe();
         match e.http_status() {
-            Some(StatusCode::NotFound) if e.to_string().contains("ContainerNotFound") => StoreError::NoContainer {
-                container: self.container_url.path().rsplit('/').next().unwrap_or_default().to_owned(),
-                location: store,
+            Some(StatusCode::NotFound) if e.to_string().contains("ContainerNotFound") => {
+                StoreError::NoContainer {
+                    container: self
+                        .container_url
+                        .path()
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    location: store,
+                }
+            }
+            Some(StatusCode::NotFound) => StoreError::NotFound {
+                store,
+                key: key.into(),
             },
-            Some(StatusCode::NotFound) => StoreError::NotFound { store, key: key.into() },
             Some(StatusCode::Forbidden) | Some(StatusCode::Unauthorized) => StoreError::Denied {
                 store,
                 key: key.into(),
-                reason: format!("{e}. Check the account key, or the identity's Storage Blob Data role"),
+                reason: format!(
+                    "{e}. Check the account key, or the identity's Storage Blob Data role"
+                ),
             },
-            _ => StoreError::Io { store, key: key.into(), reason: e.to_string() },
+            _ => StoreError::Io {
+                store,
+                key: key.into(),
+                reason: e.to_string(),
+            },
         }
     }
 }
 
 fn config_error(reason: String) -> StoreError {
-    StoreError::Io { store: "Azure storage configuration".into(), key: String::new(), reason }
+    StoreError::Io {
+        store: "Azure storage configuration".into(),
+        key: String::new(),
+        reason,
+    }
 }
 
 fn parse_spec(spec: &str) -> Result<(Url, Auth), StoreError> {
     if spec.starts_with("https://") || spec.starts_with("http://") {
-        let url = Url::parse(spec).map_err(|e| config_error(format!("{spec} is not a URL: {e}")))?;
+        let url =
+            Url::parse(spec).map_err(|e| config_error(format!("{spec} is not a URL: {e}")))?;
         let credential = azure_identity::ManagedIdentityCredential::new(None)
             .map_err(|e| config_error(format!("managed identity unavailable: {e}")))?;
         return Ok((url, Auth::ManagedIdentity(credential)));
@@ -171,16 +214,30 @@ fn parse_spec(spec: &str) -> Result<(Url, Auth), StoreError> {
         .filter_map(|part| part.split_once('='))
         .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
         .collect();
-    let get = |name: &str| fields.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+    let get = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
     if get("UseDevelopmentStorage").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
         let url = Url::parse("http://127.0.0.1:10000/devstoreaccount1").expect("valid URL");
-        return Ok((url, Auth::Key { account: DEV_ACCOUNT.into(), key: BASE64.decode(DEV_KEY).expect("valid key") }));
+        return Ok((
+            url,
+            Auth::Key {
+                account: DEV_ACCOUNT.into(),
+                key: BASE64.decode(DEV_KEY).expect("valid key"),
+            },
+        ));
     }
-    let account = get("AccountName").ok_or_else(|| config_error("the connection string has no AccountName".into()))?;
+    let account = get("AccountName")
+        .ok_or_else(|| config_error("the connection string has no AccountName".into()))?;
     let key = get("AccountKey").ok_or_else(|| {
         config_error("the connection string has no AccountKey (for managed identity, pass the blob service URL instead)".into())
     })?;
-    let key = BASE64.decode(&key).map_err(|_| config_error("the AccountKey in the connection string is not base64".into()))?;
+    let key = BASE64.decode(&key).map_err(|_| {
+        config_error("the AccountKey in the connection string is not base64".into())
+    })?;
     let endpoint = match get("BlobEndpoint") {
         Some(endpoint) => endpoint,
         None => {
@@ -189,23 +246,36 @@ fn parse_spec(spec: &str) -> Result<(Url, Auth), StoreError> {
             format!("{protocol}://{account}.blob.{suffix}")
         }
     };
-    let url = Url::parse(&endpoint).map_err(|e| config_error(format!("BlobEndpoint {endpoint} is not a URL: {e}")))?;
+    let url = Url::parse(&endpoint)
+        .map_err(|e| config_error(format!("BlobEndpoint {endpoint} is not a URL: {e}")))?;
     Ok((url, Auth::Key { account, key }))
 }
 
-fn make_client(container_url: &Url, auth: &Auth) -> Result<(Arc<BlobContainerClient>, Option<SystemTime>), StoreError> {
+fn make_client(
+    container_url: &Url,
+    auth: &Auth,
+) -> Result<(Arc<BlobContainerClient>, Option<SystemTime>), StoreError> {
     install_tls_provider();
-    let fail = |e: azure_core::Error| config_error(format!("cannot create a client for {container_url}: {e}"));
+    let fail = |e: azure_core::Error| {
+        config_error(format!("cannot create a client for {container_url}: {e}"))
+    };
     match auth {
         Auth::Key { account, key } => {
             let expiry = SystemTime::now() + SAS_LIFETIME;
             let mut url = container_url.clone();
             url.set_query(Some(&account_sas(account, key, expiry)));
-            Ok((Arc::new(BlobContainerClient::new(url, None, None).map_err(fail)?), Some(expiry)))
+            Ok((
+                Arc::new(BlobContainerClient::new(url, None, None).map_err(fail)?),
+                Some(expiry),
+            ))
         }
-        Auth::ManagedIdentity(credential) => {
-            Ok((Arc::new(BlobContainerClient::new(container_url.clone(), Some(credential.clone()), None).map_err(fail)?), None))
-        }
+        Auth::ManagedIdentity(credential) => Ok((
+            Arc::new(
+                BlobContainerClient::new(container_url.clone(), Some(credential.clone()), None)
+                    .map_err(fail)?,
+            ),
+            None,
+        )),
     }
 }
 
@@ -215,7 +285,9 @@ fn account_sas(account: &str, key: &[u8], expiry: SystemTime) -> String {
     let expiry = iso8601(expiry);
     let (permissions, services, resource_types, protocols) = ("rwdlac", "b", "sco", "https,http");
     // Field order of the account SAS string-to-sign (versions 2020-12-06 and later).
-    let to_sign = format!("{account}\n{permissions}\n{services}\n{resource_types}\n\n{expiry}\n\n{protocols}\n{SAS_VERSION}\n\n");
+    let to_sign = format!(
+        "{account}\n{permissions}\n{services}\n{resource_types}\n\n{expiry}\n\n{protocols}\n{SAS_VERSION}\n\n"
+    );
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(to_sign.as_bytes());
     let signature = BASE64.encode(mac.finalize().into_bytes());
@@ -259,7 +331,8 @@ impl BlobStore for AzureStore {
     fn open(&self, key: &str) -> Result<Box<dyn Read + Send>, StoreError> {
         check_key(key)?;
         let blob = self.client()?.blob_client(key);
-        let response = block_on(async move { blob.download(None).await }).map_err(|e| self.error(key, e))?;
+        let response =
+            block_on(async move { blob.download(None).await }).map_err(|e| self.error(key, e))?;
         let (tx, rx) = std::sync::mpsc::sync_channel(8);
         runtime().spawn(async move {
             let mut body = response.body;
@@ -271,7 +344,10 @@ impl BlobStore for AzureStore {
                 }
             }
         });
-        Ok(Box::new(ChunkReader { chunks: rx, current: bytes::Bytes::new() }))
+        Ok(Box::new(ChunkReader {
+            chunks: rx,
+            current: bytes::Bytes::new(),
+        }))
     }
 
     fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
@@ -279,7 +355,9 @@ impl BlobStore for AzureStore {
         let blob = self.client()?.blob_client(key);
         let content = RequestContent::from(bytes.to_vec());
         // The SDK uploads large content as staged blocks and commits them at once.
-        block_on(async move { blob.upload(content, None).await }).map(drop).map_err(|e| self.error(key, e))
+        block_on(async move { blob.upload(content, None).await })
+            .map(drop)
+            .map_err(|e| self.error(key, e))
     }
 
     fn put_file(&self, key: &str, path: &Path) -> Result<(), StoreError> {
@@ -301,7 +379,10 @@ impl BlobStore for AzureStore {
         let client = self.client()?;
         let prefix_owned = prefix.to_owned();
         let names = block_on(async move {
-            let options = BlobContainerClientListBlobsOptions { prefix: Some(prefix_owned), ..Default::default() };
+            let options = BlobContainerClientListBlobsOptions {
+                prefix: Some(prefix_owned),
+                ..Default::default()
+            };
             let mut pager = client.list_blobs(Some(options))?;
             let mut names = Vec::new();
             while let Some(item) = pager.next().await {
@@ -344,8 +425,17 @@ mod tests {
         assert!(matches!(auth, Auth::Key { ref account, .. } if account == DEV_ACCOUNT));
         let (url, _) = parse_spec("AccountName=acme;AccountKey=a2V5").unwrap();
         assert_eq!(url.as_str(), "https://acme.blob.core.windows.net/");
-        assert!(parse_spec("AccountName=acme").unwrap_err().to_string().contains("no AccountKey"));
-        assert!(is_azure(azurite) && is_azure("https://acme.blob.core.windows.net") && !is_azure("/tmp/store"));
+        assert!(
+            parse_spec("AccountName=acme")
+                .unwrap_err()
+                .to_string()
+                .contains("no AccountKey")
+        );
+        assert!(
+            is_azure(azurite)
+                && is_azure("https://acme.blob.core.windows.net")
+                && !is_azure("/tmp/store")
+        );
     }
 
     #[test]
@@ -360,6 +450,12 @@ mod tests {
         mac.update(to_sign.as_bytes());
         let expected = BASE64.encode(mac.finalize().into_bytes());
         let sig = sas.rsplit("sig=").next().unwrap();
-        assert_eq!(url::form_urlencoded::parse(format!("s={sig}").as_bytes()).next().unwrap().1, expected);
+        assert_eq!(
+            url::form_urlencoded::parse(format!("s={sig}").as_bytes())
+                .next()
+                .unwrap()
+                .1,
+            expected
+        );
     }
 }

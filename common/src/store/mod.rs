@@ -118,10 +118,19 @@ pub struct StoreArgs {
     /// The store: a local directory (one sub-directory per container), an Azure Storage
     /// connection string, or a blob service URL (`https://<account>.blob.core.windows.net`,
     /// authenticated by the host's managed identity).
-    #[arg(long, env = "FLEET_STORE", value_name = "DIR|CONNECTION STRING|URL", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "FLEET_STORE",
+        value_name = "DIR|CONNECTION STRING|URL",
+        hide_env_values = true
+    )]
     pub store: Option<String>,
     /// Azure Storage connection string, used when --store is not given.
-    #[arg(long = "azure-connection-string", env = "AZURE_STORAGE_CONNECTION_STRING", hide_env_values = true)]
+    #[arg(
+        long = "azure-connection-string",
+        env = "AZURE_STORAGE_CONNECTION_STRING",
+        hide_env_values = true
+    )]
     pub connection_string: Option<String>,
     /// Blob container holding the dataset, models and results.
     #[arg(long, env = "FLEET_CONTAINER", default_value = "cifar")]
@@ -140,10 +149,18 @@ impl StoreArgs {
                 .into(),
         })?;
         if azure::is_azure(spec) {
-            return Ok(std::sync::Arc::new(azure::AzureStore::open(spec, &self.container, create)?));
+            return Ok(std::sync::Arc::new(azure::AzureStore::open(
+                spec,
+                &self.container,
+                create,
+            )?));
         }
         let root = std::path::Path::new(spec);
-        let store = if create { local::LocalStore::create(root, &self.container)? } else { local::LocalStore::open(root, &self.container)? };
+        let store = if create {
+            local::LocalStore::create(root, &self.container)?
+        } else {
+            local::LocalStore::open(root, &self.container)?
+        };
         Ok(std::sync::Arc::new(store))
     }
 }
