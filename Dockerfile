@@ -1,0 +1,41 @@
+# One image with the three binaries and the ONNX Runtime library.
+#
+#   docker build -t cifar-fleet .                                   # CPU
+#   docker build -t cifar-fleet:cuda --build-arg VARIANT=cuda .     # CUDA workers
+#
+# The CUDA variant compiles the `cuda` feature, takes ONNX Runtime from the onnxruntime-gpu
+# wheel and runs on NVIDIA's CUDA/cuDNN runtime image; it still falls back to the CPU when no GPU
+# is found at run time.
+
+ARG VARIANT=cpu
+ARG RUST_VERSION=1.95
+ARG ORT_VERSION=1.32.0
+
+FROM rust:${RUST_VERSION}-bookworm AS build
+ARG VARIANT
+ARG ORT_VERSION
+RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-pip python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN if [ "$VARIANT" = "cuda" ]; then features="--features producer/cuda,worker/cuda"; pkg=onnxruntime-gpu; \
+    else features=""; pkg=onnxruntime; fi \
+    && cargo build --release --locked --bins $features \
+    && ORT_PACKAGE=$pkg ORT_VERSION=$ORT_VERSION scripts/install-onnxruntime.sh \
+    && mkdir -p /out/lib && cp target/release/producer target/release/worker target/release/collector /out/ \
+    && cp -P .onnxruntime/lib* /out/lib/
+
+FROM debian:bookworm-slim AS runtime-cpu
+FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS runtime-cuda
+
+FROM runtime-${VARIANT}
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --no-create-home fleet
+COPY --from=build /out/producer /out/worker /out/collector /usr/local/bin/
+COPY --from=build /out/lib/ /usr/local/lib/
+ENV ORT_DYLIB_PATH=/usr/local/lib/libonnxruntime.so \
+    RUST_LOG=info
+USER 10001
+# No default process: each service names its binary (worker, collector, producer).
+CMD ["worker", "--help"]
