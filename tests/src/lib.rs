@@ -203,3 +203,119 @@ pub fn terminate(mut child: std::process::Child) -> (std::process::ExitStatus, S
     }
     (status, stderr)
 }
+
+/// One isolated fleet: its own container and queues on the shared services.
+pub struct Fleet {
+    pub services: Services,
+    pub container: String,
+    queues: [(String, String); 3],
+}
+
+impl Fleet {
+    pub fn isolated() -> Self {
+        let id = unique("fleet");
+        Self {
+            services: Services::get(),
+            queues: [
+                ("PARTITIONS_QUEUE".into(), format!("{id}.partitions")),
+                ("RESULTS_QUEUE".into(), format!("{id}.results")),
+                ("DEAD_LETTER_QUEUE".into(), format!("{id}.dead-letter")),
+            ],
+            container: id,
+        }
+    }
+
+    pub fn env(&self) -> Vec<(&str, &str)> {
+        let mut env = vec![
+            ("AMQP_URL", self.services.amqp_url.as_str()),
+            (
+                "AZURE_STORAGE_CONNECTION_STRING",
+                self.services.connection_string.as_str(),
+            ),
+            ("FLEET_CONTAINER", self.container.as_str()),
+            // Two workers share this machine's cores.
+            ("INTRA_OP_THREADS", "1"),
+        ];
+        env.extend(self.queues.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        env
+    }
+
+    pub fn store(&self) -> std::sync::Arc<dyn fleet_common::store::BlobStore> {
+        fleet_common::store::StoreArgs {
+            store: Some(self.services.connection_string.clone()),
+            connection_string: None,
+            container: self.container.clone(),
+        }
+        .open(false)
+        .expect("the test container exists")
+    }
+
+    pub fn stage(&self) {
+        let (dataset, model, mean) = (
+            fixture("cifar-10-python.tar.gz"),
+            fixture("resnet20_meanimage_159.dnn"),
+            fixture("CIFAR-10_mean.xml"),
+        );
+        let out = run_with(
+            "producer",
+            &[
+                "stage",
+                "--dataset",
+                dataset.to_str().unwrap(),
+                "--model",
+                model.to_str().unwrap(),
+                "--mean-image",
+                mean.to_str().unwrap(),
+            ],
+            &self.env(),
+        );
+        assert!(
+            out.status.success(),
+            "staging into Azurite failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// `scores.csv` rows keyed by index: (filename, true label, predicted label, confidence).
+pub fn rows(csv: &str) -> std::collections::BTreeMap<u32, (String, String, String, f64)> {
+    csv.lines()
+        .skip(1)
+        .map(|line| {
+            let f: Vec<&str> = line.split(',').collect();
+            (
+                f[0].parse().unwrap(),
+                (f[1].into(), f[2].into(), f[3].into(), f[6].parse().unwrap()),
+            )
+        })
+        .collect()
+}
+
+
+/// The embedded run's scores on the fixture, computed once per test binary: the reference an
+/// undisturbed job must reproduce.
+pub fn reference_rows() -> &'static std::collections::BTreeMap<u32, (String, String, String, f64)> {
+    static REFERENCE: std::sync::OnceLock<std::collections::BTreeMap<u32, (String, String, String, f64)>> =
+        std::sync::OnceLock::new();
+    REFERENCE.get_or_init(|| {
+        let local = tempfile::TempDir::new().expect("temporary directory");
+        stage_fixtures(local.path(), "cifar");
+        let out = run_ok("producer", &["--store", local.path().to_str().unwrap(), "--container", "cifar", "--embedded"]);
+        let job = field(&out, "job");
+        let csv = std::fs::read_to_string(local.path().join(format!("cifar/results/{job}/scores.csv"))).unwrap();
+        rows(&csv)
+    })
+}
+
+/// Asserts that `csv` has exactly one row per image, with the reference's predictions.
+pub fn assert_matches_reference(csv: &str) {
+    let reference = reference_rows();
+    let lines = csv.lines().count() - 1;
+    let got = rows(csv);
+    assert_eq!(lines, got.len(), "duplicated rows: {lines} lines for {} indices", got.len());
+    assert_eq!(got.len(), reference.len(), "rows lost: {} of {}", got.len(), reference.len());
+    for (index, row) in &got {
+        let expected = &reference[index];
+        assert_eq!((&row.0, &row.1, &row.2), (&expected.0, &expected.1, &expected.2), "row {index} differs");
+    }
+}

@@ -9,96 +9,9 @@ use fleet_tests::{
     Services, field, fixture, run_ok, run_with, spawn, stage_fixtures, terminate, unique,
 };
 
-/// One isolated fleet: its own container and queues on the shared services.
-struct Fleet {
-    services: Services,
-    container: String,
-    queues: [(String, String); 3],
-}
-
-impl Fleet {
-    fn new() -> Self {
-        let id = unique("fleet");
-        Self {
-            services: Services::get(),
-            queues: [
-                ("PARTITIONS_QUEUE".into(), format!("{id}.partitions")),
-                ("RESULTS_QUEUE".into(), format!("{id}.results")),
-                ("DEAD_LETTER_QUEUE".into(), format!("{id}.dead-letter")),
-            ],
-            container: id,
-        }
-    }
-
-    fn env(&self) -> Vec<(&str, &str)> {
-        let mut env = vec![
-            ("AMQP_URL", self.services.amqp_url.as_str()),
-            (
-                "AZURE_STORAGE_CONNECTION_STRING",
-                self.services.connection_string.as_str(),
-            ),
-            ("FLEET_CONTAINER", self.container.as_str()),
-            // Two workers share this machine's cores.
-            ("INTRA_OP_THREADS", "1"),
-        ];
-        env.extend(self.queues.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        env
-    }
-
-    fn store(&self) -> Arc<dyn BlobStore> {
-        StoreArgs {
-            store: Some(self.services.connection_string.clone()),
-            connection_string: None,
-            container: self.container.clone(),
-        }
-        .open(false)
-        .expect("the test container exists")
-    }
-
-    fn stage(&self) {
-        let (dataset, model, mean) = (
-            fixture("cifar-10-python.tar.gz"),
-            fixture("resnet20_meanimage_159.dnn"),
-            fixture("CIFAR-10_mean.xml"),
-        );
-        let out = run_with(
-            "producer",
-            &[
-                "stage",
-                "--dataset",
-                dataset.to_str().unwrap(),
-                "--model",
-                model.to_str().unwrap(),
-                "--mean-image",
-                mean.to_str().unwrap(),
-            ],
-            &self.env(),
-        );
-        assert!(
-            out.status.success(),
-            "staging into Azurite failed:\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-/// `scores.csv` rows keyed by index: (filename, true label, predicted label, confidence).
-fn rows(csv: &str) -> BTreeMap<u32, (String, String, String, f64)> {
-    csv.lines()
-        .skip(1)
-        .map(|line| {
-            let f: Vec<&str> = line.split(',').collect();
-            (
-                f[0].parse().unwrap(),
-                (f[1].into(), f[2].into(), f[3].into(), f[6].parse().unwrap()),
-            )
-        })
-        .collect()
-}
-
 #[test]
 fn two_workers_and_a_collector_match_the_embedded_run() {
-    let fleet = Fleet::new();
+    let fleet = Fleet::isolated();
     fleet.stage();
     let env = fleet.env();
     let collector = spawn("collector", &[], &env);
@@ -201,7 +114,7 @@ fn two_workers_and_a_collector_match_the_embedded_run() {
 
 #[test]
 fn wrong_broker_url_and_credentials_are_named() {
-    let fleet = Fleet::new();
+    let fleet = Fleet::isolated();
     fleet.stage();
     let mut env = fleet.env();
     env.retain(|(k, _)| *k != "AMQP_URL");
@@ -235,7 +148,7 @@ fn wrong_broker_url_and_credentials_are_named() {
 
 #[test]
 fn missing_container_and_missing_blob_are_named() {
-    let fleet = Fleet::new();
+    let fleet = Fleet::isolated();
     let env = fleet.env();
     let out = run_with("collector", &[], &env);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -412,6 +412,15 @@ impl Delivery for AmqpDelivery {
         }
     }
 
+    fn dead_letter_reason(&self) -> Option<String> {
+        let headers = self.delivery.properties.headers().as_ref()?;
+        if let Some(AMQPValue::LongString(reason)) = headers.inner().get("x-error") {
+            return Some(reason.to_string());
+        }
+        // Dead-lettered by the broker itself (delivery limit): `x-death` says why.
+        headers.inner().get("x-death").map(|death| format!("dead-lettered by the broker: {death:?}"))
+    }
+
     async fn ack(mut self) -> Result<(), BrokerError> {
         self.settled = true;
         let tag = self.delivery.delivery_tag;

@@ -131,6 +131,11 @@ pub trait Delivery: Send + 'static {
     /// 1 for the first delivery, higher for redeliveries.
     fn attempt(&self) -> u32;
 
+    /// On the dead-letter queue: why the message was put there, if it says.
+    fn dead_letter_reason(&self) -> Option<String> {
+        None
+    }
+
     /// Done with: the broker forgets the message.
     fn ack(self) -> impl Future<Output = Result<(), BrokerError>> + Send;
 

@@ -1,0 +1,487 @@
+//! `bench`: measures the scoring fleet on the fixture and prints a Markdown table.
+//!
+//! ```sh
+//! cargo build --release --bins && target/release/bench            # everything
+//! target/release/bench --skip-fleet                                 # no RabbitMQ/Azurite
+//! ```
+//!
+//! Measured in one run: ONNX Runtime alone through `ort` at several batch sizes with the
+//! worker's thread settings (the ceiling); one image per model call (the walkthrough's design);
+//! the embedded job as a whole process; the fleet over RabbitMQ and Azurite with 1 and 2 worker
+//! processes; peak RSS of each process; time to the first scored partition; a tarball holding
+//! all six batches (60,000 images). Job timings are whole processes, from start to exit.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use fleet_common::dataset::{self, BatchSelection, IMAGE_BYTES};
+use fleet_common::inference::{InferenceOptions, Scorer};
+use fleet_common::mean_image::MeanImage;
+use fleet_common::preprocess::preprocess_into;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// The fixtures directory.
+    #[arg(
+        long,
+        env = "CIFAR_FLEET_FIXTURES",
+        default_value = "../shared/fixtures"
+    )]
+    fixtures: PathBuf,
+    /// Skip the runs over RabbitMQ and Azurite.
+    #[arg(long)]
+    skip_fleet: bool,
+    /// Skip the 60,000-image tarball.
+    #[arg(long)]
+    skip_full: bool,
+    /// Images per partition in the job runs.
+    #[arg(long, default_value_t = 500)]
+    partition_size: u32,
+    /// AMQP URL for the fleet runs.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp_url: String,
+    /// Azure Storage connection string for the fleet runs.
+    #[arg(long, env = "AZURE_STORAGE_CONNECTION_STRING")]
+    connection_string: Option<String>,
+}
+
+struct Row {
+    what: String,
+    images: u64,
+    seconds: f64,
+    note: String,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .context("binary directory")?
+        .to_path_buf();
+    for name in ["producer", "worker", "collector"] {
+        if !bin_dir.join(name).is_file() {
+            bail!(
+                "{} is missing: run `cargo build --release --bins` first",
+                bin_dir.join(name).display()
+            );
+        }
+    }
+    let fixture = |name: &str| args.fixtures.join(name);
+    let mut rows = Vec::new();
+
+    // The engine alone: the whole test batch, preprocessed once, scored at each batch size.
+    let (pixels, mean) = load_test_batch(
+        &fixture("cifar-10-python.tar.gz"),
+        &fixture("CIFAR-10_mean.xml"),
+    )?;
+    let images = pixels.len() / IMAGE_BYTES;
+    let onnx = cntk_import(&fixture("resnet20_meanimage_159.dnn"))?;
+    let mut scorer = Scorer::load(&onnx, "resnet20", &InferenceOptions::default())?;
+    let mut input = Vec::new();
+    preprocess_into(&pixels, &mean, &mut input);
+    let mut logits = Vec::new();
+    let mut engine_500 = 0.0;
+    for batch in [1usize, 32, 128, 500] {
+        scorer.score(&input[..batch * IMAGE_BYTES], batch, &mut logits)?; // warm-up
+        let started = Instant::now();
+        for chunk in input.chunks(batch * IMAGE_BYTES) {
+            scorer.score(chunk, chunk.len() / IMAGE_BYTES, &mut logits)?;
+        }
+        let seconds = started.elapsed().as_secs_f64();
+        if batch == 500 {
+            engine_500 = seconds;
+        }
+        rows.push(Row {
+            what: format!("ONNX Runtime alone, batch {batch}"),
+            images: images as u64,
+            seconds,
+            note: String::new(),
+        });
+    }
+    // The walkthrough's design: per image, preprocess then one model call.
+    let started = Instant::now();
+    let mut one = Vec::new();
+    for image in pixels.chunks(IMAGE_BYTES) {
+        preprocess_into(image, &mean, &mut one);
+        scorer.score(&one, 1, &mut logits)?;
+    }
+    rows.push(Row {
+        what: "one image per model call (walkthrough design)".into(),
+        images: images as u64,
+        seconds: started.elapsed().as_secs_f64(),
+        note: String::new(),
+    });
+    drop(scorer);
+
+    // The embedded job, whole process.
+    let work = tempfile::tempdir()?;
+    let store = work.path().join("store");
+    let stage = |store: &str, dataset: &Path, envs: &[(&str, &str)]| -> Result<()> {
+        run(
+            &bin_dir.join("producer"),
+            &[
+                "stage",
+                "--store",
+                store,
+                "--dataset",
+                dataset.to_str().unwrap(),
+                "--model",
+                fixture("resnet20_meanimage_159.dnn").to_str().unwrap(),
+                "--mean-image",
+                fixture("CIFAR-10_mean.xml").to_str().unwrap(),
+            ],
+            envs,
+        )
+        .map(drop)
+    };
+    stage(
+        store.to_str().unwrap(),
+        &fixture("cifar-10-python.tar.gz"),
+        &[],
+    )?;
+    let partition_size = args.partition_size.to_string();
+    let embedded = |batches: &str| -> Result<(f64, u64, Option<f64>)> {
+        let started = Instant::now();
+        let partitions = store.join("cifar/jobs");
+        let watcher = FirstFile::watch(partitions, started);
+        let (_, peak) = run_measured(
+            &bin_dir.join("producer"),
+            &[
+                "--store",
+                store.to_str().unwrap(),
+                "--embedded",
+                "--batches",
+                batches,
+                "--partition-size",
+                &partition_size,
+            ],
+            &[],
+        )?;
+        Ok((started.elapsed().as_secs_f64(), peak, watcher.first()))
+    };
+    let (seconds, peak, first) = embedded("test_batch")?;
+    rows.push(Row {
+        what: "embedded job, whole process (1 worker)".into(),
+        images: images as u64,
+        seconds,
+        note: format!(
+            "{:.2} x engine at batch 500; peak RSS {} MB; first partition stored after {}",
+            seconds / engine_500,
+            peak / 1024,
+            first.map_or("?".into(), |s| format!("{s:.2} s"))
+        ),
+    });
+
+    // All six batches: the test batch under every batch name.
+    if !args.skip_full {
+        let full = work.path().join("cifar-10-full.tar.gz");
+        write_full_tarball(&fixture("cifar-10-python.tar.gz"), &full)?;
+        stage(store.to_str().unwrap(), &full, &[])?;
+        let (seconds, peak, _) = embedded("all")?;
+        rows.push(Row {
+            what: "embedded job, all 6 batches".into(),
+            images: 6 * images as u64,
+            seconds,
+            note: format!(
+                "{:.2} x engine at batch 500; peak RSS {} MB",
+                seconds / (6.0 * engine_500),
+                peak / 1024
+            ),
+        });
+        stage(
+            store.to_str().unwrap(),
+            &fixture("cifar-10-python.tar.gz"),
+            &[],
+        )?;
+    }
+
+    if !args.skip_fleet {
+        let connection = args.connection_string.clone().context("the fleet runs need AZURE_STORAGE_CONNECTION_STRING (see scripts/services.sh), or pass --skip-fleet")?;
+        for workers in [1usize, 2] {
+            let container = format!("bench{}w{}", std::process::id(), workers);
+            let queue = |kind: &str| format!("{container}.{kind}");
+            let (pq, rq, dq) = (queue("partitions"), queue("results"), queue("dead-letter"));
+            let threads = (std::thread::available_parallelism().map_or(1, |n| n.get()) / workers)
+                .max(1)
+                .to_string();
+            let envs = [
+                ("AMQP_URL", args.amqp_url.as_str()),
+                ("AZURE_STORAGE_CONNECTION_STRING", connection.as_str()),
+                ("FLEET_CONTAINER", container.as_str()),
+                ("PARTITIONS_QUEUE", pq.as_str()),
+                ("RESULTS_QUEUE", rq.as_str()),
+                ("DEAD_LETTER_QUEUE", dq.as_str()),
+                ("INTRA_OP_THREADS", threads.as_str()),
+            ];
+            stage(&connection, &fixture("cifar-10-python.tar.gz"), &envs)?;
+            let collector = Measured::spawn(&bin_dir.join("collector"), &[], &envs)?;
+            let fleet: Vec<Measured> = (0..workers)
+                .map(|_| Measured::spawn(&bin_dir.join("worker"), &[], &envs))
+                .collect::<Result<_>>()?;
+            std::thread::sleep(Duration::from_millis(500)); // let them connect and subscribe
+            let started = Instant::now();
+            let (_, producer_peak) = run_measured(
+                &bin_dir.join("producer"),
+                &["--wait", "--partition-size", &partition_size],
+                &envs,
+            )?;
+            let seconds = started.elapsed().as_secs_f64();
+            let worker_peaks: Vec<u64> = fleet
+                .into_iter()
+                .map(Measured::stop)
+                .collect::<Result<_>>()?;
+            let collector_peak = collector.stop()?;
+            rows.push(Row {
+                what: format!(
+                    "fleet over RabbitMQ + Azurite, {workers} worker process{}",
+                    if workers > 1 { "es" } else { "" }
+                ),
+                images: images as u64,
+                seconds,
+                note: format!(
+                    "{:.2} x engine; peak RSS: producer {} MB, worker {} MB, collector {} MB",
+                    seconds / engine_500,
+                    producer_peak / 1024,
+                    worker_peaks.iter().max().unwrap_or(&0) / 1024,
+                    collector_peak / 1024
+                ),
+            });
+        }
+    }
+
+    println!("| what | images | seconds | images/s | notes |");
+    println!("| --- | ---: | ---: | ---: | --- |");
+    for r in rows {
+        println!(
+            "| {} | {} | {:.2} | {:.0} | {} |",
+            r.what,
+            r.images,
+            r.seconds,
+            r.images as f64 / r.seconds,
+            r.note
+        );
+    }
+    Ok(())
+}
+
+fn load_test_batch(tarball: &Path, mean: &Path) -> Result<(Vec<u8>, MeanImage)> {
+    let mut pixels = Vec::new();
+    dataset::read_tarball(
+        std::fs::File::open(tarball)?,
+        "fixture",
+        &BatchSelection::default(),
+        |b| {
+            pixels = b.pixels;
+            Ok(())
+        },
+    )?;
+    let mean = MeanImage::from_xml(&std::fs::read(mean)?, "mean")?;
+    Ok((pixels, mean))
+}
+
+fn cntk_import(path: &Path) -> Result<Vec<u8>> {
+    // Through the producer's own path, so the bench measures the model the fleet scores.
+    let out = tempfile::NamedTempFile::new()?;
+    let exe = std::env::current_exe()?
+        .parent()
+        .context("binary directory")?
+        .join("producer");
+    run(
+        &exe,
+        &[
+            "convert",
+            path.to_str().unwrap(),
+            "-o",
+            out.path().to_str().unwrap(),
+        ],
+        &[],
+    )?;
+    Ok(std::fs::read(out.path())?)
+}
+
+/// Writes a python tarball with data_batch_1..5 and test_batch, each the fixture's test batch.
+fn write_full_tarball(source: &Path, target: &Path) -> Result<()> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(std::fs::File::open(source)?));
+    let mut members = Vec::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.to_string_lossy().into_owned();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut bytes)?;
+        members.push((path, bytes));
+    }
+    let test = members
+        .iter()
+        .find(|(p, _)| p.ends_with("/test_batch"))
+        .context("no test_batch")?
+        .1
+        .clone();
+    let gz =
+        flate2::write::GzEncoder::new(std::fs::File::create(target)?, flate2::Compression::fast());
+    let mut builder = tar::Builder::new(gz);
+    let mut add = |name: &str, bytes: &[u8]| -> Result<()> {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder.append_data(&mut header, name, bytes)?;
+        Ok(())
+    };
+    for i in 1..=5 {
+        add(&format!("cifar-10-batches-py/data_batch_{i}"), &test)?;
+    }
+    for (path, bytes) in &members {
+        add(path, bytes)?;
+    }
+    builder.into_inner()?.finish()?;
+    Ok(())
+}
+
+fn run(exe: &Path, args: &[&str], envs: &[(&str, &str)]) -> Result<String> {
+    let out = Command::new(exe)
+        .args(args)
+        .envs(envs.iter().copied())
+        .env("RUST_LOG", "warn")
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "{} {args:?} failed: {}",
+            exe.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs a process to completion; returns its output and peak RSS in KiB.
+fn run_measured(exe: &Path, args: &[&str], envs: &[(&str, &str)]) -> Result<(String, u64)> {
+    let child = Command::new(exe)
+        .args(args)
+        .envs(envs.iter().copied())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let measured = Measured::watch(child);
+    let peak = measured.peak.clone();
+    let out = measured.child.wait_with_output()?;
+    measured.done.store(true, Ordering::SeqCst);
+    if !out.status.success() {
+        bail!(
+            "{} {args:?} failed: {}",
+            exe.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        peak.load(Ordering::SeqCst),
+    ))
+}
+
+/// A child process whose peak RSS (VmHWM) is sampled while it runs.
+struct Measured {
+    child: Child,
+    peak: Arc<AtomicU64>,
+    done: Arc<AtomicBool>,
+}
+
+impl Measured {
+    fn spawn(exe: &Path, args: &[&str], envs: &[(&str, &str)]) -> Result<Self> {
+        let child = Command::new(exe)
+            .args(args)
+            .envs(envs.iter().copied())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        Ok(Self::watch(child))
+    }
+
+    fn watch(child: Child) -> Self {
+        let (peak, done) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (p, d, pid) = (peak.clone(), done.clone(), child.id());
+        std::thread::spawn(move || {
+            while !d.load(Ordering::SeqCst) {
+                let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+                    break;
+                };
+                if let Some(kib) = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                {
+                    p.fetch_max(kib, Ordering::SeqCst);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Self { child, peak, done }
+    }
+
+    /// SIGTERM, wait, and the peak RSS in KiB.
+    fn stop(mut self) -> Result<u64> {
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()?;
+        self.child.wait()?;
+        self.done.store(true, Ordering::SeqCst);
+        Ok(self.peak.load(Ordering::SeqCst))
+    }
+}
+
+/// Notices when the first file appears under a directory (the collector's first stored
+/// partition), measured from `since`.
+struct FirstFile {
+    seconds: Arc<AtomicU64>,
+}
+
+impl FirstFile {
+    fn watch(dir: PathBuf, since: Instant) -> Self {
+        let seconds = Arc::new(AtomicU64::new(u64::MAX));
+        let out = seconds.clone();
+        std::thread::spawn(move || {
+            let deadline = since + Duration::from_secs(600);
+            while Instant::now() < deadline {
+                let found = std::fs::read_dir(&dir)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|job| {
+                        std::fs::read_dir(job.path().join("partitions"))
+                            .into_iter()
+                            .flatten()
+                            .flatten()
+                            .next()
+                            .is_some()
+                    });
+                if found {
+                    out.store(since.elapsed().as_micros() as u64, Ordering::SeqCst);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Self { seconds }
+    }
+
+    fn first(&self) -> Option<f64> {
+        match self.seconds.load(Ordering::SeqCst) {
+            u64::MAX => None,
+            micros => Some(micros as f64 / 1e6),
+        }
+    }
+}

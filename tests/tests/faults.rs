@@ -1,0 +1,183 @@
+//! Faults injected into a running fleet (real RabbitMQ and Azurite): every job must still end
+//! with exactly one row per image, the same rows as an undisturbed run. And poison messages end
+//! in the dead-letter queue with their reason.
+
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use fleet_common::broker::amqp::{AmqpArgs, AmqpBroker};
+use fleet_common::broker::{Broker, Consumer, Delivery, Queue, QueueNames};
+use fleet_common::message::{self, MAX_MESSAGE_BYTES, Partition};
+use fleet_tests::{Fleet, assert_matches_reference, field, spawn, terminate};
+
+fn kill(child: &mut Child) {
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+}
+
+/// Starts `producer --wait` in the background.
+fn submit(fleet: &Fleet) -> Child {
+    spawn("producer", &["--wait", "--partition-size", "250"], &fleet.env())
+}
+
+/// Waits for the producer and returns its job id, after checking it succeeded.
+fn finish(producer: Child) -> String {
+    let out = producer.wait_with_output().expect("producer exits");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "producer failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    field(&stdout, "job")
+}
+
+fn scores(fleet: &Fleet, job: &str) -> String {
+    String::from_utf8(fleet.store().get(&format!("results/{job}/scores.csv")).expect("scores.csv")).unwrap()
+}
+
+#[test]
+fn workers_killed_mid_partition_lose_nothing() {
+    let fleet = Fleet::isolated();
+    fleet.stage();
+    let env = fleet.env();
+    let collector = spawn("collector", &[], &env);
+    let mut workers = vec![spawn("worker", &[], &env), spawn("worker", &[], &env)];
+    let producer = submit(&fleet);
+    // Three times during the job: SIGKILL a worker (whatever it holds is unacked) and start
+    // a replacement.
+    for round in 0..3 {
+        std::thread::sleep(Duration::from_millis(2500));
+        let mut victim = workers.remove(round % workers.len());
+        kill(&mut victim);
+        workers.push(spawn("worker", &[], &env));
+    }
+    let job = finish(producer);
+    for worker in workers {
+        terminate(worker);
+    }
+    terminate(collector);
+    assert_matches_reference(&scores(&fleet, &job));
+}
+
+#[test]
+fn a_collector_killed_mid_job_and_restarted_finishes_it() {
+    let fleet = Fleet::isolated();
+    fleet.stage();
+    let env = fleet.env();
+    let mut collector = spawn("collector", &[], &env);
+    let workers = vec![spawn("worker", &[], &env), spawn("worker", &[], &env)];
+    let producer = submit(&fleet);
+    // Kill it once some partitions are stored, restart it.
+    let store = fleet.store();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while store.list("jobs/").unwrap().iter().filter(|k| k.contains("/partitions/")).count() < 5 {
+        assert!(Instant::now() < deadline, "no partition was stored in time");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    kill(&mut collector);
+    let collector = spawn("collector", &[], &env);
+    let job = finish(producer);
+    for worker in workers {
+        terminate(worker);
+    }
+    terminate(collector);
+    assert_matches_reference(&scores(&fleet, &job));
+}
+
+#[test]
+fn a_worker_stopped_with_sigterm_drains_and_exits() {
+    let fleet = Fleet::isolated();
+    fleet.stage();
+    let env = fleet.env();
+    let collector = spawn("collector", &[], &env);
+    let leaving = spawn("worker", &["--name", "leaving"], &env);
+    let staying = spawn("worker", &["--name", "staying"], &env);
+    let producer = submit(&fleet);
+    std::thread::sleep(Duration::from_secs(3));
+    let started = Instant::now();
+    let (status, stderr) = terminate(leaving);
+    assert!(status.success(), "worker did not exit cleanly after SIGTERM: {status}\n{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(30), "draining took {:?}", started.elapsed());
+    let job = finish(producer);
+    terminate(staying);
+    terminate(collector);
+    assert_matches_reference(&scores(&fleet, &job));
+}
+
+#[test]
+fn the_same_job_submitted_twice_gives_two_complete_result_sets() {
+    let fleet = Fleet::isolated();
+    fleet.stage();
+    let env = fleet.env();
+    let collector = spawn("collector", &[], &env);
+    let workers = vec![spawn("worker", &[], &env), spawn("worker", &[], &env)];
+    let (first, second) = (submit(&fleet), submit(&fleet));
+    let (a, b) = (finish(first), finish(second));
+    assert_ne!(a, b);
+    for worker in workers {
+        terminate(worker);
+    }
+    terminate(collector);
+    assert_matches_reference(&scores(&fleet, &a));
+    assert_matches_reference(&scores(&fleet, &b));
+}
+
+#[test]
+fn poison_messages_end_in_the_dead_letter_queue_with_their_reason() {
+    let fleet = Fleet::isolated();
+    fleet.stage();
+    let env = fleet.env();
+    let queue = |name: &str| env.iter().find(|(k, _)| *k == name).unwrap().1.to_owned();
+    let args = AmqpArgs {
+        url: fleet.services.amqp_url.clone(),
+        delivery_limit: 5,
+        reconnect_secs: 10,
+        queues: QueueNames {
+            partitions: queue("PARTITIONS_QUEUE"),
+            results: queue("RESULTS_QUEUE"),
+            dead_letter: queue("DEAD_LETTER_QUEUE"),
+        },
+    };
+    let worker = spawn("worker", &[], &env);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let reasons = runtime.block_on(async {
+        let broker = AmqpBroker::connect(args).await.unwrap();
+        let mut future_version = postcard_u16(9);
+        future_version.extend_from_slice(b"a body from a newer release");
+        let inconsistent = message::encode(&Partition {
+            job: "j".into(),
+            partition: 0,
+            model: "resnet20".into(),
+            batch: "test_batch".into(),
+            first_index: 0,
+            labels: vec![1, 2],
+            filenames: vec!["a.png".into()],
+            pixels: vec![0; 100],
+        });
+        let poison = [
+            b"not a message at all".to_vec(),
+            future_version,
+            vec![1; MAX_MESSAGE_BYTES + 1],
+            inconsistent,
+        ];
+        for payload in &poison {
+            broker.publish(Queue::Partitions, payload.clone()).await.unwrap();
+        }
+        let mut dead = broker.consume(Queue::DeadLetter, 10).await.unwrap();
+        let mut reasons = Vec::new();
+        for _ in 0..poison.len() {
+            let delivery = tokio::time::timeout(Duration::from_secs(60), dead.next()).await.expect("dead letter in time").unwrap().unwrap();
+            reasons.push(delivery.dead_letter_reason().unwrap_or_default());
+            delivery.ack().await.unwrap();
+        }
+        reasons
+    });
+    terminate(worker);
+    let joined = reasons.join("\n");
+    for expected in ["undecodable message", "message format version 9", "larger than the", "pixel bytes for 2 images"] {
+        assert!(joined.contains(expected), "no dead letter says `{expected}`:\n{joined}");
+    }
+}
+
+fn postcard_u16(v: u16) -> Vec<u8> {
+    // A postcard u16 is a LEB128 varint; 9 fits in one byte.
+    assert!(v < 0x80);
+    vec![v as u8]
+}
