@@ -205,6 +205,7 @@ pub fn terminate(mut child: std::process::Child) -> (std::process::ExitStatus, S
 }
 
 /// One isolated fleet: its own container and queues on the shared services.
+#[derive(Debug)]
 pub struct Fleet {
     pub services: Services,
     pub container: String,
@@ -291,18 +292,29 @@ pub fn rows(csv: &str) -> std::collections::BTreeMap<u32, (String, String, Strin
         .collect()
 }
 
-
 /// The embedded run's scores on the fixture, computed once per test binary: the reference an
 /// undisturbed job must reproduce.
 pub fn reference_rows() -> &'static std::collections::BTreeMap<u32, (String, String, String, f64)> {
-    static REFERENCE: std::sync::OnceLock<std::collections::BTreeMap<u32, (String, String, String, f64)>> =
-        std::sync::OnceLock::new();
+    static REFERENCE: std::sync::OnceLock<
+        std::collections::BTreeMap<u32, (String, String, String, f64)>,
+    > = std::sync::OnceLock::new();
     REFERENCE.get_or_init(|| {
         let local = tempfile::TempDir::new().expect("temporary directory");
         stage_fixtures(local.path(), "cifar");
-        let out = run_ok("producer", &["--store", local.path().to_str().unwrap(), "--container", "cifar", "--embedded"]);
+        let out = run_ok(
+            "producer",
+            &[
+                "--store",
+                local.path().to_str().unwrap(),
+                "--container",
+                "cifar",
+                "--embedded",
+            ],
+        );
         let job = field(&out, "job");
-        let csv = std::fs::read_to_string(local.path().join(format!("cifar/results/{job}/scores.csv"))).unwrap();
+        let csv =
+            std::fs::read_to_string(local.path().join(format!("cifar/results/{job}/scores.csv")))
+                .unwrap();
         rows(&csv)
     })
 }
@@ -312,10 +324,25 @@ pub fn assert_matches_reference(csv: &str) {
     let reference = reference_rows();
     let lines = csv.lines().count() - 1;
     let got = rows(csv);
-    assert_eq!(lines, got.len(), "duplicated rows: {lines} lines for {} indices", got.len());
-    assert_eq!(got.len(), reference.len(), "rows lost: {} of {}", got.len(), reference.len());
+    assert_eq!(
+        lines,
+        got.len(),
+        "duplicated rows: {lines} lines for {} indices",
+        got.len()
+    );
+    assert_eq!(
+        got.len(),
+        reference.len(),
+        "rows lost: {} of {}",
+        got.len(),
+        reference.len()
+    );
     for (index, row) in &got {
         let expected = &reference[index];
-        assert_eq!((&row.0, &row.1, &row.2), (&expected.0, &expected.1, &expected.2), "row {index} differs");
+        assert_eq!(
+            (&row.0, &row.1, &row.2),
+            (&expected.0, &expected.1, &expected.2),
+            "row {index} differs"
+        );
     }
 }

@@ -17,19 +17,33 @@ fn kill(child: &mut Child) {
 
 /// Starts `producer --wait` in the background.
 fn submit(fleet: &Fleet) -> Child {
-    spawn("producer", &["--wait", "--partition-size", "250"], &fleet.env())
+    spawn(
+        "producer",
+        &["--wait", "--partition-size", "250"],
+        &fleet.env(),
+    )
 }
 
 /// Waits for the producer and returns its job id, after checking it succeeded.
 fn finish(producer: Child) -> String {
     let out = producer.wait_with_output().expect("producer exits");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(out.status.success(), "producer failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "producer failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     field(&stdout, "job")
 }
 
 fn scores(fleet: &Fleet, job: &str) -> String {
-    String::from_utf8(fleet.store().get(&format!("results/{job}/scores.csv")).expect("scores.csv")).unwrap()
+    String::from_utf8(
+        fleet
+            .store()
+            .get(&format!("results/{job}/scores.csv"))
+            .expect("scores.csv"),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -67,7 +81,14 @@ fn a_collector_killed_mid_job_and_restarted_finishes_it() {
     // Kill it once some partitions are stored, restart it.
     let store = fleet.store();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while store.list("jobs/").unwrap().iter().filter(|k| k.contains("/partitions/")).count() < 5 {
+    while store
+        .list("jobs/")
+        .unwrap()
+        .iter()
+        .filter(|k| k.contains("/partitions/"))
+        .count()
+        < 5
+    {
         assert!(Instant::now() < deadline, "no partition was stored in time");
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -93,8 +114,15 @@ fn a_worker_stopped_with_sigterm_drains_and_exits() {
     std::thread::sleep(Duration::from_secs(3));
     let started = Instant::now();
     let (status, stderr) = terminate(leaving);
-    assert!(status.success(), "worker did not exit cleanly after SIGTERM: {status}\n{stderr}");
-    assert!(started.elapsed() < Duration::from_secs(30), "draining took {:?}", started.elapsed());
+    assert!(
+        status.success(),
+        "worker did not exit cleanly after SIGTERM: {status}\n{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "draining took {:?}",
+        started.elapsed()
+    );
     let job = finish(producer);
     terminate(staying);
     terminate(collector);
@@ -152,18 +180,28 @@ fn poison_messages_end_in_the_dead_letter_queue_with_their_reason() {
             pixels: vec![0; 100],
         });
         let poison = [
+            // A version-1 header, then bytes that are no partition.
+            vec![1, 0xff, 0xff, 0xff, 0xff, 0xff],
+            // Text is not a message either; its first byte reads as an unknown version.
             b"not a message at all".to_vec(),
             future_version,
             vec![1; MAX_MESSAGE_BYTES + 1],
             inconsistent,
         ];
         for payload in &poison {
-            broker.publish(Queue::Partitions, payload.clone()).await.unwrap();
+            broker
+                .publish(Queue::Partitions, payload.clone())
+                .await
+                .unwrap();
         }
         let mut dead = broker.consume(Queue::DeadLetter, 10).await.unwrap();
         let mut reasons = Vec::new();
         for _ in 0..poison.len() {
-            let delivery = tokio::time::timeout(Duration::from_secs(60), dead.next()).await.expect("dead letter in time").unwrap().unwrap();
+            let delivery = tokio::time::timeout(Duration::from_secs(60), dead.next())
+                .await
+                .expect("dead letter in time")
+                .unwrap()
+                .unwrap();
             reasons.push(delivery.dead_letter_reason().unwrap_or_default());
             delivery.ack().await.unwrap();
         }
@@ -171,8 +209,17 @@ fn poison_messages_end_in_the_dead_letter_queue_with_their_reason() {
     });
     terminate(worker);
     let joined = reasons.join("\n");
-    for expected in ["undecodable message", "message format version 9", "larger than the", "pixel bytes for 2 images"] {
-        assert!(joined.contains(expected), "no dead letter says `{expected}`:\n{joined}");
+    for expected in [
+        "undecodable message",
+        "message format version 110",
+        "message format version 9",
+        "larger than the",
+        "pixel bytes for 2 images",
+    ] {
+        assert!(
+            joined.contains(expected),
+            "no dead letter says `{expected}`:\n{joined}"
+        );
     }
 }
 

@@ -1,12 +1,8 @@
 //! The fleet as separate processes against a real RabbitMQ and a real Azurite: producer,
 //! two workers and a collector, compared with the embedded run on the same fixture.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-
-use fleet_common::store::{BlobStore, StoreArgs};
 use fleet_tests::{
-    Services, field, fixture, run_ok, run_with, spawn, stage_fixtures, terminate, unique,
+    Fleet, field, fixture, rows, run_ok, run_with, spawn, stage_fixtures, terminate,
 };
 
 #[test]

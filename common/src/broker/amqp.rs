@@ -418,7 +418,10 @@ impl Delivery for AmqpDelivery {
             return Some(reason.to_string());
         }
         // Dead-lettered by the broker itself (delivery limit): `x-death` says why.
-        headers.inner().get("x-death").map(|death| format!("dead-lettered by the broker: {death:?}"))
+        headers
+            .inner()
+            .get("x-death")
+            .map(|death| format!("dead-lettered by the broker: {death:?}"))
     }
 
     async fn ack(mut self) -> Result<(), BrokerError> {
