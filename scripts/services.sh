@@ -29,10 +29,16 @@ if ! port_open 10000; then
     fi
     # --skipApiVersionCheck: the Azure SDK speaks a newer storage API version than this Azurite.
     # --disableTelemetry: this is a test double; it must not call out to the internet.
-    nohup "$tools/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort 10000 --inMemoryPersistence \
+    # On disk, not in memory: the outage tests stop it mid-job and start it again with this
+    # script. (Delete .tools/azurite-data to start empty.)
+    nohup "$tools/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort 10000 --location "$tools/azurite-data" \
         --skipApiVersionCheck --loose --silent --disableTelemetry >"$tools/azurite.log" 2>&1 &
     echo $! >"$tools/azurite.pid"
     wait_port 10000 "Azurite; see $tools/azurite.log"
+fi
+if [[ -f "$tools/azurite.pid" ]] && kill -0 "$(cat "$tools/azurite.pid")" 2>/dev/null; then
+    # Lets the outage tests pause this Azurite.
+    echo "export AZURITE_PID=$(cat "$tools/azurite.pid")"
 fi
 
 echo "export AMQP_URL='amqp://guest:guest@127.0.0.1:5672/%2f'"

@@ -67,7 +67,22 @@ pub async fn follow(
             ))
         })
         .await
-        .map_err(|e| FollowError::Task(e.to_string()))??;
+        .map_err(|e| FollowError::Task(e.to_string()))?;
+        // Storage may be away for a while: keep watching until the deadline.
+        let status = match status {
+            Ok(status) => status,
+            Err(
+                e @ (StoreError::NoContainer { .. }
+                | StoreError::Denied { .. }
+                | StoreError::BadKey(_)),
+            ) => {
+                return Err(e.into());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the job's progress; retrying");
+                Status::Running(bar.position() as usize)
+            }
+        };
         match status {
             Status::Done(bytes) => {
                 bar.finish_and_clear();

@@ -131,3 +131,49 @@ pub fn stage_mean_image(
     store.put(&key, &bytes)?;
     Ok(format!("mean image {source} -> {key}"))
 }
+
+/// Images the int8 model is calibrated on: the first ones of the first batch in the tarball.
+const CALIBRATION_IMAGES: usize = 512;
+
+/// Stages an int8 version of the staged model `name` as `<name>-int8`, calibrated on the
+/// staged dataset blob, and checks that ONNX Runtime loads it.
+pub fn stage_quantized(
+    store: &dyn BlobStore,
+    name: &str,
+    dataset_blob: &str,
+    inference: &InferenceOptions,
+) -> Result<String, StageError> {
+    let onnx = store.get(&job::model_key(name))?;
+    let mean_xml = store.get(&job::mean_image_key(name))?;
+    let mean = MeanImage::from_xml(&mean_xml, &job::mean_image_key(name))?;
+    let mut pixels = Vec::new();
+    let result = dataset::read_tarball(
+        store.open(dataset_blob)?,
+        dataset_blob,
+        &BatchSelection::All,
+        |batch| {
+            let n = batch.len().min(CALIBRATION_IMAGES);
+            pixels = batch.pixels[..n * fleet_common::dataset::IMAGE_BYTES].to_vec();
+            // One batch is enough: stop reading the tarball.
+            Err(DatasetError::Stopped("calibration images read".into()))
+        },
+    );
+    match result {
+        Err(DatasetError::Stopped(_)) => {}
+        Err(e) => return Err(e.into()),
+        Ok(_) => {}
+    }
+    let mut input = Vec::new();
+    fleet_common::preprocess::preprocess_into(&pixels, &mean, &mut input);
+    let quantized = fleet_common::inference::quantize::quantize(&onnx, &input)?;
+    let int8_name = format!("{name}-int8");
+    Scorer::load(&quantized, &int8_name, inference)?;
+    store.put(&job::model_key(&int8_name), &quantized)?;
+    store.put(&job::mean_image_key(&int8_name), &mean_xml)?;
+    Ok(format!(
+        "model {} -> {} (int8, calibrated on {} images of {dataset_blob}; score with --model-name {int8_name})",
+        job::model_key(name),
+        job::model_key(&int8_name),
+        pixels.len() / fleet_common::dataset::IMAGE_BYTES
+    ))
+}

@@ -111,7 +111,8 @@ pub struct Services {
     pub amqp_url: String,
     pub connection_string: String,
     /// Containers started for this test, stopped when it ends.
-    _containers: Vec<Box<dyn std::any::Any>>,
+    rabbit: Option<testcontainers::Container<testcontainers_modules::rabbitmq::RabbitMq>>,
+    azurite: Option<testcontainers::Container<testcontainers_modules::azurite::Azurite>>,
 }
 
 impl Services {
@@ -123,7 +124,8 @@ impl Services {
             return Self {
                 amqp_url,
                 connection_string,
-                _containers: vec![],
+                rabbit: None,
+                azurite: None,
             };
         }
         Self::from_containers()
@@ -148,8 +150,70 @@ impl Services {
             connection_string: format!(
                 "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint=http://127.0.0.1:{blob_port}/devstoreaccount1;"
             ),
-            _containers: vec![Box::new(rabbit), Box::new(azurite)],
+            rabbit: Some(rabbit),
+            azurite: Some(azurite),
         }
+    }
+
+    /// Restarts the RabbitMQ application: every connection drops; durable queues survive.
+    pub fn restart_broker(&self, down: std::time::Duration) {
+        let ctl = |action: &str| match &self.rabbit {
+            Some(rabbit) => {
+                let mut exec = rabbit
+                    .exec(testcontainers::core::ExecCommand::new([
+                        "rabbitmqctl",
+                        action,
+                    ]))
+                    .expect("rabbitmqctl runs in the container");
+                let _ = exec.stdout_to_vec();
+            }
+            None => {
+                let status = Command::new("rabbitmqctl")
+                    .arg(action)
+                    .output()
+                    .expect("rabbitmqctl is installed");
+                assert!(
+                    status.status.success(),
+                    "rabbitmqctl {action}: {}",
+                    String::from_utf8_lossy(&status.stderr)
+                );
+            }
+        };
+        ctl("stop_app");
+        std::thread::sleep(down);
+        ctl("start_app");
+    }
+
+    /// Takes blob storage away for `down`: Azurite is stopped and started again (its data is
+    /// on disk), or its container is paused.
+    pub fn storage_outage(&self, down: std::time::Duration) {
+        if let Some(azurite) = &self.azurite {
+            // The blocking container hands out its async pause; drive it on a small runtime.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(azurite.pause()).expect("pause Azurite");
+            std::thread::sleep(down);
+            runtime
+                .block_on(azurite.unpause())
+                .expect("unpause Azurite");
+            return;
+        }
+        let pid = std::env::var("AZURITE_PID")
+            .expect("AZURITE_PID names the Azurite to stop (scripts/services.sh sets it)");
+        let _ = Command::new("kill").arg("-TERM").arg(&pid).status();
+        std::thread::sleep(down);
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/services.sh");
+        let out = Command::new("bash")
+            .arg(script)
+            .output()
+            .expect("scripts/services.sh runs");
+        assert!(
+            out.status.success(),
+            "Azurite did not come back: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 

@@ -250,3 +250,82 @@ fn a_job_on_an_unstaged_container_says_to_stage_first() {
         "{err}"
     );
 }
+
+/// The fixture tarball with its test batch pickle edited by `edit`.
+fn tarball_with_edited_batch(
+    dir: &Path,
+    name: &str,
+    edit: impl Fn(&mut Vec<u8>),
+) -> std::path::PathBuf {
+    use std::io::Read;
+    let source = std::fs::File::open(fixture("cifar-10-python.tar.gz")).unwrap();
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(source));
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    let mut builder = tar::Builder::new(gz);
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).unwrap();
+        if path.ends_with("/test_batch") {
+            edit(&mut bytes);
+        }
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        builder
+            .append_data(&mut header, &path, bytes.as_slice())
+            .unwrap();
+    }
+    write(dir, name, &builder.into_inner().unwrap().finish().unwrap())
+}
+
+/// Replaces the first occurrence of `from` (after `after`, if given) with `to`.
+fn patch(bytes: &mut [u8], after: &[u8], from: &[u8], to: &[u8]) {
+    let start = bytes
+        .windows(after.len())
+        .position(|w| w == after)
+        .expect("anchor present")
+        + after.len();
+    let at = start
+        + bytes[start..]
+            .windows(from.len())
+            .position(|w| w == from)
+            .expect("pattern present");
+    bytes[at..at + to.len()].copy_from_slice(to);
+}
+
+#[test]
+fn pickles_with_a_wrong_dtype_shape_or_label_are_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join("store");
+    // dtype: numpy's `u1` (uint8) becomes `f4`.
+    let dtype = tarball_with_edited_batch(root.path(), "dtype.tar.gz", |b| {
+        patch(b, b"numpy\ndtype\n", b"U\x02u1", b"U\x02f4")
+    });
+    let err = stage(&store, "dataset", &dtype);
+    assert!(
+        err.contains("batch test_batch is malformed") && err.contains("dtype f4, expected uint8"),
+        "{err}"
+    );
+    // shape: rows of 3072 bytes become rows of 3071 (BININT2 little-endian).
+    let shape = tarball_with_edited_batch(root.path(), "shape.tar.gz", |b| {
+        patch(b, b"\x10\x27", b"M\x00\x0c", b"M\xff\x0b")
+    });
+    let err = stage(&store, "dataset", &shape);
+    assert!(
+        err.contains("batch test_batch is malformed") && err.contains("[10000, 3071]"),
+        "{err}"
+    );
+    // labels: the first label (BININT1 0) becomes 12.
+    let label = tarball_with_edited_batch(root.path(), "label.tar.gz", |b| {
+        patch(b, b"labels", b"K\x00", b"K\x0c")
+    });
+    let err = stage(&store, "dataset", &label);
+    assert!(
+        err.contains("batch test_batch is malformed") && err.contains("label 12"),
+        "{err}"
+    );
+    assert!(!store.join("cifar/cifar-10-python.tar.gz").exists());
+}

@@ -78,16 +78,14 @@ fn converted_model_reproduces_the_reference_logits() {
     println!("largest logit difference from the reference: {worst:.2e}");
 }
 
-#[test]
-fn converted_model_scores_the_whole_test_batch() {
-    let imported = import(&model_bytes(), MODEL).unwrap();
-    let mut scorer = Scorer::load(&imported.onnx, MODEL, &InferenceOptions::default()).unwrap();
-    let (batch, input) = test_batch();
+/// Correct predictions of `scorer` over the whole batch, 500 images per call.
+fn correct(scorer: &mut Scorer, batch: &dataset::Batch, input: &[f32]) -> usize {
     let mut logits = Vec::new();
     let mut correct = 0;
     for (start, chunk) in input.chunks(500 * IMAGE_BYTES).enumerate() {
-        let n = chunk.len() / IMAGE_BYTES;
-        scorer.score(chunk, n, &mut logits).unwrap();
+        scorer
+            .score(chunk, chunk.len() / IMAGE_BYTES, &mut logits)
+            .unwrap();
         for (j, row) in logits.chunks_exact(10).enumerate() {
             let predicted = row
                 .iter()
@@ -96,6 +94,15 @@ fn converted_model_scores_the_whole_test_batch() {
             correct += usize::from(predicted == batch.labels[start * 500 + j] as usize);
         }
     }
+    correct
+}
+
+#[test]
+fn converted_model_scores_the_whole_test_batch() {
+    let imported = import(&model_bytes(), MODEL).unwrap();
+    let mut scorer = Scorer::load(&imported.onnx, MODEL, &InferenceOptions::default()).unwrap();
+    let (batch, input) = test_batch();
+    let correct = correct(&mut scorer, &batch, &input);
     let accuracy = correct as f64 / batch.len() as f64;
     println!(
         "converted model: {correct} of {} correct ({:.2}%)",
@@ -107,6 +114,26 @@ fn converted_model_scores_the_whole_test_batch() {
     assert!(
         accuracy > 0.75,
         "accuracy {accuracy} is far below what the model reaches"
+    );
+}
+
+#[test]
+fn the_int8_model_stays_within_half_a_point_of_fp32() {
+    let imported = import(&model_bytes(), MODEL).unwrap();
+    let (batch, input) = test_batch();
+    let int8 =
+        fleet_common::inference::quantize::quantize(&imported.onnx, &input[..512 * IMAGE_BYTES])
+            .unwrap();
+    let mut fp32 = Scorer::load(&imported.onnx, MODEL, &InferenceOptions::default()).unwrap();
+    let mut quantized = Scorer::load(&int8, "int8", &InferenceOptions::default()).unwrap();
+    let (a, b) = (
+        correct(&mut fp32, &batch, &input),
+        correct(&mut quantized, &batch, &input),
+    );
+    println!("fp32 {a}, int8 {b} of {} correct", batch.len());
+    assert!(
+        (a as f64 - b as f64).abs() <= 0.005 * batch.len() as f64,
+        "fp32 {a} vs int8 {b}"
     );
 }
 

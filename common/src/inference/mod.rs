@@ -1,5 +1,6 @@
 //! Scoring with ONNX Runtime: one session per process, one run per partition.
 
+pub mod quantize;
 pub mod runtime;
 
 use ort::session::Session;

@@ -1,0 +1,126 @@
+//! Outages of the shared services and load, one at a time (they disturb every fleet on the
+//! services, so they live in this test binary of their own and hold a lock).
+
+use std::process::Child;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use fleet_tests::{Fleet, assert_matches_reference, field, spawn, terminate};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn finish(producer: Child) -> String {
+    let out = producer.wait_with_output().expect("producer exits");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "producer failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    field(&stdout, "job")
+}
+
+/// Waits until at least `n` partitions of the fleet's jobs are stored by the collector.
+fn wait_for_stored(fleet: &Fleet, n: usize) {
+    let store = fleet.store();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while store
+        .list("jobs/")
+        .unwrap_or_default()
+        .iter()
+        .filter(|k| k.contains("/partitions/"))
+        .count()
+        < n
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{n} partitions were not stored in time"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn scores(fleet: &Fleet, job: &str) -> String {
+    String::from_utf8(
+        fleet
+            .store()
+            .get(&format!("results/{job}/scores.csv"))
+            .expect("scores.csv"),
+    )
+    .unwrap()
+}
+
+#[test]
+fn a_broker_restart_mid_job_loses_nothing() {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let fleet = Fleet::isolated();
+    fleet.stage();
+    let env = fleet.env();
+    let collector = spawn("collector", &[], &env);
+    let workers = [spawn("worker", &[], &env), spawn("worker", &[], &env)];
+    let producer = spawn("producer", &["--wait", "--partition-size", "250"], &env);
+    wait_for_stored(&fleet, 8);
+    fleet.services.restart_broker(Duration::from_secs(5));
+    let job = finish(producer);
+    for worker in workers {
+        let (status, stderr) = terminate(worker);
+        assert!(
+            status.success(),
+            "a worker failed across the broker restart: {stderr}"
+        );
+    }
+    let (status, stderr) = terminate(collector);
+    assert!(
+        status.success(),
+        "the collector failed across the broker restart: {stderr}"
+    );
+    assert_matches_reference(&scores(&fleet, &job));
+}
+
+#[test]
+fn storage_away_during_the_final_write_is_waited_out() {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let fleet = Fleet::isolated();
+    fleet.stage();
+    let env = fleet.env();
+    let collector = spawn("collector", &[], &env);
+    let workers = [spawn("worker", &[], &env), spawn("worker", &[], &env)];
+    let producer = spawn("producer", &["--wait", "--partition-size", "250"], &env);
+    // 40 partitions: take storage away as the last ones come in, so that the collector's
+    // stores and its final write of the result files meet the outage.
+    wait_for_stored(&fleet, 36);
+    fleet.services.storage_outage(Duration::from_secs(8));
+    let job = finish(producer);
+    for worker in workers {
+        terminate(worker);
+    }
+    let (status, stderr) = terminate(collector);
+    assert!(
+        status.success(),
+        "the collector failed across the storage outage: {stderr}"
+    );
+    assert_matches_reference(&scores(&fleet, &job));
+}
+
+#[test]
+fn twenty_jobs_at_once_against_two_workers_all_complete() {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let fleet = Fleet::isolated();
+    fleet.stage();
+    let env = fleet.env();
+    let collector = spawn("collector", &[], &env);
+    let workers = [spawn("worker", &[], &env), spawn("worker", &[], &env)];
+    let producers: Vec<Child> = (0..20)
+        .map(|_| spawn("producer", &["--wait"], &env))
+        .collect();
+    let jobs: Vec<String> = producers.into_iter().map(finish).collect();
+    for worker in workers {
+        terminate(worker);
+    }
+    terminate(collector);
+    let distinct: std::collections::BTreeSet<&String> = jobs.iter().collect();
+    assert_eq!(distinct.len(), 20, "job ids must differ");
+    for job in &jobs {
+        assert_matches_reference(&scores(&fleet, job));
+    }
+}
