@@ -14,7 +14,7 @@ pub mod state;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleet_common::broker::{Broker, BrokerError, Consumer, Delivery, Queue};
+use fleet_common::broker::{Broker, BrokerError, Consumer, Delivery, Queue, settled};
 use fleet_common::message::{self, ResultMessage};
 use fleet_common::results::Summary;
 use fleet_common::shutdown::Shutdown;
@@ -92,7 +92,7 @@ pub async fn run<B: Broker>(
             Ok(message) => message,
             Err(e) => {
                 tracing::error!(error = %e, "poison message on the results queue: dead-lettering it");
-                delivery.dead_letter(&e.to_string()).await?;
+                settled(delivery.dead_letter(&e.to_string()).await)?;
                 continue;
             }
         };
@@ -109,7 +109,7 @@ pub async fn run<B: Broker>(
         // On error the delivery is dropped unacknowledged: the broker hands it out again.
         let events = outcome?;
         // Stored durably (and, when complete, written): now the broker may forget it.
-        delivery.ack().await?;
+        settled(delivery.ack().await)?;
         for event in events {
             if let Event::Completed(summary) = &event {
                 tracing::info!(job = %summary.job, "{}", summary.accuracy_line());

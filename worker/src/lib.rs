@@ -13,7 +13,7 @@ pub mod scoring;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_common::broker::{Broker, BrokerError, Consumer, Delivery, Queue};
+use fleet_common::broker::{Broker, BrokerError, Consumer, Delivery, Queue, settled};
 use fleet_common::inference::InferenceOptions;
 use fleet_common::message::{self, Partition, ResultMessage};
 use fleet_common::shutdown::Shutdown;
@@ -97,7 +97,7 @@ pub async fn run<B: Broker>(
             Ok(partition) => partition,
             Err(e) => {
                 tracing::error!(error = %e, "poison message on the partitions queue: dead-lettering it");
-                delivery.dead_letter(&e.to_string()).await?;
+                settled(delivery.dead_letter(&e.to_string()).await)?;
                 report.dead_lettered += 1;
                 continue;
             }
@@ -128,24 +128,24 @@ pub async fn run<B: Broker>(
                 let payload = message::encode(&ResultMessage::Scored(scored));
                 in_flight = Some(tokio::spawn(async move {
                     broker.publish(Queue::Results, payload).await?;
-                    delivery.ack().await
+                    settled(delivery.ack().await)
                 }));
             }
             Err(ScoreError::Permanent(reason)) => {
                 tracing::error!(%reason, "partition cannot be scored: dead-lettering it");
-                delivery.dead_letter(&reason).await?;
+                settled(delivery.dead_letter(&reason).await)?;
                 report.dead_lettered += 1;
             }
             Err(ScoreError::Transient(reason)) if delivery.attempt() >= options.max_attempts => {
                 let reason = format!("failed {} times, last: {reason}", delivery.attempt());
                 tracing::error!(%reason, "giving up on partition: dead-lettering it");
-                delivery.dead_letter(&reason).await?;
+                settled(delivery.dead_letter(&reason).await)?;
                 report.dead_lettered += 1;
             }
             Err(ScoreError::Transient(reason)) => {
                 tracing::warn!(%reason, attempt = delivery.attempt(), "scoring failed; the partition will be retried");
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                delivery.retry().await?;
+                settled(delivery.retry().await)?;
             }
         }
     }

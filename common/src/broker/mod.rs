@@ -96,6 +96,19 @@ impl BrokerError {
     }
 }
 
+/// The outcome of settling a delivery (ack, retry, dead-letter), where a lost connection is
+/// not a failure: the broker hands the message out again, and the fleet tolerates duplicates
+/// (the collector keeps one row set per job and partition). Other errors stay errors.
+pub fn settled(result: Result<(), BrokerError>) -> Result<(), BrokerError> {
+    match result {
+        Err(BrokerError::Lost(reason)) => {
+            tracing::warn!(%reason, "delivery not settled; the broker will deliver it again");
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 /// A message broker with confirmed publishing and acknowledged consumption.
 pub trait Broker: Clone + Send + Sync + 'static {
     type Consumer: Consumer;
