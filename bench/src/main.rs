@@ -79,7 +79,7 @@ fn main() -> Result<()> {
     let mut rows = Vec::new();
 
     // The engine alone: the whole test batch, preprocessed once, scored at each batch size.
-    let (pixels, mean) = load_test_batch(
+    let (pixels, labels, mean) = load_test_batch(
         &fixture("cifar-10-python.tar.gz"),
         &fixture("CIFAR-10_mean.xml"),
     )?;
@@ -90,23 +90,37 @@ fn main() -> Result<()> {
     preprocess_into(&pixels, &mean, &mut input);
     let mut logits = Vec::new();
     let mut engine_500 = 0.0;
+    let mut fp32_correct = 0;
     for batch in [1usize, 32, 128, 500] {
-        scorer.score(&input[..batch * IMAGE_BYTES], batch, &mut logits)?; // warm-up
-        let started = Instant::now();
-        for chunk in input.chunks(batch * IMAGE_BYTES) {
-            scorer.score(chunk, chunk.len() / IMAGE_BYTES, &mut logits)?;
-        }
-        let seconds = started.elapsed().as_secs_f64();
+        let (seconds, correct) = score_all(&mut scorer, &input, &labels, batch)?;
         if batch == 500 {
             engine_500 = seconds;
+            fp32_correct = correct;
         }
         rows.push(Row {
             what: format!("ONNX Runtime alone, batch {batch}"),
             images: images as u64,
             seconds,
-            note: String::new(),
+            note: format!("accuracy {:.2}%", 100.0 * correct as f64 / images as f64),
         });
     }
+    // The opt-in int8 model, calibrated as `producer stage --quantize` does.
+    let int8 = fleet_common::inference::quantize::quantize(&onnx, &input[..512 * IMAGE_BYTES])?;
+    let mut quantized = Scorer::load(&int8, "resnet20-int8", &InferenceOptions::default())?;
+    for batch in [32usize, 500] {
+        let (seconds, correct) = score_all(&mut quantized, &input, &labels, batch)?;
+        rows.push(Row {
+            what: format!("ONNX Runtime alone, int8 model, batch {batch}"),
+            images: images as u64,
+            seconds,
+            note: format!(
+                "accuracy {:.2}% (fp32 {:.2}%)",
+                100.0 * correct as f64 / images as f64,
+                100.0 * fp32_correct as f64 / images as f64
+            ),
+        });
+    }
+    drop(quantized);
     // The walkthrough's design: per image, preprocess then one model call.
     let started = Instant::now();
     let mut one = Vec::new();
@@ -273,19 +287,44 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn load_test_batch(tarball: &Path, mean: &Path) -> Result<(Vec<u8>, MeanImage)> {
-    let mut pixels = Vec::new();
+fn load_test_batch(tarball: &Path, mean: &Path) -> Result<(Vec<u8>, Vec<u8>, MeanImage)> {
+    let (mut pixels, mut labels) = (Vec::new(), Vec::new());
     dataset::read_tarball(
         std::fs::File::open(tarball)?,
         "fixture",
         &BatchSelection::default(),
         |b| {
             pixels = b.pixels;
+            labels = b.labels;
             Ok(())
         },
     )?;
     let mean = MeanImage::from_xml(&std::fs::read(mean)?, "mean")?;
-    Ok((pixels, mean))
+    Ok((pixels, labels, mean))
+}
+
+/// Scores every image at `batch` images per call (after one warm-up call); returns the
+/// seconds taken and how many predictions match `labels`.
+fn score_all(
+    scorer: &mut Scorer,
+    input: &[f32],
+    labels: &[u8],
+    batch: usize,
+) -> Result<(f64, usize)> {
+    let mut logits = Vec::new();
+    scorer.score(&input[..batch * IMAGE_BYTES], batch, &mut logits)?;
+    let classes = scorer.classes();
+    let mut correct = 0;
+    let started = Instant::now();
+    for (i, chunk) in input.chunks(batch * IMAGE_BYTES).enumerate() {
+        scorer.score(chunk, chunk.len() / IMAGE_BYTES, &mut logits)?;
+        for (j, row) in logits.chunks_exact(classes).enumerate() {
+            let predicted =
+                (0..classes).fold(0, |best, k| if row[k] > row[best] { k } else { best });
+            correct += usize::from(predicted == labels[i * batch + j] as usize);
+        }
+    }
+    Ok((started.elapsed().as_secs_f64(), correct))
 }
 
 fn cntk_import(path: &Path) -> Result<Vec<u8>> {
