@@ -21,13 +21,7 @@ struct Cli {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,collector=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    fleet_common::logging::init("warn,collector=info");
     let cli = Cli::parse();
     tokio::runtime::Runtime::new()
         .context("starting the async runtime")?
@@ -35,8 +29,7 @@ fn main() -> Result<()> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let store_args = cli.store.clone();
-    let store = tokio::task::spawn_blocking(move || store_args.open(false)).await??;
+    let store = cli.store.open_async(false).await?;
     let broker = AmqpBroker::connect(cli.amqp).await?;
     let (shutdown, _trigger) = Shutdown::on_signals();
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();

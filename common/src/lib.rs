@@ -11,6 +11,7 @@
 //! - [`inference`]: ONNX Runtime sessions (CPU, or CUDA when present).
 //! - [`results`]: scores CSV, summary, confusion matrix and the figures.
 //! - [`shutdown`]: SIGTERM/SIGINT as a signal every long-running loop listens to.
+//! - [`logging`]: the binaries' log output.
 //!
 //! Errors are `thiserror` enums per module; each message names the thing (file, blob, queue)
 //! and what to do about it, since it is what a user of the binaries reads.
@@ -19,6 +20,7 @@ pub mod broker;
 pub mod dataset;
 pub mod inference;
 pub mod job;
+pub mod logging;
 pub mod mean_image;
 pub mod message;
 pub mod preprocess;

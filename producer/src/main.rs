@@ -119,13 +119,7 @@ struct ConvertArgs {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,producer=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    fleet_common::logging::init("warn,producer=info");
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Stage(args)) => stage(*args),
@@ -201,8 +195,7 @@ fn convert(args: ConvertArgs) -> Result<()> {
 }
 
 async fn run(args: RunArgs) -> Result<()> {
-    let store_args = args.store.clone();
-    let store = tokio::task::spawn_blocking(move || store_args.open(false)).await??;
+    let store = args.store.open_async(false).await?;
     let job = job::new_job_id();
     if args.embedded {
         let run =

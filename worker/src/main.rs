@@ -24,13 +24,7 @@ struct Cli {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,worker=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    fleet_common::logging::init("warn,worker=info");
     let cli = Cli::parse();
     tokio::runtime::Runtime::new()
         .context("starting the async runtime")?
@@ -38,8 +32,7 @@ fn main() -> Result<()> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let store_args = cli.store.clone();
-    let store = tokio::task::spawn_blocking(move || store_args.open(false)).await??;
+    let store = cli.store.open_async(false).await?;
     let broker = AmqpBroker::connect(cli.amqp).await?;
     let (shutdown, _trigger) = Shutdown::on_signals();
     let name = cli.name.unwrap_or_else(default_name);

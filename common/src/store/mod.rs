@@ -138,6 +138,21 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
+    /// [`StoreArgs::open`] from async code: run on the blocking pool.
+    pub async fn open_async(
+        &self,
+        create: bool,
+    ) -> Result<std::sync::Arc<dyn BlobStore>, StoreError> {
+        let args = self.clone();
+        tokio::task::spawn_blocking(move || args.open(create))
+            .await
+            .map_err(|e| StoreError::Io {
+                store: "configuration".into(),
+                key: String::new(),
+                reason: format!("opening the store failed: {e}"),
+            })?
+    }
+
     /// Opens the container; with `create`, makes it if it does not exist. Blocking (it may
     /// talk to Azure): call it from a blocking context.
     pub fn open(&self, create: bool) -> Result<std::sync::Arc<dyn BlobStore>, StoreError> {
