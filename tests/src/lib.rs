@@ -315,6 +315,16 @@ impl Fleet {
         .expect("the test container exists")
     }
 
+    /// The `scores.csv` of one of this fleet's jobs.
+    pub fn scores(&self, job: &str) -> String {
+        String::from_utf8(
+            self.store()
+                .get(&format!("results/{job}/scores.csv"))
+                .expect("scores.csv"),
+        )
+        .unwrap()
+    }
+
     pub fn stage(&self) {
         let (dataset, model, mean) = (
             fixture("cifar-10-python.tar.gz"),
@@ -409,4 +419,17 @@ pub fn assert_matches_reference(csv: &str) {
             "row {index} differs"
         );
     }
+}
+
+/// Waits for a `producer --wait` started with [`spawn`]; returns its job id, after checking it
+/// succeeded.
+pub fn finish(producer: std::process::Child) -> String {
+    let out = producer.wait_with_output().expect("producer exits");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "producer failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    field(&stdout, "job")
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use fleet_common::broker::amqp::{AmqpArgs, AmqpBroker};
 use fleet_common::broker::{Broker, Consumer, Delivery, Queue, QueueNames};
 use fleet_common::message::{self, MAX_MESSAGE_BYTES, Partition};
-use fleet_tests::{Fleet, assert_matches_reference, field, spawn, terminate};
+use fleet_tests::{Fleet, assert_matches_reference, finish, spawn, terminate};
 
 fn kill(child: &mut Child) {
     child.kill().expect("SIGKILL");
@@ -22,28 +22,6 @@ fn submit(fleet: &Fleet) -> Child {
         &["--wait", "--partition-size", "250"],
         &fleet.env(),
     )
-}
-
-/// Waits for the producer and returns its job id, after checking it succeeded.
-fn finish(producer: Child) -> String {
-    let out = producer.wait_with_output().expect("producer exits");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "producer failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    field(&stdout, "job")
-}
-
-fn scores(fleet: &Fleet, job: &str) -> String {
-    String::from_utf8(
-        fleet
-            .store()
-            .get(&format!("results/{job}/scores.csv"))
-            .expect("scores.csv"),
-    )
-    .unwrap()
 }
 
 #[test]
@@ -67,7 +45,7 @@ fn workers_killed_mid_partition_lose_nothing() {
         terminate(worker);
     }
     terminate(collector);
-    assert_matches_reference(&scores(&fleet, &job));
+    assert_matches_reference(&fleet.scores(&job));
 }
 
 #[test]
@@ -99,7 +77,7 @@ fn a_collector_killed_mid_job_and_restarted_finishes_it() {
         terminate(worker);
     }
     terminate(collector);
-    assert_matches_reference(&scores(&fleet, &job));
+    assert_matches_reference(&fleet.scores(&job));
 }
 
 #[test]
@@ -126,7 +104,7 @@ fn a_worker_stopped_with_sigterm_drains_and_exits() {
     let job = finish(producer);
     terminate(staying);
     terminate(collector);
-    assert_matches_reference(&scores(&fleet, &job));
+    assert_matches_reference(&fleet.scores(&job));
 }
 
 #[test]
@@ -143,8 +121,8 @@ fn the_same_job_submitted_twice_gives_two_complete_result_sets() {
         terminate(worker);
     }
     terminate(collector);
-    assert_matches_reference(&scores(&fleet, &a));
-    assert_matches_reference(&scores(&fleet, &b));
+    assert_matches_reference(&fleet.scores(&a));
+    assert_matches_reference(&fleet.scores(&b));
 }
 
 #[test]

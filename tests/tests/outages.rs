@@ -5,20 +5,9 @@ use std::process::Child;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use fleet_tests::{Fleet, assert_matches_reference, field, spawn, terminate};
+use fleet_tests::{Fleet, assert_matches_reference, finish, spawn, terminate};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn finish(producer: Child) -> String {
-    let out = producer.wait_with_output().expect("producer exits");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "producer failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    field(&stdout, "job")
-}
 
 /// Waits until at least `n` partitions of the fleet's jobs are stored by the collector.
 fn wait_for_stored(fleet: &Fleet, n: usize) {
@@ -38,16 +27,6 @@ fn wait_for_stored(fleet: &Fleet, n: usize) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-fn scores(fleet: &Fleet, job: &str) -> String {
-    String::from_utf8(
-        fleet
-            .store()
-            .get(&format!("results/{job}/scores.csv"))
-            .expect("scores.csv"),
-    )
-    .unwrap()
 }
 
 #[test]
@@ -74,7 +53,7 @@ fn a_broker_restart_mid_job_loses_nothing() {
         status.success(),
         "the collector failed across the broker restart: {stderr}"
     );
-    assert_matches_reference(&scores(&fleet, &job));
+    assert_matches_reference(&fleet.scores(&job));
 }
 
 #[test]
@@ -99,7 +78,7 @@ fn storage_away_during_the_final_write_is_waited_out() {
         status.success(),
         "the collector failed across the storage outage: {stderr}"
     );
-    assert_matches_reference(&scores(&fleet, &job));
+    assert_matches_reference(&fleet.scores(&job));
 }
 
 #[test]
@@ -121,6 +100,6 @@ fn twenty_jobs_at_once_against_two_workers_all_complete() {
     let distinct: std::collections::BTreeSet<&String> = jobs.iter().collect();
     assert_eq!(distinct.len(), 20, "job ids must differ");
     for job in &jobs {
-        assert_matches_reference(&scores(&fleet, job));
+        assert_matches_reference(&fleet.scores(job));
     }
 }
