@@ -75,6 +75,14 @@ fn main() -> Result<()> {
             );
         }
     }
+    // Checked first, not after the minutes of runs before the fleet's.
+    let connection = match (args.skip_fleet, &args.connection_string) {
+        (true, _) => None,
+        (false, Some(connection)) => Some(connection.clone()),
+        (false, None) => bail!(
+            "the fleet runs need AZURE_STORAGE_CONNECTION_STRING (see scripts/services.sh), or pass --skip-fleet"
+        ),
+    };
     let fixture = |name: &str| args.fixtures.join(name);
     let mut rows = Vec::new();
 
@@ -91,8 +99,10 @@ fn main() -> Result<()> {
     let mut logits = Vec::new();
     let mut engine_500 = 0.0;
     let mut fp32_correct = 0;
+    let mut fp32_seconds = std::collections::HashMap::new();
     for batch in [1usize, 32, 128, 500] {
         let (seconds, correct) = score_all(&mut scorer, &input, &labels, batch)?;
+        fp32_seconds.insert(batch, seconds);
         if batch == 500 {
             engine_500 = seconds;
             fp32_correct = correct;
@@ -107,14 +117,19 @@ fn main() -> Result<()> {
     // The opt-in int8 model, calibrated as `producer stage --quantize` does.
     let int8 = fleet_common::inference::quantize::quantize(&onnx, &input[..512 * IMAGE_BYTES])?;
     let mut quantized = Scorer::load(&int8, "resnet20-int8", &InferenceOptions::default())?;
+    let mut int8_500 = 0.0;
     for batch in [32usize, 500] {
         let (seconds, correct) = score_all(&mut quantized, &input, &labels, batch)?;
+        if batch == 500 {
+            int8_500 = seconds;
+        }
         rows.push(Row {
             what: format!("ONNX Runtime alone, int8 model, batch {batch}"),
             images: images as u64,
             seconds,
             note: format!(
-                "accuracy {:.2}% (fp32 {:.2}%)",
+                "{:.2} x fp32 throughput at batch {batch}; accuracy {:.2}% (fp32 {:.2}%)",
+                fp32_seconds[&batch] / seconds,
                 100.0 * correct as f64 / images as f64,
                 100.0 * fp32_correct as f64 / images as f64
             ),
@@ -139,31 +154,35 @@ fn main() -> Result<()> {
     // The embedded job, whole process.
     let work = tempfile::tempdir()?;
     let store = work.path().join("store");
-    let stage = |store: &str, dataset: &Path, envs: &[(&str, &str)]| -> Result<()> {
-        run(
-            &bin_dir.join("producer"),
-            &[
-                "stage",
-                "--store",
-                store,
-                "--dataset",
-                dataset.to_str().unwrap(),
-                "--model",
-                fixture("resnet20_meanimage_159.dnn").to_str().unwrap(),
-                "--mean-image",
-                fixture("CIFAR-10_mean.xml").to_str().unwrap(),
-            ],
-            envs,
-        )
-        .map(drop)
+    let stage = |store: &str, dataset: &Path, envs: &[(&str, &str)], extra: &[&str]| {
+        let mut stage_args = vec![
+            "stage",
+            "--store",
+            store,
+            "--dataset",
+            dataset.to_str().unwrap(),
+        ];
+        stage_args.extend(extra);
+        run(&bin_dir.join("producer"), &stage_args, envs).map(drop)
     };
+    let model = fixture("resnet20_meanimage_159.dnn");
+    let mean_image = fixture("CIFAR-10_mean.xml");
+    let model_args = [
+        "--model",
+        model.to_str().unwrap(),
+        "--mean-image",
+        mean_image.to_str().unwrap(),
+    ];
+    let mut with_int8 = model_args.to_vec();
+    with_int8.push("--quantize");
     stage(
         store.to_str().unwrap(),
         &fixture("cifar-10-python.tar.gz"),
         &[],
+        &with_int8,
     )?;
     let partition_size = args.partition_size.to_string();
-    let embedded = |batches: &str| -> Result<(f64, u64, Option<f64>)> {
+    let embedded = |batches: &str, model: &str| -> Result<(f64, u64, Option<f64>)> {
         let started = Instant::now();
         let partitions = store.join("cifar/jobs");
         let watcher = FirstFile::watch(partitions, started);
@@ -177,12 +196,14 @@ fn main() -> Result<()> {
                 batches,
                 "--partition-size",
                 &partition_size,
+                "--model-name",
+                model,
             ],
             &[],
         )?;
         Ok((started.elapsed().as_secs_f64(), peak, watcher.first()))
     };
-    let (seconds, peak, first) = embedded("test_batch")?;
+    let (seconds, peak, first) = embedded("test_batch", "resnet20")?;
     rows.push(Row {
         what: "embedded job, whole process (1 worker)".into(),
         images: images as u64,
@@ -194,13 +215,25 @@ fn main() -> Result<()> {
             first.map_or("?".into(), |s| format!("{s:.2} s"))
         ),
     });
+    let (seconds, peak, _) = embedded("test_batch", "resnet20-int8")?;
+    rows.push(Row {
+        what: "embedded job, int8 model, whole process (1 worker)".into(),
+        images: images as u64,
+        seconds,
+        note: format!(
+            "{:.2} x int8 engine at batch 500, {:.2} x fp32 engine; peak RSS {} MB",
+            seconds / int8_500,
+            seconds / engine_500,
+            peak / 1024
+        ),
+    });
 
     // All six batches: the test batch under every batch name.
     if !args.skip_full {
         let full = work.path().join("cifar-10-full.tar.gz");
         write_full_tarball(&fixture("cifar-10-python.tar.gz"), &full)?;
-        stage(store.to_str().unwrap(), &full, &[])?;
-        let (seconds, peak, _) = embedded("all")?;
+        stage(store.to_str().unwrap(), &full, &[], &model_args)?;
+        let (seconds, peak, _) = embedded("all", "resnet20")?;
         rows.push(Row {
             what: "embedded job, all 6 batches".into(),
             images: 6 * images as u64,
@@ -211,15 +244,9 @@ fn main() -> Result<()> {
                 peak / 1024
             ),
         });
-        stage(
-            store.to_str().unwrap(),
-            &fixture("cifar-10-python.tar.gz"),
-            &[],
-        )?;
     }
 
-    if !args.skip_fleet {
-        let connection = args.connection_string.clone().context("the fleet runs need AZURE_STORAGE_CONNECTION_STRING (see scripts/services.sh), or pass --skip-fleet")?;
+    if let Some(connection) = connection {
         for workers in [1usize, 2] {
             let container = format!("bench{}w{}", std::process::id(), workers);
             let queue = |kind: &str| format!("{container}.{kind}");
@@ -236,7 +263,12 @@ fn main() -> Result<()> {
                 ("DEAD_LETTER_QUEUE", dq.as_str()),
                 ("INTRA_OP_THREADS", threads.as_str()),
             ];
-            stage(&connection, &fixture("cifar-10-python.tar.gz"), &envs)?;
+            stage(
+                &connection,
+                &fixture("cifar-10-python.tar.gz"),
+                &envs,
+                &model_args,
+            )?;
             let collector = Measured::spawn(&bin_dir.join("collector"), &[], &envs)?;
             let fleet: Vec<Measured> = (0..workers)
                 .map(|_| Measured::spawn(&bin_dir.join("worker"), &[], &envs))
@@ -484,6 +516,14 @@ impl Measured {
 
 /// Notices when the first file appears under a directory (the collector's first stored
 /// partition), measured from `since`.
+fn job_dirs(dir: &Path) -> impl Iterator<Item = PathBuf> {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path())
+}
+
 struct FirstFile {
     seconds: Arc<AtomicU64>,
 }
@@ -492,15 +532,15 @@ impl FirstFile {
     fn watch(dir: PathBuf, since: Instant) -> Self {
         let seconds = Arc::new(AtomicU64::new(u64::MAX));
         let out = seconds.clone();
+        // Jobs already there are earlier runs'.
+        let earlier: Vec<PathBuf> = job_dirs(&dir).collect();
         std::thread::spawn(move || {
             let deadline = since + Duration::from_secs(600);
             while Instant::now() < deadline {
-                let found = std::fs::read_dir(&dir)
-                    .into_iter()
-                    .flatten()
-                    .flatten()
+                let found = job_dirs(&dir)
+                    .filter(|job| !earlier.contains(job))
                     .any(|job| {
-                        std::fs::read_dir(job.path().join("partitions"))
+                        std::fs::read_dir(job.join("partitions"))
                             .into_iter()
                             .flatten()
                             .flatten()

@@ -45,13 +45,22 @@ pub async fn follow(
     bar.enable_steady_tick(Duration::from_millis(200));
     let deadline = Instant::now() + timeout;
     let job = manifest.job.clone();
+    let mut tick = 0u64;
+    let mut unreachable = false;
     loop {
+        // The summary is looked for often, so that the command returns as soon as the job is
+        // done (a missing blob is one cheap request); progress and cancellation less often.
+        let look_around = tick.is_multiple_of(LOOK_AROUND_EVERY);
+        tick += 1;
         let (store, job_id) = (store.clone(), job.clone());
         let status = tokio::task::spawn_blocking(move || -> Result<Status, StoreError> {
             match store.get(&job::result_key(&job_id, files::SUMMARY)) {
                 Ok(bytes) => return Ok(Status::Done(bytes)),
                 Err(e) if !e.is_not_found() => return Err(e),
                 Err(_) => {}
+            }
+            if !look_around {
+                return Ok(Status::Running(None));
             }
             match store.get(&format!("jobs/{job_id}/cancelled")) {
                 Ok(reason) => {
@@ -62,15 +71,21 @@ pub async fn follow(
                 Err(e) if !e.is_not_found() => return Err(e),
                 Err(_) => {}
             }
-            Ok(Status::Running(
+            Ok(Status::Running(Some(
                 store.list(&job::partitions_prefix(&job_id))?.len(),
-            ))
+            )))
         })
         .await
         .map_err(|e| FollowError::Task(e.to_string()))?;
         // Storage may be away for a while: keep watching until the deadline.
         let status = match status {
-            Ok(status) => status,
+            Ok(status) => {
+                if unreachable {
+                    tracing::info!("storage is reachable again");
+                    unreachable = false;
+                }
+                status
+            }
             Err(
                 e @ (StoreError::NoContainer { .. }
                 | StoreError::Denied { .. }
@@ -79,8 +94,12 @@ pub async fn follow(
                 return Err(e.into());
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot read the job's progress; retrying");
-                Status::Running(bar.position() as usize)
+                // Once per outage, not once per poll.
+                if !unreachable {
+                    tracing::warn!(error = %e, "cannot read the job's progress; retrying");
+                }
+                unreachable = true;
+                Status::Running(None)
             }
         };
         match status {
@@ -96,24 +115,32 @@ pub async fn follow(
                 return Err(FollowError::Cancelled { job, reason });
             }
             Status::Running(done) => {
-                bar.set_position(done as u64);
+                if let Some(done) = done {
+                    bar.set_position(done as u64);
+                }
                 if Instant::now() > deadline {
                     bar.finish_and_clear();
                     return Err(FollowError::TimedOut {
                         job,
                         seconds: timeout.as_secs(),
-                        done,
+                        done: bar.position() as usize,
                         total: manifest.partitions,
                     });
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(POLL).await;
     }
 }
+
+/// How often `summary.json` is looked for.
+const POLL: Duration = Duration::from_millis(100);
+/// Every how many polls the stored partitions are counted and cancellation is checked.
+const LOOK_AROUND_EVERY: u64 = 5;
 
 enum Status {
     Done(Vec<u8>),
     Cancelled(String),
-    Running(usize),
+    /// Partitions stored, when they were counted.
+    Running(Option<usize>),
 }

@@ -137,6 +137,78 @@ fn the_int8_model_stays_within_half_a_point_of_fp32() {
     );
 }
 
+/// The int8 graph keeps activations integer from the first convolution to the pooling: every
+/// Conv, residual Add and AveragePool reads dequantized values and writes only into a
+/// quantizer (the pattern ONNX Runtime fuses into QLinearConv / QLinearAdd /
+/// QLinearAveragePool), and no Relu is left between them.
+#[test]
+fn the_int8_graph_has_no_float_pass_between_integer_kernels() {
+    use cntk_onnx::proto::onnx::ModelProto;
+    let imported = import(&model_bytes(), MODEL).unwrap();
+    let (_, input) = test_batch();
+    let int8 =
+        fleet_common::inference::quantize::quantize(&imported.onnx, &input[..64 * IMAGE_BYTES])
+            .unwrap();
+    let graph = ModelProto::decode(int8.as_slice()).unwrap().graph.unwrap();
+    let producer = |value: &str| {
+        graph
+            .node
+            .iter()
+            .find(|n| n.output.iter().any(|o| o == value))
+            .map(|n| n.op_type.as_str())
+    };
+    let readers = |value: &str| -> Vec<&str> {
+        graph
+            .node
+            .iter()
+            .filter(|n| n.input.iter().any(|i| i == value))
+            .map(|n| n.op_type.as_str())
+            .collect()
+    };
+    let constants: Vec<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let mut kernels = std::collections::BTreeMap::<&str, usize>::new();
+    for node in &graph.node {
+        assert_ne!(node.op_type, "Relu", "a Relu is left in the int8 graph");
+        assert_ne!(
+            node.op_type, "BatchNormalization",
+            "a BatchNormalization is left"
+        );
+        let activations: Vec<&String> = node
+            .input
+            .iter()
+            .filter(|i| !constants.contains(&i.as_str()))
+            .collect();
+        let integer = match node.op_type.as_str() {
+            "Conv" | "AveragePool" => true,
+            "Add" => activations.len() == 2,
+            _ => false,
+        };
+        if !integer {
+            continue;
+        }
+        *kernels.entry(node.op_type.as_str()).or_default() += 1;
+        for value in activations {
+            assert_eq!(
+                producer(value),
+                Some("DequantizeLinear"),
+                "{} {} reads {value} in float",
+                node.op_type,
+                node.name
+            );
+        }
+        assert_eq!(
+            readers(&node.output[0]),
+            ["QuantizeLinear"],
+            "{} {} writes {} in float",
+            node.op_type,
+            node.name,
+            node.output[0]
+        );
+    }
+    let kernels: Vec<(&str, usize)> = kernels.into_iter().collect();
+    assert_eq!(kernels, [("Add", 9), ("AveragePool", 1), ("Conv", 21)]);
+}
+
 #[test]
 fn metadata_names_the_source() {
     let imported = import(&model_bytes(), MODEL).unwrap();

@@ -118,7 +118,7 @@ pub async fn run<B: Broker>(
             Ok(scored) => {
                 report.partitions += 1;
                 report.images += scored.scores.len() as u64;
-                tracing::debug!(job = %scored.job, partition = scored.partition, images = scored.scores.len(), "scored");
+                tracing::debug!(job = %scored.job, partition = scored.partition, images = scored.scores.len(), inference_ms = format_args!("{:.0}", scored.inference_ms), "scored");
                 if let Some(previous) = in_flight.take() {
                     previous
                         .await

@@ -1,22 +1,29 @@
 //! Static int8 quantization of an imported model (opt-in, `producer stage --quantize`).
 //!
 //! The graph is rewritten in ONNX's QDQ form, which ONNX Runtime turns into integer kernels
-//! (`QLinearConv`):
+//! (`QLinearConv`, `QLinearAdd`, `QLinearAveragePool`) so that activations stay uint8 from the
+//! first convolution to the pooling; a float pass between two integer kernels would cost more
+//! than the integer arithmetic saves.
 //! 1. every BatchNormalization that follows a Conv is folded into the Conv's weights and bias;
-//! 2. the model runs on calibration images with every Conv input and output exposed, to find
-//!    each activation's range;
-//! 3. each Conv gets its input and output quantized to uint8 (asymmetric, from the calibrated
-//!    range), its weights to int8 per output channel (symmetric), its bias to int32.
+//! 2. the plan picks the values to quantize: every activation read or written by a Conv, a
+//!    residual Add (two activations), an AveragePool or a Relu, except one whose only reader is
+//!    a Relu: there the Relu's output is quantized instead, with zero point 0, and the Relu is
+//!    dropped, because quantizing to `[0, 255]` around zero point 0 already clamps below zero;
+//! 3. the model runs on calibration images with those values exposed, to find their ranges;
+//! 4. each planned value is quantized to uint8 (asymmetric, from its calibrated range) right
+//!    where it is made, and its readers read the dequantized copy; Conv weights become int8 per
+//!    output channel (symmetric), biases int32 at input scale times weight scale.
 //!
-//! Everything else stays float. Only graphs written by this product's importer are accepted:
-//! the ONNX messages here declare just the fields the importer writes, and a model that does
-//! not survive a decode/encode round trip unchanged is refused rather than silently damaged.
+//! The classifier head (Reshape, MatMul, Add) stays float: 64 x 10 multiply-adds per image.
+//! Only graphs written by this product's importer are accepted: the ONNX messages here declare
+//! just the fields the importer writes, and a model that does not survive a decode/encode round
+//! trip unchanged is refused rather than silently damaged.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use cntk_onnx::proto::onnx::{
-    AttributeProto, ModelProto, NodeProto, TensorProto, TensorTypeProto, TypeProto, ValueInfoProto,
-    data_type,
+    AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, TensorTypeProto, TypeProto,
+    ValueInfoProto, data_type,
 };
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
@@ -59,24 +66,10 @@ pub fn quantize(model: &[u8], calibration: &[f32]) -> Result<Vec<u8>, InferenceE
     graph.initializer = weights.into_values().collect();
     graph.initializer.sort_by(|a, b| a.name.cmp(&b.name));
 
-    let convs: Vec<usize> = graph
-        .node
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| n.op_type == "Conv")
-        .map(|(i, _)| i)
-        .collect();
-    let mut watched: Vec<String> = Vec::new();
-    for &i in &convs {
-        for name in [&graph.node[i].input[0], &graph.node[i].output[0]] {
-            if !watched.contains(name) {
-                watched.push(name.clone());
-            }
-        }
-    }
-    let ranges = calibrate(&proto, &watched, calibration)?;
+    let plan = Plan::new(graph);
+    let ranges = calibrate(&proto, &plan.quantized, calibration)?;
     let graph = proto.graph.as_mut().expect("checked above");
-    rewrite(graph, &convs, &ranges)?;
+    rewrite(graph, &plan, &ranges)?;
     Ok(proto.encode_to_vec())
 }
 
@@ -180,8 +173,7 @@ fn fold_batch_norms(
         nodes.remove(i);
     }
     // Drop weights nothing uses any more.
-    let used: std::collections::HashSet<&String> =
-        nodes.iter().flat_map(|n| n.input.iter()).collect();
+    let used: HashSet<&String> = nodes.iter().flat_map(|n| n.input.iter()).collect();
     weights.retain(|name, _| used.contains(name));
     Ok(())
 }
@@ -236,6 +228,61 @@ fn calibrate(
     Ok(ranges)
 }
 
+/// Which values get quantized, and which Relus that makes redundant.
+struct Plan {
+    /// Activations to quantize, in graph order.
+    quantized: Vec<String>,
+    /// Relu output -> Relu input, for each Relu dropped: its output is quantized from its input.
+    dropped_relus: HashMap<String, String>,
+}
+
+impl Plan {
+    fn new(graph: &GraphProto) -> Self {
+        let constants: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+        let is_activation = |name: &String| !name.is_empty() && !constants.contains(name.as_str());
+        let outputs: HashSet<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+        let mut readers: HashMap<&str, Vec<&NodeProto>> = HashMap::new();
+        for node in &graph.node {
+            for input in &node.input {
+                readers.entry(input).or_default().push(node);
+            }
+        }
+        let only_read_by_relu = |name: &str| {
+            !outputs.contains(name)
+                && matches!(readers.get(name).map(Vec::as_slice), Some([n]) if n.op_type == "Relu")
+        };
+        let mut quantized: Vec<String> = Vec::new();
+        for node in &graph.node {
+            let values: Vec<&String> = match node.op_type.as_str() {
+                "Conv" | "AveragePool" | "Relu" => vec![&node.input[0], &node.output[0]],
+                "Add" if node.input.iter().all(is_activation) => {
+                    node.input.iter().chain(&node.output).collect()
+                }
+                _ => continue,
+            };
+            for value in values {
+                if !only_read_by_relu(value) && !quantized.contains(value) {
+                    quantized.push(value.clone());
+                }
+            }
+        }
+        let dropped_relus = graph
+            .node
+            .iter()
+            .filter(|n| {
+                n.op_type == "Relu"
+                    && !quantized.contains(&n.input[0])
+                    && quantized.contains(&n.output[0])
+            })
+            .map(|n| (n.output[0].clone(), n.input[0].clone()))
+            .collect();
+        Self {
+            quantized,
+            dropped_relus,
+        }
+    }
+}
+
 /// uint8 scale and zero point covering `[min, max]` (and 0, which must be exact).
 fn activation_params((min, max): (f32, f32)) -> (f32, u8) {
     let (min, max) = (min.min(0.0), max.max(0.0));
@@ -244,9 +291,52 @@ fn activation_params((min, max): (f32, f32)) -> (f32, u8) {
     (scale, zero)
 }
 
+/// Quantizes `value` (computed into `source`) and dequantizes it again; returns the name of the
+/// dequantized copy, which the value's readers read.
+fn quantize_value(
+    value: &str,
+    source: &str,
+    (scale, zero): (f32, u8),
+    weights: &mut HashMap<String, TensorProto>,
+    nodes: &mut Vec<NodeProto>,
+) -> String {
+    let (s, z, q, dq) = (
+        format!("{value}_scale"),
+        format!("{value}_zero"),
+        format!("{value}_q"),
+        format!("{value}_dq"),
+    );
+    weights.insert(s.clone(), float_tensor(&s, vec![], &[scale]));
+    weights.insert(z.clone(), tensor(&z, vec![], UINT8, vec![zero]));
+    nodes.push(node(
+        "QuantizeLinear",
+        vec![source.into(), s.clone(), z.clone()],
+        q.clone(),
+        vec![],
+    ));
+    nodes.push(node("DequantizeLinear", vec![q, s, z], dq.clone(), vec![]));
+    dq
+}
+
+fn node(
+    op: &str,
+    inputs: Vec<String>,
+    output: String,
+    attribute: Vec<AttributeProto>,
+) -> NodeProto {
+    NodeProto {
+        input: inputs,
+        name: output.clone(),
+        output: vec![output],
+        op_type: op.into(),
+        attribute,
+        ..Default::default()
+    }
+}
+
 fn rewrite(
-    graph: &mut cntk_onnx::proto::onnx::GraphProto,
-    convs: &[usize],
+    graph: &mut GraphProto,
+    plan: &Plan,
     ranges: &HashMap<String, (f32, f32)>,
 ) -> Result<(), InferenceError> {
     let mut weights: HashMap<String, TensorProto> = graph
@@ -254,182 +344,91 @@ fn rewrite(
         .drain(..)
         .map(|t| (t.name.clone(), t))
         .collect();
+    let mut params: HashMap<&str, (f32, u8)> = HashMap::new();
+    for value in &plan.quantized {
+        let range = *ranges
+            .get(value)
+            .ok_or_else(|| fail(format!("no calibrated range for {value}")))?;
+        params.insert(value, activation_params(range));
+    }
+    for relu_output in plan.dropped_relus.keys() {
+        if params[relu_output.as_str()].1 != 0 {
+            return Err(fail(format!(
+                "{relu_output} has a negative calibrated range, so its Relu cannot be dropped"
+            )));
+        }
+    }
+    // Planned value -> the name its readers use instead: its dequantized copy.
+    let mut renamed: HashMap<String, String> = HashMap::new();
     let mut nodes: Vec<NodeProto> = Vec::with_capacity(graph.node.len() * 3);
-    // Values already available in dequantized form: name -> (dequantized name, scale).
-    let mut dequantized: HashMap<String, (String, f32)> = HashMap::new();
-    let node = |op: &str,
-                name: String,
-                inputs: Vec<String>,
-                output: String,
-                attribute: Vec<AttributeProto>| NodeProto {
-        input: inputs,
-        output: vec![output],
-        name,
-        op_type: op.into(),
-        attribute,
-        ..Default::default()
-    };
-    let qdq =
-        |value: &str, nodes: &mut Vec<NodeProto>, weights: &mut HashMap<String, TensorProto>| {
-            let range = *ranges
-                .get(value)
-                .ok_or_else(|| fail(format!("no calibrated range for {value}")))?;
-            let (scale, zero) = activation_params(range);
-            let (s, z, q) = (
-                format!("{value}_scale"),
-                format!("{value}_zero"),
-                format!("{value}_q"),
+    for input in &graph.input {
+        if params.contains_key(input.name.as_str()) {
+            let dq = quantize_value(
+                &input.name,
+                &input.name,
+                params[input.name.as_str()],
+                &mut weights,
+                &mut nodes,
             );
-            weights.insert(s.clone(), float_tensor(&s, vec![], &[scale]));
-            weights.insert(z.clone(), tensor(&z, vec![], UINT8, vec![zero]));
-            let dq = format!("{value}_dq");
-            nodes.push(node(
-                "QuantizeLinear",
-                q.clone(),
-                vec![value.into(), s.clone(), z.clone()],
-                q.clone(),
-                vec![],
-            ));
-            nodes.push(node(
-                "DequantizeLinear",
-                format!("{q}_dq"),
-                vec![q, s, z],
-                dq.clone(),
-                vec![],
-            ));
-            Ok::<_, InferenceError>((dq, scale))
-        };
-    for (i, original) in graph.node.drain(..).enumerate() {
-        if !convs.contains(&i) {
-            nodes.push(original);
+            renamed.insert(input.name.clone(), dq);
+        }
+    }
+    for mut original in graph.node.drain(..) {
+        // A dropped Relu: its output is quantized straight from its input.
+        if original.op_type == "Relu"
+            && let Some(source) = plan.dropped_relus.get(&original.output[0])
+        {
+            let value = &original.output[0];
+            let dq = quantize_value(
+                value,
+                source,
+                params[value.as_str()],
+                &mut weights,
+                &mut nodes,
+            );
+            renamed.insert(value.clone(), dq);
             continue;
         }
-        let mut conv = original;
-        let x = conv.input[0].clone();
-        let (x_dq, x_scale) = match dequantized.get(&x) {
-            Some(found) => found.clone(),
-            None => {
-                let found = qdq(&x, &mut nodes, &mut weights)?;
-                dequantized.insert(x.clone(), found.clone());
-                found
-            }
-        };
-        // Weights: int8, symmetric, one scale per output channel.
-        let w = weights
-            .get(&conv.input[1])
-            .ok_or_else(|| fail("conv weights are not constant"))?
-            .clone();
-        let values = floats(&w);
-        let channels = w.dims[0] as usize;
-        let per = values.len() / channels;
-        let scales: Vec<f32> = (0..channels)
-            .map(|c| {
-                values[c * per..(c + 1) * per]
-                    .iter()
-                    .fold(0f32, |m, v| m.max(v.abs()))
-                    / 127.0
-            })
-            .map(|s| s.max(1e-12))
-            .collect();
-        let q: Vec<u8> = values
-            .iter()
-            .enumerate()
-            .map(|(k, v)| (v / scales[k / per]).round().clamp(-127.0, 127.0) as i8 as u8)
-            .collect();
-        let (wq, ws, wz, wdq) = (
-            format!("{}_q", w.name),
-            format!("{}_scale", w.name),
-            format!("{}_zero", w.name),
-            format!("{}_dq", w.name),
-        );
-        weights.insert(wq.clone(), tensor(&wq, w.dims.clone(), INT8, q));
-        weights.insert(
-            ws.clone(),
-            float_tensor(&ws, vec![channels as i64], &scales),
-        );
-        weights.insert(
-            wz.clone(),
-            tensor(&wz, vec![channels as i64], INT8, vec![0; channels]),
-        );
-        let axis = vec![AttributeProto::int("axis", 0)];
-        nodes.push(node(
-            "DequantizeLinear",
-            wdq.clone(),
-            vec![wq, ws, wz],
-            wdq.clone(),
-            axis.clone(),
-        ));
-        let mut inputs = vec![x_dq, wdq];
-        // Bias: int32 at scale x_scale * w_scale, as integer kernels need it.
-        if let Some(b_name) = conv.input.get(2).cloned() {
-            let b = weights
-                .get(&b_name)
-                .ok_or_else(|| fail("conv bias is not constant"))?
-                .clone();
-            let bias_scales: Vec<f32> = scales.iter().map(|s| s * x_scale).collect();
-            let q: Vec<u8> = floats(&b)
-                .iter()
-                .zip(&bias_scales)
-                .flat_map(|(v, s)| ((v / s).round() as i32).to_le_bytes())
-                .collect();
-            let (bq, bs, bz, bdq) = (
-                format!("{b_name}_q"),
-                format!("{b_name}_scale"),
-                format!("{b_name}_zero"),
-                format!("{b_name}_dq"),
-            );
-            weights.insert(bq.clone(), tensor(&bq, vec![channels as i64], INT32, q));
-            weights.insert(
-                bs.clone(),
-                float_tensor(&bs, vec![channels as i64], &bias_scales),
-            );
-            weights.insert(
-                bz.clone(),
-                tensor(&bz, vec![channels as i64], INT32, vec![0; 4 * channels]),
-            );
-            nodes.push(node(
-                "DequantizeLinear",
-                bdq.clone(),
-                vec![bq, bs, bz],
-                bdq.clone(),
-                axis,
-            ));
-            inputs.push(bdq);
+        if original.op_type == "Conv" {
+            let x_scale = params
+                .get(original.input[0].as_str())
+                .ok_or_else(|| fail("a conv input is not quantized"))?
+                .0;
+            let (w, b) = quantize_conv_weights(&original, x_scale, &mut weights, &mut nodes)?;
+            original.input.truncate(1);
+            original.input.push(w);
+            original.input.extend(b);
         }
-        // Output: computed into a new name, quantized, and dequantized back into the old one,
-        // so the rest of the graph is untouched.
-        let y = conv.output[0].clone();
-        let y_float = format!("{y}_float");
-        conv.input = inputs;
-        conv.output = vec![y_float.clone()];
-        nodes.push(conv);
-        let range = *ranges
-            .get(&y)
-            .ok_or_else(|| fail(format!("no calibrated range for {y}")))?;
-        let (s, z, q) = (format!("{y}_scale"), format!("{y}_zero"), format!("{y}_q"));
-        let (scale, zero) = activation_params(range);
-        weights.insert(s.clone(), float_tensor(&s, vec![], &[scale]));
-        weights.insert(z.clone(), tensor(&z, vec![], UINT8, vec![zero]));
-        nodes.push(node(
-            "QuantizeLinear",
-            q.clone(),
-            vec![y_float, s.clone(), z.clone()],
-            q.clone(),
-            vec![],
-        ));
-        nodes.push(node(
-            "DequantizeLinear",
-            format!("{q}_dq"),
-            vec![q, s, z],
-            y.clone(),
-            vec![],
-        ));
-        // A later Conv reading `y` reads it as it is: it is already dequantized.
-        dequantized.insert(y.clone(), (y, scale));
+        for input in &mut original.input {
+            if let Some(dq) = renamed.get(input) {
+                *input = dq.clone();
+            }
+        }
+        let outputs = original.output.clone();
+        nodes.push(original);
+        for output in outputs {
+            if params.contains_key(output.as_str()) {
+                let dq = quantize_value(
+                    &output,
+                    &output,
+                    params[output.as_str()],
+                    &mut weights,
+                    &mut nodes,
+                );
+                renamed.insert(output, dq);
+            }
+        }
+    }
+    for output in &graph.output {
+        if renamed.contains_key(&output.name) {
+            return Err(fail(format!(
+                "graph output {} would be quantized",
+                output.name
+            )));
+        }
     }
     graph.node = nodes;
-    let used: std::collections::HashSet<&String> =
-        graph.node.iter().flat_map(|n| n.input.iter()).collect();
+    let used: HashSet<&String> = graph.node.iter().flat_map(|n| n.input.iter()).collect();
     let mut kept: Vec<TensorProto> = weights
         .into_values()
         .filter(|t| used.contains(&t.name))
@@ -437,4 +436,92 @@ fn rewrite(
     kept.sort_by(|a, b| a.name.cmp(&b.name));
     graph.initializer = kept;
     Ok(())
+}
+
+/// Int8 weights (symmetric, one scale per output channel) and an int32 bias at
+/// `x_scale * w_scale`, as integer kernels need it; returns the names the Conv reads.
+fn quantize_conv_weights(
+    conv: &NodeProto,
+    x_scale: f32,
+    weights: &mut HashMap<String, TensorProto>,
+    nodes: &mut Vec<NodeProto>,
+) -> Result<(String, Option<String>), InferenceError> {
+    let w = weights
+        .get(&conv.input[1])
+        .ok_or_else(|| fail("conv weights are not constant"))?
+        .clone();
+    let values = floats(&w);
+    let channels = w.dims[0] as usize;
+    let per = values.len() / channels;
+    let scales: Vec<f32> = (0..channels)
+        .map(|c| {
+            values[c * per..(c + 1) * per]
+                .iter()
+                .fold(0f32, |m, v| m.max(v.abs()))
+                / 127.0
+        })
+        .map(|s| s.max(1e-12))
+        .collect();
+    let q: Vec<u8> = values
+        .iter()
+        .enumerate()
+        .map(|(k, v)| (v / scales[k / per]).round().clamp(-127.0, 127.0) as i8 as u8)
+        .collect();
+    let (wq, ws, wz, wdq) = (
+        format!("{}_q", w.name),
+        format!("{}_scale", w.name),
+        format!("{}_zero", w.name),
+        format!("{}_dq", w.name),
+    );
+    weights.insert(wq.clone(), tensor(&wq, w.dims.clone(), INT8, q));
+    weights.insert(
+        ws.clone(),
+        float_tensor(&ws, vec![channels as i64], &scales),
+    );
+    weights.insert(
+        wz.clone(),
+        tensor(&wz, vec![channels as i64], INT8, vec![0; channels]),
+    );
+    let axis = vec![AttributeProto::int("axis", 0)];
+    nodes.push(node(
+        "DequantizeLinear",
+        vec![wq, ws, wz],
+        wdq.clone(),
+        axis.clone(),
+    ));
+    let Some(b_name) = conv.input.get(2).cloned() else {
+        return Ok((wdq, None));
+    };
+    let b = weights
+        .get(&b_name)
+        .ok_or_else(|| fail("conv bias is not constant"))?
+        .clone();
+    let bias_scales: Vec<f32> = scales.iter().map(|s| s * x_scale).collect();
+    let q: Vec<u8> = floats(&b)
+        .iter()
+        .zip(&bias_scales)
+        .flat_map(|(v, s)| ((v / s).round() as i32).to_le_bytes())
+        .collect();
+    let (bq, bs, bz, bdq) = (
+        format!("{b_name}_q"),
+        format!("{b_name}_scale"),
+        format!("{b_name}_zero"),
+        format!("{b_name}_dq"),
+    );
+    weights.insert(bq.clone(), tensor(&bq, vec![channels as i64], INT32, q));
+    weights.insert(
+        bs.clone(),
+        float_tensor(&bs, vec![channels as i64], &bias_scales),
+    );
+    weights.insert(
+        bz.clone(),
+        tensor(&bz, vec![channels as i64], INT32, vec![0; 4 * channels]),
+    );
+    nodes.push(node(
+        "DequantizeLinear",
+        vec![bq, bs, bz],
+        bdq.clone(),
+        axis,
+    ));
+    Ok((wdq, Some(bdq)))
 }
