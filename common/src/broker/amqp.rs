@@ -104,10 +104,22 @@ fn classify(url: &str, e: &lapin::Error) -> BrokerError {
 
 impl AmqpBroker {
     /// Connects and declares the queues. Fails at once (no retry) when the broker cannot be
-    /// reached or refuses the credentials: that is a configuration error to report.
+    /// reached or refuses the credentials: that is a configuration error to report. A
+    /// connection the broker drops while the queues are declared is retried.
     pub async fn connect(args: AmqpArgs) -> Result<Self, BrokerError> {
-        let link = open_link(&args).await?;
-        declare_topology(&link.publisher, &args).await?;
+        let mut attempt = 0;
+        let link = loop {
+            match open_and_declare(&args).await {
+                Ok(link) => break link,
+                Err(e) if e.is_transient() && attempt < 8 => {
+                    attempt += 1;
+                    let delay = backoff(attempt);
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "the broker dropped the connection while the queues were declared");
+                    tokio::time::sleep(delay).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 args,
@@ -128,20 +140,21 @@ impl AmqpBroker {
             return Ok(link.clone());
         }
         let deadline = Instant::now() + Duration::from_secs(self.inner.args.reconnect_secs);
-        let mut delay = Duration::from_millis(200);
+        let mut attempt = 0;
         loop {
-            match open_link(&self.inner.args).await {
+            attempt += 1;
+            let delay = backoff(attempt);
+            match open_and_declare(&self.inner.args).await {
                 Ok(link) => {
-                    declare_topology(&link.publisher, &self.inner.args).await?;
                     self.inner.generation.fetch_add(1, Ordering::SeqCst);
                     tracing::info!(url = %redact(&self.inner.args.url), "reconnected to the message broker");
                     *guard = Some(link.clone());
                     return Ok(link);
                 }
+                Err(e @ BrokerError::Other(_)) => return Err(e),
                 Err(e) if Instant::now() + delay < deadline => {
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "message broker unreachable");
                     tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
                 Err(e) => return Err(BrokerError::Lost(format!("gave up reconnecting: {e}"))),
             }
@@ -200,6 +213,31 @@ impl AmqpBroker {
                 }
             }
         }
+    }
+}
+
+/// 200 ms doubling up to 5 s, plus up to 25% jitter: processes that lost the broker together
+/// (or raced to declare the same queues) should not all come back in the same instant.
+fn backoff(attempt: u32) -> Duration {
+    let base = Duration::from_millis(200)
+        .saturating_mul(1 << attempt.saturating_sub(1).min(5))
+        .min(Duration::from_secs(5));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    base + base.mul_f64(f64::from(nanos % 1000) / 4000.0)
+}
+
+/// A connection with the queues declared. RabbitMQ before 4.0 can fail one of several clients
+/// that declare the same quorum queue at the same moment with INTERNAL_ERROR, closing its
+/// connection: that comes back as [`BrokerError::Lost`], to be retried. A queue that exists
+/// with other settings closes only the channel, and is a configuration error.
+async fn open_and_declare(args: &AmqpArgs) -> Result<Link, BrokerError> {
+    let link = open_link(args).await?;
+    match declare_topology(&link.publisher, args).await {
+        Ok(()) => Ok(link),
+        Err(e) if !link.connection.status().connected() => Err(BrokerError::Lost(e.to_string())),
+        Err(e) => Err(e),
     }
 }
 
@@ -282,8 +320,19 @@ impl Broker for AmqpBroker {
             stream: None,
             generation: u64::MAX,
         };
-        consumer.subscribe().await?;
-        Ok(consumer)
+        // Subscribing right after connecting can meet a connection the broker has just dropped
+        // (see `open_and_declare`); `subscribe` reconnects, within the reconnect time.
+        let deadline = Instant::now() + Duration::from_secs(self.inner.args.reconnect_secs);
+        loop {
+            match consumer.subscribe().await {
+                Ok(()) => return Ok(consumer),
+                Err(e) if e.is_transient() && Instant::now() < deadline => {
+                    tracing::warn!(error = %e, queue = %consumer.queue, "cannot subscribe yet; retrying");
+                    tokio::time::sleep(backoff(1)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     async fn ready_count(&self, queue: Queue) -> Result<u64, BrokerError> {
