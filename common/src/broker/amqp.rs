@@ -171,7 +171,7 @@ impl AmqpBroker {
             .with_delivery_mode(2) // persistent
             .with_content_type(ShortString::from("application/x-postcard"))
             .with_headers(headers);
-        let mut attempts = 0;
+        let (mut attempts, mut nacks) = (0, 0);
         loop {
             attempts += 1;
             let link = self.link().await?;
@@ -191,10 +191,23 @@ impl AmqpBroker {
             .await;
             match outcome {
                 Ok(Confirmation::Ack(_)) => return Ok(()),
+                // A nack says the queue could not take the message: a quorum queue whose
+                // leader is still starting (a busy broker can take seconds) or moving. Publish
+                // again after a pause; a queue that stays away is reported.
+                Ok(Confirmation::Nack(_)) if nacks < MAX_NACKS => {
+                    nacks += 1;
+                    let delay = backoff(nacks);
+                    tracing::warn!(
+                        queue = queue_name,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "the broker refused a message (nack); publishing it again"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
                 Ok(other) => {
                     return Err(BrokerError::NotConfirmed {
                         queue: queue_name.into(),
-                        reason: format!("{other:?}"),
+                        reason: format!("{other:?} after {nacks} retries"),
                     });
                 }
                 // The connection went away before the confirm: publish again on a new one.
@@ -215,6 +228,9 @@ impl AmqpBroker {
         }
     }
 }
+
+/// Nacks of one message before publishing it is given up: about half a minute of backoff.
+const MAX_NACKS: u32 = 10;
 
 /// 200 ms doubling up to 5 s, plus up to 25% jitter: processes that lost the broker together
 /// (or raced to declare the same queues) should not all come back in the same instant.
