@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use fleet_common::broker::amqp::{AmqpArgs, AmqpBroker};
 use fleet_common::broker::{Broker, Consumer, Delivery, Queue, QueueNames};
 use fleet_common::message::{self, MAX_MESSAGE_BYTES, Partition};
-use fleet_tests::{Fleet, Services, assert_matches_reference, finish, spawn, terminate, unique};
+use fleet_tests::{Fleet, assert_matches_reference, finish, spawn, terminate};
 
 fn kill(child: &mut Child) {
     child.kill().expect("SIGKILL");
@@ -205,48 +205,4 @@ fn postcard_u16(v: u16) -> Vec<u8> {
     // A postcard u16 is a LEB128 varint; 9 fits in one byte.
     assert!(v < 0x80);
     vec![v as u8]
-}
-
-/// Processes that start together declare the same quorum queues at the same moment, and
-/// RabbitMQ before 4.0 can answer some of them with INTERNAL_ERROR and close their connection.
-/// Every client must still connect and subscribe.
-#[test]
-fn clients_starting_together_all_connect_and_subscribe() {
-    let services = Services::get();
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    for round in 0..5 {
-        let prefix = unique("together");
-        let args = AmqpArgs {
-            url: services.amqp_url.clone(),
-            delivery_limit: 5,
-            reconnect_secs: 30,
-            queues: QueueNames {
-                partitions: format!("{prefix}.partitions"),
-                results: format!("{prefix}.results"),
-                dead_letter: format!("{prefix}.dead-letter"),
-            },
-        };
-        let outcomes = runtime.block_on(async {
-            let clients: Vec<_> = (0..10)
-                .map(|_| {
-                    let args = args.clone();
-                    tokio::spawn(async move {
-                        let broker = AmqpBroker::connect(args).await?;
-                        broker.consume(Queue::Partitions, 1).await.map(drop)
-                    })
-                })
-                .collect();
-            let mut outcomes = Vec::new();
-            for client in clients {
-                outcomes.push(client.await.expect("client task"));
-            }
-            outcomes
-        });
-        for (client, outcome) in outcomes.iter().enumerate() {
-            assert!(
-                outcome.is_ok(),
-                "round {round}, client {client}: {outcome:?}"
-            );
-        }
-    }
 }

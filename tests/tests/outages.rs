@@ -5,7 +5,9 @@ use std::process::Child;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use fleet_tests::{Fleet, assert_matches_reference, finish, spawn, terminate};
+use fleet_common::broker::amqp::{AmqpArgs, AmqpBroker};
+use fleet_common::broker::{Broker, Queue, QueueNames};
+use fleet_tests::{Fleet, Services, assert_matches_reference, finish, spawn, terminate, unique};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -101,5 +103,51 @@ fn twenty_jobs_at_once_against_two_workers_all_complete() {
     assert_eq!(distinct.len(), 20, "job ids must differ");
     for job in &jobs {
         assert_matches_reference(&fleet.scores(job));
+    }
+}
+
+/// Processes that start together (a collector, workers, a producer) declare the same quorum
+/// queues at the same moment, and RabbitMQ before 4.0 can answer some of them with
+/// INTERNAL_ERROR and close their connection. Every client must still connect and subscribe.
+/// Rounds run one after another, four clients each, as a small fleet starts.
+#[test]
+fn clients_starting_together_all_connect_and_subscribe() {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let services = Services::get();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for round in 0..8 {
+        let prefix = unique("together");
+        let args = AmqpArgs {
+            url: services.amqp_url.clone(),
+            delivery_limit: 5,
+            reconnect_secs: 30,
+            queues: QueueNames {
+                partitions: format!("{prefix}.partitions"),
+                results: format!("{prefix}.results"),
+                dead_letter: format!("{prefix}.dead-letter"),
+            },
+        };
+        let outcomes = runtime.block_on(async {
+            let clients: Vec<_> = (0..4)
+                .map(|_| {
+                    let args = args.clone();
+                    tokio::spawn(async move {
+                        let broker = AmqpBroker::connect(args).await?;
+                        broker.consume(Queue::Partitions, 1).await.map(drop)
+                    })
+                })
+                .collect();
+            let mut outcomes = Vec::new();
+            for client in clients {
+                outcomes.push(client.await.expect("client task"));
+            }
+            outcomes
+        });
+        for (client, outcome) in outcomes.iter().enumerate() {
+            assert!(
+                outcome.is_ok(),
+                "round {round}, client {client}: {outcome:?}"
+            );
+        }
     }
 }
