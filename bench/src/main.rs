@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use fleet_common::dataset::{self, BatchSelection, IMAGE_BYTES};
+use fleet_common::inference::quantize::CALIBRATION_IMAGES;
 use fleet_common::inference::{InferenceOptions, Scorer};
 use fleet_common::mean_image::MeanImage;
 use fleet_common::preprocess::preprocess_into;
@@ -121,7 +122,10 @@ fn main() -> Result<()> {
         });
     }
     // The opt-in int8 model, calibrated as `producer stage --quantize` does.
-    let int8 = fleet_common::inference::quantize::quantize(&onnx, &input[..512 * IMAGE_BYTES])?;
+    let int8 = fleet_common::inference::quantize::quantize(
+        &onnx,
+        &input[..CALIBRATION_IMAGES * IMAGE_BYTES],
+    )?;
     let mut quantized = Scorer::load(&int8, "resnet20-int8", &InferenceOptions::default())?;
     let mut int8_500 = 0.0;
     for batch in [32usize, 500] {

@@ -6,6 +6,7 @@ use std::io::Write;
 
 use cntk_onnx::Format;
 use fleet_common::dataset::{self, BatchSelection, DatasetError};
+use fleet_common::inference::quantize::CALIBRATION_IMAGES;
 use fleet_common::inference::{InferenceError, InferenceOptions, Scorer};
 use fleet_common::job;
 use fleet_common::mean_image::{MeanImage, MeanImageError};
@@ -131,9 +132,6 @@ pub fn stage_mean_image(
     store.put(&key, &bytes)?;
     Ok(format!("mean image {source} -> {key}"))
 }
-
-/// Images the int8 model is calibrated on: the first ones of the first batch in the tarball.
-const CALIBRATION_IMAGES: usize = 512;
 
 /// Stages an int8 version of the staged model `name` as `<name>-int8`, calibrated on the
 /// staged dataset blob, and checks that ONNX Runtime loads it.

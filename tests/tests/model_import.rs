@@ -4,6 +4,7 @@
 use cntk_onnx::proto::cntk::{Dictionary, Value};
 use cntk_onnx::{Problem, import};
 use fleet_common::dataset::{self, BatchSelection, IMAGE_BYTES};
+use fleet_common::inference::quantize::CALIBRATION_IMAGES;
 use fleet_common::inference::{InferenceOptions, Scorer};
 use fleet_common::mean_image::MeanImage;
 use fleet_common::preprocess::preprocess_into;
@@ -121,9 +122,11 @@ fn converted_model_scores_the_whole_test_batch() {
 fn the_int8_model_stays_within_half_a_point_of_fp32() {
     let imported = import(&model_bytes(), MODEL).unwrap();
     let (batch, input) = test_batch();
-    let int8 =
-        fleet_common::inference::quantize::quantize(&imported.onnx, &input[..512 * IMAGE_BYTES])
-            .unwrap();
+    let int8 = fleet_common::inference::quantize::quantize(
+        &imported.onnx,
+        &input[..CALIBRATION_IMAGES * IMAGE_BYTES],
+    )
+    .unwrap();
     let mut fp32 = Scorer::load(&imported.onnx, MODEL, &InferenceOptions::default()).unwrap();
     let mut quantized = Scorer::load(&int8, "int8", &InferenceOptions::default()).unwrap();
     let (a, b) = (

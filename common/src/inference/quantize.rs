@@ -33,6 +33,10 @@ use prost::Message;
 use super::{InferenceError, runtime};
 use crate::dataset::{CHANNELS, HEIGHT, IMAGE_BYTES, WIDTH};
 
+/// Images an int8 model is calibrated on: `producer stage --quantize` takes the first ones of
+/// the first batch in the tarball.
+pub const CALIBRATION_IMAGES: usize = 512;
+
 const INT8: i32 = 3;
 const UINT8: i32 = 2;
 const INT32: i32 = 6;
