@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use fleet_common::dataset::{self, BatchSelection, IMAGE_BYTES};
-use fleet_common::inference::quantize::CALIBRATION_IMAGES;
-use fleet_common::inference::{InferenceOptions, Scorer};
-use fleet_common::mean_image::MeanImage;
-use fleet_common::preprocess::preprocess_into;
+use fleet_common::dataset::{self, BatchSelection, HEIGHT, IMAGE_BYTES, WIDTH};
+use fleet_common::spec::{ModelSpec, Normalize};
+use fleet_imaging::mean_image::MeanImage;
+use fleet_imaging::{Image, Preprocessor};
+use fleet_inference::{InferenceOptions, Scorer};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -91,83 +91,8 @@ fn main() -> Result<()> {
     let fixture = |name: &str| args.fixtures.join(name);
     let mut rows = Vec::new();
 
-    // The engine alone: the whole test batch, preprocessed once, scored at each batch size.
-    let (pixels, labels, mean) = load_test_batch(
-        &fixture("cifar-10-python.tar.gz"),
-        &fixture("CIFAR-10_mean.xml"),
-    )?;
-    let images = pixels.len() / IMAGE_BYTES;
-    let onnx = cntk_import(&fixture("resnet20_meanimage_159.dnn"))?;
-    let mut scorer = Scorer::load(&onnx, "resnet20", &InferenceOptions::default())?;
-    let mut input = Vec::new();
-    preprocess_into(&pixels, &mean, &mut input);
-    let mut logits = Vec::new();
-    let mut engine_500 = 0.0;
-    let mut fp32_correct = 0;
-    let mut fp32_seconds = std::collections::HashMap::new();
-    for batch in [1usize, 32, 128, 500] {
-        let (seconds, correct) =
-            repeated(args.runs, || score_all(&mut scorer, &input, &labels, batch))?;
-        let correct = correct[0];
-        fp32_seconds.insert(batch, seconds);
-        if batch == 500 {
-            engine_500 = seconds;
-            fp32_correct = correct;
-        }
-        rows.push(Row {
-            what: format!("ONNX Runtime alone, batch {batch}"),
-            images: images as u64,
-            seconds,
-            note: format!("accuracy {:.2}%", 100.0 * correct as f64 / images as f64),
-        });
-    }
-    // The opt-in int8 model, calibrated as `producer stage --quantize` does.
-    let int8 = fleet_common::inference::quantize::quantize(
-        &onnx,
-        &input[..CALIBRATION_IMAGES * IMAGE_BYTES],
-    )?;
-    let mut quantized = Scorer::load(&int8, "resnet20-int8", &InferenceOptions::default())?;
-    let mut int8_500 = 0.0;
-    for batch in [32usize, 500] {
-        let (seconds, correct) = repeated(args.runs, || {
-            score_all(&mut quantized, &input, &labels, batch)
-        })?;
-        let correct = correct[0];
-        if batch == 500 {
-            int8_500 = seconds;
-        }
-        rows.push(Row {
-            what: format!("ONNX Runtime alone, int8 model, batch {batch}"),
-            images: images as u64,
-            seconds,
-            note: format!(
-                "{:.2} x fp32 throughput at batch {batch}; accuracy {:.2}% (fp32 {:.2}%)",
-                fp32_seconds[&batch] / seconds,
-                100.0 * correct as f64 / images as f64,
-                100.0 * fp32_correct as f64 / images as f64
-            ),
-        });
-    }
-    drop(quantized);
-    // The walkthrough's design: per image, preprocess then one model call.
-    let mut one = Vec::new();
-    let (seconds, _) = repeated(args.runs, || {
-        let started = Instant::now();
-        for image in pixels.chunks(IMAGE_BYTES) {
-            preprocess_into(image, &mean, &mut one);
-            scorer.score(&one, 1, &mut logits)?;
-        }
-        Ok((started.elapsed().as_secs_f64(), ()))
-    })?;
-    rows.push(Row {
-        what: "one image per model call (walkthrough design)".into(),
-        images: images as u64,
-        seconds,
-        note: String::new(),
-    });
-    drop(scorer);
-
-    // The embedded job, whole process.
+    // Staged first, as a user does: the engine rows score the very models and spec the
+    // jobs score (the int8 model is calibrated by `producer stage --quantize`).
     let work = tempfile::tempdir()?;
     let store = work.path().join("store");
     let stage = |store: &str, dataset: &Path, envs: &[(&str, &str)], extra: &[&str]| {
@@ -197,6 +122,103 @@ fn main() -> Result<()> {
         &[],
         &with_int8,
     )?;
+    let staged = |key: &str| -> Result<Vec<u8>> {
+        let path = store.join("cifar").join(key);
+        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+    };
+
+    // The engine alone: the whole test batch, preprocessed once, scored at each batch size.
+    let (pixels, labels) = load_test_batch(&fixture("cifar-10-python.tar.gz"))?;
+    let images = pixels.len() / IMAGE_BYTES;
+    let spec = ModelSpec::from_json(&staged("models/resnet20.json")?, "models/resnet20.json")?;
+    let mean = match &spec.normalize {
+        Normalize::MeanImage { key } => {
+            Some((MeanImage::from_xml(&staged(key)?, key)?, key.clone()))
+        }
+        _ => None,
+    };
+    let preprocessor = Preprocessor::new(&spec, mean.as_ref().map(|(m, k)| (m, k.as_str())))?;
+    let image_len = preprocessor.input_len();
+    let preprocess = |planes: &[u8], out: &mut Vec<f32>| {
+        let n = planes.len() / IMAGE_BYTES;
+        out.clear();
+        out.resize(n * image_len, 0.0);
+        for (image, slot) in planes
+            .chunks_exact(IMAGE_BYTES)
+            .zip(out.chunks_exact_mut(image_len))
+        {
+            preprocessor.write(&Image::from_planes(image, HEIGHT, WIDTH), slot);
+        }
+    };
+    let onnx = staged("models/resnet20.onnx")?;
+    let inference: InferenceOptions = fleet_common::cli::defaults()?;
+    let mut scorer = Scorer::load(&onnx, "resnet20", &inference)?;
+    let mut input = Vec::new();
+    preprocess(&pixels, &mut input);
+    let mut logits = Vec::new();
+    let mut engine_500 = 0.0;
+    let mut fp32_correct = 0;
+    let mut fp32_seconds = std::collections::HashMap::new();
+    for batch in [1usize, 32, 128, 500] {
+        let (seconds, correct) =
+            repeated(args.runs, || score_all(&mut scorer, &input, &labels, batch))?;
+        let correct = correct[0];
+        fp32_seconds.insert(batch, seconds);
+        if batch == 500 {
+            engine_500 = seconds;
+            fp32_correct = correct;
+        }
+        rows.push(Row {
+            what: format!("ONNX Runtime alone, batch {batch}"),
+            images: images as u64,
+            seconds,
+            note: format!("accuracy {:.2}%", 100.0 * correct as f64 / images as f64),
+        });
+    }
+    // The opt-in int8 model, as `producer stage --quantize` staged it.
+    let int8 = staged("models/resnet20-int8.onnx")?;
+    let mut quantized = Scorer::load(&int8, "resnet20-int8", &inference)?;
+    let mut int8_500 = 0.0;
+    for batch in [32usize, 500] {
+        let (seconds, correct) = repeated(args.runs, || {
+            score_all(&mut quantized, &input, &labels, batch)
+        })?;
+        let correct = correct[0];
+        if batch == 500 {
+            int8_500 = seconds;
+        }
+        rows.push(Row {
+            what: format!("ONNX Runtime alone, int8 model, batch {batch}"),
+            images: images as u64,
+            seconds,
+            note: format!(
+                "{:.2} x fp32 throughput at batch {batch}; accuracy {:.2}% (fp32 {:.2}%)",
+                fp32_seconds[&batch] / seconds,
+                100.0 * correct as f64 / images as f64,
+                100.0 * fp32_correct as f64 / images as f64
+            ),
+        });
+    }
+    drop(quantized);
+    // The walkthrough's design: per image, preprocess then one model call.
+    let mut one = Vec::new();
+    let (seconds, _) = repeated(args.runs, || {
+        let started = Instant::now();
+        for image in pixels.chunks(IMAGE_BYTES) {
+            preprocess(image, &mut one);
+            scorer.score(&one, 1, &mut logits)?;
+        }
+        Ok((started.elapsed().as_secs_f64(), ()))
+    })?;
+    rows.push(Row {
+        what: "one image per model call (walkthrough design)".into(),
+        images: images as u64,
+        seconds,
+        note: String::new(),
+    });
+    drop(scorer);
+
+    // The embedded job, whole process.
     let partition_size = args.partition_size.to_string();
     let embedded_once = |batches: &str, model: &str| -> Result<(f64, u64, Option<f64>)> {
         let started = Instant::now();
@@ -372,7 +394,7 @@ fn repeated<T>(
     Ok((seconds[seconds.len() / 2], reports))
 }
 
-fn load_test_batch(tarball: &Path, mean: &Path) -> Result<(Vec<u8>, Vec<u8>, MeanImage)> {
+fn load_test_batch(tarball: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
     let (mut pixels, mut labels) = (Vec::new(), Vec::new());
     dataset::read_tarball(
         std::fs::File::open(tarball)?,
@@ -384,8 +406,7 @@ fn load_test_batch(tarball: &Path, mean: &Path) -> Result<(Vec<u8>, Vec<u8>, Mea
             Ok(())
         },
     )?;
-    let mean = MeanImage::from_xml(&std::fs::read(mean)?, "mean")?;
-    Ok((pixels, labels, mean))
+    Ok((pixels, labels))
 }
 
 /// Scores every image at `batch` images per call (after one warm-up call); returns the
@@ -397,12 +418,13 @@ fn score_all(
     batch: usize,
 ) -> Result<(f64, usize)> {
     let mut logits = Vec::new();
-    scorer.score(&input[..batch * IMAGE_BYTES], batch, &mut logits)?;
+    let image_len = scorer.signature().input_len();
+    scorer.score(&input[..batch * image_len], batch, &mut logits)?;
     let classes = scorer.classes();
     let mut correct = 0;
     let started = Instant::now();
-    for (i, chunk) in input.chunks(batch * IMAGE_BYTES).enumerate() {
-        scorer.score(chunk, chunk.len() / IMAGE_BYTES, &mut logits)?;
+    for (i, chunk) in input.chunks(batch * image_len).enumerate() {
+        scorer.score(chunk, chunk.len() / image_len, &mut logits)?;
         for (j, row) in logits.chunks_exact(classes).enumerate() {
             let predicted =
                 (0..classes).fold(0, |best, k| if row[k] > row[best] { k } else { best });
@@ -410,26 +432,6 @@ fn score_all(
         }
     }
     Ok((started.elapsed().as_secs_f64(), correct))
-}
-
-fn cntk_import(path: &Path) -> Result<Vec<u8>> {
-    // Through the producer's own path, so the bench measures the model the fleet scores.
-    let out = tempfile::NamedTempFile::new()?;
-    let exe = std::env::current_exe()?
-        .parent()
-        .context("binary directory")?
-        .join("producer");
-    run(
-        &exe,
-        &[
-            "convert",
-            path.to_str().unwrap(),
-            "-o",
-            out.path().to_str().unwrap(),
-        ],
-        &[],
-    )?;
-    Ok(std::fs::read(out.path())?)
 }
 
 /// Writes a python tarball with data_batch_1..5 and test_batch, each the fixture's test batch.

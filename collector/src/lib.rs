@@ -35,15 +35,6 @@ pub struct CollectorOptions {
     pub store_retry_secs: u64,
 }
 
-impl Default for CollectorOptions {
-    fn default() -> Self {
-        Self {
-            prefetch: 8,
-            store_retry_secs: 300,
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum CollectorError {
     #[error(transparent)]

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use fleet_common::job::{self, Manifest, files, now_ms};
+use fleet_common::job::{self, DatasetKind, Manifest, files, now_ms};
 use fleet_common::message::{self, Cancelled, ResultMessage, Scored, Sealed};
 use fleet_common::results;
 use fleet_common::store::{BlobStore, StoreError};
@@ -113,6 +113,9 @@ impl Jobs {
                             job: job.into(),
                             partitions: manifest.partitions,
                             images: manifest.images,
+                            classes: manifest.classes,
+                            labelled: manifest.labelled_images > 0,
+                            errors_column: manifest.dataset_kind == DatasetKind::Images,
                             submitted_at_ms: manifest.submitted_at_ms,
                         });
                     }
@@ -141,14 +144,21 @@ impl Jobs {
             return Ok(None);
         }
         let partitions: Vec<Scored> = state.partitions.values().cloned().collect();
-        let files = results::build(job, &partitions, sealed.submitted_at_ms, now_ms());
+        let files = results::build(sealed, &partitions, now_ms());
         if files.summary.images != sealed.images {
             tracing::error!(%job, expected = sealed.images, got = files.summary.images, "image count differs from the manifest");
         }
         let put = |name: &str, bytes: &[u8]| self.store.put(&job::result_key(job, name), bytes);
         put(files::SCORES, files.scores_csv.as_bytes())?;
-        put(files::CONFUSION_CSV, files.confusion_csv.as_bytes())?;
-        put(files::CONFUSION_PNG, &files.confusion_png)?;
+        if let Some(csv) = &files.confusion_csv {
+            put(files::CONFUSION_CSV, csv.as_bytes())?;
+        }
+        if let Some(csv) = &files.confused_pairs_csv {
+            put(files::CONFUSED_PAIRS, csv.as_bytes())?;
+        }
+        if let Some(png) = &files.confusion_png {
+            put(files::CONFUSION_PNG, png)?;
+        }
         let summary =
             serde_json::to_vec_pretty(&files.summary).expect("a summary always serializes");
         put(files::SUMMARY, &summary)?;

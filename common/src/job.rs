@@ -1,8 +1,9 @@
 //! Jobs: their ids, their manifest, and where their blobs live in the container.
 //!
 //! Container layout:
-//! `cifar-10-python.tar.gz` · `models/<name>.onnx` · `models/<name>.mean.xml` ·
-//! `jobs/<job>/manifest.json` · `jobs/<job>/partitions/<n>.bin` (the collector's durable
+//! `cifar-10-python.tar.gz` (a tarball dataset) · `<prefix>/**/*.{jpg,png,...}` (an image
+//! collection) · `models/<name>.onnx` · `models/<name>.json` (its spec) ·
+//! `models/<name>.mean.xml` (its mean image, if any) · `jobs/<job>/manifest.json` · `jobs/<job>/partitions/<n>.bin` (the collector's durable
 //! state) · `results/<job>/{scores.csv,summary.json,confusion.csv,confusion.png,samples.png}`.
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -16,6 +17,10 @@ pub const DEFAULT_MODEL: &str = "resnet20";
 
 pub fn model_key(model: &str) -> String {
     format!("models/{model}.onnx")
+}
+
+pub fn spec_key(model: &str) -> String {
+    format!("models/{model}.json")
 }
 
 pub fn mean_image_key(model: &str) -> String {
@@ -44,11 +49,13 @@ pub mod files {
     pub const SCORES: &str = "scores.csv";
     pub const CONFUSION_CSV: &str = "confusion.csv";
     pub const CONFUSION_PNG: &str = "confusion.png";
+    pub const CONFUSED_PAIRS: &str = "confused_pairs.csv";
     pub const SAMPLES_PNG: &str = "samples.png";
     pub const SUMMARY: &str = "summary.json";
 }
 
-/// A batch of the job as submitted.
+/// A batch of the job as submitted: a tarball's batch, or the one "batch" of an image
+/// collection (its prefix).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchEntry {
     pub name: String,
@@ -57,12 +64,33 @@ pub struct BatchEntry {
     pub partitions: u32,
 }
 
+/// What kind of dataset a job scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetKind {
+    /// A CIFAR-10 tarball blob, decoded by the producer.
+    Tarball,
+    /// Image files under a prefix, fetched and decoded by the workers.
+    Images,
+}
+
 /// `jobs/<job>/manifest.json`, written by the producer once every partition is published.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub job: String,
+    /// The tarball blob, or the prefix of the image collection.
     pub dataset: String,
+    pub dataset_kind: DatasetKind,
+    /// Where the true labels came from (`tarball`, `folders`, a label file, `none`).
+    pub labels: String,
+    /// Images with a true label.
+    pub labelled_images: u64,
     pub model: String,
+    /// SHA-256 of the model scored, from its spec: the job is reproducible from it.
+    pub model_sha256: String,
+    /// Class names by model output index.
+    pub classes: Vec<String>,
+    pub top_k: u8,
     pub partition_size: u32,
     pub partitions: u32,
     pub images: u64,

@@ -7,46 +7,87 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::{CLASS_NAMES, IMAGE_BYTES};
-
 /// Version of the message format written by this build.
-pub const MESSAGE_VERSION: u16 = 1;
+pub const MESSAGE_VERSION: u16 = 2;
 
-/// Largest message accepted. A partition of 1,000 images is about 3 MB; anything much larger
-/// is a mistake or an attack, and is refused before it is decoded.
+/// Largest message accepted. A partition of 1,000 CIFAR images is about 3 MB, one of 1,000
+/// blob names a few tens of kB; anything much larger is a mistake or an attack, and is refused
+/// before it is decoded.
 pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
-/// A slice of one batch, scored as one model call.
+/// Largest top-k a job may ask for.
+pub const MAX_TOP_K: u8 = 20;
+
+/// The images of a partition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Images {
+    /// Decoded pixels from a tarball: `names.len()` images of `3 * height * width` bytes each,
+    /// as R, G and B planes.
+    Planes {
+        height: u32,
+        width: u32,
+        names: Vec<String>,
+        #[serde(with = "serde_bytes")]
+        pixels: Vec<u8>,
+    },
+    /// Blobs of the container, fetched and decoded by the worker (the claim check): blob `i`
+    /// is `prefix` followed by `names[i]`.
+    Blobs { prefix: String, names: Vec<String> },
+}
+
+impl Images {
+    /// Number of images.
+    pub fn len(&self) -> usize {
+        match self {
+            Images::Planes { names, .. } | Images::Blobs { names, .. } => names.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The images' names, as `scores.csv` shows them.
+    pub fn names(&self) -> &[String] {
+        match self {
+            Images::Planes { names, .. } | Images::Blobs { names, .. } => names,
+        }
+    }
+}
+
+/// A slice of one dataset, scored as one model call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Partition {
     pub job: String,
     /// Position of this partition in the job, from 0.
     pub partition: u32,
-    /// Model name: the worker loads `models/<model>.onnx` and `models/<model>.mean.xml`.
+    /// Model name: the worker loads `models/<model>.onnx` and `models/<model>.json`.
     pub model: String,
-    /// Batch file the images come from (`test_batch`, ...).
+    /// Part of the dataset the images come from: a tarball's batch (`test_batch`), or the
+    /// prefix of an image collection.
     pub batch: String,
     /// Index of the first image within its batch.
-    pub first_index: u32,
-    pub labels: Vec<u8>,
-    pub filenames: Vec<String>,
-    /// `labels.len()` images of 3072 bytes: R, G, B planes of 32x32.
-    #[serde(with = "serde_bytes")]
-    pub pixels: Vec<u8>,
+    pub first_index: u64,
+    pub images: Images,
+    /// True label of each image (an index into the model's classes), if known.
+    pub labels: Vec<Option<u32>>,
+    /// Classes to report per image, best first.
+    pub top_k: u8,
 }
 
 impl Partition {
     pub fn len(&self) -> usize {
-        self.labels.len()
+        self.images.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
+        self.images.is_empty()
     }
 
-    /// Checks the invariants a worker relies on.
+    /// Checks the invariants a worker relies on before any model is loaded (label ranges are
+    /// checked against the model's class count by the worker).
     pub fn validate(&self) -> Result<(), MessageError> {
-        let n = self.labels.len();
+        let n = self.len();
         let bad = |what: String| {
             Err(MessageError::Invalid(format!(
                 "partition {} of job {}: {what}",
@@ -56,33 +97,48 @@ impl Partition {
         if n == 0 {
             return bad("no images".into());
         }
-        if self.pixels.len() != n * IMAGE_BYTES {
-            return bad(format!("{} pixel bytes for {n} images", self.pixels.len()));
+        if self.labels.len() != n {
+            return bad(format!("{} labels for {n} images", self.labels.len()));
         }
-        if self.filenames.len() != n {
-            return bad(format!(
-                "{} file names for {n} images",
-                self.filenames.len()
-            ));
+        if self.top_k == 0 || self.top_k > MAX_TOP_K {
+            return bad(format!("top-k {} is not in 1..={MAX_TOP_K}", self.top_k));
         }
-        if let Some(l) = self
-            .labels
-            .iter()
-            .find(|&&l| l as usize >= CLASS_NAMES.len())
+        if let Images::Planes {
+            height,
+            width,
+            pixels,
+            ..
+        } = &self.images
         {
-            return bad(format!("label {l} out of range"));
+            let image_bytes = 3 * *height as usize * *width as usize;
+            if image_bytes == 0 || pixels.len() != n * image_bytes {
+                return bad(format!(
+                    "{} pixel bytes for {n} images of {height}x{width}",
+                    pixels.len()
+                ));
+            }
         }
         Ok(())
     }
 }
 
 /// One scored image.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Score {
-    pub label: u8,
-    pub predicted: u8,
-    /// Softmax probability of the predicted class.
-    pub confidence: f32,
+    /// True label, if known.
+    pub label: Option<u32>,
+    /// The `top_k` most probable classes with their probabilities, best first; empty when
+    /// the image could not be scored.
+    pub top: Vec<(u32, f32)>,
+    /// Why the image could not be scored (unreadable, unsupported, too large, ...).
+    pub error: Option<String>,
+}
+
+impl Score {
+    /// The predicted class and its probability.
+    pub fn predicted(&self) -> Option<(u32, f32)> {
+        self.top.first().copied()
+    }
 }
 
 /// The scores of one partition.
@@ -91,13 +147,15 @@ pub struct Scored {
     pub job: String,
     pub partition: u32,
     pub batch: String,
-    pub first_index: u32,
+    pub first_index: u64,
     pub filenames: Vec<String>,
     pub scores: Vec<Score>,
     /// Which worker scored it (host and process), for the summary.
     pub worker: String,
     /// Time spent in the model call, in milliseconds.
     pub inference_ms: f64,
+    /// Time spent fetching, decoding and preprocessing the images, in milliseconds.
+    pub preprocess_ms: f64,
 }
 
 /// Sent by the producer after the last partition of a job: the collector knows the job is
@@ -107,6 +165,13 @@ pub struct Sealed {
     pub job: String,
     pub partitions: u32,
     pub images: u64,
+    /// Class names by model output index: the columns of the confusion matrix.
+    pub classes: Vec<String>,
+    /// Whether the job's images carry true labels (accuracy is reported only then).
+    pub labelled: bool,
+    /// Whether `scores.csv` has an `error` column (image collections, whose files may be
+    /// unreadable).
+    pub errors_column: bool,
     /// Unix time in milliseconds when the producer started the job.
     pub submitted_at_ms: u64,
 }
@@ -190,9 +255,14 @@ mod tests {
             model: "m".into(),
             batch: "test_batch".into(),
             first_index: 600,
-            labels: vec![1, 2],
-            filenames: vec!["a.png".into(), "b.png".into()],
-            pixels: (0..2 * IMAGE_BYTES).map(|i| i as u8).collect(),
+            images: Images::Planes {
+                height: 32,
+                width: 32,
+                names: vec!["a.png".into(), "b.png".into()],
+                pixels: (0..2 * 3072).map(|i| i as u8).collect(),
+            },
+            labels: vec![Some(1), None],
+            top_k: 1,
         }
     }
 
@@ -201,7 +271,22 @@ mod tests {
         let p = partition();
         let bytes = encode(&p);
         // Version, then a body in which the pixels take one byte each.
-        assert!(bytes.len() < p.pixels.len() + 100, "{} bytes", bytes.len());
+        assert!(bytes.len() < 2 * 3072 + 100, "{} bytes", bytes.len());
+        assert_eq!(decode::<Partition>(&bytes).unwrap(), p);
+        p.validate().unwrap();
+    }
+
+    #[test]
+    fn blob_partitions_carry_names_not_pixels() {
+        let p = Partition {
+            images: Images::Blobs {
+                prefix: "datasets/photos/".into(),
+                names: vec!["cat/1.jpg".into(), "dog/2.png".into()],
+            },
+            ..partition()
+        };
+        let bytes = encode(&p);
+        assert!(bytes.len() < 100, "{} bytes", bytes.len());
         assert_eq!(decode::<Partition>(&bytes).unwrap(), p);
         p.validate().unwrap();
     }
@@ -219,7 +304,7 @@ mod tests {
     #[test]
     fn garbage_oversize_and_trailing_bytes_are_refused() {
         assert!(matches!(
-            decode::<Partition>(b"\x01\xff\xff"),
+            decode::<Partition>(b"\x02\xff\xff"),
             Err(MessageError::Undecodable(_))
         ));
         assert!(matches!(
@@ -237,10 +322,15 @@ mod tests {
     #[test]
     fn inconsistent_partitions_are_invalid() {
         let mut p = partition();
-        p.pixels.pop();
+        if let Images::Planes { pixels, .. } = &mut p.images {
+            pixels.pop();
+        }
         assert!(p.validate().is_err());
         let mut p = partition();
-        p.labels[0] = 10;
+        p.labels.pop();
+        assert!(p.validate().is_err());
+        let mut p = partition();
+        p.top_k = 0;
         assert!(p.validate().is_err());
     }
 }

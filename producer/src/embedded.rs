@@ -30,6 +30,8 @@ pub enum EmbeddedError {
     DeadLettered(usize, String),
     #[error("the fleet stopped before the job completed")]
     Incomplete,
+    #[error("invalid collector configuration: {0}")]
+    Config(String),
 }
 
 /// The outcome of an embedded run.
@@ -57,18 +59,13 @@ pub async fn run(
         worker_options.inference.intra_threads = (cores / workers).max(1);
     }
 
+    let collector_options: CollectorOptions =
+        fleet_common::cli::defaults().map_err(|e| EmbeddedError::Config(e.to_string()))?;
     let mut fleet: JoinSet<Result<(), EmbeddedError>> = JoinSet::new();
     {
         let (broker, store, shutdown) = (broker.clone(), store.clone(), shutdown.clone());
         fleet.spawn(async move {
-            collector::run(
-                broker,
-                store,
-                CollectorOptions::default(),
-                shutdown,
-                Some(events_tx),
-            )
-            .await?;
+            collector::run(broker, store, collector_options, shutdown, Some(events_tx)).await?;
             Ok(())
         });
     }

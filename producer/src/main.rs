@@ -1,24 +1,27 @@
 //! `producer`: stage inputs, convert CNTK models, submit and run scoring jobs.
 
 use std::path::PathBuf;
-
+use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use fleet_common::broker::amqp::{AmqpArgs, AmqpBroker};
-use fleet_common::inference::InferenceOptions;
 use fleet_common::job;
 use fleet_common::source::Source;
 use fleet_common::store::StoreArgs;
+use fleet_inference::InferenceOptions;
 use indicatif::{ProgressBar, ProgressStyle};
-use producer::stage::{self, DEFAULT_DATASET_URL, DEFAULT_MEAN_IMAGE_URL, DEFAULT_MODEL_URL};
+use producer::stage::{
+    self, DEFAULT_DATASET_URL, DEFAULT_MEAN_IMAGE_URL, DEFAULT_MODEL_URL, SpecArgs,
+};
 use producer::submit::SubmitOptions;
 use worker::WorkerOptions;
 
-/// Scores a CIFAR-10 tarball in a blob container with a trained classifier.
+/// Scores the images in a blob container (a folder of image files, or a CIFAR-10 tarball)
+/// with a trained image classifier (ONNX, or CNTK converted on the way).
 ///
-/// Without a subcommand, submits a job over the tarball in the container to the broker
+/// Without a subcommand, submits a job over a dataset in the container to the broker
 /// (workers and a collector do the rest) and prints its id; --wait follows it to the end.
 /// With --embedded, runs the whole job in this process instead, with no broker.
 #[derive(Debug, Parser)]
@@ -32,8 +35,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Put the dataset, a model and its mean image into a container (CNTK models are
-    /// converted to ONNX on the way). Defaults are the walkthrough's public URLs.
+    /// Put datasets (a folder of images, or a CIFAR-10 tarball) and models (with how their
+    /// images are prepared) into a container; CNTK models are converted to ONNX on the way.
+    /// With no input named, stages the walkthrough's tarball, model and mean image from their
+    /// public URLs.
     Stage(Box<StageArgs>),
     /// Convert a CNTK v2 model (.dnn) to an ONNX file.
     Convert(ConvertArgs),
@@ -76,26 +81,38 @@ struct RunArgs {
 struct StageArgs {
     #[command(flatten)]
     store: StoreArgs,
-    /// CIFAR-10 tarball: a file or an http(s) URL.
-    #[arg(long, default_value = DEFAULT_DATASET_URL)]
-    dataset: Source,
+    /// CIFAR-10 tarball: a file or an http(s) URL, staged as --dataset-blob.
+    #[arg(long)]
+    dataset: Option<Source>,
+    /// A local folder of images (sub-folders kept, e.g. one per class), uploaded under --prefix.
+    #[arg(long, requires = "prefix")]
+    images: Option<PathBuf>,
+    /// Where --images go in the container; score them with `--dataset <prefix>`.
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Files uploaded at once with --images.
+    #[arg(
+        long = "upload-concurrency",
+        env = "UPLOAD_CONCURRENCY",
+        default_value_t = 16
+    )]
+    upload_concurrency: usize,
     /// Model: CNTK v2 (.dnn) or ONNX, a file or an http(s) URL.
-    #[arg(long, default_value = DEFAULT_MODEL_URL)]
-    model: Source,
-    /// Mean image (OpenCV XML), a file or an http(s) URL.
-    #[arg(long = "mean-image", default_value = DEFAULT_MEAN_IMAGE_URL)]
-    mean_image: Source,
-    /// Name the model is staged under (`models/<name>.onnx`).
+    #[arg(long)]
+    model: Option<Source>,
+    /// Name the model is staged under (`models/<name>.onnx`, `models/<name>.json`).
     #[arg(long = "model-name", env = "MODEL_NAME", default_value = job::DEFAULT_MODEL)]
     model_name: String,
-    /// Blob name of the dataset in the container.
+    #[command(flatten)]
+    spec: SpecArgs,
+    /// Blob name of the tarball in the container.
     #[arg(long = "dataset-blob", env = "DATASET_BLOB", default_value = job::DATASET_BLOB)]
     dataset_blob: String,
     /// Also stage an int8 version of the model as `<name>-int8`, calibrated on the staged
-    /// dataset (faster on CPUs with integer dot products; check its accuracy on your data).
+    /// tarball (faster on CPUs with integer dot products; check its accuracy on your data).
     #[arg(long)]
     quantize: bool,
-    /// Stage only these inputs (default: all three).
+    /// Stage only these of the walkthrough's inputs, from their public URLs unless given.
     #[arg(long, value_delimiter = ',', value_enum)]
     only: Vec<Input>,
     #[command(flatten)]
@@ -130,31 +147,64 @@ fn main() -> Result<()> {
     }
 }
 
-fn stage(args: StageArgs) -> Result<()> {
+fn stage(mut args: StageArgs) -> Result<()> {
     let store = args.store.open(true)?;
-    let wants = |input| args.only.is_empty() || args.only.contains(&input);
-    if wants(Input::Dataset) {
+    let named = args.dataset.is_some()
+        || args.images.is_some()
+        || args.model.is_some()
+        || args.spec.mean_image.is_some();
+    // The walkthrough's inputs: all three when nothing is named, or those --only lists.
+    let defaults: Vec<Input> = if !args.only.is_empty() {
+        args.only.clone()
+    } else if !named && !args.quantize {
+        vec![Input::Dataset, Input::Model, Input::MeanImage]
+    } else {
+        Vec::new()
+    };
+    let url = |url: &str| Source::from_str(url).expect("the walkthrough's URLs parse");
+    for input in defaults {
+        match input {
+            Input::Dataset => {
+                args.dataset.get_or_insert_with(|| url(DEFAULT_DATASET_URL));
+            }
+            Input::Model => {
+                args.model.get_or_insert_with(|| url(DEFAULT_MODEL_URL));
+            }
+            Input::MeanImage => {
+                args.spec
+                    .mean_image
+                    .get_or_insert_with(|| url(DEFAULT_MEAN_IMAGE_URL));
+            }
+        }
+    }
+    if let Some(dataset) = &args.dataset {
         println!(
             "{}",
-            stage::stage_dataset(store.as_ref(), &args.dataset, &args.dataset_blob)?
+            stage::stage_dataset(store.as_ref(), dataset, &args.dataset_blob)?
         );
     }
-    if wants(Input::Model) {
+    if let (Some(images), Some(prefix)) = (&args.images, &args.prefix) {
         println!(
+            "{}",
+            stage::stage_images(store.as_ref(), images, prefix, args.upload_concurrency)?
+        );
+    }
+    match (&args.model, &args.spec.mean_image) {
+        (Some(model), _) => println!(
             "{}",
             stage::stage_model(
                 store.as_ref(),
-                &args.model,
+                model,
                 &args.model_name,
+                &args.spec,
                 &args.inference
             )?
-        );
-    }
-    if wants(Input::MeanImage) {
-        println!(
+        ),
+        (None, Some(mean)) => println!(
             "{}",
-            stage::stage_mean_image(store.as_ref(), &args.mean_image, &args.model_name)?
-        );
+            stage::stage_mean_image(store.as_ref(), mean, &args.model_name)?
+        ),
+        (None, None) => {}
     }
     if args.quantize {
         let staged = stage::stage_quantized(
@@ -235,6 +285,6 @@ fn print_summary(summary: &fleet_common::results::Summary) {
     println!("{}", summary.accuracy_line());
     println!(
         "scored {} images in {:.2}s ({:.0} images/s)",
-        summary.images, summary.timings.wall_seconds, summary.timings.images_per_second
+        summary.scored, summary.timings.wall_seconds, summary.timings.images_per_second
     );
 }

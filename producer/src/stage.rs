@@ -1,19 +1,30 @@
-//! Staging: puts the dataset, a model and its mean image into a container, checking each on
-//! the way in, so a job never starts on inputs that cannot work. A CNTK v2 model is converted
-//! to ONNX here.
+//! Staging: puts datasets, models (with their spec) and mean images into a container, checking
+//! each on the way in, so a job never starts on inputs that cannot work. A CNTK model is
+//! converted to ONNX here.
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::Duration;
 
-use cntk_onnx::Format;
-use fleet_common::dataset::{self, BatchSelection, DatasetError};
-use fleet_common::inference::quantize::CALIBRATION_IMAGES;
-use fleet_common::inference::{InferenceError, InferenceOptions, Scorer};
+use fleet_common::dataset::collection::{self, is_image};
+use fleet_common::dataset::{self, BatchSelection, DatasetError, HEIGHT, IMAGE_BYTES, WIDTH};
 use fleet_common::job;
-use fleet_common::mean_image::{MeanImage, MeanImageError};
 use fleet_common::source::{Source, SourceError};
-use fleet_common::store::{BlobStore, StoreError};
+use fleet_common::spec::{
+    ChannelOrder, ModelSpec, Normalize, Provenance, Resize, SPEC_VERSION, SpecError,
+    parse_class_names, sha256_hex,
+};
+use fleet_common::store::{BlobStore, StoreError, check_key};
+use fleet_imaging::mean_image::{MeanImage, MeanImageError};
+use fleet_imaging::{Image, Preprocessor};
+use fleet_inference::{InferenceError, InferenceOptions, Scorer};
+use indicatif::{ProgressBar, ProgressStyle};
+use model_tools::import::{ImportError, import};
+use model_tools::quantize::{CALIBRATION_IMAGES, quantize};
 
-/// The walkthrough's inputs, staged when no other is given.
+/// The walkthrough's inputs, staged when no input is named.
 pub const DEFAULT_DATASET_URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz";
 pub const DEFAULT_MODEL_URL: &str = "https://github.com/Azure-Samples/hdinsight-pyspark-cntk-integration/raw/master/resnet20_meanimage_159.dnn";
 pub const DEFAULT_MEAN_IMAGE_URL: &str = "https://raw.githubusercontent.com/Azure-Samples/hdinsight-pyspark-cntk-integration/master/CIFAR-10_mean.xml";
@@ -29,19 +40,77 @@ pub enum StageError {
     #[error(transparent)]
     MeanImage(#[from] MeanImageError),
     #[error(transparent)]
-    Import(#[from] cntk_onnx::ImportError),
+    Import(#[from] ImportError),
     #[error(transparent)]
     Model(#[from] InferenceError),
-    #[error("{0} is neither a CNTK v2 model (.dnn) nor an ONNX model")]
-    UnknownModel(String),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot read {path}: {source}")]
+    Folder {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot buffer the download in a temporary file: {0}")]
-    Temp(std::io::Error),
+    Temp(#[source] std::io::Error),
 }
 
-/// What was staged, for the user.
-#[derive(Debug, Default)]
-pub struct StageReport {
-    pub lines: Vec<String>,
+/// A pixel scale factor: a number or a fraction (`1/255`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scale(pub f32);
+
+impl FromStr for Scale {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let number = |t: &str| {
+            t.trim()
+                .parse::<f32>()
+                .map_err(|_| format!("`{s}` is not a number or a fraction like 1/255"))
+        };
+        let value = match s.split_once('/') {
+            Some((a, b)) => number(a)? / number(b)?,
+            None => number(s)?,
+        };
+        if value.is_finite() && value != 0.0 {
+            Ok(Scale(value))
+        } else {
+            Err(format!("scale `{s}` is not a usable factor"))
+        }
+    }
+}
+
+/// How a model's images are prepared: written into its spec. Part of `producer stage`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SpecArgs {
+    /// Class names, one per line in the model's output order (a file or URL); without it,
+    /// classes are named class_0, class_1, ... (a CIFAR-10 tarball job names its 10 classes).
+    #[arg(long)]
+    pub classes: Option<Source>,
+    /// Channel order the model was trained on [default: bgr for CNTK models, as CNTK read
+    /// images through OpenCV; rgb for ONNX models].
+    #[arg(long = "channel-order", value_enum)]
+    pub channel_order: Option<ChannelOrder>,
+    /// How images of another size are brought to the model's.
+    #[arg(long, value_enum, default_value_t = Resize::Stretch)]
+    pub resize: Resize,
+    /// Factor applied to pixel values (0..255) before normalisation: `1/255` for models
+    /// trained on 0..1.
+    #[arg(long, default_value = "1")]
+    pub scale: Scale,
+    /// Per-channel mean subtracted after scaling, in the model's channel order (`0.485,0.456,0.406`).
+    #[arg(long, value_delimiter = ',', conflicts_with = "mean_image")]
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation divided by after the mean (default: 1 per channel).
+    #[arg(long, value_delimiter = ',', requires = "mean")]
+    pub std: Vec<f32>,
+    /// Mean image (OpenCV XML of the model's size, HWC in its channel order), a file or URL:
+    /// subtracted after scaling. Given without --model, it replaces the mean image of the
+    /// staged model --model-name.
+    #[arg(long = "mean-image")]
+    pub mean_image: Option<Source>,
 }
 
 /// Stages the dataset as `blob`, after checking that it reads as a CIFAR-10 tarball.
@@ -85,65 +154,292 @@ pub fn stage_dataset(
     ))
 }
 
-/// Stages a model as `models/<name>.onnx`, converting a CNTK model, and checks that ONNX
-/// Runtime loads it and that it takes CIFAR images.
+/// Uploads every file of the local folder `dir` under `prefix` (sub-folders kept), several at
+/// once, skipping blobs already there with the same size. Hidden files are left out.
+pub fn stage_images(
+    store: &dyn BlobStore,
+    dir: &Path,
+    prefix: &str,
+    concurrency: usize,
+) -> Result<String, StageError> {
+    let prefix = collection::normalize_prefix(prefix);
+    let files = walk(dir)?;
+    // Check every name at the door: nothing is uploaded when one cannot be.
+    let mut uploads = Vec::with_capacity(files.len());
+    for (path, relative, size) in files {
+        let key = format!("{prefix}{relative}");
+        check_key(&key)
+            .map_err(|e| StageError::Invalid(format!("cannot stage {}: {e}", path.display())))?;
+        uploads.push((path, key, size));
+    }
+    let images = uploads.iter().filter(|(_, key, _)| is_image(key)).count();
+    if images == 0 {
+        return Err(StageError::Invalid(format!(
+            "{} holds no image files ({})",
+            dir.display(),
+            collection::IMAGE_EXTENSIONS.join(", ")
+        )));
+    }
+    let present: std::collections::HashMap<String, u64> =
+        store.list_sized(&prefix)?.into_iter().collect();
+    let total = uploads.len();
+    uploads.retain(|(_, key, size)| present.get(key) != Some(size));
+    let skipped = total - uploads.len();
+    let bar = ProgressBar::new(uploads.len() as u64).with_style(
+        ProgressStyle::with_template(
+            "{spinner} uploading {bar:40} {pos}/{len} files ({per_sec}, {eta})",
+        )
+        .expect("the template is valid"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let queue = Mutex::new(uploads.iter());
+    let failure: Mutex<Option<StoreError>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..concurrency.clamp(1, 64).min(uploads.len().max(1)) {
+            scope.spawn(|| {
+                loop {
+                    if failure.lock().expect("no panics hold it").is_some() {
+                        break;
+                    }
+                    let next = queue.lock().expect("no panics hold it").next();
+                    let Some((path, key, _)) = next else { break };
+                    match store.put_file(key, path) {
+                        Ok(()) => bar.inc(1),
+                        Err(e) => {
+                            failure.lock().expect("no panics hold it").get_or_insert(e);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    bar.finish_and_clear();
+    if let Some(e) = failure.into_inner().expect("no panics hold it") {
+        return Err(e.into());
+    }
+    Ok(format!(
+        "images {} -> {prefix} ({total} files, {images} images: {} uploaded, {skipped} already there)",
+        dir.display(),
+        total - skipped
+    ))
+}
+
+/// Every regular file under `dir`: path, name relative to `dir` (with `/`), size.
+fn walk(dir: &Path) -> Result<Vec<(PathBuf, String, u64)>, StageError> {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| StageError::Folder { path, source }
+    };
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(current) = dirs.pop() {
+        for entry in std::fs::read_dir(&current).map_err(io(&current))? {
+            let entry = entry.map_err(io(&current))?;
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let metadata = std::fs::metadata(&path).map_err(io(&path))?;
+            if metadata.is_dir() {
+                dirs.push(path);
+            } else if metadata.is_file() {
+                let relative = path
+                    .strip_prefix(dir)
+                    .expect("walked from dir")
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                files.push((path, relative, metadata.len()));
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Stages a model as `models/<name>.onnx` with its spec `models/<name>.json` (and its mean
+/// image as `models/<name>.mean.xml`), converting a CNTK model, after checking that ONNX
+/// Runtime loads it as an image classifier and that the spec fits it.
 pub fn stage_model(
     store: &dyn BlobStore,
     source: &Source,
     name: &str,
+    spec_args: &SpecArgs,
     inference: &InferenceOptions,
 ) -> Result<String, StageError> {
-    let bytes = source.read_all()?;
+    check_key(&job::spec_key(name)).map_err(|_| {
+        StageError::Invalid(format!("model name {name:?} is not a valid blob name"))
+    })?;
     let file_name = source.file_name();
-    let (onnx, how) = match cntk_onnx::sniff(&bytes) {
-        Format::CntkV2 => {
-            let imported = cntk_onnx::import(&bytes, &file_name)?;
-            let how = format!(
-                "converted from CNTK v2: {} nodes, {} weights",
-                imported.nodes, imported.parameters
-            );
-            (imported.onnx, how)
+    let imported = import(source.read_all()?, &file_name)?;
+    let scorer = Scorer::load(&imported.onnx, &file_name, inference)?;
+    let signature = scorer.signature();
+    let classes = match &spec_args.classes {
+        Some(classes) => {
+            let text = String::from_utf8_lossy(&classes.read_all()?).into_owned();
+            let names =
+                parse_class_names(&text, &classes.to_string()).map_err(StageError::Invalid)?;
+            if names.len() != signature.classes {
+                return Err(StageError::Invalid(format!(
+                    "{classes} names {} classes, but model {file_name} has {}",
+                    names.len(),
+                    signature.classes
+                )));
+            }
+            Some(names)
         }
-        Format::Onnx => (bytes, "ONNX".to_owned()),
-        Format::Unknown => {
-            // Let the importer explain what it found (v1 model, not a model at all, ...).
-            cntk_onnx::import(&bytes, &file_name)?;
-            return Err(StageError::UnknownModel(file_name));
-        }
+        None => None,
     };
-    let scorer = Scorer::load(&onnx, &file_name, inference)?;
-    let key = job::model_key(name);
-    store.put(&key, &onnx)?;
+    let mean_key = job::mean_image_key(name);
+    let (normalize, mean_xml) = match &spec_args.mean_image {
+        Some(mean) => (
+            Normalize::MeanImage {
+                key: mean_key.clone(),
+            },
+            Some(mean.read_all()?),
+        ),
+        None if !spec_args.mean.is_empty() => {
+            let std = if spec_args.std.is_empty() {
+                vec![1.0; spec_args.mean.len()]
+            } else {
+                spec_args.std.clone()
+            };
+            (
+                Normalize::PerChannel {
+                    mean: spec_args.mean.clone(),
+                    std,
+                },
+                None,
+            )
+        }
+        None => (Normalize::None, None),
+    };
+    let spec = ModelSpec {
+        version: SPEC_VERSION,
+        input: signature.input.clone(),
+        layout: signature.layout,
+        channels: signature.channels as u32,
+        height: signature.height as u32,
+        width: signature.width as u32,
+        channel_order: spec_args
+            .channel_order
+            .unwrap_or(if imported.format == "onnx" {
+                ChannelOrder::Rgb
+            } else {
+                ChannelOrder::Bgr
+            }),
+        resize: spec_args.resize,
+        scale: spec_args.scale.0,
+        normalize,
+        outputs: imported.outputs,
+        class_count: signature.classes as u32,
+        classes,
+        provenance: Provenance {
+            source: source.to_string(),
+            format: imported.format.into(),
+            source_sha256: imported.source_sha256.clone(),
+            onnx_sha256: imported.onnx_sha256.clone(),
+        },
+    };
+    spec.validate()
+        .map_err(|reason| StageError::Invalid(format!("model {name}: {reason}")))?;
+    if let Some(xml) = &mean_xml {
+        let mean_name = spec_args
+            .mean_image
+            .as_ref()
+            .map_or_else(String::new, Source::file_name);
+        check_mean_image(&spec, xml, &mean_name)?;
+    }
+    // The spec names the model and the mean image: it goes last, so a reader that finds it
+    // finds both.
+    store.put(&job::model_key(name), &imported.onnx)?;
+    if let Some(xml) = &mean_xml {
+        store.put(&mean_key, xml)?;
+    }
+    put_spec(store, name, &spec)?;
     Ok(format!(
-        "model {source} -> {key} ({how}; {} classes)",
-        scorer.classes()
+        "model {source} -> {} ({}; input {}x{}x{} {:?}, {} classes, {:?}, {:?} order, {})",
+        job::model_key(name),
+        imported.description,
+        spec.channels,
+        spec.height,
+        spec.width,
+        spec.layout,
+        spec.class_count,
+        spec.outputs,
+        spec.channel_order,
+        match &spec.normalize {
+            Normalize::None => "no normalisation".to_owned(),
+            Normalize::PerChannel { .. } => "per-channel mean/std".to_owned(),
+            Normalize::MeanImage { key } => format!("mean image {key}"),
+        }
     ))
 }
 
-/// Stages a mean image as `models/<name>.mean.xml`, after checking its shape.
+/// Replaces the mean image of the staged model `name`, after checking it fits the model.
 pub fn stage_mean_image(
     store: &dyn BlobStore,
     source: &Source,
     name: &str,
 ) -> Result<String, StageError> {
+    let mut spec = read_spec(store, name)?;
     let bytes = source.read_all()?;
-    MeanImage::from_xml(&bytes, &source.file_name())?;
+    check_mean_image(&spec, &bytes, &source.file_name())?;
     let key = job::mean_image_key(name);
     store.put(&key, &bytes)?;
+    spec.normalize = Normalize::MeanImage { key: key.clone() };
+    put_spec(store, name, &spec)?;
     Ok(format!("mean image {source} -> {key}"))
 }
 
+fn check_mean_image(spec: &ModelSpec, xml: &[u8], source_name: &str) -> Result<(), StageError> {
+    let mean = MeanImage::from_xml(xml, source_name)?;
+    mean.fit(
+        spec.channels as usize,
+        spec.height as usize,
+        spec.width as usize,
+        source_name,
+    )?;
+    Ok(())
+}
+
+fn read_spec(store: &dyn BlobStore, name: &str) -> Result<ModelSpec, StageError> {
+    let key = job::spec_key(name);
+    match store.get(&key) {
+        Ok(bytes) => Ok(ModelSpec::from_json(&bytes, &key)?),
+        Err(e) if e.is_not_found() => Err(StageError::Invalid(format!(
+            "model {name} is not staged in {} (no {key}): stage it with --model first",
+            store.describe()
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn put_spec(store: &dyn BlobStore, name: &str, spec: &ModelSpec) -> Result<(), StageError> {
+    let json = serde_json::to_vec_pretty(spec).expect("a spec always serializes");
+    store.put(&job::spec_key(name), &json)?;
+    Ok(())
+}
+
 /// Stages an int8 version of the staged model `name` as `<name>-int8`, calibrated on the
-/// staged dataset blob, and checks that ONNX Runtime loads it.
+/// first images of the staged tarball `dataset_blob` prepared as the model's spec says, and
+/// checks that ONNX Runtime loads it.
 pub fn stage_quantized(
     store: &dyn BlobStore,
     name: &str,
     dataset_blob: &str,
     inference: &InferenceOptions,
 ) -> Result<String, StageError> {
+    let spec = read_spec(store, name)?;
     let onnx = store.get(&job::model_key(name))?;
-    let mean_xml = store.get(&job::mean_image_key(name))?;
-    let mean = MeanImage::from_xml(&mean_xml, &job::mean_image_key(name))?;
+    let mean = match &spec.normalize {
+        Normalize::MeanImage { key } => {
+            Some((MeanImage::from_xml(&store.get(key)?, key)?, key.clone()))
+        }
+        _ => None,
+    };
+    let preprocessor = Preprocessor::new(&spec, mean.as_ref().map(|(m, k)| (m, k.as_str())))?;
     let mut pixels = Vec::new();
     let result = dataset::read_tarball(
         store.open(dataset_blob)?,
@@ -151,27 +447,58 @@ pub fn stage_quantized(
         &BatchSelection::All,
         |batch| {
             let n = batch.len().min(CALIBRATION_IMAGES);
-            pixels = batch.pixels[..n * fleet_common::dataset::IMAGE_BYTES].to_vec();
+            pixels = batch.pixels[..n * IMAGE_BYTES].to_vec();
             // One batch is enough: stop reading the tarball.
             Err(DatasetError::Stopped("calibration images read".into()))
         },
     );
     match result {
-        Err(DatasetError::Stopped(_)) => {}
+        Err(DatasetError::Stopped(_)) | Ok(_) => {}
         Err(e) => return Err(e.into()),
-        Ok(_) => {}
     }
-    let mut input = Vec::new();
-    fleet_common::preprocess::preprocess_into(&pixels, &mean, &mut input);
-    let quantized = fleet_common::inference::quantize::quantize(&onnx, &input)?;
+    let image_len = preprocessor.input_len();
+    let images = pixels.len() / IMAGE_BYTES;
+    let mut input = vec![0.0; images * image_len];
+    for (planes, slot) in pixels
+        .chunks_exact(IMAGE_BYTES)
+        .zip(input.chunks_exact_mut(image_len))
+    {
+        preprocessor.write(&Image::from_planes(planes, HEIGHT, WIDTH), slot);
+    }
+    let (c, h, w) = (
+        spec.channels as usize,
+        spec.height as usize,
+        spec.width as usize,
+    );
+    let shape = match spec.layout {
+        fleet_common::spec::Layout::Nchw => [c, h, w],
+        fleet_common::spec::Layout::Nhwc => [h, w, c],
+    };
+    let quantized = quantize(&onnx, &input, shape)?;
     let int8_name = format!("{name}-int8");
     Scorer::load(&quantized, &int8_name, inference)?;
+    let mut int8_spec = spec.clone();
+    int8_spec.provenance.onnx_sha256 = sha256_hex(&quantized);
+    int8_spec.provenance.format = format!("{} (int8)", spec.provenance.format);
     store.put(&job::model_key(&int8_name), &quantized)?;
-    store.put(&job::mean_image_key(&int8_name), &mean_xml)?;
+    put_spec(store, &int8_name, &int8_spec)?;
     Ok(format!(
-        "model {} -> {} (int8, calibrated on {} images of {dataset_blob}; score with --model-name {int8_name})",
+        "model {} -> {} (int8, calibrated on {images} images of {dataset_blob}; score with --model-name {int8_name})",
         job::model_key(name),
         job::model_key(&int8_name),
-        pixels.len() / fleet_common::dataset::IMAGE_BYTES
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Scale;
+
+    #[test]
+    fn scales_parse_as_numbers_or_fractions() {
+        assert_eq!("1".parse::<Scale>().unwrap().0, 1.0);
+        assert!(("1/255".parse::<Scale>().unwrap().0 - 1.0 / 255.0).abs() < 1e-9);
+        assert!("0".parse::<Scale>().is_err());
+        assert!("1/0".parse::<Scale>().is_err());
+        assert!("x".parse::<Scale>().is_err());
+    }
 }

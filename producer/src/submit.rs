@@ -1,13 +1,21 @@
-//! Submitting a job: stream the tarball from the container, cut each chosen batch into
+//! Submitting a job: find the dataset and the model's classes, cut the dataset into
 //! partitions, publish them, then write the manifest and seal the job.
+//!
+//! Two kinds of dataset sit behind [`Dataset`]: a CIFAR-10 tarball blob, which the producer
+//! decodes and ships as pixels, and an image collection under a prefix, which it only lists:
+//! its partitions carry blob names and the workers fetch the images (the claim check).
 
 use std::sync::Arc;
 
 use fleet_common::broker::{Broker, BrokerError, Queue};
-use fleet_common::dataset::{self, BatchSelection, DatasetError, IMAGE_BYTES};
-use fleet_common::job::{self, BatchEntry, Manifest, files, now_ms};
-use fleet_common::message::{self, Cancelled, Partition, ResultMessage, Sealed};
+use fleet_common::dataset::collection::{self, LabelFile, LabelSource, ResolvedSource};
+use fleet_common::dataset::{
+    self, BatchSelection, CLASS_NAMES, DatasetError, HEIGHT, IMAGE_BYTES, WIDTH,
+};
+use fleet_common::job::{self, BatchEntry, DatasetKind, Manifest, files, now_ms};
+use fleet_common::message::{self, Cancelled, Images, MAX_TOP_K, Partition, ResultMessage, Sealed};
 use fleet_common::results::render::{Sample, sample_grid_png};
+use fleet_common::spec::ModelSpec;
 use fleet_common::store::{BlobStore, StoreError};
 use tokio::sync::mpsc;
 
@@ -17,47 +25,75 @@ const SAMPLES: usize = 16;
 /// What to score. Part of the `producer` binary's configuration.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SubmitOptions {
-    /// Blob holding the CIFAR-10 tarball (python or binary version).
-    #[arg(long, env = "DATASET_BLOB", default_value = job::DATASET_BLOB)]
+    /// Dataset in the container: a CIFAR-10 tarball blob (python or binary version), or a
+    /// prefix under which every JPEG, PNG, BMP, GIF and WebP file is scored.
+    #[arg(long, env = "DATASET", default_value = job::DATASET_BLOB)]
     pub dataset: String,
-    /// Model to score with: `models/<name>.onnx` and `models/<name>.mean.xml` in the container.
+    /// Model to score with: `models/<name>.onnx` and its spec `models/<name>.json`.
     #[arg(long = "model-name", env = "MODEL_NAME", default_value = job::DEFAULT_MODEL)]
     pub model: String,
-    /// Batches to score: `all`, or a comma-separated list (`test_batch,data_batch_1`).
+    /// True labels: `auto` (a tarball's own; none for images), `none`, `folders` (each
+    /// image's folder names its class), or a label file in the container beside the images
+    /// (or a local file): a CNTK map file (`path<TAB>label index`) or a `.csv`
+    /// (`filename,label`, a class name or index).
+    #[arg(long, env = "LABELS", default_value = "auto")]
+    pub labels: LabelSource,
+    /// Batches of a tarball to score: `all`, or a comma-separated list (`test_batch,data_batch_1`).
     #[arg(long, env = "BATCHES", default_value = "test_batch")]
     pub batches: BatchSelection,
     /// Images per partition (one message, one model call).
     #[arg(long, env = "PARTITION_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=20_000))]
     pub partition_size: u32,
-}
-
-impl Default for SubmitOptions {
-    fn default() -> Self {
-        Self {
-            dataset: job::DATASET_BLOB.into(),
-            model: job::DEFAULT_MODEL.into(),
-            batches: BatchSelection::default(),
-            partition_size: 500,
-        }
-    }
+    /// Classes reported per image in `scores.csv`, best first.
+    #[arg(long = "top-k", env = "TOP_K", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=MAX_TOP_K as i64))]
+    pub top_k: u8,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
-    #[error("model {model} is not staged in {store} (no {key}); run `producer stage` first")]
+    #[error(
+        "model {model} is not staged in {store} (no {key}); run `producer stage --model ... --model-name {model}` first"
+    )]
     NotStaged {
         model: String,
         store: String,
         key: String,
     },
     #[error(transparent)]
+    Spec(#[from] fleet_common::spec::SpecError),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Dataset(#[from] DatasetError),
     #[error(transparent)]
     Broker(#[from] BrokerError),
-    #[error("the tarball reader failed: {0}")]
+    #[error("{0}")]
+    Labels(String),
+    #[error("the dataset reader failed: {0}")]
     Task(String),
+}
+
+/// The dataset of a job, found in the container.
+#[derive(Debug)]
+enum Dataset {
+    Tarball {
+        blob: String,
+        /// CIFAR-10's labels are kept.
+        labelled: bool,
+    },
+    Images {
+        collection: collection::Collection,
+        labels: Vec<Option<u32>>,
+    },
+}
+
+/// What the job needs to know before anything is published.
+#[derive(Debug)]
+struct Plan {
+    spec: ModelSpec,
+    classes: Vec<String>,
+    dataset: Dataset,
+    labels: String,
 }
 
 /// Submits job `job` and returns its manifest once every partition is published and the job
@@ -71,45 +107,202 @@ pub async fn submit<B: Broker>(
     job: &str,
     mut on_published: impl FnMut(u64),
 ) -> Result<Manifest, SubmitError> {
-    let (check_store, model) = (store.clone(), options.model.clone());
-    tokio::task::spawn_blocking(move || {
-        for key in [job::model_key(&model), job::mean_image_key(&model)] {
-            if !check_store.exists(&key)? {
-                return Err(SubmitError::NotStaged {
-                    model: model.clone(),
-                    store: check_store.describe(),
-                    key,
-                });
-            }
-        }
-        Ok(())
-    })
-    .await
-    .map_err(|e| SubmitError::Task(e.to_string()))??;
+    let (plan_store, plan_options) = (store.clone(), options.clone());
+    let plan = tokio::task::spawn_blocking(move || plan(plan_store.as_ref(), &plan_options))
+        .await
+        .map_err(|e| SubmitError::Task(e.to_string()))??;
     let submitted_at_ms = now_ms();
-    let result = publish_partitions(broker, store.clone(), options, job, &mut on_published).await;
-    let (batches, samples) = match result {
-        Ok(done) => done,
-        Err(e) => {
-            let cancel = ResultMessage::Cancelled(Cancelled {
-                job: job.into(),
-                reason: e.to_string(),
+    let outcome = publish(
+        broker,
+        store,
+        options,
+        job,
+        &plan,
+        submitted_at_ms,
+        &mut on_published,
+    )
+    .await;
+    if let Err(e) = &outcome {
+        // Anything published so far must not complete into results.
+        let cancel = ResultMessage::Cancelled(Cancelled {
+            job: job.into(),
+            reason: e.to_string(),
+        });
+        if let Err(cancel_error) = broker
+            .publish(Queue::Results, message::encode(&cancel))
+            .await
+        {
+            tracing::error!(%job, error = %cancel_error, "could not cancel the job after a failed submission");
+        }
+    }
+    outcome
+}
+
+/// Reads the model's spec, finds the dataset and resolves the labels.
+fn plan(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Plan, SubmitError> {
+    let model = &options.model;
+    let spec_key = job::spec_key(model);
+    let spec = match store.get(&spec_key) {
+        Ok(bytes) => ModelSpec::from_json(&bytes, &spec_key)?,
+        Err(e) if e.is_not_found() => {
+            return Err(SubmitError::NotStaged {
+                model: model.clone(),
+                store: store.describe(),
+                key: spec_key,
             });
-            if let Err(cancel_error) = broker
-                .publish(Queue::Results, message::encode(&cancel))
-                .await
-            {
-                tracing::error!(%job, error = %cancel_error, "could not cancel the job after a failed submission");
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let model_key = job::model_key(model);
+    if !store.exists(&model_key)? {
+        return Err(SubmitError::NotStaged {
+            model: model.clone(),
+            store: store.describe(),
+            key: model_key,
+        });
+    }
+    if store.exists(&options.dataset)? {
+        // A tarball: its labels are CIFAR-10's classes, and so are its names when the model
+        // has none of its own.
+        let labelled = match &options.labels {
+            LabelSource::Auto => true,
+            LabelSource::None => false,
+            other => {
+                return Err(SubmitError::Labels(format!(
+                    "--labels {other} is for image collections; a tarball carries its own labels \
+                     (use auto or none)"
+                )));
             }
-            return Err(e);
+        };
+        if labelled && spec.class_count as usize != CLASS_NAMES.len() {
+            return Err(SubmitError::Labels(format!(
+                "{} holds CIFAR-10 labels (10 classes) but model {model} has {} classes: they \
+                 cannot be compared; score with --labels none for predictions only",
+                options.dataset, spec.class_count
+            )));
+        }
+        let classes = match (
+            &spec.classes,
+            spec.class_count as usize == CLASS_NAMES.len(),
+        ) {
+            (Some(names), _) => names.clone(),
+            (None, true) => CLASS_NAMES.map(String::from).to_vec(),
+            (None, false) => spec.class_names(),
+        };
+        return Ok(Plan {
+            labels: if labelled { "tarball" } else { "none" }.into(),
+            spec,
+            classes,
+            dataset: Dataset::Tarball {
+                blob: options.dataset.clone(),
+                labelled,
+            },
+        });
+    }
+    let collection = collection::list(store, &options.dataset)?;
+    let classes = spec.class_names();
+    let source = match &options.labels {
+        LabelSource::Auto | LabelSource::None => ResolvedSource::None,
+        LabelSource::Folders => {
+            if spec.classes.is_none() {
+                return Err(SubmitError::Labels(format!(
+                    "folder labels need the class names of model {model}: stage it with \
+                     --classes FILE (one name per line, in the model's output order)"
+                )));
+            }
+            ResolvedSource::Folders
+        }
+        LabelSource::File(name) => {
+            ResolvedSource::File(read_label_file(store, &collection.prefix, name)?)
+        }
+    };
+    let labels = collection::resolve_labels(&collection.names, &source, &classes)?;
+    Ok(Plan {
+        labels: options.labels.to_string(),
+        spec,
+        classes,
+        dataset: Dataset::Images { collection, labels },
+    })
+}
+
+/// A label file: beside the images, else a blob of that name, else a local file.
+fn read_label_file(
+    store: &dyn BlobStore,
+    prefix: &str,
+    name: &str,
+) -> Result<LabelFile, SubmitError> {
+    let beside = format!("{prefix}{name}");
+    for key in [beside.as_str(), name] {
+        match store.get(key) {
+            Ok(bytes) => return Ok(LabelFile::parse(&String::from_utf8_lossy(&bytes), key)?),
+            Err(e) if e.is_not_found() || matches!(e, StoreError::BadKey(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    match std::fs::read_to_string(name) {
+        Ok(text) => Ok(LabelFile::parse(&text, name)?),
+        Err(e) => Err(SubmitError::Labels(format!(
+            "label file {name} is neither a blob ({beside} or {name} in {}) nor a readable local file ({e})",
+            store.describe()
+        ))),
+    }
+}
+
+/// Publishes every partition, writes the manifest and seals the job.
+async fn publish<B: Broker>(
+    broker: &B,
+    store: Arc<dyn BlobStore>,
+    options: &SubmitOptions,
+    job: &str,
+    plan: &Plan,
+    submitted_at_ms: u64,
+    on_published: &mut impl FnMut(u64),
+) -> Result<Manifest, SubmitError> {
+    let (kind, dataset, batches, labelled_images, samples) = match &plan.dataset {
+        Dataset::Tarball { blob, labelled } => {
+            let (batches, labelled_images, samples) = publish_tarball(
+                broker,
+                store.clone(),
+                options,
+                job,
+                blob,
+                *labelled,
+                on_published,
+            )
+            .await?;
+            (
+                DatasetKind::Tarball,
+                blob.clone(),
+                batches,
+                labelled_images,
+                Some(samples),
+            )
+        }
+        Dataset::Images { collection, labels } => {
+            let batch =
+                publish_collection(broker, options, job, collection, labels, on_published).await?;
+            let labelled = labels.iter().flatten().count() as u64;
+            (
+                DatasetKind::Images,
+                collection.prefix.clone(),
+                vec![batch],
+                labelled,
+                None,
+            )
         }
     };
     let partitions = batches.iter().map(|b| b.partitions).sum();
     let images = batches.iter().map(|b| u64::from(b.images)).sum();
     let manifest = Manifest {
         job: job.into(),
-        dataset: options.dataset.clone(),
+        dataset,
+        dataset_kind: kind,
+        labels: plan.labels.clone(),
+        labelled_images,
         model: options.model.clone(),
+        model_sha256: plan.spec.provenance.onnx_sha256.clone(),
+        classes: plan.classes.clone(),
+        top_k: options.top_k,
         partition_size: options.partition_size,
         partitions,
         images,
@@ -117,11 +310,13 @@ pub async fn submit<B: Broker>(
         submitted_at_ms,
     };
     let manifest_json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
-    let put_store = store.clone();
     let job_owned = job.to_owned();
     tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
-        put_store.put(&job::manifest_key(&job_owned), &manifest_json)?;
-        put_store.put(&job::result_key(&job_owned, files::SAMPLES_PNG), &samples)
+        store.put(&job::manifest_key(&job_owned), &manifest_json)?;
+        if let Some(samples) = samples {
+            store.put(&job::result_key(&job_owned, files::SAMPLES_PNG), &samples)?;
+        }
+        Ok(())
     })
     .await
     .map_err(|e| SubmitError::Task(e.to_string()))??;
@@ -129,6 +324,9 @@ pub async fn submit<B: Broker>(
         job: job.into(),
         partitions,
         images,
+        classes: plan.classes.clone(),
+        labelled: labelled_images > 0,
+        errors_column: kind == DatasetKind::Images,
         submitted_at_ms,
     });
     broker
@@ -138,22 +336,70 @@ pub async fn submit<B: Broker>(
     Ok(manifest)
 }
 
-/// Publishes every partition; returns the batches seen and the sample grid PNG.
-async fn publish_partitions<B: Broker>(
+/// Publishes partitions of blob names; the producer never reads an image.
+async fn publish_collection<B: Broker>(
+    broker: &B,
+    options: &SubmitOptions,
+    job: &str,
+    collection: &collection::Collection,
+    labels: &[Option<u32>],
+    on_published: &mut impl FnMut(u64),
+) -> Result<BatchEntry, SubmitError> {
+    let size = options.partition_size as usize;
+    let mut partitions = 0;
+    for (i, (names, labels)) in collection
+        .names
+        .chunks(size)
+        .zip(labels.chunks(size))
+        .enumerate()
+    {
+        let partition = Partition {
+            job: job.into(),
+            partition: i as u32,
+            model: options.model.clone(),
+            batch: collection.prefix.clone(),
+            first_index: (i * size) as u64,
+            images: Images::Blobs {
+                prefix: collection.prefix.clone(),
+                names: names.to_vec(),
+            },
+            labels: labels.to_vec(),
+            top_k: options.top_k,
+        };
+        broker
+            .publish(Queue::Partitions, message::encode(&partition))
+            .await?;
+        on_published(names.len() as u64);
+        partitions += 1;
+    }
+    Ok(BatchEntry {
+        name: collection.prefix.clone(),
+        images: collection.names.len() as u32,
+        first_partition: 0,
+        partitions,
+    })
+}
+
+/// Publishes every partition of the chosen tarball batches; returns the batches seen, the
+/// labelled image count and the sample grid PNG.
+async fn publish_tarball<B: Broker>(
     broker: &B,
     store: Arc<dyn BlobStore>,
     options: &SubmitOptions,
     job: &str,
+    blob: &str,
+    labelled: bool,
     on_published: &mut impl FnMut(u64),
-) -> Result<(Vec<BatchEntry>, Vec<u8>), SubmitError> {
+) -> Result<(Vec<BatchEntry>, u64, Vec<u8>), SubmitError> {
     // The tarball is decoded on a blocking thread, a few partitions ahead of publishing.
     let (tx, mut rx) = mpsc::channel::<Partition>(4);
-    let (dataset, selection, size, model, job_id) = (
-        options.dataset.clone(),
+    let (dataset, selection, size, model, job_id, top_k) = (
+        blob.to_owned(),
         options.batches.clone(),
         options.partition_size as usize,
         options.model.clone(),
         job.to_owned(),
+        options.top_k,
     );
     let reader = tokio::task::spawn_blocking(move || -> Result<Vec<BatchEntry>, SubmitError> {
         let source = store.open(&dataset)?;
@@ -168,10 +414,18 @@ async fn publish_partitions<B: Broker>(
                     partition: next_partition,
                     model: model.clone(),
                     batch: batch.name.clone(),
-                    first_index: start as u32,
-                    labels: batch.labels[start..end].to_vec(),
-                    filenames: batch.filenames[start..end].to_vec(),
-                    pixels: batch.pixels[start * IMAGE_BYTES..end * IMAGE_BYTES].to_vec(),
+                    first_index: start as u64,
+                    images: Images::Planes {
+                        height: HEIGHT as u32,
+                        width: WIDTH as u32,
+                        names: batch.filenames[start..end].to_vec(),
+                        pixels: batch.pixels[start * IMAGE_BYTES..end * IMAGE_BYTES].to_vec(),
+                    },
+                    labels: batch.labels[start..end]
+                        .iter()
+                        .map(|&l| labelled.then_some(u32::from(l)))
+                        .collect(),
+                    top_k,
                 };
                 next_partition += 1;
                 tx.blocking_send(partition)
@@ -191,9 +445,11 @@ async fn publish_partitions<B: Broker>(
     let mut samples: Vec<(Vec<u8>, String)> = Vec::new();
     let mut publish_error = None;
     while let Some(partition) = rx.recv().await {
-        for i in 0..partition.len().min(SAMPLES - samples.len()) {
-            let pixels = partition.pixels[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES].to_vec();
-            samples.push((pixels, partition.filenames[i].clone()));
+        if let Images::Planes { names, pixels, .. } = &partition.images {
+            for i in 0..names.len().min(SAMPLES - samples.len()) {
+                let image = pixels[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES].to_vec();
+                samples.push((image, names[i].clone()));
+            }
         }
         let images = partition.len() as u64;
         if let Err(e) = broker
@@ -212,6 +468,11 @@ async fn publish_partitions<B: Broker>(
         return Err(e.into());
     }
     let batches = read?;
+    let labelled_images = if labelled {
+        batches.iter().map(|b| u64::from(b.images)).sum()
+    } else {
+        0
+    };
     let grid: Vec<Sample<'_>> = samples
         .iter()
         .map(|(pixels, caption)| Sample {
@@ -219,5 +480,5 @@ async fn publish_partitions<B: Broker>(
             caption: caption.clone(),
         })
         .collect();
-    Ok((batches, sample_grid_png(&grid, 8)))
+    Ok((batches, labelled_images, sample_grid_png(&grid, 8)))
 }

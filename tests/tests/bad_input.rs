@@ -4,10 +4,10 @@ use std::io::Write;
 use std::path::Path;
 
 use cntk_onnx::proto::onnx::{
-    Dimension, DimensionValue, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
+    Dimension, DimensionValue, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
     TensorShapeProto, TensorTypeProto, TypeProto, ValueInfoProto,
 };
-use fleet_tests::{fixture, run_err, stage_fixtures};
+use fleet_tests::{field, fixture, run_err, run_ok, stage_fixtures};
 use prost::Message;
 
 fn stage(store: &Path, what: &str, source: &Path) -> String {
@@ -137,6 +137,11 @@ fn a_tarball_without_cifar_batches_is_refused() {
 fn bad_mean_images_are_refused() {
     let root = tempfile::tempdir().unwrap();
     let store = root.path().join("store");
+    // A mean image belongs to a staged model: it is checked against the model's input.
+    let err = stage(&store, "mean-image", &fixture("CIFAR-10_mean.xml"));
+    assert!(err.contains("model resnet20 is not staged"), "{err}");
+    stage_fixtures(&store, "cifar");
+    let staged = std::fs::read(store.join("cifar/models/resnet20.mean.xml")).unwrap();
     let small = write(
         root.path(),
         "small.xml",
@@ -144,18 +149,24 @@ fn bad_mean_images_are_refused() {
     );
     let err = stage(&store, "mean-image", &small);
     assert!(
-        err.contains("small.xml") && err.contains("a CIFAR mean image has 3072"),
+        err.contains("small.xml") && err.contains("the model takes 32x32 with 3 channels"),
         "{err}"
     );
     let xml = std::fs::read(fixture("CIFAR-10_mean.xml")).unwrap();
     let cut = write(root.path(), "cut.xml", &xml[..xml.len() / 2]);
     let err = stage(&store, "mean-image", &cut);
     assert!(err.contains("mean image cut.xml"), "{err}");
-    assert!(!store.join("cifar/models/resnet20.mean.xml").exists());
+    assert_eq!(
+        std::fs::read(store.join("cifar/models/resnet20.mean.xml")).unwrap(),
+        staged,
+        "the staged mean image is untouched"
+    );
 }
 
-/// An ONNX model taking `[N, 3, side, side]` and returning `[N, 3]` (global average pool).
-fn pooling_model(side: i64) -> Vec<u8> {
+/// An ONNX classifier taking `[N, channels, side, side]` and returning `[N, classes]`: global
+/// average pool, then a weight matrix whose last column is largest, so every image is
+/// predicted as the last class.
+fn classifier_model(channels: i64, side: i64, classes: i64) -> Vec<u8> {
     let dims = |d: &[Option<i64>]| TensorShapeProto {
         dim: d
             .iter()
@@ -173,13 +184,16 @@ fn pooling_model(side: i64) -> Vec<u8> {
             }),
         }),
     };
-    let node = |op: &str, i: &str, o: &str| NodeProto {
-        input: vec![i.into()],
+    let node = |op: &str, inputs: &[&str], o: &str| NodeProto {
+        input: inputs.iter().map(|i| i.to_string()).collect(),
         output: vec![o.into()],
         name: o.into(),
         op_type: op.into(),
         ..Default::default()
     };
+    let weights: Vec<u8> = (0..channels * classes)
+        .flat_map(|i| ((i % classes + 1) as f32 * 0.01).to_le_bytes())
+        .collect();
     ModelProto {
         ir_version: 8,
         opset_import: vec![OperatorSetIdProto {
@@ -187,16 +201,23 @@ fn pooling_model(side: i64) -> Vec<u8> {
             version: 17,
         }],
         graph: Some(GraphProto {
-            name: "pool".into(),
+            name: "classifier".into(),
             node: vec![
-                node("GlobalAveragePool", "input", "pooled"),
-                node("Flatten", "pooled", "output"),
+                node("GlobalAveragePool", &["input"], "pooled"),
+                node("Flatten", &["pooled"], "flat"),
+                node("MatMul", &["flat", "weights"], "output"),
             ],
+            initializer: vec![TensorProto {
+                dims: vec![channels, classes],
+                data_type: 1,
+                name: "weights".into(),
+                raw_data: weights,
+            }],
             input: vec![info(
                 "input",
-                dims(&[None, Some(3), Some(side), Some(side)]),
+                dims(&[None, Some(channels), Some(side), Some(side)]),
             )],
-            output: vec![info("output", dims(&[None, Some(3)]))],
+            output: vec![info("output", dims(&[None, Some(classes)]))],
             ..Default::default()
         }),
         ..Default::default()
@@ -208,10 +229,14 @@ fn pooling_model(side: i64) -> Vec<u8> {
 fn models_that_do_not_fit_or_are_not_models_are_refused() {
     let root = tempfile::tempdir().unwrap();
     let store = root.path().join("store");
-    let wrong = write(root.path(), "imagenet.onnx", &pooling_model(64));
+    let wrong = write(
+        root.path(),
+        "five-channels.onnx",
+        &classifier_model(5, 32, 10),
+    );
     let err = stage(&store, "model", &wrong);
     assert!(
-        err.contains("does not fit CIFAR images") && err.contains("[-1, 3, 64, 64]"),
+        err.contains("is not an image classifier") && err.contains("[-1, 5, 32, 32]"),
         "{err}"
     );
 
@@ -220,9 +245,13 @@ fn models_that_do_not_fit_or_are_not_models_are_refused() {
     assert!(err.contains("notes.dnn: not a CNTK v2 model"), "{err}");
     assert!(!store.join("cifar/models/resnet20.onnx").exists());
 
-    // A model that fits is accepted by the same path.
-    let fits = write(root.path(), "tiny.onnx", &pooling_model(32));
-    fleet_tests::run_ok(
+    // A model of any fixed image size is accepted by the same path.
+    let fits = write(
+        root.path(),
+        "imagenet-sized.onnx",
+        &classifier_model(3, 224, 1000),
+    );
+    let staged = run_ok(
         "producer",
         &[
             "stage",
@@ -235,6 +264,66 @@ fn models_that_do_not_fit_or_are_not_models_are_refused() {
             "--only",
             "model",
         ],
+    );
+    assert!(
+        staged.contains("input 3x224x224") && staged.contains("1000 classes"),
+        "{staged}"
+    );
+}
+
+/// The class count comes from the model: a 15-class model is not compared with the tarball's
+/// 10 CIFAR-10 labels, and its predictions beyond class 9 are kept, never clamped.
+#[test]
+fn a_model_with_more_classes_than_the_labels_is_not_scored_against_them() {
+    let root = tempfile::tempdir().unwrap();
+    stage_fixtures(root.path(), "cifar");
+    let model = write(root.path(), "fifteen.onnx", &classifier_model(3, 32, 15));
+    let store = root.path().to_str().unwrap();
+    run_ok(
+        "producer",
+        &[
+            "stage",
+            "--store",
+            store,
+            "--model",
+            model.to_str().unwrap(),
+            "--model-name",
+            "fifteen",
+        ],
+    );
+    let err = run_job(root.path(), &["--model-name", "fifteen"]);
+    assert!(
+        err.contains("has 15 classes") && err.contains("--labels none"),
+        "{err}"
+    );
+    assert_no_results(root.path());
+    let output = run_ok(
+        "producer",
+        &[
+            "--store",
+            store,
+            "--embedded",
+            "--model-name",
+            "fifteen",
+            "--labels",
+            "none",
+        ],
+    );
+    assert!(
+        output.contains("Scored 10000 images (no true labels)"),
+        "{output}"
+    );
+    let scores = std::fs::read_to_string(
+        root.path()
+            .join("cifar/results")
+            .join(field(&output, "job"))
+            .join("scores.csv"),
+    )
+    .unwrap();
+    let second = scores.lines().nth(1).unwrap();
+    assert!(
+        second.starts_with("0,airplane_0000.png,,14,,class_14,"),
+        "{second}"
     );
 }
 

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use fleet_common::broker::amqp::{AmqpArgs, AmqpBroker};
 use fleet_common::broker::{Broker, Consumer, Delivery, Queue, QueueNames};
-use fleet_common::message::{self, MAX_MESSAGE_BYTES, Partition};
+use fleet_common::message::{self, Images, MAX_MESSAGE_BYTES, Partition};
 use fleet_tests::{Fleet, assert_matches_reference, finish, spawn, terminate};
 
 fn kill(child: &mut Child) {
@@ -153,13 +153,18 @@ fn poison_messages_end_in_the_dead_letter_queue_with_their_reason() {
             model: "resnet20".into(),
             batch: "test_batch".into(),
             first_index: 0,
-            labels: vec![1, 2],
-            filenames: vec!["a.png".into()],
-            pixels: vec![0; 100],
+            images: Images::Planes {
+                height: 32,
+                width: 32,
+                names: vec!["a.png".into()],
+                pixels: vec![0; 100],
+            },
+            labels: vec![Some(1)],
+            top_k: 1,
         });
         let poison = [
-            // A version-1 header, then bytes that are no partition.
-            vec![1, 0xff, 0xff, 0xff, 0xff, 0xff],
+            // This build's version header, then bytes that are no partition.
+            vec![message::MESSAGE_VERSION as u8, 0xff, 0xff, 0xff, 0xff, 0xff],
             // Text is not a message either; its first byte reads as an unknown version.
             b"not a message at all".to_vec(),
             future_version,
@@ -192,7 +197,7 @@ fn poison_messages_end_in_the_dead_letter_queue_with_their_reason() {
         "message format version 110",
         "message format version 9",
         "larger than the",
-        "pixel bytes for 2 images",
+        "100 pixel bytes for 1 images of 32x32",
     ] {
         assert!(
             joined.contains(expected),

@@ -2,7 +2,7 @@
 //! two workers and a collector, compared with the embedded run on the same fixture.
 
 use fleet_tests::{
-    Fleet, field, fixture, rows, run_ok, run_with, spawn, stage_fixtures, terminate,
+    Fleet, field, finish, fixture, rows, run_ok, run_with, spawn, stage_fixtures, terminate,
 };
 
 #[test]
@@ -184,4 +184,168 @@ fn missing_container_and_missing_blob_are_named() {
         stderr.contains("has no blob cifar-10-python.tar.gz"),
         "{stderr}"
     );
+}
+
+/// An image folder over RabbitMQ and Azurite: partitions of blob names, workers fetching from
+/// Azurite; the first worker is SIGKILLed once the job is under way and a second one finishes
+/// it. Every image has exactly one row, the same as the embedded run over the same folder,
+/// file names with spaces and accents included, and a corrupt file only gets its error.
+#[test]
+fn an_image_folder_over_the_fleet_survives_a_killed_worker() {
+    const CLASSES: [&str; 10] = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ];
+    let fleet = Fleet::isolated();
+    let env = fleet.env();
+    let work = tempfile::tempdir().unwrap();
+    let images = work.path().join("images");
+    for class in CLASSES {
+        std::fs::create_dir_all(images.join(class)).unwrap();
+        for i in 0..150 {
+            let from = fixture("cifar-10-test-jpeg")
+                .join(class)
+                .join(format!("{i:04}.jpg"));
+            let name = if i == 0 {
+                format!("Été #{i} (copy).jpg")
+            } else {
+                format!("{i:04}.jpg")
+            };
+            std::fs::copy(from, images.join(class).join(name)).unwrap();
+        }
+    }
+    std::fs::write(images.join("cat/broken.jpg"), b"not a jpeg at all").unwrap();
+    let classes = work.path().join("classes.txt");
+    std::fs::write(&classes, CLASSES.join("\n")).unwrap();
+    let (model, mean) = (
+        fixture("resnet20_meanimage_159.dnn"),
+        fixture("CIFAR-10_mean.xml"),
+    );
+    let stage_args = [
+        "stage",
+        "--images",
+        images.to_str().unwrap(),
+        "--prefix",
+        "photos",
+        "--model",
+        model.to_str().unwrap(),
+        "--mean-image",
+        mean.to_str().unwrap(),
+        "--model-name",
+        "cifar",
+        "--classes",
+        classes.to_str().unwrap(),
+    ];
+    let out = run_with("producer", &stage_args, &env);
+    assert!(
+        out.status.success(),
+        "staging into Azurite failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job_args = [
+        "--dataset",
+        "photos",
+        "--model-name",
+        "cifar",
+        "--labels",
+        "folders",
+        "--partition-size",
+        "20",
+    ];
+    let collector = spawn("collector", &[], &env);
+    // One image at a time from Azurite: the first worker is still busy when it is killed.
+    let mut first = spawn(
+        "worker",
+        &["--name", "first", "--fetch-concurrency", "1"],
+        &env,
+    );
+    let mut wait_args = vec!["--wait"];
+    wait_args.extend(job_args);
+    let producer = spawn("producer", &wait_args, &env);
+    let store = fleet.store();
+    let started = std::time::Instant::now();
+    loop {
+        let stored = store
+            .list("jobs/")
+            .unwrap()
+            .iter()
+            .filter(|k| k.contains("/partitions/"))
+            .count();
+        if stored >= 3 {
+            break;
+        }
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "no partition stored in time"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    first.kill().unwrap();
+    let _ = first.wait();
+    let second = spawn("worker", &["--name", "second"], &env);
+    let job = finish(producer);
+    terminate(second);
+    terminate(collector);
+
+    let summary: serde_json::Value =
+        serde_json::from_slice(&store.get(&format!("results/{job}/summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["images"], 1501);
+    assert_eq!(summary["unreadable"], 1);
+    let workers = summary["workers"].as_object().unwrap();
+    assert!(
+        workers.contains_key("first") && workers.contains_key("second"),
+        "the job was not split by the kill: {workers:?}"
+    );
+    let fleet_csv = fleet.scores(&job);
+
+    // The same folder and model on the embedded default.
+    let local = work.path().join("local");
+    let local_store = local.to_str().unwrap();
+    let mut local_stage = vec!["stage", "--store", local_store];
+    local_stage.extend(&stage_args[1..]);
+    run_ok("producer", &local_stage);
+    let mut local_job = vec!["--store", local_store, "--embedded"];
+    local_job.extend(job_args);
+    let out = run_ok("producer", &local_job);
+    let embedded_csv = std::fs::read_to_string(
+        local.join(format!("cifar/results/{}/scores.csv", field(&out, "job"))),
+    )
+    .unwrap();
+    let by_name = |csv: &str| -> std::collections::BTreeMap<String, String> {
+        csv.lines()
+            .skip(1)
+            .map(|line| {
+                let (_, rest) = line.split_once(',').unwrap();
+                let (name, rest) = rest.split_once(',').unwrap();
+                (name.to_owned(), rest.to_owned())
+            })
+            .collect()
+    };
+    let (fleet_rows, embedded_rows) = (by_name(&fleet_csv), by_name(&embedded_csv));
+    assert_eq!(
+        fleet_csv.lines().count(),
+        1502,
+        "one row per image, no duplicates"
+    );
+    assert_eq!(fleet_rows.len(), 1501);
+    assert!(
+        fleet_rows.contains_key("cat/Été #0 (copy).jpg"),
+        "{:?}",
+        fleet_rows.keys().next()
+    );
+    assert!(fleet_rows["cat/broken.jpg"].contains("not an image"));
+    for (name, row) in &fleet_rows {
+        // Same labels, predictions and confidences up to the last printed digit.
+        let cut = |r: &str| r.split(',').take(4).collect::<Vec<_>>().join(",");
+        assert_eq!(cut(row), cut(&embedded_rows[name]), "{name}");
+    }
 }

@@ -4,14 +4,17 @@
 use cntk_onnx::proto::cntk::{Dictionary, Value};
 use cntk_onnx::{Problem, import};
 use fleet_common::dataset::{self, BatchSelection, IMAGE_BYTES};
-use fleet_common::inference::quantize::CALIBRATION_IMAGES;
-use fleet_common::inference::{InferenceOptions, Scorer};
-use fleet_common::mean_image::MeanImage;
-use fleet_common::preprocess::preprocess_into;
+use fleet_inference::{InferenceOptions, Scorer};
 use fleet_tests::fixture;
+use model_tools::quantize::{CALIBRATION_IMAGES, quantize};
 use prost::Message;
 
 const MODEL: &str = "resnet20_meanimage_159.dnn";
+
+/// Session options as the binaries take them with no flags given.
+fn options() -> InferenceOptions {
+    fleet_common::cli::defaults().unwrap()
+}
 
 fn model_bytes() -> Vec<u8> {
     std::fs::read(fixture(MODEL)).unwrap()
@@ -27,14 +30,45 @@ fn test_batch() -> (dataset::Batch, Vec<f32>) {
     })
     .unwrap();
     let batch = batches.pop().unwrap();
-    let mean = MeanImage::from_xml(
-        &std::fs::read(fixture("CIFAR-10_mean.xml")).unwrap(),
-        "mean",
-    )
-    .unwrap();
-    let mut input = Vec::new();
-    preprocess_into(&batch.pixels, &mean, &mut input);
+    let input = walkthrough_preprocess(&batch.pixels, &mean_image_hwc_bgr());
     (batch, input)
+}
+
+/// The 3072 values of the fixture's mean image, as the XML lists them (HWC, BGR).
+fn mean_image_hwc_bgr() -> Vec<f32> {
+    let xml = std::fs::read_to_string(fixture("CIFAR-10_mean.xml")).unwrap();
+    let data = xml
+        .split("<data>")
+        .nth(1)
+        .unwrap()
+        .split("</data>")
+        .next()
+        .unwrap();
+    let values: Vec<f32> = data
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert_eq!(values.len(), IMAGE_BYTES);
+    values
+}
+
+/// The walkthrough's preprocessing, written out independently of the product: row -> reshape
+/// (3, 32, 32) -> HWC -> BGR -> CHW, minus the mean image (HWC BGR, transposed to CHW).
+fn walkthrough_preprocess(pixels: &[u8], mean_hwc: &[f32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(pixels.len());
+    for row in pixels.chunks_exact(IMAGE_BYTES) {
+        for c in 0..3 {
+            for y in 0..32 {
+                for x in 0..32 {
+                    let rgb = 2 - c;
+                    out.push(
+                        f32::from(row[(rgb * 32 + y) * 32 + x]) - mean_hwc[(y * 32 + x) * 3 + c],
+                    );
+                }
+            }
+        }
+    }
+    out
 }
 
 #[test]
@@ -42,7 +76,7 @@ fn converted_model_reproduces_the_reference_logits() {
     let imported = import(&model_bytes(), MODEL).unwrap();
     assert_eq!(imported.input_shape, vec![-1, 3, 32, 32]);
     assert_eq!(imported.output_shape, vec![-1, 10]);
-    let mut scorer = Scorer::load(&imported.onnx, MODEL, &InferenceOptions::default()).unwrap();
+    let mut scorer = Scorer::load(&imported.onnx, MODEL, &options()).unwrap();
 
     let reference: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fixture("reference_logits.json")).unwrap()).unwrap();
@@ -101,7 +135,7 @@ fn correct(scorer: &mut Scorer, batch: &dataset::Batch, input: &[f32]) -> usize 
 #[test]
 fn converted_model_scores_the_whole_test_batch() {
     let imported = import(&model_bytes(), MODEL).unwrap();
-    let mut scorer = Scorer::load(&imported.onnx, MODEL, &InferenceOptions::default()).unwrap();
+    let mut scorer = Scorer::load(&imported.onnx, MODEL, &options()).unwrap();
     let (batch, input) = test_batch();
     let correct = correct(&mut scorer, &batch, &input);
     let accuracy = correct as f64 / batch.len() as f64;
@@ -122,13 +156,14 @@ fn converted_model_scores_the_whole_test_batch() {
 fn the_int8_model_stays_within_half_a_point_of_fp32() {
     let imported = import(&model_bytes(), MODEL).unwrap();
     let (batch, input) = test_batch();
-    let int8 = fleet_common::inference::quantize::quantize(
+    let int8 = quantize(
         &imported.onnx,
         &input[..CALIBRATION_IMAGES * IMAGE_BYTES],
+        [3, 32, 32],
     )
     .unwrap();
-    let mut fp32 = Scorer::load(&imported.onnx, MODEL, &InferenceOptions::default()).unwrap();
-    let mut quantized = Scorer::load(&int8, "int8", &InferenceOptions::default()).unwrap();
+    let mut fp32 = Scorer::load(&imported.onnx, MODEL, &options()).unwrap();
+    let mut quantized = Scorer::load(&int8, "int8", &options()).unwrap();
     let (a, b) = (
         correct(&mut fp32, &batch, &input),
         correct(&mut quantized, &batch, &input),
@@ -149,9 +184,7 @@ fn the_int8_graph_has_no_float_pass_between_integer_kernels() {
     use cntk_onnx::proto::onnx::ModelProto;
     let imported = import(&model_bytes(), MODEL).unwrap();
     let (_, input) = test_batch();
-    let int8 =
-        fleet_common::inference::quantize::quantize(&imported.onnx, &input[..64 * IMAGE_BYTES])
-            .unwrap();
+    let int8 = quantize(&imported.onnx, &input[..64 * IMAGE_BYTES], [3, 32, 32]).unwrap();
     let graph = ModelProto::decode(int8.as_slice()).unwrap().graph.unwrap();
     let producer = |value: &str| {
         graph
@@ -319,10 +352,9 @@ fn mapped_activations_change_the_graph_not_its_shape() {
     // Sigmoid in place of one ReLU: still converts and runs, with different logits.
     let (bytes, _) = with_first_relu_as(1);
     let imported = import(&bytes, "sigmoid.dnn").unwrap();
-    let mut scorer =
-        Scorer::load(&imported.onnx, "sigmoid.dnn", &InferenceOptions::default()).unwrap();
+    let mut scorer = Scorer::load(&imported.onnx, "sigmoid.dnn", &options()).unwrap();
     let original = import(&model_bytes(), MODEL).unwrap();
-    let mut reference = Scorer::load(&original.onnx, MODEL, &InferenceOptions::default()).unwrap();
+    let mut reference = Scorer::load(&original.onnx, MODEL, &options()).unwrap();
     let (_, input) = test_batch();
     let (mut logits, mut expected) = (Vec::new(), Vec::new());
     scorer.score(&input[..IMAGE_BYTES], 1, &mut logits).unwrap();

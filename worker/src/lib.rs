@@ -6,7 +6,9 @@
 //! Invariants: a partition is acked only after its scores are confirmed by the broker, so a
 //! worker killed at any point loses nothing (the partition is redelivered). A partition that
 //! can never be scored (undecodable, invalid, or for a model that cannot load) goes to the
-//! dead-letter queue with the reason, instead of being retried forever.
+//! dead-letter queue with the reason, instead of being retried forever. A host that cannot
+//! score at all (no ONNX Runtime library, no GPU for `--provider cuda`) is not the
+//! partition's fault: the worker leaves it unacknowledged for another worker and stops.
 
 pub mod scoring;
 
@@ -14,13 +16,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_common::broker::{Broker, BrokerError, Consumer, Delivery, Queue, settled};
-use fleet_common::inference::InferenceOptions;
 use fleet_common::message::{self, Partition, ResultMessage};
 use fleet_common::shutdown::Shutdown;
 use fleet_common::store::BlobStore;
+use fleet_inference::InferenceOptions;
 use tokio::task::JoinHandle;
 
-use crate::scoring::{Models, ScoreError};
+use crate::scoring::{ImageOptions, Models, ScoreError};
 
 /// How a worker runs. Part of the `worker` binary's configuration.
 #[derive(Debug, Clone, clap::Args)]
@@ -37,17 +39,8 @@ pub struct WorkerOptions {
     pub max_attempts: u32,
     #[command(flatten)]
     pub inference: InferenceOptions,
-}
-
-impl Default for WorkerOptions {
-    fn default() -> Self {
-        Self {
-            prefetch: 2,
-            idle_exit_secs: None,
-            max_attempts: 5,
-            inference: InferenceOptions::default(),
-        }
-    }
+    #[command(flatten)]
+    pub images: ImageOptions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +49,10 @@ pub enum WorkerError {
     Broker(#[from] BrokerError),
     #[error("a scoring task failed: {0}")]
     Task(String),
+    #[error(
+        "this worker cannot score on this host, and stopped (its partition goes to another worker): {0}"
+    )]
+    Host(String),
 }
 
 /// What one worker did.
@@ -75,7 +72,11 @@ pub async fn run<B: Broker>(
     mut shutdown: Shutdown,
 ) -> Result<WorkerReport, WorkerError> {
     let mut consumer = broker.consume(Queue::Partitions, options.prefetch).await?;
-    let mut models = Some(Models::new(store, options.inference.clone()));
+    let mut models = Some(Models::new(
+        store,
+        options.inference.clone(),
+        options.images.clone(),
+    ));
     let mut report = WorkerReport::default();
     // The previous partition's publish-and-ack, overlapped with scoring the next one.
     let mut in_flight: Option<JoinHandle<Result<(), BrokerError>>> = None;
@@ -130,6 +131,17 @@ pub async fn run<B: Broker>(
                     broker.publish(Queue::Results, payload).await?;
                     settled(delivery.ack().await)
                 }));
+            }
+            Err(ScoreError::Host(reason)) => {
+                tracing::error!(%reason, "this host cannot score: stopping, the partition stays in the queue");
+                // Unacknowledged: the broker hands it to another worker.
+                drop(delivery);
+                if let Some(previous) = in_flight.take() {
+                    previous
+                        .await
+                        .map_err(|e| WorkerError::Task(e.to_string()))??;
+                }
+                return Err(WorkerError::Host(reason));
             }
             Err(ScoreError::Permanent(reason)) => {
                 tracing::error!(%reason, "partition cannot be scored: dead-lettering it");

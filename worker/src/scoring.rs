@@ -1,106 +1,144 @@
-//! Scoring one partition: preprocess the whole partition, one model call, argmax and softmax.
+//! Scoring one partition: get every image ready (decoded tarball pixels, or blobs fetched and
+//! decoded concurrently), one model call for the whole partition, then top-k per image.
+//!
+//! An image that cannot be read gets its own error and the partition goes on; a model that
+//! cannot be used fails the partition (it would fail every time); a host that cannot run
+//! models fails the worker, never the partition.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use fleet_common::inference::{InferenceError, InferenceOptions, Scorer};
 use fleet_common::job;
-use fleet_common::mean_image::MeanImage;
-use fleet_common::message::{Partition, Score, Scored};
-use fleet_common::preprocess::preprocess_into;
+use fleet_common::message::{Images, Partition, Score, Scored};
+use fleet_common::spec::{ModelSpec, Normalize, Outputs, sha256_hex};
 use fleet_common::store::{BlobStore, StoreError};
+use fleet_imaging::mean_image::MeanImage;
+use fleet_imaging::{DecodeLimits, Image, Preprocessor, decode};
+use fleet_inference::{InferenceError, InferenceOptions, Scorer};
+
+/// How images are fetched and decoded. Part of the worker's configuration.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ImageOptions {
+    /// Blobs of one partition fetched and decoded at once.
+    #[arg(long, env = "FETCH_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub fetch_concurrency: u16,
+    /// Largest image decoded, in pixels (width x height); larger ones get an error row
+    /// (decompression bombs claim huge sizes in a few bytes).
+    #[arg(long, env = "MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
+    pub max_image_pixels: u64,
+    /// Largest image file read, in bytes; larger ones get an error row.
+    #[arg(long, env = "MAX_IMAGE_BYTES", default_value_t = 64 << 20)]
+    pub max_image_bytes: u64,
+}
 
 /// Why a partition was not scored.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ScoreError {
-    /// Will fail every time (the model is missing or unusable): dead-letter.
+    /// Will fail every time (the model is missing or unusable, the partition is invalid for
+    /// it): dead-letter.
     Permanent(String),
     /// May succeed later (storage unreachable, say): retry.
     Transient(String),
+    /// This host cannot score at all (no ONNX Runtime library, no GPU for `--provider cuda`):
+    /// hand the partition back for another worker, and stop.
+    Host(String),
 }
 
 /// A model ready to score, with the buffers reused across partitions.
 #[derive(Debug)]
 struct Loaded {
     scorer: Scorer,
-    mean: MeanImage,
+    spec: ModelSpec,
+    preprocessor: Preprocessor,
     input: Vec<f32>,
-    logits: Vec<f32>,
+    outputs: Vec<f32>,
 }
 
 /// The models this worker has loaded, by name: each loaded once, on first use.
 #[derive(Debug)]
 pub struct Models {
     store: Arc<dyn BlobStore>,
-    options: InferenceOptions,
+    inference: InferenceOptions,
+    images: ImageOptions,
     loaded: HashMap<String, Loaded>,
 }
 
 impl Models {
-    pub fn new(store: Arc<dyn BlobStore>, options: InferenceOptions) -> Self {
+    pub fn new(
+        store: Arc<dyn BlobStore>,
+        inference: InferenceOptions,
+        images: ImageOptions,
+    ) -> Self {
         Self {
             store,
-            options,
+            inference,
+            images,
             loaded: HashMap::new(),
         }
     }
 
     fn load(&mut self, model: &str) -> Result<&mut Loaded, ScoreError> {
         if !self.loaded.contains_key(model) {
-            let fetch = |key: String| {
-                self.store.get(&key).map_err(|e| match e {
-                    StoreError::NotFound { .. }
-                    | StoreError::BadKey(_)
-                    | StoreError::NoContainer { .. } => ScoreError::Permanent(format!(
-                        "model {model}: {e}; stage it with `producer stage`"
-                    )),
-                    other => ScoreError::Transient(other.to_string()),
-                })
-            };
-            let onnx = fetch(job::model_key(model))?;
-            let mean_key = job::mean_image_key(model);
-            let mean = MeanImage::from_xml(&fetch(mean_key.clone())?, &mean_key)
-                .map_err(|e| ScoreError::Permanent(e.to_string()))?;
-            let scorer = Scorer::load(&onnx, model, &self.options).map_err(|e| match e {
-                InferenceError::Run(reason) => ScoreError::Transient(reason),
-                other => ScoreError::Permanent(other.to_string()),
-            })?;
-            self.loaded.insert(
-                model.to_owned(),
-                Loaded {
-                    scorer,
-                    mean,
-                    input: Vec::new(),
-                    logits: Vec::new(),
-                },
-            );
+            let loaded = load(self.store.as_ref(), model, &self.inference)?;
+            self.loaded.insert(model.to_owned(), loaded);
         }
         Ok(self.loaded.get_mut(model).expect("inserted above"))
     }
 
     /// Scores a validated partition.
     pub fn score(&mut self, partition: &Partition, worker: &str) -> Result<Scored, ScoreError> {
+        let (store, images) = (self.store.clone(), self.images.clone());
         let loaded = self.load(&partition.model)?;
-        let images = partition.len();
-        preprocess_into(&partition.pixels, &loaded.mean, &mut loaded.input);
+        let classes = loaded.spec.class_count;
+        if let Some(label) = partition.labels.iter().flatten().find(|&&l| l >= classes) {
+            return Err(ScoreError::Permanent(format!(
+                "partition {} of job {}: label {label} is beyond model {}'s {classes} classes",
+                partition.partition, partition.job, partition.model
+            )));
+        }
+        let n = partition.len();
+        let image_len = loaded.preprocessor.input_len();
+        loaded.input.clear();
+        loaded.input.resize(n * image_len, 0.0);
         let started = Instant::now();
-        loaded
-            .scorer
-            .score(&loaded.input, images, &mut loaded.logits)
-            .map_err(|e| ScoreError::Transient(e.to_string()))?;
+        let errors = prepare(
+            &partition.images,
+            &loaded.preprocessor,
+            &mut loaded.input,
+            store.as_ref(),
+            &images,
+        )?;
+        let preprocess_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let started = Instant::now();
+        if errors.iter().any(Option::is_none) {
+            loaded
+                .scorer
+                .score(&loaded.input, n, &mut loaded.outputs)
+                .map_err(|e| ScoreError::Transient(e.to_string()))?;
+        }
         let inference_ms = started.elapsed().as_secs_f64() * 1000.0;
-        let classes = loaded.scorer.classes();
-        let scores = loaded
-            .logits
-            .chunks_exact(classes)
+        let k = usize::from(partition.top_k).min(classes as usize);
+        let probabilities = loaded.spec.outputs == Outputs::Probabilities;
+        let scores = errors
+            .into_iter()
+            .enumerate()
             .zip(&partition.labels)
-            .map(|(logits, &label)| {
-                let (predicted, confidence) = argmax_softmax(logits);
-                Score {
+            .map(|((i, error), &label)| match error {
+                Some(error) => Score {
                     label,
-                    predicted: predicted as u8,
-                    confidence,
+                    top: Vec::new(),
+                    error: Some(error),
+                },
+                None => {
+                    let row = &loaded.outputs[i * classes as usize..][..classes as usize];
+                    Score {
+                        label,
+                        top: top_k(row, k, probabilities),
+                        error: None,
+                    }
                 }
             })
             .collect();
@@ -109,43 +147,246 @@ impl Models {
             partition: partition.partition,
             batch: partition.batch.clone(),
             first_index: partition.first_index,
-            filenames: partition.filenames.clone(),
+            filenames: partition.images.names().to_vec(),
             scores,
             worker: worker.to_owned(),
             inference_ms,
+            preprocess_ms,
         })
     }
 }
 
-/// The predicted class (first maximum, as numpy's argmax) and its softmax probability.
-pub fn argmax_softmax(logits: &[f32]) -> (usize, f32) {
-    let mut best = 0;
-    for (i, &value) in logits.iter().enumerate() {
-        if value > logits[best] {
-            best = i;
+/// Loads model `model`: its spec, the ONNX model (checked against the spec), its mean image,
+/// and a session.
+fn load(
+    store: &dyn BlobStore,
+    model: &str,
+    options: &InferenceOptions,
+) -> Result<Loaded, ScoreError> {
+    let fetch = |key: &str| {
+        store.get(key).map_err(|e| match e {
+            StoreError::NotFound { .. }
+            | StoreError::BadKey(_)
+            | StoreError::NoContainer { .. } => ScoreError::Permanent(format!(
+                "model {model}: {e}; stage it with `producer stage`"
+            )),
+            other => ScoreError::Transient(other.to_string()),
+        })
+    };
+    let spec_key = job::spec_key(model);
+    let spec = ModelSpec::from_json(&fetch(&spec_key)?, &spec_key)
+        .map_err(|e| ScoreError::Permanent(e.to_string()))?;
+    let onnx = fetch(&job::model_key(model))?;
+    if sha256_hex(&onnx) != spec.provenance.onnx_sha256 {
+        return Err(ScoreError::Permanent(format!(
+            "{} is not the model its spec {spec_key} describes (sha256 differs): stage the model again",
+            job::model_key(model)
+        )));
+    }
+    let mean = match &spec.normalize {
+        Normalize::MeanImage { key } => Some(
+            MeanImage::from_xml(&fetch(key)?, key)
+                .map_err(|e| ScoreError::Permanent(e.to_string()))?,
+        ),
+        _ => None,
+    };
+    let mean_key = match &spec.normalize {
+        Normalize::MeanImage { key } => key.as_str(),
+        _ => "",
+    };
+    let preprocessor = Preprocessor::new(&spec, mean.as_ref().map(|m| (m, mean_key)))
+        .map_err(|e| ScoreError::Permanent(e.to_string()))?;
+    let scorer = Scorer::load(&onnx, model, options).map_err(|e| match e {
+        InferenceError::Host(reason) => ScoreError::Host(reason),
+        InferenceError::Run(reason) => ScoreError::Transient(reason),
+        other => ScoreError::Permanent(other.to_string()),
+    })?;
+    let signature = scorer.signature();
+    let expected = (
+        spec.input.as_str(),
+        spec.layout,
+        spec.channels as usize,
+        spec.height as usize,
+        spec.width as usize,
+        spec.class_count as usize,
+    );
+    let actual = (
+        signature.input.as_str(),
+        signature.layout,
+        signature.channels,
+        signature.height,
+        signature.width,
+        signature.classes,
+    );
+    if expected != actual {
+        return Err(ScoreError::Permanent(format!(
+            "model {model} takes {actual:?} but its spec says {expected:?}: stage the model again"
+        )));
+    }
+    Ok(Loaded {
+        scorer,
+        spec,
+        preprocessor,
+        input: Vec::new(),
+        outputs: Vec::new(),
+    })
+}
+
+/// Fills `input` with every image's model input; returns each image's error, if any (its
+/// input stays zero). A storage failure other than a missing blob fails the partition, to be
+/// retried: it says nothing about the image.
+fn prepare(
+    images: &Images,
+    preprocessor: &Preprocessor,
+    input: &mut [f32],
+    store: &dyn BlobStore,
+    options: &ImageOptions,
+) -> Result<Vec<Option<String>>, ScoreError> {
+    let image_len = preprocessor.input_len();
+    match images {
+        Images::Planes {
+            height,
+            width,
+            pixels,
+            ..
+        } => {
+            let (h, w) = (*height as usize, *width as usize);
+            for (planes, slot) in pixels
+                .chunks_exact(3 * h * w)
+                .zip(input.chunks_exact_mut(image_len))
+            {
+                preprocessor.write(&Image::from_planes(planes, h, w), slot);
+            }
+            Ok(vec![None; images.len()])
+        }
+        Images::Blobs { prefix, names } => {
+            let limits = DecodeLimits {
+                max_pixels: options.max_image_pixels,
+            };
+            let slots = Mutex::new(input.chunks_exact_mut(image_len).enumerate());
+            let errors = Mutex::new(vec![None; names.len()]);
+            let failed: Mutex<Option<String>> = Mutex::new(None);
+            let stop = AtomicBool::new(false);
+            let threads = usize::from(options.fetch_concurrency).min(names.len());
+            std::thread::scope(|scope| {
+                for _ in 0..threads {
+                    scope.spawn(|| {
+                        while !stop.load(Ordering::Relaxed) {
+                            let next = slots.lock().expect("no panics hold it").next();
+                            let Some((i, slot)) = next else { break };
+                            let key = format!("{prefix}{}", names[i]);
+                            let outcome =
+                                fetch(store, &key, options.max_image_bytes).map(|bytes| {
+                                    decode(&bytes, limits)
+                                        .map(|image| preprocessor.write(&image, slot))
+                                        .map_err(|e| e.to_string())
+                                });
+                            match outcome {
+                                Ok(Ok(())) => {}
+                                Ok(Err(error)) => {
+                                    errors.lock().expect("no panics hold it")[i] = Some(error)
+                                }
+                                Err(Fetch::Image(error)) => {
+                                    errors.lock().expect("no panics hold it")[i] = Some(error)
+                                }
+                                Err(Fetch::Store(error)) => {
+                                    stop.store(true, Ordering::Relaxed);
+                                    *failed.lock().expect("no panics hold it") = Some(error);
+                                }
+                            }
+                        }
+                    });
+                }
+            });
+            if let Some(error) = failed.into_inner().expect("no panics hold it") {
+                return Err(ScoreError::Transient(error));
+            }
+            Ok(errors.into_inner().expect("no panics hold it"))
         }
     }
-    let max = logits[best];
-    // exp(max - max) = 1 over the sum of exp(l - max): stable for any logits.
-    let sum: f32 = logits.iter().map(|&l| (l - max).exp()).sum();
-    (best, 1.0 / sum)
+}
+
+/// Why a blob was not read.
+enum Fetch {
+    /// The image's own fault: missing, too large.
+    Image(String),
+    /// The store's: retry the partition later.
+    Store(String),
+}
+
+/// Reads blob `key`, up to `max_bytes`.
+fn fetch(store: &dyn BlobStore, key: &str, max_bytes: u64) -> Result<Vec<u8>, Fetch> {
+    let reader = store.open(key).map_err(|e| match e {
+        StoreError::NotFound { .. } => Fetch::Image("the blob no longer exists".into()),
+        StoreError::BadKey(_) => Fetch::Image(e.to_string()),
+        other => Fetch::Store(other.to_string()),
+    })?;
+    let mut bytes = Vec::new();
+    reader
+        .take(max_bytes + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Fetch::Store(format!("{key}: {e}")))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(Fetch::Image(format!(
+            "file larger than the {max_bytes}-byte limit (--max-image-bytes)"
+        )));
+    }
+    Ok(bytes)
+}
+
+/// The `k` most probable classes with their probabilities, best first; ties go to the lower
+/// class, as numpy's argmax does. `row` is logits (softmax taken here) or, with
+/// `probabilities`, already a distribution.
+pub fn top_k(row: &[f32], k: usize, probabilities: bool) -> Vec<(u32, f32)> {
+    let mut order: Vec<usize> = (0..row.len()).collect();
+    // Stable: equal values keep class order.
+    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+    order.truncate(k.max(1));
+    let max = row[order[0]];
+    // exp(l - max) over the sum of exp(l - max): stable for any logits.
+    let sum: f32 = if probabilities {
+        1.0
+    } else {
+        row.iter().map(|&l| (l - max).exp()).sum()
+    };
+    order
+        .into_iter()
+        .map(|c| {
+            let p = if probabilities {
+                row[c]
+            } else {
+                (row[c] - max).exp() / sum
+            };
+            (c as u32, p)
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::argmax_softmax;
+    use super::top_k;
 
     #[test]
     fn argmax_and_confidence() {
-        let (i, p) = argmax_softmax(&[1.0, 3.0, 3.0, -2.0]);
-        assert_eq!(i, 1, "ties go to the first maximum");
-        let expected = 3f32.exp()
-            / [1.0f32, 3.0, 3.0, -2.0]
-                .iter()
-                .map(|l| l.exp())
-                .sum::<f32>();
-        assert!((p - expected).abs() < 1e-6);
-        let (_, p) = argmax_softmax(&[1000.0, 0.0]);
-        assert!((p - 1.0).abs() < 1e-6, "large logits must not overflow");
+        let logits = [1.0, 3.0, 3.0, -2.0];
+        let top = top_k(&logits, 1, false);
+        assert_eq!(top[0].0, 1, "ties go to the first maximum");
+        let expected = 3f32.exp() / logits.iter().map(|l| l.exp()).sum::<f32>();
+        assert!((top[0].1 - expected).abs() < 1e-6);
+        let top = top_k(&[1000.0, 0.0], 1, false);
+        assert!(
+            (top[0].1 - 1.0).abs() < 1e-6,
+            "large logits must not overflow"
+        );
+    }
+
+    #[test]
+    fn top_k_is_ordered_and_probabilities_are_kept() {
+        let top = top_k(&[0.1, 0.6, 0.3], 3, true);
+        assert_eq!(top, vec![(1, 0.6), (2, 0.3), (0, 0.1)]);
+        assert_eq!(top_k(&[0.1, 0.6, 0.3], 2, true).len(), 2);
+        let top = top_k(&[0.0, 2.0, 1.0], 2, false);
+        assert_eq!((top[0].0, top[1].0), (1, 2));
+        assert!(top[0].1 > top[1].1);
     }
 }

@@ -1,3 +1,6 @@
+//! Datasets: the CIFAR-10 tarballs, decoded here, and image collections ([`collection`]),
+//! listed here and decoded by the workers.
+//!
 //! The CIFAR-10 tarballs as distributed: `cifar-10-python.tar.gz` (pickled numpy arrays) and
 //! `cifar-10-binary.tar.gz` (fixed-size records).
 //!
@@ -5,6 +8,7 @@
 //! hold a chosen batch are read into memory, one at a time. A batch is handed to the caller
 //! before the next one is read.
 
+pub mod collection;
 pub mod pickle;
 
 use std::io::{BufRead, BufReader, Read};
@@ -121,6 +125,21 @@ pub enum DatasetError {
         "{source_name} holds no CIFAR-10 batches (expected cifar-10-batches-py/ or cifar-10-batches-bin/)"
     )]
     NotCifar { source_name: String },
+    #[error(
+        "{store} has no blob {name} and no images under {prefix} ({blobs} other blobs there): \
+         stage a CIFAR-10 tarball with `producer stage --dataset FILE`, or a folder of images \
+         with `producer stage --images DIR --prefix {name}`"
+    )]
+    NoImages {
+        store: String,
+        name: String,
+        prefix: String,
+        blobs: usize,
+    },
+    #[error("labels from {source_name}: {detail}")]
+    Labels { source_name: String, detail: String },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// The consumer of the batches stopped reading.
     #[error("reading stopped: {0}")]
     Stopped(String),

@@ -1,4 +1,7 @@
-//! A job's result files: `scores.csv`, `summary.json`, `confusion.csv`, `confusion.png`.
+//! A job's result files: `scores.csv`, `summary.json`, and for labelled jobs
+//! `confusion.csv`, `confused_pairs.csv` and `confusion.png`.
+//!
+//! Everything is sized by the job's classes (the model's output), never by a constant.
 
 pub mod render;
 
@@ -7,12 +10,18 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dataset::CLASS_NAMES;
-use crate::message::Scored;
+use crate::message::{Scored, Sealed};
 
-/// Header of `scores.csv` for a job over one batch; several batches add a `batch` column first.
+/// Header of `scores.csv` (top-1, no error column); several batches add a `batch` column first,
+/// top-k adds `top2_label,top2_class,top2_confidence,...`, image collections add `error`.
 pub const SCORES_HEADER: &str =
     "index,filename,true_label,predicted_label,true_class,predicted_class,confidence";
+
+/// Classes up to which the confusion matrix is drawn as a heat map.
+pub const MAX_HEAT_MAP_CLASSES: usize = 30;
+
+/// Confused pairs listed in the summary.
+const SUMMARY_PAIRS: usize = 10;
 
 /// Timings of a job, in the summary.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,8 +33,11 @@ pub struct Timings {
     pub images_per_second: f64,
     /// Time spent in model calls, summed over workers.
     pub inference_seconds: f64,
+    /// Time spent fetching, decoding and preprocessing images, summed over workers.
+    pub preprocess_seconds: f64,
 }
 
+/// Accuracy of one true class.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassAccuracy {
     pub class: String,
@@ -34,14 +46,43 @@ pub struct ClassAccuracy {
     pub accuracy: f64,
 }
 
+/// How often one class was predicted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassCount {
+    pub class: String,
+    pub predicted: u64,
+}
+
+/// Images of one true class predicted as another.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfusedPair {
+    pub true_class: String,
+    pub predicted_class: String,
+    pub images: u64,
+}
+
 /// `summary.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub job: String,
+    /// Images in the job: one row each in `scores.csv`.
     pub images: u64,
+    /// Images the model scored.
+    pub scored: u64,
+    /// Images that could not be read (their rows carry the error).
+    pub unreadable: u64,
+    /// Scored images with a true label: the accuracy is over these.
+    pub labelled: u64,
     pub correct: u64,
-    pub accuracy: f64,
+    /// `correct / labelled`; absent for a job without labels.
+    pub accuracy: Option<f64>,
+    pub classes: Vec<String>,
+    /// Accuracy per true class (labelled jobs).
     pub per_class: Vec<ClassAccuracy>,
+    /// Predictions per class: the class distribution of the scored images.
+    pub predicted: Vec<ClassCount>,
+    /// The most frequent confusions, largest first (labelled jobs).
+    pub most_confused: Vec<ConfusedPair>,
     pub batches: Vec<String>,
     pub partitions: u32,
     /// Images scored by each worker.
@@ -50,19 +91,28 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// The walkthrough's closing line.
+    /// The walkthrough's closing line, or what stands for it in a job without labels; images
+    /// that could not be read are named.
     pub fn accuracy_line(&self) -> String {
-        accuracy_line(self.correct, self.images)
+        let mut line = if self.accuracy.is_some() {
+            accuracy_line(self.correct, self.labelled)
+        } else {
+            format!("Scored {} images (no true labels)", self.scored)
+        };
+        if self.unreadable > 0 {
+            let _ = write!(
+                line,
+                "; {} of {} images could not be read (see the error column of scores.csv)",
+                self.unreadable, self.images
+            );
+        }
+        line
     }
 }
 
 /// "Correctly predicted X of N images (P%)", as the walkthrough prints it.
 pub fn accuracy_line(correct: u64, images: u64) -> String {
-    let percent = if images == 0 {
-        0.0
-    } else {
-        100.0 * correct as f64 / images as f64
-    };
+    let percent = 100.0 * ratio(correct, images);
     format!("Correctly predicted {correct} of {images} images ({percent:.2}%)")
 }
 
@@ -70,19 +120,21 @@ pub fn accuracy_line(correct: u64, images: u64) -> String {
 #[derive(Debug)]
 pub struct ResultFiles {
     pub scores_csv: String,
-    pub confusion_csv: String,
-    pub confusion_png: Vec<u8>,
+    /// Labelled jobs only.
+    pub confusion_csv: Option<String>,
+    /// Labelled jobs only: every off-diagonal cell, largest first.
+    pub confused_pairs_csv: Option<String>,
+    /// Labelled jobs of up to [`MAX_HEAT_MAP_CLASSES`] classes.
+    pub confusion_png: Option<Vec<u8>>,
     pub summary: Summary,
 }
 
-/// Builds the result files from every partition's scores. `partitions` must hold each
-/// partition once, in job order (the collector keys them by partition number).
-pub fn build(
-    job: &str,
-    partitions: &[Scored],
-    submitted_at_ms: u64,
-    completed_at_ms: u64,
-) -> ResultFiles {
+/// Builds the result files of the sealed job from every partition's scores. `partitions` must
+/// hold each partition once, in job order (the collector keys them by partition number).
+pub fn build(sealed: &Sealed, partitions: &[Scored], completed_at_ms: u64) -> ResultFiles {
+    let classes = &sealed.classes;
+    let n = classes.len();
+    let class_name = |i: u32| classes.get(i as usize).map_or("?", String::as_str);
     let mut batches: Vec<String> = Vec::new();
     for p in partitions {
         if !batches.contains(&p.batch) {
@@ -90,59 +142,145 @@ pub fn build(
         }
     }
     let multi_batch = batches.len() > 1;
-    let classes = CLASS_NAMES.len();
-    let mut confusion = vec![vec![0u64; classes]; classes];
+    let top_k = partitions
+        .iter()
+        .flat_map(|p| &p.scores)
+        .map(|s| s.top.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let error_column = sealed.errors_column;
+    let mut confusion = vec![vec![0u64; n]; n];
+    let mut predicted = vec![0u64; n];
+    let (mut images, mut unreadable) = (0u64, 0u64);
     let mut workers: BTreeMap<String, u64> = BTreeMap::new();
-    let mut inference_ms = 0.0;
+    let (mut inference_ms, mut preprocess_ms) = (0.0, 0.0);
     let mut scores_csv =
         String::with_capacity(partitions.iter().map(|p| p.scores.len() * 64).sum());
     if multi_batch {
         scores_csv.push_str("batch,");
     }
     scores_csv.push_str(SCORES_HEADER);
+    for k in 2..=top_k {
+        let _ = write!(scores_csv, ",top{k}_label,top{k}_class,top{k}_confidence");
+    }
+    if error_column {
+        scores_csv.push_str(",error");
+    }
     scores_csv.push('\n');
     for p in partitions {
         *workers.entry(p.worker.clone()).or_default() += p.scores.len() as u64;
         inference_ms += p.inference_ms;
+        preprocess_ms += p.preprocess_ms;
         for (i, (score, filename)) in p.scores.iter().zip(&p.filenames).enumerate() {
-            let (label, predicted) = (score.label as usize, score.predicted as usize);
-            confusion[label.min(classes - 1)][predicted.min(classes - 1)] += 1;
+            images += 1;
             if multi_batch {
-                let _ = write!(scores_csv, "{},", p.batch);
+                let _ = write!(scores_csv, "{},", csv_field(&p.batch));
             }
-            let _ = writeln!(
+            let _ = write!(
                 scores_csv,
-                "{},{},{},{},{},{},{:.6}",
-                p.first_index as usize + i,
-                csv_field(filename),
-                label,
-                predicted,
-                class_name(label),
-                class_name(predicted),
-                score.confidence
+                "{},{},",
+                p.first_index + i as u64,
+                csv_field(filename)
             );
+            // A label beyond the model's classes cannot be compared: the producer and the
+            // worker refuse such jobs, so it only shows up as an unlabelled row here.
+            let label = score.label.filter(|&l| (l as usize) < n);
+            let best = score.predicted().filter(|&(c, _)| (c as usize) < n);
+            match best {
+                Some((class, _)) => {
+                    predicted[class as usize] += 1;
+                    if let Some(l) = label {
+                        confusion[l as usize][class as usize] += 1;
+                    }
+                }
+                None => unreadable += 1,
+            }
+            let cell = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_default();
+            let name = |v: Option<u32>| v.map(|v| csv_field(class_name(v)).into_owned());
+            let _ = write!(
+                scores_csv,
+                "{},{},{},{},{}",
+                cell(label),
+                cell(best.map(|b| b.0)),
+                name(label).unwrap_or_default(),
+                name(best.map(|b| b.0)).unwrap_or_default(),
+                best.map(|b| format!("{:.6}", b.1)).unwrap_or_default()
+            );
+            for k in 1..top_k {
+                match score.top.get(k) {
+                    Some(&(class, p)) => {
+                        let _ = write!(
+                            scores_csv,
+                            ",{class},{},{p:.6}",
+                            csv_field(class_name(class))
+                        );
+                    }
+                    None => scores_csv.push_str(",,,"),
+                }
+            }
+            if error_column {
+                let _ = write!(
+                    scores_csv,
+                    ",{}",
+                    csv_field(score.error.as_deref().unwrap_or(""))
+                );
+            }
+            scores_csv.push('\n');
         }
     }
-    let images: u64 = confusion.iter().flatten().sum();
-    let correct: u64 = (0..classes).map(|c| confusion[c][c]).sum();
-    let per_class = (0..classes)
-        .map(|c| {
-            let n: u64 = confusion[c].iter().sum();
-            ClassAccuracy {
-                class: class_name(c).into(),
-                images: n,
-                correct: confusion[c][c],
-                accuracy: ratio(confusion[c][c], n),
+    let labelled: u64 = confusion.iter().flatten().sum();
+    let correct: u64 = (0..n).map(|c| confusion[c][c]).sum();
+    let mut pairs: Vec<ConfusedPair> = Vec::new();
+    for (t, row) in confusion.iter().enumerate() {
+        for (p, &count) in row.iter().enumerate() {
+            if t != p && count > 0 {
+                pairs.push(ConfusedPair {
+                    true_class: classes[t].clone(),
+                    predicted_class: classes[p].clone(),
+                    images: count,
+                });
             }
-        })
-        .collect();
+        }
+    }
+    // Largest first; ties in class order, so the table is stable.
+    pairs.sort_by_key(|pair| std::cmp::Reverse(pair.images));
+    let per_class = if sealed.labelled {
+        (0..n)
+            .map(|c| {
+                let images: u64 = confusion[c].iter().sum();
+                ClassAccuracy {
+                    class: classes[c].clone(),
+                    images,
+                    correct: confusion[c][c],
+                    accuracy: ratio(confusion[c][c], images),
+                }
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let submitted_at_ms = sealed.submitted_at_ms;
     let wall_seconds = completed_at_ms.saturating_sub(submitted_at_ms) as f64 / 1000.0;
     let summary = Summary {
-        job: job.into(),
+        job: sealed.job.clone(),
         images,
+        scored: images - unreadable,
+        unreadable,
+        labelled,
         correct,
-        accuracy: ratio(correct, images),
+        accuracy: sealed.labelled.then(|| ratio(correct, labelled)),
+        classes: classes.clone(),
         per_class,
+        predicted: classes
+            .iter()
+            .zip(&predicted)
+            .map(|(class, &predicted)| ClassCount {
+                class: class.clone(),
+                predicted,
+            })
+            .collect(),
+        most_confused: pairs.iter().take(SUMMARY_PAIRS).cloned().collect(),
         batches,
         partitions: partitions.len() as u32,
         workers,
@@ -156,31 +294,56 @@ pub fn build(
                 0.0
             },
             inference_seconds: inference_ms / 1000.0,
+            preprocess_seconds: preprocess_ms / 1000.0,
         },
     };
+    if !sealed.labelled {
+        return ResultFiles {
+            scores_csv,
+            confusion_csv: None,
+            confused_pairs_csv: None,
+            confusion_png: None,
+            summary,
+        };
+    }
     let mut confusion_csv = String::from("true_class\\predicted_class");
-    for c in 0..classes {
-        let _ = write!(confusion_csv, ",{}", class_name(c));
+    for class in classes {
+        let _ = write!(confusion_csv, ",{}", csv_field(class));
     }
     confusion_csv.push('\n');
-    for (c, row) in confusion.iter().enumerate() {
-        confusion_csv.push_str(class_name(c));
-        for n in row {
-            let _ = write!(confusion_csv, ",{n}");
+    for (class, row) in classes.iter().zip(&confusion) {
+        confusion_csv.push_str(&csv_field(class));
+        for count in row {
+            let _ = write!(confusion_csv, ",{count}");
         }
         confusion_csv.push('\n');
     }
-    let confusion_png = render::confusion_png(&confusion, &CLASS_NAMES);
+    let mut confused_pairs_csv =
+        String::from("true_class,predicted_class,images,share_of_true_class\n");
+    for pair in &pairs {
+        let t = classes
+            .iter()
+            .position(|c| *c == pair.true_class)
+            .unwrap_or(0);
+        let _ = writeln!(
+            confused_pairs_csv,
+            "{},{},{},{:.6}",
+            csv_field(&pair.true_class),
+            csv_field(&pair.predicted_class),
+            pair.images,
+            ratio(pair.images, confusion[t].iter().sum())
+        );
+    }
+    let names: Vec<&str> = classes.iter().map(String::as_str).collect();
+    let confusion_png =
+        (n <= MAX_HEAT_MAP_CLASSES).then(|| render::confusion_png(&confusion, &names));
     ResultFiles {
         scores_csv,
-        confusion_csv,
+        confusion_csv: Some(confusion_csv),
+        confused_pairs_csv: Some(confused_pairs_csv),
         confusion_png,
         summary,
     }
-}
-
-fn class_name(label: usize) -> &'static str {
-    CLASS_NAMES.get(label).copied().unwrap_or("unknown")
 }
 
 fn ratio(a: u64, b: u64) -> f64 {
@@ -201,27 +364,40 @@ mod tests {
     use super::*;
     use crate::message::Score;
 
-    fn scored(partition: u32, batch: &str, first: u32, pairs: &[(u8, u8)]) -> Scored {
+    fn cifar_classes() -> Vec<String> {
+        crate::dataset::CLASS_NAMES.map(String::from).to_vec()
+    }
+
+    fn sealed(classes: Vec<String>, labelled: bool, errors_column: bool) -> Sealed {
+        Sealed {
+            job: "j".into(),
+            partitions: 2,
+            images: 3,
+            classes,
+            labelled,
+            errors_column,
+            submitted_at_ms: 1_000,
+        }
+    }
+
+    fn scored(partition: u32, batch: &str, first: u64, pairs: &[(u32, u32)]) -> Scored {
         Scored {
             job: "j".into(),
             partition,
             batch: batch.into(),
             first_index: first,
-            filenames: pairs
-                .iter()
-                .enumerate()
-                .map(|(i, _)| format!("f{i}.png"))
-                .collect(),
+            filenames: (0..pairs.len()).map(|i| format!("f{i}.png")).collect(),
             scores: pairs
                 .iter()
                 .map(|&(label, predicted)| Score {
-                    label,
-                    predicted,
-                    confidence: 0.5,
+                    label: Some(label),
+                    top: vec![(predicted, 0.5)],
+                    error: None,
                 })
                 .collect(),
             worker: "w1".into(),
             inference_ms: 10.0,
+            preprocess_ms: 1.0,
         }
     }
 
@@ -231,7 +407,7 @@ mod tests {
             scored(0, "test_batch", 0, &[(3, 3), (5, 3)]),
             scored(1, "test_batch", 2, &[(0, 0)]),
         ];
-        let files = build("j", &parts, 1_000, 3_000);
+        let files = build(&sealed(cifar_classes(), true, false), &parts, 3_000);
         assert_eq!(files.summary.images, 3);
         assert_eq!(files.summary.correct, 2);
         assert_eq!(
@@ -243,14 +419,19 @@ mod tests {
         assert_eq!(lines[0], SCORES_HEADER);
         assert_eq!(lines[2], "1,f1.png,5,3,dog,cat,0.500000");
         assert_eq!(lines[3], "2,f0.png,0,0,airplane,airplane,0.500000");
+        let confusion = files.confusion_csv.unwrap();
         assert!(
-            files
-                .confusion_csv
+            confusion
                 .lines()
                 .nth(6)
                 .unwrap()
                 .starts_with("dog,0,0,0,1,")
         );
+        assert_eq!(
+            files.confused_pairs_csv.unwrap().lines().nth(1),
+            Some("dog,cat,1,1.000000")
+        );
+        assert!(files.confusion_png.is_some());
     }
 
     #[test]
@@ -259,9 +440,66 @@ mod tests {
             scored(0, "data_batch_1", 0, &[(1, 1)]),
             scored(1, "test_batch", 0, &[(2, 2)]),
         ];
-        let files = build("j", &parts, 0, 0);
+        let files = build(&sealed(cifar_classes(), true, false), &parts, 1_000);
         assert!(files.scores_csv.starts_with("batch,index,"));
         assert!(files.scores_csv.contains("\ntest_batch,0,f0.png,2,2,"));
+    }
+
+    #[test]
+    fn any_class_count_is_kept_apart() {
+        // Class 57 of 100 is neither clamped nor counted as another class.
+        let classes: Vec<String> = (0..100).map(|i| format!("c{i}")).collect();
+        let parts = [scored(0, "p/", 0, &[(9, 57), (57, 57)])];
+        let files = build(&sealed(classes, true, false), &parts, 2_000);
+        assert_eq!(files.summary.correct, 1);
+        assert_eq!(files.summary.predicted[57].predicted, 2);
+        assert_eq!(files.summary.most_confused[0].true_class, "c9");
+        assert!(
+            files.confusion_png.is_none(),
+            "no heat map beyond 30 classes"
+        );
+        assert!(files.scores_csv.contains("0,f0.png,9,57,c9,c57,"));
+    }
+
+    #[test]
+    fn unlabelled_jobs_with_errors_and_top_k() {
+        let mut part = scored(0, "photos/", 0, &[(0, 1), (0, 2)]);
+        for s in &mut part.scores {
+            s.label = None;
+        }
+        part.scores[0].top = vec![(1, 0.7), (0, 0.2)];
+        part.scores[1] = Score {
+            label: None,
+            top: vec![],
+            error: Some("not an image: \"bad\", truncated".into()),
+        };
+        let files = build(
+            &sealed(
+                ["cat", "dog", "ship"].map(String::from).to_vec(),
+                false,
+                true,
+            ),
+            &[part],
+            2_000,
+        );
+        let lines: Vec<&str> = files.scores_csv.lines().collect();
+        assert_eq!(
+            lines[0],
+            format!("{SCORES_HEADER},top2_label,top2_class,top2_confidence,error")
+        );
+        assert_eq!(lines[1], "0,f0.png,,1,,dog,0.700000,0,cat,0.200000,");
+        assert_eq!(
+            lines[2],
+            "1,f1.png,,,,,,,,,\"not an image: \"\"bad\"\", truncated\""
+        );
+        let summary = &files.summary;
+        assert_eq!((summary.scored, summary.unreadable), (1, 1));
+        assert_eq!(summary.accuracy, None);
+        assert!(files.confusion_csv.is_none());
+        assert_eq!(
+            summary.accuracy_line(),
+            "Scored 1 images (no true labels); 1 of 2 images could not be read (see the error column of scores.csv)"
+        );
     }
 
     #[test]

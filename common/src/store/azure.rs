@@ -375,7 +375,7 @@ impl BlobStore for AzureStore {
         block_on(async move { blob.exists().await }).map_err(|e| self.error(key, e))
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
         let client = self.client()?;
         let prefix_owned = prefix.to_owned();
         let names = block_on(async move {
@@ -386,8 +386,10 @@ impl BlobStore for AzureStore {
             let mut pager = client.list_blobs(Some(options))?;
             let mut names = Vec::new();
             while let Some(item) = pager.next().await {
-                if let Some(name) = item?.name {
-                    names.push(name);
+                let item = item?;
+                if let Some(name) = item.name {
+                    let size = item.properties.and_then(|p| p.content_length);
+                    names.push((name, size.unwrap_or(0)));
                 }
             }
             Ok::<_, azure_core::Error>(names)

@@ -110,9 +110,15 @@ impl BlobStore for LocalStore {
         Ok(self.path(key)?.is_file())
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+    fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
         let mut keys = Vec::new();
-        let mut dirs = vec![self.dir.clone()];
+        // Walk only the directory the prefix names (`datasets/photos/` of `datasets/photos/x`),
+        // not the whole container.
+        let start = match prefix.rfind('/') {
+            Some(i) => self.dir.join(&prefix[..i]),
+            None => self.dir.clone(),
+        };
+        let mut dirs = vec![start];
         while let Some(dir) = dirs.pop() {
             let entries = match fs::read_dir(&dir) {
                 Ok(entries) => entries,
@@ -121,17 +127,18 @@ impl BlobStore for LocalStore {
             };
             for entry in entries {
                 let entry = entry.map_err(|e| self.io(prefix, e))?;
-                let path = entry.path();
                 let name = entry.file_name().to_string_lossy().into_owned();
                 if name.starts_with('.') {
                     continue; // temporary files of writes in progress
                 }
-                if path.is_dir() {
+                let path = entry.path();
+                let metadata = fs::metadata(&path).map_err(|e| self.io(prefix, e))?;
+                if metadata.is_dir() {
                     dirs.push(path);
                 } else if let Ok(relative) = path.strip_prefix(&self.dir) {
                     let key = relative.to_string_lossy().replace('\\', "/");
                     if key.starts_with(prefix) {
-                        keys.push(key);
+                        keys.push((key, metadata.len()));
                     }
                 }
             }

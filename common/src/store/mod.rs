@@ -32,7 +32,8 @@ pub enum StoreError {
         reason: String,
     },
     #[error(
-        "invalid blob name {0:?}: use relative names of letters, digits, `.`, `-`, `_` and `/`"
+        "invalid blob name {0:?}: blob names are relative paths of at most {MAX_KEY_BYTES} bytes, \
+         without `.` or `..` segments, empty segments, backslashes or control characters"
     )]
     BadKey(String),
 }
@@ -71,8 +72,17 @@ pub trait BlobStore: Send + Sync + Debug {
     /// Whether a blob exists.
     fn exists(&self, key: &str) -> Result<bool, StoreError>;
 
+    /// Names and sizes (in bytes) of the blobs under `prefix`, sorted by name.
+    fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError>;
+
     /// Names of the blobs under `prefix`, sorted.
-    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .list_sized(prefix)?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect())
+    }
 
     /// Deletes a blob; deleting a missing blob is not an error.
     fn delete(&self, key: &str) -> Result<(), StoreError>;
@@ -81,17 +91,20 @@ pub trait BlobStore: Send + Sync + Debug {
     fn describe(&self) -> String;
 }
 
+/// Longest blob name Azure Blob Storage accepts.
+pub const MAX_KEY_BYTES: usize = 1024;
+
 /// Rejects names that could escape the container or mean different things to the two back
-/// ends.
+/// ends. Users' own file names (spaces, accents, `#`, ...) are valid: image collections are
+/// named by their owners, not by this program.
 pub fn check_key(key: &str) -> Result<(), StoreError> {
     let valid = !key.is_empty()
+        && key.len() <= MAX_KEY_BYTES
         && !key.starts_with('/')
         && key
             .split('/')
             .all(|part| !part.is_empty() && part != "." && part != "..")
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/'));
+        && !key.chars().any(|c| c.is_control() || c == '\\');
     if valid {
         Ok(())
     } else {
@@ -106,7 +119,8 @@ mod tests {
     #[test]
     fn keys_stay_inside_the_container() {
         assert!(check_key("results/job-1/scores.csv").is_ok());
-        for bad in ["", "/etc/passwd", "a/../b", "a//b", "a b", "./x"] {
+        assert!(check_key("photos/Été 2019/IMG #1 (copy).jpg").is_ok());
+        for bad in ["", "/etc/passwd", "a/../b", "a//b", "./x", "a\\b", "a\nb"] {
             assert!(check_key(bad).is_err(), "{bad:?}");
         }
     }

@@ -30,8 +30,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::TensorRef;
 use prost::Message;
 
-use super::{InferenceError, runtime};
-use crate::dataset::{CHANNELS, HEIGHT, IMAGE_BYTES, WIDTH};
+use fleet_inference::{InferenceError, runtime};
 
 /// Images an int8 model is calibrated on: `producer stage --quantize` takes the first ones of
 /// the first batch in the tarball.
@@ -48,8 +47,13 @@ fn fail(reason: impl Into<String>) -> InferenceError {
     }
 }
 
-/// Quantizes `model` (ONNX bytes) using `calibration`: preprocessed images, `[N, 3, 32, 32]`.
-pub fn quantize(model: &[u8], calibration: &[f32]) -> Result<Vec<u8>, InferenceError> {
+/// Quantizes `model` (ONNX bytes) using `calibration`: preprocessed images, each of
+/// `image_shape` (the input's dimensions after the batch, in the model's layout).
+pub fn quantize(
+    model: &[u8],
+    calibration: &[f32],
+    image_shape: [usize; 3],
+) -> Result<Vec<u8>, InferenceError> {
     let mut proto =
         ModelProto::decode(model).map_err(|e| fail(format!("not an ONNX model: {e}")))?;
     if proto.encode_to_vec() != model {
@@ -71,7 +75,7 @@ pub fn quantize(model: &[u8], calibration: &[f32]) -> Result<Vec<u8>, InferenceE
     graph.initializer.sort_by(|a, b| a.name.cmp(&b.name));
 
     let plan = Plan::new(graph);
-    let ranges = calibrate(&proto, &plan.quantized, calibration)?;
+    let ranges = calibrate(&proto, &plan.quantized, calibration, image_shape)?;
     let graph = proto.graph.as_mut().expect("checked above");
     rewrite(graph, &plan, &ranges)?;
     Ok(proto.encode_to_vec())
@@ -187,6 +191,7 @@ fn calibrate(
     model: &ModelProto,
     watched: &[String],
     images: &[f32],
+    image_shape: [usize; 3],
 ) -> Result<HashMap<String, (f32, f32)>, InferenceError> {
     let mut exposed = model.clone();
     let graph = exposed.graph.as_mut().expect("checked by the caller");
@@ -211,10 +216,11 @@ fn calibrate(
         .map_err(|e| fail(e.to_string()))?;
     let input = session.inputs()[0].name().to_owned();
     let mut ranges: HashMap<String, (f32, f32)> = HashMap::new();
-    for chunk in images.chunks(64 * IMAGE_BYTES) {
-        let n = chunk.len() / IMAGE_BYTES;
-        let tensor =
-            TensorRef::from_array_view(([n, CHANNELS, HEIGHT, WIDTH], chunk)).map_err(run)?;
+    let image_len: usize = image_shape.iter().product();
+    for chunk in images.chunks(64 * image_len) {
+        let n = chunk.len() / image_len;
+        let [a, b, c] = image_shape;
+        let tensor = TensorRef::from_array_view(([n, a, b, c], chunk)).map_err(run)?;
         let outputs = session
             .run(ort::inputs![input.as_str() => tensor])
             .map_err(run)?;

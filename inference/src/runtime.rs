@@ -33,7 +33,7 @@ pub fn environment() -> Result<&'static ort::environment::Environment, Inference
                 .map_err(|e| format!("could not start ONNX Runtime from {}: {e}", path.display()))
         })
         .as_ref()
-        .map_err(|message| InferenceError::Runtime(message.clone()))
+        .map_err(|message| InferenceError::Host(message.clone()))
 }
 
 /// Where the library is, or an error that says how to install it.
@@ -43,7 +43,7 @@ pub fn locate() -> Result<PathBuf, InferenceError> {
         return if path.is_file() {
             Ok(path)
         } else {
-            Err(InferenceError::Runtime(format!(
+            Err(InferenceError::Host(format!(
                 "{DYLIB_ENV} is set to {}, which is not a file; point it at libonnxruntime.so or unset it",
                 path.display()
             )))
@@ -70,7 +70,7 @@ pub fn locate() -> Result<PathBuf, InferenceError> {
             return Ok(candidate);
         }
     }
-    Err(InferenceError::Runtime(format!(
+    Err(InferenceError::Host(format!(
         "the ONNX Runtime library ({LIB_NAME}) was not found. Install it with \
          `scripts/install-onnxruntime.sh` (unpacks it from the onnxruntime wheel on PyPI into \
          {LOCAL_DIR}/), or set {DYLIB_ENV} to the path of a libonnxruntime.so, version 1.22 or newer. \

@@ -1,0 +1,405 @@
+//! Image collections: every image file under a prefix of a container, and their true labels.
+//!
+//! The producer lists blob names and never downloads an image: partitions carry names and
+//! workers fetch them (the claim-check pattern), so the producer's cost grows with the number
+//! of partitions, not with pixels.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use super::DatasetError;
+use crate::store::BlobStore;
+
+/// File extensions scored as images (compared without case).
+pub const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "bmp", "gif", "webp"];
+
+/// Whether a blob name looks like an image this product decodes.
+pub fn is_image(name: &str) -> bool {
+    let file = name.rsplit('/').next().unwrap_or(name);
+    !file.starts_with('.')
+        && file.rsplit_once('.').is_some_and(|(_, ext)| {
+            IMAGE_EXTENSIONS
+                .iter()
+                .any(|known| ext.eq_ignore_ascii_case(known))
+        })
+}
+
+/// The images of a collection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collection {
+    /// The prefix, ending in `/`.
+    pub prefix: String,
+    /// Image names relative to the prefix, sorted.
+    pub names: Vec<String>,
+}
+
+/// Normalises a user's prefix: no leading `./` or `/`, one trailing `/`.
+pub fn normalize_prefix(prefix: &str) -> String {
+    let trimmed = prefix
+        .trim_start_matches("./")
+        .trim_start_matches('/')
+        .trim_end_matches('/');
+    format!("{trimmed}/")
+}
+
+/// Lists the images under `dataset` (a prefix, with or without its trailing `/`).
+pub fn list(store: &dyn BlobStore, dataset: &str) -> Result<Collection, DatasetError> {
+    let prefix = normalize_prefix(dataset);
+    let all = store.list(&prefix).map_err(DatasetError::Store)?;
+    let total = all.len();
+    let names: Vec<String> = all
+        .into_iter()
+        .filter(|key| is_image(key))
+        .map(|key| key[prefix.len()..].to_owned())
+        .collect();
+    if names.is_empty() {
+        return Err(DatasetError::NoImages {
+            store: store.describe(),
+            name: dataset.to_owned(),
+            prefix,
+            blobs: total,
+        });
+    }
+    Ok(Collection { prefix, names })
+}
+
+/// Where the true labels of a job's images come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LabelSource {
+    /// The dataset's own labels: a tarball's; none for an image collection.
+    Auto,
+    /// No labels: predictions only, no accuracy.
+    None,
+    /// The name of each image's folder (`<class>/<file>`).
+    Folders,
+    /// A label file: a CNTK map file (`path<TAB>label index`) or a CSV (`filename,label`, the
+    /// label a class name or index; `.csv` files). Looked up in the container beside the
+    /// images, then as a blob name, then as a local file.
+    File(String),
+}
+
+impl FromStr for LabelSource {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s.trim() {
+            "" => return Err("name a label source: auto, none, folders, or a label file".into()),
+            "auto" => LabelSource::Auto,
+            "none" => LabelSource::None,
+            "folders" => LabelSource::Folders,
+            file => LabelSource::File(file.to_owned()),
+        })
+    }
+}
+
+impl std::fmt::Display for LabelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LabelSource::Auto => f.write_str("auto"),
+            LabelSource::None => f.write_str("none"),
+            LabelSource::Folders => f.write_str("folders"),
+            LabelSource::File(file) => f.write_str(file),
+        }
+    }
+}
+
+/// One line of a label file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Entry {
+    path: String,
+    label: String,
+    line: usize,
+}
+
+/// A parsed label file: entries found by relative path, else by file name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelFile {
+    name: String,
+    entries: Vec<Entry>,
+}
+
+impl LabelFile {
+    /// Parses a label file. `.csv` names are read as CSV (`filename,label`), anything else as a
+    /// CNTK map file (`path<TAB>label index`, further columns ignored; without a tab, the last
+    /// white-space-separated field is the label). A first line whose label is not a class is a
+    /// header, and is skipped when labels are resolved.
+    pub fn parse(text: &str, name: &str) -> Result<Self, DatasetError> {
+        let csv = name.to_ascii_lowercase().ends_with(".csv");
+        let mut entries = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim_end_matches('\r');
+            if line.trim().is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let fields = if csv {
+                csv_fields(line)
+            } else if line.contains('\t') {
+                line.split('\t').map(str::to_owned).collect()
+            } else {
+                match line.trim().rsplit_once(char::is_whitespace) {
+                    Some((path, label)) => vec![path.trim().to_owned(), label.to_owned()],
+                    None => vec![line.to_owned()],
+                }
+            };
+            let [path, label, ..] = fields.as_slice() else {
+                return Err(DatasetError::Labels {
+                    source_name: name.into(),
+                    detail: format!(
+                        "line {} has no label: expected {}",
+                        i + 1,
+                        if csv {
+                            "`filename,label`"
+                        } else {
+                            "`path<TAB>label index`"
+                        }
+                    ),
+                });
+            };
+            entries.push(Entry {
+                path: normalize_path(path),
+                label: label.trim().to_owned(),
+                line: i + 1,
+            });
+        }
+        if entries.is_empty() {
+            return Err(DatasetError::Labels {
+                source_name: name.into(),
+                detail: "it holds no entries".into(),
+            });
+        }
+        Ok(Self {
+            name: name.into(),
+            entries,
+        })
+    }
+}
+
+/// Splits one CSV line (RFC 4180 quoting).
+fn csv_fields(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                chars.next();
+                fields.last_mut().expect("never empty").push('"');
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => fields.push(String::new()),
+            (c, _) => fields.last_mut().expect("never empty").push(c),
+        }
+    }
+    fields
+}
+
+/// A path as written in a label file, comparable with a blob name relative to the prefix.
+fn normalize_path(path: &str) -> String {
+    let path = path.trim().replace('\\', "/");
+    path.trim_start_matches("./").to_owned()
+}
+
+fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// The class index a label names: a class name, or else an index.
+fn class_of(label: &str, classes: &[String]) -> Option<u32> {
+    if let Some(i) = classes.iter().position(|c| c == label) {
+        return Some(i as u32);
+    }
+    label
+        .parse::<u32>()
+        .ok()
+        .filter(|&i| (i as usize) < classes.len())
+}
+
+/// Resolves the true label of each image (`names`, relative to the prefix) to an index into
+/// `classes`. `labels` is `LabelSource::None`, `Folders`, or a parsed file; images a label
+/// file does not list get no label. Names that are not classes are errors, listed together.
+pub fn resolve_labels(
+    names: &[String],
+    labels: &ResolvedSource,
+    classes: &[String],
+) -> Result<Vec<Option<u32>>, DatasetError> {
+    match labels {
+        ResolvedSource::None => Ok(vec![None; names.len()]),
+        ResolvedSource::Folders => {
+            let mut unknown: Vec<&str> = Vec::new();
+            let resolved = names
+                .iter()
+                .map(|name| {
+                    let folder = name.rsplit_once('/')?.0;
+                    let folder = file_name(folder);
+                    let class = classes.iter().position(|c| c == folder);
+                    if class.is_none() && !unknown.contains(&folder) {
+                        unknown.push(folder);
+                    }
+                    class.map(|i| i as u32)
+                })
+                .collect();
+            if !unknown.is_empty() {
+                return Err(DatasetError::Labels {
+                    source_name: "folder labels".into(),
+                    detail: format!(
+                        "folder{} {} {} not a class of the model ({}); stage the model with \
+                         --classes naming its classes in output order, or score with --labels none",
+                        if unknown.len() > 1 { "s" } else { "" },
+                        quote_list(&unknown, 10),
+                        if unknown.len() > 1 { "are" } else { "is" },
+                        class_summary(classes)
+                    ),
+                });
+            }
+            Ok(resolved)
+        }
+        ResolvedSource::File(file) => {
+            let mut by_path: HashMap<&str, &Entry> = HashMap::new();
+            // By file name; `None` when two entries share one (then only paths match).
+            let mut by_name: HashMap<&str, Option<&Entry>> = HashMap::new();
+            for entry in &file.entries {
+                by_path.insert(entry.path.as_str(), entry);
+                by_name
+                    .entry(file_name(&entry.path))
+                    .and_modify(|e| *e = None)
+                    .or_insert(Some(entry));
+            }
+            // A first line that names no class is a header (`filename,label`).
+            let header = file
+                .entries
+                .first()
+                .filter(|e| class_of(&e.label, classes).is_none());
+            let mut bad: Vec<String> = Vec::new();
+            let resolved = names
+                .iter()
+                .map(|name| {
+                    let entry = by_path
+                        .get(name.as_str())
+                        .copied()
+                        .or_else(|| by_name.get(file_name(name)).copied().flatten())?;
+                    if header.is_some_and(|h| std::ptr::eq(h, entry)) {
+                        return None;
+                    }
+                    let class = class_of(&entry.label, classes);
+                    if class.is_none() && bad.len() < 5 {
+                        bad.push(format!("line {}: {:?}", entry.line, entry.label));
+                    }
+                    class
+                })
+                .collect();
+            if !bad.is_empty() {
+                return Err(DatasetError::Labels {
+                    source_name: file.name.clone(),
+                    detail: format!(
+                        "labels that are neither a class name nor an index below {} ({}): {}",
+                        classes.len(),
+                        class_summary(classes),
+                        bad.join(", ")
+                    ),
+                });
+            }
+            Ok(resolved)
+        }
+    }
+}
+
+/// A label source made concrete for one collection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolvedSource {
+    None,
+    Folders,
+    File(LabelFile),
+}
+
+fn quote_list(items: &[&str], most: usize) -> String {
+    let mut listed: Vec<String> = items.iter().take(most).map(|s| format!("{s:?}")).collect();
+    if items.len() > most {
+        listed.push(format!("and {} more", items.len() - most));
+    }
+    listed.join(", ")
+}
+
+fn class_summary(classes: &[String]) -> String {
+    let shown: Vec<&str> = classes.iter().take(12).map(String::as_str).collect();
+    let more = if classes.len() > shown.len() {
+        ", ..."
+    } else {
+        ""
+    };
+    format!("{} classes: {}{more}", classes.len(), shown.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classes() -> Vec<String> {
+        ["cat", "dog", "ship"].map(String::from).to_vec()
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn images_are_recognised_by_extension() {
+        assert!(is_image("a/b/IMG_1.JPG"));
+        assert!(is_image("x.webp"));
+        assert!(!is_image("a/map.txt"));
+        assert!(!is_image("a/.hidden.jpg"));
+        assert!(!is_image("noext"));
+        assert_eq!(normalize_prefix("./photos/"), "photos/");
+        assert_eq!(normalize_prefix("photos"), "photos/");
+    }
+
+    #[test]
+    fn folder_labels_name_classes() {
+        let n = names(&["cat/1.jpg", "x/dog/2.jpg", "top.jpg"]);
+        let got = resolve_labels(&n, &ResolvedSource::Folders, &classes()).unwrap();
+        assert_eq!(got, vec![Some(0), Some(1), None]);
+        let n = names(&["cow/1.jpg", "horse/2.jpg", "cat/3.jpg"]);
+        let e = resolve_labels(&n, &ResolvedSource::Folders, &classes())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"cow\", \"horse\" are not a class"), "{e}");
+        assert!(e.contains("--classes"), "{e}");
+    }
+
+    #[test]
+    fn map_files_match_by_path_then_by_file_name() {
+        let file = LabelFile::parse(
+            "file\tcifar10_label_index\tclass\n./a/1.png\t2\tship\n2.png\t1\tdog\n",
+            "labels.tsv",
+        )
+        .unwrap();
+        let n = names(&["a/1.png", "b/2.png", "c/3.png"]);
+        let got = resolve_labels(&n, &ResolvedSource::File(file), &classes()).unwrap();
+        assert_eq!(got, vec![Some(2), Some(1), None]);
+    }
+
+    #[test]
+    fn csv_labels_take_names_or_indices_and_quoting() {
+        let file =
+            LabelFile::parse("filename,label\n\"a, b.jpg\",dog\nc.jpg,0\n", "labels.csv").unwrap();
+        let n = names(&["a, b.jpg", "c.jpg", "filename"]);
+        let got = resolve_labels(&n, &ResolvedSource::File(file), &classes()).unwrap();
+        assert_eq!(got, vec![Some(1), Some(0), None]);
+        let file = LabelFile::parse("a.jpg,cat\nb.jpg,7\n", "labels.csv").unwrap();
+        let e = resolve_labels(
+            &names(&["a.jpg", "b.jpg"]),
+            &ResolvedSource::File(file),
+            &classes(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 2: \"7\""), "{e}");
+    }
+
+    #[test]
+    fn label_sources_parse() {
+        assert_eq!("folders".parse(), Ok(LabelSource::Folders));
+        assert_eq!("none".parse(), Ok(LabelSource::None));
+        assert_eq!("map.txt".parse(), Ok(LabelSource::File("map.txt".into())));
+        assert!("".parse::<LabelSource>().is_err());
+    }
+}

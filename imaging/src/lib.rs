@@ -1,0 +1,18 @@
+//! Images, from encoded bytes to a model's input tensor, as the model's spec asks.
+//!
+//! - [`decode`]: JPEG, PNG, BMP, GIF and WebP bytes to pixels, with limits against
+//!   decompression bombs; every failure is an error for that image alone.
+//! - [`resize`]: bilinear sampling to the model's size, stretched or centre-cropped.
+//! - [`mean_image`]: the OpenCV XML mean image.
+//! - [`preprocess`]: channel conversion, resize, channel order, scale, normalisation and
+//!   layout, in one pass per image.
+//!
+//! Nothing here links ONNX Runtime: tensors are flat `f32` slices handed to the scorer.
+
+pub mod decode;
+pub mod mean_image;
+pub mod preprocess;
+pub mod resize;
+
+pub use decode::{DecodeError, DecodeLimits, Image, decode};
+pub use preprocess::Preprocessor;

@@ -1,0 +1,282 @@
+//! A model's preprocessing, built once from its spec and applied to each image in one pass.
+//!
+//! Per image: channels converted to the model's count (colour to luma with OpenCV's weights,
+//! gray replicated), resized by bilinear sampling ([`crate::resize`]), reordered (BGR or RGB),
+//! multiplied by the scale, normalised, and written in the model's layout. For the walkthrough
+//! (32x32 BGR, scale 1, mean image) this is exactly `pixel - mean` per value, as before specs.
+
+use fleet_common::spec::{ChannelOrder, Layout, ModelSpec, Normalize, Resize};
+
+use crate::decode::Image;
+use crate::mean_image::{MeanImage, MeanImageError};
+use crate::resize::Sampler;
+
+/// One model's preprocessing.
+#[derive(Debug, Clone)]
+pub struct Preprocessor {
+    channels: usize,
+    height: usize,
+    width: usize,
+    layout: Layout,
+    order: ChannelOrder,
+    resize: Resize,
+    /// Per model channel: the factor on the pixel value.
+    multiply: Vec<f32>,
+    /// Subtracted after multiplying: per model-input value (NCHW order), or per channel.
+    subtract: Subtract,
+}
+
+#[derive(Debug, Clone)]
+enum Subtract {
+    PerChannel(Vec<f32>),
+    /// CHW, in the model's channel order.
+    Image(Vec<f32>),
+}
+
+impl Preprocessor {
+    /// Builds the preprocessing `spec` describes; `mean_image` must be given when the spec
+    /// normalises by one (`mean_key` names it in errors).
+    pub fn new(
+        spec: &ModelSpec,
+        mean_image: Option<(&MeanImage, &str)>,
+    ) -> Result<Self, MeanImageError> {
+        let (c, h, w) = (
+            spec.channels as usize,
+            spec.height as usize,
+            spec.width as usize,
+        );
+        let (multiply, subtract) = match &spec.normalize {
+            Normalize::None => (vec![spec.scale; c], Subtract::PerChannel(vec![0.0; c])),
+            Normalize::PerChannel { mean, std } => (
+                std.iter().map(|s| spec.scale / s).collect(),
+                Subtract::PerChannel(mean.iter().zip(std).map(|(m, s)| m / s).collect()),
+            ),
+            Normalize::MeanImage { key } => {
+                let (mean, name) = mean_image.ok_or_else(|| MeanImageError {
+                    source_name: key.clone(),
+                    detail: "the model's spec names this mean image, but it was not loaded".into(),
+                })?;
+                let hwc = mean.fit(c, h, w, name)?;
+                let mut chw = vec![0.0; c * h * w];
+                for y in 0..h {
+                    for x in 0..w {
+                        for ch in 0..c {
+                            chw[(ch * h + y) * w + x] = hwc[(y * w + x) * c + ch];
+                        }
+                    }
+                }
+                (vec![spec.scale; c], Subtract::Image(chw))
+            }
+        };
+        Ok(Self {
+            channels: c,
+            height: h,
+            width: w,
+            layout: spec.layout,
+            order: spec.channel_order,
+            resize: spec.resize,
+            multiply,
+            subtract,
+        })
+    }
+
+    /// Values in one model input image.
+    pub fn input_len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// Writes the model input for `image` into `out` (`input_len()` values).
+    pub fn write(&self, image: &Image, out: &mut [f32]) {
+        assert_eq!(out.len(), self.input_len(), "one image's worth of input");
+        let converted;
+        let source = if image.channels == self.channels {
+            image
+        } else {
+            converted = convert_channels(image, self.channels);
+            &converted
+        };
+        let (c, h, w) = (self.channels, self.height, self.width);
+        let sampler = Sampler::new((source.height, source.width), (h, w), self.resize);
+        let bgr = c == 3 && self.order == ChannelOrder::Bgr;
+        let layout = self.layout;
+        let (multiply, subtract) = (&self.multiply, &self.subtract);
+        sampler.sample(
+            &source.data,
+            source.width,
+            c,
+            |y, x, source_channel, value| {
+                // Decoded colour is RGB: BGR input plane `k` is RGB channel `2 - k`.
+                let ch = if bgr {
+                    2 - source_channel
+                } else {
+                    source_channel
+                };
+                let chw = (ch * h + y) * w + x;
+                let sub = match subtract {
+                    Subtract::PerChannel(values) => values[ch],
+                    Subtract::Image(values) => values[chw],
+                };
+                let at = match layout {
+                    Layout::Nchw => chw,
+                    Layout::Nhwc => (y * w + x) * c + ch,
+                };
+                out[at] = value * multiply[ch] - sub;
+            },
+        );
+    }
+}
+
+/// Colour to luma (OpenCV's weights, as CNTK's gray reader uses), or gray to three equal
+/// channels.
+fn convert_channels(image: &Image, channels: usize) -> Image {
+    let data = if channels == 1 {
+        image
+            .data
+            .chunks_exact(image.channels)
+            .map(|px| {
+                let luma =
+                    0.299 * f32::from(px[0]) + 0.587 * f32::from(px[1]) + 0.114 * f32::from(px[2]);
+                luma.round().clamp(0.0, 255.0) as u8
+            })
+            .collect()
+    } else {
+        image.data.iter().flat_map(|&v| [v, v, v]).collect()
+    };
+    Image {
+        width: image.width,
+        height: image.height,
+        channels,
+        data,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fleet_common::spec::{Outputs, Provenance, SPEC_VERSION};
+
+    use super::*;
+
+    fn spec(channels: u32, size: u32, normalize: Normalize) -> ModelSpec {
+        ModelSpec {
+            version: SPEC_VERSION,
+            input: "x".into(),
+            layout: Layout::Nchw,
+            channels,
+            height: size,
+            width: size,
+            channel_order: ChannelOrder::Bgr,
+            resize: Resize::Stretch,
+            scale: 1.0,
+            normalize,
+            outputs: Outputs::Logits,
+            class_count: 10,
+            classes: None,
+            provenance: Provenance {
+                source: "m".into(),
+                format: "onnx".into(),
+                source_sha256: String::new(),
+                onnx_sha256: String::new(),
+            },
+        }
+    }
+
+    /// The walkthrough's steps, literally: reshape (3,32,32) -> HWC -> BGR -> CHW -> minus mean.
+    fn walkthrough(row: &[u8], mean_hwc_bgr: &[f32]) -> Vec<f32> {
+        let hwc = |y: usize, x: usize, c: usize| f32::from(row[(c * 32 + y) * 32 + x]);
+        let mut out = vec![0.0; 3072];
+        for c in 0..3 {
+            for y in 0..32 {
+                for x in 0..32 {
+                    out[(c * 32 + y) * 32 + x] =
+                        hwc(y, x, 2 - c) - mean_hwc_bgr[(y * 32 + x) * 3 + c];
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_the_walkthrough_step_by_step() {
+        let mean_hwc: Vec<f32> = (0..3072).map(|i| (i % 251) as f32 * 0.5).collect();
+        let xml = format!(
+            "<opencv_storage><Channel>3</Channel><Row>32</Row><Col>32</Col><MeanImg><rows>1</rows>\
+             <cols>3072</cols><dt>f</dt><data>{}</data></MeanImg></opencv_storage>",
+            mean_hwc
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let mean = MeanImage::from_xml(xml.as_bytes(), "test").unwrap();
+        let spec = spec(3, 32, Normalize::MeanImage { key: "m".into() });
+        let pre = Preprocessor::new(&spec, Some((&mean, "m"))).unwrap();
+        let row: Vec<u8> = (0..3072).map(|i| (i * 7 % 256) as u8).collect();
+        let mut out = vec![0.0; 3072];
+        pre.write(&Image::from_planes(&row, 32, 32), &mut out);
+        assert_eq!(out, walkthrough(&row, &mean_hwc));
+    }
+
+    #[test]
+    fn rgb_nhwc_per_channel_normalisation() {
+        let mut spec = spec(
+            3,
+            1,
+            Normalize::PerChannel {
+                mean: vec![0.5, 0.25, 0.0],
+                std: vec![0.5, 0.25, 1.0],
+            },
+        );
+        spec.channel_order = ChannelOrder::Rgb;
+        spec.layout = Layout::Nhwc;
+        spec.scale = 1.0 / 255.0;
+        let pre = Preprocessor::new(&spec, None).unwrap();
+        let image = Image {
+            width: 1,
+            height: 1,
+            channels: 3,
+            data: vec![255, 0, 51],
+        };
+        let mut out = vec![0.0; 3];
+        pre.write(&image, &mut out);
+        let expected = [(1.0 - 0.5) / 0.5, (0.0 - 0.25) / 0.25, 0.2];
+        for (o, e) in out.iter().zip(expected) {
+            assert!((o - e).abs() < 1e-6, "{out:?}");
+        }
+    }
+
+    #[test]
+    fn channels_are_converted_and_images_resized() {
+        // A colour image for a gray model: luma; a 2x2 image for a 1x1 model: the average.
+        let pre = Preprocessor::new(&spec(1, 1, Normalize::None), None).unwrap();
+        let image = Image {
+            width: 2,
+            height: 2,
+            channels: 3,
+            data: [[255, 255, 255], [0, 0, 0], [255, 255, 255], [0, 0, 0]].concat(),
+        };
+        let mut out = vec![0.0; 1];
+        pre.write(&image, &mut out);
+        assert_eq!(out, vec![127.5]);
+        // A gray image for a colour model: the same value in every plane.
+        let pre = Preprocessor::new(&spec(3, 1, Normalize::None), None).unwrap();
+        let gray = Image {
+            width: 1,
+            height: 1,
+            channels: 1,
+            data: vec![9],
+        };
+        let mut out = vec![0.0; 3];
+        pre.write(&gray, &mut out);
+        assert_eq!(out, vec![9.0; 3]);
+    }
+
+    #[test]
+    fn a_mean_image_of_another_size_is_refused() {
+        let xml = "<opencv_storage><Channel>3</Channel><Row>2</Row><Col>2</Col><MeanImg><rows>1</rows>\
+                   <cols>12</cols><dt>f</dt><data>0 0 0 0 0 0 0 0 0 0 0 0</data></MeanImg></opencv_storage>";
+        let mean = MeanImage::from_xml(xml.as_bytes(), "mean.xml").unwrap();
+        let spec = spec(3, 32, Normalize::MeanImage { key: "m".into() });
+        let err = Preprocessor::new(&spec, Some((&mean, "mean.xml"))).unwrap_err();
+        assert!(err.to_string().contains("model takes 32x32"), "{err}");
+    }
+}

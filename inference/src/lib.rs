@@ -1,0 +1,299 @@
+//! Scoring image classifiers with ONNX Runtime: one session per model and process, one run
+//! per partition.
+//!
+//! - [`runtime`]: finding and loading the ONNX Runtime library.
+//! - [`Scorer`]: a session checked to be an image classifier, its [`Signature`] read from the
+//!   model itself (input layout and size, class count).
+//!
+//! Errors say whose fault they are: [`InferenceError::Host`] is this machine's (no library,
+//! no GPU), never the model's or the data's.
+
+pub mod runtime;
+
+use fleet_common::spec::Layout;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::{TensorElementType, TensorRef, ValueType};
+
+#[derive(Debug, thiserror::Error)]
+pub enum InferenceError {
+    /// This host cannot run models: the library is missing, or the provider asked for is not
+    /// there. Not the model's fault.
+    #[error("{0}")]
+    Host(String),
+    #[error("model {model} could not be loaded by ONNX Runtime: {reason}")]
+    InvalidModel { model: String, reason: String },
+    #[error(
+        "model {model} is not an image classifier this product can score: {reason}. It must take \
+         one float tensor [N, C, H, W] or [N, H, W, C] with C 1 or 3 and H, W fixed, and return \
+         one float tensor [N, classes]"
+    )]
+    DoesNotFit { model: String, reason: String },
+    #[error("scoring failed: {0}")]
+    Run(String),
+}
+
+/// Which execution provider runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Provider {
+    /// CUDA when the build has it and a GPU answers, else CPU.
+    Auto,
+    Cpu,
+    /// CUDA or fail.
+    Cuda,
+}
+
+/// How sessions are built. Part of every binary's configuration that scores.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InferenceOptions {
+    /// Threads ONNX Runtime uses inside one operator; 0 lets it use every core.
+    #[arg(long, env = "INTRA_OP_THREADS", default_value_t = 0)]
+    pub intra_threads: usize,
+    /// Execution provider.
+    #[arg(long, env = "EXECUTION_PROVIDER", value_enum, default_value_t = Provider::Auto)]
+    pub provider: Provider,
+}
+
+/// What a model takes and returns, read from the model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signature {
+    /// Name of the image input.
+    pub input: String,
+    pub layout: Layout,
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    /// Length of the output row.
+    pub classes: usize,
+}
+
+impl Signature {
+    /// Values in one input image.
+    pub fn input_len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    /// The input tensor's shape for `images` images.
+    fn shape(&self, images: usize) -> [usize; 4] {
+        match self.layout {
+            Layout::Nchw => [images, self.channels, self.height, self.width],
+            Layout::Nhwc => [images, self.height, self.width, self.channels],
+        }
+    }
+}
+
+/// A loaded model, ready to score batches of preprocessed images.
+#[derive(Debug)]
+pub struct Scorer {
+    session: Session,
+    signature: Signature,
+    provider: &'static str,
+}
+
+impl Scorer {
+    /// Builds a session for the ONNX model in `model` and reads its signature.
+    pub fn load(
+        model: &[u8],
+        model_name: &str,
+        options: &InferenceOptions,
+    ) -> Result<Self, InferenceError> {
+        let environment = runtime::environment()?;
+        let invalid = |e: &dyn std::fmt::Display| InferenceError::InvalidModel {
+            model: model_name.into(),
+            reason: e.to_string(),
+        };
+        let host = |e: ort::Error| InferenceError::Host(e.to_string());
+        let mut builder = Session::builder(environment)
+            .and_then(|b| {
+                b.with_optimization_level(GraphOptimizationLevel::All)
+                    .map_err(Into::into)
+            })
+            .map_err(host)?;
+        if options.intra_threads > 0 {
+            builder = builder
+                .with_intra_threads(options.intra_threads)
+                .map_err(|e| InferenceError::Host(e.to_string()))?;
+        }
+        let (mut builder, provider) = providers::register(builder, options.provider)?;
+        let session = builder.commit_from_memory(model).map_err(|e| invalid(&e))?;
+        let signature = read_signature(&session).map_err(|reason| InferenceError::DoesNotFit {
+            model: model_name.into(),
+            reason,
+        })?;
+        tracing::info!(model = model_name, provider, classes = signature.classes, input = ?signature.shape(1), "model loaded");
+        Ok(Self {
+            session,
+            signature,
+            provider,
+        })
+    }
+
+    /// What the model takes and returns.
+    pub fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    /// Number of classes the model scores.
+    pub fn classes(&self) -> usize {
+        self.signature.classes
+    }
+
+    /// The execution provider the session runs on.
+    pub fn provider(&self) -> &'static str {
+        self.provider
+    }
+
+    /// Scores `images` preprocessed images laid out as the signature says in `input`, and
+    /// writes `images * classes` outputs to `outputs` (cleared first).
+    pub fn score(
+        &mut self,
+        input: &[f32],
+        images: usize,
+        outputs: &mut Vec<f32>,
+    ) -> Result<(), InferenceError> {
+        let run = |e: ort::Error| InferenceError::Run(e.to_string());
+        let tensor =
+            TensorRef::from_array_view((self.signature.shape(images), input)).map_err(run)?;
+        let result = self
+            .session
+            .run(ort::inputs![self.signature.input.as_str() => tensor])
+            .map_err(run)?;
+        let (shape, values) = result[0].try_extract_tensor::<f32>().map_err(run)?;
+        if values.len() != images * self.signature.classes {
+            return Err(InferenceError::Run(format!(
+                "model returned shape {shape:?} for {images} images"
+            )));
+        }
+        outputs.clear();
+        outputs.extend_from_slice(values);
+        Ok(())
+    }
+}
+
+/// The model's signature, or why it is not an image classifier.
+fn read_signature(session: &Session) -> Result<Signature, String> {
+    let [input] = session.inputs() else {
+        return Err(format!(
+            "it has {} inputs ({})",
+            session.inputs().len(),
+            session
+                .inputs()
+                .iter()
+                .map(|i| i.name())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    };
+    let Some(output) = session.outputs().first() else {
+        return Err("it has no outputs".into());
+    };
+    let expect_float = |what: &str, ty: &ValueType| match ty {
+        ValueType::Tensor {
+            ty: TensorElementType::Float32,
+            shape,
+            ..
+        } => Ok(shape.to_vec()),
+        other => Err(format!("its {what} is {other:?}, not a float tensor")),
+    };
+    let shape = expect_float("input", input.dtype())?;
+    let fixed = |d: i64| usize::try_from(d).ok().filter(|&d| d > 0);
+    let (layout, channels, height, width) = match shape.as_slice() {
+        [_, c, h, w] if matches!(c, 1 | 3) && fixed(*h).is_some() && fixed(*w).is_some() => {
+            (Layout::Nchw, *c, *h, *w)
+        }
+        [_, h, w, c] if matches!(c, 1 | 3) && fixed(*h).is_some() && fixed(*w).is_some() => {
+            (Layout::Nhwc, *c, *h, *w)
+        }
+        other => {
+            return Err(format!(
+                "its input {} has shape {other:?} (-1: any size)",
+                input.name()
+            ));
+        }
+    };
+    let output_shape = expect_float("output", output.dtype())?;
+    // [N, classes], or [N, classes, 1, 1] as some converters leave it.
+    let classes = match output_shape.as_slice() {
+        [_, rest @ ..] if !rest.is_empty() && rest.iter().all(|&d| d > 0) => {
+            let classes: i64 = rest.iter().product();
+            (rest.iter().filter(|&&d| d > 1).count() <= 1).then_some(classes as usize)
+        }
+        _ => None,
+    }
+    .ok_or_else(|| {
+        format!(
+            "its output {} has shape {output_shape:?}, not [N, classes]",
+            output.name()
+        )
+    })?;
+    Ok(Signature {
+        input: input.name().to_owned(),
+        layout,
+        channels: channels as usize,
+        height: height as usize,
+        width: width as usize,
+        classes,
+    })
+}
+
+mod providers {
+    use ort::session::builder::SessionBuilder;
+
+    use super::{InferenceError, Provider};
+
+    /// Registers the execution provider `wanted` asks for and says which one will run.
+    pub(super) fn register(
+        builder: SessionBuilder,
+        wanted: Provider,
+    ) -> Result<(SessionBuilder, &'static str), InferenceError> {
+        match wanted {
+            Provider::Cpu => Ok((builder, "CPU")),
+            Provider::Auto | Provider::Cuda => cuda(builder, wanted),
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(
+        mut builder: SessionBuilder,
+        wanted: Provider,
+    ) -> Result<(SessionBuilder, &'static str), InferenceError> {
+        use ort::ep::{CUDA, ExecutionProvider};
+        let cuda = CUDA::default();
+        let why_not = if !gpu_present() {
+            "no NVIDIA GPU driver found (/proc/driver/nvidia/version)".to_owned()
+        } else if !CUDA::is_available().unwrap_or(false) {
+            "this ONNX Runtime library was built without CUDA (install the onnxruntime-gpu build)"
+                .to_owned()
+        } else {
+            match cuda.register(&mut builder) {
+                Ok(()) => return Ok((builder, "CUDA")),
+                Err(e) => format!("CUDA could not be started: {e}"),
+            }
+        };
+        if wanted == Provider::Cuda {
+            return Err(InferenceError::Host(format!(
+                "the CUDA provider was asked for, but {why_not}"
+            )));
+        }
+        tracing::warn!("using the CPU provider: {why_not}");
+        Ok((builder, "CPU"))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn gpu_present() -> bool {
+        std::path::Path::new("/proc/driver/nvidia/version").exists()
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn cuda(
+        builder: SessionBuilder,
+        wanted: Provider,
+    ) -> Result<(SessionBuilder, &'static str), InferenceError> {
+        if wanted == Provider::Cuda {
+            return Err(InferenceError::Host(
+                "the CUDA provider was asked for, but this build was compiled without the `cuda` feature".into(),
+            ));
+        }
+        Ok((builder, "CPU"))
+    }
+}

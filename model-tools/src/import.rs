@@ -1,0 +1,81 @@
+//! A model file, read as ONNX: CNTK models are converted here.
+
+use cntk_onnx::Format;
+use cntk_onnx::proto::onnx::ModelProto;
+use fleet_common::spec::{Outputs, sha256_hex};
+use prost::Message;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error(transparent)]
+    Cntk(#[from] cntk_onnx::ImportError),
+    #[error("{0} is neither a CNTK v2 model (.dnn) nor an ONNX model")]
+    UnknownFormat(String),
+}
+
+/// A model ready to stage.
+#[derive(Debug, Clone)]
+pub struct ImportedModel {
+    /// The ONNX model.
+    pub onnx: Vec<u8>,
+    /// `onnx` or `cntk-v2`.
+    pub format: &'static str,
+    pub source_sha256: String,
+    pub onnx_sha256: String,
+    /// Whether the graph ends in a softmax.
+    pub outputs: Outputs,
+    /// How it was obtained, for the user (`converted from CNTK v2: 120 nodes, ...`).
+    pub description: String,
+}
+
+/// Reads `bytes` (a file named `file_name`) as a model.
+pub fn import(bytes: Vec<u8>, file_name: &str) -> Result<ImportedModel, ImportError> {
+    let source_sha256 = sha256_hex(&bytes);
+    let (onnx, format, description) = match cntk_onnx::sniff(&bytes) {
+        Format::CntkV2 => {
+            let imported = cntk_onnx::import(&bytes, file_name)?;
+            let description = format!(
+                "converted from CNTK v2: {} nodes, {} weights",
+                imported.nodes, imported.parameters
+            );
+            (imported.onnx, "cntk-v2", description)
+        }
+        Format::Onnx => (bytes, "onnx", "ONNX".to_owned()),
+        Format::Unknown => {
+            // Let the importer explain what it found (a v1 model, not a model at all, ...).
+            cntk_onnx::import(&bytes, file_name)?;
+            return Err(ImportError::UnknownFormat(file_name.into()));
+        }
+    };
+    Ok(ImportedModel {
+        onnx_sha256: sha256_hex(&onnx),
+        outputs: outputs_of(&onnx),
+        onnx,
+        format,
+        source_sha256,
+        description,
+    })
+}
+
+/// Probabilities when the graph's first output is made by a Softmax node, else logits.
+fn outputs_of(onnx: &[u8]) -> Outputs {
+    let Ok(model) = ModelProto::decode(onnx) else {
+        return Outputs::Logits;
+    };
+    let Some(graph) = model.graph else {
+        return Outputs::Logits;
+    };
+    let Some(output) = graph.output.first() else {
+        return Outputs::Logits;
+    };
+    let softmax = graph
+        .node
+        .iter()
+        .find(|n| n.output.contains(&output.name))
+        .is_some_and(|n| n.op_type == "Softmax");
+    if softmax {
+        Outputs::Probabilities
+    } else {
+        Outputs::Logits
+    }
+}
