@@ -22,8 +22,8 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use fleet_common::dataset::{self, BatchSelection, HEIGHT, IMAGE_BYTES, WIDTH};
 use fleet_common::spec::{ModelSpec, Normalize};
+use fleet_imaging::Preprocessor;
 use fleet_imaging::mean_image::MeanImage;
-use fleet_imaging::{Image, Preprocessor};
 use fleet_inference::{InferenceOptions, Scorer};
 
 #[derive(Debug, Parser)]
@@ -140,15 +140,9 @@ fn main() -> Result<()> {
     let preprocessor = Preprocessor::new(&spec, mean.as_ref().map(|(m, k)| (m, k.as_str())))?;
     let image_len = preprocessor.input_len();
     let preprocess = |planes: &[u8], out: &mut Vec<f32>| {
-        let n = planes.len() / IMAGE_BYTES;
         out.clear();
-        out.resize(n * image_len, 0.0);
-        for (image, slot) in planes
-            .chunks_exact(IMAGE_BYTES)
-            .zip(out.chunks_exact_mut(image_len))
-        {
-            preprocessor.write(&Image::from_planes(image, HEIGHT, WIDTH), slot);
-        }
+        out.resize(planes.len() / IMAGE_BYTES * image_len, 0.0);
+        preprocessor.write_planes(planes, HEIGHT, WIDTH, out);
     };
     let onnx = staged("models/resnet20.onnx")?;
     let inference: InferenceOptions = fleet_common::cli::defaults()?;

@@ -85,6 +85,17 @@ impl Preprocessor {
         self.channels * self.height * self.width
     }
 
+    /// Writes the model inputs of `pixels`, whole images of R, G and B planes of
+    /// `height` x `width` (a CIFAR tarball's rows), into `out` (`input_len()` values each).
+    pub fn write_planes(&self, pixels: &[u8], height: usize, width: usize, out: &mut [f32]) {
+        for (planes, slot) in pixels
+            .chunks_exact(3 * height * width)
+            .zip(out.chunks_exact_mut(self.input_len()))
+        {
+            self.write(&Image::from_planes(planes, height, width), slot);
+        }
+    }
+
     /// Writes the model input for `image` into `out` (`input_len()` values).
     pub fn write(&self, image: &Image, out: &mut [f32]) {
         assert_eq!(out.len(), self.input_len(), "one image's worth of input");

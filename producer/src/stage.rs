@@ -17,8 +17,8 @@ use fleet_common::spec::{
     parse_class_names, sha256_hex,
 };
 use fleet_common::store::{BlobStore, StoreError, check_key};
+use fleet_imaging::Preprocessor;
 use fleet_imaging::mean_image::{MeanImage, MeanImageError};
-use fleet_imaging::{Image, Preprocessor};
 use fleet_inference::{InferenceError, InferenceOptions, Scorer};
 use indicatif::{ProgressBar, ProgressStyle};
 use model_tools::import::{ImportError, import};
@@ -456,15 +456,9 @@ pub fn stage_quantized(
         Err(DatasetError::Stopped(_)) | Ok(_) => {}
         Err(e) => return Err(e.into()),
     }
-    let image_len = preprocessor.input_len();
     let images = pixels.len() / IMAGE_BYTES;
-    let mut input = vec![0.0; images * image_len];
-    for (planes, slot) in pixels
-        .chunks_exact(IMAGE_BYTES)
-        .zip(input.chunks_exact_mut(image_len))
-    {
-        preprocessor.write(&Image::from_planes(planes, HEIGHT, WIDTH), slot);
-    }
+    let mut input = vec![0.0; images * preprocessor.input_len()];
+    preprocessor.write_planes(&pixels, HEIGHT, WIDTH, &mut input);
     let (c, h, w) = (
         spec.channels as usize,
         spec.height as usize,

@@ -6,18 +6,7 @@ use std::path::Path;
 
 use fleet_tests::{field, fixture, run_err, run_ok, stage_fixtures};
 
-const CIFAR_CLASSES: [&str; 10] = [
-    "airplane",
-    "automobile",
-    "bird",
-    "cat",
-    "deer",
-    "dog",
-    "frog",
-    "horse",
-    "ship",
-    "truck",
-];
+use fleet_common::dataset::CLASS_NAMES as CIFAR_CLASSES;
 
 /// Rows of a `scores.csv`, as maps from column name to value.
 fn rows(path: &Path) -> Vec<HashMap<String, String>> {

@@ -192,18 +192,7 @@ fn missing_container_and_missing_blob_are_named() {
 /// file names with spaces and accents included, and a corrupt file only gets its error.
 #[test]
 fn an_image_folder_over_the_fleet_survives_a_killed_worker() {
-    const CLASSES: [&str; 10] = [
-        "airplane",
-        "automobile",
-        "bird",
-        "cat",
-        "deer",
-        "dog",
-        "frog",
-        "horse",
-        "ship",
-        "truck",
-    ];
+    use fleet_common::dataset::CLASS_NAMES as CLASSES;
     let fleet = Fleet::isolated();
     let env = fleet.env();
     let work = tempfile::tempdir().unwrap();

@@ -16,7 +16,7 @@ use fleet_common::message::{Images, Partition, Score, Scored};
 use fleet_common::spec::{ModelSpec, Normalize, Outputs, sha256_hex};
 use fleet_common::store::{BlobStore, StoreError};
 use fleet_imaging::mean_image::MeanImage;
-use fleet_imaging::{DecodeLimits, Image, Preprocessor, decode};
+use fleet_imaging::{DecodeLimits, Preprocessor, decode};
 use fleet_inference::{InferenceError, InferenceOptions, Scorer};
 
 /// How images are fetched and decoded. Part of the worker's configuration.
@@ -184,17 +184,14 @@ fn load(
         )));
     }
     let mean = match &spec.normalize {
-        Normalize::MeanImage { key } => Some(
+        Normalize::MeanImage { key } => Some((
             MeanImage::from_xml(&fetch(key)?, key)
                 .map_err(|e| ScoreError::Permanent(e.to_string()))?,
-        ),
+            key.as_str(),
+        )),
         _ => None,
     };
-    let mean_key = match &spec.normalize {
-        Normalize::MeanImage { key } => key.as_str(),
-        _ => "",
-    };
-    let preprocessor = Preprocessor::new(&spec, mean.as_ref().map(|m| (m, mean_key)))
+    let preprocessor = Preprocessor::new(&spec, mean.as_ref().map(|(m, key)| (m, *key)))
         .map_err(|e| ScoreError::Permanent(e.to_string()))?;
     let scorer = Scorer::load(&onnx, model, options).map_err(|e| match e {
         InferenceError::Host(reason) => ScoreError::Host(reason),
@@ -250,13 +247,7 @@ fn prepare(
             pixels,
             ..
         } => {
-            let (h, w) = (*height as usize, *width as usize);
-            for (planes, slot) in pixels
-                .chunks_exact(3 * h * w)
-                .zip(input.chunks_exact_mut(image_len))
-            {
-                preprocessor.write(&Image::from_planes(planes, h, w), slot);
-            }
+            preprocessor.write_planes(pixels, *height as usize, *width as usize, input);
             Ok(vec![None; images.len()])
         }
         Images::Blobs { prefix, names } => {
