@@ -21,9 +21,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use fleet_common::dataset::{self, BatchSelection, HEIGHT, IMAGE_BYTES, WIDTH};
-use fleet_common::spec::{ModelSpec, Normalize};
+use fleet_common::spec::ModelSpec;
 use fleet_imaging::Preprocessor;
-use fleet_imaging::mean_image::MeanImage;
 use fleet_inference::{InferenceOptions, Scorer};
 
 #[derive(Debug, Parser)]
@@ -131,13 +130,8 @@ fn main() -> Result<()> {
     let (pixels, labels) = load_test_batch(&fixture("cifar-10-python.tar.gz"))?;
     let images = pixels.len() / IMAGE_BYTES;
     let spec = ModelSpec::from_json(&staged("models/resnet20.json")?, "models/resnet20.json")?;
-    let mean = match &spec.normalize {
-        Normalize::MeanImage { key } => {
-            Some((MeanImage::from_xml(&staged(key)?, key)?, key.clone()))
-        }
-        _ => None,
-    };
-    let preprocessor = Preprocessor::new(&spec, mean.as_ref().map(|(m, k)| (m, k.as_str())))?;
+    let mean = spec.mean_image_key().map(&staged).transpose()?;
+    let preprocessor = Preprocessor::new(&spec, mean.as_deref())?;
     let image_len = preprocessor.input_len();
     let preprocess = |planes: &[u8], out: &mut Vec<f32>| {
         out.clear();

@@ -181,6 +181,14 @@ impl ModelSpec {
         Ok(())
     }
 
+    /// The blob of the mean image this spec subtracts, if it subtracts one.
+    pub fn mean_image_key(&self) -> Option<&str> {
+        match &self.normalize {
+            Normalize::MeanImage { key } => Some(key),
+            _ => None,
+        }
+    }
+
     /// Values in one model input image.
     pub fn input_len(&self) -> usize {
         (self.channels * self.height * self.width) as usize

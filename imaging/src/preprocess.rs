@@ -34,12 +34,9 @@ enum Subtract {
 }
 
 impl Preprocessor {
-    /// Builds the preprocessing `spec` describes; `mean_image` must be given when the spec
-    /// normalises by one (`mean_key` names it in errors).
-    pub fn new(
-        spec: &ModelSpec,
-        mean_image: Option<(&MeanImage, &str)>,
-    ) -> Result<Self, MeanImageError> {
+    /// Builds the preprocessing `spec` describes; `mean_image` is the OpenCV XML of the blob
+    /// [`ModelSpec::mean_image_key`] names, when the spec normalises by one.
+    pub fn new(spec: &ModelSpec, mean_image: Option<&[u8]>) -> Result<Self, MeanImageError> {
         let (c, h, w) = (
             spec.channels as usize,
             spec.height as usize,
@@ -52,11 +49,12 @@ impl Preprocessor {
                 Subtract::PerChannel(mean.iter().zip(std).map(|(m, s)| m / s).collect()),
             ),
             Normalize::MeanImage { key } => {
-                let (mean, name) = mean_image.ok_or_else(|| MeanImageError {
+                let xml = mean_image.ok_or_else(|| MeanImageError {
                     source_name: key.clone(),
                     detail: "the model's spec names this mean image, but it was not loaded".into(),
                 })?;
-                let hwc = mean.fit(c, h, w, name)?;
+                let mean = MeanImage::from_xml(xml, key)?;
+                let hwc = mean.fit(c, h, w, key)?;
                 let mut chw = vec![0.0; c * h * w];
                 for y in 0..h {
                     for x in 0..w {
@@ -218,9 +216,8 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(" ")
         );
-        let mean = MeanImage::from_xml(xml.as_bytes(), "test").unwrap();
         let spec = spec(3, 32, Normalize::MeanImage { key: "m".into() });
-        let pre = Preprocessor::new(&spec, Some((&mean, "m"))).unwrap();
+        let pre = Preprocessor::new(&spec, Some(xml.as_bytes())).unwrap();
         let row: Vec<u8> = (0..3072).map(|i| (i * 7 % 256) as u8).collect();
         let mut out = vec![0.0; 3072];
         pre.write(&Image::from_planes(&row, 32, 32), &mut out);
@@ -285,9 +282,16 @@ mod tests {
     fn a_mean_image_of_another_size_is_refused() {
         let xml = "<opencv_storage><Channel>3</Channel><Row>2</Row><Col>2</Col><MeanImg><rows>1</rows>\
                    <cols>12</cols><dt>f</dt><data>0 0 0 0 0 0 0 0 0 0 0 0</data></MeanImg></opencv_storage>";
-        let mean = MeanImage::from_xml(xml.as_bytes(), "mean.xml").unwrap();
-        let spec = spec(3, 32, Normalize::MeanImage { key: "m".into() });
-        let err = Preprocessor::new(&spec, Some((&mean, "mean.xml"))).unwrap_err();
+        let spec = spec(
+            3,
+            32,
+            Normalize::MeanImage {
+                key: "mean.xml".into(),
+            },
+        );
+        let err = Preprocessor::new(&spec, Some(xml.as_bytes())).unwrap_err();
         assert!(err.to_string().contains("model takes 32x32"), "{err}");
+        let err = Preprocessor::new(&spec, None).unwrap_err();
+        assert!(err.to_string().contains("was not loaded"), "{err}");
     }
 }

@@ -13,13 +13,30 @@ pub enum ImportError {
     UnknownFormat(String),
 }
 
+/// What a model file was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceFormat {
+    Onnx,
+    /// CNTK 2.x protobuf, converted here.
+    CntkV2,
+}
+
+impl SourceFormat {
+    /// The name recorded in a model's spec.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceFormat::Onnx => "onnx",
+            SourceFormat::CntkV2 => "cntk-v2",
+        }
+    }
+}
+
 /// A model ready to stage.
 #[derive(Debug, Clone)]
 pub struct ImportedModel {
     /// The ONNX model.
     pub onnx: Vec<u8>,
-    /// `onnx` or `cntk-v2`.
-    pub format: &'static str,
+    pub format: SourceFormat,
     pub source_sha256: String,
     pub onnx_sha256: String,
     /// Whether the graph ends in a softmax.
@@ -38,9 +55,9 @@ pub fn import(bytes: Vec<u8>, file_name: &str) -> Result<ImportedModel, ImportEr
                 "converted from CNTK v2: {} nodes, {} weights",
                 imported.nodes, imported.parameters
             );
-            (imported.onnx, "cntk-v2", description)
+            (imported.onnx, SourceFormat::CntkV2, description)
         }
-        Format::Onnx => (bytes, "onnx", "ONNX".to_owned()),
+        Format::Onnx => (bytes, SourceFormat::Onnx, "ONNX".to_owned()),
         Format::Unknown => {
             // Let the importer explain what it found (a v1 model, not a model at all, ...).
             cntk_onnx::import(&bytes, file_name)?;

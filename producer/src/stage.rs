@@ -5,23 +5,22 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use fleet_common::dataset::collection::{self, is_image};
 use fleet_common::dataset::{self, BatchSelection, DatasetError, HEIGHT, IMAGE_BYTES, WIDTH};
-use fleet_common::job;
 use fleet_common::source::{Source, SourceError};
 use fleet_common::spec::{
     ChannelOrder, ModelSpec, Normalize, Provenance, Resize, SPEC_VERSION, SpecError,
     parse_class_names, sha256_hex,
 };
 use fleet_common::store::{BlobStore, StoreError, check_key};
+use fleet_common::{concurrent, job};
 use fleet_imaging::Preprocessor;
 use fleet_imaging::mean_image::{MeanImage, MeanImageError};
 use fleet_inference::{InferenceError, InferenceOptions, Scorer};
 use indicatif::{ProgressBar, ProgressStyle};
-use model_tools::import::{ImportError, import};
+use model_tools::import::{ImportError, SourceFormat, import};
 use model_tools::quantize::{CALIBRATION_IMAGES, quantize};
 
 /// The walkthrough's inputs, staged when no input is named.
@@ -192,31 +191,14 @@ pub fn stage_images(
         .expect("the template is valid"),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
-    let queue = Mutex::new(uploads.iter());
-    let failure: Mutex<Option<StoreError>> = Mutex::new(None);
-    std::thread::scope(|scope| {
-        for _ in 0..concurrency.clamp(1, 64).min(uploads.len().max(1)) {
-            scope.spawn(|| {
-                loop {
-                    if failure.lock().expect("no panics hold it").is_some() {
-                        break;
-                    }
-                    let next = queue.lock().expect("no panics hold it").next();
-                    let Some((path, key, _)) = next else { break };
-                    match store.put_file(key, path) {
-                        Ok(()) => bar.inc(1),
-                        Err(e) => {
-                            failure.lock().expect("no panics hold it").get_or_insert(e);
-                        }
-                    }
-                }
-            });
-        }
+    let threads = concurrency.clamp(1, 64).min(uploads.len());
+    let uploaded = concurrent::try_for_each(uploads.iter(), threads, |(path, key, _)| {
+        store.put_file(key, path)?;
+        bar.inc(1);
+        Ok::<_, StoreError>(())
     });
     bar.finish_and_clear();
-    if let Some(e) = failure.into_inner().expect("no panics hold it") {
-        return Err(e.into());
-    }
+    uploaded?;
     Ok(format!(
         "images {} -> {prefix} ({total} files, {images} images: {} uploaded, {skipped} already there)",
         dir.display(),
@@ -297,7 +279,7 @@ pub fn stage_model(
             Normalize::MeanImage {
                 key: mean_key.clone(),
             },
-            Some(mean.read_all()?),
+            Some((mean.read_all()?, mean.file_name())),
         ),
         None if !spec_args.mean.is_empty() => {
             let std = if spec_args.std.is_empty() {
@@ -322,13 +304,11 @@ pub fn stage_model(
         channels: signature.channels as u32,
         height: signature.height as u32,
         width: signature.width as u32,
-        channel_order: spec_args
-            .channel_order
-            .unwrap_or(if imported.format == "onnx" {
-                ChannelOrder::Rgb
-            } else {
-                ChannelOrder::Bgr
-            }),
+        // CNTK read images through OpenCV, in BGR; other toolkits mostly in RGB.
+        channel_order: spec_args.channel_order.unwrap_or(match imported.format {
+            SourceFormat::CntkV2 => ChannelOrder::Bgr,
+            SourceFormat::Onnx => ChannelOrder::Rgb,
+        }),
         resize: spec_args.resize,
         scale: spec_args.scale.0,
         normalize,
@@ -337,24 +317,20 @@ pub fn stage_model(
         classes,
         provenance: Provenance {
             source: source.to_string(),
-            format: imported.format.into(),
+            format: imported.format.as_str().into(),
             source_sha256: imported.source_sha256.clone(),
             onnx_sha256: imported.onnx_sha256.clone(),
         },
     };
     spec.validate()
         .map_err(|reason| StageError::Invalid(format!("model {name}: {reason}")))?;
-    if let Some(xml) = &mean_xml {
-        let mean_name = spec_args
-            .mean_image
-            .as_ref()
-            .map_or_else(String::new, Source::file_name);
-        check_mean_image(&spec, xml, &mean_name)?;
+    if let Some((xml, file_name)) = &mean_xml {
+        check_mean_image(&spec, xml, file_name)?;
     }
     // The spec names the model and the mean image: it goes last, so a reader that finds it
     // finds both.
     store.put(&job::model_key(name), &imported.onnx)?;
-    if let Some(xml) = &mean_xml {
+    if let Some((xml, _)) = &mean_xml {
         store.put(&mean_key, xml)?;
     }
     put_spec(store, name, &spec)?;
@@ -433,13 +409,11 @@ pub fn stage_quantized(
 ) -> Result<String, StageError> {
     let spec = read_spec(store, name)?;
     let onnx = store.get(&job::model_key(name))?;
-    let mean = match &spec.normalize {
-        Normalize::MeanImage { key } => {
-            Some((MeanImage::from_xml(&store.get(key)?, key)?, key.clone()))
-        }
-        _ => None,
-    };
-    let preprocessor = Preprocessor::new(&spec, mean.as_ref().map(|(m, k)| (m, k.as_str())))?;
+    let mean = spec
+        .mean_image_key()
+        .map(|key| store.get(key))
+        .transpose()?;
+    let preprocessor = Preprocessor::new(&spec, mean.as_deref())?;
     let mut pixels = Vec::new();
     let result = dataset::read_tarball(
         store.open(dataset_blob)?,

@@ -7,15 +7,13 @@
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use fleet_common::job;
 use fleet_common::message::{Images, Partition, Score, Scored};
-use fleet_common::spec::{ModelSpec, Normalize, Outputs, sha256_hex};
+use fleet_common::spec::{ModelSpec, Outputs, sha256_hex};
 use fleet_common::store::{BlobStore, StoreError};
-use fleet_imaging::mean_image::MeanImage;
+use fleet_common::{concurrent, job};
 use fleet_imaging::{DecodeLimits, Preprocessor, decode};
 use fleet_inference::{InferenceError, InferenceOptions, Scorer};
 
@@ -183,15 +181,8 @@ fn load(
             job::model_key(model)
         )));
     }
-    let mean = match &spec.normalize {
-        Normalize::MeanImage { key } => Some((
-            MeanImage::from_xml(&fetch(key)?, key)
-                .map_err(|e| ScoreError::Permanent(e.to_string()))?,
-            key.as_str(),
-        )),
-        _ => None,
-    };
-    let preprocessor = Preprocessor::new(&spec, mean.as_ref().map(|(m, key)| (m, *key)))
+    let mean = spec.mean_image_key().map(fetch).transpose()?;
+    let preprocessor = Preprocessor::new(&spec, mean.as_deref())
         .map_err(|e| ScoreError::Permanent(e.to_string()))?;
     let scorer = Scorer::load(&onnx, model, options).map_err(|e| match e {
         InferenceError::Host(reason) => ScoreError::Host(reason),
@@ -254,45 +245,28 @@ fn prepare(
             let limits = DecodeLimits {
                 max_pixels: options.max_image_pixels,
             };
-            let slots = Mutex::new(input.chunks_exact_mut(image_len).enumerate());
             let errors = Mutex::new(vec![None; names.len()]);
-            let failed: Mutex<Option<String>> = Mutex::new(None);
-            let stop = AtomicBool::new(false);
             let threads = usize::from(options.fetch_concurrency).min(names.len());
-            std::thread::scope(|scope| {
-                for _ in 0..threads {
-                    scope.spawn(|| {
-                        while !stop.load(Ordering::Relaxed) {
-                            let next = slots.lock().expect("no panics hold it").next();
-                            let Some((i, slot)) = next else { break };
-                            let key = format!("{prefix}{}", names[i]);
-                            let outcome =
-                                fetch(store, &key, options.max_image_bytes).map(|bytes| {
-                                    decode(&bytes, limits)
-                                        .map(|image| preprocessor.write(&image, slot))
-                                        .map_err(|e| e.to_string())
-                                });
-                            match outcome {
-                                Ok(Ok(())) => {}
-                                Ok(Err(error)) => {
-                                    errors.lock().expect("no panics hold it")[i] = Some(error)
-                                }
-                                Err(Fetch::Image(error)) => {
-                                    errors.lock().expect("no panics hold it")[i] = Some(error)
-                                }
-                                Err(Fetch::Store(error)) => {
-                                    stop.store(true, Ordering::Relaxed);
-                                    *failed.lock().expect("no panics hold it") = Some(error);
-                                }
-                            }
-                        }
-                    });
-                }
-            });
-            if let Some(error) = failed.into_inner().expect("no panics hold it") {
-                return Err(ScoreError::Transient(error));
-            }
-            Ok(errors.into_inner().expect("no panics hold it"))
+            concurrent::try_for_each(
+                input.chunks_exact_mut(image_len).enumerate(),
+                threads,
+                |(i, slot)| {
+                    let key = format!("{prefix}{}", names[i]);
+                    let error = match fetch(store, &key, options.max_image_bytes) {
+                        Ok(bytes) => decode(&bytes, limits)
+                            .map(|image| preprocessor.write(&image, slot))
+                            .err()
+                            .map(|e| e.to_string()),
+                        Err(Fetch::Image(error)) => Some(error),
+                        Err(Fetch::Store(error)) => return Err(ScoreError::Transient(error)),
+                    };
+                    if error.is_some() {
+                        errors.lock().expect("no panic holds the errors")[i] = error;
+                    }
+                    Ok(())
+                },
+            )?;
+            Ok(errors.into_inner().expect("no panic holds the errors"))
         }
     }
 }
