@@ -161,7 +161,13 @@ fn plan(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Plan, SubmitEr
             key: model_key,
         });
     }
-    if store.exists(&options.dataset)? {
+    // A name that cannot be a blob (`photos/`, `./photos`) can still be a prefix.
+    let tarball = match store.exists(&options.dataset) {
+        Ok(exists) => exists,
+        Err(StoreError::BadKey(_)) => false,
+        Err(e) => return Err(e.into()),
+    };
+    if tarball {
         // A tarball: its labels are CIFAR-10's classes, and so are its names when the model
         // has none of its own.
         let labelled = match &options.labels {

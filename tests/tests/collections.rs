@@ -409,6 +409,24 @@ fn unlabelled_jobs_and_mismatched_labels() {
         output.contains("Scored 10 images (no true labels)"),
         "{output}"
     );
+    // The prefix as users type it, with a trailing slash or a leading `./`.
+    for prefix in ["digits/", "./digits"] {
+        let again = run_ok(
+            "producer",
+            &[
+                "--store",
+                store,
+                "--container",
+                "c",
+                "--embedded",
+                "--dataset",
+                prefix,
+                "--model-name",
+                "mnist",
+            ],
+        );
+        assert!(again.contains("Scored 10 images"), "{prefix}: {again}");
+    }
     let dir = job_dir(root.path(), "c", &output);
     assert!(!dir.join("confusion.csv").exists());
     let summary: serde_json::Value =
