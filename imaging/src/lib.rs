@@ -10,6 +10,7 @@
 //! Nothing here links ONNX Runtime: tensors are flat `f32` slices handed to the scorer.
 
 pub mod decode;
+mod jpeg;
 pub mod mean_image;
 pub mod preprocess;
 pub mod resize;
