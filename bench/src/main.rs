@@ -9,8 +9,11 @@
 //! worker's thread settings (the ceiling); one image per model call (the walkthrough's design);
 //! the embedded job as a whole process; the fleet over RabbitMQ and Azurite with 1 and 2 worker
 //! processes; peak RSS of each process; time to the first scored partition; a tarball holding
-//! all six batches (60,000 images). Job timings are whole processes, from start to exit. Each
-//! figure is the median of `--runs` runs (3 by default).
+//! all six batches (60,000 images); the same 10,000 images as a folder of JPEG files: decoding
+//! per core, the engine on the decoded tensors, the folder job embedded and over the fleet, and
+//! Python peers scoring the same folder (PIL + ONNX Runtime, one process per core; Ray Data).
+//! Job timings are whole processes, from start to exit. Each figure is the median of `--runs`
+//! runs (3 by default).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -21,8 +24,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use fleet_common::dataset::{self, BatchSelection, HEIGHT, IMAGE_BYTES, WIDTH};
-use fleet_common::spec::ModelSpec;
-use fleet_imaging::Preprocessor;
+use fleet_common::spec::{ModelSpec, Normalize, Resize};
+use fleet_imaging::{DecodeLimits, Preprocessor, decode};
 use fleet_inference::{InferenceOptions, Scorer};
 
 #[derive(Debug, Parser)]
@@ -47,15 +50,22 @@ struct Args {
     #[arg(
         long,
         env = "AMQP_URL",
+        hide_env_values = true,
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     amqp_url: String,
     /// Azure Storage connection string for the fleet runs.
-    #[arg(long, env = "AZURE_STORAGE_CONNECTION_STRING")]
+    #[arg(long, env = "AZURE_STORAGE_CONNECTION_STRING", hide_env_values = true)]
     connection_string: Option<String>,
     /// Runs of each measurement; the table shows the median.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Skip the Python peers (PIL + ONNX Runtime, Ray Data) on the JPEG folder.
+    #[arg(long)]
+    skip_python: bool,
+    /// The Python with the peers' packages (`scripts/bench-python.sh` makes it).
+    #[arg(long, env = "BENCH_PYTHON", default_value = ".bench-venv/bin/python")]
+    python: PathBuf,
 }
 
 struct Row {
@@ -88,46 +98,59 @@ fn main() -> Result<()> {
         ),
     };
     let fixture = |name: &str| args.fixtures.join(name);
+    let python = if args.skip_python {
+        None
+    } else if args.python.is_file() {
+        Some(args.python.clone())
+    } else {
+        bail!(
+            "{} is missing: run scripts/bench-python.sh for the Python peers, or pass --skip-python",
+            args.python.display()
+        );
+    };
     let mut rows = Vec::new();
 
     // Staged first, as a user does: the engine rows score the very models and spec the
     // jobs score (the int8 model is calibrated by `producer stage --quantize`).
     let work = tempfile::tempdir()?;
     let store = work.path().join("store");
-    let stage = |store: &str, dataset: &Path, envs: &[(&str, &str)], extra: &[&str]| {
-        let mut stage_args = vec![
-            "stage",
-            "--store",
-            store,
-            "--dataset",
-            dataset.to_str().unwrap(),
-        ];
-        stage_args.extend(extra);
+    let stage = |store: &str, envs: &[(&str, &str)], inputs: &[&str]| {
+        let mut stage_args = vec!["stage", "--store", store];
+        stage_args.extend(inputs);
         run(&bin_dir.join("producer"), &stage_args, envs).map(drop)
     };
     let model = fixture("resnet20_meanimage_159.dnn");
     let mean_image = fixture("CIFAR-10_mean.xml");
+    // Class names, for jobs labelled by class folders.
+    let classes = work.path().join("classes.txt");
+    std::fs::write(&classes, dataset::CLASS_NAMES.join("\n"))?;
     let model_args = [
         "--model",
         model.to_str().unwrap(),
         "--mean-image",
         mean_image.to_str().unwrap(),
+        "--classes",
+        classes.to_str().unwrap(),
     ];
-    let mut with_int8 = model_args.to_vec();
+    let tarball = fixture("cifar-10-python.tar.gz");
+    let jpeg_folder = fixture("cifar-10-test-jpeg");
+    let tarball_args = ["--dataset", tarball.to_str().unwrap()];
+    let folder_args = [
+        "--images",
+        jpeg_folder.to_str().unwrap(),
+        "--prefix",
+        "datasets/cifar-jpeg",
+    ];
+    let mut with_int8 = [&tarball_args[..], &model_args, &folder_args].concat();
     with_int8.push("--quantize");
-    stage(
-        store.to_str().unwrap(),
-        &fixture("cifar-10-python.tar.gz"),
-        &[],
-        &with_int8,
-    )?;
+    stage(store.to_str().unwrap(), &[], &with_int8)?;
     let staged = |key: &str| -> Result<Vec<u8>> {
         let path = store.join("cifar").join(key);
         std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
     };
 
     // The engine alone: the whole test batch, preprocessed once, scored at each batch size.
-    let (pixels, labels) = load_test_batch(&fixture("cifar-10-python.tar.gz"))?;
+    let (pixels, labels) = load_test_batch(&tarball)?;
     let images = pixels.len() / IMAGE_BYTES;
     let spec = ModelSpec::from_json(&staged("models/resnet20.json")?, "models/resnet20.json")?;
     let mean = spec.mean_image_key().map(&staged).transpose()?;
@@ -204,6 +227,80 @@ fn main() -> Result<()> {
         seconds,
         note: String::new(),
     });
+
+    // The JPEG folder: decoding per core, and the engine on the decoded tensors.
+    let files = list_folder(&jpeg_folder)?;
+    let folder_labels: Vec<u8> = files.iter().map(|(_, label)| *label).collect();
+    let encoded: Vec<Vec<u8>> = files
+        .iter()
+        .map(|(path, _)| std::fs::read(path).with_context(|| path.display().to_string()))
+        .collect::<Result<_>>()?;
+    let limits = DecodeLimits {
+        max_pixels: u64::MAX,
+    };
+    let (seconds, _) = repeated(args.runs, || {
+        let started = Instant::now();
+        for bytes in &encoded {
+            decode(bytes, limits)?;
+        }
+        Ok((started.elapsed().as_secs_f64(), ()))
+    })?;
+    rows.push(Row {
+        what: "JPEG decoding (libjpeg), 1 thread".into(),
+        images: encoded.len() as u64,
+        seconds,
+        note: "the folder's 32x32 files, from bytes in memory".into(),
+    });
+    let mut folder_input = vec![0.0; encoded.len() * image_len];
+    let (seconds, _) = repeated(args.runs, || {
+        let started = Instant::now();
+        for (bytes, slot) in encoded.iter().zip(folder_input.chunks_exact_mut(image_len)) {
+            preprocessor.write(&decode(bytes, limits)?, slot);
+        }
+        Ok((started.elapsed().as_secs_f64(), ()))
+    })?;
+    rows.push(Row {
+        what: "JPEG decoding + preprocessing, 1 thread".into(),
+        images: encoded.len() as u64,
+        seconds,
+        note: "to the model's input: BGR, minus the mean image, CHW".into(),
+    });
+    // Resizing, measured where it has work to do: the same files to a 224x224 input, the
+    // shorter side scaled and the centre cropped (as ImageNet models take them).
+    let mut large = spec.clone();
+    (large.height, large.width) = (224, 224);
+    large.resize = Resize::CenterCrop;
+    large.normalize = Normalize::PerChannel {
+        mean: vec![104.0, 117.0, 123.0],
+        std: vec![1.0; 3],
+    };
+    let resizing = Preprocessor::new(&large, None)?;
+    let mut resized = vec![0.0; resizing.input_len()];
+    let (seconds, _) = repeated(args.runs, || {
+        let started = Instant::now();
+        for bytes in &encoded {
+            resizing.write(&decode(bytes, limits)?, &mut resized);
+        }
+        Ok((started.elapsed().as_secs_f64(), ()))
+    })?;
+    rows.push(Row {
+        what: "JPEG decoding + resize to 224x224 (centre crop) + preprocessing, 1 thread".into(),
+        images: encoded.len() as u64,
+        seconds,
+        note: "bilinear, OpenCV's geometry".into(),
+    });
+    let (engine_folder, correct) = repeated(args.runs, || {
+        score_all(&mut scorer, &folder_input, &folder_labels, 500)
+    })?;
+    rows.push(Row {
+        what: "ONNX Runtime alone on the folder's decoded tensors, batch 500".into(),
+        images: encoded.len() as u64,
+        seconds: engine_folder,
+        note: format!(
+            "accuracy {:.2}%",
+            100.0 * correct[0] as f64 / encoded.len() as f64
+        ),
+    });
     drop(scorer);
 
     // The embedded job, whole process.
@@ -265,11 +362,89 @@ fn main() -> Result<()> {
         ),
     });
 
+    // The folder job, whole process, against the engine on the same tensors and the peers.
+    let folder_job = || -> Result<(f64, u64)> {
+        let job_args = [
+            "--store",
+            store.to_str().unwrap(),
+            "--embedded",
+            "--dataset",
+            "datasets/cifar-jpeg",
+            "--model-name",
+            "resnet20",
+            "--labels",
+            "folders",
+            "--partition-size",
+            &partition_size,
+        ];
+        let started = Instant::now();
+        let (_, peak) = run_measured(&bin_dir.join("producer"), &job_args, &[])?;
+        Ok((started.elapsed().as_secs_f64(), peak))
+    };
+    let (folder_seconds, peaks) = repeated(args.runs, folder_job)?;
+    rows.push(Row {
+        what: "embedded job over the JPEG folder, whole process (1 worker)".into(),
+        images: images as u64,
+        seconds: folder_seconds,
+        note: format!(
+            "{:.2} x engine on its tensors; peak RSS {} MB",
+            folder_seconds / engine_folder,
+            peaks.iter().max().unwrap_or(&0) / 1024
+        ),
+    });
+    if let Some(python) = &python {
+        let model = store.join("cifar/models/resnet20.onnx");
+        let peers = [
+            (
+                "Python peer: PIL + ONNX Runtime, one process per core",
+                "peer.py",
+            ),
+            (
+                "Python peer: Ray Data (read_images + map_batches)",
+                "ray_peer.py",
+            ),
+        ];
+        for (what, script) in peers {
+            let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("python")
+                .join(script);
+            let (seconds, reports) = repeated(args.runs, || {
+                let started = Instant::now();
+                let out = run(
+                    python,
+                    &[
+                        script.to_str().unwrap(),
+                        jpeg_folder.to_str().unwrap(),
+                        model.to_str().unwrap(),
+                        mean_image.to_str().unwrap(),
+                    ],
+                    &[],
+                )?;
+                Ok((started.elapsed().as_secs_f64(), peer_report(&out)?))
+            })?;
+            let (scored, correct) = reports[0];
+            rows.push(Row {
+                what: what.into(),
+                images: scored,
+                seconds,
+                note: format!(
+                    "accuracy {:.2}%; the folder job's throughput is {:.2} x this",
+                    100.0 * correct as f64 / scored as f64,
+                    seconds / folder_seconds
+                ),
+            });
+        }
+    }
+
     // All six batches: the test batch under every batch name.
     if !args.skip_full {
         let full = work.path().join("cifar-10-full.tar.gz");
-        write_full_tarball(&fixture("cifar-10-python.tar.gz"), &full)?;
-        stage(store.to_str().unwrap(), &full, &[], &model_args)?;
+        write_full_tarball(&tarball, &full)?;
+        stage(
+            store.to_str().unwrap(),
+            &[],
+            &["--dataset", full.to_str().unwrap()],
+        )?;
         let (seconds, peak, _) = embedded("all", "resnet20")?;
         rows.push(Row {
             what: "embedded job, all 6 batches".into(),
@@ -300,50 +475,70 @@ fn main() -> Result<()> {
                 ("DEAD_LETTER_QUEUE", dq.as_str()),
                 ("INTRA_OP_THREADS", threads.as_str()),
             ];
-            stage(
-                &connection,
-                &fixture("cifar-10-python.tar.gz"),
-                &envs,
-                &model_args,
-            )?;
+            let mut inputs = [&tarball_args[..], &model_args].concat();
+            if workers == 1 {
+                inputs.extend(folder_args);
+            }
+            stage(&connection, &envs, &inputs)?;
             // Fresh processes for every run: each pays its own start-up, as a real job does.
-            let (seconds, peaks) = repeated(args.runs, || {
-                let collector = Measured::spawn(&bin_dir.join("collector"), &[], &envs)?;
-                let fleet: Vec<Measured> = (0..workers)
-                    .map(|_| Measured::spawn(&bin_dir.join("worker"), &[], &envs))
-                    .collect::<Result<_>>()?;
-                std::thread::sleep(Duration::from_millis(500)); // let them connect and subscribe
-                let started = Instant::now();
-                let (_, producer_peak) = run_measured(
-                    &bin_dir.join("producer"),
-                    &["--wait", "--partition-size", &partition_size],
-                    &envs,
-                )?;
-                let seconds = started.elapsed().as_secs_f64();
-                let worker_peaks: Vec<u64> = fleet
-                    .into_iter()
-                    .map(Measured::stop)
-                    .collect::<Result<_>>()?;
-                let collector_peak = collector.stop()?;
-                let worker_peak = worker_peaks.into_iter().max().unwrap_or(0);
-                Ok((seconds, [producer_peak, worker_peak, collector_peak]))
-            })?;
-            let peak = |i: usize| peaks.iter().map(|p| p[i]).max().unwrap_or(0) / 1024;
-            rows.push(Row {
-                what: format!(
-                    "fleet over RabbitMQ + Azurite, {workers} worker process{}",
-                    if workers > 1 { "es" } else { "" }
-                ),
-                images: images as u64,
-                seconds,
-                note: format!(
-                    "{:.2} x engine; peak RSS: producer {} MB, worker {} MB, collector {} MB",
-                    seconds / engine_500,
-                    peak(0),
-                    peak(1),
-                    peak(2)
-                ),
-            });
+            let fleet_run = |job: &[&str]| {
+                repeated(args.runs, || {
+                    let collector = Measured::spawn(&bin_dir.join("collector"), &[], &envs)?;
+                    let fleet: Vec<Measured> = (0..workers)
+                        .map(|_| Measured::spawn(&bin_dir.join("worker"), &[], &envs))
+                        .collect::<Result<_>>()?;
+                    std::thread::sleep(Duration::from_millis(500)); // let them connect and subscribe
+                    let started = Instant::now();
+                    let mut producer_args = vec!["--wait", "--partition-size", &partition_size];
+                    producer_args.extend(job);
+                    let (_, producer_peak) =
+                        run_measured(&bin_dir.join("producer"), &producer_args, &envs)?;
+                    let seconds = started.elapsed().as_secs_f64();
+                    let worker_peaks: Vec<u64> = fleet
+                        .into_iter()
+                        .map(Measured::stop)
+                        .collect::<Result<_>>()?;
+                    let collector_peak = collector.stop()?;
+                    let worker_peak = worker_peaks.into_iter().max().unwrap_or(0);
+                    Ok((seconds, [producer_peak, worker_peak, collector_peak]))
+                })
+            };
+            let plural = if workers > 1 { "es" } else { "" };
+            let mut jobs = vec![(
+                format!("fleet over RabbitMQ + Azurite, {workers} worker process{plural}"),
+                vec![],
+                engine_500,
+            )];
+            if workers == 1 {
+                jobs.push((
+                    "fleet over RabbitMQ + Azurite, JPEG folder, 1 worker process".into(),
+                    vec![
+                        "--dataset",
+                        "datasets/cifar-jpeg",
+                        "--model-name",
+                        "resnet20",
+                        "--labels",
+                        "folders",
+                    ],
+                    engine_folder,
+                ));
+            }
+            for (what, job, engine) in jobs {
+                let (seconds, peaks) = fleet_run(&job)?;
+                let peak = |i: usize| peaks.iter().map(|p| p[i]).max().unwrap_or(0) / 1024;
+                rows.push(Row {
+                    what,
+                    images: images as u64,
+                    seconds,
+                    note: format!(
+                        "{:.2} x engine; peak RSS: producer {} MB, worker {} MB, collector {} MB",
+                        seconds / engine,
+                        peak(0),
+                        peak(1),
+                        peak(2)
+                    ),
+                });
+            }
         }
     }
 
@@ -395,6 +590,37 @@ fn load_test_batch(tarball: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
         },
     )?;
     Ok((pixels, labels))
+}
+
+/// The files of a `<class>/<file>` folder, sorted, each with its class index (the sorted
+/// folder names are CIFAR-10's class order).
+fn list_folder(root: &Path) -> Result<Vec<(PathBuf, u8)>> {
+    let sorted = |dir: &Path| -> Result<Vec<PathBuf>> {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| dir.display().to_string())?
+            .map(|entry| entry.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
+        paths.sort();
+        Ok(paths)
+    };
+    let mut files = Vec::new();
+    for (label, class) in sorted(root)?.iter().enumerate() {
+        let label = u8::try_from(label).context("more than 255 class folders")?;
+        files.extend(sorted(class)?.into_iter().map(|path| (path, label)));
+    }
+    Ok(files)
+}
+
+/// A Python peer's last output line: `{"images": N, "correct": M}`.
+fn peer_report(stdout: &str) -> Result<(u64, u64)> {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .context("the Python peer printed no result line")?;
+    let value: serde_json::Value = serde_json::from_str(line)?;
+    let field = |name: &str| value[name].as_u64().context("a malformed result line");
+    Ok((field("images")?, field("correct")?))
 }
 
 /// Scores every image at `batch` images per call (after one warm-up call); returns the
