@@ -5,28 +5,32 @@
 #
 # The CUDA variant compiles the `cuda` feature, takes ONNX Runtime from the onnxruntime-gpu
 # wheel and runs on NVIDIA's CUDA/cuDNN runtime image; it still falls back to the CPU when no GPU
-# is found at run time.
+# is found at run time. One GPU stack: onnxruntime-gpu 1.31.1 (the newest GPU wheel; its CUDA
+# build needs CUDA 13 and cuDNN 9 for CUDA 13), CUDA 13.0 with cuDNN 9 in the base image (hosts
+# need NVIDIA driver R580 or newer), and `ort`'s API level 22 (any ONNX Runtime from 1.22).
 
 ARG VARIANT=cpu
 ARG RUST_VERSION=1.95
 ARG ORT_VERSION=1.32.0
+ARG ORT_GPU_VERSION=1.31.1
 
 FROM rust:${RUST_VERSION}-bookworm AS build
 ARG VARIANT
 ARG ORT_VERSION
+ARG ORT_GPU_VERSION
 RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-pip python3-venv \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN if [ "$VARIANT" = "cuda" ]; then features="--features producer/cuda,worker/cuda"; pkg=onnxruntime-gpu; \
-    else features=""; pkg=onnxruntime; fi \
+RUN if [ "$VARIANT" = "cuda" ]; then features="--features producer/cuda,worker/cuda"; pkg=onnxruntime-gpu; version=$ORT_GPU_VERSION; \
+    else features=""; pkg=onnxruntime; version=$ORT_VERSION; fi \
     && cargo build --release --locked --bins $features \
-    && ORT_PACKAGE=$pkg ORT_VERSION=$ORT_VERSION scripts/install-onnxruntime.sh \
+    && ORT_PACKAGE=$pkg ORT_VERSION=$version scripts/install-onnxruntime.sh \
     && mkdir -p /out/lib && cp target/release/producer target/release/worker target/release/collector /out/ \
     && cp -P .onnxruntime/lib* /out/lib/
 
 FROM debian:bookworm-slim AS runtime-cpu
-FROM nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 AS runtime-cuda
+FROM nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04 AS runtime-cuda
 
 FROM runtime-${VARIANT}
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \

@@ -3,12 +3,18 @@
 # binaries look for it when ORT_DYLIB_PATH is not set.
 #
 # The library comes from the `onnxruntime` wheel on PyPI (the CPU build; set
-# ORT_PACKAGE=onnxruntime-gpu for the CUDA build). Only the shared libraries are unpacked: no
-# Python environment is created or changed. Re-running is a no-op once the library is there.
+# ORT_PACKAGE=onnxruntime-gpu for the CUDA build, with its CUDA and cuDNN provider libraries:
+# it needs CUDA 13 and cuDNN 9 for CUDA 13 at run time). Only the shared libraries are
+# unpacked: no Python environment is created or changed. Re-running is a no-op once the
+# library is there.
 set -euo pipefail
 
-version="${ORT_VERSION:-1.32.0}"
 package="${ORT_PACKAGE:-onnxruntime}"
+# The GPU wheel trails the CPU one: 1.31.1 is the newest onnxruntime-gpu on PyPI.
+case "$package" in
+    onnxruntime-gpu) version="${ORT_VERSION:-1.31.1}" ;;
+    *) version="${ORT_VERSION:-1.32.0}" ;;
+esac
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 dest="$root/.onnxruntime"
 
