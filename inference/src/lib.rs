@@ -91,6 +91,17 @@ pub struct Scorer {
 }
 
 impl Scorer {
+    /// Checks, before any work is taken, that this host can score as `options` ask: the
+    /// library loads and the provider asked for can be registered (`--provider cuda` on a host
+    /// without a usable GPU fails here, not on the first partition). Returns the provider
+    /// sessions will run on.
+    pub fn check_host(options: &InferenceOptions) -> Result<&'static str, InferenceError> {
+        let builder = Session::builder(runtime::environment()?)
+            .map_err(|e| InferenceError::Host(e.to_string()))?;
+        let (_, provider) = providers::register(builder, options.provider)?;
+        Ok(provider)
+    }
+
     /// Builds a session for the ONNX model in `model` and reads its signature.
     pub fn load(
         model: &[u8],

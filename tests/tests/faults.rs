@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use fleet_common::broker::amqp::{AmqpArgs, AmqpBroker};
 use fleet_common::broker::{Broker, Consumer, Delivery, Queue, QueueNames};
 use fleet_common::message::{self, Images, MAX_MESSAGE_BYTES, Partition};
-use fleet_tests::{Fleet, assert_matches_reference, finish, spawn, terminate};
+use fleet_tests::{Fleet, assert_matches_reference, finish, run_with, spawn, terminate};
 
 fn kill(child: &mut Child) {
     child.kill().expect("SIGKILL");
@@ -44,6 +44,48 @@ fn workers_killed_mid_partition_lose_nothing() {
     for worker in workers {
         terminate(worker);
     }
+    terminate(collector);
+    assert_matches_reference(&fleet.scores(&job));
+}
+
+/// A worker whose host cannot score (no ONNX Runtime library; CUDA asked for where there is
+/// none) stops at start-up and says why, before it takes a partition: the queued job is left
+/// whole for workers that can score it, and nothing is dead-lettered.
+#[test]
+fn workers_that_cannot_score_stop_at_start_up_and_take_nothing() {
+    let fleet = Fleet::isolated();
+    fleet.stage();
+    let env = fleet.env();
+    let producer = submit(&fleet);
+    std::thread::sleep(Duration::from_secs(2)); // the job's partitions are queued
+    let mut no_library = env.clone();
+    no_library.push(("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so"));
+    let mut hosts = vec![(run_with("worker", &[], &no_library), "ORT_DYLIB_PATH")];
+    // With a GPU and a CUDA build this worker could score: the case is for hosts without.
+    if !std::path::Path::new("/proc/driver/nvidia/version").exists() {
+        hosts.push((
+            run_with("worker", &["--provider", "cuda"], &env),
+            "the CUDA provider was asked for",
+        ));
+    }
+    for (out, reason) in hosts {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("cannot score on this host") && stderr.contains(reason),
+            "{stderr}"
+        );
+        // Stopped before taking one: a worker that fails on a partition hands it back and
+        // logs that it did.
+        assert!(
+            !stderr.contains("the partition stays in the queue"),
+            "{stderr}"
+        );
+    }
+    let collector = spawn("collector", &[], &env);
+    let worker = spawn("worker", &[], &env);
+    let job = finish(producer);
+    terminate(worker);
     terminate(collector);
     assert_matches_reference(&fleet.scores(&job));
 }

@@ -50,7 +50,7 @@ pub enum WorkerError {
     #[error("a scoring task failed: {0}")]
     Task(String),
     #[error(
-        "this worker cannot score on this host, and stopped (its partition goes to another worker): {0}"
+        "this worker cannot score on this host, and stopped (partitions stay in the queue for other workers): {0}"
     )]
     Host(String),
 }
@@ -71,6 +71,10 @@ pub async fn run<B: Broker>(
     name: String,
     mut shutdown: Shutdown,
 ) -> Result<WorkerReport, WorkerError> {
+    // A host that cannot score stops before it takes a partition.
+    let provider = fleet_inference::Scorer::check_host(&options.inference)
+        .map_err(|e| WorkerError::Host(e.to_string()))?;
+    tracing::info!(provider, "this host can score");
     let mut consumer = broker.consume(Queue::Partitions, options.prefetch).await?;
     let mut models = Some(Models::new(
         store,
