@@ -25,7 +25,7 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use fleet_common::dataset::{self, BatchSelection, HEIGHT, IMAGE_BYTES, WIDTH};
 use fleet_common::spec::{ModelSpec, Normalize, Resize};
-use fleet_imaging::{DecodeLimits, Preprocessor, decode};
+use fleet_imaging::{DecodeLimits, Image, Preprocessor, decode};
 use fleet_inference::{InferenceOptions, Scorer};
 
 #[derive(Debug, Parser)]
@@ -235,36 +235,21 @@ fn main() -> Result<()> {
         .iter()
         .map(|(path, _)| std::fs::read(path).with_context(|| path.display().to_string()))
         .collect::<Result<_>>()?;
-    let limits = DecodeLimits {
-        max_pixels: u64::MAX,
-    };
-    let (seconds, _) = repeated(args.runs, || {
-        let started = Instant::now();
-        for bytes in &encoded {
-            decode(bytes, limits)?;
-        }
-        Ok((started.elapsed().as_secs_f64(), ()))
-    })?;
-    rows.push(Row {
-        what: "JPEG decoding (libjpeg), 1 thread".into(),
-        images: encoded.len() as u64,
-        seconds,
-        note: "the folder's 32x32 files, from bytes in memory".into(),
-    });
+    rows.push(decoding_row(
+        args.runs,
+        &encoded,
+        "JPEG decoding (libjpeg), 1 thread",
+        "the folder's 32x32 files, from bytes in memory",
+        |_, _| {},
+    )?);
     let mut folder_input = vec![0.0; encoded.len() * image_len];
-    let (seconds, _) = repeated(args.runs, || {
-        let started = Instant::now();
-        for (bytes, slot) in encoded.iter().zip(folder_input.chunks_exact_mut(image_len)) {
-            preprocessor.write(&decode(bytes, limits)?, slot);
-        }
-        Ok((started.elapsed().as_secs_f64(), ()))
-    })?;
-    rows.push(Row {
-        what: "JPEG decoding + preprocessing, 1 thread".into(),
-        images: encoded.len() as u64,
-        seconds,
-        note: "to the model's input: BGR, minus the mean image, CHW".into(),
-    });
+    rows.push(decoding_row(
+        args.runs,
+        &encoded,
+        "JPEG decoding + preprocessing, 1 thread",
+        "to the model's input: BGR, minus the mean image, CHW",
+        |i, image| preprocessor.write(image, &mut folder_input[i * image_len..][..image_len]),
+    )?);
     // Resizing, measured where it has work to do: the same files to a 224x224 input, the
     // shorter side scaled and the centre cropped (as ImageNet models take them).
     let mut large = spec.clone();
@@ -276,19 +261,13 @@ fn main() -> Result<()> {
     };
     let resizing = Preprocessor::new(&large, None)?;
     let mut resized = vec![0.0; resizing.input_len()];
-    let (seconds, _) = repeated(args.runs, || {
-        let started = Instant::now();
-        for bytes in &encoded {
-            resizing.write(&decode(bytes, limits)?, &mut resized);
-        }
-        Ok((started.elapsed().as_secs_f64(), ()))
-    })?;
-    rows.push(Row {
-        what: "JPEG decoding + resize to 224x224 (centre crop) + preprocessing, 1 thread".into(),
-        images: encoded.len() as u64,
-        seconds,
-        note: "bilinear, OpenCV's geometry".into(),
-    });
+    rows.push(decoding_row(
+        args.runs,
+        &encoded,
+        "JPEG decoding + resize to 224x224 (centre crop) + preprocessing, 1 thread",
+        "bilinear, OpenCV's geometry",
+        |_, image| resizing.write(image, &mut resized),
+    )?);
     let (engine_folder, correct) = repeated(args.runs, || {
         score_all(&mut scorer, &folder_input, &folder_labels, 500)
     })?;
@@ -590,6 +569,32 @@ fn load_test_batch(tarball: &Path) -> Result<(Vec<u8>, Vec<u8>)> {
         },
     )?;
     Ok((pixels, labels))
+}
+
+/// Decodes every file on this thread, hands each image to `then`, and times it all.
+fn decoding_row(
+    runs: usize,
+    encoded: &[Vec<u8>],
+    what: &str,
+    note: &str,
+    mut then: impl FnMut(usize, &Image),
+) -> Result<Row> {
+    let limits = DecodeLimits {
+        max_pixels: u64::MAX,
+    };
+    let (seconds, _) = repeated(runs, || {
+        let started = Instant::now();
+        for (i, bytes) in encoded.iter().enumerate() {
+            then(i, &decode(bytes, limits)?);
+        }
+        Ok((started.elapsed().as_secs_f64(), ()))
+    })?;
+    Ok(Row {
+        what: what.into(),
+        images: encoded.len() as u64,
+        seconds,
+        note: note.into(),
+    })
 }
 
 /// The files of a `<class>/<file>` folder, sorted, each with its class index (the sorted
