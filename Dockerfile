@@ -18,7 +18,8 @@ FROM rust:${RUST_VERSION}-bookworm AS build
 ARG VARIANT
 ARG ORT_VERSION
 ARG ORT_GPU_VERSION
-RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-pip python3-venv \
+# The install script reads PyPI's JSON with jq and unpacks the wheel with unzip: no Python.
+RUN apt-get update && apt-get install -y --no-install-recommends curl jq unzip \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

@@ -4,7 +4,9 @@
 //! so the same build works offline and on a machine with a GPU build of ONNX Runtime. Search
 //! order: the `ORT_DYLIB_PATH` variable, then `.onnxruntime/` in the working directory or next
 //! to (or above) the executable, where `scripts/install-onnxruntime.sh` puts it; then the system
-//! library path (`/usr/local/lib` in the container image).
+//! library directories (`/usr/local/lib` in the container image). The file has its platform's
+//! name: `libonnxruntime.so` on Linux, `libonnxruntime.dylib` on macOS, `onnxruntime.dll` on
+//! Windows.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -13,8 +15,29 @@ use super::InferenceError;
 
 /// Environment variable naming the library file (the variable `ort` itself documents).
 pub const DYLIB_ENV: &str = "ORT_DYLIB_PATH";
-/// File name of the library on Linux.
+/// File name of the library on this platform.
+#[cfg(target_os = "macos")]
+const LIB_NAME: &str = "libonnxruntime.dylib";
+/// File name of the library on this platform.
+#[cfg(windows)]
+const LIB_NAME: &str = "onnxruntime.dll";
+/// File name of the library on this platform.
+#[cfg(not(any(target_os = "macos", windows)))]
 const LIB_NAME: &str = "libonnxruntime.so";
+/// Where the platform's package managers put libraries, searched last.
+#[cfg(target_os = "macos")]
+const SYSTEM_DIRS: &[&str] = &["/usr/local/lib", "/opt/homebrew/lib"];
+/// Where the platform's package managers put libraries, searched last.
+#[cfg(windows)]
+const SYSTEM_DIRS: &[&str] = &[];
+/// Where the platform's package managers put libraries, searched last.
+#[cfg(not(any(target_os = "macos", windows)))]
+const SYSTEM_DIRS: &[&str] = &[
+    "/usr/local/lib",
+    "/usr/lib",
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+];
 /// Project-local install directory, relative to the repository root.
 const LOCAL_DIR: &str = ".onnxruntime";
 
@@ -44,7 +67,7 @@ pub fn locate() -> Result<PathBuf, InferenceError> {
             Ok(path)
         } else {
             Err(InferenceError::Host(format!(
-                "{DYLIB_ENV} is set to {}, which is not a file; point it at libonnxruntime.so or unset it",
+                "{DYLIB_ENV} is set to {}, which is not a file; point it at {LIB_NAME} or unset it",
                 path.display()
             )))
         };
@@ -64,7 +87,7 @@ pub fn locate() -> Result<PathBuf, InferenceError> {
         }
         searched.push(candidate);
     }
-    for dir in ["/usr/local/lib", "/usr/lib", "/usr/lib/x86_64-linux-gnu"] {
+    for dir in SYSTEM_DIRS {
         let candidate = Path::new(dir).join(LIB_NAME);
         if candidate.is_file() {
             return Ok(candidate);
@@ -73,7 +96,7 @@ pub fn locate() -> Result<PathBuf, InferenceError> {
     Err(InferenceError::Host(format!(
         "the ONNX Runtime library ({LIB_NAME}) was not found. Install it with \
          `scripts/install-onnxruntime.sh` (unpacks it from the onnxruntime wheel on PyPI into \
-         {LOCAL_DIR}/), or set {DYLIB_ENV} to the path of a libonnxruntime.so, version 1.22 or newer. \
+         {LOCAL_DIR}/), or set {DYLIB_ENV} to the path of a {LIB_NAME}, version 1.22 or newer. \
          Looked in: {}",
         searched
             .iter()
