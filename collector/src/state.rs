@@ -2,10 +2,12 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use fleet_common::job::{self, DatasetKind, Manifest, files, now_ms};
 use fleet_common::message::{self, Cancelled, ResultMessage, Scored, Sealed};
-use fleet_common::results;
+use fleet_common::results::{self, report};
+use fleet_common::spec::ModelSpec;
 use fleet_common::store::{BlobStore, StoreError};
 
 use crate::Event;
@@ -117,6 +119,7 @@ impl Jobs {
                             labelled: manifest.labelled_images > 0,
                             errors_column: manifest.dataset_kind == DatasetKind::Images,
                             submitted_at_ms: manifest.submitted_at_ms,
+                            published_at_ms: manifest.published_at_ms,
                         });
                     }
                 }
@@ -144,7 +147,8 @@ impl Jobs {
             return Ok(None);
         }
         let partitions: Vec<Scored> = state.partitions.values().cloned().collect();
-        let files = results::build(sealed, &partitions, now_ms());
+        let writing = Instant::now();
+        let mut files = results::build(sealed, &partitions, now_ms());
         if files.summary.images != sealed.images {
             tracing::error!(%job, expected = sealed.images, got = files.summary.images, "image count differs from the manifest");
         }
@@ -159,6 +163,11 @@ impl Jobs {
         if let Some(png) = &files.confusion_png {
             put(files::CONFUSION_PNG, png)?;
         }
+        files.summary.timings.writing_seconds = writing.elapsed().as_secs_f64();
+        put(
+            files::REPORT,
+            self.report(job, &files, &partitions)?.as_bytes(),
+        )?;
         let summary =
             serde_json::to_vec_pretty(&files.summary).expect("a summary always serializes");
         put(files::SUMMARY, &summary)?;
@@ -169,6 +178,40 @@ impl Jobs {
             tracing::warn!(%job, error = %e, "could not delete the job's intermediate partitions");
         }
         Ok(Some(files.summary))
+    }
+
+    /// The job's `report.html`. The manifest and the model's spec add to it; either may be
+    /// gone (a job from an older release, a model deleted since) without failing the job.
+    fn report(
+        &self,
+        job: &str,
+        files: &results::ResultFiles,
+        partitions: &[Scored],
+    ) -> Result<String, StoreError> {
+        let manifest = match self.store.get(&job::manifest_key(job)) {
+            Ok(bytes) => serde_json::from_slice::<Manifest>(&bytes).ok(),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e),
+        };
+        let spec = match &manifest {
+            Some(manifest) => match self.store.get(&job::spec_key(&manifest.model)) {
+                Ok(bytes) => ModelSpec::from_json(&bytes, &job::spec_key(&manifest.model))
+                    .ok()
+                    // Restaged since with another model: its provenance is not this job's.
+                    .filter(|spec| spec.provenance.onnx_sha256 == manifest.model_sha256),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(e),
+            },
+            None => None,
+        };
+        Ok(report::render(&report::Report {
+            summary: &files.summary,
+            partitions,
+            manifest: manifest.as_ref(),
+            provenance: spec.as_ref().map(|spec| &spec.provenance),
+            confusion: files.confusion.as_deref(),
+            confusion_png: files.confusion_png.as_deref(),
+        }))
     }
 
     fn delete_partitions(&self, job: &str) -> Result<(), StoreError> {

@@ -52,6 +52,7 @@ pub mod files {
     pub const CONFUSED_PAIRS: &str = "confused_pairs.csv";
     pub const SAMPLES_PNG: &str = "samples.png";
     pub const SUMMARY: &str = "summary.json";
+    pub const REPORT: &str = "report.html";
 }
 
 /// A batch of the job as submitted: a tarball's batch, or the one "batch" of an image
@@ -96,6 +97,9 @@ pub struct Manifest {
     pub images: u64,
     pub batches: Vec<BatchEntry>,
     pub submitted_at_ms: u64,
+    /// When the last partition was published (absent in manifests of older releases).
+    #[serde(default)]
+    pub published_at_ms: u64,
 }
 
 /// Milliseconds since the Unix epoch.

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the message format written by this build.
-pub const MESSAGE_VERSION: u16 = 2;
+pub const MESSAGE_VERSION: u16 = 3;
 
 /// Largest message accepted. A partition of 1,000 CIFAR images is about 3 MB, one of 1,000
 /// blob names a few tens of kB; anything much larger is a mistake or an attack, and is refused
@@ -73,6 +73,8 @@ pub struct Partition {
     pub labels: Vec<Option<u32>>,
     /// Classes to report per image, best first.
     pub top_k: u8,
+    /// Unix time in milliseconds when the producer published it (the report's queueing time).
+    pub published_at_ms: u64,
 }
 
 impl Partition {
@@ -156,6 +158,25 @@ pub struct Scored {
     pub inference_ms: f64,
     /// Time spent fetching, decoding and preprocessing the images, in milliseconds.
     pub preprocess_ms: f64,
+    /// The partition's [`Partition::published_at_ms`].
+    pub published_at_ms: u64,
+    /// Unix times in milliseconds when the worker began and finished scoring it.
+    pub started_at_ms: u64,
+    pub finished_at_ms: u64,
+    /// ONNX Runtime execution provider that ran the model (`CPU`, `CUDA`).
+    pub provider: String,
+    /// Small copies of the images the job report may show (see
+    /// [`crate::results::report::pick_thumbnails`]).
+    pub thumbnails: Vec<Thumbnail>,
+}
+
+/// A small PNG copy of one image of a partition, for the job report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Thumbnail {
+    /// The image's position in its partition.
+    pub position: u32,
+    #[serde(with = "serde_bytes")]
+    pub png: Vec<u8>,
 }
 
 /// Sent by the producer after the last partition of a job: the collector knows the job is
@@ -174,6 +195,8 @@ pub struct Sealed {
     pub errors_column: bool,
     /// Unix time in milliseconds when the producer started the job.
     pub submitted_at_ms: u64,
+    /// Unix time in milliseconds when its last partition was published.
+    pub published_at_ms: u64,
 }
 
 /// Sent by the producer when it could not submit the whole job (a corrupt tarball found
@@ -263,6 +286,7 @@ mod tests {
             },
             labels: vec![Some(1), None],
             top_k: 1,
+            published_at_ms: 0,
         }
     }
 
@@ -303,8 +327,9 @@ mod tests {
 
     #[test]
     fn garbage_oversize_and_trailing_bytes_are_refused() {
+        // This build's version (a varint below 128 is one byte), then no partition.
         assert!(matches!(
-            decode::<Partition>(b"\x02\xff\xff"),
+            decode::<Partition>(&[MESSAGE_VERSION as u8, 0xff, 0xff]),
             Err(MessageError::Undecodable(_))
         ));
         assert!(matches!(

@@ -6,6 +6,7 @@
 //! - [`mean_image`]: the OpenCV XML mean image.
 //! - [`preprocess`]: channel conversion, resize, channel order, scale, normalisation and
 //!   layout, in one pass per image.
+//! - [`thumbnail`]: small RGB copies for the job report.
 //!
 //! Nothing here links ONNX Runtime: tensors are flat `f32` slices handed to the scorer.
 
@@ -14,6 +15,8 @@ mod jpeg;
 pub mod mean_image;
 pub mod preprocess;
 pub mod resize;
+pub mod thumbnail;
 
 pub use decode::{DecodeError, DecodeLimits, Image, decode};
 pub use preprocess::Preprocessor;
+pub use thumbnail::thumbnail;

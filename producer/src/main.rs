@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use fleet_common::broker::amqp::{AmqpArgs, AmqpBroker};
 use fleet_common::job;
 use fleet_common::source::Source;
-use fleet_common::store::StoreArgs;
+use fleet_common::store::{BlobStore, StoreArgs};
 use fleet_inference::InferenceOptions;
 use indicatif::{ProgressBar, ProgressStyle};
 use producer::stage::{
@@ -249,9 +249,11 @@ async fn run(args: RunArgs) -> Result<()> {
     let job = job::new_job_id();
     if args.embedded {
         let run =
-            producer::embedded::run(store, &args.submit, args.workers, args.worker, &job).await?;
+            producer::embedded::run(store.clone(), &args.submit, args.workers, args.worker, &job)
+                .await?;
         print_summary(&run.summary);
         println!("job: {}", run.job);
+        print_report(store.as_ref(), &run.job);
         return Ok(());
     }
     let broker = AmqpBroker::connect(args.amqp).await?;
@@ -271,14 +273,23 @@ async fn run(args: RunArgs) -> Result<()> {
     println!("job: {job}");
     if args.wait {
         let summary = producer::follow::follow(
-            store,
+            store.clone(),
             &manifest,
             Duration::from_secs(args.wait_timeout_secs),
         )
         .await?;
         print_summary(&summary);
+        print_report(store.as_ref(), &job);
     }
     Ok(())
+}
+
+/// Where the job's report is: a path or a blob URL to open in a browser.
+fn print_report(store: &dyn BlobStore, job: &str) {
+    println!(
+        "report: {}",
+        store.location(&job::result_key(job, job::files::REPORT))
+    );
 }
 
 fn print_summary(summary: &fleet_common::results::Summary) {

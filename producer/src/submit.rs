@@ -297,6 +297,7 @@ async fn publish<B: Broker>(
             )
         }
     };
+    let published_at_ms = now_ms();
     let partitions = batches.iter().map(|b| b.partitions).sum();
     let images = batches.iter().map(|b| u64::from(b.images)).sum();
     let manifest = Manifest {
@@ -314,6 +315,7 @@ async fn publish<B: Broker>(
         images,
         batches,
         submitted_at_ms,
+        published_at_ms,
     };
     let manifest_json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
     let job_owned = job.to_owned();
@@ -334,6 +336,7 @@ async fn publish<B: Broker>(
         labelled: labelled_images > 0,
         errors_column: kind == DatasetKind::Images,
         submitted_at_ms,
+        published_at_ms,
     });
     broker
         .publish(Queue::Results, message::encode(&sealed))
@@ -371,6 +374,7 @@ async fn publish_collection<B: Broker>(
             },
             labels: labels.to_vec(),
             top_k: options.top_k,
+            published_at_ms: now_ms(),
         };
         broker
             .publish(Queue::Partitions, message::encode(&partition))
@@ -432,6 +436,8 @@ async fn publish_tarball<B: Broker>(
                         .map(|&l| labelled.then_some(u32::from(l)))
                         .collect(),
                     top_k,
+                    // Set when it is published.
+                    published_at_ms: 0,
                 };
                 next_partition += 1;
                 tx.blocking_send(partition)
@@ -450,7 +456,7 @@ async fn publish_tarball<B: Broker>(
 
     let mut samples: Vec<(Vec<u8>, String)> = Vec::new();
     let mut publish_error = None;
-    while let Some(partition) = rx.recv().await {
+    while let Some(mut partition) = rx.recv().await {
         if let Images::Planes { names, pixels, .. } = &partition.images {
             for i in 0..names.len().min(SAMPLES - samples.len()) {
                 let image = pixels[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES].to_vec();
@@ -458,6 +464,7 @@ async fn publish_tarball<B: Broker>(
             }
         }
         let images = partition.len() as u64;
+        partition.published_at_ms = now_ms();
         if let Err(e) = broker
             .publish(Queue::Partitions, message::encode(&partition))
             .await

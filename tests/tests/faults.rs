@@ -203,6 +203,7 @@ fn poison_messages_end_in_the_dead_letter_queue_with_their_reason() {
             },
             labels: vec![Some(1)],
             top_k: 1,
+            published_at_ms: 0,
         });
         let poison = [
             // This build's version header, then bytes that are no partition.

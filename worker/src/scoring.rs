@@ -10,11 +10,13 @@ use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use fleet_common::message::{Images, Partition, Score, Scored};
+use fleet_common::concurrent;
+use fleet_common::job::{self, now_ms};
+use fleet_common::message::{Images, Partition, Score, Scored, Thumbnail};
+use fleet_common::results::{render, report};
 use fleet_common::spec::{ModelSpec, Outputs, sha256_hex};
 use fleet_common::store::{BlobStore, StoreError};
-use fleet_common::{concurrent, job};
-use fleet_imaging::{DecodeLimits, Preprocessor, decode};
+use fleet_imaging::{DecodeLimits, Image, Preprocessor, decode, thumbnail};
 use fleet_inference::{InferenceError, InferenceOptions, Scorer};
 
 /// How images are fetched and decoded. Part of the worker's configuration.
@@ -101,8 +103,9 @@ impl Models {
         let image_len = loaded.preprocessor.input_len();
         loaded.input.clear();
         loaded.input.resize(n * image_len, 0.0);
+        let started_at_ms = now_ms();
         let started = Instant::now();
-        let errors = prepare(
+        let Prepared { errors, thumbnails } = prepare(
             &partition.images,
             &loaded.preprocessor,
             &mut loaded.input,
@@ -120,7 +123,7 @@ impl Models {
         let inference_ms = started.elapsed().as_secs_f64() * 1000.0;
         let k = usize::from(partition.top_k).min(classes as usize);
         let probabilities = loaded.spec.outputs == Outputs::Probabilities;
-        let scores = errors
+        let scores: Vec<Score> = errors
             .into_iter()
             .enumerate()
             .zip(&partition.labels)
@@ -140,6 +143,31 @@ impl Models {
                 }
             })
             .collect();
+        let thumbnails = report::pick_thumbnails(partition.partition, &scores)
+            .into_iter()
+            .filter_map(|i| {
+                let image = match &partition.images {
+                    Images::Planes {
+                        height,
+                        width,
+                        pixels,
+                        ..
+                    } => {
+                        let len = 3 * *height as usize * *width as usize;
+                        let planes = &pixels[i * len..][..len];
+                        thumbnail(
+                            &Image::from_planes(planes, *height as usize, *width as usize),
+                            report::THUMBNAIL_SIDE,
+                        )
+                    }
+                    Images::Blobs { .. } => thumbnails.get(i)?.clone()?,
+                };
+                Some(Thumbnail {
+                    position: i as u32,
+                    png: render::rgb_png(image.width, image.height, &image.data),
+                })
+            })
+            .collect();
         Ok(Scored {
             job: partition.job.clone(),
             partition: partition.partition,
@@ -150,6 +178,11 @@ impl Models {
             worker: worker.to_owned(),
             inference_ms,
             preprocess_ms,
+            published_at_ms: partition.published_at_ms,
+            started_at_ms,
+            finished_at_ms: now_ms(),
+            provider: loaded.scorer.provider().to_owned(),
+            thumbnails,
         })
     }
 }
@@ -220,16 +253,24 @@ fn load(
     })
 }
 
-/// Fills `input` with every image's model input; returns each image's error, if any (its
-/// input stays zero). A storage failure other than a missing blob fails the partition, to be
-/// retried: it says nothing about the image.
+/// What [`prepare`] found out about a partition's images besides their model input.
+struct Prepared {
+    /// Each image's error, if any (its input stays zero).
+    errors: Vec<Option<String>>,
+    /// For fetched images, a thumbnail of each one decoded (pixels in the message need none:
+    /// they are still at hand when the report's picks are known).
+    thumbnails: Vec<Option<Image>>,
+}
+
+/// Fills `input` with every image's model input. A storage failure other than a missing blob
+/// fails the partition, to be retried: it says nothing about the image.
 fn prepare(
     images: &Images,
     preprocessor: &Preprocessor,
     input: &mut [f32],
     store: &dyn BlobStore,
     options: &ImageOptions,
-) -> Result<Vec<Option<String>>, ScoreError> {
+) -> Result<Prepared, ScoreError> {
     let image_len = preprocessor.input_len();
     match images {
         Images::Planes {
@@ -239,34 +280,46 @@ fn prepare(
             ..
         } => {
             preprocessor.write_planes(pixels, *height as usize, *width as usize, input);
-            Ok(vec![None; images.len()])
+            Ok(Prepared {
+                errors: vec![None; images.len()],
+                thumbnails: Vec::new(),
+            })
         }
         Images::Blobs { prefix, names } => {
             let limits = DecodeLimits {
                 max_pixels: options.max_image_pixels,
             };
-            let errors = Mutex::new(vec![None; names.len()]);
+            let prepared = Mutex::new(Prepared {
+                errors: vec![None; names.len()],
+                thumbnails: vec![None; names.len()],
+            });
             let threads = usize::from(options.fetch_concurrency).min(names.len());
             concurrent::try_for_each(
                 input.chunks_exact_mut(image_len).enumerate(),
                 threads,
                 |(i, slot)| {
                     let key = format!("{prefix}{}", names[i]);
-                    let error = match fetch(store, &key, options.max_image_bytes) {
-                        Ok(bytes) => decode(&bytes, limits)
-                            .map(|image| preprocessor.write(&image, slot))
-                            .err()
-                            .map(|e| e.to_string()),
-                        Err(Fetch::Image(error)) => Some(error),
+                    let decoded = match fetch(store, &key, options.max_image_bytes) {
+                        Ok(bytes) => decode(&bytes, limits).map_err(|e| e.to_string()),
+                        Err(Fetch::Image(error)) => Err(error),
                         Err(Fetch::Store(error)) => return Err(ScoreError::Transient(error)),
                     };
-                    if error.is_some() {
-                        errors.lock().expect("no panic holds the errors")[i] = error;
-                    }
+                    // The thumbnail is made now, while the pixels are at hand; which ones the
+                    // report wants is known only once the partition is scored.
+                    let (error, small) = match decoded {
+                        Ok(image) => {
+                            preprocessor.write(&image, slot);
+                            (None, Some(thumbnail(&image, report::THUMBNAIL_SIDE)))
+                        }
+                        Err(error) => (Some(error), None),
+                    };
+                    let mut prepared = prepared.lock().expect("no panic holds the results");
+                    prepared.errors[i] = error;
+                    prepared.thumbnails[i] = small;
                     Ok(())
                 },
             )?;
-            Ok(errors.into_inner().expect("no panic holds the errors"))
+            Ok(prepared.into_inner().expect("no panic holds the results"))
         }
     }
 }

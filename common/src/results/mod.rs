@@ -1,9 +1,10 @@
-//! A job's result files: `scores.csv`, `summary.json`, and for labelled jobs
+//! A job's result files: `scores.csv`, `summary.json`, `report.html`, and for labelled jobs
 //! `confusion.csv`, `confused_pairs.csv` and `confusion.png`.
 //!
 //! Everything is sized by the job's classes (the model's output), never by a constant.
 
 pub mod render;
+pub mod report;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -35,6 +36,19 @@ pub struct Timings {
     pub inference_seconds: f64,
     /// Time spent fetching, decoding and preprocessing images, summed over workers.
     pub preprocess_seconds: f64,
+    /// From submission to the last partition published: the producer listing or decoding
+    /// the dataset.
+    #[serde(default)]
+    pub staging_seconds: f64,
+    /// Mean time a partition waited between being published and a worker taking it.
+    #[serde(default)]
+    pub queueing_seconds: f64,
+    /// From the first partition taken by a worker to the last one scored.
+    #[serde(default)]
+    pub scoring_seconds: f64,
+    /// The collector writing the result files before the report and summary (set by it).
+    #[serde(default)]
+    pub writing_seconds: f64,
 }
 
 /// Accuracy of one true class.
@@ -126,6 +140,8 @@ pub struct ResultFiles {
     pub confused_pairs_csv: Option<String>,
     /// Labelled jobs of up to [`MAX_HEAT_MAP_CLASSES`] classes.
     pub confusion_png: Option<Vec<u8>>,
+    /// Labelled jobs only: the confusion matrix, true class by row.
+    pub confusion: Option<Vec<Vec<u64>>>,
     pub summary: Summary,
 }
 
@@ -261,7 +277,14 @@ pub fn build(sealed: &Sealed, partitions: &[Scored], completed_at_ms: u64) -> Re
         Vec::new()
     };
     let submitted_at_ms = sealed.submitted_at_ms;
-    let wall_seconds = completed_at_ms.saturating_sub(submitted_at_ms) as f64 / 1000.0;
+    let wall_seconds = seconds_between(submitted_at_ms, completed_at_ms);
+    let first_taken = partitions.iter().map(|p| p.started_at_ms).min();
+    let last_scored = partitions.iter().map(|p| p.finished_at_ms).max();
+    let queueing_seconds = partitions
+        .iter()
+        .map(|p| seconds_between(p.published_at_ms, p.started_at_ms))
+        .sum::<f64>()
+        / partitions.len().max(1) as f64;
     let summary = Summary {
         job: sealed.job.clone(),
         images,
@@ -295,6 +318,12 @@ pub fn build(sealed: &Sealed, partitions: &[Scored], completed_at_ms: u64) -> Re
             },
             inference_seconds: inference_ms / 1000.0,
             preprocess_seconds: preprocess_ms / 1000.0,
+            staging_seconds: seconds_between(submitted_at_ms, sealed.published_at_ms),
+            queueing_seconds,
+            scoring_seconds: first_taken
+                .zip(last_scored)
+                .map_or(0.0, |(from, to)| seconds_between(from, to)),
+            writing_seconds: 0.0,
         },
     };
     if !sealed.labelled {
@@ -303,6 +332,7 @@ pub fn build(sealed: &Sealed, partitions: &[Scored], completed_at_ms: u64) -> Re
             confusion_csv: None,
             confused_pairs_csv: None,
             confusion_png: None,
+            confusion: None,
             summary,
         };
     }
@@ -342,8 +372,15 @@ pub fn build(sealed: &Sealed, partitions: &[Scored], completed_at_ms: u64) -> Re
         confusion_csv: Some(confusion_csv),
         confused_pairs_csv: Some(confused_pairs_csv),
         confusion_png,
+        confusion: Some(confusion),
         summary,
     }
+}
+
+/// Seconds from one Unix time in milliseconds to a later one; 0 if the clocks of two hosts
+/// put them the other way round.
+fn seconds_between(from_ms: u64, to_ms: u64) -> f64 {
+    to_ms.saturating_sub(from_ms) as f64 / 1000.0
 }
 
 fn ratio(a: u64, b: u64) -> f64 {
@@ -377,6 +414,7 @@ mod tests {
             labelled,
             errors_column,
             submitted_at_ms: 1_000,
+            published_at_ms: 1_500,
         }
     }
 
@@ -398,6 +436,11 @@ mod tests {
             worker: "w1".into(),
             inference_ms: 10.0,
             preprocess_ms: 1.0,
+            published_at_ms: 1_600,
+            started_at_ms: 1_700 + u64::from(partition) * 100,
+            finished_at_ms: 1_800 + u64::from(partition) * 100,
+            provider: "CPU".into(),
+            thumbnails: Vec::new(),
         }
     }
 

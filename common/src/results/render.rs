@@ -69,19 +69,27 @@ impl Canvas {
     }
 
     fn png(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut encoder = png::Encoder::new(&mut out, self.width as u32, self.height as u32);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder
-            .write_header()
-            .expect("writing to a Vec cannot fail");
-        writer
-            .write_image_data(&self.pixels)
-            .expect("the buffer matches the header");
-        writer.finish().expect("writing to a Vec cannot fail");
-        out
+        rgb_png(self.width, self.height, &self.pixels)
     }
+}
+
+/// RGB pixels (rows top to bottom, `3 * width * height` bytes) as a PNG file.
+///
+/// # Panics
+/// If `pixels` does not hold `3 * width * height` bytes.
+pub fn rgb_png(width: usize, height: usize, pixels: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut encoder = png::Encoder::new(&mut out, width as u32, height as u32);
+    encoder.set_color(png::ColorType::Rgb);
+    encoder.set_depth(png::BitDepth::Eight);
+    let mut writer = encoder
+        .write_header()
+        .expect("writing to a Vec cannot fail");
+    writer
+        .write_image_data(pixels)
+        .expect("the pixels match the header");
+    writer.finish().expect("writing to a Vec cannot fail");
+    out
 }
 
 /// matplotlib's "Blues": from near-white to dark blue.

@@ -413,6 +413,13 @@ impl BlobStore for AzureStore {
     fn describe(&self) -> String {
         format!("Azure container {}", self.container_url)
     }
+
+    fn location(&self, key: &str) -> String {
+        format!(
+            "{}/{key}",
+            self.container_url.as_str().trim_end_matches('/')
+        )
+    }
 }
 
 #[cfg(test)]

@@ -157,6 +157,14 @@ impl BlobStore for LocalStore {
     fn describe(&self) -> String {
         format!("local container {}", self.dir.display())
     }
+
+    fn location(&self, key: &str) -> String {
+        let path = self.dir.join(key);
+        std::path::absolute(&path)
+            .unwrap_or(path)
+            .display()
+            .to_string()
+    }
 }
 
 #[cfg(test)]

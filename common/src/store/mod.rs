@@ -89,6 +89,9 @@ pub trait BlobStore: Send + Sync + Debug {
 
     /// Where this is, for messages: a directory or a container URL.
     fn describe(&self) -> String;
+
+    /// Where blob `key` opens from outside this program: a file path or the blob's URL.
+    fn location(&self, key: &str) -> String;
 }
 
 /// Longest blob name Azure Blob Storage accepts.

@@ -1,0 +1,645 @@
+//! `report.html`: a finished job to look at in a browser.
+//!
+//! One self-contained file (images inline as data URIs, styles inline, no scripts, no fonts to
+//! fetch), so it opens from a blob URL or a local disk alike. It reads the job as the
+//! walkthrough does: the accuracy line, a sample of images, the confusion matrix and, in words,
+//! which classes the model mixes up; then the most confident mistakes, and the images that
+//! could not be read. A job without labels shows the class distribution and the least confident
+//! predictions instead.
+//!
+//! The collector never sees pixels: each worker ships small PNG copies of the few images of its
+//! partition the report may show ([`pick_thumbnails`]), and the report takes the best of them
+//! across partitions. A partition's own top [`GALLERY_SIZE`] holds every image of the job's
+//! top [`GALLERY_SIZE`] that lies in it, so the gallery is the job's, not a sample's.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use base64::Engine as _;
+
+use super::{ConfusedPair, Summary};
+use crate::job::{DatasetKind, Manifest};
+use crate::message::{Score, Scored};
+use crate::spec::Provenance;
+
+/// Images in each gallery (most confident mistakes, least confident predictions).
+pub const GALLERY_SIZE: usize = 12;
+/// Images of the job's first partition in the sample grid.
+pub const SAMPLE_SIZE: usize = 16;
+/// Longest side of a thumbnail, in pixels.
+pub const THUMBNAIL_SIDE: usize = 64;
+/// Unreadable images listed by name; the rest are counted (`scores.csv` has them all).
+const UNREADABLE_LISTED: usize = 100;
+/// Confused class pairs read out in words.
+const PAIRS_IN_WORDS: usize = 3;
+
+/// Positions of the images of partition `partition` whose thumbnails the report may show: the
+/// first [`SAMPLE_SIZE`] readable images of the job's first partition, the partition's
+/// [`GALLERY_SIZE`] most confident mistakes, and its [`GALLERY_SIZE`] least confident
+/// predictions of images without a label. Sorted, each once.
+pub fn pick_thumbnails(partition: u32, scores: &[Score]) -> Vec<usize> {
+    let mut picked = BTreeSet::new();
+    if partition == 0 {
+        picked.extend(
+            scores
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.error.is_none())
+                .map(|(i, _)| i)
+                .take(SAMPLE_SIZE),
+        );
+    }
+    let mut mistakes: Vec<(usize, f32)> = Vec::new();
+    let mut unlabelled: Vec<(usize, f32)> = Vec::new();
+    for (i, score) in scores.iter().enumerate() {
+        let Some((class, confidence)) = score.predicted() else {
+            continue;
+        };
+        match score.label {
+            Some(label) if label != class => mistakes.push((i, confidence)),
+            Some(_) => {}
+            None => unlabelled.push((i, confidence)),
+        }
+    }
+    mistakes.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    unlabelled.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+    picked.extend(mistakes.iter().take(GALLERY_SIZE).map(|m| m.0));
+    picked.extend(unlabelled.iter().take(GALLERY_SIZE).map(|m| m.0));
+    picked.into_iter().collect()
+}
+
+/// Everything the report shows.
+#[derive(Debug, Clone, Copy)]
+pub struct Report<'a> {
+    pub summary: &'a Summary,
+    /// Every partition's scores, in job order.
+    pub partitions: &'a [Scored],
+    /// The job's manifest (dataset, labels, model), when it could be read.
+    pub manifest: Option<&'a Manifest>,
+    /// Where the model came from, from its spec, when the spec still describes the model the
+    /// job scored.
+    pub provenance: Option<&'a Provenance>,
+    /// The confusion matrix (true class by row) of a labelled job.
+    pub confusion: Option<&'a [Vec<u64>]>,
+    /// `confusion.png`, when drawn.
+    pub confusion_png: Option<&'a [u8]>,
+}
+
+/// One image shown in a gallery.
+struct Shown<'a> {
+    png: &'a [u8],
+    name: String,
+    score: &'a Score,
+}
+
+/// The page.
+pub fn render(report: &Report<'_>) -> String {
+    let summary = report.summary;
+    let mut html = String::with_capacity(256 << 10);
+    let title = format!("Job {}", summary.job);
+    let _ = write!(
+        html,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{}</title><style>{STYLE}</style></head><body>\n<h1>{}</h1>\n",
+        escape(&title),
+        escape(&title)
+    );
+    let _ = writeln!(
+        html,
+        "<p class=\"accuracy\" id=\"accuracy\">{}</p>",
+        escape(&summary.accuracy_line())
+    );
+    job_section(&mut html, report);
+    timings_section(&mut html, summary);
+    let samples = thumbnails(report.partitions, |p, position| {
+        p.partition == 0 && position < SAMPLE_SIZE
+    });
+    if !samples.is_empty() {
+        html.push_str("<h2>Sample</h2>\n<p>The first images of the job: true class (where known), then the class the model gave.</p>\n");
+        gallery(&mut html, "samples", &samples, report);
+    }
+    if summary.accuracy.is_some() {
+        per_class_section(&mut html, summary);
+        confusion_section(&mut html, report);
+        mistakes_section(&mut html, report);
+    }
+    if summary.scored > summary.labelled {
+        distribution_section(&mut html, summary);
+        low_confidence_section(&mut html, report);
+    }
+    unreadable_section(&mut html, report);
+    html.push_str("</body></html>\n");
+    html
+}
+
+fn job_section(html: &mut String, report: &Report<'_>) {
+    let summary = report.summary;
+    html.push_str("<h2>Job</h2>\n<table class=\"facts\">\n");
+    let mut row = |what: &str, value: String| {
+        let _ = writeln!(
+            html,
+            "<tr><th>{}</th><td>{}</td></tr>",
+            escape(what),
+            escape(&value)
+        );
+    };
+    if let Some(manifest) = report.manifest {
+        let kind = match manifest.dataset_kind {
+            DatasetKind::Tarball => "CIFAR-10 tarball",
+            DatasetKind::Images => "image files under a prefix",
+        };
+        row("dataset", format!("{} ({kind})", manifest.dataset));
+        row("true labels", manifest.labels.clone());
+        row("model", manifest.model.clone());
+        row("model sha256 (ONNX)", manifest.model_sha256.clone());
+    }
+    match report.provenance {
+        Some(p) => {
+            row("model source", format!("{} ({})", p.source, p.format));
+            row("source sha256", p.source_sha256.clone());
+        }
+        None => row(
+            "model source",
+            "not known: the model's spec is gone or now describes another model".into(),
+        ),
+    }
+    let providers: BTreeSet<&str> = report
+        .partitions
+        .iter()
+        .map(|p| p.provider.as_str())
+        .collect();
+    row(
+        "execution provider",
+        providers.into_iter().collect::<Vec<_>>().join(", "),
+    );
+    row("images", summary.images.to_string());
+    row("scored", summary.scored.to_string());
+    row("could not be read", summary.unreadable.to_string());
+    if summary.accuracy.is_some() {
+        row("with a true label", summary.labelled.to_string());
+        row("correct", summary.correct.to_string());
+    }
+    row("classes", summary.classes.len().to_string());
+    row("partitions", summary.partitions.to_string());
+    row(
+        "workers",
+        summary
+            .workers
+            .iter()
+            .map(|(worker, images)| format!("{worker} ({images} images)"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    );
+    html.push_str("</table>\n");
+}
+
+fn timings_section(html: &mut String, summary: &Summary) {
+    let t = &summary.timings;
+    html.push_str("<h2>Timings</h2>\n<table class=\"facts\">\n");
+    let mut row = |what: &str, seconds: f64, note: &str| {
+        let _ = writeln!(
+            html,
+            "<tr><th>{}</th><td>{seconds:.2} s</td><td class=\"note\">{}</td></tr>",
+            escape(what),
+            escape(note)
+        );
+    };
+    row(
+        "submitting",
+        t.staging_seconds,
+        "the producer listing or decoding the dataset and publishing partitions",
+    );
+    row(
+        "queueing",
+        t.queueing_seconds,
+        "mean wait of a partition between publishing and a worker taking it",
+    );
+    row(
+        "scoring",
+        t.scoring_seconds,
+        "first partition taken to last partition scored",
+    );
+    row("model calls", t.inference_seconds, "summed over workers");
+    row(
+        "reading images",
+        t.preprocess_seconds,
+        "fetching, decoding and preparing, summed over workers",
+    );
+    row(
+        "writing",
+        t.writing_seconds,
+        "the collector writing scores.csv and the other result files",
+    );
+    row(
+        "end to end",
+        t.wall_seconds,
+        "submission to the last result in",
+    );
+    html.push_str("</table>\n");
+    let _ = writeln!(
+        html,
+        "<p>{:.0} images/s end to end.</p>",
+        t.images_per_second
+    );
+}
+
+fn per_class_section(html: &mut String, summary: &Summary) {
+    html.push_str(
+        "<h2>Accuracy by class</h2>\n<table class=\"bars\" id=\"per-class\">\n\
+         <tr><th>class</th><th>images</th><th>correct</th><th>accuracy</th><th></th></tr>\n",
+    );
+    for class in &summary.per_class {
+        let _ = writeln!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.2}%</td>\
+             <td><span class=\"bar\" style=\"width:{:.1}px\"></span></td></tr>",
+            escape(&class.class),
+            class.images,
+            class.correct,
+            100.0 * class.accuracy,
+            200.0 * class.accuracy
+        );
+    }
+    html.push_str("</table>\n");
+}
+
+fn confusion_section(html: &mut String, report: &Report<'_>) {
+    let summary = report.summary;
+    html.push_str("<h2>Confusion</h2>\n");
+    if let Some(png) = report.confusion_png {
+        let _ = writeln!(
+            html,
+            "<p><img class=\"heat\" alt=\"confusion matrix: true class by row, predicted class by column\" src=\"{}\"></p>",
+            data_uri(png)
+        );
+    } else {
+        let _ = writeln!(
+            html,
+            "<p>{} classes are too many to draw; <code>confusion.csv</code> and \
+             <code>confused_pairs.csv</code> hold every cell.</p>",
+            summary.classes.len()
+        );
+    }
+    if let Some(confusion) = report.confusion {
+        let sentences = confused_in_words(confusion, &summary.classes);
+        if sentences.is_empty() {
+            html.push_str("<p id=\"reading\">The model confused no two classes.</p>\n");
+        } else {
+            html.push_str("<ul id=\"reading\">\n");
+            for sentence in sentences {
+                let _ = writeln!(html, "<li>{}</li>", escape(&sentence));
+            }
+            html.push_str("</ul>\n");
+        }
+    }
+    if !summary.most_confused.is_empty() {
+        html.push_str(
+            "<table class=\"bars\"><tr><th>true class</th><th>taken for</th><th>images</th></tr>\n",
+        );
+        for ConfusedPair {
+            true_class,
+            predicted_class,
+            images,
+        } in &summary.most_confused
+        {
+            let _ = writeln!(
+                html,
+                "<tr><td>{}</td><td>{}</td><td>{images}</td></tr>",
+                escape(true_class),
+                escape(predicted_class)
+            );
+        }
+        html.push_str("</table>\n");
+    }
+}
+
+/// The pairs of classes the model mixes up most, both ways together, as sentences:
+/// "cat and dog are confused most: 120 cat images were taken for dog and 95 dog images for
+/// cat (10.8% of their 2,000 images)."
+pub fn confused_in_words(confusion: &[Vec<u64>], classes: &[String]) -> Vec<String> {
+    let n = confusion.len().min(classes.len());
+    let mut pairs: Vec<(u64, usize, usize)> = (0..n)
+        .flat_map(|a| (a + 1..n).map(move |b| (a, b)))
+        .map(|(a, b)| (confusion[a][b] + confusion[b][a], a, b))
+        .filter(|&(both, _, _)| both > 0)
+        .collect();
+    pairs.sort_by(|x, y| y.0.cmp(&x.0).then((x.1, x.2).cmp(&(y.1, y.2))));
+    pairs
+        .into_iter()
+        .take(PAIRS_IN_WORDS)
+        .enumerate()
+        .map(|(rank, (both, a, b))| {
+            // The larger direction first.
+            let (a, b) = if confusion[b][a] > confusion[a][b] {
+                (b, a)
+            } else {
+                (a, b)
+            };
+            let images: u64 = confusion[a].iter().sum::<u64>() + confusion[b].iter().sum::<u64>();
+            let lead = match rank {
+                0 => "are confused most",
+                1 => "come next",
+                _ => "then",
+            };
+            format!(
+                "{} and {} {lead}: {} {} images were taken for {} and {} {} images for {} \
+                 ({:.1}% of their {} images).",
+                classes[a],
+                classes[b],
+                confusion[a][b],
+                classes[a],
+                classes[b],
+                confusion[b][a],
+                classes[b],
+                classes[a],
+                100.0 * both as f64 / images.max(1) as f64,
+                images
+            )
+        })
+        .collect()
+}
+
+fn mistakes_section(html: &mut String, report: &Report<'_>) {
+    let mut mistakes = thumbnails(report.partitions, |p, position| {
+        let score = &p.scores[position];
+        matches!((score.label, score.predicted()), (Some(l), Some((c, _))) if l != c)
+    });
+    mistakes.sort_by(|a, b| confidence(b.score).total_cmp(&confidence(a.score)));
+    mistakes.truncate(GALLERY_SIZE);
+    html.push_str("<h2>Most confident mistakes</h2>\n");
+    if mistakes.is_empty() {
+        html.push_str("<p>No labelled image was misclassified.</p>\n");
+    } else {
+        html.push_str("<p>Images the model got wrong while most sure of itself: true class, then what it said.</p>\n");
+        gallery(html, "mistakes", &mistakes, report);
+    }
+}
+
+fn distribution_section(html: &mut String, summary: &Summary) {
+    let unlabelled = summary.scored - summary.labelled;
+    let _ = writeln!(
+        html,
+        "<h2>Predicted classes</h2>\n<p>How the {} scored images spread over the classes \
+         ({unlabelled} of them without a true label).</p>\n<table class=\"bars\" id=\"distribution\">\n\
+         <tr><th>class</th><th>images</th><th>share</th><th></th></tr>",
+        summary.scored
+    );
+    let most = summary
+        .predicted
+        .iter()
+        .map(|c| c.predicted)
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    for class in &summary.predicted {
+        let share = class.predicted as f64 / summary.scored.max(1) as f64;
+        let _ = writeln!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{:.2}%</td>\
+             <td><span class=\"bar\" style=\"width:{:.1}px\"></span></td></tr>",
+            escape(&class.class),
+            class.predicted,
+            100.0 * share,
+            200.0 * class.predicted as f64 / most as f64
+        );
+    }
+    html.push_str("</table>\n");
+}
+
+fn low_confidence_section(html: &mut String, report: &Report<'_>) {
+    let mut unsure = thumbnails(report.partitions, |p, position| {
+        let score = &p.scores[position];
+        score.label.is_none() && score.predicted().is_some()
+    });
+    unsure.sort_by(|a, b| confidence(a.score).total_cmp(&confidence(b.score)));
+    unsure.truncate(GALLERY_SIZE);
+    if !unsure.is_empty() {
+        html.push_str(
+            "<h2>Least confident predictions</h2>\n<p>Images without a true label that the \
+             model was least sure of: worth a look by a person.</p>\n",
+        );
+        gallery(html, "low-confidence", &unsure, report);
+    }
+}
+
+fn unreadable_section(html: &mut String, report: &Report<'_>) {
+    let unreadable: Vec<(String, &str)> = report
+        .partitions
+        .iter()
+        .flat_map(|p| {
+            p.scores
+                .iter()
+                .enumerate()
+                .filter_map(move |(i, s)| s.error.as_deref().map(|error| (image_name(p, i), error)))
+        })
+        .collect();
+    if unreadable.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        html,
+        "<h2>Images that could not be read</h2>\n<p>{} {}; each has its row in \
+         <code>scores.csv</code> with this error.</p>\n<table id=\"unreadable\">\
+         <tr><th>image</th><th>error</th></tr>",
+        unreadable.len(),
+        if unreadable.len() == 1 {
+            "image"
+        } else {
+            "images"
+        }
+    );
+    for (name, error) in unreadable.iter().take(UNREADABLE_LISTED) {
+        let _ = writeln!(
+            html,
+            "<tr><td>{}</td><td>{}</td></tr>",
+            escape(name),
+            escape(error)
+        );
+    }
+    html.push_str("</table>\n");
+    if unreadable.len() > UNREADABLE_LISTED {
+        let _ = writeln!(
+            html,
+            "<p>and {} more.</p>",
+            unreadable.len() - UNREADABLE_LISTED
+        );
+    }
+}
+
+/// The images with a thumbnail for which `keep(partition, position)` holds, in job order.
+fn thumbnails<'a>(
+    partitions: &'a [Scored],
+    keep: impl Fn(&Scored, usize) -> bool,
+) -> Vec<Shown<'a>> {
+    partitions
+        .iter()
+        .flat_map(|p| {
+            p.thumbnails
+                .iter()
+                .filter(|t| (t.position as usize) < p.scores.len())
+                .filter(|t| keep(p, t.position as usize))
+                .map(move |t| Shown {
+                    png: &t.png,
+                    name: image_name(p, t.position as usize),
+                    score: &p.scores[t.position as usize],
+                })
+        })
+        .collect()
+}
+
+fn gallery(html: &mut String, id: &str, images: &[Shown<'_>], report: &Report<'_>) {
+    let classes = &report.summary.classes;
+    let class = |c: u32| classes.get(c as usize).map_or("?", String::as_str);
+    let _ = writeln!(html, "<div class=\"gallery\" id=\"{id}\">");
+    for shown in images {
+        let predicted = shown
+            .score
+            .predicted()
+            .map(|(c, p)| format!("{} ({:.1}%)", class(c), 100.0 * p))
+            .unwrap_or_default();
+        // With a true label: the truth, then what the model said, red when wrong.
+        let caption = match (shown.score.label, shown.score.predicted()) {
+            (Some(label), Some((c, _))) => format!(
+                "<span class=\"truth\">{}</span> → <span class=\"{}\">{}</span>",
+                escape(class(label)),
+                if c == label { "right" } else { "wrong" },
+                escape(&predicted)
+            ),
+            _ => escape(&predicted),
+        };
+        let _ = writeln!(
+            html,
+            "<figure><img alt=\"{name}\" title=\"{name}\" src=\"{}\"><figcaption>{caption}<br>\
+             <span class=\"name\">{name}</span></figcaption></figure>",
+            data_uri(shown.png),
+            name = escape(&shown.name),
+        );
+    }
+    html.push_str("</div>\n");
+}
+
+/// An image's name in the report: its file name, else its index in the batch.
+fn image_name(partition: &Scored, position: usize) -> String {
+    match partition.filenames.get(position) {
+        Some(name) if !name.is_empty() => name.clone(),
+        _ => format!(
+            "{} #{}",
+            partition.batch,
+            partition.first_index + position as u64
+        ),
+    }
+}
+
+fn confidence(score: &Score) -> f32 {
+    score.predicted().map_or(0.0, |p| p.1)
+}
+
+fn data_uri(png: &[u8]) -> String {
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(png)
+    )
+}
+
+/// Text for HTML element content and quoted attribute values.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const STYLE: &str = "\
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1100px;\
+padding:0 1em;color:#1b1f24;background:#fff}\
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #d0d7de}\
+.accuracy{font-size:1.3em;font-weight:600;background:#eef5ff;padding:.6em .8em;border-radius:6px}\
+table{border-collapse:collapse;margin:.5em 0}th,td{padding:.2em .8em;text-align:left;\
+border-bottom:1px solid #eaeef2;vertical-align:top}.facts th{font-weight:500;color:#57606a}\
+.note{color:#57606a;font-size:.9em}.bar{display:inline-block;height:.8em;background:#2f6fbd}\
+.heat{max-width:100%;image-rendering:pixelated}\
+.gallery{display:flex;flex-wrap:wrap;gap:12px}\
+figure{margin:0;width:140px;text-align:center;font-size:.85em}\
+figure img{width:96px;height:96px;object-fit:contain;image-rendering:pixelated;\
+border:1px solid #d0d7de;background:#f6f8fa}\
+.truth{font-weight:600}.right{color:#1a7f37}.wrong{color:#cf222e}.name{color:#57606a;word-break:break-all}\
+code{background:#f6f8fa;padding:0 .2em}";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn score(label: Option<u32>, class: u32, confidence: f32) -> Score {
+        Score {
+            label,
+            top: vec![(class, confidence)],
+            error: None,
+        }
+    }
+
+    #[test]
+    fn picks_the_sample_and_the_partitions_extremes() {
+        // 40 labelled images: every fifth wrong, with rising confidence.
+        let scores: Vec<Score> = (0..40)
+            .map(|i| {
+                let wrong = i % 5 == 0;
+                score(Some(0), u32::from(wrong), i as f32 / 40.0)
+            })
+            .collect();
+        let first = pick_thumbnails(0, &scores);
+        assert_eq!(
+            &first[..SAMPLE_SIZE],
+            &(0..SAMPLE_SIZE).collect::<Vec<_>>()[..]
+        );
+        // All 8 mistakes (under GALLERY_SIZE) are there too.
+        assert!((0..40).step_by(5).all(|i| first.contains(&i)));
+        let later = pick_thumbnails(3, &scores);
+        assert_eq!(later, (0..40).step_by(5).collect::<Vec<_>>());
+
+        // More mistakes than the gallery: the most confident ones.
+        let scores: Vec<Score> = (0..30)
+            .map(|i| score(Some(0), 1, i as f32 / 30.0))
+            .collect();
+        assert_eq!(pick_thumbnails(1, &scores), (18..30).collect::<Vec<_>>());
+        // Unlabelled: the least confident ones; unreadable images never.
+        let mut scores: Vec<Score> = (0..30).map(|i| score(None, 1, i as f32 / 30.0)).collect();
+        scores[0] = Score {
+            label: None,
+            top: vec![],
+            error: Some("corrupt".into()),
+        };
+        assert_eq!(pick_thumbnails(1, &scores), (1..13).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn reads_the_most_confused_pairs_both_ways() {
+        let classes: Vec<String> = ["cat", "dog", "ship"].map(String::from).into();
+        let confusion = vec![vec![80, 15, 5], vec![20, 78, 2], vec![1, 0, 99]];
+        let words = confused_in_words(&confusion, &classes);
+        assert_eq!(words.len(), 3);
+        assert_eq!(
+            words[0],
+            "dog and cat are confused most: 20 dog images were taken for cat and 15 cat images \
+             for dog (17.5% of their 200 images)."
+        );
+        assert!(words[1].starts_with("cat and ship come next: 5 cat images"));
+        assert!(confused_in_words(&[vec![5, 0], vec![0, 5]], &classes).is_empty());
+    }
+
+    #[test]
+    fn escapes_what_users_name() {
+        assert_eq!(
+            escape("<img src=x onerror='a&b'>\""),
+            "&lt;img src=x onerror=&#39;a&amp;b&#39;&gt;&quot;"
+        );
+    }
+}
