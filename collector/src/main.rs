@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use collector::{CollectorOptions, Event};
 use fleet_common::broker::amqp::{AmqpArgs, AmqpBroker};
+use fleet_common::logging::LogArgs;
 use fleet_common::shutdown::Shutdown;
 use fleet_common::store::StoreArgs;
 
@@ -17,12 +18,14 @@ struct Cli {
     #[command(flatten)]
     amqp: AmqpArgs,
     #[command(flatten)]
+    log: LogArgs,
+    #[command(flatten)]
     collector: CollectorOptions,
 }
 
 fn main() -> Result<()> {
-    fleet_common::logging::init("warn,collector=info");
     let cli = Cli::parse();
+    fleet_common::logging::init("warn,collector=info", &cli.log);
     tokio::runtime::Runtime::new()
         .context("starting the async runtime")?
         .block_on(run(cli))

@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use fleet_common::broker::amqp::{AmqpArgs, AmqpBroker};
 use fleet_common::job;
+use fleet_common::logging::LogArgs;
 use fleet_common::source::Source;
 use fleet_common::store::{BlobStore, StoreArgs};
 use fleet_inference::InferenceOptions;
@@ -31,6 +32,8 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     run: RunArgs,
+    #[command(flatten)]
+    log: LogArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,8 +139,8 @@ struct ConvertArgs {
 }
 
 fn main() -> Result<()> {
-    fleet_common::logging::init("warn,producer=info");
     let cli = Cli::parse();
+    fleet_common::logging::init("warn,producer=info", &cli.log);
     match cli.command {
         Some(Command::Stage(args)) => stage(*args),
         Some(Command::Convert(args)) => convert(args),

@@ -310,6 +310,7 @@ impl Fleet {
             store: Some(self.services.connection_string.clone()),
             connection_string: None,
             container: self.container.clone(),
+            managed_identity_client_id: None,
         }
         .open(false)
         .expect("the test container exists")

@@ -61,6 +61,31 @@ fn two_workers_and_a_collector_match_the_embedded_run() {
             "{name} missing"
         );
     }
+    // `--wait` says where the report is: the blob's URL. The report names both workers and
+    // shows a full gallery of mistakes, gathered from thumbnails sent over the broker.
+    let report_url = field(&stdout, "report");
+    assert!(
+        report_url.starts_with("http")
+            && report_url.ends_with(&format!("/results/{job}/report.html")),
+        "{report_url}"
+    );
+    let report =
+        String::from_utf8(store.get(&format!("results/{job}/report.html")).unwrap()).unwrap();
+    for worker in per_worker.keys() {
+        assert!(
+            report.contains(worker.as_str()),
+            "the report lacks worker {worker}"
+        );
+    }
+    let mistakes = &report[report
+        .find("id=\"mistakes\"")
+        .expect("a gallery of mistakes")..];
+    assert_eq!(
+        mistakes[..mistakes.find("</div>").unwrap()]
+            .matches("<img")
+            .count(),
+        fleet_common::results::report::GALLERY_SIZE
+    );
 
     // The same job on the embedded default.
     let local = tempfile::tempdir().unwrap();

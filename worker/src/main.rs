@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use fleet_common::broker::amqp::{AmqpArgs, AmqpBroker};
+use fleet_common::logging::LogArgs;
 use fleet_common::shutdown::Shutdown;
 use fleet_common::store::StoreArgs;
 use worker::WorkerOptions;
@@ -17,6 +18,8 @@ struct Cli {
     #[command(flatten)]
     amqp: AmqpArgs,
     #[command(flatten)]
+    log: LogArgs,
+    #[command(flatten)]
     worker: WorkerOptions,
     /// Name of this worker in the job summary and the logs (default: host name and process id).
     #[arg(long, env = "WORKER_NAME")]
@@ -24,8 +27,8 @@ struct Cli {
 }
 
 fn main() -> Result<()> {
-    fleet_common::logging::init("warn,worker=info");
     let cli = Cli::parse();
+    fleet_common::logging::init("warn,worker=info", &cli.log);
     tokio::runtime::Runtime::new()
         .context("starting the async runtime")?
         .block_on(run(cli))

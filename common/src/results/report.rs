@@ -636,6 +636,75 @@ mod tests {
     }
 
     #[test]
+    fn any_class_count_renders_without_a_heat_map_beyond_thirty() {
+        use crate::message::{Sealed, Thumbnail};
+        let classes: Vec<String> = (0..40).map(|i| format!("species <{i}>")).collect();
+        let sealed = Sealed {
+            job: "j".into(),
+            partitions: 1,
+            images: 40,
+            classes: classes.clone(),
+            labelled: true,
+            errors_column: true,
+            submitted_at_ms: 0,
+            published_at_ms: 10,
+        };
+        // Image i of class i, taken for class (i + 1) % 40 when i is odd.
+        let scores: Vec<Score> = (0..40u32)
+            .map(|i| score(Some(i), if i % 2 == 1 { (i + 1) % 40 } else { i }, 0.9))
+            .collect();
+        let thumbnails = pick_thumbnails(0, &scores)
+            .into_iter()
+            .map(|i| Thumbnail {
+                position: i as u32,
+                png: super::super::render::rgb_png(1, 1, &[200, 10, 10]),
+            })
+            .collect();
+        let partition = Scored {
+            job: "j".into(),
+            partition: 0,
+            batch: "photos/".into(),
+            first_index: 0,
+            filenames: (0..40).map(|i| format!("{i}.jpg")).collect(),
+            scores,
+            worker: "w".into(),
+            inference_ms: 1.0,
+            preprocess_ms: 1.0,
+            published_at_ms: 20,
+            started_at_ms: 30,
+            finished_at_ms: 40,
+            provider: "CPU".into(),
+            thumbnails,
+        };
+        let files = super::super::build(&sealed, std::slice::from_ref(&partition), 50);
+        assert!(files.confusion_png.is_none());
+        let html = render(&Report {
+            summary: &files.summary,
+            partitions: std::slice::from_ref(&partition),
+            manifest: None,
+            provenance: None,
+            confusion: files.confusion.as_deref(),
+            confusion_png: None,
+        });
+        assert!(html.contains("Correctly predicted 20 of 40 images (50.00%)"));
+        assert!(html.contains("40 classes are too many to draw"));
+        for class in &classes {
+            assert!(html.contains(&escape(class)), "{class} missing");
+        }
+        assert!(
+            !html.contains("<0>"),
+            "a class name went into the page unescaped"
+        );
+        let mistakes = &html[html.find("id=\"mistakes\"").unwrap()..];
+        assert_eq!(
+            mistakes[..mistakes.find("</div>").unwrap()]
+                .matches("<img")
+                .count(),
+            GALLERY_SIZE
+        );
+    }
+
+    #[test]
     fn escapes_what_users_name() {
         assert_eq!(
             escape("<img src=x onerror='a&b'>\""),

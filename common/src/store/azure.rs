@@ -38,17 +38,40 @@ const SAS_LIFETIME: Duration = Duration::from_secs(4 * 3600);
 /// How the store authenticates.
 #[derive(Clone)]
 enum Auth {
-    Key { account: String, key: Vec<u8> },
-    ManagedIdentity(Arc<dyn azure_core::credentials::TokenCredential>),
+    Key {
+        account: String,
+        key: Vec<u8>,
+    },
+    ManagedIdentity {
+        /// The user-assigned identity's client id; `None` for the system-assigned identity.
+        client_id: Option<String>,
+        credential: Arc<dyn azure_core::credentials::TokenCredential>,
+    },
 }
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Auth::Key { account, .. } => write!(f, "account key of {account}"),
-            Auth::ManagedIdentity(_) => f.write_str("managed identity"),
+            Auth::ManagedIdentity {
+                client_id: Some(id),
+                ..
+            } => write!(f, "user-assigned managed identity {id}"),
+            Auth::ManagedIdentity {
+                client_id: None, ..
+            } => f.write_str("system-assigned managed identity"),
         }
     }
+}
+
+/// The managed identity to ask tokens for: the user-assigned one with this client id (what the
+/// deployment gives the apps, and names in `AZURE_CLIENT_ID`), else the host's system-assigned
+/// one.
+fn managed_identity(client_id: Option<&str>) -> Option<String> {
+    client_id
+        .map(str::trim)
+        .filter(|id| !id.is_empty())
+        .map(str::to_owned)
 }
 
 pub struct AzureStore {
@@ -111,8 +134,14 @@ pub fn is_azure(store: &str) -> bool {
 impl AzureStore {
     /// Opens `container` at the account `spec` names (a connection string or a service URL);
     /// with `create`, makes the container if it does not exist.
-    pub fn open(spec: &str, container: &str, create: bool) -> Result<Self, StoreError> {
-        let (service, auth) = parse_spec(spec)?;
+    pub fn open(
+        spec: &str,
+        container: &str,
+        create: bool,
+        client_id: Option<&str>,
+    ) -> Result<Self, StoreError> {
+        let (service, auth) = parse_spec(spec, client_id)?;
+        tracing::debug!(%service, ?auth, "opening Azure Blob Storage");
         let mut container_url = service.clone();
         container_url
             .path_segments_mut()
@@ -201,13 +230,31 @@ fn config_error(reason: String) -> StoreError {
     }
 }
 
-fn parse_spec(spec: &str) -> Result<(Url, Auth), StoreError> {
+/// The service URL and how to authenticate: a blob service URL means a managed identity
+/// (`client_id` picks a user-assigned one), a connection string its account key.
+fn parse_spec(spec: &str, client_id: Option<&str>) -> Result<(Url, Auth), StoreError> {
     if spec.starts_with("https://") || spec.starts_with("http://") {
         let url =
             Url::parse(spec).map_err(|e| config_error(format!("{spec} is not a URL: {e}")))?;
-        let credential = azure_identity::ManagedIdentityCredential::new(None)
-            .map_err(|e| config_error(format!("managed identity unavailable: {e}")))?;
-        return Ok((url, Auth::ManagedIdentity(credential)));
+        let client_id = managed_identity(client_id);
+        // The credential builds its HTTP client now, and rustls needs its provider first.
+        install_tls_provider();
+        let credential = azure_identity::ManagedIdentityCredential::new(Some(
+            azure_identity::ManagedIdentityCredentialOptions {
+                user_assigned_id: client_id
+                    .clone()
+                    .map(azure_identity::UserAssignedId::ClientId),
+                ..Default::default()
+            },
+        ))
+        .map_err(|e| config_error(format!("managed identity unavailable: {e}")))?;
+        return Ok((
+            url,
+            Auth::ManagedIdentity {
+                client_id,
+                credential,
+            },
+        ));
     }
     let fields: Vec<(String, String)> = spec
         .split(';')
@@ -269,7 +316,7 @@ fn make_client(
                 Some(expiry),
             ))
         }
-        Auth::ManagedIdentity(credential) => Ok((
+        Auth::ManagedIdentity { credential, .. } => Ok((
             Arc::new(
                 BlobContainerClient::new(container_url.clone(), Some(credential.clone()), None)
                     .map_err(fail)?,
@@ -429,13 +476,13 @@ mod tests {
     #[test]
     fn connection_strings_parse() {
         let azurite = "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1;";
-        let (url, auth) = parse_spec(azurite).unwrap();
+        let (url, auth) = parse_spec(azurite, None).unwrap();
         assert_eq!(url.as_str(), "http://127.0.0.1:10000/devstoreaccount1");
         assert!(matches!(auth, Auth::Key { ref account, .. } if account == DEV_ACCOUNT));
-        let (url, _) = parse_spec("AccountName=acme;AccountKey=a2V5").unwrap();
+        let (url, _) = parse_spec("AccountName=acme;AccountKey=a2V5", Some("ignored")).unwrap();
         assert_eq!(url.as_str(), "https://acme.blob.core.windows.net/");
         assert!(
-            parse_spec("AccountName=acme")
+            parse_spec("AccountName=acme", None)
                 .unwrap_err()
                 .to_string()
                 .contains("no AccountKey")
@@ -445,6 +492,21 @@ mod tests {
                 && is_azure("https://acme.blob.core.windows.net")
                 && !is_azure("/tmp/store")
         );
+    }
+
+    #[test]
+    fn a_service_url_authenticates_as_the_managed_identity_named() {
+        let url = "https://acme.blob.core.windows.net";
+        let (_, auth) = parse_spec(url, Some("0c4f5e2a-1111-2222-3333-444455556666")).unwrap();
+        assert_eq!(
+            format!("{auth:?}"),
+            "user-assigned managed identity 0c4f5e2a-1111-2222-3333-444455556666"
+        );
+        for none in [None, Some(""), Some("  ")] {
+            let (_, auth) = parse_spec(url, none).unwrap();
+            assert_eq!(format!("{auth:?}"), "system-assigned managed identity");
+        }
+        assert_eq!(managed_identity(Some(" id ")).as_deref(), Some("id"));
     }
 
     #[test]

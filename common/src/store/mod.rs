@@ -152,6 +152,10 @@ pub struct StoreArgs {
     /// Blob container holding the dataset, models and results.
     #[arg(long, env = "FLEET_CONTAINER", default_value = "cifar")]
     pub container: String,
+    /// Client id of the user-assigned managed identity to authenticate as when the store is a
+    /// blob service URL (the deployment sets it); without it, the system-assigned identity.
+    #[arg(long = "managed-identity-client-id", env = "AZURE_CLIENT_ID")]
+    pub managed_identity_client_id: Option<String>,
 }
 
 impl StoreArgs {
@@ -185,6 +189,7 @@ impl StoreArgs {
                 spec,
                 &self.container,
                 create,
+                self.managed_identity_client_id.as_deref(),
             )?));
         }
         let root = std::path::Path::new(spec);
