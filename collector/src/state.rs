@@ -12,11 +12,6 @@ use fleet_common::store::{BlobStore, StoreError};
 
 use crate::Event;
 
-/// Marker blob of a cancelled job: late results for it are dropped, even after a restart.
-fn cancelled_key(job: &str) -> String {
-    format!("jobs/{job}/cancelled")
-}
-
 #[derive(Debug, Default)]
 struct JobState {
     partitions: BTreeMap<u32, Scored>,
@@ -65,13 +60,19 @@ impl Jobs {
             }
             ResultMessage::Sealed(sealed) => self.state(&job)?.sealed = Some(sealed),
             ResultMessage::Cancelled(Cancelled { job, reason }) => {
-                self.store.put(&cancelled_key(&job), reason.as_bytes())?;
-                self.delete_partitions(&job)?;
-                self.open.remove(&job);
-                self.finished.insert(job.clone());
                 tracing::warn!(%job, %reason, "job cancelled by its producer");
-                return Ok(vec![Event::Cancelled { job, reason }]);
+                return Ok(vec![self.cancel(&job, reason)?]);
             }
+        }
+        if !self.complete_in_memory(&job)
+            && let Some(unreadable) = self.catch_up(&job)?
+        {
+            // Its scores were acked long ago: no one will send them again. Say so, once, where
+            // `producer --wait` looks, rather than wait for them forever.
+            let reason = format!("{unreadable}; its scores are lost: submit the job again");
+            tracing::error!(%job, %reason, "job cannot complete");
+            events.push(self.cancel(&job, reason)?);
+            return Ok(events);
         }
         if let Some(summary) = self.complete_if_ready(&job)? {
             events.push(Event::Completed(Box::new(summary)));
@@ -79,56 +80,128 @@ impl Jobs {
         Ok(events)
     }
 
-    fn is_finished(&self, job: &str) -> Result<bool, StoreError> {
+    /// Whether the job was completed or cancelled, here or by another collector (one active
+    /// before a failover to this one, or a second one started by mistake): the container says.
+    fn is_finished(&mut self, job: &str) -> Result<bool, StoreError> {
         if self.finished.contains(job) {
             return Ok(true);
         }
-        if self.open.contains_key(job) {
-            return Ok(false);
+        let finished = self.store.exists(&job::result_key(job, files::SUMMARY))?
+            || self.store.exists(&job::cancelled_key(job))?;
+        if finished {
+            self.open.remove(job);
+            self.finished.insert(job.to_owned());
         }
-        // First message of this job since start: it may have been finished before a restart.
-        Ok(self.store.exists(&job::result_key(job, files::SUMMARY))?
-            || self.store.exists(&cancelled_key(job))?)
+        Ok(finished)
     }
 
-    /// The job's state, rebuilt from the container the first time it is seen.
+    fn complete_in_memory(&self, job: &str) -> bool {
+        self.open.get(job).is_some_and(|state| {
+            state
+                .sealed
+                .as_ref()
+                .is_some_and(|sealed| state.partitions.len() as u32 == sealed.partitions)
+        })
+    }
+
+    /// Drops the job: the reason where `producer --wait` and a restarted collector see it, its
+    /// stored partitions deleted, no result files.
+    fn cancel(&mut self, job: &str, reason: String) -> Result<Event, StoreError> {
+        self.store
+            .put(&job::cancelled_key(job), reason.as_bytes())?;
+        self.delete_partitions(job)?;
+        self.open.remove(job);
+        self.finished.insert(job.to_owned());
+        Ok(Event::Cancelled {
+            job: job.to_owned(),
+            reason,
+        })
+    }
+
+    /// Adds what the container holds and memory does not: the partitions stored before a
+    /// restart, or by another collector while this one was a standby or cut off, and the seal
+    /// from the manifest. Without it a collector active again would wait for partitions acked
+    /// elsewhere. Returns what makes the job impossible to complete: a stored partition that
+    /// cannot be read.
+    fn catch_up(&mut self, job: &str) -> Result<Option<String>, StoreError> {
+        let keys = self.store.list(&job::partitions_prefix(job))?;
+        let sealed_missing = self.open.get(job).is_some_and(|s| s.sealed.is_none());
+        let sealed = if sealed_missing {
+            self.sealed_from_manifest(job)?
+        } else {
+            None
+        };
+        let known: HashSet<String> = self
+            .state(job)?
+            .partitions
+            .keys()
+            .map(|&n| job::partition_key(job, n))
+            .collect();
+        let mut found = Vec::new();
+        for key in keys.into_iter().filter(|k| !known.contains(k)) {
+            let bytes = match self.store.get(&key) {
+                Ok(bytes) => bytes,
+                // Deleted since the listing: the job was completed meanwhile.
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            };
+            match message::decode::<Scored>(&bytes) {
+                Ok(scored) if job::partition_key(job, scored.partition) == key => {
+                    found.push(scored)
+                }
+                Ok(scored) => {
+                    return Ok(Some(format!(
+                        "stored partition {key} holds partition {} of job {}",
+                        scored.partition, scored.job
+                    )));
+                }
+                Err(e) => {
+                    return Ok(Some(format!("stored partition {key} cannot be read ({e})")));
+                }
+            }
+        }
+        if !found.is_empty() {
+            tracing::info!(%job, partitions = found.len(), "took in stored partitions (from before a restart, or another collector's)");
+        }
+        let state = self.state(job)?;
+        if sealed.is_some() {
+            state.sealed = sealed;
+        }
+        for scored in found {
+            state.partitions.insert(scored.partition, scored);
+        }
+        Ok(None)
+    }
+
+    /// The seal of a job, from the manifest its producer wrote before publishing it.
+    fn sealed_from_manifest(&self, job: &str) -> Result<Option<Sealed>, StoreError> {
+        let bytes = match self.store.get(&job::manifest_key(job)) {
+            Ok(bytes) => bytes,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        Ok(serde_json::from_slice::<Manifest>(&bytes)
+            .ok()
+            .map(|manifest| Sealed {
+                job: job.into(),
+                partitions: manifest.partitions,
+                images: manifest.images,
+                classes: manifest.classes,
+                labelled: manifest.labelled_images > 0,
+                errors_column: manifest.dataset_kind == DatasetKind::Images,
+                submitted_at_ms: manifest.submitted_at_ms,
+                published_at_ms: manifest.published_at_ms,
+            }))
+    }
+
+    /// The job's state; the first time it is seen, with its seal from the manifest if the
+    /// producer wrote it (its partitions come in through [`Jobs::catch_up`]).
     fn state(&mut self, job: &str) -> Result<&mut JobState, StoreError> {
         if !self.open.contains_key(job) {
-            let mut state = JobState::default();
-            for key in self.store.list(&job::partitions_prefix(job))? {
-                let bytes = self.store.get(&key)?;
-                match message::decode::<Scored>(&bytes) {
-                    Ok(scored) => {
-                        state.partitions.insert(scored.partition, scored);
-                    }
-                    // Written by this program, so only a foreign or damaged blob gets here: the
-                    // partition will be scored again if it is still in the queue.
-                    Err(e) => {
-                        tracing::warn!(%key, error = %e, "ignoring an unreadable stored partition")
-                    }
-                }
-            }
-            match self.store.get(&job::manifest_key(job)) {
-                Ok(bytes) => {
-                    if let Ok(manifest) = serde_json::from_slice::<Manifest>(&bytes) {
-                        state.sealed = Some(Sealed {
-                            job: job.into(),
-                            partitions: manifest.partitions,
-                            images: manifest.images,
-                            classes: manifest.classes,
-                            labelled: manifest.labelled_images > 0,
-                            errors_column: manifest.dataset_kind == DatasetKind::Images,
-                            submitted_at_ms: manifest.submitted_at_ms,
-                            published_at_ms: manifest.published_at_ms,
-                        });
-                    }
-                }
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e),
-            }
-            if !state.partitions.is_empty() {
-                tracing::info!(%job, partitions = state.partitions.len(), "resumed job state from storage");
-            }
+            let state = JobState {
+                partitions: BTreeMap::new(),
+                sealed: self.sealed_from_manifest(job)?,
+            };
             self.open.insert(job.to_owned(), state);
         }
         Ok(self.open.get_mut(job).expect("inserted above"))
@@ -162,6 +235,12 @@ impl Jobs {
         }
         if let Some(png) = &files.confusion_png {
             put(files::CONFUSION_PNG, png)?;
+        }
+        // The producer drew the sample grid while reading the tarball; it joins the results now.
+        match self.store.get(&job::samples_key(job)) {
+            Ok(png) => put(files::SAMPLES_PNG, &png)?,
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(e),
         }
         files.summary.timings.writing_seconds = writing.elapsed().as_secs_f64();
         put(
@@ -214,10 +293,143 @@ impl Jobs {
         }))
     }
 
+    /// Deletes the job's intermediate blobs: its stored partitions and the sample grid (a copy
+    /// is in the results).
     fn delete_partitions(&self, job: &str) -> Result<(), StoreError> {
         for key in self.store.list(&job::partitions_prefix(job))? {
             self.store.delete(&key)?;
         }
-        Ok(())
+        self.store.delete(&job::samples_key(job))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_common::message::Score;
+    use fleet_common::results::Summary;
+    use fleet_common::store::local::LocalStore;
+
+    fn scored(partition: u32) -> ResultMessage {
+        ResultMessage::Scored(Scored {
+            job: "j".into(),
+            partition,
+            batch: "b".into(),
+            first_index: u64::from(partition) * 2,
+            filenames: vec!["a.png".into(), "b.png".into()],
+            scores: (0..2)
+                .map(|i| Score {
+                    label: Some(i),
+                    top: vec![(0, 0.9)],
+                    error: None,
+                })
+                .collect(),
+            worker: "w".into(),
+            inference_ms: 1.0,
+            preprocess_ms: 1.0,
+            published_at_ms: 1,
+            started_at_ms: 2,
+            finished_at_ms: 3,
+            provider: "CPU".into(),
+            thumbnails: Vec::new(),
+        })
+    }
+
+    fn sealed() -> ResultMessage {
+        ResultMessage::Sealed(Sealed {
+            job: "j".into(),
+            partitions: 3,
+            images: 6,
+            classes: vec!["zero".into(), "one".into()],
+            labelled: true,
+            errors_column: false,
+            submitted_at_ms: 0,
+            published_at_ms: 1,
+        })
+    }
+
+    fn completed(events: &[Event]) -> Option<&Summary> {
+        events.iter().find_map(|e| match e {
+            Event::Completed(summary) => Some(summary.as_ref()),
+            _ => None,
+        })
+    }
+
+    /// Two collectors over one container, as after a failover from one to the other and back.
+    fn two_collectors() -> (tempfile::TempDir, Jobs, Jobs) {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            || -> Arc<dyn BlobStore> { Arc::new(LocalStore::create(dir.path(), "c").unwrap()) };
+        let (a, b) = (Jobs::new(store()), Jobs::new(store()));
+        (dir, a, b)
+    }
+
+    #[test]
+    fn a_collector_active_again_takes_in_what_another_stored() {
+        let (_dir, mut a, mut b) = two_collectors();
+        assert!(a.handle(scored(0)).unwrap().len() == 1);
+        a.handle(sealed()).unwrap();
+        // A is cut off; B is active for one partition, then goes away.
+        b.handle(scored(1)).unwrap();
+        // A is active again: the last partition completes the job with B's rows in it.
+        let events = a.handle(scored(2)).unwrap();
+        let summary = completed(&events).expect("the job completes");
+        assert_eq!((summary.images, summary.partitions), (6, 3));
+        let store = &a.store;
+        let scores =
+            String::from_utf8(store.get(&job::result_key("j", files::SCORES)).unwrap()).unwrap();
+        assert_eq!(scores.lines().count(), 1 + 6, "{scores}");
+        assert!(store.list(&job::partitions_prefix("j")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_stored_partition_cancels_the_job_with_the_reason() {
+        let (_dir, mut a, _) = two_collectors();
+        a.store
+            .put(&job::partition_key("j", 2), b"not a partition")
+            .unwrap();
+        let events = a.handle(sealed()).unwrap();
+        assert!(
+            events.iter().any(|e| matches!(e, Event::Cancelled { .. })),
+            "{events:?}"
+        );
+        let reason = String::from_utf8(a.store.get(&job::cancelled_key("j")).unwrap()).unwrap();
+        assert!(
+            reason.contains("jobs/j/partitions/000002.bin cannot be read")
+                && reason.contains("submit the job again"),
+            "{reason}"
+        );
+        assert!(
+            a.store
+                .list(&job::partitions_prefix("j"))
+                .unwrap()
+                .is_empty()
+        );
+        // Late results change nothing.
+        assert!(a.handle(scored(0)).unwrap().is_empty());
+        assert!(
+            !a.store
+                .exists(&job::result_key("j", files::SUMMARY))
+                .unwrap()
+        );
+    }
+
+    #[test]
+    fn a_job_completed_elsewhere_is_left_alone() {
+        let (_dir, mut a, mut b) = two_collectors();
+        a.handle(scored(0)).unwrap();
+        a.handle(scored(1)).unwrap();
+        b.handle(sealed()).unwrap();
+        // B sees the seal (its own) and the two partitions A stored: it completes the job.
+        let events = b.handle(scored(2)).unwrap();
+        assert!(completed(&events).is_some());
+        // A redelivery reaching A afterwards changes nothing and stores nothing.
+        assert!(a.handle(scored(1)).unwrap().is_empty());
+        assert!(
+            a.store
+                .list(&job::partitions_prefix("j"))
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -3,8 +3,11 @@
 //! Container layout:
 //! `cifar-10-python.tar.gz` (a tarball dataset) · `<prefix>/**/*.{jpg,png,...}` (an image
 //! collection) · `models/<name>.onnx` · `models/<name>.json` (its spec) ·
-//! `models/<name>.mean.xml` (its mean image, if any) · `jobs/<job>/manifest.json` · `jobs/<job>/partitions/<n>.bin` (the collector's durable
-//! state) · `results/<job>/{scores.csv,summary.json,confusion.csv,confusion.png,samples.png}`.
+//! `models/<name>.mean.xml` (its mean image, if any) · `jobs/<job>/manifest.json` ·
+//! `jobs/<job>/samples.png` (a tarball's first images, published with the results) ·
+//! `jobs/<job>/partitions/<n>.bin` (the collector's durable state) · `jobs/<job>/cancelled`
+//! (the reason) · `results/<job>/{scores.csv,confusion.csv,confused_pairs.csv,confusion.png,
+//! samples.png,report.html,summary.json}`, written only when the job completes.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -37,6 +40,18 @@ pub fn partitions_prefix(job: &str) -> String {
 
 pub fn partition_key(job: &str, partition: u32) -> String {
     format!("jobs/{job}/partitions/{partition:06}.bin")
+}
+
+/// The sample grid the producer draws while reading a tarball; the collector copies it into
+/// the results when the job completes.
+pub fn samples_key(job: &str) -> String {
+    format!("jobs/{job}/samples.png")
+}
+
+/// Marker of a cancelled job, holding the reason: late results for it are dropped, even after
+/// a restart, and `producer --wait` reports it.
+pub fn cancelled_key(job: &str) -> String {
+    format!("jobs/{job}/cancelled")
 }
 
 pub fn result_key(job: &str, file: &str) -> String {

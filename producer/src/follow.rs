@@ -62,7 +62,7 @@ pub async fn follow(
             if !look_around {
                 return Ok(Status::Running(None));
             }
-            match store.get(&format!("jobs/{job_id}/cancelled")) {
+            match store.get(&job::cancelled_key(&job_id)) {
                 Ok(reason) => {
                     return Ok(Status::Cancelled(
                         String::from_utf8_lossy(&reason).into_owned(),

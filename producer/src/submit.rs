@@ -12,7 +12,7 @@ use fleet_common::dataset::collection::{self, LabelFile, LabelSource, ResolvedSo
 use fleet_common::dataset::{
     self, BatchSelection, CLASS_NAMES, DatasetError, HEIGHT, IMAGE_BYTES, WIDTH,
 };
-use fleet_common::job::{self, BatchEntry, DatasetKind, Manifest, files, now_ms};
+use fleet_common::job::{self, BatchEntry, DatasetKind, Manifest, now_ms};
 use fleet_common::message::{self, Cancelled, Images, MAX_TOP_K, Partition, ResultMessage, Sealed};
 use fleet_common::results::render::{Sample, sample_grid_png};
 use fleet_common::spec::ModelSpec;
@@ -114,7 +114,7 @@ pub async fn submit<B: Broker>(
     let submitted_at_ms = now_ms();
     let outcome = publish(
         broker,
-        store,
+        store.clone(),
         options,
         job,
         &plan,
@@ -123,10 +123,26 @@ pub async fn submit<B: Broker>(
     )
     .await;
     if let Err(e) = &outcome {
-        // Anything published so far must not complete into results.
+        // Anything published so far must not complete into results. The marker in the
+        // container stops a collector even when the broker is what failed; the message tells
+        // the active collector at once.
+        let reason = e.to_string();
+        let (marker_store, marker_job, marker_reason) = (store, job.to_owned(), reason.clone());
+        let marked = tokio::task::spawn_blocking(move || {
+            marker_store.put(&job::cancelled_key(&marker_job), marker_reason.as_bytes())
+        })
+        .await;
+        let failure = match marked {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(error) = failure {
+            tracing::error!(%job, %error, "could not mark the job cancelled in the container");
+        }
         let cancel = ResultMessage::Cancelled(Cancelled {
             job: job.into(),
-            reason: e.to_string(),
+            reason,
         });
         if let Err(cancel_error) = broker
             .publish(Queue::Results, message::encode(&cancel))
@@ -322,7 +338,7 @@ async fn publish<B: Broker>(
     tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
         store.put(&job::manifest_key(&job_owned), &manifest_json)?;
         if let Some(samples) = samples {
-            store.put(&job::result_key(&job_owned, files::SAMPLES_PNG), &samples)?;
+            store.put(&job::samples_key(&job_owned), &samples)?;
         }
         Ok(())
     })

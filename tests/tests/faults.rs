@@ -122,6 +122,104 @@ fn a_collector_killed_mid_job_and_restarted_finishes_it() {
     assert_matches_reference(&fleet.scores(&job));
 }
 
+/// Two collectors on one results queue: the broker makes one active and keeps the other as a
+/// standby (single active consumer). SIGKILL the active one mid-job: the standby takes over,
+/// takes in what the first one stored, and completes the job with one row per image.
+#[test]
+fn the_standby_collector_takes_over_from_a_killed_active_one() {
+    let fleet = Fleet::isolated();
+    fleet.stage();
+    let env = fleet.env();
+    let mut active = spawn("collector", &[], &env);
+    // The first consumer on the queue is the active one: let it subscribe before the standby.
+    std::thread::sleep(Duration::from_secs(2));
+    let standby = spawn("collector", &[], &env);
+    let workers = vec![spawn("worker", &[], &env), spawn("worker", &[], &env)];
+    let producer = submit(&fleet);
+    let store = fleet.store();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while store
+        .list("jobs/")
+        .unwrap()
+        .iter()
+        .filter(|k| k.contains("/partitions/"))
+        .count()
+        < 5
+    {
+        assert!(Instant::now() < deadline, "no partition was stored in time");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    kill(&mut active);
+    let job = finish(producer);
+    for worker in workers {
+        terminate(worker);
+    }
+    // The standby wrote the results: its completion line names the job.
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(standby.id().to_string())
+        .status();
+    let output = standby.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains(&format!("job {job}: Correctly predicted")),
+        "the standby did not complete the job:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_matches_reference(&fleet.scores(&job));
+}
+
+/// A stored partition that cannot be read (a damaged blob: its scores were acked, no one will
+/// send them again) cancels its job with the reason, which `producer --wait` reports; no result
+/// files are written.
+#[test]
+fn an_unreadable_stored_partition_cancels_the_job_with_its_reason() {
+    use std::io::BufRead;
+    let fleet = Fleet::isolated();
+    fleet.stage();
+    let env = fleet.env();
+    let collector = spawn("collector", &[], &env);
+    let mut producer = submit(&fleet);
+    let mut stdout = std::io::BufReader::new(producer.stdout.take().unwrap());
+    let job = loop {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "the producer ended before naming its job"
+        );
+        if let Some(job) = line.trim().strip_prefix("job: ") {
+            break job.to_owned();
+        }
+    };
+    // The last partition's blob, damaged before any worker runs.
+    let damaged = fleet_common::job::partition_key(&job, 39);
+    fleet.store().put(&damaged, b"not a partition").unwrap();
+    let worker = spawn("worker", &[], &env);
+    let status = producer.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut producer.stderr.take().unwrap(), &mut stderr).unwrap();
+    terminate(worker);
+    terminate(collector);
+    assert!(
+        !status.success(),
+        "--wait succeeded on a job that cannot complete"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "job {job} was cancelled: stored partition {damaged} cannot be read"
+        )) && stderr.contains("submit the job again"),
+        "{stderr}"
+    );
+    let store = fleet.store();
+    assert!(store.list(&format!("results/{job}/")).unwrap().is_empty());
+    assert!(
+        store
+            .list(&fleet_common::job::partitions_prefix(&job))
+            .unwrap()
+            .is_empty()
+    );
+}
+
 #[test]
 fn a_worker_stopped_with_sigterm_drains_and_exits() {
     let fleet = Fleet::isolated();

@@ -305,10 +305,18 @@ async fn declare_topology(channel: &Channel, args: &AmqpArgs) -> Result<(), Brok
         durable: true,
         ..Default::default()
     };
+    // One collector at a time: the broker delivers results to a single consumer and keeps the
+    // others as standbys, handing over when the active one goes away. Job state then lives with
+    // one process (no job split between two), and a standby resumes from what is stored.
+    let mut results = work.clone();
+    results.insert(
+        ShortString::from("x-single-active-consumer"),
+        AMQPValue::Boolean(true),
+    );
     for (name, arguments) in [
         (&names.dead_letter, quorum()),
-        (&names.partitions, work.clone()),
-        (&names.results, work),
+        (&names.partitions, work),
+        (&names.results, results),
     ] {
         channel.queue_declare(ShortString::from(name.as_str()), durable, arguments).await.map_err(|e| {
             BrokerError::Other(format!(

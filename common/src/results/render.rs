@@ -120,7 +120,7 @@ pub fn confusion_png(matrix: &[Vec<u64>], classes: &[&str]) -> Vec<u8> {
 
     let title = "Confusion matrix";
     canvas.text(
-        (width - Canvas::text_width(title, 2)) / 2,
+        width.saturating_sub(Canvas::text_width(title, 2)) / 2,
         10,
         title,
         BLACK,
@@ -170,7 +170,8 @@ pub fn confusion_png(matrix: &[Vec<u64>], classes: &[&str]) -> Vec<u8> {
     let y_title = "True label";
     canvas.text(
         4,
-        top + (grid - Canvas::text_width(y_title, 1)) / 2,
+        // A grid of one or two classes is narrower than the axis titles.
+        top + grid.saturating_sub(Canvas::text_width(y_title, 1)) / 2,
         y_title,
         GREY,
         1,
@@ -178,7 +179,7 @@ pub fn confusion_png(matrix: &[Vec<u64>], classes: &[&str]) -> Vec<u8> {
     );
     let x_title = "Predicted label";
     canvas.text(
-        left + (grid - Canvas::text_width(x_title, 1)) / 2,
+        left + grid.saturating_sub(Canvas::text_width(x_title, 1)) / 2,
         height - 14,
         x_title,
         GREY,
@@ -284,6 +285,16 @@ mod tests {
         };
         assert_eq!(at(left + 2, top + 2), blues(1.0));
         assert_eq!(at(left + 48 + 2, top + 2), blues(5.0 / 90.0));
+    }
+
+    #[test]
+    fn one_and_two_class_matrices_are_drawn() {
+        for classes in [&["yes"][..], &["cat", "dog"][..]] {
+            let n = classes.len();
+            let matrix = vec![vec![3; n]; n];
+            let (info, _) = decode(&confusion_png(&matrix, classes));
+            assert!(info.width > 0 && info.height > 0);
+        }
     }
 
     #[test]
