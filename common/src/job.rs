@@ -6,7 +6,7 @@
 //! `models/<name>.mean.xml` (its mean image, if any) · `jobs/<job>/manifest.json` ·
 //! `jobs/<job>/samples.png` (a tarball's first images, published with the results) ·
 //! `jobs/<job>/partitions/<n>.bin` (the collector's durable state) · `jobs/<job>/cancelled`
-//! (the reason) · `results/<job>/{scores.csv,confusion.csv,confused_pairs.csv,confusion.png,
+//! (the reason) · `jobs/<job>/dead-letters/<n>` (why a worker dead-lettered partition n) · `results/<job>/{scores.csv,confusion.csv,confused_pairs.csv,confusion.png,
 //! samples.png,report.html,summary.json}`, written only when the job completes.
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -52,6 +52,16 @@ pub fn samples_key(job: &str) -> String {
 /// a restart, and `producer --wait` reports it.
 pub fn cancelled_key(job: &str) -> String {
     format!("jobs/{job}/cancelled")
+}
+
+/// Where a worker notes that it dead-lettered a partition of the job, and why: the job can no
+/// longer complete, and `producer --wait` says so with the reasons.
+pub fn dead_letter_key(job: &str, partition: u32) -> String {
+    format!("{}{partition:06}", dead_letters_prefix(job))
+}
+
+pub fn dead_letters_prefix(job: &str) -> String {
+    format!("jobs/{job}/dead-letters/")
 }
 
 pub fn result_key(job: &str, file: &str) -> String {

@@ -1,5 +1,6 @@
 //! Following a submitted job to its end from the outside, by watching the container: the
-//! collector's stored partitions show progress, `summary.json` marks completion.
+//! collector's stored partitions show progress, `summary.json` marks completion, a cancellation
+//! marker or a worker's dead-letter notes mark a job that can no longer complete.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +16,11 @@ pub enum FollowError {
     Store(#[from] StoreError),
     #[error("job {job} was cancelled: {reason}")]
     Cancelled { job: String, reason: String },
+    #[error(
+        "job {job} cannot complete: partitions were dead-lettered ({}). Fix the cause, then submit the job again; the dead-letter queue holds the partitions",
+        reasons.join("; ")
+    )]
+    DeadLettered { job: String, reasons: Vec<String> },
     #[error(
         "job {job} did not complete within {seconds}s; is a collector running? ({done} of {total} partitions stored)"
     )]
@@ -71,6 +77,32 @@ pub async fn follow(
                 Err(e) if !e.is_not_found() => return Err(e),
                 Err(_) => {}
             }
+            let dead_letters = store.list(&job::dead_letters_prefix(&job_id))?;
+            if !dead_letters.is_empty() {
+                // One line per distinct reason: a model that cannot load fails every partition
+                // the same way.
+                let mut by_reason: std::collections::BTreeMap<String, Vec<String>> =
+                    std::collections::BTreeMap::new();
+                for key in dead_letters {
+                    let number = key
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or(&key)
+                        .trim_start_matches('0');
+                    let reason = String::from_utf8_lossy(&store.get(&key)?).into_owned();
+                    by_reason
+                        .entry(reason)
+                        .or_default()
+                        .push(if number.is_empty() { "0" } else { number }.to_owned());
+                }
+                let reasons = by_reason
+                    .into_iter()
+                    .map(|(reason, partitions)| {
+                        format!("partition {}: {reason}", abbreviate(&partitions))
+                    })
+                    .collect();
+                return Ok(Status::DeadLettered(reasons));
+            }
             Ok(Status::Running(Some(
                 store.list(&job::partitions_prefix(&job_id))?.len(),
             )))
@@ -114,6 +146,10 @@ pub async fn follow(
                 bar.finish_and_clear();
                 return Err(FollowError::Cancelled { job, reason });
             }
+            Status::DeadLettered(reasons) => {
+                bar.finish_and_clear();
+                return Err(FollowError::DeadLettered { job, reasons });
+            }
             Status::Running(done) => {
                 if let Some(done) = done {
                     bar.set_position(done as u64);
@@ -133,6 +169,16 @@ pub async fn follow(
     }
 }
 
+/// Partition numbers for a message: all of a few, the first few of many.
+fn abbreviate(partitions: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = partitions[..partitions.len().min(SHOWN)].join(", ");
+    if partitions.len() > SHOWN {
+        text.push_str(&format!(" and {} more", partitions.len() - SHOWN));
+    }
+    text
+}
+
 /// How often `summary.json` is looked for.
 const POLL: Duration = Duration::from_millis(100);
 /// Every how many polls the stored partitions are counted and cancellation is checked.
@@ -141,6 +187,8 @@ const LOOK_AROUND_EVERY: u64 = 5;
 enum Status {
     Done(Vec<u8>),
     Cancelled(String),
+    /// Why each dead-lettered partition was.
+    DeadLettered(Vec<String>),
     /// Partitions stored, when they were counted.
     Running(Option<usize>),
 }

@@ -174,23 +174,12 @@ fn the_standby_collector_takes_over_from_a_killed_active_one() {
 /// files are written.
 #[test]
 fn an_unreadable_stored_partition_cancels_the_job_with_its_reason() {
-    use std::io::BufRead;
     let fleet = Fleet::isolated();
     fleet.stage();
     let env = fleet.env();
     let collector = spawn("collector", &[], &env);
     let mut producer = submit(&fleet);
-    let mut stdout = std::io::BufReader::new(producer.stdout.take().unwrap());
-    let job = loop {
-        let mut line = String::new();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "the producer ended before naming its job"
-        );
-        if let Some(job) = line.trim().strip_prefix("job: ") {
-            break job.to_owned();
-        }
-    };
+    let job = job_of(&mut producer);
     // The last partition's blob, damaged before any worker runs.
     let damaged = fleet_common::job::partition_key(&job, 39);
     fleet.store().put(&damaged, b"not a partition").unwrap();
@@ -217,6 +206,55 @@ fn an_unreadable_stored_partition_cancels_the_job_with_its_reason() {
             .list(&fleet_common::job::partitions_prefix(&job))
             .unwrap()
             .is_empty()
+    );
+}
+
+/// The job named by a running `producer --wait`, read from its output as it goes.
+fn job_of(producer: &mut Child) -> String {
+    use std::io::BufRead;
+    let mut stdout = std::io::BufReader::new(producer.stdout.take().unwrap());
+    loop {
+        let mut line = String::new();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "the producer ended before naming its job"
+        );
+        if let Some(job) = line.trim().strip_prefix("job: ") {
+            return job.to_owned();
+        }
+    }
+}
+
+/// `producer --wait` of a job whose partitions a worker dead-letters (here: the model was
+/// deleted after submission) exits non-zero with the reason, instead of waiting out its hour.
+#[test]
+fn wait_reports_dead_lettered_partitions_and_fails() {
+    let fleet = Fleet::isolated();
+    fleet.stage();
+    let env = fleet.env();
+    let collector = spawn("collector", &[], &env);
+    let mut producer = submit(&fleet);
+    let job = job_of(&mut producer);
+    fleet.store().delete("models/resnet20.onnx").unwrap();
+    let started = Instant::now();
+    let worker = spawn("worker", &[], &env);
+    let status = producer.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut producer.stderr.take().unwrap(), &mut stderr).unwrap();
+    terminate(worker);
+    terminate(collector);
+    assert!(!status.success(), "--wait succeeded on a dead-lettered job");
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "--wait took {:?} to notice",
+        started.elapsed()
+    );
+    assert!(
+        stderr.contains(&format!(
+            "job {job} cannot complete: partitions were dead-lettered"
+        )) && stderr.contains("models/resnet20.onnx")
+            && stderr.contains("stage it with `producer stage`"),
+        "{stderr}"
     );
 }
 

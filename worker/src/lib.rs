@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_common::broker::{Broker, BrokerError, Consumer, Delivery, Queue, settled};
+use fleet_common::job;
 use fleet_common::message::{self, Partition, ResultMessage};
 use fleet_common::shutdown::Shutdown;
 use fleet_common::store::BlobStore;
@@ -76,6 +77,7 @@ pub async fn run<B: Broker>(
         .map_err(|e| WorkerError::Host(e.to_string()))?;
     tracing::info!(provider, "this host can score");
     let mut consumer = broker.consume(Queue::Partitions, options.prefetch).await?;
+    let notes = store.clone();
     let mut models = Some(Models::new(
         store,
         options.inference.clone(),
@@ -107,6 +109,7 @@ pub async fn run<B: Broker>(
                 continue;
             }
         };
+        let (job, number) = (partition.job.clone(), partition.partition);
         // Scoring is CPU-bound: run it off the async threads, taking the models along.
         let mut owned = models
             .take()
@@ -148,13 +151,15 @@ pub async fn run<B: Broker>(
                 return Err(WorkerError::Host(reason));
             }
             Err(ScoreError::Permanent(reason)) => {
-                tracing::error!(%reason, "partition cannot be scored: dead-lettering it");
+                tracing::error!(%job, partition = number, %reason, "partition cannot be scored: dead-lettering it");
+                note_dead_letter(&notes, &job, number, &reason).await;
                 settled(delivery.dead_letter(&reason).await)?;
                 report.dead_lettered += 1;
             }
             Err(ScoreError::Transient(reason)) if delivery.attempt() >= options.max_attempts => {
                 let reason = format!("failed {} times, last: {reason}", delivery.attempt());
-                tracing::error!(%reason, "giving up on partition: dead-lettering it");
+                tracing::error!(%job, partition = number, %reason, "giving up on partition: dead-lettering it");
+                note_dead_letter(&notes, &job, number, &reason).await;
                 settled(delivery.dead_letter(&reason).await)?;
                 report.dead_lettered += 1;
             }
@@ -171,6 +176,26 @@ pub async fn run<B: Broker>(
             .map_err(|e| WorkerError::Task(e.to_string()))??;
     }
     Ok(report)
+}
+
+/// Notes in the container that partition `number` of `job` is dead-lettered, and why, for
+/// `producer --wait`. Best effort: the dead-letter queue keeps the partition either way.
+async fn note_dead_letter(store: &Arc<dyn BlobStore>, job: &str, number: u32, reason: &str) {
+    let (store, key, reason) = (
+        store.clone(),
+        job::dead_letter_key(job, number),
+        reason.to_owned(),
+    );
+    let noted = tokio::task::spawn_blocking(move || store.put(&key, reason.as_bytes())).await;
+    match noted {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(%job, partition = number, error = %e, "could not note the dead letter in the container")
+        }
+        Err(e) => {
+            tracing::warn!(%job, partition = number, error = %e, "could not note the dead letter in the container")
+        }
+    }
 }
 
 async fn sleep_or_forever(duration: Option<Duration>) {
