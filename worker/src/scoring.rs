@@ -105,7 +105,10 @@ impl Models {
         loaded.input.resize(n * image_len, 0.0);
         let started_at_ms = now_ms();
         let started = Instant::now();
-        let Prepared { errors, thumbnails } = prepare(
+        let Prepared {
+            errors,
+            mut thumbnails,
+        } = prepare(
             &partition.images,
             &loaded.preprocessor,
             &mut loaded.input,
@@ -160,7 +163,7 @@ impl Models {
                             report::THUMBNAIL_SIDE,
                         )
                     }
-                    Images::Blobs { .. } => thumbnails.get(i)?.clone()?,
+                    Images::Blobs { .. } => thumbnails.get_mut(i)?.take()?,
                 };
                 Some(Thumbnail {
                     position: i as u32,
