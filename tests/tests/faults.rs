@@ -313,6 +313,7 @@ fn poison_messages_end_in_the_dead_letter_queue_with_their_reason() {
         url: fleet.services.amqp_url.clone(),
         delivery_limit: 5,
         reconnect_secs: 10,
+        ca_cert: None,
         queues: QueueNames {
             partitions: queue("PARTITIONS_QUEUE"),
             results: queue("RESULTS_QUEUE"),

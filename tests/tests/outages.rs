@@ -121,6 +121,7 @@ fn clients_starting_together_all_connect_and_subscribe() {
             url: services.amqp_url.clone(),
             delivery_limit: 5,
             reconnect_secs: 30,
+            ca_cert: None,
             queues: QueueNames {
                 partitions: format!("{prefix}.partitions"),
                 results: format!("{prefix}.results"),

@@ -16,6 +16,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions,
 };
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use tokio::sync::Mutex;
@@ -43,6 +44,10 @@ pub struct AmqpArgs {
         default_value_t = 120
     )]
     pub reconnect_secs: u64,
+    /// PEM file of certificate authorities to trust for an amqps:// broker, besides the
+    /// system's (a broker with a private or self-signed certificate).
+    #[arg(long = "amqp-ca-cert", env = "AMQP_CA_CERT", value_name = "PEM FILE")]
+    pub ca_cert: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub queues: QueueNames,
 }
@@ -94,6 +99,15 @@ fn classify(url: &str, e: &lapin::Error) -> BrokerError {
         || text.to_lowercase().contains("auth")
     {
         BrokerError::Credentials { url: redact(url) }
+    } else if text.contains("certificate") {
+        BrokerError::Connect {
+            url: redact(url),
+            reason: format!(
+                "{text}. The broker's TLS certificate is not trusted: if it is signed by a \
+                 private or self-signed authority, pass that authority's PEM with \
+                 --amqp-ca-cert (AMQP_CA_CERT)"
+            ),
+        }
     } else {
         BrokerError::Connect {
             url: redact(url),
@@ -258,12 +272,24 @@ async fn open_and_declare(args: &AmqpArgs) -> Result<Link, BrokerError> {
 }
 
 async fn open_link(args: &AmqpArgs) -> Result<Link, BrokerError> {
-    let connection = Connection::connect(
-        &args.url,
-        ConnectionProperties::default().with_connection_name("cifar-fleet".into()),
-    )
-    .await
-    .map_err(|e| classify(&args.url, &e))?;
+    let properties = ConnectionProperties::default().with_connection_name("cifar-fleet".into());
+    // amqps:// verifies the broker against the system's roots, plus --amqp-ca-cert's.
+    let tls = OwnedTLSConfig {
+        identity: None,
+        cert_chain: match &args.ca_cert {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                BrokerError::Other(format!(
+                    "cannot read the broker's CA certificates {} (--amqp-ca-cert): {e}",
+                    path.display()
+                ))
+            })?),
+            None => None,
+        },
+    };
+    let runtime = lapin::runtime::default_runtime().map_err(|e| classify(&args.url, &e))?;
+    let connection = Connection::connect_with_config(&args.url, properties, tls, runtime)
+        .await
+        .map_err(|e| classify(&args.url, &e))?;
     let publisher = connection
         .create_channel()
         .await

@@ -1,0 +1,213 @@
+//! `amqps://`: the fleet through a RabbitMQ that speaks only TLS, with a certificate made here
+//! by a certificate authority made here (`openssl`, and a RabbitMQ node of its own started
+//! with `rabbitmq-server`, both as installed on the CI machine).
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use fleet_tests::{Fleet, assert_matches_reference, finish, run_with, spawn, terminate};
+
+/// A RabbitMQ node listening for TLS only, stopped when dropped.
+struct TlsBroker {
+    node: String,
+    port: u16,
+    _dir: tempfile::TempDir,
+    ca: std::path::PathBuf,
+}
+
+impl Drop for TlsBroker {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-n", &self.node, "stop"])
+            .output();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl is needed to make the test's certificates");
+    assert!(
+        output.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn start_tls_broker() -> TlsBroker {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path();
+    // A certificate authority, and the broker's certificate for localhost signed by it.
+    openssl(
+        path,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=fleet test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+    );
+    openssl(
+        path,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(
+        path.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        path,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+    let port = free_port();
+    std::fs::write(
+        path.join("rabbitmq.conf"),
+        format!(
+            "listeners.tcp = none\nlisteners.ssl.default = 127.0.0.1:{port}\n\
+             ssl_options.cacertfile = {0}/ca.pem\nssl_options.certfile = {0}/server.pem\n\
+             ssl_options.keyfile = {0}/server.key\nssl_options.verify = verify_none\n\
+             ssl_options.fail_if_no_peer_cert = false\n",
+            path.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(path.join("enabled_plugins"), "[].\n").unwrap();
+    for sub in ["mnesia", "log"] {
+        std::fs::create_dir(path.join(sub)).unwrap();
+    }
+    // rabbitmq-server drops to the rabbitmq user: it must read the files and write its data.
+    let _ = Command::new("chmod")
+        .args(["-R", "a+rwX"])
+        .arg(path)
+        .status();
+    let node = format!("fleet-tls-{}@localhost", std::process::id());
+    let status = Command::new("rabbitmq-server")
+        .arg("-detached")
+        .envs([
+            ("RABBITMQ_CONF_ENV_FILE", "/dev/null".to_owned()),
+            ("RABBITMQ_NODENAME", node.clone()),
+            (
+                "RABBITMQ_CONFIG_FILE",
+                path.join("rabbitmq.conf").display().to_string(),
+            ),
+            (
+                "RABBITMQ_MNESIA_BASE",
+                path.join("mnesia").display().to_string(),
+            ),
+            ("RABBITMQ_LOG_BASE", path.join("log").display().to_string()),
+            (
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                path.join("enabled_plugins").display().to_string(),
+            ),
+            ("RABBITMQ_DIST_PORT", free_port().to_string()),
+            ("ERL_EPMD_ADDRESS", "127.0.0.1".to_owned()),
+        ])
+        .status()
+        .expect("rabbitmq-server is needed to start a TLS broker");
+    assert!(status.success(), "rabbitmq-server -detached failed");
+    let ca = path.join("ca.pem");
+    let broker = TlsBroker {
+        node,
+        port,
+        _dir: dir,
+        ca,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the TLS broker did not listen on {port}; see its log in {}",
+            broker._dir.path().join("log").display()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    broker
+}
+
+#[test]
+fn the_fleet_runs_over_amqps_with_a_private_certificate_authority() {
+    let broker = start_tls_broker();
+    let fleet = Fleet::isolated();
+    fleet.stage();
+    let url = format!("amqps://guest:guest@localhost:{}/%2f", broker.port);
+    let ca = broker.ca.display().to_string();
+    let mut env = fleet.env();
+    env.retain(|(k, _)| *k != "AMQP_URL");
+    // Without the authority the broker's certificate is not trusted, and the error says so.
+    let mut untrusted = env.clone();
+    untrusted.push(("AMQP_URL", &url));
+    let out = run_with("worker", &[], &untrusted);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("invalid peer certificate") && stderr.contains("--amqp-ca-cert"),
+        "an untrusted broker should fail on its certificate, naming the fix:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("guest:guest"),
+        "the password leaked:\n{stderr}"
+    );
+
+    env.push(("AMQP_URL", &url));
+    env.push(("AMQP_CA_CERT", &ca));
+    let collector = spawn("collector", &[], &env);
+    let worker = spawn("worker", &[], &env);
+    let producer = spawn("producer", &["--wait", "--partition-size", "1000"], &env);
+    let job = finish(producer);
+    terminate(worker);
+    terminate(collector);
+    assert_matches_reference(&fleet.scores(&job));
+}
