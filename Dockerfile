@@ -33,6 +33,7 @@ RUN if [ "$VARIANT" = "cuda" ]; then features="--features producer/cuda,worker/c
 FROM debian:bookworm-slim AS runtime-cpu
 FROM nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04 AS runtime-cuda
 
+# checkov:skip=CKV_DOCKER_7: runtime-${VARIANT} is one of the two stages above, each a versioned base
 FROM runtime-${VARIANT}
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
@@ -40,7 +41,14 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
 COPY --from=build /out/producer /out/worker /out/collector /usr/local/bin/
 COPY --from=build /out/lib/ /usr/local/lib/
 ENV ORT_DYLIB_PATH=/usr/local/lib/libonnxruntime.so \
-    RUST_LOG=info
+    RUST_LOG=info \
+    LOG_FORMAT=json \
+    HTTP_PORT=8080
 USER 10001
+# The worker and collector serve /healthz, /readyz and /metrics on HTTP_PORT. The probe needs
+# no curl: bash's /dev/tcp. (The producer serves nothing: it runs once, as a job.)
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["/bin/bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/${HTTP_PORT} && printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3 && head -n 1 <&3 | grep -q ' 200 '"]
 # No default process: each service names its binary (worker, collector, producer).
 CMD ["worker", "--help"]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks infra/ with what runs without Azure or Docker: checkov over the Bicep and Terraform
-# templates (every failed check is fixed or skipped inline with its reason), and the parity
+# templates and the Dockerfile (every failed check is fixed or skipped inline with its reason), and the parity
 # tests (infra/tests) that parse both and compare resources and the worker scale rule.
 # The Python tools go into .tools/venv on first use.
 set -euo pipefail
@@ -16,3 +16,4 @@ fi
 "$venv/bin/python" -m unittest discover -s infra/tests -v
 "$venv/bin/checkov" --quiet --compact --skip-download --framework bicep -d infra/bicep
 "$venv/bin/checkov" --quiet --compact --skip-download --framework terraform -d infra/terraform
+"$venv/bin/checkov" --quiet --compact --skip-download --framework dockerfile -f Dockerfile

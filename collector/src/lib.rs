@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use fleet_common::broker::{Broker, BrokerError, Consumer, Delivery, Queue, settled};
 use fleet_common::message::{self, ResultMessage};
+use fleet_common::metrics::metrics;
+use fleet_common::ops::health;
 use fleet_common::results::Summary;
 use fleet_common::shutdown::Shutdown;
 use fleet_common::store::{BlobStore, StoreError};
@@ -65,6 +67,8 @@ pub async fn run<B: Broker>(
     events: Option<mpsc::UnboundedSender<Event>>,
 ) -> Result<(), CollectorError> {
     let mut consumer = broker.consume(Queue::Results, options.prefetch).await?;
+    // Consuming: as the active collector, or as a standby the broker will hand over to.
+    health().set_ready(true);
     let jobs = Jobs::new(store);
     let mut jobs = Some(jobs);
     let notify = |event: Event| {
@@ -79,6 +83,7 @@ pub async fn run<B: Broker>(
             next = consumer.next() => next?,
         };
         let Some(delivery) = next else { break };
+        let _busy = health().busy();
         let message = match message::decode::<ResultMessage>(delivery.payload()) {
             Ok(message) => message,
             Err(e) => {
@@ -90,9 +95,10 @@ pub async fn run<B: Broker>(
         // Storage is blocking I/O: run it off the async threads, taking the state along.
         let mut owned = jobs.take().expect("state is returned after each message");
         let patience = Duration::from_secs(options.store_retry_secs);
-        let (returned, outcome) = tokio::task::spawn_blocking(move || {
+        let (returned, outcome, in_flight) = tokio::task::spawn_blocking(move || {
             let outcome = with_retries(patience, || owned.handle(message.clone()));
-            (owned, outcome)
+            let in_flight = owned.open_jobs();
+            (owned, outcome, in_flight)
         })
         .await
         .map_err(|e| CollectorError::Task(e.to_string()))?;
@@ -101,13 +107,25 @@ pub async fn run<B: Broker>(
         let events = outcome?;
         // Stored durably (and, when complete, written): now the broker may forget it.
         settled(delivery.ack().await)?;
+        let m = metrics();
+        m.jobs_in_flight.set(in_flight as i64);
         for event in events {
-            if let Event::Completed(summary) = &event {
-                tracing::info!(job = %summary.job, "{}", summary.accuracy_line());
+            match &event {
+                Event::Stored { images, .. } => {
+                    m.results_stored.add(1);
+                    m.result_rows_stored.add(*images);
+                }
+                Event::Completed(summary) => {
+                    tracing::info!(job = %summary.job, "{}", summary.accuracy_line());
+                    m.jobs_completed.add(1);
+                    m.job_seconds.observe(summary.timings.wall_seconds);
+                }
+                Event::Cancelled { .. } => m.jobs_cancelled.add(1),
             }
             notify(event);
         }
     }
+    health().set_ready(false);
     Ok(())
 }
 

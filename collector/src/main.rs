@@ -5,6 +5,7 @@ use clap::Parser;
 use collector::{CollectorOptions, Event};
 use fleet_common::broker::amqp::{AmqpArgs, AmqpBroker};
 use fleet_common::logging::LogArgs;
+use fleet_common::ops::{self, OpsArgs};
 use fleet_common::shutdown::Shutdown;
 use fleet_common::store::StoreArgs;
 
@@ -20,6 +21,8 @@ struct Cli {
     #[command(flatten)]
     log: LogArgs,
     #[command(flatten)]
+    ops: OpsArgs,
+    #[command(flatten)]
     collector: CollectorOptions,
 }
 
@@ -32,6 +35,9 @@ fn main() -> Result<()> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    ops::serve(&cli.ops)
+        .await
+        .context("cannot serve the operations endpoint (--http-port)")?;
     let store = cli.store.open_async(false).await?;
     let broker = AmqpBroker::connect(cli.amqp).await?;
     let (shutdown, _trigger) = Shutdown::on_signals();

@@ -35,6 +35,11 @@ impl Jobs {
         }
     }
 
+    /// Jobs held open (seen, neither complete nor cancelled).
+    pub fn open_jobs(&self) -> usize {
+        self.open.len()
+    }
+
     /// Applies one message. Returns only once everything it implies is stored; on error nothing
     /// in memory has changed and the same message can be applied again.
     pub fn handle(&mut self, message: ResultMessage) -> Result<Vec<Event>, StoreError> {

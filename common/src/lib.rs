@@ -24,6 +24,8 @@ pub mod dataset;
 pub mod job;
 pub mod logging;
 pub mod message;
+pub mod metrics;
+pub mod ops;
 pub mod results;
 pub mod shutdown;
 pub mod source;

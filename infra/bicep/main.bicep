@@ -80,6 +80,39 @@ var commonEnv = [
     name: 'RUST_LOG'
     value: 'info'
   }
+  {
+    // One JSON object per line: Log Analytics parses the fields.
+    name: 'LOG_FORMAT'
+    value: 'json'
+  }
+  {
+    name: 'HTTP_PORT'
+    value: string(opsPort)
+  }
+]
+// /healthz (alive and not stuck on one partition) restarts a hung worker or collector;
+// /readyz (consuming) gates it; /metrics is for a Prometheus scraper.
+var opsPort = 8080
+var opsProbes = [
+  {
+    type: 'Liveness'
+    httpGet: {
+      path: '/healthz'
+      port: opsPort
+    }
+    initialDelaySeconds: 10
+    periodSeconds: 30
+    failureThreshold: 3
+  }
+  {
+    type: 'Readiness'
+    httpGet: {
+      path: '/readyz'
+      port: opsPort
+    }
+    periodSeconds: 10
+    failureThreshold: 3
+  }
 ]
 var consumptionProfile = [
   {
@@ -299,6 +332,7 @@ resource worker 'Microsoft.App/containerApps@2024-03-01' = {
           command: ['worker']
           resources: useGpu ? gpuWorkerResources : cpuWorkerResources
           env: commonEnv
+          probes: opsProbes
         }
       ]
       // SIGTERM on scale-in: the worker finishes its partition within this grace period.
@@ -360,6 +394,7 @@ resource collector 'Microsoft.App/containerApps@2024-03-01' = {
             memory: '1Gi'
           }
           env: commonEnv
+          probes: opsProbes
         }
       ]
       terminationGracePeriodSeconds: 120

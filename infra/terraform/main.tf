@@ -16,7 +16,13 @@ locals {
     AZURE_CLIENT_ID  = azurerm_user_assigned_identity.fleet.client_id
     PARTITIONS_QUEUE = var.partitions_queue
     RUST_LOG         = "info"
+    # One JSON object per line: Log Analytics parses the fields.
+    LOG_FORMAT = "json"
+    HTTP_PORT  = tostring(local.ops_port)
   }
+  # /healthz (alive and not stuck on one partition) restarts a hung worker or collector;
+  # /readyz (consuming) gates it; /metrics is for a Prometheus scraper.
+  ops_port = 8080
 }
 
 resource "azurerm_resource_group" "fleet" {
@@ -217,6 +223,21 @@ resource "azurerm_container_app" "worker" {
         name        = "AMQP_URL"
         secret_name = "amqp-url"
       }
+      liveness_probe {
+        transport               = "HTTP"
+        path                    = "/healthz"
+        port                    = local.ops_port
+        initial_delay           = 10
+        interval_seconds        = 30
+        failure_count_threshold = 3
+      }
+      readiness_probe {
+        transport               = "HTTP"
+        path                    = "/readyz"
+        port                    = local.ops_port
+        interval_seconds        = 10
+        failure_count_threshold = 3
+      }
     }
 
     custom_scale_rule {
@@ -275,6 +296,21 @@ resource "azurerm_container_app" "collector" {
       env {
         name        = "AMQP_URL"
         secret_name = "amqp-url"
+      }
+      liveness_probe {
+        transport               = "HTTP"
+        path                    = "/healthz"
+        port                    = local.ops_port
+        initial_delay           = 10
+        interval_seconds        = 30
+        failure_count_threshold = 3
+      }
+      readiness_probe {
+        transport               = "HTTP"
+        path                    = "/readyz"
+        port                    = local.ops_port
+        interval_seconds        = 10
+        failure_count_threshold = 3
       }
     }
   }

@@ -2,7 +2,8 @@
 //! two workers and a collector, compared with the embedded run on the same fixture.
 
 use fleet_tests::{
-    Fleet, field, finish, fixture, rows, run_ok, run_with, spawn, stage_fixtures, terminate,
+    Fleet, field, finish, fixture, free_port, http_get, metric, rows, run_ok, run_with, spawn,
+    stage_fixtures, terminate,
 };
 
 #[test]
@@ -10,9 +11,14 @@ fn two_workers_and_a_collector_match_the_embedded_run() {
     let fleet = Fleet::isolated();
     fleet.stage();
     let env = fleet.env();
-    let collector = spawn("collector", &[], &env);
+    // Each serves /healthz, /readyz and /metrics on a port of its own.
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let collector = spawn("collector", &["--http-port", &ports[0].to_string()], &env);
     let workers: Vec<_> = (1..=2)
-        .map(|i| spawn("worker", &["--name", &format!("worker-{i}")], &env))
+        .map(|i| {
+            let (name, port) = (format!("worker-{i}"), ports[i].to_string());
+            spawn("worker", &["--name", &name, "--http-port", &port], &env)
+        })
         .collect();
 
     let out = run_with("producer", &["--wait", "--partition-size", "250"], &env);
@@ -27,6 +33,43 @@ fn two_workers_and_a_collector_match_the_embedded_run() {
         stdout.contains("submitted 10000 images in 40 partitions"),
         "{stdout}"
     );
+
+    // The metrics count what the job's rows hold: every image scored once, by one worker or
+    // the other, and stored once by the collector.
+    for &port in &ports {
+        assert_eq!(http_get(port, "/healthz"), (200, "ok\n".into()));
+        assert_eq!(http_get(port, "/readyz").0, 200);
+    }
+    // The collector counts once it has acked the last result, a moment after summary.json.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let collected = loop {
+        let text = http_get(ports[0], "/metrics").1;
+        if metric(&text, "fleet_jobs_completed_total") == 1.0 {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the collector never counted the job:\n{text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(
+        metric(&collected, "fleet_result_rows_stored_total"),
+        10_000.0
+    );
+    assert_eq!(metric(&collected, "fleet_results_stored_total"), 40.0);
+    assert_eq!(metric(&collected, "fleet_jobs_completed_total"), 1.0);
+    assert_eq!(metric(&collected, "fleet_jobs_in_flight"), 0.0);
+    assert_eq!(metric(&collected, "fleet_job_seconds_count"), 1.0);
+    let scored: Vec<String> = ports[1..]
+        .iter()
+        .map(|&p| http_get(p, "/metrics").1)
+        .collect();
+    let total = |name: &str| scored.iter().map(|text| metric(text, name)).sum::<f64>();
+    assert_eq!(total("fleet_images_scored_total"), 10_000.0);
+    assert_eq!(total("fleet_partitions_scored_total"), 40.0);
+    assert_eq!(total("fleet_inference_seconds_count"), 40.0);
+    assert_eq!(total("fleet_dead_letters_total"), 0.0);
 
     // SIGTERM: each process drains and exits cleanly.
     for worker in workers {

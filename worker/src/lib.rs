@@ -18,6 +18,8 @@ use std::time::Duration;
 use fleet_common::broker::{Broker, BrokerError, Consumer, Delivery, Queue, settled};
 use fleet_common::job;
 use fleet_common::message::{self, Partition, ResultMessage};
+use fleet_common::metrics::metrics;
+use fleet_common::ops::health;
 use fleet_common::shutdown::Shutdown;
 use fleet_common::store::BlobStore;
 use fleet_inference::InferenceOptions;
@@ -77,6 +79,7 @@ pub async fn run<B: Broker>(
         .map_err(|e| WorkerError::Host(e.to_string()))?;
     tracing::info!(provider, "this host can score");
     let mut consumer = broker.consume(Queue::Partitions, options.prefetch).await?;
+    health().set_ready(true);
     let notes = store.clone();
     let mut models = Some(Models::new(
         store,
@@ -98,6 +101,7 @@ pub async fn run<B: Broker>(
             }
         };
         let Some(delivery) = next else { break };
+        let _busy = health().busy();
         let partition = match message::decode::<Partition>(delivery.payload())
             .and_then(|p| p.validate().map(|()| p))
         {
@@ -106,6 +110,7 @@ pub async fn run<B: Broker>(
                 tracing::error!(error = %e, "poison message on the partitions queue: dead-lettering it");
                 settled(delivery.dead_letter(&e.to_string()).await)?;
                 report.dead_lettered += 1;
+                metrics().dead_letters.add(1);
                 continue;
             }
         };
@@ -126,6 +131,15 @@ pub async fn run<B: Broker>(
             Ok(scored) => {
                 report.partitions += 1;
                 report.images += scored.scores.len() as u64;
+                let m = metrics();
+                let unreadable = scored.scores.iter().filter(|s| s.error.is_some()).count() as u64;
+                m.partitions_scored.add(1);
+                m.images_scored.add(scored.scores.len() as u64 - unreadable);
+                m.images_unreadable.add(unreadable);
+                m.inference_seconds.observe(scored.inference_ms / 1000.0);
+                m.partition_seconds.observe(
+                    scored.finished_at_ms.saturating_sub(scored.published_at_ms) as f64 / 1000.0,
+                );
                 tracing::debug!(job = %scored.job, partition = scored.partition, images = scored.scores.len(), inference_ms = format_args!("{:.0}", scored.inference_ms), "scored");
                 if let Some(previous) = in_flight.take() {
                     previous
@@ -140,6 +154,7 @@ pub async fn run<B: Broker>(
                 }));
             }
             Err(ScoreError::Host(reason)) => {
+                health().set_ready(false);
                 tracing::error!(%reason, "this host cannot score: stopping, the partition stays in the queue");
                 // Unacknowledged: the broker hands it to another worker.
                 drop(delivery);
@@ -155,6 +170,7 @@ pub async fn run<B: Broker>(
                 note_dead_letter(&notes, &job, number, &reason).await;
                 settled(delivery.dead_letter(&reason).await)?;
                 report.dead_lettered += 1;
+                metrics().dead_letters.add(1);
             }
             Err(ScoreError::Transient(reason)) if delivery.attempt() >= options.max_attempts => {
                 let reason = format!("failed {} times, last: {reason}", delivery.attempt());
@@ -162,14 +178,18 @@ pub async fn run<B: Broker>(
                 note_dead_letter(&notes, &job, number, &reason).await;
                 settled(delivery.dead_letter(&reason).await)?;
                 report.dead_lettered += 1;
+                metrics().dead_letters.add(1);
             }
             Err(ScoreError::Transient(reason)) => {
                 tracing::warn!(%reason, attempt = delivery.attempt(), "scoring failed; the partition will be retried");
+                metrics().partitions_retried.add(1);
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 settled(delivery.retry().await)?;
             }
         }
     }
+    // Draining: no more partitions taken.
+    health().set_ready(false);
     if let Some(previous) = in_flight.take() {
         previous
             .await

@@ -4,6 +4,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use fleet_common::broker::amqp::{AmqpArgs, AmqpBroker};
 use fleet_common::logging::LogArgs;
+use fleet_common::ops::{self, OpsArgs};
 use fleet_common::shutdown::Shutdown;
 use fleet_common::store::StoreArgs;
 use worker::WorkerOptions;
@@ -20,6 +21,8 @@ struct Cli {
     #[command(flatten)]
     log: LogArgs,
     #[command(flatten)]
+    ops: OpsArgs,
+    #[command(flatten)]
     worker: WorkerOptions,
     /// Name of this worker in the job summary and the logs (default: host name and process id).
     #[arg(long, env = "WORKER_NAME")]
@@ -35,6 +38,9 @@ fn main() -> Result<()> {
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    ops::serve(&cli.ops)
+        .await
+        .context("cannot serve the operations endpoint (--http-port)")?;
     let store = cli.store.open_async(false).await?;
     let broker = AmqpBroker::connect(cli.amqp).await?;
     let (shutdown, _trigger) = Shutdown::on_signals();

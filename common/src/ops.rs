@@ -1,0 +1,214 @@
+//! The operations endpoint of the long-running binaries (worker, collector), on `--http-port`:
+//!
+//! - `/healthz`: 200 while the process is alive and not stuck: a unit of work (a partition, a
+//!   result) held longer than `--stuck-after-secs` means it hangs, and the orchestrator should
+//!   restart it (its unacknowledged message goes to another);
+//! - `/readyz`: 200 once it is connected and consuming, 503 before and while it drains;
+//! - `/metrics`: [`crate::metrics`] in Prometheus' text format.
+//!
+//! A few lines of HTTP/1.1 over a tokio listener: probes and scrapers send one small GET and
+//! read one response, and a server library would be most of the binary's dependencies.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::job::now_ms;
+use crate::metrics::metrics;
+
+/// Where and how the endpoint runs. Part of the worker's and collector's configuration.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OpsArgs {
+    /// Port serving /healthz, /readyz and /metrics on every interface (not served when unset).
+    #[arg(long = "http-port", env = "HTTP_PORT")]
+    pub port: Option<u16>,
+    /// A unit of work held longer than this many seconds makes /healthz fail (the process is
+    /// hung and should be restarted).
+    #[arg(
+        long = "stuck-after-secs",
+        env = "STUCK_AFTER_SECS",
+        default_value_t = 900
+    )]
+    pub stuck_after_secs: u64,
+}
+
+/// What the probes report, set by the process's main loop.
+#[derive(Debug)]
+pub struct Health {
+    ready: AtomicBool,
+    /// Unix time in milliseconds when the work in hand began; 0 when idle.
+    busy_since_ms: AtomicU64,
+}
+
+static HEALTH: Health = Health {
+    ready: AtomicBool::new(false),
+    busy_since_ms: AtomicU64::new(0),
+};
+
+/// This process's health.
+pub fn health() -> &'static Health {
+    &HEALTH
+}
+
+impl Health {
+    /// Ready for work (connected, consuming), or not (starting, draining).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// A unit of work begins; it ends when the guard is dropped, whatever its outcome.
+    pub fn busy(&self) -> Busy<'_> {
+        self.busy_since_ms.store(now_ms().max(1), Ordering::Relaxed);
+        Busy(self)
+    }
+
+    /// `Err` with the reason when the work in hand has taken longer than `stuck_after`.
+    fn alive(&self, stuck_after: Duration) -> Result<(), String> {
+        let since = self.busy_since_ms.load(Ordering::Relaxed);
+        let held = Duration::from_millis(now_ms().saturating_sub(since));
+        if since != 0 && held > stuck_after {
+            Err(format!(
+                "stuck: the work in hand began {}s ago (limit {}s)",
+                held.as_secs(),
+                stuck_after.as_secs()
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// A unit of work in hand (see [`Health::busy`]).
+#[derive(Debug)]
+pub struct Busy<'a>(&'a Health);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.busy_since_ms.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Starts serving, when a port is configured; returns the address bound.
+pub async fn serve(args: &OpsArgs) -> std::io::Result<Option<SocketAddr>> {
+    let Some(port) = args.port else {
+        return Ok(None);
+    };
+    let listener = TcpListener::bind(("0.0.0.0", port)).await?;
+    let address = listener.local_addr()?;
+    let stuck_after = Duration::from_secs(args.stuck_after_secs);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                // A client that sends nothing is dropped, not waited for.
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), answer(stream, stuck_after)).await;
+            });
+        }
+    });
+    tracing::info!(%address, "serving /healthz, /readyz and /metrics");
+    Ok(Some(address))
+}
+
+async fn answer(mut stream: tokio::net::TcpStream, stuck_after: Duration) -> std::io::Result<()> {
+    let mut request = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        request.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&request);
+    let mut words = line.split_whitespace();
+    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let (status, content_type, body) = respond(method, path, stuck_after);
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    if method != "HEAD" {
+        stream.write_all(body.as_bytes()).await?;
+    }
+    stream.shutdown().await
+}
+
+fn respond(
+    method: &str,
+    path: &str,
+    stuck_after: Duration,
+) -> (&'static str, &'static str, String) {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    if method != "GET" && method != "HEAD" {
+        return ("405 Method Not Allowed", TEXT, "GET only\n".into());
+    }
+    let health = health();
+    match path.split('?').next().unwrap_or("") {
+        "/healthz" => match health.alive(stuck_after) {
+            Ok(()) => ("200 OK", TEXT, "ok\n".into()),
+            Err(reason) => ("503 Service Unavailable", TEXT, format!("{reason}\n")),
+        },
+        "/readyz" if health.ready.load(Ordering::Relaxed) => ("200 OK", TEXT, "ready\n".into()),
+        "/readyz" => (
+            "503 Service Unavailable",
+            TEXT,
+            "not ready: starting, or draining\n".into(),
+        ),
+        "/metrics" => (
+            "200 OK",
+            "text/plain; version=0.0.4; charset=utf-8",
+            metrics().render(),
+        ),
+        _ => (
+            "404 Not Found",
+            TEXT,
+            "try /healthz, /readyz or /metrics\n".into(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_held_too_long_fails_liveness() {
+        let health = Health {
+            ready: AtomicBool::new(true),
+            busy_since_ms: AtomicU64::new(0),
+        };
+        assert!(health.alive(Duration::from_secs(1)).is_ok());
+        health
+            .busy_since_ms
+            .store(now_ms() - 5_000, Ordering::Relaxed);
+        let reason = health.alive(Duration::from_secs(1)).unwrap_err();
+        assert!(
+            reason.starts_with("stuck: the work in hand began 5s ago"),
+            "{reason}"
+        );
+        drop(health.busy());
+        assert!(health.alive(Duration::from_secs(1)).is_ok());
+    }
+
+    #[test]
+    fn routes() {
+        let limit = Duration::from_secs(60);
+        assert_eq!(respond("GET", "/healthz", limit).0, "200 OK");
+        assert_eq!(respond("GET", "/nope", limit).0, "404 Not Found");
+        assert_eq!(
+            respond("POST", "/healthz", limit).0,
+            "405 Method Not Allowed"
+        );
+        let (status, content_type, body) = respond("GET", "/metrics", limit);
+        assert_eq!(status, "200 OK");
+        assert!(content_type.contains("version=0.0.4"));
+        assert!(body.contains("# TYPE fleet_images_scored_total counter"));
+    }
+}
