@@ -2,12 +2,14 @@
 //!
 //! - [`stage`]: dataset, model (CNTK converted to ONNX on the way) and mean image into a
 //!   container, each checked first.
-//! - [`submit`]: a job from the tarball in the container: partitions published, manifest
-//!   written, job sealed.
+//! - [`submit`]: a job from a tarball or an image collection in the container: partitions
+//!   published, manifest written, job sealed.
 //! - [`follow`]: waiting for a submitted job, by watching the container.
+//! - [`status`]: the container's jobs and where each stands.
 //! - [`embedded`]: the whole fleet in one process, on the in-process broker.
 
 pub mod embedded;
 pub mod follow;
 pub mod stage;
+pub mod status;
 pub mod submit;

@@ -45,6 +45,17 @@ enum Command {
     Stage(Box<StageArgs>),
     /// Convert a CNTK v2 model (.dnn) to an ONNX file.
     Convert(ConvertArgs),
+    /// List the container's jobs and where each stands (complete, running, stuck on
+    /// dead-lettered partitions, cancelled), or everything known of one job.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// One job's id, for its details.
+    job: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -144,10 +155,38 @@ fn main() -> Result<()> {
     match cli.command {
         Some(Command::Stage(args)) => stage(*args),
         Some(Command::Convert(args)) => convert(args),
+        Some(Command::Status(args)) => status(args),
         None => tokio::runtime::Runtime::new()
             .context("starting the async runtime")?
             .block_on(run(cli.run)),
     }
+}
+
+fn status(args: StatusArgs) -> Result<()> {
+    let store = args.store.open(false)?;
+    match args.job {
+        Some(job) => {
+            let status = producer::status::one(store.as_ref(), &job)?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "{} has no job {job}; `producer status` lists those it has",
+                    store.describe()
+                )
+            })?;
+            print!("{}", status.details(store.as_ref()));
+        }
+        None => {
+            let jobs = producer::status::list(store.as_ref())?;
+            if jobs.is_empty() {
+                println!("{} has no jobs", store.describe());
+            } else {
+                println!("{}", producer::status::header());
+                for job in jobs {
+                    println!("{}", job.line());
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn stage(mut args: StageArgs) -> Result<()> {

@@ -98,6 +98,22 @@ fn truncated_and_corrupt_tarballs_are_refused_at_staging_and_at_submission() {
     let err = run_job(&store, &[]);
     assert!(err.contains("is corrupt or truncated"), "{err}");
     assert_no_results(&store);
+    // `producer status` shows the job cancelled, with the reason.
+    let listed = run_ok(
+        "producer",
+        &[
+            "status",
+            "--store",
+            store.to_str().unwrap(),
+            "--container",
+            "cifar",
+        ],
+    );
+    let line = listed
+        .lines()
+        .find(|l| l.contains(" cancelled "))
+        .unwrap_or_else(|| panic!("no cancelled job listed:\n{listed}"));
+    assert!(line.contains("is corrupt or truncated"), "{line}");
 }
 
 #[test]

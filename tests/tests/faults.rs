@@ -256,6 +256,18 @@ fn wait_reports_dead_lettered_partitions_and_fails() {
             && stderr.contains("stage it with `producer stage`"),
         "{stderr}"
     );
+    // `producer status JOB`, from the container alone, says the same.
+    let out = run_with("producer", &["status", &job], &env);
+    let details = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        details.contains("state: stuck") && details.contains("dead-lettered partition"),
+        "{details}"
+    );
 }
 
 #[test]

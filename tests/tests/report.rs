@@ -146,6 +146,25 @@ fn a_labelled_jobs_report_reads_in_a_browser() {
     );
     let report = report_path(&output);
     let job = field(&output, "job");
+    // `producer status` lists it complete; with its id, it names the report.
+    let listed = run_ok(
+        "producer",
+        &["status", "--store", store, "--container", "c"],
+    );
+    assert!(
+        listed.lines().any(|l| l.starts_with(&job)
+            && l.contains(" complete ")
+            && l.contains("Correctly predicted")),
+        "{listed}"
+    );
+    let details = run_ok(
+        "producer",
+        &["status", "--store", store, "--container", "c", &job],
+    );
+    assert!(
+        details.contains(&format!("report: {}", report.display())),
+        "{details}"
+    );
     assert_eq!(
         report,
         std::path::absolute(root.path().join(format!("c/results/{job}/report.html"))).unwrap()
