@@ -7,6 +7,15 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 scripts/install-onnxruntime.sh
+# The report tests render report.html in headless Chromium (Debian's package).
+if ! command -v chromium >/dev/null; then
+    if command -v apt-get >/dev/null && [[ "$(id -u)" == 0 ]]; then
+        { apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; } >&2
+    else
+        echo "the report tests need Chromium: install it (Debian: apt-get install chromium)" >&2
+        exit 1
+    fi
+fi
 # The integration tests talk to a real RabbitMQ and a real Azurite: start them unless the
 # environment already points at some (AMQP_URL and AZURE_STORAGE_CONNECTION_STRING).
 if [[ -z "${AMQP_URL:-}" || -z "${AZURE_STORAGE_CONNECTION_STRING:-}" ]]; then
