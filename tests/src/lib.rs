@@ -156,12 +156,17 @@ impl Services {
     }
 
     /// Restarts the RabbitMQ application: every connection drops; durable queues survive.
+    /// `rabbitmqctl` is given two minutes: a long-lived development broker holding hundreds of
+    /// quorum queues from earlier runs can take longer to stop, and the test then says so
+    /// instead of hanging.
     pub fn restart_broker(&self, down: std::time::Duration) {
         let ctl = |action: &str| match &self.rabbit {
             Some(rabbit) => {
                 let mut exec = rabbit
                     .exec(testcontainers::core::ExecCommand::new([
                         "rabbitmqctl",
+                        "--timeout",
+                        "120",
                         action,
                     ]))
                     .expect("rabbitmqctl runs in the container");
@@ -169,12 +174,13 @@ impl Services {
             }
             None => {
                 let status = Command::new("rabbitmqctl")
-                    .arg(action)
+                    .args(["--timeout", "120", action])
                     .output()
                     .expect("rabbitmqctl is installed");
                 assert!(
                     status.status.success(),
-                    "rabbitmqctl {action}: {}",
+                    "rabbitmqctl {action}: {} (a broker holding many queues from earlier test \
+                     runs stops slowly: `rabbitmqctl list_queues`, and delete the old ones)",
                     String::from_utf8_lossy(&status.stderr)
                 );
             }
