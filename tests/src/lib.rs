@@ -322,6 +322,26 @@ impl Fleet {
         .expect("the test container exists")
     }
 
+    /// Waits until the collector has stored `n` partitions (of any of this fleet's jobs).
+    pub fn wait_for_stored(&self, n: usize) {
+        let store = self.store();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        while store
+            .list("jobs/")
+            .unwrap_or_default()
+            .iter()
+            .filter(|k| k.contains("/partitions/"))
+            .count()
+            < n
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} partitions were not stored in time"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     /// The `scores.csv` of one of this fleet's jobs.
     pub fn scores(&self, job: &str) -> String {
         String::from_utf8(

@@ -99,19 +99,7 @@ fn a_collector_killed_mid_job_and_restarted_finishes_it() {
     let workers = vec![spawn("worker", &[], &env), spawn("worker", &[], &env)];
     let producer = submit(&fleet);
     // Kill it once some partitions are stored, restart it.
-    let store = fleet.store();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while store
-        .list("jobs/")
-        .unwrap()
-        .iter()
-        .filter(|k| k.contains("/partitions/"))
-        .count()
-        < 5
-    {
-        assert!(Instant::now() < deadline, "no partition was stored in time");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    fleet.wait_for_stored(5);
     kill(&mut collector);
     let collector = spawn("collector", &[], &env);
     let job = finish(producer);
@@ -136,19 +124,7 @@ fn the_standby_collector_takes_over_from_a_killed_active_one() {
     let standby = spawn("collector", &[], &env);
     let workers = vec![spawn("worker", &[], &env), spawn("worker", &[], &env)];
     let producer = submit(&fleet);
-    let store = fleet.store();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while store
-        .list("jobs/")
-        .unwrap()
-        .iter()
-        .filter(|k| k.contains("/partitions/"))
-        .count()
-        < 5
-    {
-        assert!(Instant::now() < deadline, "no partition was stored in time");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    fleet.wait_for_stored(5);
     kill(&mut active);
     let job = finish(producer);
     for worker in workers {

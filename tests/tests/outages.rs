@@ -3,33 +3,13 @@
 
 use std::process::Child;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fleet_common::broker::amqp::{AmqpArgs, AmqpBroker};
 use fleet_common::broker::{Broker, Queue, QueueNames};
 use fleet_tests::{Fleet, Services, assert_matches_reference, finish, spawn, terminate, unique};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-/// Waits until at least `n` partitions of the fleet's jobs are stored by the collector.
-fn wait_for_stored(fleet: &Fleet, n: usize) {
-    let store = fleet.store();
-    let deadline = Instant::now() + Duration::from_secs(300);
-    while store
-        .list("jobs/")
-        .unwrap_or_default()
-        .iter()
-        .filter(|k| k.contains("/partitions/"))
-        .count()
-        < n
-    {
-        assert!(
-            Instant::now() < deadline,
-            "{n} partitions were not stored in time"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[test]
 fn a_broker_restart_mid_job_loses_nothing() {
@@ -40,7 +20,7 @@ fn a_broker_restart_mid_job_loses_nothing() {
     let collector = spawn("collector", &[], &env);
     let workers = [spawn("worker", &[], &env), spawn("worker", &[], &env)];
     let producer = spawn("producer", &["--wait", "--partition-size", "250"], &env);
-    wait_for_stored(&fleet, 8);
+    fleet.wait_for_stored(8);
     fleet.services.restart_broker(Duration::from_secs(5));
     let job = finish(producer);
     for worker in workers {
@@ -69,7 +49,7 @@ fn storage_away_during_the_final_write_is_waited_out() {
     let producer = spawn("producer", &["--wait", "--partition-size", "250"], &env);
     // 40 partitions: take storage away as the last ones come in, so that the collector's
     // stores and its final write of the result files meet the outage.
-    wait_for_stored(&fleet, 36);
+    fleet.wait_for_stored(36);
     fleet.services.storage_outage(Duration::from_secs(8));
     let job = finish(producer);
     for worker in workers {
