@@ -77,23 +77,14 @@ pub async fn follow(
                 Err(e) if !e.is_not_found() => return Err(e),
                 Err(_) => {}
             }
-            let dead_letters = store.list(&job::dead_letters_prefix(&job_id))?;
+            let dead_letters = crate::status::dead_letters(store.as_ref(), &job_id)?;
             if !dead_letters.is_empty() {
                 // One line per distinct reason: a model that cannot load fails every partition
                 // the same way.
                 let mut by_reason: std::collections::BTreeMap<String, Vec<String>> =
                     std::collections::BTreeMap::new();
-                for key in dead_letters {
-                    let number = key
-                        .rsplit('/')
-                        .next()
-                        .unwrap_or(&key)
-                        .trim_start_matches('0');
-                    let reason = String::from_utf8_lossy(&store.get(&key)?).into_owned();
-                    by_reason
-                        .entry(reason)
-                        .or_default()
-                        .push(if number.is_empty() { "0" } else { number }.to_owned());
+                for (partition, reason) in dead_letters {
+                    by_reason.entry(reason).or_default().push(partition);
                 }
                 let reasons = by_reason
                     .into_iter()

@@ -64,6 +64,25 @@ pub fn one(store: &dyn BlobStore, job: &str) -> Result<Option<JobStatus>, StoreE
     status(store, job, &blobs).map(Some)
 }
 
+/// The partitions of `job` a worker noted as dead-lettered, in order, each with its reason.
+pub fn dead_letters(store: &dyn BlobStore, job: &str) -> Result<Vec<(String, String)>, StoreError> {
+    let prefix = job::dead_letters_prefix(job);
+    let mut notes = Vec::new();
+    for key in store.list(&prefix)? {
+        let reason = match store.get(&key) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e),
+        };
+        let name = key.strip_prefix(&prefix).unwrap_or(&key);
+        let partition = name
+            .parse::<u32>()
+            .map_or(name.to_owned(), |n| n.to_string());
+        notes.push((partition, reason));
+    }
+    Ok(notes)
+}
+
 /// A job's status from the names of its blobs under `jobs/<job>/`.
 fn status(store: &dyn BlobStore, job: &str, blobs: &[String]) -> Result<JobStatus, StoreError> {
     let get = |key: &str| match store.get(key) {
@@ -88,20 +107,12 @@ fn status(store: &dyn BlobStore, job: &str, blobs: &[String]) -> Result<JobStatu
     } else if let Some(reason) = get(&job::cancelled_key(job))? {
         State::Cancelled(String::from_utf8_lossy(&reason).into_owned())
     } else if !dead.is_empty() {
-        let mut reasons = Vec::new();
-        for blob in &dead {
-            if let Some(reason) = get(&format!("jobs/{job}/{blob}"))? {
-                let name = blob.trim_start_matches("dead-letters/");
-                let partition = name
-                    .parse::<u32>()
-                    .map_or(name.to_owned(), |n| n.to_string());
-                reasons.push(format!(
-                    "partition {partition}: {}",
-                    String::from_utf8_lossy(&reason)
-                ));
-            }
-        }
-        State::Stuck(reasons)
+        State::Stuck(
+            dead_letters(store, job)?
+                .into_iter()
+                .map(|(partition, reason)| format!("partition {partition}: {reason}"))
+                .collect(),
+        )
     } else if manifest.is_some() {
         State::Running
     } else {

@@ -2,12 +2,11 @@
 //! by a certificate authority made here (`openssl`, and a RabbitMQ node of its own started
 //! with `rabbitmq-server`, both as installed on the CI machine).
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fleet_tests::{Fleet, assert_matches_reference, finish, run_with, spawn, terminate};
+use fleet_tests::{Fleet, assert_matches_reference, finish, free_port, run_with, spawn, terminate};
 
 /// A RabbitMQ node listening for TLS only, stopped when dropped.
 struct TlsBroker {
@@ -23,14 +22,6 @@ impl Drop for TlsBroker {
             .args(["-n", &self.node, "stop"])
             .output();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
