@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use fleet_common::job::{self, DatasetKind, Manifest, files, now_ms};
+use fleet_common::job::{self, Manifest, files, now_ms};
 use fleet_common::message::{self, Cancelled, ResultMessage, Scored, Sealed};
 use fleet_common::results::{self, report};
 use fleet_common::spec::ModelSpec;
@@ -63,7 +63,11 @@ impl Jobs {
                     .partitions
                     .insert(scored.partition, scored);
             }
-            ResultMessage::Sealed(sealed) => self.state(&job)?.sealed = Some(sealed),
+            ResultMessage::Sealed(sealed) => {
+                self.store
+                    .put(&job::sealed_key(&job), &message::encode(&sealed))?;
+                self.state(&job)?.sealed = Some(sealed);
+            }
             ResultMessage::Cancelled(Cancelled { job, reason }) => {
                 tracing::warn!(%job, %reason, "job cancelled by its producer");
                 return Ok(vec![self.cancel(&job, reason)?]);
@@ -125,14 +129,14 @@ impl Jobs {
 
     /// Adds what the container holds and memory does not: the partitions stored before a
     /// restart, or by another collector while this one was a standby or cut off, and the seal
-    /// from the manifest. Without it a collector active again would wait for partitions acked
+    /// one of them recorded. Without it a collector active again would wait for partitions acked
     /// elsewhere. Returns what makes the job impossible to complete: a stored partition that
     /// cannot be read.
     fn catch_up(&mut self, job: &str) -> Result<Option<String>, StoreError> {
         let keys = self.store.list(&job::partitions_prefix(job))?;
         let sealed_missing = self.open.get(job).is_some_and(|s| s.sealed.is_none());
         let sealed = if sealed_missing {
-            self.sealed_from_manifest(job)?
+            self.recorded_seal(job)?
         } else {
             None
         };
@@ -178,34 +182,33 @@ impl Jobs {
         Ok(None)
     }
 
-    /// The seal of a job, from the manifest its producer wrote before publishing it.
-    fn sealed_from_manifest(&self, job: &str) -> Result<Option<Sealed>, StoreError> {
-        let bytes = match self.store.get(&job::manifest_key(job)) {
+    /// The seal of a job as a collector recorded it on receipt (see [`job::sealed_key`]). The
+    /// manifest is not a seal: it is written before the `Sealed` message is published, and a
+    /// job whose seal could not be published is cancelled.
+    fn recorded_seal(&self, job: &str) -> Result<Option<Sealed>, StoreError> {
+        let bytes = match self.store.get(&job::sealed_key(job)) {
             Ok(bytes) => bytes,
             Err(e) if e.is_not_found() => return Ok(None),
             Err(e) => return Err(e),
         };
-        Ok(serde_json::from_slice::<Manifest>(&bytes)
-            .ok()
-            .map(|manifest| Sealed {
-                job: job.into(),
-                partitions: manifest.partitions,
-                images: manifest.images,
-                classes: manifest.classes,
-                labelled: manifest.labelled_images > 0,
-                errors_column: manifest.dataset_kind == DatasetKind::Images,
-                submitted_at_ms: manifest.submitted_at_ms,
-                published_at_ms: manifest.published_at_ms,
-            }))
+        // Written by a collector of another message format: the next `Sealed` redelivery or
+        // the stored partitions cannot help either, so say so rather than wait silently.
+        match message::decode::<Sealed>(&bytes) {
+            Ok(sealed) => Ok(Some(sealed)),
+            Err(e) => {
+                tracing::warn!(%job, error = %e, "the recorded seal cannot be read; waiting for the producer's");
+                Ok(None)
+            }
+        }
     }
 
-    /// The job's state; the first time it is seen, with its seal from the manifest if the
-    /// producer wrote it (its partitions come in through [`Jobs::catch_up`]).
+    /// The job's state; the first time it is seen, with its seal if a collector recorded it
+    /// (its partitions come in through [`Jobs::catch_up`]).
     fn state(&mut self, job: &str) -> Result<&mut JobState, StoreError> {
         if !self.open.contains_key(job) {
             let state = JobState {
                 partitions: BTreeMap::new(),
-                sealed: self.sealed_from_manifest(job)?,
+                sealed: self.recorded_seal(job)?,
             };
             self.open.insert(job.to_owned(), state);
         }
@@ -298,12 +301,13 @@ impl Jobs {
         }))
     }
 
-    /// Deletes the job's intermediate blobs: its stored partitions and the sample grid (a copy
-    /// is in the results).
+    /// Deletes the job's intermediate blobs: its stored partitions, its recorded seal and the
+    /// sample grid (a copy is in the results).
     fn delete_partitions(&self, job: &str) -> Result<(), StoreError> {
         for key in self.store.list(&job::partitions_prefix(job))? {
             self.store.delete(&key)?;
         }
+        self.store.delete(&job::sealed_key(job))?;
         self.store.delete(&job::samples_key(job))
     }
 }
@@ -311,6 +315,7 @@ impl Jobs {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fleet_common::job::DatasetKind;
     use fleet_common::message::Score;
     use fleet_common::results::Summary;
     use fleet_common::store::local::LocalStore;
@@ -417,6 +422,65 @@ mod tests {
                 .exists(&job::result_key("j", files::SUMMARY))
                 .unwrap()
         );
+    }
+
+    #[test]
+    fn a_manifest_without_a_seal_completes_nothing() {
+        let (_dir, mut a, _) = two_collectors();
+        // The producer wrote its manifest, then failed to publish the seal: it cancels the job,
+        // and until the cancellation arrives every partition in changes nothing.
+        let manifest = Manifest {
+            job: "j".into(),
+            dataset: "d".into(),
+            dataset_kind: DatasetKind::Images,
+            labels: "none".into(),
+            labelled_images: 0,
+            model: "m".into(),
+            model_sha256: "0".into(),
+            classes: vec!["zero".into(), "one".into()],
+            top_k: 1,
+            partition_size: 2,
+            partitions: 3,
+            images: 6,
+            batches: Vec::new(),
+            submitted_at_ms: 0,
+            published_at_ms: 1,
+        };
+        a.store
+            .put(
+                &job::manifest_key("j"),
+                &serde_json::to_vec(&manifest).unwrap(),
+            )
+            .unwrap();
+        for partition in 0..3 {
+            assert!(completed(&a.handle(scored(partition)).unwrap()).is_none());
+        }
+        let events = a
+            .handle(ResultMessage::Cancelled(Cancelled {
+                job: "j".into(),
+                reason: "the seal could not be published".into(),
+            }))
+            .unwrap();
+        assert!(
+            matches!(events[..], [Event::Cancelled { .. }]),
+            "{events:?}"
+        );
+        assert!(a.store.list(&job::result_key("j", "")).unwrap().is_empty());
+        assert!(a.store.list("jobs/j/partitions/").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_restarted_collector_completes_with_the_recorded_seal() {
+        let (_dir, mut a, mut b) = two_collectors();
+        a.handle(scored(0)).unwrap();
+        a.handle(sealed()).unwrap();
+        a.handle(scored(1)).unwrap();
+        // A dies; B starts with nothing in memory. The seal was acked by A: only its record
+        // tells B how many partitions the job has.
+        let events = b.handle(scored(2)).unwrap();
+        let summary = completed(&events).expect("the job completes");
+        assert_eq!((summary.images, summary.partitions), (6, 3));
+        assert!(!b.store.exists(&job::sealed_key("j")).unwrap());
     }
 
     #[test]

@@ -48,6 +48,14 @@ pub fn samples_key(job: &str) -> String {
     format!("jobs/{job}/samples.png")
 }
 
+/// The job's seal as the collector received it: the job's partition count, recorded before
+/// the seal is acked so that a restarted or standby collector knows it. Only the `Sealed`
+/// message makes it, never the manifest alone: a producer that wrote its manifest and then
+/// failed to seal cancels the job, and no collector may complete it meanwhile.
+pub fn sealed_key(job: &str) -> String {
+    format!("jobs/{job}/sealed.bin")
+}
+
 /// Marker of a cancelled job, holding the reason: late results for it are dropped, even after
 /// a restart, and `producer --wait` reports it.
 pub fn cancelled_key(job: &str) -> String {

@@ -322,6 +322,29 @@ impl Fleet {
         .expect("the test container exists")
     }
 
+    /// Connection settings for this fleet's queues on the test broker, for a test that talks
+    /// to the broker itself.
+    pub fn amqp_args(&self) -> fleet_common::broker::amqp::AmqpArgs {
+        let queue = |name: &str| {
+            self.queues
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .expect("a queue of this fleet")
+        };
+        fleet_common::broker::amqp::AmqpArgs {
+            url: self.services.amqp_url.clone(),
+            delivery_limit: 5,
+            reconnect_secs: 10,
+            ca_cert: None,
+            queues: fleet_common::broker::QueueNames {
+                partitions: queue("PARTITIONS_QUEUE"),
+                results: queue("RESULTS_QUEUE"),
+                dead_letter: queue("DEAD_LETTER_QUEUE"),
+            },
+        }
+    }
+
     /// Waits until the collector has stored `n` partitions (of any of this fleet's jobs).
     pub fn wait_for_stored(&self, n: usize) {
         let store = self.store();

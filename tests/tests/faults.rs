@@ -5,8 +5,8 @@
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use fleet_common::broker::amqp::{AmqpArgs, AmqpBroker};
-use fleet_common::broker::{Broker, Consumer, Delivery, Queue, QueueNames};
+use fleet_common::broker::amqp::AmqpBroker;
+use fleet_common::broker::{Broker, Consumer, Delivery, Queue};
 use fleet_common::message::{self, Images, MAX_MESSAGE_BYTES, Partition};
 use fleet_tests::{Fleet, assert_matches_reference, finish, run_with, spawn, terminate};
 
@@ -296,18 +296,7 @@ fn poison_messages_end_in_the_dead_letter_queue_with_their_reason() {
     let fleet = Fleet::isolated();
     fleet.stage();
     let env = fleet.env();
-    let queue = |name: &str| env.iter().find(|(k, _)| *k == name).unwrap().1.to_owned();
-    let args = AmqpArgs {
-        url: fleet.services.amqp_url.clone(),
-        delivery_limit: 5,
-        reconnect_secs: 10,
-        ca_cert: None,
-        queues: QueueNames {
-            partitions: queue("PARTITIONS_QUEUE"),
-            results: queue("RESULTS_QUEUE"),
-            dead_letter: queue("DEAD_LETTER_QUEUE"),
-        },
-    };
+    let args = fleet.amqp_args();
     let worker = spawn("worker", &[], &env);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let reasons = runtime.block_on(async {

@@ -1,0 +1,247 @@
+//! A submission that fails after its first partition is published cancels its job: the
+//! failure is injected at each step in turn (a partition's publish, the sample grid, the
+//! manifest, the seal; the seal with the broker gone for good), over the real RabbitMQ and
+//! Azurite, with workers and a collector running. No failed job gets result files; the good
+//! job submitted after them is complete, every row once.
+//!
+//! A failure after the manifest is written comes slowly, as a timeout does: only once the
+//! collector has every partition of the job in. A collector that took the manifest for the
+//! seal would complete the job meanwhile.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use fleet_common::broker::amqp::AmqpBroker;
+use fleet_common::broker::{Broker, BrokerError, Queue};
+use fleet_common::job;
+use fleet_common::message::{self, ResultMessage};
+use fleet_common::store::{BlobStore, StoreError};
+use fleet_tests::{Fleet, assert_matches_reference, finish, run_with, spawn, terminate};
+use producer::submit::{SubmitOptions, submit};
+
+/// Where the submission fails.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Step {
+    /// The publish of this partition (0-based) fails.
+    Partition(usize),
+    /// Writing the sample grid fails.
+    Samples,
+    /// Writing the manifest fails.
+    Manifest,
+    /// Publishing the seal fails; the cancellation still goes out.
+    Seal,
+    /// Publishing the seal fails and so does everything after it: only the container can say
+    /// the job is cancelled.
+    SealAndBrokerGone,
+}
+
+const STEPS: [Step; 5] = [
+    Step::Partition(2),
+    Step::Samples,
+    Step::Manifest,
+    Step::Seal,
+    Step::SealAndBrokerGone,
+];
+
+/// Partitions of each job: the test batch's 10,000 images, 2,000 a partition.
+const PARTITIONS: usize = 5;
+const PARTITION_SIZE: &str = "2000";
+
+/// Waits (up to two minutes) until the collector has taken in every partition of `job`: all
+/// stored, or the job completed, which deletes them.
+fn until_taken_in(store: &dyn BlobStore, job: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline
+        && store.list(&job::partitions_prefix(job)).unwrap().len() < PARTITIONS
+        && !store
+            .exists(&job::result_key(job, job::files::SUMMARY))
+            .unwrap()
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The real broker, with one failure injected.
+#[derive(Debug, Clone)]
+struct FaultyBroker {
+    inner: AmqpBroker,
+    step: Step,
+    partitions: Arc<AtomicUsize>,
+    /// Where the collector's progress shows, for a slow failure.
+    store: Arc<dyn BlobStore>,
+    job: String,
+}
+
+impl FaultyBroker {
+    fn fails(&self, queue: Queue, payload: &[u8]) -> bool {
+        match (self.step, queue) {
+            (Step::Partition(n), Queue::Partitions) => {
+                self.partitions.fetch_add(1, Ordering::SeqCst) == n
+            }
+            (Step::Seal | Step::SealAndBrokerGone, Queue::Results) => {
+                match message::decode::<ResultMessage>(payload).unwrap() {
+                    ResultMessage::Sealed(_) => true,
+                    ResultMessage::Cancelled(_) => self.step == Step::SealAndBrokerGone,
+                    ResultMessage::Scored(_) => false,
+                }
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Broker for FaultyBroker {
+    type Consumer = <AmqpBroker as Broker>::Consumer;
+
+    async fn publish(&self, queue: Queue, payload: Vec<u8>) -> Result<(), BrokerError> {
+        if self.fails(queue, &payload) {
+            if matches!(self.step, Step::Seal | Step::SealAndBrokerGone) {
+                let (store, job) = (self.store.clone(), self.job.clone());
+                tokio::task::spawn_blocking(move || until_taken_in(store.as_ref(), &job))
+                    .await
+                    .unwrap();
+            }
+            return Err(BrokerError::Lost(format!(
+                "injected failure at {:?}",
+                self.step
+            )));
+        }
+        self.inner.publish(queue, payload).await
+    }
+
+    async fn consume(&self, queue: Queue, prefetch: u16) -> Result<Self::Consumer, BrokerError> {
+        self.inner.consume(queue, prefetch).await
+    }
+
+    async fn ready_count(&self, queue: Queue) -> Result<u64, BrokerError> {
+        self.inner.ready_count(queue).await
+    }
+}
+
+/// The real store, with one failure injected: writing the blob whose name ends in `fail_put`.
+#[derive(Debug)]
+struct FaultyStore {
+    inner: Arc<dyn BlobStore>,
+    fail_put: Option<&'static str>,
+    job: String,
+}
+
+impl BlobStore for FaultyStore {
+    fn open(&self, key: &str) -> Result<Box<dyn std::io::Read + Send>, StoreError> {
+        self.inner.open(key)
+    }
+
+    fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        if self.fail_put.is_some_and(|suffix| key.ends_with(suffix)) {
+            // The sample grid is written after the manifest.
+            if key == job::samples_key(&self.job) {
+                until_taken_in(self.inner.as_ref(), &self.job);
+            }
+            return Err(StoreError::Io {
+                store: self.inner.describe(),
+                key: key.into(),
+                reason: "injected failure".into(),
+            });
+        }
+        self.inner.put(key, bytes)
+    }
+
+    fn put_file(&self, key: &str, path: &std::path::Path) -> Result<(), StoreError> {
+        self.inner.put_file(key, path)
+    }
+
+    fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        self.inner.exists(key)
+    }
+
+    fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        self.inner.list_sized(prefix)
+    }
+
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key)
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn location(&self, key: &str) -> String {
+        self.inner.location(key)
+    }
+}
+
+#[test]
+fn a_failure_at_any_submission_step_cancels_the_job_and_writes_no_results() {
+    let fleet = Fleet::isolated();
+    fleet.stage();
+    let env = fleet.env();
+    let collector = spawn("collector", &[], &env);
+    let workers = [spawn("worker", &[], &env), spawn("worker", &[], &env)];
+    let options = SubmitOptions {
+        dataset: job::DATASET_BLOB.into(),
+        model: job::DEFAULT_MODEL.into(),
+        labels: "auto".parse().unwrap(),
+        batches: "test_batch".parse().unwrap(),
+        partition_size: PARTITION_SIZE.parse().unwrap(),
+        top_k: 1,
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let broker = runtime
+        .block_on(AmqpBroker::connect(fleet.amqp_args()))
+        .expect("the test broker");
+    let mut failed = Vec::new();
+    for step in STEPS {
+        let job = fleet_tests::unique("failed");
+        let broker = FaultyBroker {
+            inner: broker.clone(),
+            step,
+            partitions: Arc::default(),
+            store: fleet.store(),
+            job: job.clone(),
+        };
+        let store = Arc::new(FaultyStore {
+            inner: fleet.store(),
+            fail_put: match step {
+                Step::Samples => Some("/samples.png"),
+                Step::Manifest => Some("/manifest.json"),
+                _ => None,
+            },
+            job: job.clone(),
+        });
+        let mut published = 0;
+        let outcome = runtime.block_on(submit(&broker, store, &options, &job, |_| published += 1));
+        let error = outcome.expect_err("the submission fails").to_string();
+        assert!(
+            published > 0,
+            "{step:?}: the failure came before any publish"
+        );
+        failed.push((step, job, error));
+    }
+    // A good job after them. Once it is complete, the partitions published before it have been
+    // scored and taken in by the collector (one queue, taken in order).
+    let good = finish(spawn(
+        "producer",
+        &["--wait", "--partition-size", PARTITION_SIZE],
+        &env,
+    ));
+    let store = fleet.store();
+    for (step, job, error) in &failed {
+        let results = store.list(&format!("results/{job}/")).unwrap();
+        assert!(results.is_empty(), "{step:?}: result files {results:?}");
+        let reason = String::from_utf8(store.get(&job::cancelled_key(job)).unwrap()).unwrap();
+        assert_eq!(&reason, error, "{step:?}: the cancellation's reason");
+        let out = run_with("producer", &["status", job], &env);
+        let details = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            details.contains("state: cancelled") && details.contains("injected failure"),
+            "{step:?}: {details}"
+        );
+    }
+    for worker in workers {
+        terminate(worker);
+    }
+    terminate(collector);
+    assert_matches_reference(&fleet.scores(&good));
+}
