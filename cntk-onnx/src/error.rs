@@ -6,12 +6,8 @@ use std::fmt;
 /// where there is one, what to do instead. The file name is added by [`ImportError`].
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Problem {
-    #[error("not a CNTK v2 model ({0})")]
+    #[error("not a CNTK model ({0})")]
     NotCntk(String),
-    #[error(
-        "this is a CNTK v1 (BrainScript) model; only models saved by CNTK 2.x (`Function.save`) can be imported"
-    )]
-    CntkV1,
     #[error("this is already an ONNX model; stage it as it is, no conversion needed")]
     AlreadyOnnx,
     #[error("malformed CNTK model: {0}")]
@@ -22,6 +18,13 @@ pub enum Problem {
         uid: String,
         supported: &'static str,
     },
+    #[error(
+        "the model's output depends on node types the importer does not support: {0}; \
+         choose another output with --output NAME if the classifier does not need them"
+    )]
+    UnsupportedNodes(String),
+    #[error("the model has no output named {name}; its outputs: {available}")]
+    NoSuchOutput { name: String, available: String },
     #[error("{op} (uid {uid}) uses {what}, which the importer does not support")]
     UnsupportedUse {
         op: String,

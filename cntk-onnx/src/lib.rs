@@ -1,11 +1,13 @@
-//! Imports CNTK v2 models (`.dnn` files saved by CNTK 2.x) as ONNX models.
+//! Imports CNTK models as ONNX models: v2 (the protobuf files CNTK 2.x saves, `.dnn` /
+//! `.model`) and v1 (the "BCN" binary files `cntk.exe` wrote for BrainScript networks,
+//! `.dnn` / `.cmf`).
 //!
 //! CNTK no longer runs anywhere, but trained CNTK models are still around. This crate reads
-//! the CNTK v2 protobuf format itself and writes an equivalent ONNX graph that ONNX Runtime
-//! can score.
+//! both formats itself and writes an equivalent ONNX graph that ONNX Runtime can score.
 //!
-//! - [`proto`]: the wire types of both formats (`CNTK.proto`, `onnx.proto`), hand-declared.
-//! - `model`: the CNTK `Dictionary` read into variables, functions and blocks.
+//! - [`proto`]: the wire types (`CNTK.proto`, `onnx.proto`), hand-declared.
+//! - `model`: the CNTK v2 `Dictionary` read into variables, functions and blocks.
+//! - `v1`: the CNTK v1 node list read into the same variables and functions.
 //! - `convert`: the lowering to ONNX (layouts, padding, block inlining).
 //! - `ops`: CNTK's operation codes.
 //!
@@ -20,6 +22,9 @@ mod error;
 mod model;
 mod ops;
 pub mod proto;
+mod v1;
+
+use std::collections::BTreeMap;
 
 use prost::Message;
 use sha2::{Digest, Sha256};
@@ -38,6 +43,8 @@ pub mod metadata {
     pub const SOURCE_FILE: &str = "source_file";
     pub const SOURCE_SHA256: &str = "source_sha256";
     pub const SOURCE_FORMAT: &str = "source_format";
+    /// The CNTK node or function the ONNX output computes.
+    pub const OUTPUT: &str = "source_output";
     pub const IMPORTER: &str = "importer";
 }
 
@@ -56,19 +63,29 @@ pub struct Imported {
     pub parameters: usize,
     /// Hex SHA-256 of the source file.
     pub source_sha256: String,
+    /// `CNTK v2`, or `CNTK v1 (model version N)`.
+    pub source_format: String,
+    /// The CNTK node or function whose output was converted.
+    pub output: String,
+    /// Node types in the source file (v2: operations, and blocks by their op name) and how
+    /// many of each.
+    pub source_ops: BTreeMap<String, usize>,
 }
 
 /// What a model file holds, judged from its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    CntkV1,
     CntkV2,
     Onnx,
     Unknown,
 }
 
-/// Tells a CNTK v2 model from an ONNX model by decoding it, not by its file name.
+/// Tells CNTK v1, CNTK v2 and ONNX models apart by their contents, not by their file names.
 pub fn sniff(bytes: &[u8]) -> Format {
-    if parse_cntk(bytes).is_ok() {
+    if v1::is_v1(bytes) {
+        Format::CntkV1
+    } else if parse_v2(bytes).is_ok() {
         Format::CntkV2
     } else if is_onnx(bytes) {
         Format::Onnx
@@ -77,29 +94,82 @@ pub fn sniff(bytes: &[u8]) -> Format {
     }
 }
 
+/// Choices made while importing.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The output to convert, by node or function name (or v2 uid), when the model's own
+    /// choice is not the classifier's: by default the saved output nodes (v1), or the first
+    /// output of the root that is not a loss or metric (v2).
+    pub output: Option<String>,
+}
+
 fn is_onnx(bytes: &[u8]) -> bool {
     proto::onnx::ModelProto::decode(bytes)
         .is_ok_and(|m| m.ir_version > 0 && m.graph.is_some_and(|g| !g.node.is_empty()))
 }
 
-fn parse_cntk(bytes: &[u8]) -> Result<model::Model, Problem> {
-    // CNTK v1 files open with the UTF-16 section marker "BCN".
-    if bytes.starts_with(b"B\0C\0N\0") {
-        return Err(Problem::CntkV1);
-    }
+fn parse_v2(bytes: &[u8]) -> Result<model::Model, Problem> {
     let dict = proto::cntk::Dictionary::decode(bytes)
         .map_err(|e| Problem::NotCntk(format!("not a protobuf Dictionary: {e}")))?;
     model::Model::from_dictionary(&dict)
 }
 
-/// Converts the CNTK v2 model in `bytes` to ONNX. `source_name` names the file in errors and
-/// in the model's metadata.
+/// A model read from its file: its output chosen, the name of its format, and how many
+/// nodes of each type the file holds.
+struct Parsed {
+    model: model::Model,
+    format: String,
+    ops: BTreeMap<String, usize>,
+}
+
+fn parse(bytes: &[u8], options: &Options) -> Result<Parsed, Problem> {
+    if v1::is_v1(bytes) {
+        let network = v1::read(bytes)?;
+        let model = v1::to_model(&network, options.output.as_deref())?;
+        return Ok(Parsed {
+            model,
+            format: format!("CNTK v1 (model version {})", network.version),
+            ops: network.op_counts(),
+        });
+    }
+    let mut model = parse_v2(bytes)?;
+    model.choose_output(options.output.as_deref())?;
+    let mut ops = BTreeMap::new();
+    for function in model.functions.values() {
+        let name = match &function.block {
+            Some(block) => block.op_name.clone(),
+            None => ops::name(function.op),
+        };
+        *ops.entry(name).or_default() += 1;
+    }
+    Ok(Parsed {
+        model,
+        format: "CNTK v2".into(),
+        ops,
+    })
+}
+
+/// Converts the CNTK model in `bytes` to ONNX, choosing its output as CNTK saved it.
+/// `source_name` names the file in errors and in the model's metadata.
 pub fn import(bytes: &[u8], source_name: &str) -> Result<Imported, ImportError> {
+    import_with(bytes, source_name, &Options::default())
+}
+
+/// [`import`] with [`Options`].
+pub fn import_with(
+    bytes: &[u8],
+    source_name: &str,
+    options: &Options,
+) -> Result<Imported, ImportError> {
     let fail = |problem| ImportError {
         file: source_name.to_owned(),
         problem,
     };
-    let model = parse_cntk(bytes).map_err(|problem| match problem {
+    let Parsed {
+        model,
+        format: source_format,
+        ops: source_ops,
+    } = parse(bytes, options).map_err(|problem| match problem {
         Problem::NotCntk(_) if is_onnx(bytes) => fail(Problem::AlreadyOnnx),
         other => fail(other),
     })?;
@@ -121,7 +191,7 @@ pub fn import(bytes: &[u8], source_name: &str) -> Result<Imported, ImportError> 
         producer_name: env!("CARGO_PKG_NAME").into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
         doc_string: format!(
-            "Imported from the CNTK v2 model {source_name} (sha256 {source_sha256})"
+            "Imported from the {source_format} model {source_name} (sha256 {source_sha256})"
         ),
         graph: Some(lowered.graph),
         opset_import: vec![proto::onnx::OperatorSetIdProto {
@@ -131,7 +201,8 @@ pub fn import(bytes: &[u8], source_name: &str) -> Result<Imported, ImportError> 
         metadata_props: vec![
             entry(metadata::SOURCE_FILE, source_name),
             entry(metadata::SOURCE_SHA256, &source_sha256),
-            entry(metadata::SOURCE_FORMAT, "CNTK v2"),
+            entry(metadata::SOURCE_FORMAT, &source_format),
+            entry(metadata::OUTPUT, &model.root),
             entry(
                 metadata::IMPORTER,
                 concat!(env!("CARGO_PKG_NAME"), " ", env!("CARGO_PKG_VERSION")),
@@ -146,6 +217,9 @@ pub fn import(bytes: &[u8], source_name: &str) -> Result<Imported, ImportError> 
         nodes,
         parameters,
         source_sha256,
+        source_format,
+        source_ops,
+        output: model.root,
     })
 }
 
@@ -163,17 +237,18 @@ mod tests {
         let err = import(b"\x89PNG\r\n\x1a\n not a model at all", "picture.png").unwrap_err();
         assert!(matches!(err.problem, Problem::NotCntk(_)), "{err}");
         assert!(
-            err.to_string()
-                .starts_with("picture.png: not a CNTK v2 model"),
+            err.to_string().starts_with("picture.png: not a CNTK model"),
             "{err}"
         );
         assert_eq!(sniff(b"hello"), Format::Unknown);
     }
 
     #[test]
-    fn cntk_v1_files_are_named_as_such() {
-        let err = import(b"B\0C\0N\0\0\0rest of a v1 model", "old.dnn").unwrap_err();
-        assert_eq!(err.problem, Problem::CntkV1);
+    fn a_damaged_cntk_v1_file_is_malformed() {
+        let bytes = b"B\0C\0N\0\0\0rest of a v1 model";
+        assert_eq!(sniff(bytes), Format::CntkV1);
+        let err = import(bytes, "old.dnn").unwrap_err();
+        assert!(matches!(err.problem, Problem::Malformed(_)), "{err}");
     }
 
     #[test]

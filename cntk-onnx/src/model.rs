@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 
 use crate::error::{Problem, malformed};
+use crate::ops;
 use crate::proto::cntk::{ArrayValues, Dictionary, DictionaryValue, NdArrayView, Value};
 
 /// `CNTK::VariableKind`.
@@ -36,6 +37,8 @@ pub struct Variable {
 #[derive(Debug)]
 pub struct Function {
     pub uid: String,
+    /// The name given in the model's script, if any (e.g. `z`, `ce`).
+    pub name: String,
     /// `CNTK::PrimitiveOpType` as saved.
     pub op: u64,
     pub inputs: Vec<String>,
@@ -88,6 +91,54 @@ impl Model {
             functions,
             root,
         })
+    }
+}
+
+impl Model {
+    /// Makes the model's output the one a classifier is scored by: `chosen` (a function's name
+    /// or uid) if given; else, for a root `Combine` saved by a trainer checkpoint, its first
+    /// output that is not a loss or metric (the labels go with them, unread).
+    pub fn choose_output(&mut self, chosen: Option<&str>) -> Result<(), Problem> {
+        if let Some(chosen) = chosen {
+            let found = self
+                .functions
+                .values()
+                .find(|f| f.uid == chosen || f.name == chosen)
+                .map(|f| f.uid.clone());
+            self.root = found.ok_or_else(|| {
+                let mut available: Vec<String> = self
+                    .functions
+                    .values()
+                    .filter(|f| !f.name.is_empty())
+                    .map(|f| f.name.clone())
+                    .collect();
+                available.sort();
+                available.dedup();
+                Problem::NoSuchOutput {
+                    name: chosen.into(),
+                    available: available.join(", "),
+                }
+            })?;
+            return Ok(());
+        }
+        let root = &self.functions[&self.root];
+        if root.op != ops::COMBINE {
+            return Ok(());
+        }
+        let owner = |input: &str| {
+            input
+                .rsplit_once("_Output_")
+                .and_then(|(uid, _)| self.functions.get(uid))
+        };
+        let output = root
+            .inputs
+            .iter()
+            .filter_map(|input| owner(input))
+            .find(|f| !ops::CRITERIA.contains(&f.op));
+        if let Some(output) = output {
+            self.root = output.uid.clone();
+        }
+        Ok(())
     }
 }
 
@@ -193,8 +244,13 @@ fn read_function(dict: &Dictionary) -> Result<Function, Problem> {
             })
         }
     };
+    let name = match dict.data.get("name") {
+        Some(v) => as_str(v)?.to_owned(),
+        None => String::new(),
+    };
     Ok(Function {
         uid,
+        name,
         op,
         inputs,
         attributes,
@@ -263,5 +319,61 @@ pub fn get_shape(dict: &Dictionary, key: &str) -> Result<Vec<u64>, Problem> {
     match &dict.data.get(key).ok_or_else(|| missing(key))?.value {
         Some(Value::Shape(s)) => Ok(s.shape_dim.clone()),
         _ => Err(malformed(format!("entry `{key}` is not a shape"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn function(uid: &str, op: u64, inputs: &[&str]) -> (String, Function) {
+        let f = Function {
+            uid: uid.into(),
+            name: uid.to_uppercase(),
+            op,
+            inputs: inputs.iter().map(|&i| i.to_owned()).collect(),
+            attributes: Dictionary::default(),
+            block: None,
+        };
+        (uid.into(), f)
+    }
+
+    /// A checkpoint's root: loss first, then the metric, then the classifier.
+    fn checkpoint() -> Model {
+        Model {
+            variables: HashMap::new(),
+            functions: [
+                function(
+                    "root",
+                    ops::COMBINE,
+                    &["ce_Output_0", "err_Output_0", "z_Output_0"],
+                ),
+                function("ce", 35, &["z_Output_0", "labels"]),
+                function("err", 36, &["z_Output_0", "labels"]),
+                function("z", ops::PLUS, &["x", "b"]),
+            ]
+            .into_iter()
+            .collect(),
+            root: "root".into(),
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_root_gives_its_classifier_not_its_loss() {
+        let mut model = checkpoint();
+        model.choose_output(None).unwrap();
+        assert_eq!(model.root, "z");
+    }
+
+    #[test]
+    fn an_output_is_chosen_by_name_or_uid() {
+        let mut model = checkpoint();
+        model.choose_output(Some("CE")).unwrap();
+        assert_eq!(model.root, "ce");
+        let err = checkpoint().choose_output(Some("zz")).unwrap_err();
+        assert!(
+            matches!(&err, Problem::NoSuchOutput { available, .. } if available == "CE, ERR, ROOT, Z"),
+            "{err}"
+        );
     }
 }

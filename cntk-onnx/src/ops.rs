@@ -127,6 +127,10 @@ pub const STOP_GRADIENT: u64 = 64;
 pub const ELU: u64 = 65;
 pub const STABLE_SIGMOID: u64 = 75;
 
+/// Operations that score a model against labels (training criteria and metrics): never a
+/// classifier's output, so a checkpoint's root `Combine` drops them.
+pub const CRITERIA: &[u64] = &[34, 35, 36, 48, 59, 60, 61, 66, 67, 90];
+
 /// The operations the importer maps, for error messages.
 pub const SUPPORTED: &str = "Convolution, Pooling (max, average), BatchNormalization, Times, Plus, \
      Minus, ElementTimes, ReLU, Sigmoid, Tanh, ELU, Softmax, Exp, Log, Sqrt, Abs, Negate, \

@@ -9,7 +9,7 @@ use prost::Message;
 pub enum ImportError {
     #[error(transparent)]
     Cntk(#[from] cntk_onnx::ImportError),
-    #[error("{0} is neither a CNTK v2 model (.dnn) nor an ONNX model")]
+    #[error("{0} is neither a CNTK model (v1 or v2) nor an ONNX model")]
     UnknownFormat(String),
 }
 
@@ -17,6 +17,8 @@ pub enum ImportError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceFormat {
     Onnx,
+    /// CNTK 1.x ("BCN" binary, BrainScript), converted here.
+    CntkV1,
     /// CNTK 2.x protobuf, converted here.
     CntkV2,
 }
@@ -26,6 +28,7 @@ impl SourceFormat {
     pub fn as_str(self) -> &'static str {
         match self {
             SourceFormat::Onnx => "onnx",
+            SourceFormat::CntkV1 => "cntk-v1",
             SourceFormat::CntkV2 => "cntk-v2",
         }
     }
@@ -45,24 +48,33 @@ pub struct ImportedModel {
     pub description: String,
 }
 
-/// Reads `bytes` (a file named `file_name`) as a model.
-pub fn import(bytes: Vec<u8>, file_name: &str) -> Result<ImportedModel, ImportError> {
+/// Reads `bytes` (a file named `file_name`) as a model; `options` apply to a CNTK model.
+pub fn import(
+    bytes: Vec<u8>,
+    file_name: &str,
+    options: &cntk_onnx::Options,
+) -> Result<ImportedModel, ImportError> {
     let source_sha256 = sha256_hex(&bytes);
-    let (onnx, format, description) = match cntk_onnx::sniff(&bytes) {
-        Format::CntkV2 => {
-            let imported = cntk_onnx::import(&bytes, file_name)?;
-            let description = format!(
-                "converted from CNTK v2: {} nodes, {} weights",
-                imported.nodes, imported.parameters
-            );
-            (imported.onnx, SourceFormat::CntkV2, description)
-        }
-        Format::Onnx => (bytes, SourceFormat::Onnx, "ONNX".to_owned()),
+    let format = match cntk_onnx::sniff(&bytes) {
+        Format::CntkV1 => Some(SourceFormat::CntkV1),
+        Format::CntkV2 => Some(SourceFormat::CntkV2),
+        Format::Onnx => None,
         Format::Unknown => {
-            // Let the importer explain what it found (a v1 model, not a model at all, ...).
-            cntk_onnx::import(&bytes, file_name)?;
+            // Let the importer explain what it found (a damaged model, not a model at all, ...).
+            cntk_onnx::import_with(&bytes, file_name, options)?;
             return Err(ImportError::UnknownFormat(file_name.into()));
         }
+    };
+    let (onnx, format, description) = match format {
+        Some(format) => {
+            let imported = cntk_onnx::import_with(&bytes, file_name, options)?;
+            let description = format!(
+                "converted from {} (output {}): {} nodes, {} weights",
+                imported.source_format, imported.output, imported.nodes, imported.parameters
+            );
+            (imported.onnx, format, description)
+        }
+        None => (bytes, SourceFormat::Onnx, "ONNX".to_owned()),
     };
     Ok(ImportedModel {
         onnx_sha256: sha256_hex(&onnx),

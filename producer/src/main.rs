@@ -43,7 +43,8 @@ enum Command {
     /// With no input named, stages the walkthrough's tarball, model and mean image from their
     /// public URLs.
     Stage(Box<StageArgs>),
-    /// Convert a CNTK v2 model (.dnn) to an ONNX file.
+    /// Convert a CNTK model (v2, or v1 from BrainScript) to an ONNX file, and say what it
+    /// held: input, output, and the node types of the source.
     Convert(ConvertArgs),
     /// List the container's jobs and where each stands (complete, running, stuck on
     /// dead-lettered partitions, cancelled), or everything known of one job.
@@ -142,11 +143,16 @@ enum Input {
 
 #[derive(Debug, Args)]
 struct ConvertArgs {
-    /// The CNTK v2 model file.
+    /// The CNTK model file (v2 `.dnn`/`.model`, or v1 `.dnn`/`.cmf`).
     input: PathBuf,
     /// The ONNX file to write (default: the input with an .onnx extension).
     #[arg(short, long)]
     output: Option<PathBuf>,
+    /// The CNTK node (v1) or function (v2) whose output is the classifier's, when the model
+    /// saved another one first [default: the saved output nodes, or the first output that is
+    /// not a loss or metric].
+    #[arg(long = "output-node", value_name = "NAME")]
+    output_node: Option<String>,
 }
 
 fn main() -> Result<()> {
@@ -267,7 +273,10 @@ fn convert(args: ConvertArgs) -> Result<()> {
         || args.input.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
-    let imported = cntk_onnx::import(&bytes, &name)?;
+    let options = cntk_onnx::Options {
+        output: args.output_node.clone(),
+    };
+    let imported = cntk_onnx::import_with(&bytes, &name, &options)?;
     let output = args
         .output
         .unwrap_or_else(|| args.input.with_extension("onnx"));
@@ -283,6 +292,16 @@ fn convert(args: ConvertArgs) -> Result<()> {
         imported.output_shape,
         imported.source_sha256
     );
+    println!(
+        "source: {}, output node {}",
+        imported.source_format, imported.output
+    );
+    let histogram: Vec<String> = imported
+        .source_ops
+        .iter()
+        .map(|(op, n)| format!("{op} {n}"))
+        .collect();
+    println!("source nodes: {}", histogram.join(", "));
     Ok(())
 }
 

@@ -110,6 +110,11 @@ pub struct SpecArgs {
     /// staged model --model-name.
     #[arg(long = "mean-image")]
     pub mean_image: Option<Source>,
+    /// The CNTK node (v1) or function (v2) whose output is the classifier's, when the model
+    /// saved another one first [default: the saved output nodes, or the first output that is
+    /// not a loss or metric].
+    #[arg(long = "output-node", value_name = "NAME")]
+    pub output_node: Option<String>,
 }
 
 /// Stages the dataset as `blob`, after checking that it reads as a CIFAR-10 tarball.
@@ -254,7 +259,10 @@ pub fn stage_model(
         StageError::Invalid(format!("model name {name:?} is not a valid blob name"))
     })?;
     let file_name = source.file_name();
-    let imported = import(source.read_all()?, &file_name)?;
+    let options = cntk_onnx::Options {
+        output: spec_args.output_node.clone(),
+    };
+    let imported = import(source.read_all()?, &file_name, &options)?;
     let scorer = Scorer::load(&imported.onnx, &file_name, inference)?;
     let signature = scorer.signature();
     let classes = match &spec_args.classes {
@@ -306,7 +314,7 @@ pub fn stage_model(
         width: signature.width as u32,
         // CNTK read images through OpenCV, in BGR; other toolkits mostly in RGB.
         channel_order: spec_args.channel_order.unwrap_or(match imported.format {
-            SourceFormat::CntkV2 => ChannelOrder::Bgr,
+            SourceFormat::CntkV1 | SourceFormat::CntkV2 => ChannelOrder::Bgr,
             SourceFormat::Onnx => ChannelOrder::Rgb,
         }),
         resize: spec_args.resize,

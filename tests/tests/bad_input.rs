@@ -254,7 +254,7 @@ fn models_that_do_not_fit_or_are_not_models_are_refused() {
 
     let text = write(root.path(), "notes.dnn", b"this is not a model");
     let err = stage(&store, "model", &text);
-    assert!(err.contains("notes.dnn: not a CNTK v2 model"), "{err}");
+    assert!(err.contains("notes.dnn: not a CNTK model"), "{err}");
     assert!(!store.join("cifar/models/resnet20.onnx").exists());
 
     // A model of any fixed image size is accepted by the same path.

@@ -295,7 +295,7 @@ fn a_file_that_is_not_a_model_is_refused() {
     assert!(matches!(err.problem, Problem::NotCntk(_)), "{err}");
     assert!(
         err.to_string()
-            .contains("CIFAR-10_mean.xml: not a CNTK v2 model"),
+            .contains("CIFAR-10_mean.xml: not a CNTK model"),
         "{err}"
     );
 }

@@ -1,0 +1,994 @@
+//! CNTK 1.x models: the "BCN" binary files `cntk.exe` wrote for BrainScript and NDL networks
+//! (`.dnn`, `.cmf`, `.model`), read into the same [`Model`] the v2 reader builds, so that one
+//! lowering serves both formats.
+//!
+//! The file is a stream of little-endian fields with no lengths: strings are NUL-terminated
+//! UTF-16, sections are bracketed by marker strings (`BCN`, `BNodeList`, ...). After the version
+//! comes the node list (precision, operation name, node name, then whatever that node type saves,
+//! which depends on the file's version), then the relations (each node's inputs by name), then
+//! the node groups (features, labels, criteria, evaluation, outputs).
+//!
+//! A node type whose fields this reader does not know is skipped by finding the next node's
+//! header: it only matters if the classifier's output depends on it, and then the error names
+//! it with every other such node.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::error::{Problem, malformed};
+use crate::model::{Function, Model, Variable, VariableKind};
+use crate::ops;
+use crate::proto::cntk::{Dictionary, DictionaryValue, NdShape, Value, Vector};
+
+/// Whether `bytes` open like a CNTK 1.x file: the UTF-16 section marker "BCN".
+pub fn is_v1(bytes: &[u8]) -> bool {
+    bytes.starts_with(&utf16z("BCN"))
+}
+
+/// Version 7 added the precision tag in front of every node; the reader needs it to find its
+/// way past node types it does not know.
+const PRECISION_TAG_VERSION: u64 = 7;
+
+/// A node as saved.
+#[derive(Debug)]
+struct Node {
+    op: String,
+    name: String,
+    fields: Fields,
+}
+
+/// What a node type saves, for the node types the lowering needs.
+#[derive(Debug)]
+enum Fields {
+    None,
+    /// Fields of a node type this reader does not know, skipped.
+    Skipped,
+    /// `LearnableParameter`, and the precomputed `Mean` / `InvStdDev`: weights.
+    Value {
+        shape: Vec<u64>,
+        values: Vec<f32>,
+    },
+    /// `InputValue`, `SparseInputValue`.
+    Input {
+        shape: Vec<u64>,
+    },
+    Times {
+        output_rank: u64,
+    },
+    /// `Convolution` and `Pooling` (ND, version 5 on).
+    Convolution(Box<Convolution>),
+    /// The legacy `MaxPooling` / `AveragePooling` nodes.
+    LegacyPooling {
+        window: [u64; 2],
+        stride: [u64; 2],
+        chw: bool,
+    },
+    BatchNormalization {
+        spatial: bool,
+        epsilon: f64,
+        /// Before version 13 the fifth input held the running inverse standard deviation.
+        inverse_std: bool,
+    },
+}
+
+#[derive(Debug)]
+struct Convolution {
+    kernel: Vec<u64>,
+    stride: Vec<u64>,
+    sharing: Vec<bool>,
+    auto_pad: Vec<bool>,
+    lower_pad: Vec<u64>,
+    upper_pad: Vec<u64>,
+    /// 0 none (a convolution), 1 max, 2 average.
+    pool_kind: i32,
+    chw: bool,
+    transpose: bool,
+    ceil_out_dim: bool,
+    include_pad: bool,
+    dilation: Vec<u64>,
+}
+
+/// A whole CNTK 1.x network as saved.
+#[derive(Debug)]
+pub struct Network {
+    pub version: u64,
+    nodes: Vec<Node>,
+    inputs: HashMap<String, Vec<String>>,
+    groups: BTreeMap<&'static str, Vec<String>>,
+}
+
+impl Network {
+    /// Node types and how many of each, for reports.
+    pub fn op_counts(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for node in &self.nodes {
+            *counts.entry(node.op.clone()).or_default() += 1;
+        }
+        counts
+    }
+}
+
+/// Reads a CNTK 1.x file.
+pub fn read(bytes: &[u8]) -> Result<Network, Problem> {
+    let mut r = Reader { bytes, pos: 0 };
+    r.marker("BCN")?;
+    let version = if r.try_marker("BVersion") {
+        let version = r.u64()?;
+        r.marker("EVersion")?;
+        version
+    } else {
+        1
+    };
+    let count = r.u64()?;
+    r.marker("BNodeList")?;
+    let mut nodes = Vec::new();
+    for _ in 0..count {
+        nodes.push(r.node(version)?);
+    }
+    r.marker("ENodeList")?;
+    r.marker("BRelation")?;
+    let mut inputs = HashMap::new();
+    for _ in 0..count {
+        let name = r.wstring()?;
+        let n = r.u64()?;
+        let mut names = Vec::new();
+        for _ in 0..n {
+            names.push(r.wstring()?);
+        }
+        inputs.insert(name, names);
+    }
+    r.marker("ERelation")?;
+    r.marker("BRootNodes")?;
+    let mut groups = BTreeMap::new();
+    for (group, begin, end) in [
+        ("feature", "BFeatureNodes", "EFeatureNodes"),
+        ("label", "BLabelNodes", "ELabelNodes"),
+        ("criterion", "BCriterionNodes", "ECriterionNodes"),
+        ("criterion", "BCriteriaNodes", "ECriteriaNodes"),
+        (
+            "multiseq",
+            "BNodesReqMultiSeqHandling",
+            "ENodesReqMultiSeqHandling",
+        ),
+        ("evaluation", "BEvalNodes", "EEvalNodes"),
+        ("output", "BOutputNodes", "EOutputNodes"),
+        ("pair", "BPairNodes", "EPairNodes"),
+    ] {
+        if r.try_marker(begin) {
+            let n = r.u64()?;
+            let names: &mut Vec<String> = groups.entry(group).or_default();
+            for _ in 0..n {
+                names.push(r.wstring()?);
+            }
+            r.marker(end)?;
+        } else if group == "label" {
+            // Older writers put the end marker of the labels there even without the section.
+            r.try_marker(end);
+        }
+    }
+    r.marker("ERootNodes")?;
+    r.marker("ECN")?;
+    Ok(Network {
+        version,
+        nodes,
+        inputs,
+        groups,
+    })
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], Problem> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&end| end <= self.bytes.len())
+            .ok_or_else(|| {
+                malformed(format!(
+                    "the CNTK v1 file ends early (at byte {} of {})",
+                    self.pos,
+                    self.bytes.len()
+                ))
+            })?;
+        let slice = &self.bytes[self.pos..end];
+        self.pos = end;
+        Ok(slice)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], Problem> {
+        Ok(self.take(N)?.try_into().expect("took N bytes"))
+    }
+
+    fn bool(&mut self) -> Result<bool, Problem> {
+        Ok(self.array::<1>()?[0] != 0)
+    }
+
+    fn i32(&mut self) -> Result<i32, Problem> {
+        Ok(i32::from_le_bytes(self.array()?))
+    }
+
+    fn u32(&mut self) -> Result<u32, Problem> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+
+    fn u64(&mut self) -> Result<u64, Problem> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+
+    fn f32(&mut self) -> Result<f32, Problem> {
+        Ok(f32::from_le_bytes(self.array()?))
+    }
+
+    fn f64(&mut self) -> Result<f64, Problem> {
+        Ok(f64::from_le_bytes(self.array()?))
+    }
+
+    /// A NUL-terminated UTF-16 string.
+    fn wstring(&mut self) -> Result<String, Problem> {
+        let mut units = Vec::new();
+        loop {
+            let unit = u16::from_le_bytes(self.array()?);
+            if unit == 0 {
+                break;
+            }
+            if units.len() >= 4096 {
+                return Err(malformed(format!(
+                    "a string at byte {} of the CNTK v1 file does not end",
+                    self.pos
+                )));
+            }
+            units.push(unit);
+        }
+        Ok(String::from_utf16_lossy(&units))
+    }
+
+    fn try_marker(&mut self, marker: &str) -> bool {
+        let expected = utf16z(marker);
+        if self.bytes[self.pos.min(self.bytes.len())..].starts_with(&expected) {
+            self.pos += expected.len();
+            true
+        } else {
+            false
+        }
+    }
+
+    fn marker(&mut self, marker: &str) -> Result<(), Problem> {
+        if self.try_marker(marker) {
+            Ok(())
+        } else {
+            Err(malformed(format!(
+                "expected the section marker {marker} at byte {} of the CNTK v1 file",
+                self.pos
+            )))
+        }
+    }
+
+    /// `TensorShape`: a 32-bit rank, then 32-bit dims (fastest-varying first).
+    fn shape(&mut self) -> Result<Vec<u64>, Problem> {
+        let rank = self.u32()?;
+        if rank > 16 {
+            return Err(malformed(format!(
+                "a tensor of rank {rank} at byte {}",
+                self.pos
+            )));
+        }
+        (0..rank).map(|_| self.u32().map(u64::from)).collect()
+    }
+
+    /// `std::vector<bool>`: a 64-bit count, then one byte each.
+    fn bools(&mut self) -> Result<Vec<bool>, Problem> {
+        let n = self.u64()?;
+        if n > 16 {
+            return Err(malformed(format!(
+                "a flag list of {n} entries at byte {}",
+                self.pos
+            )));
+        }
+        (0..n).map(|_| self.bool()).collect()
+    }
+
+    /// A dense matrix: its values, column-major.
+    fn matrix(&mut self, node: &str) -> Result<Vec<f32>, Problem> {
+        let kind = self.array::<1>()?[0];
+        if kind != b'd' {
+            return Err(malformed(format!(
+                "{node} holds a sparse matrix; only dense weights are supported"
+            )));
+        }
+        self.marker("BMAT")?;
+        let element = self.u64()?;
+        self.wstring()?; // the matrix's name, unused
+        let _format = self.i32()?;
+        let (rows, cols) = (self.u64()?, self.u64()?);
+        let count = rows
+            .checked_mul(cols)
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|&n| n.saturating_mul(4) <= self.bytes.len())
+            .ok_or_else(|| malformed(format!("{node} claims a {rows} x {cols} matrix")))?;
+        let values = match element {
+            4 => self
+                .take(count * 4)?
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+                .collect(),
+            // Narrowing is what CNTK itself does when a double model is evaluated in float.
+            8 => self
+                .take(count * 8)?
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
+                .collect(),
+            other => {
+                return Err(malformed(format!(
+                    "{node} has {other}-byte elements; only float and double are supported"
+                )));
+            }
+        };
+        self.marker("EMAT")?;
+        Ok(values)
+    }
+
+    /// Whether a node header (or the end of the node list) starts at `pos`.
+    fn header_at(&self, pos: usize) -> bool {
+        let mut probe = Reader {
+            bytes: self.bytes,
+            pos,
+        };
+        if probe.try_marker("ENodeList") {
+            return true;
+        }
+        let precision = probe.wstring();
+        let op = probe.wstring();
+        let name = probe.wstring();
+        matches!(precision.as_deref(), Ok("float" | "double"))
+            && op.is_ok_and(|op| {
+                !op.is_empty() && op.len() < 64 && op.chars().all(|c| c.is_ascii_alphanumeric())
+            })
+            && name.is_ok_and(|name| !name.is_empty())
+    }
+
+    /// Moves to the next node header, past the fields of a node type this reader does not know.
+    fn skip_to_next_header(&mut self, node: &str, op: &str) -> Result<(), Problem> {
+        let float = utf16z("float");
+        let double = utf16z("double");
+        let end = utf16z("ENodeList");
+        let found = (self.pos..self.bytes.len()).find(|&p| {
+            let rest = &self.bytes[p..];
+            (rest.starts_with(&float) || rest.starts_with(&double) || rest.starts_with(&end))
+                && self.header_at(p)
+        });
+        match found {
+            Some(p) => {
+                self.pos = p;
+                Ok(())
+            }
+            None => Err(malformed(format!(
+                "cannot find the end of node {node} ({op})"
+            ))),
+        }
+    }
+
+    fn node(&mut self, version: u64) -> Result<Node, Problem> {
+        let tagged = version >= PRECISION_TAG_VERSION;
+        if tagged {
+            let precision = self.wstring()?;
+            if precision != "float" && precision != "double" {
+                return Err(malformed(format!(
+                    "unexpected precision {precision:?} at byte {}",
+                    self.pos
+                )));
+            }
+        }
+        let op = self.wstring()?;
+        let name = self.wstring()?;
+        let start = self.pos;
+        let read = self.fields(&op, &name, version);
+        match read {
+            Ok(fields) if !tagged || self.header_at(self.pos) => Ok(Node { op, name, fields }),
+            // A node type whose fields differ from what this reader expects: skip it. Should
+            // the classifier need it, the lowering names it.
+            _ if tagged => {
+                self.pos = start;
+                self.skip_to_next_header(&name, &op)?;
+                Ok(Node {
+                    op,
+                    name,
+                    fields: Fields::Skipped,
+                })
+            }
+            Ok(_) => Err(malformed(format!(
+                "node {name} ({op}) of this version-{version} file is not laid out as expected"
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn fields(&mut self, op: &str, name: &str, version: u64) -> Result<Fields, Problem> {
+        Ok(match op {
+            "LearnableParameter" => {
+                let shape = if version >= 3 {
+                    let _learning_rate = self.f32()?;
+                    self.shape()?
+                } else {
+                    let _update = self.bool()?;
+                    let (rows, cols) = (self.u64()?, self.u64()?);
+                    if rows != 0 {
+                        vec![rows, cols]
+                    } else {
+                        let mut shape = self.shape()?;
+                        if cols > 1 {
+                            shape.push(cols);
+                        }
+                        shape
+                    }
+                };
+                let values = self.matrix(name)?;
+                Fields::Value { shape, values }
+            }
+            "Mean" | "InvStdDev" => {
+                let _computed = self.bool()?;
+                let values = self.matrix(name)?;
+                Fields::Value {
+                    shape: vec![values.len() as u64],
+                    values,
+                }
+            }
+            "InputValue" | "SparseInputValue" => {
+                let (rows, _cols) = (self.u64()?, self.u64()?);
+                let mut shape = self.shape()?;
+                if rows != 0 && rows != shape.iter().product::<u64>() {
+                    shape = vec![rows];
+                }
+                if version >= 8 {
+                    let axes = self.u32()?;
+                    if axes == 1 {
+                        self.wstring()?;
+                    }
+                }
+                if version >= 10 {
+                    let _learning_rate = self.f32()?;
+                }
+                Fields::Input { shape }
+            }
+            "Times" | "TransposeTimes" => {
+                let output_rank = self.u64()?;
+                if version >= 12 {
+                    let _infer_input_rank = self.i32()?;
+                }
+                Fields::Times { output_rank }
+            }
+            "Convolution" | "Pooling" if version >= 5 => {
+                let kernel = self.shape()?;
+                let _map_count = self.shape()?;
+                let stride = self.shape()?;
+                let sharing = self.bools()?;
+                let auto_pad = self.bools()?;
+                let lower_pad = self.shape()?;
+                let upper_pad = self.shape()?;
+                let pool_kind = self.i32()?;
+                let layout = self.i32()?;
+                let _max_temp_memory = self.u64()?;
+                let transpose = version >= 9 && self.bool()?;
+                if version >= 20 {
+                    let _output_shape = self.shape()?;
+                }
+                let ceil_out_dim = version >= 21 && self.bool()?;
+                let include_pad = version >= 23 && self.bool()?;
+                let mut dilation = vec![1];
+                if op == "Convolution" {
+                    let _convolution_2d = self.bool()?;
+                    if version >= 18 {
+                        dilation = self.shape()?;
+                    }
+                }
+                Fields::Convolution(Box::new(Convolution {
+                    kernel,
+                    stride,
+                    sharing,
+                    auto_pad,
+                    lower_pad,
+                    upper_pad,
+                    pool_kind,
+                    // ImageLayoutKind: 0 HWC (legacy), 1 CHW (cuDNN).
+                    chw: layout == 1,
+                    transpose,
+                    ceil_out_dim,
+                    include_pad,
+                    dilation,
+                }))
+            }
+            "MaxPooling" | "AveragePooling" => {
+                let width = u64::from(self.u32()?);
+                let layout = self.u32()?;
+                let height = self.u64()?;
+                let (horizontal, vertical) = (self.u64()?, self.u64()?);
+                Fields::LegacyPooling {
+                    window: [width, height],
+                    stride: [horizontal, vertical],
+                    chw: layout == 1,
+                }
+            }
+            "BatchNormalization" if version >= 6 => {
+                let spatial = self.bool()?;
+                let _normalization_time_constant = self.f64()?;
+                let _blend_time_constant = self.f64()?;
+                let _layout = self.i32()?;
+                if version >= 19 {
+                    let _run_count_is_zero = self.bool()?;
+                } else {
+                    let _samples_seen = self.u64()?;
+                }
+                let epsilon = self.f64()?;
+                let _use_cntk_engine = self.bool()?;
+                Fields::BatchNormalization {
+                    spatial,
+                    epsilon,
+                    inverse_std: version < 13,
+                }
+            }
+            _ => Fields::None,
+        })
+    }
+}
+
+fn utf16z(s: &str) -> Vec<u8> {
+    s.encode_utf16()
+        .chain(std::iter::once(0))
+        .flat_map(u16::to_le_bytes)
+        .collect()
+}
+
+/// The model output: `chosen` if given, else the network's output nodes, else what its
+/// training criterion scores (the input of the loss that is not a label).
+fn output_node<'n>(network: &'n Network, chosen: Option<&'n str>) -> Result<&'n str, Problem> {
+    let exists = |name: &str| network.nodes.iter().any(|n| n.name == name);
+    if let Some(name) = chosen {
+        return if exists(name) {
+            Ok(name)
+        } else {
+            Err(Problem::NoSuchOutput {
+                name: name.into(),
+                available: candidate_outputs(network).join(", "),
+            })
+        };
+    }
+    let group = |g: &str| network.groups.get(g).map(Vec::as_slice).unwrap_or(&[]);
+    if let Some(first) = group("output").first() {
+        return Ok(first);
+    }
+    let labels: HashSet<&str> = group("label").iter().map(String::as_str).collect();
+    for criterion in group("criterion").iter().chain(group("evaluation")) {
+        let scored = network
+            .inputs
+            .get(criterion)
+            .into_iter()
+            .flatten()
+            .find(|input| !labels.contains(input.as_str()));
+        if let Some(scored) = scored {
+            return Ok(scored);
+        }
+    }
+    Err(Problem::NoSuchOutput {
+        name: "(none saved)".into(),
+        available: candidate_outputs(network).join(", "),
+    })
+}
+
+/// Nodes that could be a classifier's output: every computed node nothing else reads.
+fn candidate_outputs(network: &Network) -> Vec<String> {
+    let read: HashSet<&String> = network.inputs.values().flatten().collect();
+    network
+        .nodes
+        .iter()
+        .filter(|n| !read.contains(&n.name) && !matches!(n.fields, Fields::Value { .. }))
+        .filter(|n| !matches!(n.fields, Fields::Input { .. }))
+        .map(|n| n.name.clone())
+        .collect()
+}
+
+/// The v2 operation a v1 node type computes, for the types that take no saved fields.
+fn simple_op(op: &str) -> Option<u64> {
+    Some(match op {
+        "Plus" => ops::PLUS,
+        "Minus" => ops::MINUS,
+        "ElementTimes" => ops::ELEMENT_TIMES,
+        "RectifiedLinear" => ops::RELU,
+        "Sigmoid" => ops::SIGMOID,
+        "Tanh" => ops::TANH,
+        "Exp" => ops::EXP,
+        "Log" => ops::LOG,
+        "Abs" => ops::ABS,
+        "Sqrt" => ops::SQRT,
+        "Negate" => ops::NEGATE,
+        "Reciprocal" => ops::RECIPROCAL,
+        "Floor" => ops::FLOOR,
+        "Softmax" => ops::SOFTMAX,
+        "Dropout" => ops::DROPOUT,
+        "Pass" => ops::PASS,
+        "StopGradient" => ops::STOP_GRADIENT,
+        "ExponentialLinearUnit" | "ELU" => ops::ELU,
+        _ => return None,
+    })
+}
+
+/// Builds the [`Model`] computing `output` (see [`output_node`]).
+pub fn to_model(network: &Network, output: Option<&str>) -> Result<Model, Problem> {
+    let root = output_node(network, output)?.to_owned();
+    let by_name: HashMap<&str, &Node> =
+        network.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+    // The nodes the output depends on.
+    let mut needed = Vec::new();
+    let mut seen = HashSet::new();
+    let mut stack = vec![root.as_str()];
+    while let Some(name) = stack.pop() {
+        if !seen.insert(name) {
+            continue;
+        }
+        let node = by_name
+            .get(name)
+            .ok_or_else(|| malformed(format!("node {name} is read but never saved")))?;
+        needed.push(*node);
+        stack.extend(
+            network
+                .inputs
+                .get(name)
+                .into_iter()
+                .flatten()
+                .map(String::as_str),
+        );
+    }
+    let mut variables = HashMap::new();
+    let mut functions = HashMap::new();
+    let mut unsupported: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let reference = |name: &str| match by_name.get(name).map(|n| &n.fields) {
+        Some(Fields::Value { .. } | Fields::Input { .. }) => name.to_owned(),
+        _ => format!("{name}_Output_0"),
+    };
+    for node in needed {
+        let inputs: Vec<String> = network
+            .inputs
+            .get(&node.name)
+            .into_iter()
+            .flatten()
+            .map(|n| reference(n))
+            .collect();
+        let function = |op: u64, attributes: Dictionary| Function {
+            uid: node.name.clone(),
+            name: node.name.clone(),
+            op,
+            inputs: inputs.clone(),
+            attributes,
+            block: None,
+        };
+        let lowered = match (&node.fields, node.op.as_str()) {
+            (Fields::Value { shape, values }, _) => {
+                variables.insert(
+                    node.name.clone(),
+                    Variable {
+                        uid: node.name.clone(),
+                        kind: VariableKind::Constant,
+                        shape: shape.clone(),
+                        batched: false,
+                        value: Some(values.clone()),
+                    },
+                );
+                None
+            }
+            (Fields::Input { shape }, _) => {
+                variables.insert(
+                    node.name.clone(),
+                    Variable {
+                        uid: node.name.clone(),
+                        kind: VariableKind::Input,
+                        shape: shape.clone(),
+                        batched: true,
+                        value: None,
+                    },
+                );
+                None
+            }
+            (Fields::Times { output_rank }, "Times") => Some(function(
+                ops::TIMES,
+                attributes([("outputRank", Value::SizeT(*output_rank))]),
+            )),
+            (Fields::Convolution(c), _) if c.chw => convolution(c, &node.name)
+                .map(|(op, attrs)| function(op, attrs))
+                .map_err(|what| unsupported_use(node, &what))
+                .map(Some)?,
+            (
+                Fields::LegacyPooling {
+                    window,
+                    stride,
+                    chw,
+                },
+                op,
+            ) if *chw => Some(function(
+                ops::POOLING,
+                attributes([
+                    (
+                        "poolingType",
+                        Value::SizeT(u64::from(op == "AveragePooling")),
+                    ),
+                    (
+                        "poolingWindowShape",
+                        shape_value(&[window[0], window[1], 1]),
+                    ),
+                    ("strides", shape_value(&[stride[0], stride[1], 1])),
+                    ("autoPadding", bools_value(&[false])),
+                ]),
+            )),
+            (
+                Fields::BatchNormalization {
+                    spatial,
+                    epsilon,
+                    inverse_std,
+                },
+                _,
+            ) => {
+                if *inverse_std {
+                    return Err(unsupported_use(
+                        node,
+                        "running statistics saved as inverse standard deviations (a model \
+                         file older than CNTK 2.0); load and save it once with CNTK 2.x",
+                    ));
+                }
+                Some(function(
+                    ops::BATCH_NORMALIZATION,
+                    attributes([
+                        ("spatial", Value::Bool(*spatial)),
+                        ("epsilon", Value::Double(*epsilon)),
+                    ]),
+                ))
+            }
+            (Fields::None, op) => simple_op(op).map(|code| function(code, Dictionary::default())),
+            _ => None,
+        };
+        match lowered {
+            Some(f) => {
+                functions.insert(f.uid.clone(), f);
+            }
+            None if matches!(node.fields, Fields::Value { .. } | Fields::Input { .. }) => {}
+            None => unsupported
+                .entry(node.op.clone())
+                .or_default()
+                .push(node.name.clone()),
+        }
+    }
+    if !unsupported.is_empty() {
+        return Err(Problem::UnsupportedNodes(
+            unsupported
+                .into_iter()
+                .map(|(op, names)| format!("{op} ({})", names.join(", ")))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ));
+    }
+    if !functions.contains_key(&root) {
+        return Err(malformed(format!(
+            "the chosen output {root} is not computed by the network"
+        )));
+    }
+    Ok(Model {
+        variables,
+        functions,
+        root,
+    })
+}
+
+fn unsupported_use(node: &Node, what: &str) -> Problem {
+    Problem::UnsupportedUse {
+        op: node.op.clone(),
+        uid: node.name.clone(),
+        what: what.into(),
+    }
+}
+
+/// The v2 attributes of a v1 ND convolution or pooling node.
+fn convolution(c: &Convolution, name: &str) -> Result<(u64, Dictionary), String> {
+    let mut entries = vec![
+        ("strides", shape_value(&c.stride)),
+        ("autoPadding", bools_value(&c.auto_pad)),
+        ("lowerPad", shape_value(&c.lower_pad)),
+        ("upperPad", shape_value(&c.upper_pad)),
+    ];
+    match c.pool_kind {
+        0 => {
+            if c.transpose {
+                entries.push(("transpose", Value::Bool(true)));
+            }
+            entries.push(("sharing", bools_value(&c.sharing)));
+            entries.push(("dilation", shape_value(&c.dilation)));
+            Ok((ops::CONVOLUTION, attributes(entries)))
+        }
+        kind @ (1 | 2) => {
+            entries.push(("poolingType", Value::SizeT(u64::from(kind == 2))));
+            entries.push(("poolingWindowShape", shape_value(&c.kernel)));
+            entries.push(("ceilOutDim", Value::Bool(c.ceil_out_dim)));
+            entries.push(("includePad", Value::Bool(c.include_pad)));
+            Ok((ops::POOLING, attributes(entries)))
+        }
+        other => Err(format!("pooling kind {other} in {name}")),
+    }
+}
+
+fn attributes<'k>(entries: impl IntoIterator<Item = (&'k str, Value)>) -> Dictionary {
+    Dictionary {
+        version: 1,
+        data: entries
+            .into_iter()
+            .map(|(key, value)| {
+                (
+                    key.to_owned(),
+                    DictionaryValue {
+                        version: 1,
+                        value_type: 0,
+                        value: Some(value),
+                    },
+                )
+            })
+            .collect(),
+    }
+}
+
+fn shape_value(dims: &[u64]) -> Value {
+    Value::Shape(NdShape {
+        shape_dim: dims.to_vec(),
+    })
+}
+
+fn bools_value(flags: &[bool]) -> Value {
+    Value::Vector(Vector {
+        value: flags
+            .iter()
+            .map(|&b| DictionaryValue {
+                version: 1,
+                value_type: 0,
+                value: Some(Value::Bool(b)),
+            })
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tiny v1 file: `z = Plus(Times(W, features), b)`, with a loss over `labels`.
+    fn tiny(version: u64, extra_node: Option<(&str, &[u8])>) -> Vec<u8> {
+        let mut f = Vec::new();
+        let s = |f: &mut Vec<u8>, text: &str| f.extend(utf16z(text));
+        let u64_ = |f: &mut Vec<u8>, n: u64| f.extend(n.to_le_bytes());
+        let u32_ = |f: &mut Vec<u8>, n: u32| f.extend(n.to_le_bytes());
+        let matrix = |f: &mut Vec<u8>, rows: u64, cols: u64, values: &[f32]| {
+            f.push(b'd');
+            f.extend(utf16z("BMAT"));
+            f.extend(4u64.to_le_bytes());
+            f.extend(utf16z("unnamed"));
+            f.extend(0i32.to_le_bytes());
+            f.extend(rows.to_le_bytes());
+            f.extend(cols.to_le_bytes());
+            for v in values {
+                f.extend(v.to_le_bytes());
+            }
+            f.extend(utf16z("EMAT"));
+        };
+        s(&mut f, "BCN");
+        s(&mut f, "BVersion");
+        u64_(&mut f, version);
+        s(&mut f, "EVersion");
+        let nodes = 6 + u64::from(extra_node.is_some());
+        u64_(&mut f, nodes);
+        s(&mut f, "BNodeList");
+        let header = |f: &mut Vec<u8>, op: &str, name: &str| {
+            f.extend(utf16z("float"));
+            f.extend(utf16z(op));
+            f.extend(utf16z(name));
+        };
+        for (name, dim) in [("features", 2u32), ("labels", 3)] {
+            header(&mut f, "InputValue", name);
+            u64_(&mut f, 0);
+            u64_(&mut f, 0);
+            u32_(&mut f, 1);
+            u32_(&mut f, dim);
+            u32_(&mut f, 1);
+            s(&mut f, "");
+            f.extend(0f32.to_le_bytes());
+        }
+        header(&mut f, "LearnableParameter", "W");
+        f.extend(1f32.to_le_bytes());
+        u32_(&mut f, 2);
+        u32_(&mut f, 3);
+        u32_(&mut f, 2);
+        matrix(&mut f, 3, 2, &[1., 2., 3., 4., 5., 6.]);
+        header(&mut f, "LearnableParameter", "b");
+        f.extend(1f32.to_le_bytes());
+        u32_(&mut f, 1);
+        u32_(&mut f, 3);
+        matrix(&mut f, 3, 1, &[0.5, 0.5, 0.5]);
+        header(&mut f, "Times", "t");
+        u64_(&mut f, 1);
+        f.extend(0i32.to_le_bytes());
+        header(&mut f, "Plus", "z");
+        if let Some((op, fields)) = extra_node {
+            header(&mut f, op, "ce");
+            f.extend(fields);
+        }
+        s(&mut f, "ENodeList");
+        s(&mut f, "BRelation");
+        let relation = |f: &mut Vec<u8>, name: &str, inputs: &[&str]| {
+            f.extend(utf16z(name));
+            f.extend((inputs.len() as u64).to_le_bytes());
+            for i in inputs {
+                f.extend(utf16z(i));
+            }
+        };
+        relation(&mut f, "features", &[]);
+        relation(&mut f, "labels", &[]);
+        relation(&mut f, "W", &[]);
+        relation(&mut f, "b", &[]);
+        relation(&mut f, "t", &["W", "features"]);
+        relation(&mut f, "z", &["t", "b"]);
+        if extra_node.is_some() {
+            relation(&mut f, "ce", &["labels", "z"]);
+        }
+        s(&mut f, "ERelation");
+        s(&mut f, "BRootNodes");
+        let group = |f: &mut Vec<u8>, b: &str, e: &str, names: &[&str]| {
+            f.extend(utf16z(b));
+            f.extend((names.len() as u64).to_le_bytes());
+            for n in names {
+                f.extend(utf16z(n));
+            }
+            f.extend(utf16z(e));
+        };
+        group(&mut f, "BFeatureNodes", "EFeatureNodes", &["features"]);
+        group(&mut f, "BLabelNodes", "ELabelNodes", &["labels"]);
+        let criteria: &[&str] = if extra_node.is_some() { &["ce"] } else { &[] };
+        group(&mut f, "BCriterionNodes", "ECriterionNodes", criteria);
+        group(&mut f, "BOutputNodes", "EOutputNodes", &[]);
+        s(&mut f, "ERootNodes");
+        s(&mut f, "ECN");
+        f
+    }
+
+    #[test]
+    fn a_network_is_read_and_its_output_found_through_the_loss() {
+        // A loss node with fields this reader does not know: skipped, and not needed.
+        let bytes = tiny(14, Some(("SomeFutureLoss", &[7, 7, 7, 7, 7])));
+        assert!(is_v1(&bytes));
+        let network = read(&bytes).unwrap();
+        assert_eq!(network.version, 14);
+        assert_eq!(network.op_counts()["SomeFutureLoss"], 1);
+        let model = to_model(&network, None).unwrap();
+        assert_eq!(model.root, "z");
+        assert_eq!(model.functions["z"].inputs, ["t_Output_0", "b"]);
+        assert_eq!(model.functions["t"].inputs, ["W", "features"]);
+        assert_eq!(
+            model.variables["W"].value.as_deref(),
+            Some(&[1., 2., 3., 4., 5., 6.][..])
+        );
+        assert!(!model.variables.contains_key("labels"));
+    }
+
+    #[test]
+    fn an_unknown_node_on_the_output_path_is_named() {
+        let network = read(&tiny(14, Some(("SomeFutureLoss", &[1, 2, 3])))).unwrap();
+        let err = to_model(&network, Some("ce")).unwrap_err();
+        assert!(
+            matches!(&err, Problem::UnsupportedNodes(list) if list.contains("SomeFutureLoss (ce)")),
+            "{err}"
+        );
+        let err = to_model(&network, Some("nope")).unwrap_err();
+        assert!(err.to_string().contains("ce"), "{err}");
+    }
+
+    #[test]
+    fn a_truncated_file_is_malformed() {
+        let bytes = tiny(14, None);
+        for cut in [10, bytes.len() / 2, bytes.len() - 3] {
+            assert!(matches!(read(&bytes[..cut]), Err(Problem::Malformed(_))));
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! The importer on CNTK models of other vintages than the walkthrough's (`cntk-models/` in
+//! the fixtures): a v1 BrainScript model, a v2 trainer checkpoint in the 2.0 beta layout, and
+//! two of CNTK's own unit-test models, each converted and run in ONNX Runtime.
+
+use cntk_onnx::{Options, Problem, import, import_with};
+use fleet_common::dataset::{self, BatchSelection, IMAGE_BYTES};
+use fleet_inference::{InferenceOptions, Scorer, runtime};
+use fleet_tests::fixture;
+use ort::session::Session;
+use ort::value::TensorRef;
+
+fn model(name: &str) -> Vec<u8> {
+    std::fs::read(fixture(&format!("cntk-models/{name}"))).unwrap()
+}
+
+/// The fixture test batch as CNTK's image readers delivered it: BGR planes (CHW), 0..255,
+/// minus `mean` (HWC, BGR, as OpenCV writes a mean image).
+fn bgr_chw(batch: &dataset::Batch, mean: &[f32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(batch.pixels.len());
+    for row in batch.pixels.chunks_exact(IMAGE_BYTES) {
+        for c in 0..3 {
+            for y in 0..32 {
+                for x in 0..32 {
+                    let rgb_plane = 2 - c;
+                    let pixel = f32::from(row[(rgb_plane * 32 + y) * 32 + x]);
+                    out.push(pixel - mean[(y * 32 + x) * 3 + c]);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn test_batch() -> dataset::Batch {
+    let file = std::fs::File::open(fixture("cifar-10-python.tar.gz")).unwrap();
+    let mut batches = Vec::new();
+    dataset::read_tarball(file, "fixture", &BatchSelection::default(), |b| {
+        batches.push(b);
+        Ok(())
+    })
+    .unwrap();
+    batches.pop().unwrap()
+}
+
+fn mean_image() -> Vec<f32> {
+    let xml = std::fs::read_to_string(fixture("CIFAR-10_mean.xml")).unwrap();
+    let data = xml.split("<data>").nth(1).unwrap();
+    let data = data.split("</data>").next().unwrap();
+    data.split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect()
+}
+
+/// The share of the test batch `onnx` gets right on `input`.
+fn accuracy(onnx: &[u8], batch: &dataset::Batch, input: &[f32]) -> f64 {
+    let options: InferenceOptions = fleet_common::cli::defaults().unwrap();
+    let mut scorer = Scorer::load(onnx, "converted", &options).unwrap();
+    let (mut logits, mut correct) = (Vec::new(), 0);
+    for (start, chunk) in input.chunks(500 * IMAGE_BYTES).enumerate() {
+        scorer
+            .score(chunk, chunk.len() / IMAGE_BYTES, &mut logits)
+            .unwrap();
+        for (j, row) in logits.chunks_exact(10).enumerate() {
+            let best = (0..10).fold(0, |b, k| if row[k] > row[b] { k } else { b });
+            correct += usize::from(best == usize::from(batch.labels[start * 500 + j]));
+        }
+    }
+    correct as f64 / batch.len() as f64
+}
+
+/// Runs a converted graph that is not an image classifier on one input.
+fn run(onnx: &[u8], dims: &[usize], input: &[f32]) -> (Vec<i64>, Vec<f32>) {
+    let mut session = Session::builder(runtime::environment().unwrap())
+        .unwrap()
+        .commit_from_memory(onnx)
+        .unwrap();
+    let tensor = TensorRef::from_array_view((dims.to_vec(), input)).unwrap();
+    let outputs = session.run(ort::inputs!["input" => tensor]).unwrap();
+    let (shape, values) = outputs["output"].try_extract_tensor::<f32>().unwrap();
+    (shape.to_vec(), values.to_vec())
+}
+
+#[test]
+fn a_cntk_v1_brainscript_model_converts_and_scores_far_above_chance() {
+    let imported = import(&model("cifar10.pretrained.cmf"), "cifar10.pretrained.cmf").unwrap();
+    assert_eq!(imported.source_format, "CNTK v1 (model version 14)");
+    // The saved output node, not the loss or the error metric beside it.
+    assert_eq!(imported.output, "z");
+    assert_eq!(
+        (
+            imported.input_shape.as_slice(),
+            imported.output_shape.as_slice()
+        ),
+        (&[-1, 3, 32, 32][..], &[-1, 10][..])
+    );
+    // Pixels 0..255 in: the network subtracts 128 itself.
+    let batch = test_batch();
+    let accuracy = accuracy(
+        &imported.onnx,
+        &batch,
+        &bgr_chw(&batch, &[0.0; IMAGE_BYTES]),
+    );
+    println!("cifar10.pretrained.cmf: {:.2}% correct", accuracy * 100.0);
+    assert!(accuracy > 0.65, "accuracy {accuracy}");
+}
+
+#[test]
+fn a_v2_trainer_checkpoint_converts_its_classifier_not_its_loss() {
+    let bytes = model("ConvNet_CIFAR10_DataAug_0.dnn");
+    let imported = import(&bytes, "ConvNet_CIFAR10_DataAug_0.dnn").unwrap();
+    assert_eq!(imported.source_format, "CNTK v2");
+    assert_eq!(imported.output_shape, [-1, 10]);
+    // One epoch of training only: weak, but far above chance (10%).
+    let batch = test_batch();
+    let accuracy = accuracy(&imported.onnx, &batch, &bgr_chw(&batch, &mean_image()));
+    println!(
+        "ConvNet_CIFAR10_DataAug_0.dnn (output {}): {:.2}% correct",
+        imported.output,
+        accuracy * 100.0
+    );
+    assert!(accuracy > 0.3, "accuracy {accuracy}");
+    // Another output is chosen by name; a name that is not there lists the ones that are.
+    let chosen = import_with(
+        &bytes,
+        "ConvNet_CIFAR10_DataAug_0.dnn",
+        &Options {
+            output: Some(imported.output.clone()),
+        },
+    )
+    .unwrap();
+    assert!(
+        chosen.onnx == imported.onnx,
+        "naming the default output changed the graph"
+    );
+    let err = import_with(
+        &bytes,
+        "checkpoint.dnn",
+        &Options {
+            output: Some("no-such-node".into()),
+        },
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err.problem, Problem::NoSuchOutput { available, .. } if !available.is_empty()),
+        "{err}"
+    );
+}
+
+#[test]
+fn cntk_unit_test_models_convert_and_run() {
+    // `abs` of a (1, 2) input.
+    let imported = import(&model("load_and_eval.dnn"), "load_and_eval.dnn").unwrap();
+    let (shape, values) = run(&imported.onnx, &[1, 1, 2], &[-10.0, 20.0]);
+    assert_eq!((shape, values), (vec![1, 1, 2], vec![10.0, 20.0]));
+
+    // Convolution, then the old five-input BatchNormalization (no running sample count),
+    // then ReLU, over a 3x5x5 input.
+    let name = "batch.norm.no.sample.count.v2.bin";
+    let imported = import(&model(name), name).unwrap();
+    assert_eq!(imported.input_shape, [-1, 3, 5, 5]);
+    let input: Vec<f32> = (0..75).map(|i| (i as f32 - 37.0) / 10.0).collect();
+    let (shape, values) = run(&imported.onnx, &[1, 3, 5, 5], &input);
+    assert_eq!(shape, [1, 16, 5, 5]);
+    assert!(values.iter().all(|v| v.is_finite() && *v >= 0.0));
+    assert!(values.iter().any(|v| *v > 0.0), "all outputs are zero");
+}
