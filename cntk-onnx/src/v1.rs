@@ -743,6 +743,9 @@ pub fn to_model(network: &Network, output: Option<&str>) -> Result<Model, Proble
                 ))
             }
             (Fields::None, op) => simple_op(op).map(|code| function(code, Dictionary::default())),
+            // What Dropout saves (from version 16, its random generator's state) only matters
+            // in training.
+            (Fields::Skipped, "Dropout") => Some(function(ops::DROPOUT, Dictionary::default())),
             _ => None,
         };
         match lowered {
@@ -982,6 +985,15 @@ mod tests {
         );
         let err = to_model(&network, Some("nope")).unwrap_err();
         assert!(err.to_string().contains("ce"), "{err}");
+    }
+
+    #[test]
+    fn dropout_with_its_random_state_is_still_dropout() {
+        // From version 16 Dropout saves its generator's seed and offset.
+        let state = [3u8; 16];
+        let network = read(&tiny(17, Some(("Dropout", &state)))).unwrap();
+        let model = to_model(&network, Some("ce")).unwrap();
+        assert_eq!(model.functions["ce"].op, ops::DROPOUT);
     }
 
     #[test]

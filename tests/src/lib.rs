@@ -20,6 +20,32 @@ pub fn fixture(name: &str) -> PathBuf {
     fixtures().join(name)
 }
 
+/// The fixture tarball's test batch, decoded.
+pub fn test_batch() -> fleet_common::dataset::Batch {
+    use fleet_common::dataset::{self, BatchSelection};
+    let file = std::fs::File::open(fixture("cifar-10-python.tar.gz")).unwrap();
+    let mut batches = Vec::new();
+    dataset::read_tarball(file, "fixture", &BatchSelection::default(), |b| {
+        batches.push(b);
+        Ok(())
+    })
+    .unwrap();
+    batches.pop().unwrap()
+}
+
+/// The 3072 values of the fixture's mean image, as the XML lists them (HWC, BGR).
+pub fn mean_image_hwc_bgr() -> Vec<f32> {
+    let xml = std::fs::read_to_string(fixture("CIFAR-10_mean.xml")).unwrap();
+    let data = xml.split("<data>").nth(1).unwrap();
+    let data = data.split("</data>").next().unwrap();
+    let values: Vec<f32> = data
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert_eq!(values.len(), fleet_common::dataset::IMAGE_BYTES);
+    values
+}
+
 /// A binary of the workspace, built by `cargo build --workspace --bins` (the test script does
 /// that first; `cargo test` alone only builds the binaries of the package under test).
 pub fn bin(name: &str) -> PathBuf {

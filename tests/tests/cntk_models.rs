@@ -3,9 +3,9 @@
 //! two of CNTK's own unit-test models, each converted and run in ONNX Runtime.
 
 use cntk_onnx::{Options, Problem, import, import_with};
-use fleet_common::dataset::{self, BatchSelection, IMAGE_BYTES};
+use fleet_common::dataset::{self, IMAGE_BYTES};
 use fleet_inference::{InferenceOptions, Scorer, runtime};
-use fleet_tests::fixture;
+use fleet_tests::{fixture, mean_image_hwc_bgr, test_batch};
 use ort::session::Session;
 use ort::value::TensorRef;
 
@@ -29,26 +29,6 @@ fn bgr_chw(batch: &dataset::Batch, mean: &[f32]) -> Vec<f32> {
         }
     }
     out
-}
-
-fn test_batch() -> dataset::Batch {
-    let file = std::fs::File::open(fixture("cifar-10-python.tar.gz")).unwrap();
-    let mut batches = Vec::new();
-    dataset::read_tarball(file, "fixture", &BatchSelection::default(), |b| {
-        batches.push(b);
-        Ok(())
-    })
-    .unwrap();
-    batches.pop().unwrap()
-}
-
-fn mean_image() -> Vec<f32> {
-    let xml = std::fs::read_to_string(fixture("CIFAR-10_mean.xml")).unwrap();
-    let data = xml.split("<data>").nth(1).unwrap();
-    let data = data.split("</data>").next().unwrap();
-    data.split_whitespace()
-        .map(|v| v.parse().unwrap())
-        .collect()
 }
 
 /// The share of the test batch `onnx` gets right on `input`.
@@ -112,7 +92,11 @@ fn a_v2_trainer_checkpoint_converts_its_classifier_not_its_loss() {
     assert_eq!(imported.output_shape, [-1, 10]);
     // One epoch of training only: weak, but far above chance (10%).
     let batch = test_batch();
-    let accuracy = accuracy(&imported.onnx, &batch, &bgr_chw(&batch, &mean_image()));
+    let accuracy = accuracy(
+        &imported.onnx,
+        &batch,
+        &bgr_chw(&batch, &mean_image_hwc_bgr()),
+    );
     println!(
         "ConvNet_CIFAR10_DataAug_0.dnn (output {}): {:.2}% correct",
         imported.output,

@@ -3,9 +3,9 @@
 
 use cntk_onnx::proto::cntk::{Dictionary, Value};
 use cntk_onnx::{Problem, import};
-use fleet_common::dataset::{self, BatchSelection, IMAGE_BYTES};
+use fleet_common::dataset::{self, IMAGE_BYTES};
 use fleet_inference::{InferenceOptions, Scorer};
-use fleet_tests::fixture;
+use fleet_tests::{fixture, mean_image_hwc_bgr};
 use model_tools::quantize::{CALIBRATION_IMAGES, quantize};
 use prost::Message;
 
@@ -22,34 +22,9 @@ fn model_bytes() -> Vec<u8> {
 
 /// The fixture test batch, preprocessed as the walkthrough does.
 fn test_batch() -> (dataset::Batch, Vec<f32>) {
-    let file = std::fs::File::open(fixture("cifar-10-python.tar.gz")).unwrap();
-    let mut batches = Vec::new();
-    dataset::read_tarball(file, "fixture", &BatchSelection::default(), |b| {
-        batches.push(b);
-        Ok(())
-    })
-    .unwrap();
-    let batch = batches.pop().unwrap();
+    let batch = fleet_tests::test_batch();
     let input = walkthrough_preprocess(&batch.pixels, &mean_image_hwc_bgr());
     (batch, input)
-}
-
-/// The 3072 values of the fixture's mean image, as the XML lists them (HWC, BGR).
-fn mean_image_hwc_bgr() -> Vec<f32> {
-    let xml = std::fs::read_to_string(fixture("CIFAR-10_mean.xml")).unwrap();
-    let data = xml
-        .split("<data>")
-        .nth(1)
-        .unwrap()
-        .split("</data>")
-        .next()
-        .unwrap();
-    let values: Vec<f32> = data
-        .split_whitespace()
-        .map(|v| v.parse().unwrap())
-        .collect();
-    assert_eq!(values.len(), IMAGE_BYTES);
-    values
 }
 
 /// The walkthrough's preprocessing, written out independently of the product: row -> reshape
