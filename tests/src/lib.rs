@@ -33,6 +33,25 @@ pub fn test_batch() -> fleet_common::dataset::Batch {
     batches.pop().unwrap()
 }
 
+/// The walkthrough's preprocessing, written out independently of the product: row -> reshape
+/// (3, 32, 32) -> HWC -> BGR -> CHW, minus the mean image (HWC BGR, transposed to CHW).
+pub fn walkthrough_preprocess(pixels: &[u8], mean_hwc: &[f32]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(pixels.len());
+    for row in pixels.chunks_exact(fleet_common::dataset::IMAGE_BYTES) {
+        for c in 0..3 {
+            for y in 0..32 {
+                for x in 0..32 {
+                    let rgb = 2 - c;
+                    out.push(
+                        f32::from(row[(rgb * 32 + y) * 32 + x]) - mean_hwc[(y * 32 + x) * 3 + c],
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The 3072 values of the fixture's mean image, as the XML lists them (HWC, BGR).
 pub fn mean_image_hwc_bgr() -> Vec<f32> {
     let xml = std::fs::read_to_string(fixture("CIFAR-10_mean.xml")).unwrap();

@@ -5,30 +5,12 @@
 use cntk_onnx::{Options, Problem, import, import_with};
 use fleet_common::dataset::{self, IMAGE_BYTES};
 use fleet_inference::{InferenceOptions, Scorer, runtime};
-use fleet_tests::{fixture, mean_image_hwc_bgr, test_batch};
+use fleet_tests::{fixture, mean_image_hwc_bgr, test_batch, walkthrough_preprocess};
 use ort::session::Session;
 use ort::value::TensorRef;
 
 fn model(name: &str) -> Vec<u8> {
     std::fs::read(fixture(&format!("cntk-models/{name}"))).unwrap()
-}
-
-/// The fixture test batch as CNTK's image readers delivered it: BGR planes (CHW), 0..255,
-/// minus `mean` (HWC, BGR, as OpenCV writes a mean image).
-fn bgr_chw(batch: &dataset::Batch, mean: &[f32]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(batch.pixels.len());
-    for row in batch.pixels.chunks_exact(IMAGE_BYTES) {
-        for c in 0..3 {
-            for y in 0..32 {
-                for x in 0..32 {
-                    let rgb_plane = 2 - c;
-                    let pixel = f32::from(row[(rgb_plane * 32 + y) * 32 + x]);
-                    out.push(pixel - mean[(y * 32 + x) * 3 + c]);
-                }
-            }
-        }
-    }
-    out
 }
 
 /// The share of the test batch `onnx` gets right on `input`.
@@ -78,7 +60,7 @@ fn a_cntk_v1_brainscript_model_converts_and_scores_far_above_chance() {
     let accuracy = accuracy(
         &imported.onnx,
         &batch,
-        &bgr_chw(&batch, &[0.0; IMAGE_BYTES]),
+        &walkthrough_preprocess(&batch.pixels, &[0.0; IMAGE_BYTES]),
     );
     println!("cifar10.pretrained.cmf: {:.2}% correct", accuracy * 100.0);
     assert!(accuracy > 0.65, "accuracy {accuracy}");
@@ -95,7 +77,7 @@ fn a_v2_trainer_checkpoint_converts_its_classifier_not_its_loss() {
     let accuracy = accuracy(
         &imported.onnx,
         &batch,
-        &bgr_chw(&batch, &mean_image_hwc_bgr()),
+        &walkthrough_preprocess(&batch.pixels, &mean_image_hwc_bgr()),
     );
     println!(
         "ConvNet_CIFAR10_DataAug_0.dnn (output {}): {:.2}% correct",

@@ -5,7 +5,7 @@ use cntk_onnx::proto::cntk::{Dictionary, Value};
 use cntk_onnx::{Problem, import};
 use fleet_common::dataset::{self, IMAGE_BYTES};
 use fleet_inference::{InferenceOptions, Scorer};
-use fleet_tests::{fixture, mean_image_hwc_bgr};
+use fleet_tests::{fixture, mean_image_hwc_bgr, walkthrough_preprocess};
 use model_tools::quantize::{CALIBRATION_IMAGES, quantize};
 use prost::Message;
 
@@ -25,25 +25,6 @@ fn test_batch() -> (dataset::Batch, Vec<f32>) {
     let batch = fleet_tests::test_batch();
     let input = walkthrough_preprocess(&batch.pixels, &mean_image_hwc_bgr());
     (batch, input)
-}
-
-/// The walkthrough's preprocessing, written out independently of the product: row -> reshape
-/// (3, 32, 32) -> HWC -> BGR -> CHW, minus the mean image (HWC BGR, transposed to CHW).
-fn walkthrough_preprocess(pixels: &[u8], mean_hwc: &[f32]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(pixels.len());
-    for row in pixels.chunks_exact(IMAGE_BYTES) {
-        for c in 0..3 {
-            for y in 0..32 {
-                for x in 0..32 {
-                    let rgb = 2 - c;
-                    out.push(
-                        f32::from(row[(rgb * 32 + y) * 32 + x]) - mean_hwc[(y * 32 + x) * 3 + c],
-                    );
-                }
-            }
-        }
-    }
-    out
 }
 
 #[test]
