@@ -12,15 +12,20 @@ pub enum Problem {
     AlreadyOnnx,
     #[error("malformed CNTK model: {0}")]
     Malformed(String),
-    #[error("operation {op} (uid {uid}) is not supported by the importer; supported: {supported}")]
-    UnsupportedOp {
-        op: String,
-        uid: String,
-        supported: &'static str,
-    },
+    /// Every unsupported operation the output depends on, each with its count and uids.
+    #[error(
+        "the model uses operations the importer does not support: {found}; supported: {supported}"
+    )]
+    UnsupportedOps { found: String, supported: String },
+    #[error(
+        "this is a sequence model ({found}): recurrent and sequence operations (LSTM, GRU, \
+         PastValue, FutureValue, sequence axes) are out of scope; the importer converts \
+         feed-forward image classifiers"
+    )]
+    SequenceModel { found: String },
     #[error(
         "the model's output depends on node types the importer does not support: {0}; \
-         choose another output with --output NAME if the classifier does not need them"
+         choose another output with --output-node NAME if the classifier does not need them"
     )]
     UnsupportedNodes(String),
     #[error("the model has no output named {name}; its outputs: {available}")]

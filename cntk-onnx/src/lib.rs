@@ -9,6 +9,7 @@
 //! - `model`: the CNTK v2 `Dictionary` read into variables, functions and blocks.
 //! - `v1`: the CNTK v1 node list read into the same variables and functions.
 //! - `convert`: the lowering to ONNX (layouts, padding, block inlining).
+//! - [`inspect`]: the saved graph, for a person to read.
 //! - `ops`: CNTK's operation codes.
 //!
 //! ```no_run
@@ -19,6 +20,7 @@
 
 mod convert;
 mod error;
+pub mod inspect;
 mod model;
 mod ops;
 pub mod proto;
@@ -146,6 +148,52 @@ fn parse(bytes: &[u8], options: &Options) -> Result<Parsed, Problem> {
         model,
         format: "CNTK v2".into(),
         ops,
+    })
+}
+
+/// The graph of the CNTK model in `bytes` as saved, every node the output depends on, with
+/// the ones the importer does not lower marked; it is read even when the model cannot be
+/// converted, so that its user can see why.
+pub fn inspect(
+    bytes: &[u8],
+    source_name: &str,
+    options: &Options,
+) -> Result<inspect::Graph, ImportError> {
+    let fail = |problem| ImportError {
+        file: source_name.to_owned(),
+        problem,
+    };
+    let chosen = options.output.as_deref();
+    if v1::is_v1(bytes) {
+        let network = v1::read(bytes).map_err(fail)?;
+        return Ok(inspect::Graph {
+            format: format!("CNTK v1 (model version {})", network.version),
+            output: v1::output_node(&network, chosen)
+                .map(str::to_owned)
+                .map_err(|e| e.to_string()),
+            nodes: v1::describe(&network),
+        });
+    }
+    let mut model = parse_v2(bytes).map_err(|problem| match problem {
+        Problem::NotCntk(_) if is_onnx(bytes) => fail(Problem::AlreadyOnnx),
+        other => fail(other),
+    })?;
+    let nodes = inspect::v2_nodes(&model);
+    let output = match model.choose_output(chosen) {
+        Ok(()) => {
+            let f = &model.functions[&model.root];
+            Ok(if f.name.is_empty() {
+                model.root.clone()
+            } else {
+                format!("{} ({})", f.name, model.root)
+            })
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    Ok(inspect::Graph {
+        format: "CNTK v2".into(),
+        output,
+        nodes,
     })
 }
 

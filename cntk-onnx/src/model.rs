@@ -6,7 +6,7 @@
 //! are the model's outputs). A function's output variables are not saved; they are named
 //! `<function uid>_Output_<index>`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::error::{Problem, malformed};
 use crate::ops;
@@ -139,6 +139,65 @@ impl Model {
             self.root = output.uid.clone();
         }
         Ok(())
+    }
+}
+
+/// A function or variable met walking a model from its root.
+#[derive(Debug)]
+pub enum Visit<'m> {
+    Variable(&'m Variable),
+    Function {
+        function: &'m Function,
+        /// The block function it sits in, if any.
+        within: Option<&'m Function>,
+    },
+}
+
+impl Model {
+    /// Everything the root depends on, each once and after its inputs; a block's inner
+    /// functions come before the block. References to nothing saved are left out (the
+    /// lowering reports them as malformed).
+    pub fn walk(&self) -> Vec<Visit<'_>> {
+        let mut walk = Walk {
+            model: self,
+            seen: HashSet::new(),
+            visits: Vec::new(),
+        };
+        walk.function(&self.root, None);
+        walk.visits
+    }
+}
+
+struct Walk<'m> {
+    model: &'m Model,
+    seen: HashSet<&'m str>,
+    visits: Vec<Visit<'m>>,
+}
+
+impl<'m> Walk<'m> {
+    fn function(&mut self, uid: &'m str, within: Option<&'m Function>) {
+        if !self.seen.insert(uid) {
+            return;
+        }
+        let Some(function) = self.model.functions.get(uid) else {
+            return;
+        };
+        for input in &function.inputs {
+            match input.rsplit_once("_Output_") {
+                Some((owner, _)) => self.function(owner, within),
+                None => {
+                    if let Some(var) = self.model.variables.get(input.as_str())
+                        && self.seen.insert(input)
+                    {
+                        self.visits.push(Visit::Variable(var));
+                    }
+                }
+            }
+        }
+        if let Some(block) = &function.block {
+            self.function(&block.root, Some(function));
+        }
+        self.visits.push(Visit::Function { function, within });
     }
 }
 

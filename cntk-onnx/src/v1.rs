@@ -62,6 +62,21 @@ enum Fields {
         stride: [u64; 2],
         chw: bool,
     },
+    /// `Reshape`: 1-based axes (0: from the first, to the last) and the replacing shape.
+    Reshape {
+        begin: i32,
+        end: i32,
+        shape: Vec<u64>,
+    },
+    /// `TransposeDimensions`: the two 1-based axes swapped.
+    Transpose {
+        axis1: i32,
+        axis2: i32,
+    },
+    /// `RowStack` (BrainScript's `Splice`): the 1-based axis stacked along.
+    Splice {
+        axis: i32,
+    },
     BatchNormalization {
         spatial: bool,
         epsilon: f64,
@@ -427,6 +442,22 @@ impl Reader<'_> {
                 let values = self.matrix(name)?;
                 Fields::Value { shape, values }
             }
+            "Reshape" => {
+                let (begin, end) = (self.i32()?, self.i32()?);
+                Fields::Reshape {
+                    begin,
+                    end,
+                    shape: self.shape()?,
+                }
+            }
+            // Before version 3 these saved nothing and took their defaults.
+            "TransposeDimensions" if version >= 3 => Fields::Transpose {
+                axis1: self.i32()?,
+                axis2: self.i32()?,
+            },
+            "TransposeDimensions" => Fields::Transpose { axis1: 1, axis2: 2 },
+            "RowStack" if version >= 3 => Fields::Splice { axis: self.i32()? },
+            "RowStack" => Fields::Splice { axis: 1 },
             "Mean" | "InvStdDev" => {
                 let _computed = self.bool()?;
                 let values = self.matrix(name)?;
@@ -542,7 +573,7 @@ fn utf16z(s: &str) -> Vec<u8> {
 
 /// The model output: `chosen` if given, else the network's output nodes, else what its
 /// training criterion scores (the input of the loss that is not a label).
-fn output_node<'n>(network: &'n Network, chosen: Option<&'n str>) -> Result<&'n str, Problem> {
+pub fn output_node<'n>(network: &'n Network, chosen: Option<&'n str>) -> Result<&'n str, Problem> {
     let exists = |name: &str| network.nodes.iter().any(|n| n.name == name);
     if let Some(name) = chosen {
         return if exists(name) {
@@ -609,6 +640,18 @@ fn simple_op(op: &str) -> Option<u64> {
         "Pass" => ops::PASS,
         "StopGradient" => ops::STOP_GRADIENT,
         "ExponentialLinearUnit" | "ELU" => ops::ELU,
+        "Hardmax" => ops::HARDMAX,
+        "LogSoftmax" => ops::LOG_SOFTMAX,
+        "Cosine" => ops::COS,
+        "Sin" => ops::SIN,
+        "Pow" => ops::POW,
+        "Equal" => ops::EQUAL,
+        "NotEqual" => ops::NOT_EQUAL,
+        "Less" => ops::LESS,
+        "LessEqual" => ops::LESS_EQUAL,
+        "Greater" => ops::GREATER,
+        "GreaterEqual" => ops::GREATER_EQUAL,
+        "If" => ops::SELECT,
         _ => return None,
     })
 }
@@ -642,121 +685,47 @@ pub fn to_model(network: &Network, output: Option<&str>) -> Result<Model, Proble
     let mut variables = HashMap::new();
     let mut functions = HashMap::new();
     let mut unsupported: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let reference = |name: &str| match by_name.get(name).map(|n| &n.fields) {
-        Some(Fields::Value { .. } | Fields::Input { .. }) => name.to_owned(),
-        _ => format!("{name}_Output_0"),
-    };
+    let mut inverse_stds = Vec::new();
     for node in needed {
         let inputs: Vec<String> = network
             .inputs
             .get(&node.name)
             .into_iter()
             .flatten()
-            .map(|n| reference(n))
+            .map(|n| reference(&by_name, n))
             .collect();
-        let function = |op: u64, attributes: Dictionary| Function {
-            uid: node.name.clone(),
-            name: node.name.clone(),
-            op,
-            inputs: inputs.clone(),
-            attributes,
-            block: None,
-        };
-        let lowered = match (&node.fields, node.op.as_str()) {
-            (Fields::Value { shape, values }, _) => {
-                variables.insert(
-                    node.name.clone(),
-                    Variable {
-                        uid: node.name.clone(),
-                        kind: VariableKind::Constant,
-                        shape: shape.clone(),
-                        batched: false,
-                        value: Some(values.clone()),
-                    },
-                );
-                None
+        if let Fields::BatchNormalization {
+            inverse_std: true,
+            epsilon,
+            ..
+        } = node.fields
+            && let Some(statistic) = inputs.get(4)
+        {
+            inverse_stds.push((statistic.clone(), epsilon));
+        }
+        match lower_node(node, inputs)? {
+            Lowered::Variable(v) => {
+                variables.insert(v.uid.clone(), v);
             }
-            (Fields::Input { shape }, _) => {
-                variables.insert(
-                    node.name.clone(),
-                    Variable {
-                        uid: node.name.clone(),
-                        kind: VariableKind::Input,
-                        shape: shape.clone(),
-                        batched: true,
-                        value: None,
-                    },
-                );
-                None
-            }
-            (Fields::Times { output_rank }, "Times") => Some(function(
-                ops::TIMES,
-                attributes([("outputRank", Value::SizeT(*output_rank))]),
-            )),
-            (Fields::Convolution(c), _) if c.chw => convolution(c, &node.name)
-                .map(|(op, attrs)| function(op, attrs))
-                .map_err(|what| unsupported_use(node, &what))
-                .map(Some)?,
-            (
-                Fields::LegacyPooling {
-                    window,
-                    stride,
-                    chw,
-                },
-                op,
-            ) if *chw => Some(function(
-                ops::POOLING,
-                attributes([
-                    (
-                        "poolingType",
-                        Value::SizeT(u64::from(op == "AveragePooling")),
-                    ),
-                    (
-                        "poolingWindowShape",
-                        shape_value(&[window[0], window[1], 1]),
-                    ),
-                    ("strides", shape_value(&[stride[0], stride[1], 1])),
-                    ("autoPadding", bools_value(&[false])),
-                ]),
-            )),
-            (
-                Fields::BatchNormalization {
-                    spatial,
-                    epsilon,
-                    inverse_std,
-                },
-                _,
-            ) => {
-                if *inverse_std {
-                    return Err(unsupported_use(
-                        node,
-                        "running statistics saved as inverse standard deviations (a model \
-                         file older than CNTK 2.0); load and save it once with CNTK 2.x",
-                    ));
+            Lowered::Functions(list) => {
+                for f in list {
+                    functions.insert(f.uid.clone(), f);
                 }
-                Some(function(
-                    ops::BATCH_NORMALIZATION,
-                    attributes([
-                        ("spatial", Value::Bool(*spatial)),
-                        ("epsilon", Value::Double(*epsilon)),
-                    ]),
-                ))
             }
-            (Fields::None, op) => simple_op(op).map(|code| function(code, Dictionary::default())),
-            // What Dropout saves (from version 16, its random generator's state) only matters
-            // in training.
-            (Fields::Skipped, "Dropout") => Some(function(ops::DROPOUT, Dictionary::default())),
-            _ => None,
-        };
-        match lowered {
-            Some(f) => {
-                functions.insert(f.uid.clone(), f);
-            }
-            None if matches!(node.fields, Fields::Value { .. } | Fields::Input { .. }) => {}
-            None => unsupported
+            Lowered::Unsupported => unsupported
                 .entry(node.op.clone())
                 .or_default()
                 .push(node.name.clone()),
+        }
+    }
+    // Before model version 13 BatchNormalization kept the running inverse standard deviation
+    // where it now keeps the variance; CNTK converts it on load, as `1 / isd^2 + epsilon`, and
+    // so does this reader, to compute what CNTK computed.
+    for (statistic, epsilon) in inverse_stds {
+        if let Some(values) = variables.get_mut(&statistic).and_then(|v| v.value.as_mut()) {
+            for v in values.iter_mut() {
+                *v = (1.0 / (f64::from(*v) * f64::from(*v)) + epsilon) as f32;
+            }
         }
     }
     if !unsupported.is_empty() {
@@ -778,6 +747,221 @@ pub fn to_model(network: &Network, output: Option<&str>) -> Result<Model, Proble
         functions,
         root,
     })
+}
+
+/// Every node of the network, each after its inputs, for `inspect`.
+pub fn describe(network: &Network) -> Vec<crate::inspect::Node> {
+    let by_name: HashMap<&str, &Node> =
+        network.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+    // Depth first from each node in file order, inputs before the node that reads them.
+    let mut order: Vec<&Node> = Vec::new();
+    let mut seen = HashSet::new();
+    for node in &network.nodes {
+        let mut stack = vec![(node.name.as_str(), false)];
+        while let Some((name, inputs_done)) = stack.pop() {
+            let Some(&node) = by_name.get(name) else {
+                continue;
+            };
+            if inputs_done {
+                order.push(node);
+                continue;
+            }
+            if !seen.insert(name) {
+                continue;
+            }
+            stack.push((name, true));
+            for input in network.inputs.get(name).into_iter().flatten().rev() {
+                stack.push((input, false));
+            }
+        }
+    }
+    order
+        .into_iter()
+        .map(|node| {
+            let inputs = network.inputs.get(&node.name).cloned().unwrap_or_default();
+            let references = inputs.iter().map(|n| reference(&by_name, n)).collect();
+            let supported = matches!(
+                lower_node(node, references),
+                Ok(Lowered::Variable(_) | Lowered::Functions(_))
+            );
+            let detail = match &node.fields {
+                Fields::None => String::new(),
+                Fields::Skipped => "(fields not read)".into(),
+                Fields::Value { shape, .. } | Fields::Input { shape } => format!("{shape:?}"),
+                Fields::Times { output_rank } => format!("outputRank={output_rank}"),
+                Fields::Convolution(c) => format!("{c:?}"),
+                other => format!("{other:?}"),
+            };
+            crate::inspect::Node {
+                id: node.name.clone(),
+                name: String::new(),
+                op: node.op.clone(),
+                inputs,
+                detail,
+                supported,
+            }
+        })
+        .collect()
+}
+
+/// How a v1 input is referred to in the model: variables by name, computed nodes by their
+/// output.
+fn reference(by_name: &HashMap<&str, &Node>, name: &str) -> String {
+    match by_name.get(name).map(|n| &n.fields) {
+        Some(Fields::Value { .. } | Fields::Input { .. }) => name.to_owned(),
+        _ => format!("{name}_Output_0"),
+    }
+}
+
+/// What one v1 node becomes in the model.
+enum Lowered {
+    Variable(Variable),
+    /// The node's own function (uid = node name) and any it is built from.
+    Functions(Vec<Function>),
+    Unsupported,
+}
+
+/// Lowers one node, its inputs already turned into references.
+fn lower_node(node: &Node, inputs: Vec<String>) -> Result<Lowered, Problem> {
+    let named = |suffix: &str, op: u64, inputs: Vec<String>, attributes: Dictionary| Function {
+        uid: format!("{}{suffix}", node.name),
+        name: node.name.clone(),
+        op,
+        inputs,
+        attributes,
+        block: None,
+    };
+    let function = |op: u64, attributes: Dictionary| named("", op, inputs.clone(), attributes);
+    let variable = |kind, shape: &[u64], value: Option<&Vec<f32>>| {
+        Lowered::Variable(Variable {
+            uid: node.name.clone(),
+            kind,
+            shape: shape.to_vec(),
+            batched: kind == VariableKind::Input,
+            value: value.cloned(),
+        })
+    };
+    let one = |f: Function| Ok(Lowered::Functions(vec![f]));
+    match (&node.fields, node.op.as_str()) {
+        (Fields::Value { shape, values }, _) => {
+            Ok(variable(VariableKind::Constant, shape, Some(values)))
+        }
+        (Fields::Input { shape }, _) => Ok(variable(VariableKind::Input, shape, None)),
+        (Fields::Times { output_rank }, "Times") => one(function(
+            ops::TIMES,
+            attributes([("outputRank", Value::SizeT(*output_rank))]),
+        )),
+        (Fields::Convolution(c), _) if c.chw => {
+            let (op, attrs) =
+                convolution(c, &node.name).map_err(|what| unsupported_use(node, &what))?;
+            one(function(op, attrs))
+        }
+        (
+            Fields::LegacyPooling {
+                window,
+                stride,
+                chw,
+            },
+            op,
+        ) if *chw => one(function(
+            ops::POOLING,
+            attributes([
+                (
+                    "poolingType",
+                    Value::SizeT(u64::from(op == "AveragePooling")),
+                ),
+                (
+                    "poolingWindowShape",
+                    shape_value(&[window[0], window[1], 1]),
+                ),
+                ("strides", shape_value(&[stride[0], stride[1], 1])),
+                ("autoPadding", bools_value(&[false])),
+            ]),
+        )),
+        (
+            Fields::BatchNormalization {
+                spatial, epsilon, ..
+            },
+            _,
+        ) => one(function(
+            ops::BATCH_NORMALIZATION,
+            attributes([
+                ("spatial", Value::Bool(*spatial)),
+                ("epsilon", Value::Double(*epsilon)),
+            ]),
+        )),
+        (Fields::Reshape { begin, end, shape }, _) => {
+            // CNTK v1 marks a dimension to infer with 0, v2 with the largest size_t.
+            let shape: Vec<u64> = shape
+                .iter()
+                .map(|&d| if d == 0 { u64::MAX } else { d })
+                .collect();
+            let mut entries = vec![("newShape", shape_value(&shape))];
+            if *begin > 0 {
+                entries.push(("beginAxis", static_axis(begin - 1)));
+            }
+            if *end > 0 {
+                entries.push(("endAxis", static_axis(end - 1)));
+            }
+            one(function(ops::RESHAPE, attributes(entries)))
+        }
+        (Fields::Transpose { axis1, axis2 }, _) => one(function(
+            ops::TRANSPOSE_AXES,
+            attributes([
+                ("axis1", static_axis(axis1 - 1)),
+                ("axis2", static_axis(axis2 - 1)),
+            ]),
+        )),
+        (Fields::Splice { axis }, _) => one(function(
+            ops::SPLICE,
+            attributes([("axis", static_axis(axis - 1))]),
+        )),
+        // (x - mean) * invStdDev
+        (Fields::None, "PerDimMeanVarNormalization") if inputs.len() == 3 => {
+            let centred = named(
+                "_centred",
+                ops::MINUS,
+                vec![inputs[0].clone(), inputs[1].clone()],
+                Dictionary::default(),
+            );
+            let scaled = named(
+                "",
+                ops::ELEMENT_TIMES,
+                vec![format!("{}_Output_0", centred.uid), inputs[2].clone()],
+                Dictionary::default(),
+            );
+            Ok(Lowered::Functions(vec![centred, scaled]))
+        }
+        (Fields::None, "ElementDivide") if inputs.len() == 2 => {
+            let reciprocal = named(
+                "_reciprocal",
+                ops::RECIPROCAL,
+                vec![inputs[1].clone()],
+                Dictionary::default(),
+            );
+            let product = named(
+                "",
+                ops::ELEMENT_TIMES,
+                vec![inputs[0].clone(), format!("{}_Output_0", reciprocal.uid)],
+                Dictionary::default(),
+            );
+            Ok(Lowered::Functions(vec![reciprocal, product]))
+        }
+        // v1 takes the bounds first: Clip(min, max, x).
+        (Fields::None, "Clip") if inputs.len() == 3 => one(named(
+            "",
+            ops::CLIP,
+            vec![inputs[2].clone(), inputs[0].clone(), inputs[1].clone()],
+            Dictionary::default(),
+        )),
+        (Fields::None, op) => Ok(simple_op(op).map_or(Lowered::Unsupported, |code| {
+            Lowered::Functions(vec![function(code, Dictionary::default())])
+        })),
+        // What Dropout saves (from version 16, its random generator's state) only matters
+        // in training.
+        (Fields::Skipped, "Dropout") => one(function(ops::DROPOUT, Dictionary::default())),
+        _ => Ok(Lowered::Unsupported),
+    }
 }
 
 fn unsupported_use(node: &Node, what: &str) -> Problem {
@@ -838,6 +1022,14 @@ fn attributes<'k>(entries: impl IntoIterator<Item = (&'k str, Value)>) -> Dictio
 fn shape_value(dims: &[u64]) -> Value {
     Value::Shape(NdShape {
         shape_dim: dims.to_vec(),
+    })
+}
+
+fn static_axis(index: i32) -> Value {
+    Value::Axis(crate::proto::cntk::Axis {
+        static_axis_idx: index,
+        name: String::new(),
+        is_ordered_dynamic_axis: false,
     })
 }
 
@@ -1002,5 +1194,143 @@ mod tests {
         for cut in [10, bytes.len() / 2, bytes.len() - 3] {
             assert!(matches!(read(&bytes[..cut]), Err(Problem::Malformed(_))));
         }
+    }
+
+    fn value(name: &str, values: &[f32]) -> Node {
+        Node {
+            op: "LearnableParameter".into(),
+            name: name.into(),
+            fields: Fields::Value {
+                shape: vec![values.len() as u64],
+                values: values.to_vec(),
+            },
+        }
+    }
+
+    /// A network of `nodes` (with their inputs) whose output node is `output`.
+    fn network(version: u64, nodes: Vec<(Node, &[&str])>, output: &str) -> Network {
+        let inputs = nodes
+            .iter()
+            .map(|(n, i)| (n.name.clone(), i.iter().map(|s| (*s).to_owned()).collect()))
+            .collect();
+        Network {
+            version,
+            nodes: nodes.into_iter().map(|(n, _)| n).collect(),
+            inputs,
+            groups: [("output", vec![output.to_owned()])].into_iter().collect(),
+        }
+    }
+
+    fn input(name: &str, dim: u64) -> Node {
+        Node {
+            op: "InputValue".into(),
+            name: name.into(),
+            fields: Fields::Input { shape: vec![dim] },
+        }
+    }
+
+    #[test]
+    fn per_dim_mean_var_normalization_is_centred_then_scaled() {
+        let normalize = Node {
+            op: "PerDimMeanVarNormalization".into(),
+            name: "n".into(),
+            fields: Fields::None,
+        };
+        let network = network(
+            14,
+            vec![
+                (input("x", 2), &[]),
+                (value("mean", &[1., 2.]), &[]),
+                (value("isd", &[0.5, 4.]), &[]),
+                (normalize, &["x", "mean", "isd"]),
+            ],
+            "n",
+        );
+        let model = to_model(&network, None).unwrap();
+        let (centred, scaled) = (&model.functions["n_centred"], &model.functions["n"]);
+        assert_eq!(
+            (centred.op, &centred.inputs[..]),
+            (ops::MINUS, &["x".to_owned(), "mean".into()][..])
+        );
+        assert_eq!(scaled.op, ops::ELEMENT_TIMES);
+        assert_eq!(scaled.inputs, ["n_centred_Output_0", "isd"]);
+        crate::convert::lower(&model).unwrap();
+    }
+
+    #[test]
+    fn old_batch_normalization_statistics_are_converted_as_cntk_converts_them() {
+        let nodes = |version| {
+            let bn = Node {
+                op: "BatchNormalization".into(),
+                name: "bn".into(),
+                fields: Fields::BatchNormalization {
+                    spatial: false,
+                    epsilon: 0.25,
+                    inverse_std: version < 13,
+                },
+            };
+            network(
+                version,
+                vec![
+                    (input("x", 2), &[]),
+                    (value("scale", &[1., 1.]), &[]),
+                    (value("bias", &[0., 0.]), &[]),
+                    (value("mean", &[0., 0.]), &[]),
+                    (value("statistic", &[0.5, 2.]), &[]),
+                    (bn, &["x", "scale", "bias", "mean", "statistic"]),
+                ],
+                "bn",
+            )
+        };
+        // Before version 13: the running inverse standard deviation, read as 1 / isd^2 + eps.
+        let model = to_model(&nodes(12), None).unwrap();
+        assert_eq!(
+            model.variables["statistic"].value.as_deref(),
+            Some(&[4.25, 0.5][..])
+        );
+        // From version 13 the variance, as saved.
+        let model = to_model(&nodes(13), None).unwrap();
+        assert_eq!(
+            model.variables["statistic"].value.as_deref(),
+            Some(&[0.5, 2.][..])
+        );
+    }
+
+    #[test]
+    fn reshape_transpose_and_row_stack_take_their_1_based_axes() {
+        let node = |op: &str, name: &str, fields| Node {
+            op: op.into(),
+            name: name.into(),
+            fields,
+        };
+        let reshape = Fields::Reshape {
+            begin: 0,
+            end: 0,
+            shape: vec![2, 0],
+        };
+        let network = network(
+            14,
+            vec![
+                (input("x", 6), &[]),
+                (node("Reshape", "r", reshape), &["x"]),
+                (
+                    node(
+                        "TransposeDimensions",
+                        "t",
+                        Fields::Transpose { axis1: 1, axis2: 2 },
+                    ),
+                    &["r"],
+                ),
+                (
+                    node("RowStack", "s", Fields::Splice { axis: 2 }),
+                    &["t", "t"],
+                ),
+            ],
+            "s",
+        );
+        let model = to_model(&network, None).unwrap();
+        let lowered = crate::convert::lower(&model).unwrap();
+        // [6] -> [2, 3] -> [3, 2] -> [3, 4], CNTK order; ONNX reverses it behind the batch.
+        assert_eq!(lowered.output_shape, [-1, 4, 3]);
     }
 }

@@ -1,5 +1,6 @@
 //! `producer`: stage inputs, convert CNTK models, submit and run scoring jobs.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
@@ -44,7 +45,8 @@ enum Command {
     /// public URLs.
     Stage(Box<StageArgs>),
     /// Convert a CNTK model (v2, or v1 from BrainScript) to an ONNX file, and say what it
-    /// held: input, output, and the node types of the source.
+    /// held: input, output, and the node types of the source; or, with --inspect, show its
+    /// graph.
     Convert(ConvertArgs),
     /// List the container's jobs and where each stands (complete, running, stuck on
     /// dead-lettered partitions, cancelled), or everything known of one job.
@@ -153,6 +155,10 @@ struct ConvertArgs {
     /// not a loss or metric].
     #[arg(long = "output-node", value_name = "NAME")]
     output_node: Option<String>,
+    /// Print the model's graph as saved (every node the output depends on, each after its
+    /// inputs, with the ones the importer does not support marked) instead of converting it.
+    #[arg(long, conflicts_with = "output")]
+    inspect: bool,
 }
 
 fn main() -> Result<()> {
@@ -276,6 +282,15 @@ fn convert(args: ConvertArgs) -> Result<()> {
     let options = cntk_onnx::Options {
         output: args.output_node.clone(),
     };
+    if args.inspect {
+        let graph = cntk_onnx::inspect(&bytes, &name, &options)?;
+        // A long graph is often piped into `head` or `less`: a reader that stops early is not
+        // an error.
+        return match write!(std::io::stdout().lock(), "{graph}") {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+            written => written.context("writing the graph to standard output"),
+        };
+    }
     let imported = cntk_onnx::import_with(&bytes, &name, &options)?;
     let output = args
         .output

@@ -4,10 +4,10 @@
 
 use cntk_onnx::{Options, Problem, import, import_with};
 use fleet_common::dataset::{self, IMAGE_BYTES};
-use fleet_inference::{InferenceOptions, Scorer, runtime};
-use fleet_tests::{fixture, mean_image_hwc_bgr, test_batch, walkthrough_preprocess};
-use ort::session::Session;
-use ort::value::TensorRef;
+use fleet_inference::{InferenceOptions, Scorer};
+use fleet_tests::{
+    fixture, mean_image_hwc_bgr, run_graph, run_ok, test_batch, walkthrough_preprocess,
+};
 
 fn model(name: &str) -> Vec<u8> {
     std::fs::read(fixture(&format!("cntk-models/{name}"))).unwrap()
@@ -28,18 +28,6 @@ fn accuracy(onnx: &[u8], batch: &dataset::Batch, input: &[f32]) -> f64 {
         }
     }
     correct as f64 / batch.len() as f64
-}
-
-/// Runs a converted graph that is not an image classifier on one input.
-fn run(onnx: &[u8], dims: &[usize], input: &[f32]) -> (Vec<i64>, Vec<f32>) {
-    let mut session = Session::builder(runtime::environment().unwrap())
-        .unwrap()
-        .commit_from_memory(onnx)
-        .unwrap();
-    let tensor = TensorRef::from_array_view((dims.to_vec(), input)).unwrap();
-    let outputs = session.run(ort::inputs!["input" => tensor]).unwrap();
-    let (shape, values) = outputs["output"].try_extract_tensor::<f32>().unwrap();
-    (shape.to_vec(), values.to_vec())
 }
 
 #[test]
@@ -116,7 +104,7 @@ fn a_v2_trainer_checkpoint_converts_its_classifier_not_its_loss() {
 fn cntk_unit_test_models_convert_and_run() {
     // `abs` of a (1, 2) input.
     let imported = import(&model("load_and_eval.dnn"), "load_and_eval.dnn").unwrap();
-    let (shape, values) = run(&imported.onnx, &[1, 1, 2], &[-10.0, 20.0]);
+    let (shape, values) = run_graph(&imported.onnx, &[1, 1, 2], &[-10.0, 20.0]);
     assert_eq!((shape, values), (vec![1, 1, 2], vec![10.0, 20.0]));
 
     // Convolution, then the old five-input BatchNormalization (no running sample count),
@@ -125,8 +113,54 @@ fn cntk_unit_test_models_convert_and_run() {
     let imported = import(&model(name), name).unwrap();
     assert_eq!(imported.input_shape, [-1, 3, 5, 5]);
     let input: Vec<f32> = (0..75).map(|i| (i as f32 - 37.0) / 10.0).collect();
-    let (shape, values) = run(&imported.onnx, &[1, 3, 5, 5], &input);
+    let (shape, values) = run_graph(&imported.onnx, &[1, 3, 5, 5], &input);
     assert_eq!(shape, [1, 16, 5, 5]);
     assert!(values.iter().all(|v| v.is_finite() && *v >= 0.0));
     assert!(values.iter().any(|v| *v > 0.0), "all outputs are zero");
+}
+
+#[test]
+fn inspect_shows_the_saved_graph_with_what_is_not_supported() {
+    let path = fixture("cntk-models/cifar10.pretrained.cmf");
+    let graph = run_ok(
+        "producer",
+        &["convert", "--inspect", path.to_str().unwrap()],
+    );
+    assert!(
+        graph.contains("format: CNTK v1 (model version 14)"),
+        "{graph}"
+    );
+    assert!(graph.contains("output: z\n"), "{graph}");
+    // The training criterion is listed, marked, and reads the classifier's output.
+    let criterion = graph
+        .lines()
+        .find(|l| l.contains(" ce <- "))
+        .unwrap_or_else(|| panic!("no ce line in {graph}"));
+    assert!(
+        criterion.starts_with("* CrossEntropyWithSoftmax"),
+        "{criterion}"
+    );
+    assert!(
+        criterion.contains("labels") && criterion.contains('z'),
+        "{criterion}"
+    );
+    // Inputs come before the nodes that read them.
+    let position = |needle: &str| graph.find(needle).unwrap_or_else(|| panic!("{needle}"));
+    assert!(position("InputValue           features") < position(" z.featNorm <- features"));
+    assert!(
+        !path.with_extension("onnx").exists(),
+        "--inspect writes nothing"
+    );
+
+    let path = fixture("cntk-models/ConvNet_CIFAR10_DataAug_0.dnn");
+    let graph = run_ok(
+        "producer",
+        &["convert", "--inspect", path.to_str().unwrap()],
+    );
+    assert!(
+        graph.contains("format: CNTK v2\noutput: Plus259 (Plus424)"),
+        "{graph}"
+    );
+    assert!(graph.contains("\n  Pooling "), "{graph}");
+    assert!(graph.contains("poolingWindowShape=[3, 3]"), "{graph}");
 }

@@ -290,17 +290,18 @@ fn with_first_relu_as(op: u64) -> (Vec<u8>, String) {
 }
 
 #[test]
-fn an_unsupported_op_is_named_with_its_uid_and_file() {
+fn a_sequence_op_is_refused_as_out_of_scope_with_its_uid_and_file() {
     let (bytes, uid) = with_first_relu_as(49); // OptimizedRNNStack
     let err = import(&bytes, "rnn.dnn").unwrap_err();
     let text = err.to_string();
     assert!(
-        matches!(err.problem, Problem::UnsupportedOp { .. }),
+        matches!(err.problem, Problem::SequenceModel { .. }),
         "{text}"
     );
     assert!(text.starts_with("rnn.dnn: "), "{text}");
-    assert!(text.contains("OptimizedRNNStack"), "{text}");
+    assert!(text.contains("OptimizedRNNStack x1"), "{text}");
     assert!(text.contains(&uid), "{text}");
+    assert!(text.contains("out of scope"), "{text}");
 }
 
 #[test]

@@ -72,6 +72,7 @@ pub struct NodeProto {
 pub mod attribute_type {
     pub const FLOAT: i32 = 1;
     pub const INT: i32 = 2;
+    pub const STRING: i32 = 3;
     pub const INTS: i32 = 7;
 }
 
@@ -83,6 +84,8 @@ pub struct AttributeProto {
     pub f: f32,
     #[prost(int64, tag = "3")]
     pub i: i64,
+    #[prost(bytes = "vec", tag = "4")]
+    pub s: Vec<u8>,
     #[prost(int64, repeated, tag = "8")]
     pub ints: Vec<i64>,
     #[prost(int32, tag = "20")]
@@ -106,6 +109,14 @@ impl AttributeProto {
             ..Default::default()
         }
     }
+    pub fn string(name: &str, s: &str) -> Self {
+        Self {
+            name: name.into(),
+            s: s.as_bytes().to_vec(),
+            r#type: attribute_type::STRING,
+            ..Default::default()
+        }
+    }
     pub fn float(name: &str, f: f32) -> Self {
         Self {
             name: name.into(),
@@ -120,6 +131,7 @@ impl AttributeProto {
 pub mod data_type {
     pub const FLOAT: i32 = 1;
     pub const INT64: i32 = 7;
+    pub const BOOL: i32 = 9;
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
