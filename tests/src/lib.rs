@@ -1,7 +1,68 @@
 //! Helpers for the end-to-end tests: fixtures, the built binaries, and running them.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a test waits for a process it expects to end: far beyond any healthy run, so
+/// that a stuck one fails its test with what it printed instead of holding up the suite.
+pub const PROCESS_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Runs `command` to completion, as [`Command::output`] does, within [`PROCESS_DEADLINE`].
+pub fn output(command: &mut Command) -> Output {
+    let what = format!("{command:?}");
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    wait_output(child, &what, PROCESS_DEADLINE)
+}
+
+/// Waits for `child` to exit, reading its piped output as it goes. Past `deadline` it is
+/// killed and the test fails, naming `what` and showing what it printed.
+pub fn wait_output(mut child: Child, what: &str, deadline: Duration) -> Output {
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    }
+    let (stdout, stderr) = (drain(child.stdout.take()), drain(child.stderr.take()));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("the child can be waited for") {
+            break Some(status);
+        }
+        if started.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (stdout, stderr) = (
+        stdout.join().expect("stdout reader"),
+        stderr.join().expect("stderr reader"),
+    );
+    match status {
+        Some(status) => Output {
+            status,
+            stdout,
+            stderr,
+        },
+        None => panic!(
+            "{what} did not end within {deadline:?} and was killed\nstdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&stdout),
+            String::from_utf8_lossy(&stderr)
+        ),
+    }
+}
 
 /// The shared fixtures: `CIFAR_FLEET_FIXTURES`, or `shared/fixtures` beside the repository.
 pub fn fixtures() -> PathBuf {
@@ -85,11 +146,7 @@ pub fn bin(name: &str) -> PathBuf {
 
 /// Runs a binary to completion and returns its output.
 pub fn run(name: &str, args: &[&str]) -> Output {
-    Command::new(bin(name))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
+    output(Command::new(bin(name)).args(args).env("RUST_LOG", "warn"))
 }
 
 /// Runs a binary that must succeed; returns its standard output.
@@ -204,7 +261,7 @@ impl Services {
     /// `rabbitmqctl` is given two minutes: a long-lived development broker holding hundreds of
     /// quorum queues from earlier runs can take longer to stop, and the test then says so
     /// instead of hanging.
-    pub fn restart_broker(&self, down: std::time::Duration) {
+    pub fn restart_broker(&self, down: Duration) {
         let ctl = |action: &str| match &self.rabbit {
             Some(rabbit) => {
                 let mut exec = rabbit
@@ -237,7 +294,7 @@ impl Services {
 
     /// Takes blob storage away for `down`: Azurite is stopped and started again (its data is
     /// on disk), or its container is paused.
-    pub fn storage_outage(&self, down: std::time::Duration) {
+    pub fn storage_outage(&self, down: Duration) {
         if let Some(azurite) = &self.azurite {
             // The blocking container hands out its async pause; drive it on a small runtime.
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -268,6 +325,32 @@ impl Services {
     }
 }
 
+/// Deletes `queues` from the broker at `amqp_url`, giving up after half a minute. Tests that
+/// declare queues under a [`unique`] name delete them when they end: the broker outlives test
+/// runs, and a single RabbitMQ node holding several hundred quorum queues from earlier runs
+/// stops accepting connections (each queue's log holds file handles, and sockets wait for one).
+pub fn delete_queues(amqp_url: &str, queues: &[&str]) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    let delete = async {
+        let connection =
+            lapin::Connection::connect(amqp_url, lapin::ConnectionProperties::default()).await?;
+        let channel = connection.create_channel().await?;
+        for queue in queues {
+            channel
+                .queue_delete((*queue).into(), Default::default())
+                .await?;
+        }
+        connection.close(200, "done".into()).await
+    };
+    runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(30), delete).await })
+        .map_err(|_| "the broker did not answer within 30s".to_owned())?
+        .map_err(|e| e.to_string())
+}
+
 /// A name no other test run uses: for containers and queues, so tests can share the services.
 pub fn unique(prefix: &str) -> String {
     use std::hash::{BuildHasher, Hasher};
@@ -282,44 +365,50 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// Starts a binary in the background with extra environment variables.
-pub fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)]) -> std::process::Child {
+pub fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Child {
     Command::new(bin(name))
         .args(args)
         .envs(envs.iter().copied())
         .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {name}: {e}"))
 }
 
 /// Runs a binary with extra environment variables to completion.
 pub fn run_with(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Output {
-    Command::new(bin(name))
-        .args(args)
-        .envs(envs.iter().copied())
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"))
+    output(
+        Command::new(bin(name))
+            .args(args)
+            .envs(envs.iter().copied())
+            .env("RUST_LOG", "warn"),
+    )
 }
 
 /// Sends SIGTERM and waits; returns the exit status and the standard error.
-pub fn terminate(mut child: std::process::Child) -> (std::process::ExitStatus, String) {
+pub fn terminate(child: Child) -> (std::process::ExitStatus, String) {
+    let out = stop(child);
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Sends SIGTERM and waits (a draining process finishes what it holds, well within
+/// [`PROCESS_DEADLINE`]); returns everything it printed.
+pub fn stop(child: Child) -> Output {
     // The `kill` command sends SIGTERM without a libc binding in the tests.
     let _ = Command::new("kill")
         .arg("-TERM")
         .arg(child.id().to_string())
         .status();
-    let status = child.wait().expect("child exits");
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        use std::io::Read;
-        let _ = e.read_to_string(&mut stderr);
-    }
-    (status, stderr)
+    wait_output(child, "a process stopped with SIGTERM", PROCESS_DEADLINE)
 }
 
-/// One isolated fleet: its own container and queues on the shared services.
+/// One isolated fleet: its own container and queues on the shared services. A test that
+/// passes leaves nothing behind (see its `Drop`); one that fails leaves its queues and blobs
+/// for a look.
 #[derive(Debug)]
 pub struct Fleet {
     pub services: Services,
@@ -357,6 +446,13 @@ impl Fleet {
     }
 
     pub fn store(&self) -> std::sync::Arc<dyn fleet_common::store::BlobStore> {
+        self.open_store().expect("the test container exists")
+    }
+
+    fn open_store(
+        &self,
+    ) -> Result<std::sync::Arc<dyn fleet_common::store::BlobStore>, fleet_common::store::StoreError>
+    {
         fleet_common::store::StoreArgs {
             store: Some(self.services.connection_string.clone()),
             connection_string: None,
@@ -364,7 +460,6 @@ impl Fleet {
             managed_identity_client_id: None,
         }
         .open(false)
-        .expect("the test container exists")
     }
 
     /// Connection settings for this fleet's queues on the test broker, for a test that talks
@@ -393,7 +488,7 @@ impl Fleet {
     /// Waits until the collector has stored `n` partitions (of any of this fleet's jobs).
     pub fn wait_for_stored(&self, n: usize) {
         let store = self.store();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        let deadline = Instant::now() + Duration::from_secs(300);
         while store
             .list("jobs/")
             .unwrap_or_default()
@@ -403,10 +498,10 @@ impl Fleet {
             < n
         {
             assert!(
-                std::time::Instant::now() < deadline,
+                Instant::now() < deadline,
                 "{n} partitions were not stored in time"
             );
-            std::thread::sleep(std::time::Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -444,6 +539,31 @@ impl Fleet {
             "staging into Azurite failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+}
+
+impl Drop for Fleet {
+    /// Deletes the fleet's queues and blobs. The services outlive test runs (the same RabbitMQ
+    /// serves every run on a machine): quorum queues left by hundreds of fleets make the broker
+    /// slow, and each fleet stages a 160 MB tarball.
+    fn drop(&mut self) {
+        let queues: Vec<&str> = self.queues.iter().map(|(_, q)| q.as_str()).collect();
+        if let Err(e) = delete_queues(&self.services.amqp_url, &queues) {
+            eprintln!("the fleet's queues were not deleted: {e}");
+        }
+        // A failed test's blobs are kept for a look.
+        if std::thread::panicking() {
+            return;
+        }
+        // A fleet whose test staged nothing has no container.
+        let Ok(store) = self.open_store() else {
+            return;
+        };
+        for key in store.list("").unwrap_or_default() {
+            if let Err(e) = store.delete(&key) {
+                eprintln!("{key} was not deleted: {e}");
+            }
+        }
     }
 }
 
@@ -518,8 +638,8 @@ pub fn assert_matches_reference(csv: &str) {
 
 /// Waits for a `producer --wait` started with [`spawn`]; returns its job id, after checking it
 /// succeeded.
-pub fn finish(producer: std::process::Child) -> String {
-    let out = producer.wait_with_output().expect("producer exits");
+pub fn finish(producer: Child) -> String {
+    let out = wait_output(producer, "producer --wait", PROCESS_DEADLINE);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
@@ -541,16 +661,13 @@ pub fn free_port() -> u16 {
 /// the status code and the body.
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(20);
     let mut stream = loop {
         match std::net::TcpStream::connect(("127.0.0.1", port)) {
             Ok(stream) => break stream,
             Err(e) => {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "nothing serves on {port}: {e}"
-                );
-                std::thread::sleep(std::time::Duration::from_millis(100));
+                assert!(Instant::now() < deadline, "nothing serves on {port}: {e}");
+                std::thread::sleep(Duration::from_millis(100));
             }
         }
     };
@@ -571,4 +688,18 @@ pub fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+}
+
+/// Runs a converted graph that is not an image classifier (input `input`, output `output`) on
+/// one input of `dims`, in ONNX Runtime: the output's dims and values.
+pub fn run_graph(onnx: &[u8], dims: &[usize], input: &[f32]) -> (Vec<i64>, Vec<f32>) {
+    let mut session =
+        ort::session::Session::builder(fleet_inference::runtime::environment().unwrap())
+            .unwrap()
+            .commit_from_memory(onnx)
+            .unwrap();
+    let tensor = ort::value::TensorRef::from_array_view((dims.to_vec(), input)).unwrap();
+    let outputs = session.run(ort::inputs!["input" => tensor]).unwrap();
+    let (shape, values) = outputs["output"].try_extract_tensor::<f32>().unwrap();
+    (shape.to_vec(), values.to_vec())
 }

@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use fleet_common::broker::amqp::AmqpBroker;
 use fleet_common::broker::{Broker, Consumer, Delivery, Queue};
 use fleet_common::message::{self, Images, MAX_MESSAGE_BYTES, Partition};
-use fleet_tests::{Fleet, assert_matches_reference, finish, run_with, spawn, terminate};
+use fleet_tests::{
+    Fleet, PROCESS_DEADLINE, assert_matches_reference, finish, run_with, spawn, stop, terminate,
+    wait_output,
+};
 
 fn kill(child: &mut Child) {
     child.kill().expect("SIGKILL");
@@ -131,11 +134,7 @@ fn the_standby_collector_takes_over_from_a_killed_active_one() {
         terminate(worker);
     }
     // The standby wrote the results: its completion line names the job.
-    let _ = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(standby.id().to_string())
-        .status();
-    let output = standby.wait_with_output().unwrap();
+    let output = stop(standby);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         stdout.contains(&format!("job {job}: Correctly predicted")),
@@ -160,13 +159,12 @@ fn an_unreadable_stored_partition_cancels_the_job_with_its_reason() {
     let damaged = fleet_common::job::partition_key(&job, 39);
     fleet.store().put(&damaged, b"not a partition").unwrap();
     let worker = spawn("worker", &[], &env);
-    let status = producer.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut producer.stderr.take().unwrap(), &mut stderr).unwrap();
+    let out = wait_output(producer, "producer --wait", PROCESS_DEADLINE);
+    let stderr = String::from_utf8_lossy(&out.stderr);
     terminate(worker);
     terminate(collector);
     assert!(
-        !status.success(),
+        !out.status.success(),
         "--wait succeeded on a job that cannot complete"
     );
     assert!(
@@ -185,20 +183,21 @@ fn an_unreadable_stored_partition_cancels_the_job_with_its_reason() {
     );
 }
 
-/// The job named by a running `producer --wait`, read from its output as it goes.
+/// The job named by a running `producer --wait`, read from its output as it goes (the rest of
+/// its output is read and dropped).
 fn job_of(producer: &mut Child) -> String {
     use std::io::BufRead;
-    let mut stdout = std::io::BufReader::new(producer.stdout.take().unwrap());
-    loop {
-        let mut line = String::new();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "the producer ended before naming its job"
-        );
-        if let Some(job) = line.trim().strip_prefix("job: ") {
-            return job.to_owned();
+    let stdout = std::io::BufReader::new(producer.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if let Some(job) = line.trim().strip_prefix("job: ") {
+                let _ = tx.send(job.to_owned());
+            }
         }
-    }
+    });
+    rx.recv_timeout(PROCESS_DEADLINE)
+        .expect("the producer did not name its job")
 }
 
 /// `producer --wait` of a job whose partitions a worker dead-letters (here: the model was
@@ -214,12 +213,14 @@ fn wait_reports_dead_lettered_partitions_and_fails() {
     fleet.store().delete("models/resnet20.onnx").unwrap();
     let started = Instant::now();
     let worker = spawn("worker", &[], &env);
-    let status = producer.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut producer.stderr.take().unwrap(), &mut stderr).unwrap();
+    let out = wait_output(producer, "producer --wait", PROCESS_DEADLINE);
+    let stderr = String::from_utf8_lossy(&out.stderr);
     terminate(worker);
     terminate(collector);
-    assert!(!status.success(), "--wait succeeded on a dead-lettered job");
+    assert!(
+        !out.status.success(),
+        "--wait succeeded on a dead-lettered job"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "--wait took {:?} to notice",

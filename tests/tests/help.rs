@@ -20,11 +20,11 @@ const SECRETS: [(&str, &str); 3] = [
 ];
 
 fn help(name: &str, args: &[&str]) -> String {
-    let output = std::process::Command::new(bin(name))
-        .args(args)
-        .envs(SECRETS)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {name}: {e}"));
+    let output = fleet_tests::output(
+        std::process::Command::new(bin(name))
+            .args(args)
+            .envs(SECRETS),
+    );
     assert!(
         output.status.success(),
         "{name} {args:?} failed: {}",

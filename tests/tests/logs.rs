@@ -10,19 +10,19 @@ use fleet_tests::{bin, stage_fixtures};
 fn job_logs(format: &str) -> String {
     let root = tempfile::tempdir().unwrap();
     stage_fixtures(root.path(), "c");
-    let output = Command::new(bin("producer"))
-        .args([
-            "--store",
-            root.path().to_str().unwrap(),
-            "--container",
-            "c",
-            "--embedded",
-            "--log-format",
-            format,
-        ])
-        .env("RUST_LOG", "info")
-        .output()
-        .unwrap();
+    let output = fleet_tests::output(
+        Command::new(bin("producer"))
+            .args([
+                "--store",
+                root.path().to_str().unwrap(),
+                "--container",
+                "c",
+                "--embedded",
+                "--log-format",
+                format,
+            ])
+            .env("RUST_LOG", "info"),
+    );
     assert!(
         output.status.success(),
         "{}",

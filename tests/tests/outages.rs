@@ -130,5 +130,11 @@ fn clients_starting_together_all_connect_and_subscribe() {
                 "round {round}, client {client}: {outcome:?}"
             );
         }
+        let queues = &args.queues;
+        fleet_tests::delete_queues(
+            &services.amqp_url,
+            &[&queues.partitions, &queues.results, &queues.dead_letter],
+        )
+        .expect("the round's queues are deleted");
     }
 }

@@ -24,7 +24,10 @@ fn chromium(profile: &Path, args: &[&str]) -> std::process::Output {
             &format!("--user-data-dir={}", profile.display()),
         ])
         .args(args)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map(|child| fleet_tests::wait_output(child, CHROMIUM, fleet_tests::PROCESS_DEADLINE))
         .unwrap_or_else(|e| {
             panic!("cannot run {CHROMIUM} ({e}): install it with `apt-get install chromium`")
         })
