@@ -9,7 +9,9 @@
 //! A few lines of HTTP/1.1 over a tokio listener: probes and scrapers send one small GET and
 //! read one response, and a server library would be most of the binary's dependencies.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -39,14 +41,13 @@ pub struct OpsArgs {
 #[derive(Debug)]
 pub struct Health {
     ready: AtomicBool,
-    /// Unix time in milliseconds when the work in hand began; 0 when idle.
-    busy_since_ms: AtomicU64,
+    /// The units of work in hand (a worker prepares one partition while the model runs
+    /// another): each one's serial number and when it began, in Unix milliseconds.
+    busy: Mutex<BTreeMap<u64, u64>>,
+    next_unit: AtomicU64,
 }
 
-static HEALTH: Health = Health {
-    ready: AtomicBool::new(false),
-    busy_since_ms: AtomicU64::new(0),
-};
+static HEALTH: Health = Health::new();
 
 /// This process's health.
 pub fn health() -> &'static Health {
@@ -59,17 +60,40 @@ impl Health {
         self.ready.store(ready, Ordering::Relaxed);
     }
 
-    /// A unit of work begins; it ends when the guard is dropped, whatever its outcome.
-    pub fn busy(&self) -> Busy<'_> {
-        self.busy_since_ms.store(now_ms().max(1), Ordering::Relaxed);
-        Busy(self)
+    const fn new() -> Self {
+        Self {
+            ready: AtomicBool::new(false),
+            busy: Mutex::new(BTreeMap::new()),
+            next_unit: AtomicU64::new(0),
+        }
     }
 
-    /// `Err` with the reason when the work in hand has taken longer than `stuck_after`.
+    /// A unit of work begins; it ends when the guard is dropped, whatever its outcome.
+    pub fn busy(&self) -> Busy<'_> {
+        self.busy_since(now_ms())
+    }
+
+    fn busy_since(&self, since_ms: u64) -> Busy<'_> {
+        let unit = self.next_unit.fetch_add(1, Ordering::Relaxed);
+        self.units().insert(unit, since_ms);
+        Busy(self, unit)
+    }
+
+    fn units(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, u64>> {
+        // The map stays consistent whatever panicked while holding it.
+        self.busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// `Err` with the reason when the oldest unit of work in hand has taken longer than
+    /// `stuck_after`.
     fn alive(&self, stuck_after: Duration) -> Result<(), String> {
-        let since = self.busy_since_ms.load(Ordering::Relaxed);
+        let Some(since) = self.units().values().min().copied() else {
+            return Ok(());
+        };
         let held = Duration::from_millis(now_ms().saturating_sub(since));
-        if since != 0 && held > stuck_after {
+        if held > stuck_after {
             Err(format!(
                 "stuck: the work in hand began {}s ago (limit {}s)",
                 held.as_secs(),
@@ -83,11 +107,11 @@ impl Health {
 
 /// A unit of work in hand (see [`Health::busy`]).
 #[derive(Debug)]
-pub struct Busy<'a>(&'a Health);
+pub struct Busy<'a>(&'a Health, u64);
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
-        self.0.busy_since_ms.store(0, Ordering::Relaxed);
+        self.0.units().remove(&self.1);
     }
 }
 
@@ -180,21 +204,20 @@ mod tests {
 
     #[test]
     fn work_held_too_long_fails_liveness() {
-        let health = Health {
-            ready: AtomicBool::new(true),
-            busy_since_ms: AtomicU64::new(0),
-        };
+        let health = Health::new();
         assert!(health.alive(Duration::from_secs(1)).is_ok());
-        health
-            .busy_since_ms
-            .store(now_ms() - 5_000, Ordering::Relaxed);
+        let stuck = health.busy_since(now_ms() - 5_000);
+        // Newer work beside it (the next partition prepared) does not hide it.
+        let newer = health.busy();
         let reason = health.alive(Duration::from_secs(1)).unwrap_err();
         assert!(
             reason.starts_with("stuck: the work in hand began 5s ago"),
             "{reason}"
         );
-        drop(health.busy());
+        drop(stuck);
         assert!(health.alive(Duration::from_secs(1)).is_ok());
+        drop(newer);
+        assert!(health.units().is_empty());
     }
 
     #[test]

@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use fleet_common::broker::{Broker, BrokerError, Consumer, Delivery, Queue, settled};
 use fleet_common::job;
-use fleet_common::message::{self, Partition, ResultMessage};
+use fleet_common::message::{self, Partition, ResultMessage, Scored};
 use fleet_common::metrics::metrics;
-use fleet_common::ops::health;
+use fleet_common::ops::{Busy, health};
 use fleet_common::shutdown::Shutdown;
 use fleet_common::store::BlobStore;
 use fleet_inference::InferenceOptions;
@@ -30,7 +30,7 @@ use crate::scoring::{ImageOptions, Models, ScoreError};
 /// How a worker runs. Part of the `worker` binary's configuration.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerOptions {
-    /// Partitions held unacknowledged at once: one being scored, one waiting.
+    /// Partitions held unacknowledged at once: one the model runs, one being prepared.
     #[arg(long, env = "WORKER_PREFETCH", default_value_t = 2)]
     pub prefetch: u16,
     /// Exit after the partitions queue has been empty this many seconds (for event-driven
@@ -67,6 +67,10 @@ pub struct WorkerReport {
 }
 
 /// Consumes and scores partitions until shutdown, idle exit, or the broker closes.
+///
+/// Two partitions are in hand at a time: while the model runs one, the next one's images are
+/// fetched and decoded (on a GPU the model is faster than decoding; with blobs, fetching is
+/// I/O). Each is settled (published and acked, retried or dead-lettered) in the order it ran.
 pub async fn run<B: Broker>(
     broker: B,
     store: Arc<dyn BlobStore>,
@@ -80,28 +84,37 @@ pub async fn run<B: Broker>(
     tracing::info!(provider, "this host can score");
     let mut consumer = broker.consume(Queue::Partitions, options.prefetch).await?;
     health().set_ready(true);
-    let notes = store.clone();
+    let mut settler = Settler {
+        broker,
+        notes: store.clone(),
+        max_attempts: options.max_attempts,
+        report: WorkerReport::default(),
+        in_flight: None,
+    };
     let mut models = Some(Models::new(
         store,
         options.inference.clone(),
         options.images.clone(),
     ));
-    let mut report = WorkerReport::default();
-    // The previous partition's publish-and-ack, overlapped with scoring the next one.
-    let mut in_flight: Option<JoinHandle<Result<(), BrokerError>>> = None;
+    let mut running: Option<Running<_>> = None;
     let idle = options.idle_exit_secs.map(Duration::from_secs);
     loop {
         let next = tokio::select! {
             biased;
             () = shutdown.requested() => break,
+            outcome = finished(&mut running) => {
+                let run = running.take().expect("a finished run was running");
+                settler.settle(run.delivery, &run.job, run.number, outcome?).await?;
+                continue;
+            }
             next = consumer.next() => next?,
-            () = sleep_or_forever(idle) => {
+            () = sleep_or_forever(idle), if running.is_none() => {
                 tracing::info!("partitions queue idle for {}s: exiting", idle.unwrap_or_default().as_secs());
                 break;
             }
         };
         let Some(delivery) = next else { break };
-        let _busy = health().busy();
+        let busy = health().busy();
         let partition = match message::decode::<Partition>(delivery.payload())
             .and_then(|p| p.validate().map(|()| p))
         {
@@ -109,28 +122,107 @@ pub async fn run<B: Broker>(
             Err(e) => {
                 tracing::error!(error = %e, "poison message on the partitions queue: dead-lettering it");
                 settled(delivery.dead_letter(&e.to_string()).await)?;
-                report.dead_lettered += 1;
+                settler.report.dead_lettered += 1;
                 metrics().dead_letters.add(1);
                 continue;
             }
         };
         let (job, number) = (partition.job.clone(), partition.partition);
-        // Scoring is CPU-bound: run it off the async threads, taking the models along.
+        // Fetching and decoding block: run them off the async threads, taking the models along.
         let mut owned = models
             .take()
             .expect("models are returned after each partition");
-        let worker = name.clone();
-        let (returned, outcome) = tokio::task::spawn_blocking(move || {
-            let outcome = owned.score(&partition, &worker);
-            (owned, outcome)
+        let (returned, prepared) = tokio::task::spawn_blocking(move || {
+            let prepared = owned.prepare(partition);
+            (owned, prepared)
         })
         .await
         .map_err(|e| WorkerError::Task(e.to_string()))?;
         models = Some(returned);
+        // One model run at a time, settled in order: the previous partition's comes first.
+        if let Some(run) = running.take() {
+            let outcome = run
+                .handle
+                .await
+                .map_err(|e| WorkerError::Task(e.to_string()))?;
+            settler
+                .settle(run.delivery, &run.job, run.number, outcome)
+                .await?;
+        }
+        match prepared {
+            Ok(prepared) => {
+                let worker = name.clone();
+                running = Some(Running {
+                    delivery,
+                    job,
+                    number,
+                    handle: tokio::task::spawn_blocking(move || prepared.score(&worker)),
+                    _busy: busy,
+                });
+            }
+            Err(e) => settler.settle(delivery, &job, number, Err(e)).await?,
+        }
+    }
+    // Draining: no more partitions taken; the one the model runs is finished and settled.
+    health().set_ready(false);
+    if let Some(run) = running.take() {
+        let outcome = run
+            .handle
+            .await
+            .map_err(|e| WorkerError::Task(e.to_string()))?;
+        settler
+            .settle(run.delivery, &run.job, run.number, outcome)
+            .await?;
+    }
+    settler.flush().await?;
+    Ok(settler.report)
+}
+
+/// A partition the model is running, on a blocking thread.
+struct Running<D> {
+    delivery: D,
+    job: String,
+    number: u32,
+    handle: JoinHandle<Result<Scored, ScoreError>>,
+    _busy: Busy<'static>,
+}
+
+/// The outcome of the partition `running`, when it finishes; never, when there is none.
+async fn finished<D>(
+    running: &mut Option<Running<D>>,
+) -> Result<Result<Scored, ScoreError>, WorkerError> {
+    match running {
+        Some(run) => (&mut run.handle)
+            .await
+            .map_err(|e| WorkerError::Task(e.to_string())),
+        None => std::future::pending().await,
+    }
+}
+
+/// Settles partitions by their outcome, and keeps the worker's tally.
+struct Settler<B> {
+    broker: B,
+    notes: Arc<dyn BlobStore>,
+    max_attempts: u32,
+    report: WorkerReport,
+    /// The previous partition's publish-and-ack, overlapped with the next one's work.
+    in_flight: Option<JoinHandle<Result<(), BrokerError>>>,
+}
+
+impl<B: Broker> Settler<B> {
+    /// Publishes a scored partition's results and acks it; hands a failed one back for a
+    /// retry, dead-letters it, or (the host's fault) leaves it to another worker and stops.
+    async fn settle(
+        &mut self,
+        delivery: impl Delivery,
+        job: &str,
+        number: u32,
+        outcome: Result<Scored, ScoreError>,
+    ) -> Result<(), WorkerError> {
         match outcome {
             Ok(scored) => {
-                report.partitions += 1;
-                report.images += scored.scores.len() as u64;
+                self.report.partitions += 1;
+                self.report.images += scored.scores.len() as u64;
                 let m = metrics();
                 let unreadable = scored.scores.iter().filter(|s| s.error.is_some()).count() as u64;
                 m.partitions_scored.add(1);
@@ -141,14 +233,10 @@ pub async fn run<B: Broker>(
                     scored.finished_at_ms.saturating_sub(scored.published_at_ms) as f64 / 1000.0,
                 );
                 tracing::debug!(job = %scored.job, partition = scored.partition, images = scored.scores.len(), inference_ms = format_args!("{:.0}", scored.inference_ms), "scored");
-                if let Some(previous) = in_flight.take() {
-                    previous
-                        .await
-                        .map_err(|e| WorkerError::Task(e.to_string()))??;
-                }
-                let broker = broker.clone();
+                self.flush().await?;
+                let broker = self.broker.clone();
                 let payload = message::encode(&ResultMessage::Scored(scored));
-                in_flight = Some(tokio::spawn(async move {
+                self.in_flight = Some(tokio::spawn(async move {
                     broker.publish(Queue::Results, payload).await?;
                     settled(delivery.ack().await)
                 }));
@@ -158,27 +246,17 @@ pub async fn run<B: Broker>(
                 tracing::error!(%reason, "this host cannot score: stopping, the partition stays in the queue");
                 // Unacknowledged: the broker hands it to another worker.
                 drop(delivery);
-                if let Some(previous) = in_flight.take() {
-                    previous
-                        .await
-                        .map_err(|e| WorkerError::Task(e.to_string()))??;
-                }
+                self.flush().await?;
                 return Err(WorkerError::Host(reason));
             }
             Err(ScoreError::Permanent(reason)) => {
                 tracing::error!(%job, partition = number, %reason, "partition cannot be scored: dead-lettering it");
-                note_dead_letter(&notes, &job, number, &reason).await;
-                settled(delivery.dead_letter(&reason).await)?;
-                report.dead_lettered += 1;
-                metrics().dead_letters.add(1);
+                self.dead_letter(delivery, job, number, &reason).await?;
             }
-            Err(ScoreError::Transient(reason)) if delivery.attempt() >= options.max_attempts => {
+            Err(ScoreError::Transient(reason)) if delivery.attempt() >= self.max_attempts => {
                 let reason = format!("failed {} times, last: {reason}", delivery.attempt());
                 tracing::error!(%job, partition = number, %reason, "giving up on partition: dead-lettering it");
-                note_dead_letter(&notes, &job, number, &reason).await;
-                settled(delivery.dead_letter(&reason).await)?;
-                report.dead_lettered += 1;
-                metrics().dead_letters.add(1);
+                self.dead_letter(delivery, job, number, &reason).await?;
             }
             Err(ScoreError::Transient(reason)) => {
                 tracing::warn!(%reason, attempt = delivery.attempt(), "scoring failed; the partition will be retried");
@@ -187,15 +265,32 @@ pub async fn run<B: Broker>(
                 settled(delivery.retry().await)?;
             }
         }
+        Ok(())
     }
-    // Draining: no more partitions taken.
-    health().set_ready(false);
-    if let Some(previous) = in_flight.take() {
-        previous
-            .await
-            .map_err(|e| WorkerError::Task(e.to_string()))??;
+
+    async fn dead_letter(
+        &mut self,
+        delivery: impl Delivery,
+        job: &str,
+        number: u32,
+        reason: &str,
+    ) -> Result<(), WorkerError> {
+        note_dead_letter(&self.notes, job, number, reason).await;
+        settled(delivery.dead_letter(reason).await)?;
+        self.report.dead_lettered += 1;
+        metrics().dead_letters.add(1);
+        Ok(())
     }
-    Ok(report)
+
+    /// Waits for the last publish-and-ack.
+    async fn flush(&mut self) -> Result<(), WorkerError> {
+        if let Some(previous) = self.in_flight.take() {
+            previous
+                .await
+                .map_err(|e| WorkerError::Task(e.to_string()))??;
+        }
+        Ok(())
+    }
 }
 
 /// Notes in the container that partition `number` of `job` is dead-lettered, and why, for

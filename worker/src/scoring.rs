@@ -1,5 +1,7 @@
-//! Scoring one partition: get every image ready (decoded tarball pixels, or blobs fetched and
-//! decoded concurrently), one model call for the whole partition, then top-k per image.
+//! Scoring one partition in two stages, so that the worker can overlap them across
+//! partitions: [`Models::prepare`] gets every image ready (tarball pixels from the message, or
+//! blobs fetched and decoded concurrently), then [`Prepared::score`] makes one model call for
+//! the whole partition and takes the top k per image.
 //!
 //! An image that cannot be read gets its own error and the partition goes on; a model that
 //! cannot be used fails the partition (it would fail every time); a host that cannot run
@@ -47,14 +49,16 @@ pub enum ScoreError {
     Host(String),
 }
 
-/// A model ready to score, with the buffers reused across partitions.
+/// A model ready to score, shared by the stage that prepares partitions and the one that runs
+/// them.
 #[derive(Debug)]
 struct Loaded {
-    scorer: Scorer,
     spec: ModelSpec,
     preprocessor: Preprocessor,
-    input: Vec<f32>,
-    outputs: Vec<f32>,
+    /// A session runs one call at a time; only the run stage takes it.
+    scorer: Mutex<Scorer>,
+    /// The execution provider the session runs on.
+    provider: &'static str,
 }
 
 /// The models this worker has loaded, by name: each loaded once, on first use.
@@ -63,7 +67,19 @@ pub struct Models {
     store: Arc<dyn BlobStore>,
     inference: InferenceOptions,
     images: ImageOptions,
-    loaded: HashMap<String, Loaded>,
+    loaded: HashMap<String, Arc<Loaded>>,
+}
+
+/// A partition with its model input ready ([`Models::prepare`]), to be run by the model
+/// ([`Prepared::score`]).
+#[derive(Debug)]
+pub struct Prepared {
+    partition: Partition,
+    model: Arc<Loaded>,
+    input: Vec<f32>,
+    images: ImagesRead,
+    started_at_ms: u64,
+    preprocess_ms: f64,
 }
 
 impl Models {
@@ -80,52 +96,76 @@ impl Models {
         }
     }
 
-    fn load(&mut self, model: &str) -> Result<&mut Loaded, ScoreError> {
+    fn load(&mut self, model: &str) -> Result<Arc<Loaded>, ScoreError> {
         if !self.loaded.contains_key(model) {
             let loaded = load(self.store.as_ref(), model, &self.inference)?;
-            self.loaded.insert(model.to_owned(), loaded);
+            self.loaded.insert(model.to_owned(), Arc::new(loaded));
         }
-        Ok(self.loaded.get_mut(model).expect("inserted above"))
+        Ok(self.loaded[model].clone())
     }
 
-    /// Scores a validated partition.
-    pub fn score(&mut self, partition: &Partition, worker: &str) -> Result<Scored, ScoreError> {
-        let (store, images) = (self.store.clone(), self.images.clone());
-        let loaded = self.load(&partition.model)?;
-        let classes = loaded.spec.class_count;
+    /// Gets a validated partition's images ready for its model (loaded on first use): the
+    /// pixels in the message, or its blobs fetched and decoded.
+    pub fn prepare(&mut self, partition: Partition) -> Result<Prepared, ScoreError> {
+        let model = self.load(&partition.model)?;
+        let classes = model.spec.class_count;
         if let Some(label) = partition.labels.iter().flatten().find(|&&l| l >= classes) {
             return Err(ScoreError::Permanent(format!(
                 "partition {} of job {}: label {label} is beyond model {}'s {classes} classes",
                 partition.partition, partition.job, partition.model
             )));
         }
-        let n = partition.len();
-        let image_len = loaded.preprocessor.input_len();
-        loaded.input.clear();
-        loaded.input.resize(n * image_len, 0.0);
+        let mut input = vec![0.0; partition.len() * model.preprocessor.input_len()];
         let started_at_ms = now_ms();
         let started = Instant::now();
-        let Prepared {
-            errors,
-            mut thumbnails,
-        } = prepare(
+        let images = read_images(
             &partition.images,
-            &loaded.preprocessor,
-            &mut loaded.input,
-            store.as_ref(),
-            &images,
+            &model.preprocessor,
+            &mut input,
+            self.store.as_ref(),
+            &self.images,
         )?;
-        let preprocess_ms = started.elapsed().as_secs_f64() * 1000.0;
+        Ok(Prepared {
+            preprocess_ms: started.elapsed().as_secs_f64() * 1000.0,
+            partition,
+            model,
+            input,
+            images,
+            started_at_ms,
+        })
+    }
+}
+
+impl Prepared {
+    /// Scores the partition in one model call; `worker` names who did in the result.
+    pub fn score(self, worker: &str) -> Result<Scored, ScoreError> {
+        let Self {
+            partition,
+            model,
+            input,
+            images:
+                ImagesRead {
+                    errors,
+                    mut thumbnails,
+                },
+            started_at_ms,
+            preprocess_ms,
+        } = self;
+        let n = partition.len();
+        let classes = model.spec.class_count;
         let started = Instant::now();
+        let mut outputs = Vec::new();
         if errors.iter().any(Option::is_none) {
-            loaded
+            model
                 .scorer
-                .score(&loaded.input, n, &mut loaded.outputs)
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .score(&input, n, &mut outputs)
                 .map_err(|e| ScoreError::Transient(e.to_string()))?;
         }
         let inference_ms = started.elapsed().as_secs_f64() * 1000.0;
         let k = usize::from(partition.top_k).min(classes as usize);
-        let probabilities = loaded.spec.outputs == Outputs::Probabilities;
+        let probabilities = model.spec.outputs == Outputs::Probabilities;
         let scores: Vec<Score> = errors
             .into_iter()
             .enumerate()
@@ -137,7 +177,7 @@ impl Models {
                     error: Some(error),
                 },
                 None => {
-                    let row = &loaded.outputs[i * classes as usize..][..classes as usize];
+                    let row = &outputs[i * classes as usize..][..classes as usize];
                     Score {
                         label,
                         top: top_k(row, k, probabilities),
@@ -172,11 +212,11 @@ impl Models {
             })
             .collect();
         Ok(Scored {
-            job: partition.job.clone(),
-            partition: partition.partition,
-            batch: partition.batch.clone(),
-            first_index: partition.first_index,
             filenames: partition.images.names().to_vec(),
+            job: partition.job,
+            partition: partition.partition,
+            batch: partition.batch,
+            first_index: partition.first_index,
             scores,
             worker: worker.to_owned(),
             inference_ms,
@@ -184,7 +224,7 @@ impl Models {
             published_at_ms: partition.published_at_ms,
             started_at_ms,
             finished_at_ms: now_ms(),
-            provider: loaded.scorer.provider().to_owned(),
+            provider: model.provider.to_owned(),
             thumbnails,
         })
     }
@@ -248,16 +288,16 @@ fn load(
         )));
     }
     Ok(Loaded {
-        scorer,
+        provider: scorer.provider(),
+        scorer: Mutex::new(scorer),
         spec,
         preprocessor,
-        input: Vec::new(),
-        outputs: Vec::new(),
     })
 }
 
-/// What [`prepare`] found out about a partition's images besides their model input.
-struct Prepared {
+/// What [`read_images`] found out about a partition's images besides their model input.
+#[derive(Debug)]
+struct ImagesRead {
     /// Each image's error, if any (its input stays zero).
     errors: Vec<Option<String>>,
     /// For fetched images, a thumbnail of each one decoded (pixels in the message need none:
@@ -267,13 +307,13 @@ struct Prepared {
 
 /// Fills `input` with every image's model input. A storage failure other than a missing blob
 /// fails the partition, to be retried: it says nothing about the image.
-fn prepare(
+fn read_images(
     images: &Images,
     preprocessor: &Preprocessor,
     input: &mut [f32],
     store: &dyn BlobStore,
     options: &ImageOptions,
-) -> Result<Prepared, ScoreError> {
+) -> Result<ImagesRead, ScoreError> {
     let image_len = preprocessor.input_len();
     match images {
         Images::Planes {
@@ -283,7 +323,7 @@ fn prepare(
             ..
         } => {
             preprocessor.write_planes(pixels, *height as usize, *width as usize, input);
-            Ok(Prepared {
+            Ok(ImagesRead {
                 errors: vec![None; images.len()],
                 thumbnails: Vec::new(),
             })
@@ -292,7 +332,7 @@ fn prepare(
             let limits = DecodeLimits {
                 max_pixels: options.max_image_pixels,
             };
-            let prepared = Mutex::new(Prepared {
+            let prepared = Mutex::new(ImagesRead {
                 errors: vec![None; names.len()],
                 thumbnails: vec![None; names.len()],
             });
