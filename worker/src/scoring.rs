@@ -59,6 +59,9 @@ struct Loaded {
     scorer: Mutex<Scorer>,
     /// The execution provider the session runs on.
     provider: &'static str,
+    /// Input buffers of partitions already scored, for the next ones: two are in use at a
+    /// time (one prepared, one running), and a fresh one per partition costs resident memory.
+    spare: Mutex<Vec<Vec<f32>>>,
 }
 
 /// The models this worker has loaded, by name: each loaded once, on first use.
@@ -115,7 +118,9 @@ impl Models {
                 partition.partition, partition.job, partition.model
             )));
         }
-        let mut input = vec![0.0; partition.len() * model.preprocessor.input_len()];
+        let mut input = lock(&model.spare).pop().unwrap_or_default();
+        input.clear();
+        input.resize(partition.len() * model.preprocessor.input_len(), 0.0);
         let started_at_ms = now_ms();
         let started = Instant::now();
         let images = read_images(
@@ -156,14 +161,12 @@ impl Prepared {
         let started = Instant::now();
         let mut outputs = Vec::new();
         if errors.iter().any(Option::is_none) {
-            model
-                .scorer
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
+            lock(&model.scorer)
                 .score(&input, n, &mut outputs)
                 .map_err(|e| ScoreError::Transient(e.to_string()))?;
         }
         let inference_ms = started.elapsed().as_secs_f64() * 1000.0;
+        lock(&model.spare).push(input);
         let k = usize::from(partition.top_k).min(classes as usize);
         let probabilities = model.spec.outputs == Outputs::Probabilities;
         let scores: Vec<Score> = errors
@@ -230,6 +233,13 @@ impl Prepared {
     }
 }
 
+/// Locks `mutex`, whatever panicked while holding it: a session and a buffer stay usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Loads model `model`: its spec, the ONNX model (checked against the spec), its mean image,
 /// and a session.
 fn load(
@@ -288,6 +298,7 @@ fn load(
         )));
     }
     Ok(Loaded {
+        spare: Mutex::new(Vec::new()),
         provider: scorer.provider(),
         scorer: Mutex::new(scorer),
         spec,
