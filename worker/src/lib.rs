@@ -141,13 +141,7 @@ pub async fn run<B: Broker>(
         models = Some(returned);
         // One model run at a time, settled in order: the previous partition's comes first.
         if let Some(run) = running.take() {
-            let outcome = run
-                .handle
-                .await
-                .map_err(|e| WorkerError::Task(e.to_string()))?;
-            settler
-                .settle(run.delivery, &run.job, run.number, outcome)
-                .await?;
+            settler.settle_run(run).await?;
         }
         match prepared {
             Ok(prepared) => {
@@ -166,13 +160,7 @@ pub async fn run<B: Broker>(
     // Draining: no more partitions taken; the one the model runs is finished and settled.
     health().set_ready(false);
     if let Some(run) = running.take() {
-        let outcome = run
-            .handle
-            .await
-            .map_err(|e| WorkerError::Task(e.to_string()))?;
-        settler
-            .settle(run.delivery, &run.job, run.number, outcome)
-            .await?;
+        settler.settle_run(run).await?;
     }
     settler.flush().await?;
     Ok(settler.report)
@@ -266,6 +254,16 @@ impl<B: Broker> Settler<B> {
             }
         }
         Ok(())
+    }
+
+    /// Waits for the model to finish `run`, then settles it.
+    async fn settle_run(&mut self, run: Running<impl Delivery>) -> Result<(), WorkerError> {
+        let outcome = run
+            .handle
+            .await
+            .map_err(|e| WorkerError::Task(e.to_string()))?;
+        self.settle(run.delivery, &run.job, run.number, outcome)
+            .await
     }
 
     async fn dead_letter(
