@@ -4,7 +4,9 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use fleet_tests::{field, run_ok, stage_fixtures};
+use std::process::Command;
+
+use fleet_tests::{assert_matches_reference, bin, field, output, run_ok, stage_fixtures};
 
 fn decode_png(path: &Path) -> (u32, u32) {
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
@@ -157,4 +159,54 @@ fn embedded_job_scores_every_test_image_once() {
         .unwrap()
         .count();
     assert_eq!(leftovers, 0);
+}
+
+/// `--partitions-per-call`: partitions prepared while the model is busy run together in its
+/// next call, and every image still gets the prediction it gets alone.
+#[test]
+fn partitions_prepared_while_the_model_runs_share_its_next_call() {
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().to_str().unwrap();
+    stage_fixtures(root.path(), "cifar");
+    let out = output(
+        Command::new(bin("producer"))
+            .args([
+                "--store",
+                store,
+                "--container",
+                "cifar",
+                "--embedded",
+                "--partition-size",
+                "100",
+                "--partitions-per-call",
+                "4",
+            ])
+            .env("RUST_LOG", "warn,worker=debug")
+            .env("NO_COLOR", "1"),
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // Each call of more than one partition is logged with its count.
+    let joined: Vec<usize> = stderr
+        .lines()
+        .filter(|l| l.contains("partitions scored in one model call"))
+        .map(|l| {
+            let count = l.split("partitions=").nth(1).expect("a partition count");
+            count.split_whitespace().next().unwrap().parse().unwrap()
+        })
+        .collect();
+    // Decoding a tarball's 100 images takes far less than the model's run of them, so calls
+    // fill up; none may exceed the limit.
+    assert!(
+        !joined.is_empty(),
+        "no model call took several partitions:\n{stderr}"
+    );
+    assert!(joined.iter().all(|&n| (2..=4).contains(&n)), "{joined:?}");
+    let job = field(&stdout, "job");
+    let csv = std::fs::read_to_string(root.path().join(format!("cifar/results/{job}/scores.csv")))
+        .unwrap();
+    assert_matches_reference(&csv);
 }

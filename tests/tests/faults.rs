@@ -33,15 +33,21 @@ fn workers_killed_mid_partition_lose_nothing() {
     fleet.stage();
     let env = fleet.env();
     let collector = spawn("collector", &[], &env);
-    let mut workers = vec![spawn("worker", &[], &env), spawn("worker", &[], &env)];
+    // Every other worker scores up to three partitions in one model call, so some die
+    // holding several partitions at once.
+    let worker = |n: usize| match n % 2 {
+        0 => spawn("worker", &[], &env),
+        _ => spawn("worker", &["--partitions-per-call", "3"], &env),
+    };
+    let mut workers = vec![worker(0), worker(1)];
     let producer = submit(&fleet);
-    // Three times during the job: SIGKILL a worker (whatever it holds is unacked) and start
+    // Five times during the job: SIGKILL a worker (whatever it holds is unacked) and start
     // a replacement.
     for round in 0..5 {
         std::thread::sleep(Duration::from_millis(2500));
         let mut victim = workers.remove(round % workers.len());
         kill(&mut victim);
-        workers.push(spawn("worker", &[], &env));
+        workers.push(worker(round));
     }
     let job = finish(producer);
     for worker in workers {

@@ -25,14 +25,21 @@ use fleet_common::store::BlobStore;
 use fleet_inference::InferenceOptions;
 use tokio::task::JoinHandle;
 
-use crate::scoring::{ImageOptions, Models, ScoreError};
+use crate::scoring::{ImageOptions, Models, Prepared, ScoreError, score_together};
 
 /// How a worker runs. Part of the `worker` binary's configuration.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerOptions {
-    /// Partitions held unacknowledged at once: one the model runs, one being prepared.
+    /// Partitions held unacknowledged at once: one the model runs, one being prepared. Raised
+    /// to twice `--partitions-per-call` when that is more.
     #[arg(long, env = "WORKER_PREFETCH", default_value_t = 2)]
     pub prefetch: u16,
+    /// Partitions of one model scored in one model call, at most. A GPU runs one large batch
+    /// much faster per image than several small ones (set it so that this times the partition
+    /// size fills the device); on a CPU one partition per call is as fast. Partitions are
+    /// joined only while the model is busy: it never waits for more.
+    #[arg(long, env = "WORKER_PARTITIONS_PER_CALL", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub partitions_per_call: u16,
     /// Exit after the partitions queue has been empty this many seconds (for event-driven
     /// jobs); run until stopped when absent.
     #[arg(long, env = "WORKER_IDLE_EXIT_SECS")]
@@ -68,9 +75,11 @@ pub struct WorkerReport {
 
 /// Consumes and scores partitions until shutdown, idle exit, or the broker closes.
 ///
-/// Two partitions are in hand at a time: while the model runs one, the next one's images are
-/// fetched and decoded (on a GPU the model is faster than decoding; with blobs, fetching is
-/// I/O). Each is settled (published and acked, retried or dead-lettered) in the order it ran.
+/// Partitions are prepared (images fetched and decoded) while the model runs the ones before
+/// them: on a GPU the model is faster than decoding, and with blobs, fetching is I/O. Those
+/// prepared while the model is busy wait for it, up to `--partitions-per-call`, and run together
+/// in its next call. Each is settled (published and acked, retried or dead-lettered) in the
+/// order it ran.
 pub async fn run<B: Broker>(
     broker: B,
     store: Arc<dyn BlobStore>,
@@ -82,7 +91,12 @@ pub async fn run<B: Broker>(
     let provider = fleet_inference::Scorer::check_host(&options.inference)
         .map_err(|e| WorkerError::Host(e.to_string()))?;
     tracing::info!(provider, "this host can score");
-    let mut consumer = broker.consume(Queue::Partitions, options.prefetch).await?;
+    let partitions_per_call = usize::from(options.partitions_per_call.max(1));
+    // One batch the model runs and one gathering: both held unacknowledged.
+    let prefetch = options
+        .prefetch
+        .max(options.partitions_per_call.saturating_mul(2));
+    let mut consumer = broker.consume(Queue::Partitions, prefetch).await?;
     health().set_ready(true);
     let mut settler = Settler {
         broker,
@@ -97,6 +111,9 @@ pub async fn run<B: Broker>(
         options.images.clone(),
     ));
     let mut running: Option<Running<_>> = None;
+    // Prepared while the model was busy: the model's next call. Never waiting while the model
+    // is free.
+    let mut waiting: Vec<InHand<_>> = Vec::new();
     let idle = options.idle_exit_secs.map(Duration::from_secs);
     loop {
         let next = tokio::select! {
@@ -104,7 +121,8 @@ pub async fn run<B: Broker>(
             () = shutdown.requested() => break,
             outcome = finished(&mut running) => {
                 let run = running.take().expect("a finished run was running");
-                settler.settle(run.delivery, &run.job, run.number, outcome?).await?;
+                settler.settle_all(run.partitions, outcome?).await?;
+                running = Running::start(std::mem::take(&mut waiting), &name);
                 continue;
             }
             next = consumer.next() => next?,
@@ -139,46 +157,86 @@ pub async fn run<B: Broker>(
         .await
         .map_err(|e| WorkerError::Task(e.to_string()))?;
         models = Some(returned);
-        // One model run at a time, settled in order: the previous partition's comes first.
-        if let Some(run) = running.take() {
-            settler.settle_run(run).await?;
-        }
-        match prepared {
-            Ok(prepared) => {
-                let worker = name.clone();
-                running = Some(Running {
-                    delivery,
-                    job,
-                    number,
-                    handle: tokio::task::spawn_blocking(move || prepared.score(&worker)),
-                    _busy: busy,
-                });
+        let prepared = match prepared {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                settler.settle(delivery, &job, number, Err(e)).await?;
+                continue;
             }
-            Err(e) => settler.settle(delivery, &job, number, Err(e)).await?,
+        };
+        // One call holds one model: partitions of another wait for the next call.
+        if waiting
+            .first()
+            .is_some_and(|w| !w.prepared.same_model(&prepared))
+        {
+            settler.settle_after(running.take()).await?;
+            running = Running::start(std::mem::take(&mut waiting), &name);
+        }
+        let held = Held {
+            delivery,
+            job,
+            number,
+            _busy: busy,
+        };
+        waiting.push(InHand { held, prepared });
+        // The model takes what waits when it is free, or when a full batch waits for it (one
+        // call at a time, settled in order: the previous call's partitions come first).
+        let model_free = running.as_ref().is_none_or(|r| r.handle.is_finished());
+        if model_free || waiting.len() >= partitions_per_call {
+            settler.settle_after(running.take()).await?;
+            running = Running::start(std::mem::take(&mut waiting), &name);
         }
     }
-    // Draining: no more partitions taken; the one the model runs is finished and settled.
+    // Draining: no more partitions taken; those in hand are scored and settled.
     health().set_ready(false);
-    if let Some(run) = running.take() {
-        settler.settle_run(run).await?;
-    }
+    settler.settle_after(running.take()).await?;
+    let last = Running::start(waiting, &name);
+    settler.settle_after(last).await?;
     settler.flush().await?;
     Ok(settler.report)
 }
 
-/// A partition the model is running, on a blocking thread.
-struct Running<D> {
+/// A partition's delivery, held unacknowledged until it is settled.
+struct Held<D> {
     delivery: D,
     job: String,
     number: u32,
-    handle: JoinHandle<Result<Scored, ScoreError>>,
+    /// Counts for liveness while the partition is in hand.
     _busy: Busy<'static>,
 }
 
-/// The outcome of the partition `running`, when it finishes; never, when there is none.
+/// A prepared partition waiting for the model.
+struct InHand<D> {
+    held: Held<D>,
+    prepared: Prepared,
+}
+
+/// Partitions of one model the model is running together, on a blocking thread.
+struct Running<D> {
+    partitions: Vec<Held<D>>,
+    handle: JoinHandle<Vec<Result<Scored, ScoreError>>>,
+}
+
+impl<D: Delivery> Running<D> {
+    /// Starts the model on `batch`; nothing when it is empty.
+    fn start(batch: Vec<InHand<D>>, worker: &str) -> Option<Self> {
+        if batch.is_empty() {
+            return None;
+        }
+        let (partitions, prepared): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|p| (p.held, p.prepared)).unzip();
+        let worker = worker.to_owned();
+        Some(Self {
+            partitions,
+            handle: tokio::task::spawn_blocking(move || score_together(prepared, &worker)),
+        })
+    }
+}
+
+/// The outcomes of the partitions `running` runs, when it finishes; never, when there is none.
 async fn finished<D>(
     running: &mut Option<Running<D>>,
-) -> Result<Result<Scored, ScoreError>, WorkerError> {
+) -> Result<Vec<Result<Scored, ScoreError>>, WorkerError> {
     match running {
         Some(run) => (&mut run.handle)
             .await
@@ -256,14 +314,42 @@ impl<B: Broker> Settler<B> {
         Ok(())
     }
 
-    /// Waits for the model to finish `run`, then settles it.
-    async fn settle_run(&mut self, run: Running<impl Delivery>) -> Result<(), WorkerError> {
-        let outcome = run
+    /// Waits for the model to finish `run`, if any, then settles its partitions.
+    async fn settle_after(
+        &mut self,
+        run: Option<Running<impl Delivery>>,
+    ) -> Result<(), WorkerError> {
+        let Some(run) = run else { return Ok(()) };
+        let outcomes = run
             .handle
             .await
             .map_err(|e| WorkerError::Task(e.to_string()))?;
-        self.settle(run.delivery, &run.job, run.number, outcome)
-            .await
+        self.settle_all(run.partitions, outcomes).await
+    }
+
+    /// Settles each partition of a run by its outcome, in order.
+    async fn settle_all(
+        &mut self,
+        partitions: Vec<Held<impl Delivery>>,
+        outcomes: Vec<Result<Scored, ScoreError>>,
+    ) -> Result<(), WorkerError> {
+        debug_assert_eq!(partitions.len(), outcomes.len());
+        if partitions.len() > 1 {
+            tracing::debug!(
+                partitions = partitions.len(),
+                "partitions scored in one model call"
+            );
+        }
+        for (partition, outcome) in partitions.into_iter().zip(outcomes) {
+            self.settle(
+                partition.delivery,
+                &partition.job,
+                partition.number,
+                outcome,
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     async fn dead_letter(

@@ -1,7 +1,8 @@
 //! Scoring one partition in two stages, so that the worker can overlap them across
 //! partitions: [`Models::prepare`] gets every image ready (tarball pixels from the message, or
-//! blobs fetched and decoded concurrently), then [`Prepared::score`] makes one model call for
-//! the whole partition and takes the top k per image.
+//! blobs fetched and decoded concurrently), then [`score_together`] makes one model call for
+//! the partition (or for several partitions of one model, which a device runs faster as one
+//! batch) and takes the top k per image.
 //!
 //! An image that cannot be read gets its own error and the partition goes on; a model that
 //! cannot be used fails the partition (it would fail every time); a host that cannot run
@@ -74,7 +75,7 @@ pub struct Models {
 }
 
 /// A partition with its model input ready ([`Models::prepare`]), to be run by the model
-/// ([`Prepared::score`]).
+/// ([`score_together`]).
 #[derive(Debug)]
 pub struct Prepared {
     partition: Partition,
@@ -142,8 +143,24 @@ impl Models {
 }
 
 impl Prepared {
-    /// Scores the partition in one model call; `worker` names who did in the result.
-    pub fn score(self, worker: &str) -> Result<Scored, ScoreError> {
+    /// Whether `self` and `other` are for the same loaded model (and so can share a call).
+    pub fn same_model(&self, other: &Prepared) -> bool {
+        Arc::ptr_eq(&self.model, &other.model)
+    }
+
+    /// Images in the partition.
+    pub fn len(&self) -> usize {
+        self.partition.len()
+    }
+
+    /// Whether the partition has no images (validation refuses such partitions).
+    pub fn is_empty(&self) -> bool {
+        self.partition.len() == 0
+    }
+
+    /// The partition's result from its rows of the model's output (`classes` values per
+    /// image; none when no image of the partition could be read).
+    fn into_scored(self, outputs: &[f32], inference_ms: f64, worker: &str) -> Scored {
         let Self {
             partition,
             model,
@@ -156,17 +173,10 @@ impl Prepared {
             started_at_ms,
             preprocess_ms,
         } = self;
-        let n = partition.len();
-        let classes = model.spec.class_count;
-        let started = Instant::now();
-        let mut outputs = Vec::new();
-        if errors.iter().any(Option::is_none) {
-            lock(&model.scorer)
-                .score(&input, n, &mut outputs)
-                .map_err(|e| ScoreError::Transient(e.to_string()))?;
+        if !input.is_empty() {
+            lock(&model.spare).push(input);
         }
-        let inference_ms = started.elapsed().as_secs_f64() * 1000.0;
-        lock(&model.spare).push(input);
+        let classes = model.spec.class_count;
         let k = usize::from(partition.top_k).min(classes as usize);
         let probabilities = model.spec.outputs == Outputs::Probabilities;
         let scores: Vec<Score> = errors
@@ -214,7 +224,7 @@ impl Prepared {
                 })
             })
             .collect();
-        Ok(Scored {
+        Scored {
             filenames: partition.images.names().to_vec(),
             job: partition.job,
             partition: partition.partition,
@@ -229,8 +239,68 @@ impl Prepared {
             finished_at_ms: now_ms(),
             provider: model.provider.to_owned(),
             thumbnails,
-        })
+        }
     }
+}
+
+/// Scores partitions of one model ([`Prepared::same_model`]) in one model call, and gives
+/// each its own outcome, in order. A device runs one large batch much faster per image than
+/// several small ones; the partitions' inputs are joined for the call (a copy of a few MB,
+/// against the seconds their images took to decode). A failed call fails every partition.
+pub fn score_together(batch: Vec<Prepared>, worker: &str) -> Vec<Result<Scored, ScoreError>> {
+    let Some(first) = batch.first() else {
+        return Vec::new();
+    };
+    let model = first.model.clone();
+    assert!(
+        batch.iter().all(|p| Arc::ptr_eq(&p.model, &model)),
+        "partitions scored together share their model"
+    );
+    let total: usize = batch.iter().map(Prepared::len).sum();
+    let any_readable = batch
+        .iter()
+        .any(|p| p.images.errors.iter().any(Option::is_none));
+    // One partition's input is its own buffer; several are joined in a spare one.
+    let mut batch = batch;
+    let joined = (batch.len() > 1).then(|| {
+        let mut joined = lock(&model.spare).pop().unwrap_or_default();
+        joined.clear();
+        for prepared in &mut batch {
+            joined.extend_from_slice(&prepared.input);
+            lock(&model.spare).push(std::mem::take(&mut prepared.input));
+        }
+        joined
+    });
+    let started = Instant::now();
+    let mut outputs = Vec::new();
+    let call = if any_readable {
+        let input = joined.as_deref().unwrap_or(&batch[0].input);
+        lock(&model.scorer)
+            .score(input, total, &mut outputs)
+            .map_err(|e| ScoreError::Transient(e.to_string()))
+    } else {
+        Ok(())
+    };
+    let call_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if let Some(joined) = joined {
+        lock(&model.spare).push(joined);
+    }
+    let classes = model.spec.class_count as usize;
+    let mut offset = 0;
+    batch
+        .into_iter()
+        .map(|prepared| {
+            let n = prepared.len();
+            let rows = outputs.get(offset * classes..(offset + n) * classes);
+            offset += n;
+            call.clone().map(|()| {
+                // Each partition is charged its images' share of the call, so that the job's
+                // summed model time stays the time the model ran.
+                let inference_ms = call_ms * n as f64 / total.max(1) as f64;
+                prepared.into_scored(rows.unwrap_or_default(), inference_ms, worker)
+            })
+        })
+        .collect()
 }
 
 /// Locks `mutex`, whatever panicked while holding it: a session and a buffer stay usable.
