@@ -624,7 +624,9 @@ fn simple_op(op: &str) -> Option<u64> {
     Some(match op {
         "Plus" => ops::PLUS,
         "Minus" => ops::MINUS,
-        "ElementTimes" => ops::ELEMENT_TIMES,
+        // Scale(scalar, x) and DiagTimes(diagonal, x) are element-wise products with CNTK's
+        // broadcasting (its own source says so); old NDL networks scale features with them.
+        "ElementTimes" | "Scale" | "DiagTimes" => ops::ELEMENT_TIMES,
         "RectifiedLinear" => ops::RELU,
         "Sigmoid" => ops::SIGMOID,
         "Tanh" => ops::TANH,
@@ -1226,6 +1228,34 @@ mod tests {
             op: "InputValue".into(),
             name: name.into(),
             fields: Fields::Input { shape: vec![dim] },
+        }
+    }
+
+    #[test]
+    fn scale_and_diag_times_are_element_wise_products() {
+        for op in ["Scale", "DiagTimes"] {
+            let node = Node {
+                op: op.into(),
+                name: "y".into(),
+                fields: Fields::None,
+            };
+            let network = network(
+                14,
+                vec![
+                    (value("s", &[0.5, 2.]), &[]),
+                    (input("x", 2), &[]),
+                    (node, &["s", "x"]),
+                ],
+                "y",
+            );
+            let model = to_model(&network, None).unwrap();
+            let y = &model.functions["y"];
+            assert_eq!(
+                (y.op, &y.inputs[..]),
+                (ops::ELEMENT_TIMES, &["s".to_owned(), "x".into()][..]),
+                "{op}"
+            );
+            crate::convert::lower(&model).unwrap();
         }
     }
 
