@@ -149,13 +149,8 @@ impl Prepared {
     }
 
     /// Images in the partition.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.partition.len()
-    }
-
-    /// Whether the partition has no images (validation refuses such partitions).
-    pub fn is_empty(&self) -> bool {
-        self.partition.len() == 0
     }
 
     /// The partition's result from its rows of the model's output (`classes` values per
@@ -247,7 +242,7 @@ impl Prepared {
 /// each its own outcome, in order. A device runs one large batch much faster per image than
 /// several small ones; the partitions' inputs are joined for the call (a copy of a few MB,
 /// against the seconds their images took to decode). A failed call fails every partition.
-pub fn score_together(batch: Vec<Prepared>, worker: &str) -> Vec<Result<Scored, ScoreError>> {
+pub fn score_together(mut batch: Vec<Prepared>, worker: &str) -> Vec<Result<Scored, ScoreError>> {
     let Some(first) = batch.first() else {
         return Vec::new();
     };
@@ -261,7 +256,6 @@ pub fn score_together(batch: Vec<Prepared>, worker: &str) -> Vec<Result<Scored, 
         .iter()
         .any(|p| p.images.errors.iter().any(Option::is_none));
     // One partition's input is its own buffer; several are joined in a spare one.
-    let mut batch = batch;
     let joined = (batch.len() > 1).then(|| {
         let mut joined = lock(&model.spare).pop().unwrap_or_default();
         joined.clear();
