@@ -14,6 +14,15 @@
 //! Python peers scoring the same folder (PIL + ONNX Runtime, one process per core; Ray Data).
 //! Job timings are whole processes, from start to exit. Each figure is the median of `--runs`
 //! runs (3 by default).
+//!
+//! On a GPU (a build with `--features bench/cuda,producer/cuda,worker/cuda` and the CUDA build
+//! of ONNX Runtime), `--provider cuda` runs the engine rows and every job on CUDA, and the
+//! engine and the jobs are measured at the batch sizes a GPU wants:
+//!
+//! ```sh
+//! target/release/bench --provider cuda --engine-batches 500,2000,10000 \
+//!     --partition-size 2000 --partitions-per-call 5 --skip-fleet --skip-python
+//! ```
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -23,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use clap::ValueEnum;
 use fleet_common::dataset::{self, BatchSelection, HEIGHT, IMAGE_BYTES, WIDTH};
 use fleet_common::spec::{ModelSpec, Normalize, Resize};
 use fleet_imaging::{DecodeLimits, Image, Preprocessor, decode};
@@ -46,6 +56,17 @@ struct Args {
     /// Images per partition in the job runs.
     #[arg(long, default_value_t = 500)]
     partition_size: u32,
+    /// Partitions a worker joins into one model call in the job runs (the worker's
+    /// `--partitions-per-call`).
+    #[arg(long, env = "WORKER_PARTITIONS_PER_CALL", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    partitions_per_call: u16,
+    /// Images per model call in the engine rows, comma-separated. The jobs' largest call
+    /// (partition size times partitions per call) is always measured too, for their ratios.
+    #[arg(long, env = "BENCH_ENGINE_BATCHES", value_delimiter = ',', default_value = "1,32,128,500", value_parser = clap::value_parser!(u32).range(1..))]
+    engine_batches: Vec<u32>,
+    /// The engine rows' and the jobs' execution provider and threads.
+    #[command(flatten)]
+    inference: InferenceOptions,
     /// AMQP URL for the fleet runs.
     #[arg(
         long,
@@ -162,23 +183,25 @@ fn main() -> Result<()> {
         preprocessor.write_planes(planes, HEIGHT, WIDTH, out);
     };
     let onnx = staged("models/resnet20.onnx")?;
-    let inference: InferenceOptions = fleet_common::cli::defaults()?;
-    let mut scorer = Scorer::load(&onnx, "resnet20", &inference)?;
+    let mut scorer = Scorer::load(&onnx, "resnet20", &args.inference)?;
+    let provider = scorer.provider();
     let mut input = Vec::new();
     preprocess(&pixels, &mut input);
     let mut logits = Vec::new();
-    let mut engine_500 = 0.0;
+    // The jobs' largest model call, and the engine at that size: what their ratios compare to.
+    let call = args.partition_size as usize * usize::from(args.partitions_per_call);
+    let mut engine_batches: Vec<usize> = args.engine_batches.iter().map(|&b| b as usize).collect();
+    engine_batches.push(call);
+    engine_batches.sort_unstable();
+    engine_batches.dedup();
     let mut fp32_correct = 0;
-    let mut fp32_seconds = std::collections::HashMap::new();
-    for batch in [1usize, 32, 128, 500] {
+    let mut fp32_seconds = std::collections::BTreeMap::new();
+    for &batch in &engine_batches {
         let (seconds, correct) =
             repeated(args.runs, || score_all(&mut scorer, &input, &labels, batch))?;
         let correct = correct[0];
         fp32_seconds.insert(batch, seconds);
-        if batch == 500 {
-            engine_500 = seconds;
-            fp32_correct = correct;
-        }
+        fp32_correct = correct;
         rows.push(Row {
             what: format!("ONNX Runtime alone, batch {batch}"),
             images: images as u64,
@@ -186,17 +209,37 @@ fn main() -> Result<()> {
             note: format!("accuracy {:.2}%", 100.0 * correct as f64 / images as f64),
         });
     }
+    let engine_call = fp32_seconds[&call];
+    let (best_batch, engine_best) = fp32_seconds
+        .iter()
+        .map(|(&batch, &seconds)| (batch, seconds))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .expect("the job's call size is always measured");
+    let versus_engine = |seconds: f64| {
+        let mut note = format!("{:.2} x engine at batch {call}", seconds / engine_call);
+        if best_batch != call {
+            note += &format!(
+                ", {:.2} x its best (batch {best_batch})",
+                seconds / engine_best
+            );
+        }
+        note
+    };
     // The opt-in int8 model, as `producer stage --quantize` staged it.
     let int8 = staged("models/resnet20-int8.onnx")?;
-    let mut quantized = Scorer::load(&int8, "resnet20-int8", &inference)?;
-    let mut int8_500 = 0.0;
-    for batch in [32usize, 500] {
+    let mut quantized = Scorer::load(&int8, "resnet20-int8", &args.inference)?;
+    let mut int8_call = 0.0;
+    let int8_batches = engine_batches
+        .iter()
+        .copied()
+        .filter(|&b| b == 32 || b == call);
+    for batch in int8_batches {
         let (seconds, correct) = repeated(args.runs, || {
             score_all(&mut quantized, &input, &labels, batch)
         })?;
         let correct = correct[0];
-        if batch == 500 {
-            int8_500 = seconds;
+        if batch == call {
+            int8_call = seconds;
         }
         rows.push(Row {
             what: format!("ONNX Runtime alone, int8 model, batch {batch}"),
@@ -269,10 +312,10 @@ fn main() -> Result<()> {
         |_, image| resizing.write(image, &mut resized),
     )?);
     let (engine_folder, correct) = repeated(args.runs, || {
-        score_all(&mut scorer, &folder_input, &folder_labels, 500)
+        score_all(&mut scorer, &folder_input, &folder_labels, call)
     })?;
     rows.push(Row {
-        what: "ONNX Runtime alone on the folder's decoded tensors, batch 500".into(),
+        what: format!("ONNX Runtime alone on the folder's decoded tensors, batch {call}"),
         images: encoded.len() as u64,
         seconds: engine_folder,
         note: format!(
@@ -282,8 +325,20 @@ fn main() -> Result<()> {
     });
     drop(scorer);
 
-    // The embedded job, whole process.
+    // The embedded job, whole process. Every job scores as the engine rows did.
     let partition_size = args.partition_size.to_string();
+    let partitions_per_call = args.partitions_per_call.to_string();
+    let provider_name = args
+        .inference
+        .provider
+        .to_possible_value()
+        .expect("every provider has a name");
+    let intra_threads = args.inference.intra_threads.to_string();
+    let job_env = [
+        ("EXECUTION_PROVIDER", provider_name.get_name()),
+        ("WORKER_PARTITIONS_PER_CALL", partitions_per_call.as_str()),
+        ("INTRA_OP_THREADS", intra_threads.as_str()),
+    ];
     let embedded_once = |batches: &str, model: &str| -> Result<(f64, u64, Option<f64>)> {
         let started = Instant::now();
         let partitions = store.join("cifar/jobs");
@@ -301,7 +356,7 @@ fn main() -> Result<()> {
                 "--model-name",
                 model,
             ],
-            &[],
+            &job_env,
         )?;
         Ok((started.elapsed().as_secs_f64(), peak, watcher.first()))
     };
@@ -322,8 +377,8 @@ fn main() -> Result<()> {
         images: images as u64,
         seconds,
         note: format!(
-            "{:.2} x engine at batch 500; peak RSS {} MB; first partition stored after {}",
-            seconds / engine_500,
+            "{}; peak RSS {} MB; first partition stored after {}",
+            versus_engine(seconds),
             peak / 1024,
             first.map_or("?".into(), |s| format!("{s:.2} s"))
         ),
@@ -334,9 +389,9 @@ fn main() -> Result<()> {
         images: images as u64,
         seconds,
         note: format!(
-            "{:.2} x int8 engine at batch 500, {:.2} x fp32 engine; peak RSS {} MB",
-            seconds / int8_500,
-            seconds / engine_500,
+            "{:.2} x int8 engine at batch {call}, {:.2} x fp32 engine; peak RSS {} MB",
+            seconds / int8_call,
+            seconds / engine_call,
             peak / 1024
         ),
     });
@@ -357,7 +412,7 @@ fn main() -> Result<()> {
             &partition_size,
         ];
         let started = Instant::now();
-        let (_, peak) = run_measured(&bin_dir.join("producer"), &job_args, &[])?;
+        let (_, peak) = run_measured(&bin_dir.join("producer"), &job_args, &job_env)?;
         Ok((started.elapsed().as_secs_f64(), peak))
     };
     let (folder_seconds, peaks) = repeated(args.runs, folder_job)?;
@@ -430,8 +485,8 @@ fn main() -> Result<()> {
             images: 6 * images as u64,
             seconds,
             note: format!(
-                "{:.2} x engine at batch 500; peak RSS {} MB",
-                seconds / (6.0 * engine_500),
+                "{}; peak RSS {} MB",
+                versus_engine(seconds / 6.0),
                 peak / 1024
             ),
         });
@@ -453,6 +508,8 @@ fn main() -> Result<()> {
                 ("RESULTS_QUEUE", rq.as_str()),
                 ("DEAD_LETTER_QUEUE", dq.as_str()),
                 ("INTRA_OP_THREADS", threads.as_str()),
+                ("EXECUTION_PROVIDER", provider_name.get_name()),
+                ("WORKER_PARTITIONS_PER_CALL", partitions_per_call.as_str()),
             ];
             let mut inputs = [&tarball_args[..], &model_args].concat();
             if workers == 1 {
@@ -486,7 +543,7 @@ fn main() -> Result<()> {
             let mut jobs = vec![(
                 format!("fleet over RabbitMQ + Azurite, {workers} worker process{plural}"),
                 vec![],
-                engine_500,
+                engine_call,
             )];
             if workers == 1 {
                 jobs.push((
@@ -522,8 +579,11 @@ fn main() -> Result<()> {
     }
 
     println!(
-        "Each figure is the median of {} runs (peak RSS: the largest).\n",
-        args.runs.max(1)
+        "Each figure is the median of {} runs (peak RSS: the largest). Execution provider: {provider}; \
+         jobs: partitions of {} images, up to {} per model call.\n",
+        args.runs.max(1),
+        args.partition_size,
+        args.partitions_per_call
     );
     println!("| what | images | seconds | images/s | notes |");
     println!("| --- | ---: | ---: | ---: | --- |");
@@ -638,7 +698,9 @@ fn score_all(
 ) -> Result<(f64, usize)> {
     let mut logits = Vec::new();
     let image_len = scorer.signature().input_len();
-    scorer.score(&input[..batch * image_len], batch, &mut logits)?;
+    // A batch larger than the input scores it in one call.
+    let warm_up = batch.min(input.len() / image_len);
+    scorer.score(&input[..warm_up * image_len], warm_up, &mut logits)?;
     let classes = scorer.classes();
     let mut correct = 0;
     let started = Instant::now();

@@ -253,6 +253,85 @@ fn wait_reports_dead_lettered_partitions_and_fails() {
     );
 }
 
+/// A partition whose workers all die holding it (killed here; out of memory or a crash in the
+/// wild) is not handed to worker after worker until the broker drops it silently: the worker
+/// that takes it past `--max-attempts` dead-letters it with a note, and `producer --wait` says
+/// what happened instead of waiting out its hour.
+#[test]
+fn a_partition_whose_workers_keep_dying_is_dead_lettered_with_the_reason() {
+    let fleet = Fleet::isolated();
+    fleet.stage();
+    let env = fleet.env();
+    let collector = spawn("collector", &[], &env);
+    // One partition: whichever worker takes it holds it.
+    let mut producer = spawn("producer", &["--wait", "--partition-size", "10000"], &env);
+    let job = job_of(&mut producer);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let broker = runtime
+        .block_on(AmqpBroker::connect(fleet.amqp_args()))
+        .unwrap();
+    let ready = || {
+        runtime
+            .block_on(broker.ready_count(Queue::Partitions))
+            .unwrap()
+    };
+    let wait_until = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let worker = || spawn("worker", &["--max-attempts", "2"], &env);
+    // Two workers die holding it: SIGKILL each once it has the partition.
+    for _ in 0..2 {
+        wait_until("the partition is queued", &|| ready() == 1);
+        let mut victim = worker();
+        wait_until("a worker takes the partition", &|| ready() == 0);
+        kill(&mut victim);
+    }
+    let started = Instant::now();
+    let third = worker();
+    let out = wait_output(producer, "producer --wait", PROCESS_DEADLINE);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (status, worker_log) = terminate(third);
+    terminate(collector);
+    assert!(
+        !out.status.success(),
+        "--wait succeeded on a dead-lettered job"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "--wait took {:?} to notice",
+        started.elapsed()
+    );
+    assert!(
+        stderr.contains(&format!(
+            "job {job} cannot complete: partitions were dead-lettered"
+        )) && stderr.contains("partition 0: delivered 2 times without a result"),
+        "{stderr}"
+    );
+    // The third worker gave up on it without trying it, and goes on.
+    assert!(status.success(), "{worker_log}");
+    assert!(
+        worker_log.contains("giving up on partition"),
+        "{worker_log}"
+    );
+    // It is in the dead-letter queue, with the same reason.
+    let reason = runtime.block_on(async {
+        let mut dead = broker.consume(Queue::DeadLetter, 1).await.unwrap();
+        let delivery = tokio::time::timeout(Duration::from_secs(60), dead.next())
+            .await
+            .expect("dead letter in time")
+            .unwrap()
+            .unwrap();
+        let reason = delivery.dead_letter_reason().unwrap_or_default();
+        delivery.ack().await.unwrap();
+        reason
+    });
+    assert!(reason.starts_with("delivered 2 times"), "{reason}");
+}
+
 #[test]
 fn a_worker_stopped_with_sigterm_drains_and_exits() {
     let fleet = Fleet::isolated();

@@ -44,7 +44,10 @@ pub struct WorkerOptions {
     /// jobs); run until stopped when absent.
     #[arg(long, env = "WORKER_IDLE_EXIT_SECS")]
     pub idle_exit_secs: Option<u64>,
-    /// Deliveries of one partition before it is dead-lettered.
+    /// Deliveries of one partition before it is dead-lettered, with a note for `producer
+    /// --wait`: attempts that failed, and deliveries whose workers stopped before finishing
+    /// them. Keep the broker's `--delivery-limit` at least this, or the broker dead-letters such
+    /// partitions first, without the note.
     #[arg(long, env = "WORKER_MAX_ATTEMPTS", default_value_t = 5)]
     pub max_attempts: u32,
     #[command(flatten)]
@@ -146,6 +149,20 @@ pub async fn run<B: Broker>(
             }
         };
         let (job, number) = (partition.job.clone(), partition.partition);
+        // A worker gives up on a partition at its last attempt, so a delivery past it was never
+        // settled: the workers that held it stopped first. Tried again it may stop this one too,
+        // and the broker would soon drop it into the dead-letter queue without saying why.
+        if delivery.attempt() > settler.max_attempts {
+            let reason = format!(
+                "delivered {} times without a result: the workers that took it stopped before \
+                 finishing it (killed, crashed, out of memory, or cut off from the broker); not \
+                 tried again. Look for the cause in those workers' logs or exit status",
+                delivery.attempt() - 1
+            );
+            tracing::error!(%job, partition = number, %reason, "giving up on partition: dead-lettering it");
+            settler.dead_letter(delivery, &job, number, &reason).await?;
+            continue;
+        }
         // Fetching and decoding block: run them off the async threads, taking the models along.
         let mut owned = models
             .take()
@@ -401,5 +418,71 @@ async fn sleep_or_forever(duration: Option<Duration>) {
     match duration {
         Some(d) => tokio::time::sleep(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use fleet_common::broker::memory::MemoryBroker;
+    use fleet_common::message::{Images, Partition};
+    use fleet_common::store::local::LocalStore;
+
+    use super::*;
+
+    /// A partition whose earlier deliveries all ended unsettled (their workers died holding
+    /// it) is dead-lettered untried once past `--max-attempts`, with a note for `--wait`.
+    #[tokio::test]
+    async fn a_partition_delivered_past_max_attempts_is_dead_lettered_untried() {
+        let broker = MemoryBroker::new(4, 10);
+        let partition = Partition {
+            job: "job-1".into(),
+            partition: 3,
+            model: "no-such-model".into(),
+            batch: "test_batch".into(),
+            first_index: 0,
+            images: Images::Planes {
+                height: 32,
+                width: 32,
+                names: vec!["a.png".into()],
+                pixels: vec![0; 3 * 32 * 32],
+            },
+            labels: vec![Some(1)],
+            top_k: 1,
+            published_at_ms: 0,
+        };
+        broker
+            .publish(Queue::Partitions, message::encode(&partition))
+            .await
+            .unwrap();
+        // Two workers take it and vanish without settling it.
+        let mut taken = broker.consume(Queue::Partitions, 1).await.unwrap();
+        for attempt in 1..=2 {
+            let delivery = taken.next().await.unwrap().unwrap();
+            assert_eq!(delivery.attempt(), attempt);
+            drop(delivery);
+        }
+        drop(taken);
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn BlobStore> = Arc::new(LocalStore::create(dir.path(), "c").unwrap());
+        let mut options: WorkerOptions = fleet_common::cli::defaults().unwrap();
+        options.max_attempts = 2;
+        options.idle_exit_secs = Some(1);
+        let (shutdown, _trigger) = Shutdown::manual();
+        let report = run(broker.clone(), store.clone(), options, "w".into(), shutdown)
+            .await
+            .unwrap();
+        assert_eq!((report.partitions, report.dead_lettered), (0, 1));
+        let dead = broker.drain_dead_letters();
+        assert_eq!(dead.len(), 1);
+        assert!(
+            dead[0]
+                .reason
+                .starts_with("delivered 2 times without a result"),
+            "{}",
+            dead[0].reason
+        );
+        // Untried: a try would have failed on the missing model and said so instead.
+        let note = store.get(&job::dead_letter_key("job-1", 3)).unwrap();
+        assert_eq!(String::from_utf8(note).unwrap(), dead[0].reason);
     }
 }

@@ -41,6 +41,14 @@ async fn run(cli: Cli) -> Result<()> {
     ops::serve(&cli.ops)
         .await
         .context("cannot serve the operations endpoint (--http-port)")?;
+    if cli.amqp.delivery_limit < cli.worker.max_attempts {
+        tracing::warn!(
+            delivery_limit = cli.amqp.delivery_limit,
+            max_attempts = cli.worker.max_attempts,
+            "the broker's delivery limit is below --max-attempts: partitions whose workers keep \
+             stopping are dead-lettered by the broker, with no note for `producer --wait`"
+        );
+    }
     let store = cli.store.open_async(false).await?;
     let broker = AmqpBroker::connect(cli.amqp).await?;
     let (shutdown, _trigger) = Shutdown::on_signals();
