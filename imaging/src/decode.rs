@@ -5,7 +5,8 @@
 
 use std::io::Cursor;
 
-use image::{DynamicImage, ImageReader};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageBuffer, ImageDecoder, ImageReader};
 
 /// Decoded pixels, rows top to bottom, channels interleaved (HWC): 1 channel (gray) or 3
 /// (R, G, B).
@@ -57,13 +58,18 @@ pub enum DecodeError {
     Corrupt(String),
 }
 
-/// Decodes `bytes` (format found from the content, not the name).
+/// Decodes `bytes` (format found from the content, not the name), turned upright as its EXIF
+/// orientation says (JPEG, PNG and WebP files carry one).
 pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<Image, DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        return crate::jpeg::decode(bytes, limits);
+        let image = crate::jpeg::decode(bytes, limits)?;
+        return Ok(match crate::jpeg::exif_orientation(bytes) {
+            Some(orientation) => upright(image, orientation),
+            None => image,
+        });
     }
     let reader = || {
         ImageReader::new(Cursor::new(bytes))
@@ -85,12 +91,12 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<Image, DecodeError> 
             max: limits.max_pixels,
         });
     }
-    let mut decoder = reader()?;
+    let mut reader = reader()?;
     let mut image_limits = image::Limits::default();
     // Room for the widest pixel format (16-bit RGBA) of the largest image allowed.
     image_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8).max(1 << 20));
-    decoder.limits(image_limits);
-    let decoded = decoder.decode().map_err(|e| match e {
+    reader.limits(image_limits);
+    let failed = |e| match e {
         image::ImageError::Unsupported(_) => DecodeError::Unsupported,
         image::ImageError::Limits(_) => DecodeError::TooLarge {
             width,
@@ -98,8 +104,35 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<Image, DecodeError> 
             max: limits.max_pixels,
         },
         other => DecodeError::Corrupt(other.to_string()),
-    })?;
+    };
+    let mut decoder = reader.into_decoder().map_err(failed)?;
+    // Metadata that cannot be read leaves the image as stored: its pixels are still good.
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut decoded = DynamicImage::from_decoder(decoder).map_err(failed)?;
+    decoded.apply_orientation(orientation);
     Ok(to_image(decoded))
+}
+
+/// `image` turned as its EXIF orientation says, so that it is scored (and shown) the way
+/// cameras, browsers and OpenCV (CNTK's image reader) show it.
+fn upright(image: Image, orientation: Orientation) -> Image {
+    if orientation == Orientation::NoTransforms {
+        return image;
+    }
+    let Image {
+        width,
+        height,
+        channels,
+        data,
+    } = image;
+    let (w, h) = (width as u32, height as u32);
+    let mut dynamic = if channels == 1 {
+        DynamicImage::ImageLuma8(ImageBuffer::from_raw(w, h, data).expect("one byte per pixel"))
+    } else {
+        DynamicImage::ImageRgb8(ImageBuffer::from_raw(w, h, data).expect("three bytes per pixel"))
+    };
+    dynamic.apply_orientation(orientation);
+    to_image(dynamic)
 }
 
 fn to_image(decoded: DynamicImage) -> Image {
@@ -125,7 +158,7 @@ fn to_image(decoded: DynamicImage) -> Image {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const LIMITS: DecodeLimits = DecodeLimits {
@@ -154,6 +187,74 @@ mod tests {
         );
         let rgba = decode(&png(1, 1, png::ColorType::Rgba, &[1, 2, 3, 4]), LIMITS).unwrap();
         assert_eq!(rgba.data, vec![1, 2, 3]);
+    }
+
+    /// `image` turned by index arithmetic alone, for EXIF orientations 3 (180 degrees), 6 (90
+    /// clockwise) and 8 (90 anticlockwise).
+    pub(crate) fn turned(image: &Image, orientation: u16) -> Image {
+        let (w, h, c) = (image.width, image.height, image.channels);
+        let (width, height) = if orientation == 3 { (w, h) } else { (h, w) };
+        let mut data = Vec::with_capacity(image.data.len());
+        for r in 0..height {
+            for col in 0..width {
+                let (sr, sc) = match orientation {
+                    3 => (h - 1 - r, w - 1 - col),
+                    6 => (h - 1 - col, r),
+                    8 => (col, w - 1 - r),
+                    other => panic!("orientation {other} is not one of 3, 6, 8"),
+                };
+                data.extend_from_slice(&image.data[(sr * w + sc) * c..][..c]);
+            }
+        }
+        Image {
+            width,
+            height,
+            channels: c,
+            data,
+        }
+    }
+
+    /// `png` with an eXIf chunk holding `tiff` before its image data.
+    fn with_exif(png: &[u8], tiff: &[u8]) -> Vec<u8> {
+        fn crc32(bytes: &[u8]) -> u32 {
+            let mut crc = !0u32;
+            for &b in bytes {
+                crc ^= u32::from(b);
+                for _ in 0..8 {
+                    crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+                }
+            }
+            !crc
+        }
+        let idat = png.windows(4).position(|w| w == b"IDAT").unwrap() - 4;
+        let body = [&b"eXIf"[..], tiff].concat();
+        [
+            &png[..idat],
+            &(tiff.len() as u32).to_be_bytes(),
+            &body,
+            &crc32(&body).to_be_bytes(),
+            &png[idat..],
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn exif_orientation_of_other_formats_turns_them_upright() {
+        let pixels: Vec<u8> = (0..6 * 4 * 3).map(|v| v as u8).collect();
+        let plain = png(6, 4, png::ColorType::Rgb, &pixels);
+        let stored = decode(&plain, LIMITS).unwrap();
+        assert_eq!(stored.data, pixels);
+        for orientation in [3, 6, 8] {
+            let tiff = crate::jpeg::tests::exif_block(orientation, orientation != 6);
+            let image = decode(&with_exif(&plain, &tiff), LIMITS).unwrap();
+            assert_eq!(
+                image,
+                turned(&stored, orientation),
+                "orientation {orientation}"
+            );
+        }
+        let garbage = decode(&with_exif(&plain, b"garbage"), LIMITS).unwrap();
+        assert_eq!(garbage, stored);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 use std::ffi::{c_int, c_ulong};
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 
+use image::metadata::Orientation;
 use mozjpeg_sys as ffi;
 
 use crate::decode::{DecodeError, DecodeLimits, Image};
@@ -153,6 +154,40 @@ fn cmyk_to_rgb(cmyk: &[u8], inverted: bool) -> Vec<u8> {
         .collect()
 }
 
+/// The orientation the file's EXIF block (an APP1 segment, "Exif\0\0" then a TIFF block)
+/// records, if it has one: cameras and phones store the sensor's rows as they came and say
+/// there how to turn them upright. Segments are walked from the start of the file; metadata
+/// comes before the image data (SOS), so the walk stops there.
+pub(crate) fn exif_orientation(bytes: &[u8]) -> Option<Orientation> {
+    let mut at = 2; // past SOI
+    loop {
+        let [0xFF, marker] = *bytes.get(at..at + 2)? else {
+            return None;
+        };
+        match marker {
+            // Fill bytes before a marker.
+            0xFF => at += 1,
+            // Markers without a length.
+            0x01 | 0xD0..=0xD8 => at += 2,
+            // Start of scan or end of image: no EXIF before it.
+            0xDA | 0xD9 => return None,
+            _ => {
+                let length = usize::from(u16::from_be_bytes([
+                    *bytes.get(at + 2)?,
+                    *bytes.get(at + 3)?,
+                ]));
+                let payload = bytes.get(at + 4..at + 2 + length.max(2))?;
+                if marker == 0xE1
+                    && let Some(tiff) = payload.strip_prefix(b"Exif\0\0")
+                {
+                    return Orientation::from_exif_chunk(tiff);
+                }
+                at += 2 + length.max(2);
+            }
+        }
+    }
+}
+
 /// Whether the file has Adobe's APP14 segment (`FF EE`, length, "Adobe"), which marks
 /// inverted CMYK. Entropy-coded data never holds `FF EE` (there `FF` is followed by 00 or a
 /// restart marker), so a plain scan finds only the segment.
@@ -207,7 +242,7 @@ fn message(cinfo: &mut ffi::jpeg_common_struct) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const LIMITS: DecodeLimits = DecodeLimits {
@@ -298,6 +333,79 @@ mod tests {
             decode(&garbled, LIMITS),
             Err(DecodeError::Corrupt(_))
         ));
+    }
+
+    /// A TIFF block whose first IFD holds one entry, Orientation (0x0112, SHORT, 1 value).
+    pub(crate) fn exif_block(orientation: u16, big_endian: bool) -> Vec<u8> {
+        let u16b = |v: u16| {
+            if big_endian {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        };
+        let u32b = |v: u32| {
+            if big_endian {
+                v.to_be_bytes()
+            } else {
+                v.to_le_bytes()
+            }
+        };
+        let magic: &[u8] = if big_endian { b"MM\0*" } else { b"II*\0" };
+        [
+            magic,
+            &u32b(8),
+            &u16b(1),
+            &u16b(0x0112),
+            &u16b(3),
+            &u32b(1),
+            &u16b(orientation),
+            &[0, 0],
+            &u32b(0),
+        ]
+        .concat()
+    }
+
+    /// `jpeg` with an APP1 EXIF segment after its first segment (libjpeg's JFIF APP0), so
+    /// that finding it means walking past another.
+    fn with_exif(jpeg: &[u8], tiff: &[u8]) -> Vec<u8> {
+        let app0_end = 4 + usize::from(u16::from_be_bytes([jpeg[4], jpeg[5]]));
+        let length = (2 + 6 + tiff.len()) as u16;
+        [
+            &jpeg[..app0_end],
+            &[0xFF, 0xE1],
+            &length.to_be_bytes(),
+            b"Exif\0\0",
+            tiff,
+            &jpeg[app0_end..],
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn exif_orientation_turns_the_image_upright() {
+        use crate::decode::decode;
+        let plain = encode(24, 16, 3, &gradient(3));
+        let stored = decode(&plain, LIMITS).unwrap();
+        for (orientation, big_endian) in [(6, true), (3, false), (8, false)] {
+            let image = decode(
+                &with_exif(&plain, &exif_block(orientation, big_endian)),
+                LIMITS,
+            )
+            .unwrap();
+            assert_eq!(
+                image,
+                crate::decode::tests::turned(&stored, orientation),
+                "orientation {orientation}"
+            );
+        }
+        // Upright already, or EXIF that is not a TIFF block: the pixels as stored.
+        for tiff in [exif_block(1, true), b"not a TIFF block at all".to_vec()] {
+            assert_eq!(decode(&with_exif(&plain, &tiff), LIMITS).unwrap(), stored);
+        }
+        // A segment length running past the end of the file is no orientation, not a panic.
+        let cut = with_exif(&plain, &exif_block(6, true));
+        assert_eq!(exif_orientation(&cut[..30]), None);
     }
 
     #[test]

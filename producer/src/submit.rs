@@ -221,7 +221,14 @@ fn plan(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Plan, SubmitEr
             },
         });
     }
-    let collection = collection::list(store, &options.dataset)?;
+    let mut collection = collection::list(store, &options.dataset)?;
+    // A label file beside the images is read, not skipped.
+    if let LabelSource::File(name) = &options.labels {
+        collection.not_images.retain(|other| other != name);
+    }
+    if let Some(note) = collection.not_images_note() {
+        tracing::warn!("{note}");
+    }
     let classes = spec.class_names();
     let source = match &options.labels {
         LabelSource::Auto | LabelSource::None => ResolvedSource::None,

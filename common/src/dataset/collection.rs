@@ -31,6 +31,36 @@ pub struct Collection {
     pub prefix: String,
     /// Image names relative to the prefix, sorted.
     pub names: Vec<String>,
+    /// Other files under the prefix (relative names, hidden files left out): not scored,
+    /// since their names are not those of images this product reads.
+    pub not_images: Vec<String>,
+}
+
+impl Collection {
+    /// What is said of the files under the prefix that are not scored (a few named, the rest
+    /// counted), or `None` when every file is an image.
+    pub fn not_images_note(&self) -> Option<String> {
+        const NAMED: usize = 5;
+        let count = self.not_images.len();
+        if count == 0 {
+            return None;
+        }
+        let mut named = self.not_images[..count.min(NAMED)].join(", ");
+        if count > NAMED {
+            named.push_str(&format!(" and {} more", count - NAMED));
+        }
+        let (files, are) = if count == 1 {
+            ("file", "is")
+        } else {
+            ("files", "are")
+        };
+        Some(format!(
+            "{count} {files} under {} {are} not scored, their names not those of images this \
+             product reads ({}; convert others, TIFF for instance, to PNG): {named}",
+            self.prefix,
+            IMAGE_EXTENSIONS.join(", ")
+        ))
+    }
 }
 
 /// Normalises a user's prefix: no leading `./` or `/`, one trailing `/`.
@@ -47,10 +77,14 @@ pub fn list(store: &dyn BlobStore, dataset: &str) -> Result<Collection, DatasetE
     let prefix = normalize_prefix(dataset);
     let all = store.list(&prefix).map_err(DatasetError::Store)?;
     let total = all.len();
-    let names: Vec<String> = all
+    let (images, others): (Vec<String>, Vec<String>) =
+        all.into_iter().partition(|key| is_image(key));
+    let relative = |key: String| key[prefix.len()..].to_owned();
+    let names: Vec<String> = images.into_iter().map(relative).collect();
+    let not_images = others
         .into_iter()
-        .filter(|key| is_image(key))
-        .map(|key| key[prefix.len()..].to_owned())
+        .map(relative)
+        .filter(|name| !name.rsplit('/').next().unwrap_or(name).starts_with('.'))
         .collect();
     if names.is_empty() {
         return Err(DatasetError::NoImages {
@@ -60,7 +94,11 @@ pub fn list(store: &dyn BlobStore, dataset: &str) -> Result<Collection, DatasetE
             blobs: total,
         });
     }
-    Ok(Collection { prefix, names })
+    Ok(Collection {
+        prefix,
+        names,
+        not_images,
+    })
 }
 
 /// Where the true labels of a job's images come from.
@@ -350,6 +388,48 @@ mod tests {
         assert!(!is_image("noext"));
         assert_eq!(normalize_prefix("./photos/"), "photos/");
         assert_eq!(normalize_prefix("photos"), "photos/");
+    }
+
+    #[test]
+    fn listing_keeps_images_and_names_the_other_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::local::LocalStore::create(dir.path(), "c").unwrap();
+        for key in [
+            "photos/cat/1.JPG",
+            "photos/cat/scan.tiff",
+            "photos/dog/2.png",
+            "photos/dog/.DS_Store",
+            "photos/notes.txt",
+            "elsewhere/3.jpg",
+        ] {
+            store.put(key, b"x").unwrap();
+        }
+        let collection = list(&store, "./photos").unwrap();
+        assert_eq!(collection.names, names(&["cat/1.JPG", "dog/2.png"]));
+        assert_eq!(
+            collection.not_images,
+            names(&["cat/scan.tiff", "notes.txt"])
+        );
+        let note = collection.not_images_note().unwrap();
+        assert!(
+            note.starts_with("2 files under photos/ are not scored")
+                && note.ends_with(": cat/scan.tiff, notes.txt"),
+            "{note}"
+        );
+        let many = Collection {
+            not_images: (0..7).map(|i| format!("{i}.txt")).collect(),
+            ..collection
+        };
+        let note = many.not_images_note().unwrap();
+        assert!(
+            note.ends_with("0.txt, 1.txt, 2.txt, 3.txt, 4.txt and 2 more"),
+            "{note}"
+        );
+        let all_images = Collection {
+            not_images: vec![],
+            ..many
+        };
+        assert_eq!(all_images.not_images_note(), None);
     }
 
     #[test]
