@@ -65,6 +65,9 @@ pub struct Signature {
     pub width: usize,
     /// Length of the output row.
     pub classes: usize,
+    /// The images per call the model was exported for, when its batch dimension is fixed
+    /// (`torch.onnx.export` without dynamic axes leaves 1); `None` when it takes any number.
+    pub fixed_batch: Option<usize>,
 }
 
 impl Signature {
@@ -132,6 +135,13 @@ impl Scorer {
             reason,
         })?;
         tracing::info!(model = model_name, provider, classes = signature.classes, input = ?signature.shape(1), "model loaded");
+        if let Some(fixed) = signature.fixed_batch {
+            tracing::info!(
+                model = model_name,
+                fixed,
+                "the model takes a fixed number of images per call: they are scored that many at a time"
+            );
+        }
         Ok(Self {
             session,
             signature,
@@ -155,8 +165,36 @@ impl Scorer {
     }
 
     /// Scores `images` preprocessed images laid out as the signature says in `input`, and
-    /// writes `images * classes` outputs to `outputs` (cleared first).
+    /// writes `images * classes` outputs to `outputs` (cleared first). A model with a fixed
+    /// batch size is run as often as it takes, the last call filled up with blank images whose
+    /// outputs are dropped.
     pub fn score(
+        &mut self,
+        input: &[f32],
+        images: usize,
+        outputs: &mut Vec<f32>,
+    ) -> Result<(), InferenceError> {
+        outputs.clear();
+        let Some(fixed) = self.signature.fixed_batch.filter(|&fixed| fixed != images) else {
+            return self.run(input, images, outputs);
+        };
+        let image_len = self.signature.input_len();
+        for chunk in input.chunks(fixed * image_len) {
+            let real = chunk.len() / image_len;
+            if real == fixed {
+                self.run(chunk, fixed, outputs)?;
+            } else {
+                let mut padded = chunk.to_vec();
+                padded.resize(fixed * image_len, 0.0);
+                self.run(&padded, fixed, outputs)?;
+                outputs.truncate(outputs.len() - (fixed - real) * self.signature.classes);
+            }
+        }
+        Ok(())
+    }
+
+    /// One session run over `images` images; appends their outputs.
+    fn run(
         &mut self,
         input: &[f32],
         images: usize,
@@ -175,7 +213,6 @@ impl Scorer {
                 "model returned shape {shape:?} for {images} images"
             )));
         }
-        outputs.clear();
         outputs.extend_from_slice(values);
         Ok(())
     }
@@ -198,16 +235,21 @@ fn read_signature(session: &Session) -> Result<Signature, String> {
     let Some(output) = session.outputs().first() else {
         return Err("it has no outputs".into());
     };
-    let expect_float = |what: &str, ty: &ValueType| match ty {
+    let expect_float = |what: &str, name: &str, ty: &ValueType| match ty {
         ValueType::Tensor {
             ty: TensorElementType::Float32,
             shape,
             ..
         } => Ok(shape.to_vec()),
-        other => Err(format!("its {what} is {other:?}, not a float tensor")),
+        ValueType::Tensor { ty, .. } => Err(format!(
+            "its {what} {name} holds {ty:?} values, not Float32 (export it with float32 \
+             {what}s; a cast inside the model keeps any other precision within)"
+        )),
+        _ => Err(format!("its {what} {name} is not a tensor")),
     };
-    let shape = expect_float("input", input.dtype())?;
+    let shape = expect_float("input", input.name(), input.dtype())?;
     let fixed = |d: i64| usize::try_from(d).ok().filter(|&d| d > 0);
+    let fixed_batch = shape.first().and_then(|&n| fixed(n));
     let (layout, channels, height, width) = match shape.as_slice() {
         [_, c, h, w] if matches!(c, 1 | 3) && fixed(*h).is_some() && fixed(*w).is_some() => {
             (Layout::Nchw, *c, *h, *w)
@@ -222,7 +264,7 @@ fn read_signature(session: &Session) -> Result<Signature, String> {
             ));
         }
     };
-    let output_shape = expect_float("output", output.dtype())?;
+    let output_shape = expect_float("output", output.name(), output.dtype())?;
     // [N, classes], or [N, classes, 1, 1] as some converters leave it.
     let classes = match output_shape.as_slice() {
         [_, rest @ ..] if !rest.is_empty() && rest.iter().all(|&d| d > 0) => {
@@ -244,6 +286,7 @@ fn read_signature(session: &Session) -> Result<Signature, String> {
         height: height as usize,
         width: width as usize,
         classes,
+        fixed_batch,
     })
 }
 

@@ -11,6 +11,11 @@ pub enum ImportError {
     Cntk(#[from] cntk_onnx::ImportError),
     #[error("{0} is neither a CNTK model (v1 or v2) nor an ONNX model")]
     UnknownFormat(String),
+    #[error(
+        "{file} is not an ONNX model: {reason}. Export it again, or check that the file was \
+         copied whole"
+    )]
+    NotOnnx { file: String, reason: String },
 }
 
 /// What a model file was.
@@ -60,7 +65,14 @@ pub fn import(
         Format::CntkV2 => Some(SourceFormat::CntkV2),
         Format::Onnx => None,
         Format::Unknown => {
-            // Let the importer explain what it found (a damaged model, not a model at all, ...).
+            // A file named as ONNX is explained as ONNX; any other by the CNTK importer (a
+            // damaged model, not a model at all, ...).
+            if file_name.to_ascii_lowercase().ends_with(".onnx") {
+                return Err(ImportError::NotOnnx {
+                    file: file_name.into(),
+                    reason: onnx_problem(&bytes),
+                });
+            }
             cntk_onnx::import_with(&bytes, file_name, options)?;
             return Err(ImportError::UnknownFormat(file_name.into()));
         }
@@ -84,6 +96,15 @@ pub fn import(
         source_sha256,
         description,
     })
+}
+
+/// Why `bytes` are not an ONNX model.
+fn onnx_problem(bytes: &[u8]) -> String {
+    match ModelProto::decode(bytes) {
+        Err(e) => format!("its bytes are not an ONNX protobuf ({e})"),
+        Ok(model) if model.ir_version == 0 => "it names no ONNX IR version".into(),
+        Ok(_) => "it holds no graph of operators".into(),
+    }
 }
 
 /// Probabilities when the graph's first output is made by a Softmax node, else logits.

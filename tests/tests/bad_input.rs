@@ -179,6 +179,18 @@ fn bad_mean_images_are_refused() {
 /// average pool, then a weight matrix whose last column is largest, so every image is
 /// predicted as the last class.
 fn classifier_model(channels: i64, side: i64, classes: i64) -> Vec<u8> {
+    exported_model(channels, side, classes, None, 1)
+}
+
+/// [`classifier_model`] with its batch dimension fixed at `batch` (or any, `None`) and input
+/// and output elements of ONNX type `elem_type` (1: float32, 10: float16).
+fn exported_model(
+    channels: i64,
+    side: i64,
+    classes: i64,
+    batch: Option<i64>,
+    elem_type: i32,
+) -> Vec<u8> {
     let dims = |d: &[Option<i64>]| TensorShapeProto {
         dim: d
             .iter()
@@ -191,7 +203,7 @@ fn classifier_model(channels: i64, side: i64, classes: i64) -> Vec<u8> {
         name: name.into(),
         r#type: Some(TypeProto {
             tensor_type: Some(TensorTypeProto {
-                elem_type: 1,
+                elem_type,
                 shape: Some(shape),
             }),
         }),
@@ -203,9 +215,13 @@ fn classifier_model(channels: i64, side: i64, classes: i64) -> Vec<u8> {
         op_type: op.into(),
         ..Default::default()
     };
-    let weights: Vec<u8> = (0..channels * classes)
-        .flat_map(|i| ((i % classes + 1) as f32 * 0.01).to_le_bytes())
-        .collect();
+    let weights: Vec<u8> = match elem_type {
+        1 => (0..channels * classes)
+            .flat_map(|i| ((i % classes + 1) as f32 * 0.01).to_le_bytes())
+            .collect(),
+        // Float16 zeros: such a model is only ever refused, never run.
+        _ => vec![0; (channels * classes * 2) as usize],
+    };
     ModelProto {
         ir_version: 8,
         opset_import: vec![OperatorSetIdProto {
@@ -221,15 +237,15 @@ fn classifier_model(channels: i64, side: i64, classes: i64) -> Vec<u8> {
             ],
             initializer: vec![TensorProto {
                 dims: vec![channels, classes],
-                data_type: 1,
+                data_type: elem_type,
                 name: "weights".into(),
                 raw_data: weights,
             }],
             input: vec![info(
                 "input",
-                dims(&[None, Some(channels), Some(side), Some(side)]),
+                dims(&[batch, Some(channels), Some(side), Some(side)]),
             )],
-            output: vec![info("output", dims(&[None, Some(classes)]))],
+            output: vec![info("output", dims(&[batch, Some(classes)]))],
             ..Default::default()
         }),
         ..Default::default()
@@ -257,6 +273,29 @@ fn models_that_do_not_fit_or_are_not_models_are_refused() {
     assert!(err.contains("notes.dnn: not a CNTK model"), "{err}");
     assert!(!store.join("cifar/models/resnet20.onnx").exists());
 
+    // A file named as ONNX is explained as ONNX, not as a CNTK model it never claimed to be.
+    let whole = classifier_model(3, 32, 10);
+    let cut = write(root.path(), "cut.onnx", &whole[..whole.len() / 2]);
+    let err = stage(&store, "model", &cut);
+    assert!(
+        err.contains("cut.onnx is not an ONNX model: its bytes are not an ONNX protobuf")
+            && err.contains("copied whole"),
+        "{err}"
+    );
+
+    // Half precision in and out: named, with the way out.
+    let half = write(
+        root.path(),
+        "half.onnx",
+        &exported_model(3, 32, 10, None, 10),
+    );
+    let err = stage(&store, "model", &half);
+    assert!(
+        err.contains("its input input holds Float16 values, not Float32")
+            && err.contains("export it with float32 inputs"),
+        "{err}"
+    );
+
     // A model of any fixed image size is accepted by the same path.
     let fits = write(
         root.path(),
@@ -281,6 +320,48 @@ fn models_that_do_not_fit_or_are_not_models_are_refused() {
         staged.contains("input 3x224x224") && staged.contains("1000 classes"),
         "{staged}"
     );
+}
+
+/// Models exported with a fixed batch size (a batch of one image is what `torch.onnx.export`
+/// gives without dynamic axes) score partitions of any size: run that many images at a time,
+/// the last call filled up, with the same scores as the same model taking any batch.
+#[test]
+fn models_exported_for_a_fixed_batch_score_partitions_of_any_size() {
+    let root = tempfile::tempdir().unwrap();
+    stage_fixtures(root.path(), "cifar");
+    let store = root.path().to_str().unwrap();
+    let mut scores = Vec::new();
+    for (name, batch) in [("any", None), ("one", Some(1)), ("seven", Some(7))] {
+        let model = write(
+            root.path(),
+            &format!("{name}.onnx"),
+            &exported_model(3, 32, 10, batch, 1),
+        );
+        run_ok(
+            "producer",
+            &[
+                "stage",
+                "--store",
+                store,
+                "--model",
+                model.to_str().unwrap(),
+                "--model-name",
+                name,
+            ],
+        );
+        let output = run_ok(
+            "producer",
+            &["--store", store, "--embedded", "--model-name", name],
+        );
+        assert!(output.contains("of 10000 images"), "{output}");
+        let results = root
+            .path()
+            .join("cifar/results")
+            .join(field(&output, "job"));
+        scores.push(std::fs::read_to_string(results.join("scores.csv")).unwrap());
+    }
+    assert_eq!(scores[1], scores[0], "batch 1 differs from any batch");
+    assert_eq!(scores[2], scores[0], "batch 7 differs from any batch");
 }
 
 /// The class count comes from the model: a 15-class model is not compared with the tarball's
