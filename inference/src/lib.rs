@@ -25,12 +25,56 @@ pub enum InferenceError {
     InvalidModel { model: String, reason: String },
     #[error(
         "model {model} is not an image classifier this product can score: {reason}. It must take \
-         one float tensor [N, C, H, W] or [N, H, W, C] with C 1 or 3 and H, W fixed, and return \
-         one float tensor [N, classes]"
+         one float tensor [N, C, H, W] or [N, H, W, C] with C 1 or 3, and return one float \
+         tensor [N, classes]"
     )]
     DoesNotFit { model: String, reason: String },
+    #[error(
+        "model {model} leaves the height and width of its input {input} free ({shape:?}; -1: \
+         any size): stage it with `--input-size HEIGHTxWIDTH`, the size it was trained at"
+    )]
+    NeedsSize {
+        model: String,
+        input: String,
+        shape: Vec<i64>,
+    },
+    #[error(
+        "model {model} takes images of {fixed} at its input {input}, not the {asked} asked for: \
+         leave out --input-size, or give the size the model takes"
+    )]
+    WrongSize {
+        model: String,
+        input: String,
+        fixed: String,
+        asked: InputSize,
+    },
     #[error("scoring failed: {0}")]
     Run(String),
+}
+
+/// The height and width fed to a model whose input leaves them free (`224x224`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputSize {
+    pub height: usize,
+    pub width: usize,
+}
+
+impl std::str::FromStr for InputSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let side = |t: &str| t.trim().parse::<usize>().ok().filter(|&v| v > 0);
+        match s.split_once(['x', 'X']).map(|(h, w)| (side(h), side(w))) {
+            Some((Some(height), Some(width))) => Ok(Self { height, width }),
+            _ => Err(format!("`{s}` is not a size like 224x224 (height x width)")),
+        }
+    }
+}
+
+impl std::fmt::Display for InputSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}", self.height, self.width)
+    }
 }
 
 /// Which execution provider runs the model.
@@ -105,11 +149,23 @@ impl Scorer {
         Ok(provider)
     }
 
-    /// Builds a session for the ONNX model in `model` and reads its signature.
+    /// Builds a session for the ONNX model in `model` and reads its signature. Its input's
+    /// height and width must be fixed in the model; see [`Scorer::load_sized`].
     pub fn load(
         model: &[u8],
         model_name: &str,
         options: &InferenceOptions,
+    ) -> Result<Self, InferenceError> {
+        Self::load_sized(model, model_name, options, None)
+    }
+
+    /// [`Scorer::load`] for a model that may leave its input's height and width free: `size`
+    /// is fed to it then. Where the model fixes them, `size` (when given) must agree.
+    pub fn load_sized(
+        model: &[u8],
+        model_name: &str,
+        options: &InferenceOptions,
+        size: Option<InputSize>,
     ) -> Result<Self, InferenceError> {
         let environment = runtime::environment()?;
         let invalid = |e: &dyn std::fmt::Display| InferenceError::InvalidModel {
@@ -130,10 +186,7 @@ impl Scorer {
         }
         let (mut builder, provider) = providers::register(builder, options.provider)?;
         let session = builder.commit_from_memory(model).map_err(|e| invalid(&e))?;
-        let signature = read_signature(&session).map_err(|reason| InferenceError::DoesNotFit {
-            model: model_name.into(),
-            reason,
-        })?;
+        let signature = read_signature(&session, model_name, size)?;
         tracing::info!(model = model_name, provider, classes = signature.classes, input = ?signature.shape(1), "model loaded");
         if let Some(fixed) = signature.fixed_batch {
             tracing::info!(
@@ -218,8 +271,58 @@ impl Scorer {
     }
 }
 
-/// The model's signature, or why it is not an image classifier.
-fn read_signature(session: &Session) -> Result<Signature, String> {
+/// The model's signature, with `size` for the input's free height and width, or why it cannot
+/// be scored.
+fn read_signature(
+    session: &Session,
+    model: &str,
+    size: Option<InputSize>,
+) -> Result<Signature, InferenceError> {
+    let does_not_fit = |reason: String| InferenceError::DoesNotFit {
+        model: model.into(),
+        reason,
+    };
+    let shape = image_input_shape(session).map_err(does_not_fit)?;
+    let mut signature = shape.signature;
+    let (model_height, model_width) = shape.height_width;
+    if let Some(asked) = size {
+        let agrees = |in_model: Option<usize>, asked: usize| in_model.is_none_or(|m| m == asked);
+        if !agrees(model_height, asked.height) || !agrees(model_width, asked.width) {
+            let side = |d: Option<usize>| d.map_or("any".to_owned(), |d| d.to_string());
+            return Err(InferenceError::WrongSize {
+                model: model.into(),
+                input: signature.input,
+                fixed: format!("{}x{}", side(model_height), side(model_width)),
+                asked,
+            });
+        }
+    }
+    match (
+        model_height.or(size.map(|s| s.height)),
+        model_width.or(size.map(|s| s.width)),
+    ) {
+        (Some(height), Some(width)) => {
+            (signature.height, signature.width) = (height, width);
+            Ok(signature)
+        }
+        _ => Err(InferenceError::NeedsSize {
+            model: model.into(),
+            input: signature.input,
+            shape: shape.dims,
+        }),
+    }
+}
+
+/// What [`image_input_shape`] reads: the signature with the height and width still to be
+/// settled, and the model's own (`None` where it leaves them free).
+struct InputShape {
+    signature: Signature,
+    height_width: (Option<usize>, Option<usize>),
+    dims: Vec<i64>,
+}
+
+/// The model's input and output as an image classifier's, or why they are not.
+fn image_input_shape(session: &Session) -> Result<InputShape, String> {
     let [input] = session.inputs() else {
         return Err(format!(
             "it has {} inputs ({})",
@@ -250,13 +353,11 @@ fn read_signature(session: &Session) -> Result<Signature, String> {
     let shape = expect_float("input", input.name(), input.dtype())?;
     let fixed = |d: i64| usize::try_from(d).ok().filter(|&d| d > 0);
     let fixed_batch = shape.first().and_then(|&n| fixed(n));
+    // A side is a size, or -1 where the model takes any.
+    let side = |d: i64| d == -1 || fixed(d).is_some();
     let (layout, channels, height, width) = match shape.as_slice() {
-        [_, c, h, w] if matches!(c, 1 | 3) && fixed(*h).is_some() && fixed(*w).is_some() => {
-            (Layout::Nchw, *c, *h, *w)
-        }
-        [_, h, w, c] if matches!(c, 1 | 3) && fixed(*h).is_some() && fixed(*w).is_some() => {
-            (Layout::Nhwc, *c, *h, *w)
-        }
+        [_, c, h, w] if matches!(c, 1 | 3) && side(*h) && side(*w) => (Layout::Nchw, *c, *h, *w),
+        [_, h, w, c] if matches!(c, 1 | 3) && side(*h) && side(*w) => (Layout::Nhwc, *c, *h, *w),
         other => {
             return Err(format!(
                 "its input {} has shape {other:?} (-1: any size)",
@@ -279,14 +380,19 @@ fn read_signature(session: &Session) -> Result<Signature, String> {
             output.name()
         )
     })?;
-    Ok(Signature {
-        input: input.name().to_owned(),
-        layout,
-        channels: channels as usize,
-        height: height as usize,
-        width: width as usize,
-        classes,
-        fixed_batch,
+    Ok(InputShape {
+        signature: Signature {
+            input: input.name().to_owned(),
+            layout,
+            channels: channels as usize,
+            // Settled by the caller: the model's, or the size asked for.
+            height: 0,
+            width: 0,
+            classes,
+            fixed_batch,
+        },
+        height_width: (fixed(height), fixed(width)),
+        dims: shape,
     })
 }
 
@@ -349,5 +455,22 @@ mod providers {
             ));
         }
         Ok((builder, "CPU"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InputSize;
+
+    #[test]
+    fn input_sizes_read_height_by_width() {
+        let size: InputSize = "224x160".parse().unwrap();
+        assert_eq!((size.height, size.width), (224, 160));
+        assert_eq!(size.to_string(), "224x160");
+        assert_eq!("32X32".parse::<InputSize>().unwrap().width, 32);
+        for bad in ["224", "0x32", "x32", "axb", "32x-1"] {
+            let e = bad.parse::<InputSize>().unwrap_err();
+            assert!(e.contains("224x224"), "{bad}: {e}");
+        }
     }
 }

@@ -18,7 +18,7 @@ use fleet_common::store::{BlobStore, StoreError, check_key};
 use fleet_common::{concurrent, job};
 use fleet_imaging::Preprocessor;
 use fleet_imaging::mean_image::{MeanImage, MeanImageError};
-use fleet_inference::{InferenceError, InferenceOptions, Scorer};
+use fleet_inference::{InferenceError, InferenceOptions, InputSize, Scorer};
 use indicatif::{ProgressBar, ProgressStyle};
 use model_tools::import::{ImportError, SourceFormat, import};
 use model_tools::quantize::{CALIBRATION_IMAGES, quantize};
@@ -110,6 +110,10 @@ pub struct SpecArgs {
     /// staged model --model-name.
     #[arg(long = "mean-image")]
     pub mean_image: Option<Source>,
+    /// The height and width to feed a model that leaves them free (`224x224`: the size it was
+    /// trained at); a model that fixes them must agree.
+    #[arg(long = "input-size", value_name = "HEIGHTxWIDTH")]
+    pub input_size: Option<InputSize>,
     /// The CNTK node (v1) or function (v2) whose output is the classifier's, when the model
     /// saved another one first [default: the saved output nodes, or the first output that is
     /// not a loss or metric].
@@ -263,7 +267,7 @@ pub fn stage_model(
         output: spec_args.output_node.clone(),
     };
     let imported = import(source.read_all()?, &file_name, &options)?;
-    let scorer = Scorer::load(&imported.onnx, &file_name, inference)?;
+    let scorer = Scorer::load_sized(&imported.onnx, &file_name, inference, spec_args.input_size)?;
     let signature = scorer.signature();
     let classes = match &spec_args.classes {
         Some(classes) => {
@@ -452,7 +456,11 @@ pub fn stage_quantized(
     };
     let quantized = quantize(&onnx, &input, shape)?;
     let int8_name = format!("{name}-int8");
-    Scorer::load(&quantized, &int8_name, inference)?;
+    let size = InputSize {
+        height: h,
+        width: w,
+    };
+    Scorer::load_sized(&quantized, &int8_name, inference, Some(size))?;
     let mut int8_spec = spec.clone();
     int8_spec.provenance.onnx_sha256 = sha256_hex(&quantized);
     int8_spec.provenance.format = format!("{} (int8)", spec.provenance.format);

@@ -179,14 +179,14 @@ fn bad_mean_images_are_refused() {
 /// average pool, then a weight matrix whose last column is largest, so every image is
 /// predicted as the last class.
 fn classifier_model(channels: i64, side: i64, classes: i64) -> Vec<u8> {
-    exported_model(channels, side, classes, None, 1)
+    exported_model(channels, Some(side), classes, None, 1)
 }
 
-/// [`classifier_model`] with its batch dimension fixed at `batch` (or any, `None`) and input
-/// and output elements of ONNX type `elem_type` (1: float32, 10: float16).
+/// [`classifier_model`] with its image side and batch size fixed (`Some`) or left free, and
+/// input and output elements of ONNX type `elem_type` (1: float32, 10: float16).
 fn exported_model(
     channels: i64,
-    side: i64,
+    side: Option<i64>,
     classes: i64,
     batch: Option<i64>,
     elem_type: i32,
@@ -241,10 +241,7 @@ fn exported_model(
                 name: "weights".into(),
                 raw_data: weights,
             }],
-            input: vec![info(
-                "input",
-                dims(&[batch, Some(channels), Some(side), Some(side)]),
-            )],
+            input: vec![info("input", dims(&[batch, Some(channels), side, side]))],
             output: vec![info("output", dims(&[batch, Some(classes)]))],
             ..Default::default()
         }),
@@ -287,7 +284,7 @@ fn models_that_do_not_fit_or_are_not_models_are_refused() {
     let half = write(
         root.path(),
         "half.onnx",
-        &exported_model(3, 32, 10, None, 10),
+        &exported_model(3, Some(32), 10, None, 10),
     );
     let err = stage(&store, "model", &half);
     assert!(
@@ -320,35 +317,73 @@ fn models_that_do_not_fit_or_are_not_models_are_refused() {
         staged.contains("input 3x224x224") && staged.contains("1000 classes"),
         "{staged}"
     );
+    // A size asked for that the model does not take.
+    let err = run_err(
+        "producer",
+        &[
+            "stage",
+            "--store",
+            store.to_str().unwrap(),
+            "--container",
+            "cifar",
+            "--model",
+            fits.to_str().unwrap(),
+            "--input-size",
+            "32x32",
+            "--only",
+            "model",
+        ],
+    );
+    assert!(
+        err.contains("takes images of 224x224 at its input input, not the 32x32 asked for"),
+        "{err}"
+    );
 }
 
 /// Models exported with a fixed batch size (a batch of one image is what `torch.onnx.export`
 /// gives without dynamic axes) score partitions of any size: run that many images at a time,
-/// the last call filled up, with the same scores as the same model taking any batch.
+/// the last call filled up. Models that leave the image size free are fed the size staged
+/// with `--input-size`. Either scores as the same model with the batch free and the size fixed.
 #[test]
-fn models_exported_for_a_fixed_batch_score_partitions_of_any_size() {
+fn models_exported_for_a_fixed_batch_or_any_image_size_score_as_the_same_model() {
     let root = tempfile::tempdir().unwrap();
     stage_fixtures(root.path(), "cifar");
     let store = root.path().to_str().unwrap();
     let mut scores = Vec::new();
-    for (name, batch) in [("any", None), ("one", Some(1)), ("seven", Some(7))] {
+    // Name, batch size, image side, what staging adds.
+    let no_flags: &[&str] = &[];
+    let models = [
+        ("any", None, Some(32), no_flags),
+        ("one", Some(1), Some(32), no_flags),
+        ("seven", Some(7), Some(32), no_flags),
+        ("free-size", None, None, &["--input-size", "32x32"]),
+    ];
+    for (name, batch, side, extra) in models {
         let model = write(
             root.path(),
             &format!("{name}.onnx"),
-            &exported_model(3, 32, 10, batch, 1),
+            &exported_model(3, side, 10, batch, 1),
         );
-        run_ok(
-            "producer",
-            &[
-                "stage",
-                "--store",
-                store,
-                "--model",
-                model.to_str().unwrap(),
-                "--model-name",
-                name,
-            ],
-        );
+        let mut args = vec![
+            "stage",
+            "--store",
+            store,
+            "--model",
+            model.to_str().unwrap(),
+            "--model-name",
+            name,
+        ];
+        if side.is_none() {
+            // Refused without a size, named with the way out.
+            let err = run_err("producer", &args);
+            assert!(
+                err.contains("leaves the height and width of its input input free")
+                    && err.contains("--input-size HEIGHTxWIDTH"),
+                "{err}"
+            );
+        }
+        args.extend(extra);
+        run_ok("producer", &args);
         let output = run_ok(
             "producer",
             &["--store", store, "--embedded", "--model-name", name],
@@ -362,6 +397,10 @@ fn models_exported_for_a_fixed_batch_score_partitions_of_any_size() {
     }
     assert_eq!(scores[1], scores[0], "batch 1 differs from any batch");
     assert_eq!(scores[2], scores[0], "batch 7 differs from any batch");
+    assert_eq!(
+        scores[3], scores[0],
+        "the size given differs from the size fixed"
+    );
 }
 
 /// The class count comes from the model: a 15-class model is not compared with the tarball's
