@@ -227,7 +227,7 @@ impl Jobs {
         if !complete {
             return Ok(None);
         }
-        let partitions: Vec<Scored> = state.partitions.values().cloned().collect();
+        let partitions: Vec<&Scored> = state.partitions.values().collect();
         let writing = Instant::now();
         let mut files = results::build(sealed, &partitions, now_ms());
         if files.summary.images != sealed.images {
@@ -273,7 +273,7 @@ impl Jobs {
         &self,
         job: &str,
         files: &results::ResultFiles,
-        partitions: &[Scored],
+        partitions: &[&Scored],
     ) -> Result<String, StoreError> {
         let manifest = match self.store.get(&job::manifest_key(job)) {
             Ok(bytes) => serde_json::from_slice::<Manifest>(&bytes).ok(),

@@ -146,8 +146,9 @@ pub struct ResultFiles {
 }
 
 /// Builds the result files of the sealed job from every partition's scores. `partitions` must
-/// hold each partition once, in job order (the collector keys them by partition number).
-pub fn build(sealed: &Sealed, partitions: &[Scored], completed_at_ms: u64) -> ResultFiles {
+/// hold each partition once, in job order (the collector keys them by partition number); they
+/// are borrowed, as a large job's scores are not to be held twice.
+pub fn build(sealed: &Sealed, partitions: &[&Scored], completed_at_ms: u64) -> ResultFiles {
     let classes = &sealed.classes;
     let n = classes.len();
     let class_name = |i: u32| classes.get(i as usize).map_or("?", String::as_str);
@@ -405,6 +406,10 @@ mod tests {
         crate::dataset::CLASS_NAMES.map(String::from).to_vec()
     }
 
+    fn refs(parts: &[Scored]) -> Vec<&Scored> {
+        parts.iter().collect()
+    }
+
     fn sealed(classes: Vec<String>, labelled: bool, errors_column: bool) -> Sealed {
         Sealed {
             job: "j".into(),
@@ -450,7 +455,7 @@ mod tests {
             scored(0, "test_batch", 0, &[(3, 3), (5, 3)]),
             scored(1, "test_batch", 2, &[(0, 0)]),
         ];
-        let files = build(&sealed(cifar_classes(), true, false), &parts, 3_000);
+        let files = build(&sealed(cifar_classes(), true, false), &refs(&parts), 3_000);
         assert_eq!(files.summary.images, 3);
         assert_eq!(files.summary.correct, 2);
         assert_eq!(
@@ -483,7 +488,7 @@ mod tests {
             scored(0, "data_batch_1", 0, &[(1, 1)]),
             scored(1, "test_batch", 0, &[(2, 2)]),
         ];
-        let files = build(&sealed(cifar_classes(), true, false), &parts, 1_000);
+        let files = build(&sealed(cifar_classes(), true, false), &refs(&parts), 1_000);
         assert!(files.scores_csv.starts_with("batch,index,"));
         assert!(files.scores_csv.contains("\ntest_batch,0,f0.png,2,2,"));
     }
@@ -493,7 +498,7 @@ mod tests {
         // Class 57 of 100 is neither clamped nor counted as another class.
         let classes: Vec<String> = (0..100).map(|i| format!("c{i}")).collect();
         let parts = [scored(0, "p/", 0, &[(9, 57), (57, 57)])];
-        let files = build(&sealed(classes, true, false), &parts, 2_000);
+        let files = build(&sealed(classes, true, false), &refs(&parts), 2_000);
         assert_eq!(files.summary.correct, 1);
         assert_eq!(files.summary.predicted[57].predicted, 2);
         assert_eq!(files.summary.most_confused[0].true_class, "c9");
@@ -522,7 +527,7 @@ mod tests {
                 false,
                 true,
             ),
-            &[part],
+            &[&part],
             2_000,
         );
         let lines: Vec<&str> = files.scores_csv.lines().collect();

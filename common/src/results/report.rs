@@ -73,7 +73,7 @@ pub fn pick_thumbnails(partition: u32, scores: &[Score]) -> Vec<usize> {
 pub struct Report<'a> {
     pub summary: &'a Summary,
     /// Every partition's scores, in job order.
-    pub partitions: &'a [Scored],
+    pub partitions: &'a [&'a Scored],
     /// The job's manifest (dataset, labels, model), when it could be read.
     pub manifest: Option<&'a Manifest>,
     /// Where the model came from, from its spec, when the spec still describes the model the
@@ -469,7 +469,7 @@ fn unreadable_section(html: &mut String, report: &Report<'_>) {
 
 /// The images with a thumbnail for which `keep(partition, position)` holds, in job order.
 fn thumbnails<'a>(
-    partitions: &'a [Scored],
+    partitions: &'a [&'a Scored],
     keep: impl Fn(&Scored, usize) -> bool,
 ) -> Vec<Shown<'a>> {
     partitions
@@ -676,11 +676,11 @@ mod tests {
             provider: "CPU".into(),
             thumbnails,
         };
-        let files = super::super::build(&sealed, std::slice::from_ref(&partition), 50);
+        let files = super::super::build(&sealed, &[&partition], 50);
         assert!(files.confusion_png.is_none());
         let html = render(&Report {
             summary: &files.summary,
-            partitions: std::slice::from_ref(&partition),
+            partitions: &[&partition],
             manifest: None,
             provenance: None,
             confusion: files.confusion.as_deref(),
