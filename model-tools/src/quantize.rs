@@ -40,11 +40,22 @@ const INT8: i32 = 3;
 const UINT8: i32 = 2;
 const INT32: i32 = 6;
 
-fn fail(reason: impl Into<String>) -> InferenceError {
-    InferenceError::InvalidModel {
-        model: "quantization".into(),
-        reason: reason.into(),
-    }
+/// Why a model has no int8 version.
+#[derive(Debug, thiserror::Error)]
+pub enum QuantizeError {
+    /// The model is not one the quantizer rewrites.
+    #[error("it cannot be quantized: {0}")]
+    Unsupported(String),
+    /// Running the model on the calibration images failed.
+    #[error("calibrating it failed: {0}")]
+    Calibration(String),
+    /// ONNX Runtime is missing on this host.
+    #[error(transparent)]
+    Host(#[from] InferenceError),
+}
+
+fn fail(reason: impl Into<String>) -> QuantizeError {
+    QuantizeError::Unsupported(reason.into())
 }
 
 /// Quantizes `model` (ONNX bytes) using `calibration`: preprocessed images, each of
@@ -53,7 +64,7 @@ pub fn quantize(
     model: &[u8],
     calibration: &[f32],
     image_shape: [usize; 3],
-) -> Result<Vec<u8>, InferenceError> {
+) -> Result<Vec<u8>, QuantizeError> {
     let mut proto =
         ModelProto::decode(model).map_err(|e| fail(format!("not an ONNX model: {e}")))?;
     if proto.encode_to_vec() != model {
@@ -110,7 +121,7 @@ fn float_tensor(name: &str, dims: Vec<i64>, values: &[f32]) -> TensorProto {
 fn fold_batch_norms(
     nodes: &mut Vec<NodeProto>,
     weights: &mut HashMap<String, TensorProto>,
-) -> Result<(), InferenceError> {
+) -> Result<(), QuantizeError> {
     let mut i = 0;
     while i < nodes.len() {
         let is_bn = nodes[i].op_type == "BatchNormalization";
@@ -192,7 +203,7 @@ fn calibrate(
     watched: &[String],
     images: &[f32],
     image_shape: [usize; 3],
-) -> Result<HashMap<String, (f32, f32)>, InferenceError> {
+) -> Result<HashMap<String, (f32, f32)>, QuantizeError> {
     let mut exposed = model.clone();
     let graph = exposed.graph.as_mut().expect("checked by the caller");
     graph
@@ -207,11 +218,11 @@ fn calibrate(
             }),
         }));
     let environment = runtime::environment()?;
-    let run = |e: ort::Error| InferenceError::Run(e.to_string());
+    let run = |e: ort::Error| QuantizeError::Calibration(e.to_string());
     let mut session = Session::builder(environment)
         .map_err(run)?
         .with_optimization_level(GraphOptimizationLevel::Level1)
-        .map_err(|e| InferenceError::Run(e.to_string()))?
+        .map_err(|e| QuantizeError::Calibration(e.to_string()))?
         .commit_from_memory(&exposed.encode_to_vec())
         .map_err(|e| fail(e.to_string()))?;
     let input = session.inputs()[0].name().to_owned();
@@ -348,7 +359,7 @@ fn rewrite(
     graph: &mut GraphProto,
     plan: &Plan,
     ranges: &HashMap<String, (f32, f32)>,
-) -> Result<(), InferenceError> {
+) -> Result<(), QuantizeError> {
     let mut weights: HashMap<String, TensorProto> = graph
         .initializer
         .drain(..)
@@ -455,7 +466,7 @@ fn quantize_conv_weights(
     x_scale: f32,
     weights: &mut HashMap<String, TensorProto>,
     nodes: &mut Vec<NodeProto>,
-) -> Result<(String, Option<String>), InferenceError> {
+) -> Result<(String, Option<String>), QuantizeError> {
     let w = weights
         .get(&conv.input[1])
         .ok_or_else(|| fail("conv weights are not constant"))?

@@ -21,7 +21,7 @@ use fleet_imaging::mean_image::{MeanImage, MeanImageError};
 use fleet_inference::{InferenceError, InferenceOptions, InputSize, Scorer};
 use indicatif::{ProgressBar, ProgressStyle};
 use model_tools::import::{ImportError, SourceFormat, import};
-use model_tools::quantize::{CALIBRATION_IMAGES, quantize};
+use model_tools::quantize::{CALIBRATION_IMAGES, QuantizeError, quantize};
 
 /// The walkthrough's inputs, staged when no input is named.
 pub const DEFAULT_DATASET_URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz";
@@ -54,6 +54,15 @@ pub enum StageError {
     },
     #[error("cannot buffer the download in a temporary file: {0}")]
     Temp(#[source] std::io::Error),
+    #[error(
+        "model {model} is staged, but no int8 version of it could be made (the reason follows); \
+         score it with --model-name {model}"
+    )]
+    Quantize {
+        model: String,
+        #[source]
+        source: QuantizeError,
+    },
 }
 
 /// A pixel scale factor: a number or a fraction (`1/255`).
@@ -454,7 +463,10 @@ pub fn stage_quantized(
         fleet_common::spec::Layout::Nchw => [c, h, w],
         fleet_common::spec::Layout::Nhwc => [h, w, c],
     };
-    let quantized = quantize(&onnx, &input, shape)?;
+    let quantized = quantize(&onnx, &input, shape).map_err(|source| StageError::Quantize {
+        model: name.into(),
+        source,
+    })?;
     let int8_name = format!("{name}-int8");
     let size = InputSize {
         height: h,
