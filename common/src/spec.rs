@@ -90,6 +90,10 @@ pub struct ModelSpec {
     pub version: u32,
     /// Name of the model's image input.
     pub input: String,
+    /// Name of the output that is the classifier's, for a model with several (`--output-node`);
+    /// absent for a model with one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
     pub layout: Layout,
     /// 1 (grayscale) or 3 (colour).
     pub channels: u32,
@@ -241,6 +245,7 @@ mod tests {
         ModelSpec {
             version: SPEC_VERSION,
             input: "features".into(),
+            output: None,
             layout: Layout::Nchw,
             channels: 3,
             height: 32,

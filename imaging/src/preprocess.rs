@@ -169,6 +169,7 @@ mod tests {
         ModelSpec {
             version: SPEC_VERSION,
             input: "x".into(),
+            output: None,
             layout: Layout::Nchw,
             channels,
             height: size,

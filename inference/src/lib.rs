@@ -48,6 +48,11 @@ pub enum InferenceError {
         fixed: String,
         asked: InputSize,
     },
+    #[error(
+        "model {model} has several outputs ({outputs}): stage it with `--output-node NAME`, \
+         naming the classifier's"
+    )]
+    NeedsOutput { model: String, outputs: String },
     #[error("scoring failed: {0}")]
     Run(String),
 }
@@ -77,6 +82,16 @@ impl std::fmt::Display for InputSize {
     }
 }
 
+/// What a model leaves open, settled by its spec: the size fed to an input whose height and
+/// width are free, and which output is the classifier's when there are several.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fit {
+    /// Where the model fixes its input size, this must agree when given.
+    pub size: Option<InputSize>,
+    /// An output of the model, by name.
+    pub output: Option<String>,
+}
+
 /// Which execution provider runs the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Provider {
@@ -103,6 +118,8 @@ pub struct InferenceOptions {
 pub struct Signature {
     /// Name of the image input.
     pub input: String,
+    /// Name of the output that is the classifier's.
+    pub output: String,
     pub layout: Layout,
     pub channels: usize,
     pub height: usize,
@@ -149,23 +166,23 @@ impl Scorer {
         Ok(provider)
     }
 
-    /// Builds a session for the ONNX model in `model` and reads its signature. Its input's
-    /// height and width must be fixed in the model; see [`Scorer::load_sized`].
+    /// Builds a session for the ONNX model in `model` and reads its signature. The model must
+    /// leave nothing open (one output, a fixed input size); see [`Scorer::load_fitted`].
     pub fn load(
         model: &[u8],
         model_name: &str,
         options: &InferenceOptions,
     ) -> Result<Self, InferenceError> {
-        Self::load_sized(model, model_name, options, None)
+        Self::load_fitted(model, model_name, options, &Fit::default())
     }
 
-    /// [`Scorer::load`] for a model that may leave its input's height and width free: `size`
-    /// is fed to it then. Where the model fixes them, `size` (when given) must agree.
-    pub fn load_sized(
+    /// [`Scorer::load`] for a model that may leave its input size or its classifier's output
+    /// open: `fit` settles them.
+    pub fn load_fitted(
         model: &[u8],
         model_name: &str,
         options: &InferenceOptions,
-        size: Option<InputSize>,
+        fit: &Fit,
     ) -> Result<Self, InferenceError> {
         let environment = runtime::environment()?;
         let invalid = |e: &dyn std::fmt::Display| InferenceError::InvalidModel {
@@ -186,7 +203,7 @@ impl Scorer {
         }
         let (mut builder, provider) = providers::register(builder, options.provider)?;
         let session = builder.commit_from_memory(model).map_err(|e| invalid(&e))?;
-        let signature = read_signature(&session, model_name, size)?;
+        let signature = read_signature(&session, model_name, fit)?;
         tracing::info!(model = model_name, provider, classes = signature.classes, input = ?signature.shape(1), "model loaded");
         if let Some(fixed) = signature.fixed_batch {
             tracing::info!(
@@ -260,7 +277,9 @@ impl Scorer {
             .session
             .run(ort::inputs![self.signature.input.as_str() => tensor])
             .map_err(run)?;
-        let (shape, values) = result[0].try_extract_tensor::<f32>().map_err(run)?;
+        let (shape, values) = result[self.signature.output.as_str()]
+            .try_extract_tensor::<f32>()
+            .map_err(run)?;
         if values.len() != images * self.signature.classes {
             return Err(InferenceError::Run(format!(
                 "model returned shape {shape:?} for {images} images"
@@ -271,18 +290,41 @@ impl Scorer {
     }
 }
 
-/// The model's signature, with `size` for the input's free height and width, or why it cannot
-/// be scored.
-fn read_signature(
-    session: &Session,
-    model: &str,
-    size: Option<InputSize>,
-) -> Result<Signature, InferenceError> {
+/// The model's signature, with what `fit` settles, or why it cannot be scored.
+fn read_signature(session: &Session, model: &str, fit: &Fit) -> Result<Signature, InferenceError> {
     let does_not_fit = |reason: String| InferenceError::DoesNotFit {
         model: model.into(),
         reason,
     };
-    let shape = image_input_shape(session).map_err(does_not_fit)?;
+    let outputs = session.outputs();
+    let names = || {
+        outputs
+            .iter()
+            .map(|o| o.name())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let output = match (&fit.output, outputs) {
+        (Some(name), _) => outputs
+            .iter()
+            .position(|o| o.name() == name)
+            .ok_or_else(|| {
+                does_not_fit(format!(
+                    "it has no output {name} (its outputs: {})",
+                    names()
+                ))
+            })?,
+        (None, [_]) => 0,
+        (None, []) => return Err(does_not_fit("it has no outputs".into())),
+        (None, _) => {
+            return Err(InferenceError::NeedsOutput {
+                model: model.into(),
+                outputs: names(),
+            });
+        }
+    };
+    let size = fit.size;
+    let shape = image_input_shape(session, output).map_err(does_not_fit)?;
     let mut signature = shape.signature;
     let (model_height, model_width) = shape.height_width;
     if let Some(asked) = size {
@@ -322,7 +364,7 @@ struct InputShape {
 }
 
 /// The model's input and output as an image classifier's, or why they are not.
-fn image_input_shape(session: &Session) -> Result<InputShape, String> {
+fn image_input_shape(session: &Session, output: usize) -> Result<InputShape, String> {
     let [input] = session.inputs() else {
         return Err(format!(
             "it has {} inputs ({})",
@@ -335,9 +377,7 @@ fn image_input_shape(session: &Session) -> Result<InputShape, String> {
                 .join(", ")
         ));
     };
-    let Some(output) = session.outputs().first() else {
-        return Err("it has no outputs".into());
-    };
+    let output = &session.outputs()[output];
     let expect_float = |what: &str, name: &str, ty: &ValueType| match ty {
         ValueType::Tensor {
             ty: TensorElementType::Float32,
@@ -383,6 +423,7 @@ fn image_input_shape(session: &Session) -> Result<InputShape, String> {
     Ok(InputShape {
         signature: Signature {
             input: input.name().to_owned(),
+            output: output.name().to_owned(),
             layout,
             channels: channels as usize,
             // Settled by the caller: the model's, or the size asked for.

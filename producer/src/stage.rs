@@ -18,7 +18,7 @@ use fleet_common::store::{BlobStore, StoreError, check_key};
 use fleet_common::{concurrent, job};
 use fleet_imaging::Preprocessor;
 use fleet_imaging::mean_image::{MeanImage, MeanImageError};
-use fleet_inference::{InferenceError, InferenceOptions, InputSize, Scorer};
+use fleet_inference::{Fit, InferenceError, InferenceOptions, InputSize, Scorer};
 use indicatif::{ProgressBar, ProgressStyle};
 use model_tools::import::{ImportError, SourceFormat, import};
 use model_tools::quantize::{CALIBRATION_IMAGES, QuantizeError, quantize};
@@ -123,9 +123,10 @@ pub struct SpecArgs {
     /// trained at); a model that fixes them must agree.
     #[arg(long = "input-size", value_name = "HEIGHTxWIDTH")]
     pub input_size: Option<InputSize>,
-    /// The CNTK node (v1) or function (v2) whose output is the classifier's, when the model
-    /// saved another one first [default: the saved output nodes, or the first output that is
-    /// not a loss or metric].
+    /// The classifier's output: of an ONNX model with several outputs, the output's name; of a
+    /// CNTK model, the node (v1) or function (v2) whose output it is, when the model saved
+    /// another one first [default: an ONNX model's only output; a CNTK model's saved output
+    /// nodes, or its first output that is not a loss or metric].
     #[arg(long = "output-node", value_name = "NAME")]
     pub output_node: Option<String>,
 }
@@ -276,7 +277,17 @@ pub fn stage_model(
         output: spec_args.output_node.clone(),
     };
     let imported = import(source.read_all()?, &file_name, &options)?;
-    let scorer = Scorer::load_sized(&imported.onnx, &file_name, inference, spec_args.input_size)?;
+    // The importer chose a CNTK model's output (the ONNX it writes has one); an ONNX model's
+    // is chosen when it is run.
+    let output = match imported.format {
+        SourceFormat::Onnx => spec_args.output_node.clone(),
+        SourceFormat::CntkV1 | SourceFormat::CntkV2 => None,
+    };
+    let fit = Fit {
+        size: spec_args.input_size,
+        output: output.clone(),
+    };
+    let scorer = Scorer::load_fitted(&imported.onnx, &file_name, inference, &fit)?;
     let signature = scorer.signature();
     let classes = match &spec_args.classes {
         Some(classes) => {
@@ -321,6 +332,7 @@ pub fn stage_model(
     let spec = ModelSpec {
         version: SPEC_VERSION,
         input: signature.input.clone(),
+        output,
         layout: signature.layout,
         channels: signature.channels as u32,
         height: signature.height as u32,
@@ -468,11 +480,14 @@ pub fn stage_quantized(
         source,
     })?;
     let int8_name = format!("{name}-int8");
-    let size = InputSize {
-        height: h,
-        width: w,
+    let fit = Fit {
+        size: Some(InputSize {
+            height: h,
+            width: w,
+        }),
+        output: spec.output.clone(),
     };
-    Scorer::load_sized(&quantized, &int8_name, inference, Some(size))?;
+    Scorer::load_fitted(&quantized, &int8_name, inference, &fit)?;
     let mut int8_spec = spec.clone();
     int8_spec.provenance.onnx_sha256 = sha256_hex(&quantized);
     int8_spec.provenance.format = format!("{} (int8)", spec.provenance.format);

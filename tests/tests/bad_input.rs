@@ -340,30 +340,54 @@ fn models_that_do_not_fit_or_are_not_models_are_refused() {
     );
 }
 
-/// Models exported with a fixed batch size (a batch of one image is what `torch.onnx.export`
-/// gives without dynamic axes) score partitions of any size: run that many images at a time,
-/// the last call filled up. Models that leave the image size free are fed the size staged
-/// with `--input-size`. Either scores as the same model with the batch free and the size fixed.
+/// `model` with the pooled features as a second graph output, listed before the classifier's.
+fn with_features_output(model: &[u8]) -> Vec<u8> {
+    let mut proto = ModelProto::decode(model).unwrap();
+    let graph = proto.graph.as_mut().unwrap();
+    let mut features = graph.output[0].clone();
+    features.name = "flat".into();
+    graph.output.insert(0, features);
+    proto.encode_to_vec()
+}
+
+/// Models as users export them, each scoring as the same model with the batch free, the size
+/// fixed and one output: a fixed batch size (a batch of one image is what `torch.onnx.export`
+/// gives without dynamic axes) is run that many images at a time, the last call filled up; a
+/// free image size is fed the size staged with `--input-size`; of several outputs, the one
+/// staged with `--output-node` is read.
 #[test]
-fn models_exported_for_a_fixed_batch_or_any_image_size_score_as_the_same_model() {
+fn models_exported_for_a_fixed_batch_any_image_size_or_several_outputs_score_as_the_same_model() {
     let root = tempfile::tempdir().unwrap();
     stage_fixtures(root.path(), "cifar");
     let store = root.path().to_str().unwrap();
     let mut scores = Vec::new();
-    // Name, batch size, image side, what staging adds.
-    let no_flags: &[&str] = &[];
-    let models = [
-        ("any", None, Some(32), no_flags),
-        ("one", Some(1), Some(32), no_flags),
-        ("seven", Some(7), Some(32), no_flags),
-        ("free-size", None, None, &["--input-size", "32x32"]),
+    // Name, the model, what staging adds, and the refusal without it.
+    let plain = exported_model(3, Some(32), 10, None, 1);
+    let models: [(&str, Vec<u8>, &[&str], &str); 5] = [
+        ("any", plain.clone(), &[], ""),
+        ("one", exported_model(3, Some(32), 10, Some(1), 1), &[], ""),
+        (
+            "seven",
+            exported_model(3, Some(32), 10, Some(7), 1),
+            &[],
+            "",
+        ),
+        (
+            "free-size",
+            exported_model(3, None, 10, None, 1),
+            &["--input-size", "32x32"],
+            "leaves the height and width of its input input free ([-1, 3, -1, -1]; -1: any \
+             size): stage it with `--input-size HEIGHTxWIDTH`",
+        ),
+        (
+            "two-outputs",
+            with_features_output(&plain),
+            &["--output-node", "output"],
+            "has several outputs (flat, output): stage it with `--output-node NAME`",
+        ),
     ];
-    for (name, batch, side, extra) in models {
-        let model = write(
-            root.path(),
-            &format!("{name}.onnx"),
-            &exported_model(3, side, 10, batch, 1),
-        );
+    for (name, bytes, extra, refusal) in &models {
+        let model = write(root.path(), &format!("{name}.onnx"), bytes);
         let mut args = vec![
             "stage",
             "--store",
@@ -373,16 +397,12 @@ fn models_exported_for_a_fixed_batch_or_any_image_size_score_as_the_same_model()
             "--model-name",
             name,
         ];
-        if side.is_none() {
-            // Refused without a size, named with the way out.
+        if !refusal.is_empty() {
+            // Refused without the flag, named with the way out.
             let err = run_err("producer", &args);
-            assert!(
-                err.contains("leaves the height and width of its input input free")
-                    && err.contains("--input-size HEIGHTxWIDTH"),
-                "{err}"
-            );
+            assert!(err.contains(refusal), "{err}");
         }
-        args.extend(extra);
+        args.extend(*extra);
         run_ok("producer", &args);
         let output = run_ok(
             "producer",
@@ -400,6 +420,28 @@ fn models_exported_for_a_fixed_batch_or_any_image_size_score_as_the_same_model()
     assert_eq!(
         scores[3], scores[0],
         "the size given differs from the size fixed"
+    );
+    assert_eq!(
+        scores[4], scores[0],
+        "the output named differs from the only one"
+    );
+    // An output the model does not have.
+    let model = write(root.path(), "named.onnx", &models[4].1);
+    let err = run_err(
+        "producer",
+        &[
+            "stage",
+            "--store",
+            store,
+            "--model",
+            model.to_str().unwrap(),
+            "--output-node",
+            "logits",
+        ],
+    );
+    assert!(
+        err.contains("it has no output logits (its outputs: flat, output)"),
+        "{err}"
     );
 }
 

@@ -20,7 +20,7 @@ use fleet_common::results::{render, report};
 use fleet_common::spec::{ModelSpec, Outputs, sha256_hex};
 use fleet_common::store::{BlobStore, StoreError};
 use fleet_imaging::{DecodeLimits, Image, Preprocessor, decode, thumbnail};
-use fleet_inference::{InferenceError, InferenceOptions, InputSize, Scorer};
+use fleet_inference::{Fit, InferenceError, InferenceOptions, InputSize, Scorer};
 
 /// How images are fetched and decoded. Part of the worker's configuration.
 #[derive(Debug, Clone, clap::Args)]
@@ -334,13 +334,16 @@ fn load(
     let mean = spec.mean_image_key().map(fetch).transpose()?;
     let preprocessor = Preprocessor::new(&spec, mean.as_deref())
         .map_err(|e| ScoreError::Permanent(e.to_string()))?;
-    // The spec's size: what a model that leaves it free is fed, and what one that fixes it
-    // must agree with.
-    let size = InputSize {
-        height: spec.height as usize,
-        width: spec.width as usize,
+    // The spec's size (what a model that leaves it free is fed, and what one that fixes it
+    // must agree with) and its choice of output.
+    let fit = Fit {
+        size: Some(InputSize {
+            height: spec.height as usize,
+            width: spec.width as usize,
+        }),
+        output: spec.output.clone(),
     };
-    let scorer = Scorer::load_sized(&onnx, model, options, Some(size)).map_err(|e| match e {
+    let scorer = Scorer::load_fitted(&onnx, model, options, &fit).map_err(|e| match e {
         InferenceError::Host(reason) => ScoreError::Host(reason),
         InferenceError::Run(reason) => ScoreError::Transient(reason),
         other => ScoreError::Permanent(other.to_string()),
