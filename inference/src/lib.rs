@@ -324,7 +324,7 @@ fn read_signature(session: &Session, model: &str, fit: &Fit) -> Result<Signature
         }
     };
     let size = fit.size;
-    let shape = image_input_shape(session, output).map_err(does_not_fit)?;
+    let shape = classifier_shape(session, output).map_err(does_not_fit)?;
     let mut signature = shape.signature;
     let (model_height, model_width) = shape.height_width;
     if let Some(asked) = size {
@@ -355,7 +355,7 @@ fn read_signature(session: &Session, model: &str, fit: &Fit) -> Result<Signature
     }
 }
 
-/// What [`image_input_shape`] reads: the signature with the height and width still to be
+/// What [`classifier_shape`] reads: the signature with the height and width still to be
 /// settled, and the model's own (`None` where it leaves them free).
 struct InputShape {
     signature: Signature,
@@ -364,7 +364,7 @@ struct InputShape {
 }
 
 /// The model's input and output as an image classifier's, or why they are not.
-fn image_input_shape(session: &Session, output: usize) -> Result<InputShape, String> {
+fn classifier_shape(session: &Session, output: usize) -> Result<InputShape, String> {
     let [input] = session.inputs() else {
         return Err(format!(
             "it has {} inputs ({})",
