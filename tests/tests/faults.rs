@@ -206,6 +206,50 @@ fn job_of(producer: &mut Child) -> String {
         .expect("the producer did not name its job")
 }
 
+/// Checks that `producer --wait` (its output `out`, waited for since `started`) failed within a
+/// minute because job `job` had dead-lettered partitions; returns its standard error.
+fn assert_wait_failed_on_dead_letters(
+    out: &std::process::Output,
+    started: Instant,
+    job: &str,
+) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "--wait succeeded on a dead-lettered job"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "--wait took {:?} to notice",
+        started.elapsed()
+    );
+    assert!(
+        stderr.contains(&format!(
+            "job {job} cannot complete: partitions were dead-lettered"
+        )),
+        "{stderr}"
+    );
+    stderr
+}
+
+/// Takes `count` messages off the dead-letter queue (each within a minute), acks them, and
+/// returns why each was dead-lettered.
+async fn dead_letter_reasons(broker: &AmqpBroker, count: usize) -> Vec<String> {
+    let prefetch = u16::try_from(count).unwrap_or(u16::MAX);
+    let mut dead = broker.consume(Queue::DeadLetter, prefetch).await.unwrap();
+    let mut reasons = Vec::new();
+    for _ in 0..count {
+        let delivery = tokio::time::timeout(Duration::from_secs(60), dead.next())
+            .await
+            .expect("dead letter in time")
+            .unwrap()
+            .unwrap();
+        reasons.push(delivery.dead_letter_reason().unwrap_or_default());
+        delivery.ack().await.unwrap();
+    }
+    reasons
+}
+
 /// `producer --wait` of a job whose partitions a worker dead-letters (here: the model was
 /// deleted after submission) exits non-zero with the reason, instead of waiting out its hour.
 #[test]
@@ -220,22 +264,11 @@ fn wait_reports_dead_lettered_partitions_and_fails() {
     let started = Instant::now();
     let worker = spawn("worker", &[], &env);
     let out = wait_output(producer, "producer --wait", PROCESS_DEADLINE);
-    let stderr = String::from_utf8_lossy(&out.stderr);
     terminate(worker);
     terminate(collector);
+    let stderr = assert_wait_failed_on_dead_letters(&out, started, &job);
     assert!(
-        !out.status.success(),
-        "--wait succeeded on a dead-lettered job"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "--wait took {:?} to notice",
-        started.elapsed()
-    );
-    assert!(
-        stderr.contains(&format!(
-            "job {job} cannot complete: partitions were dead-lettered"
-        )) && stderr.contains("models/resnet20.onnx")
+        stderr.contains("models/resnet20.onnx")
             && stderr.contains("stage it with `producer stage`"),
         "{stderr}"
     );
@@ -293,22 +326,11 @@ fn a_partition_whose_workers_keep_dying_is_dead_lettered_with_the_reason() {
     let started = Instant::now();
     let third = worker();
     let out = wait_output(producer, "producer --wait", PROCESS_DEADLINE);
-    let stderr = String::from_utf8_lossy(&out.stderr);
     let (status, worker_log) = terminate(third);
     terminate(collector);
+    let stderr = assert_wait_failed_on_dead_letters(&out, started, &job);
     assert!(
-        !out.status.success(),
-        "--wait succeeded on a dead-lettered job"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(60),
-        "--wait took {:?} to notice",
-        started.elapsed()
-    );
-    assert!(
-        stderr.contains(&format!(
-            "job {job} cannot complete: partitions were dead-lettered"
-        )) && stderr.contains("partition 0: delivered 2 times without a result"),
+        stderr.contains("partition 0: delivered 2 times without a result"),
         "{stderr}"
     );
     // The third worker gave up on it without trying it, and goes on.
@@ -318,18 +340,8 @@ fn a_partition_whose_workers_keep_dying_is_dead_lettered_with_the_reason() {
         "{worker_log}"
     );
     // It is in the dead-letter queue, with the same reason.
-    let reason = runtime.block_on(async {
-        let mut dead = broker.consume(Queue::DeadLetter, 1).await.unwrap();
-        let delivery = tokio::time::timeout(Duration::from_secs(60), dead.next())
-            .await
-            .expect("dead letter in time")
-            .unwrap()
-            .unwrap();
-        let reason = delivery.dead_letter_reason().unwrap_or_default();
-        delivery.ack().await.unwrap();
-        reason
-    });
-    assert!(reason.starts_with("delivered 2 times"), "{reason}");
+    let reasons = runtime.block_on(dead_letter_reasons(&broker, 1));
+    assert!(reasons[0].starts_with("delivered 2 times"), "{reasons:?}");
 }
 
 #[test]
@@ -420,18 +432,7 @@ fn poison_messages_end_in_the_dead_letter_queue_with_their_reason() {
                 .await
                 .unwrap();
         }
-        let mut dead = broker.consume(Queue::DeadLetter, 10).await.unwrap();
-        let mut reasons = Vec::new();
-        for _ in 0..poison.len() {
-            let delivery = tokio::time::timeout(Duration::from_secs(60), dead.next())
-                .await
-                .expect("dead letter in time")
-                .unwrap()
-                .unwrap();
-            reasons.push(delivery.dead_letter_reason().unwrap_or_default());
-            delivery.ack().await.unwrap();
-        }
-        reasons
+        dead_letter_reasons(&broker, poison.len()).await
     });
     terminate(worker);
     let joined = reasons.join("\n");
