@@ -7,14 +7,21 @@
 //!
 //! The steps a worker applies, in order: decode; convert to the model's channel count (gray
 //! replicated to three channels, or colour to luma); resize to the model's height and width
-//! ([`Resize`]); reorder the channels ([`ChannelOrder`]); multiply by [`ModelSpec::scale`];
+//! ([`Resize`], with the [`Filter`] of the pipeline the model came from, rounded to 8 bits as
+//! that pipeline does); reorder the channels ([`ChannelOrder`]); multiply by [`ModelSpec::scale`];
 //! then subtract a mean image, or a per-channel mean and divide by a per-channel std
 //! ([`Normalize`]); lay the result out as the model's input ([`Layout`]).
 
 use serde::{Deserialize, Serialize};
 
-/// Version of the spec format written by this build.
-pub const SPEC_VERSION: u32 = 1;
+/// Version of the spec format written by this build. Version 2 added [`ModelSpec::filter`] and
+/// [`ModelSpec::shorter_side`]: a build that reads only version 1 would ignore them and prepare
+/// images another way, so it must refuse the spec instead.
+pub const SPEC_VERSION: u32 = 2;
+
+/// The oldest spec format this build reads: a version-1 spec is read with the filter and
+/// geometry every model had then ([`Filter::FloatLinear`], shorter side to the crop).
+pub const OLDEST_SPEC_VERSION: u32 = 1;
 
 /// How the model input tensor is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -36,16 +43,174 @@ pub enum ChannelOrder {
     Rgb,
 }
 
-/// How an image of another size is brought to the model's size.
+/// How an image of another size is brought to the model's size: the geometry. How its pixels
+/// are sampled is the [`Filter`]'s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Resize {
-    /// Both sides scaled to the model's, bilinear, aspect ratio not kept (CNTK's `Scale`
-    /// transform).
+    /// Both sides scaled to the model's, aspect ratio not kept (CNTK's `Scale` transform,
+    /// Keras' `image_dataset_from_directory`).
     Stretch,
-    /// Shorter side scaled to the model's, then the centre cut out (the usual ImageNet
-    /// evaluation transform).
+    /// Shorter side scaled to [`ModelSpec::shorter_side`] (torchvision's `Resize(S)`: the
+    /// longer side in proportion, truncated), then the model's height and width cut from the
+    /// centre (torchvision's `CenterCrop`, half-pixel offsets rounded to even). Without a
+    /// shorter side, the image is scaled just enough to cover the model's input.
     CenterCrop,
+}
+
+/// How pixels are sampled when an image is resized: the filter of the pipeline the model was
+/// trained and evaluated with, reproduced to the value (each keeps its library's fixed-point
+/// arithmetic and its rounding to 8 bits between the passes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Filter {
+    /// Pillow's `Image.BILINEAR`: a triangle filter widened by the shrink factor
+    /// (antialiased); torchvision's `Resize` on PIL images.
+    PillowBilinear,
+    /// Pillow's `Image.BICUBIC` (a = -0.5), antialiased the same way: timm's usual filter.
+    PillowBicubic,
+    /// OpenCV's `INTER_LINEAR` on 8-bit images: two taps, no antialiasing.
+    OpencvLinear,
+    /// OpenCV's `INTER_AREA`: pixel areas averaged when shrinking.
+    OpencvArea,
+    /// OpenCV's `INTER_NEAREST`.
+    OpencvNearest,
+    /// Two-tap bilinear on float pixels, never rounded: CNTK's `Scale` transform (which
+    /// converts to float before OpenCV's `INTER_LINEAR`), and every model staged before
+    /// filters were named.
+    FloatLinear,
+}
+
+impl Filter {
+    /// The name used on the command line and in specs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::PillowBilinear => "pillow-bilinear",
+            Self::PillowBicubic => "pillow-bicubic",
+            Self::OpencvLinear => "opencv-linear",
+            Self::OpencvArea => "opencv-area",
+            Self::OpencvNearest => "opencv-nearest",
+            Self::FloatLinear => "float-linear",
+        }
+    }
+}
+
+/// A model's image preparation as the ecosystem it came from does it, in one word. Flags given
+/// beside a preset override its fields; the spec records the resolved values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preset {
+    /// torchvision's ImageNet evaluation: RGB, shorter side to 256 (for a 224 crop) with
+    /// Pillow's bilinear, centre crop, /255, ImageNet mean and std.
+    Torchvision,
+    /// timm's default evaluation: as torchvision, with Pillow's bicubic.
+    Timm,
+    /// Keras `preprocess_input` in `caffe` mode (ResNet50, VGG): BGR, 0..255 less the ImageNet
+    /// mean per channel, images squashed to the model's size with Pillow's bilinear.
+    KerasCaffe,
+    /// Keras `preprocess_input` in `tf` mode (MobileNet, Inception, Xception): RGB scaled to
+    /// -1..1 (x / 127.5 - 1), squashed with Pillow's bilinear.
+    KerasTf,
+    /// CNTK's image reader: BGR, raw 0..255, both sides scaled (its `Scale` transform, in
+    /// float), normalised by the model's mean image when one is staged. The default for CNTK
+    /// models.
+    Cntk,
+}
+
+/// The fraction of the resized image a centre crop keeps in the torchvision and timm
+/// evaluations (224 of 256): the shorter side is the crop's size divided by it, rounded down.
+pub const IMAGENET_CROP_FRACTION: f64 = 0.875;
+
+/// ImageNet's per-channel mean and standard deviation of 0..1 RGB values, as torchvision and
+/// timm normalise.
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+/// See [`IMAGENET_MEAN`].
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// The preparation fields a preset (or the default for a model's format) settles.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recipe {
+    pub channel_order: ChannelOrder,
+    pub resize: Resize,
+    /// For [`Resize::CenterCrop`]: the share of the resized image the crop keeps, from which
+    /// the shorter side follows for the model's size.
+    pub crop_fraction: Option<f64>,
+    pub filter: Filter,
+    pub scale: f32,
+    /// Per-channel mean and std (in the model's channel order), when the recipe normalises.
+    pub normalize: Option<([f32; 3], [f32; 3])>,
+}
+
+impl Preset {
+    /// What the preset prepares images with.
+    pub fn recipe(self) -> Recipe {
+        let imagenet = |filter| Recipe {
+            channel_order: ChannelOrder::Rgb,
+            resize: Resize::CenterCrop,
+            crop_fraction: Some(IMAGENET_CROP_FRACTION),
+            filter,
+            scale: 1.0 / 255.0,
+            normalize: Some((IMAGENET_MEAN, IMAGENET_STD)),
+        };
+        match self {
+            Self::Torchvision => imagenet(Filter::PillowBilinear),
+            Self::Timm => imagenet(Filter::PillowBicubic),
+            Self::KerasCaffe => Recipe {
+                channel_order: ChannelOrder::Bgr,
+                resize: Resize::Stretch,
+                crop_fraction: None,
+                filter: Filter::PillowBilinear,
+                scale: 1.0,
+                // ImageNet's mean in BGR order, 0..255; no division.
+                normalize: Some(([103.939, 116.779, 123.68], [1.0; 3])),
+            },
+            Self::KerasTf => Recipe {
+                channel_order: ChannelOrder::Rgb,
+                resize: Resize::Stretch,
+                crop_fraction: None,
+                filter: Filter::PillowBilinear,
+                scale: 1.0 / 127.5,
+                normalize: Some(([1.0; 3], [1.0; 3])),
+            },
+            Self::Cntk => Recipe {
+                channel_order: ChannelOrder::Bgr,
+                resize: Resize::Stretch,
+                crop_fraction: None,
+                filter: Filter::FloatLinear,
+                scale: 1.0,
+                normalize: None,
+            },
+        }
+    }
+
+    /// The name used on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Torchvision => "torchvision",
+            Self::Timm => "timm",
+            Self::KerasCaffe => "keras-caffe",
+            Self::KerasTf => "keras-tf",
+            Self::Cntk => "cntk",
+        }
+    }
+}
+
+/// The recipe of an ONNX model staged without a preset: RGB (most toolkits but CNTK), both
+/// sides scaled with Pillow's antialiased bilinear, raw 0..255 values.
+pub fn plain_recipe() -> Recipe {
+    Recipe {
+        channel_order: ChannelOrder::Rgb,
+        resize: Resize::Stretch,
+        crop_fraction: None,
+        filter: Filter::PillowBilinear,
+        scale: 1.0,
+        normalize: None,
+    }
+}
+
+/// The shorter side a centre crop of `crop` pixels keeps `fraction` of (256 for 224 at 0.875).
+pub fn shorter_side_for(crop: u32, fraction: f64) -> u32 {
+    (f64::from(crop) / fraction).floor() as u32
 }
 
 /// What is subtracted (and divided) after scaling.
@@ -101,14 +266,26 @@ pub struct ModelSpec {
     pub width: u32,
     pub channel_order: ChannelOrder,
     pub resize: Resize,
+    /// With [`Resize::CenterCrop`]: the length the shorter side is scaled to before the crop
+    /// (256 for torchvision's 224 crop); absent: just enough to cover the model's input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shorter_side: Option<u32>,
+    /// How pixels are sampled when resizing.
+    #[serde(default = "Filter::legacy")]
+    pub filter: Filter,
     /// Pixels (0..255) are multiplied by this first.
     pub scale: f32,
     pub normalize: Normalize,
     pub outputs: Outputs,
     /// Number of classes: the length of the model's output row.
     pub class_count: u32,
-    /// Class names by output index, when the user gave them (`--classes`).
+    /// Class names by output index, when the user gave them (`--classes`). Two classes may
+    /// share a name (ImageNet's "crane" and "maillot"): labels then name them by id or index.
     pub classes: Option<Vec<String>>,
+    /// Class ids by output index, when the class list gave them (`synset_words.txt`:
+    /// `n01440764 tench, Tinca tinca`): labels and class folders may name classes by id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_ids: Option<Vec<String>>,
     pub provenance: Provenance,
 }
 
@@ -117,6 +294,13 @@ pub struct ModelSpec {
 pub enum SpecError {
     #[error("model spec {key}: {reason}")]
     Invalid { key: String, reason: String },
+}
+
+impl Filter {
+    /// The filter of specs written before filters were named (version 1).
+    fn legacy() -> Self {
+        Self::FloatLinear
+    }
 }
 
 impl ModelSpec {
@@ -128,9 +312,11 @@ impl ModelSpec {
         };
         let spec: Self = serde_json::from_slice(bytes)
             .map_err(|e| invalid(format!("{e}; stage the model again with `producer stage`")))?;
-        if spec.version != SPEC_VERSION {
+        if !(OLDEST_SPEC_VERSION..=SPEC_VERSION).contains(&spec.version) {
             return Err(invalid(format!(
-                "format version {} is not understood by this build (which reads {SPEC_VERSION}); stage the model again",
+                "format version {} is not understood by this build (which reads \
+                 {OLDEST_SPEC_VERSION} to {SPEC_VERSION}); stage the model again, or run a build \
+                 as new as the one that staged it",
                 spec.version
             )));
         }
@@ -158,6 +344,20 @@ impl ModelSpec {
         if !(self.scale.is_finite() && self.scale != 0.0) {
             return Err(format!("scale {} is not a usable factor", self.scale));
         }
+        if let Some(side) = self.shorter_side {
+            if self.resize != Resize::CenterCrop {
+                return Err("a shorter side is given, but only center-crop uses one".into());
+            }
+            if side < self.height.max(self.width) || side > 65_536 {
+                return Err(format!(
+                    "shorter side {side} is out of range: the {}x{} crop must fit inside the \
+                     resized image, so it must be at least {}",
+                    self.height,
+                    self.width,
+                    self.height.max(self.width)
+                ));
+            }
+        }
         if let Some(names) = &self.classes
             && names.len() != self.class_count as usize
         {
@@ -165,6 +365,20 @@ impl ModelSpec {
                 "{} class names for a model with {} classes",
                 names.len(),
                 self.class_count
+            ));
+        }
+        if let Some(ids) = &self.class_ids
+            && (ids.len() != self.class_count as usize || self.classes.is_none())
+        {
+            return Err(format!(
+                "{} class ids for a model with {} classes{}",
+                ids.len(),
+                self.class_count,
+                if self.classes.is_none() {
+                    " and no class names"
+                } else {
+                    ""
+                }
             ));
         }
         if let Normalize::PerChannel { mean, std } = &self.normalize {
@@ -183,6 +397,35 @@ impl ModelSpec {
             }
         }
         Ok(())
+    }
+
+    /// How images are prepared, in a line: what `producer stage` prints.
+    pub fn preparation(&self) -> String {
+        let geometry = match (self.resize, self.shorter_side) {
+            (Resize::Stretch, _) => format!("both sides to {}x{}", self.height, self.width),
+            (Resize::CenterCrop, Some(side)) => format!(
+                "shorter side to {side}, centre {}x{}",
+                self.height, self.width
+            ),
+            (Resize::CenterCrop, None) => format!(
+                "shorter side to the crop, centre {}x{}",
+                self.height, self.width
+            ),
+        };
+        let order = match self.channel_order {
+            ChannelOrder::Bgr => "BGR",
+            ChannelOrder::Rgb => "RGB",
+        };
+        let normalize = match &self.normalize {
+            Normalize::None => "no normalisation".to_owned(),
+            Normalize::PerChannel { mean, std } => format!("mean {mean:?}, std {std:?}"),
+            Normalize::MeanImage { key } => format!("mean image {key}"),
+        };
+        format!(
+            "{geometry} ({}), {order}, x {}, {normalize}",
+            self.filter.name(),
+            self.scale
+        )
     }
 
     /// The blob of the mean image this spec subtracts, if it subtracts one.
@@ -218,23 +461,60 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Reads a class-names file: one name per line, in output order; blank lines and surrounding
-/// white space are ignored. `source` names the file in errors.
-pub fn parse_class_names(text: &str, source: &str) -> Result<Vec<String>, String> {
-    let names: Vec<String> = text
+/// A class list as users have them: names by output index, and ids where the list has them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassList {
+    /// Class names, in output order. Names may repeat (ImageNet's own list names "crane" and
+    /// "maillot" twice each).
+    pub names: Vec<String>,
+    /// Class ids, in output order, when every line began with one (WordNet ids such as
+    /// `n01440764`, as `synset_words.txt` and ImageNet's folders name classes).
+    pub ids: Option<Vec<String>>,
+}
+
+/// Whether `token` is a WordNet synset id: `n` and eight digits.
+fn is_synset_id(token: &str) -> bool {
+    token.len() == 9 && token.starts_with('n') && token[1..].bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Reads a class list: one class per line, in output order; blank lines and surrounding white
+/// space are ignored. Two forms: a name per line (`imagenet_classes.txt`: `tench`), or an id
+/// then the names (`synset_words.txt`: `n01440764 tench, Tinca tinca`), where the class's name
+/// is the first of its names and the id is kept. `source` names the file in errors.
+pub fn parse_class_list(text: &str, source: &str) -> Result<ClassList, String> {
+    let lines: Vec<&str> = text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
-        .map(str::to_owned)
         .collect();
-    if names.is_empty() {
+    if lines.is_empty() {
         return Err(format!("{source} holds no class names (one per line)"));
     }
-    let mut seen = std::collections::HashSet::new();
-    if let Some(dup) = names.iter().find(|n| !seen.insert(n.as_str())) {
-        return Err(format!("{source} names class {dup:?} twice"));
+    let with_ids = lines.iter().all(|line| {
+        line.split_once(char::is_whitespace)
+            .is_some_and(|(id, rest)| is_synset_id(id) && !rest.trim().is_empty())
+    });
+    if !with_ids {
+        return Ok(ClassList {
+            names: lines.into_iter().map(str::to_owned).collect(),
+            ids: None,
+        });
     }
-    Ok(names)
+    let (mut names, mut ids) = (Vec::new(), Vec::new());
+    let mut seen = std::collections::HashSet::new();
+    for line in lines {
+        let (id, rest) = line.split_once(char::is_whitespace).expect("checked above");
+        if !seen.insert(id) {
+            return Err(format!("{source} gives class id {id} twice"));
+        }
+        let name = rest.split(',').next().unwrap_or(rest).trim();
+        ids.push(id.to_owned());
+        names.push(name.to_owned());
+    }
+    Ok(ClassList {
+        names,
+        ids: Some(ids),
+    })
 }
 
 #[cfg(test)]
@@ -252,6 +532,8 @@ mod tests {
             width: 32,
             channel_order: ChannelOrder::Bgr,
             resize: Resize::Stretch,
+            shorter_side: None,
+            filter: Filter::FloatLinear,
             scale: 1.0,
             normalize: Normalize::MeanImage {
                 key: "models/resnet20.mean.xml".into(),
@@ -259,6 +541,7 @@ mod tests {
             outputs: Outputs::Logits,
             class_count: 10,
             classes: None,
+            class_ids: None,
             provenance: Provenance {
                 source: "m.dnn".into(),
                 format: "cntk-v2".into(),
@@ -302,14 +585,26 @@ mod tests {
     }
 
     #[test]
-    fn class_name_files_parse() {
+    fn class_lists_parse_in_both_forms() {
+        let plain = parse_class_list("cat\n dog \n\ncat", "f").unwrap();
+        assert_eq!(plain.names, vec!["cat", "dog", "cat"]);
+        assert_eq!(plain.ids, None);
+        assert!(parse_class_list("\n", "f").is_err());
+        let synsets = parse_class_list(
+            "n01440764 tench, Tinca tinca\nn02012849 crane\nn03126707 crane\n",
+            "f",
+        )
+        .unwrap();
+        assert_eq!(synsets.names, vec!["tench", "crane", "crane"]);
         assert_eq!(
-            parse_class_names("cat\n dog \n\n", "f").unwrap(),
-            vec!["cat", "dog"]
+            synsets.ids.unwrap(),
+            vec!["n01440764", "n02012849", "n03126707"]
         );
-        assert!(parse_class_names("\n", "f").is_err());
+        // One line without an id: names as they are.
+        let mixed = parse_class_list("n01440764 tench\ngoldfish", "f").unwrap();
+        assert_eq!(mixed.names, vec!["n01440764 tench", "goldfish"]);
         assert!(
-            parse_class_names("a\na\n", "f")
+            parse_class_list("n01440764 a\nn01440764 b", "f")
                 .unwrap_err()
                 .contains("twice")
         );

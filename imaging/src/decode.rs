@@ -107,7 +107,12 @@ pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<Image, DecodeError> 
     };
     let mut decoder = reader.into_decoder().map_err(failed)?;
     // Metadata that cannot be read leaves the image as stored: its pixels are still good.
-    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let orientation = match decoder.orientation() {
+        Ok(Orientation::NoTransforms) | Err(_) => {
+            png_exif_orientation(bytes).unwrap_or(Orientation::NoTransforms)
+        }
+        Ok(orientation) => orientation,
+    };
     let mut decoded = DynamicImage::from_decoder(decoder).map_err(failed)?;
     decoded.apply_orientation(orientation);
     Ok(to_image(decoded))
@@ -135,7 +140,67 @@ fn upright(image: Image, orientation: Orientation) -> Image {
     to_image(dynamic)
 }
 
+/// The EXIF orientation of a PNG wherever the file keeps it: an eXIf chunk anywhere (some
+/// writers put it after the image data, where a decoder that stops at the pixels does not see
+/// it), or ImageMagick's hex-encoded "Raw profile type exif" text chunk. Pillow reads both and
+/// turns the image; so do browsers for eXIf.
+fn png_exif_orientation(bytes: &[u8]) -> Option<Orientation> {
+    const RAW_PROFILE: &[u8] = b"Raw profile type exif\0";
+    let mut at = bytes.strip_prefix(b"\x89PNG\r\n\x1a\n").map(|_| 8)?;
+    let mut from_text = None;
+    while let Some(header) = bytes.get(at..at + 8) {
+        let length = u32::from_be_bytes(header[..4].try_into().expect("four bytes")) as usize;
+        let body = bytes.get(at + 8..(at + 8).checked_add(length)?)?;
+        match &header[4..] {
+            b"eXIf" => return Orientation::from_exif_chunk(body),
+            b"tEXt" if from_text.is_none() => {
+                from_text = body
+                    .strip_prefix(RAW_PROFILE)
+                    .and_then(raw_profile)
+                    .and_then(|tiff| Orientation::from_exif_chunk(&tiff));
+            }
+            b"IEND" => break,
+            _ => {}
+        }
+        at += 12 + length;
+    }
+    from_text
+}
+
+/// The TIFF block of an ImageMagick raw profile: a line naming it, a line with its length,
+/// then hex digits over several lines (the block after "Exif\0\0").
+fn raw_profile(text: &[u8]) -> Option<Vec<u8>> {
+    let text = std::str::from_utf8(text).ok()?;
+    let hex: String = text
+        .trim_start()
+        .splitn(3, '\n')
+        .nth(2)?
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let bytes: Option<Vec<u8>> = (0..hex.len() / 2)
+        .map(|i| u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect();
+    let bytes = bytes?;
+    Some(match bytes.strip_prefix(b"Exif\0\0") {
+        Some(tiff) => tiff.to_vec(),
+        None => bytes,
+    })
+}
+
+/// The decoded pixels as 8-bit gray or RGB. Alpha is dropped without compositing and 16-bit
+/// values keep their high byte, as Pillow's `convert("RGB")` and OpenCV's `imread` give them
+/// (a model sees the colour under transparent pixels, as it did in training).
 fn to_image(decoded: DynamicImage) -> Image {
+    let decoded = match decoded {
+        DynamicImage::ImageLuma16(_) | DynamicImage::ImageLumaA16(_) => {
+            DynamicImage::ImageLuma8(high_bytes(decoded.into_luma16()))
+        }
+        DynamicImage::ImageRgb16(_) | DynamicImage::ImageRgba16(_) => {
+            DynamicImage::ImageRgb8(high_bytes(decoded.into_rgb16()))
+        }
+        other => other,
+    };
     let (width, height) = (decoded.width() as usize, decoded.height() as usize);
     let gray = matches!(
         decoded,
@@ -155,6 +220,33 @@ fn to_image(decoded: DynamicImage) -> Image {
         channels,
         data,
     }
+}
+
+/// A 16-bit image's high bytes.
+fn high_bytes<P>(image: ImageBuffer<P, Vec<u16>>) -> ImageBuffer<P::Pixel8, Vec<u8>>
+where
+    P: image::Pixel<Subpixel = u16> + Eight,
+{
+    let (width, height) = image.dimensions();
+    let data = image
+        .into_raw()
+        .into_iter()
+        .map(|v| (v >> 8) as u8)
+        .collect();
+    ImageBuffer::from_raw(width, height, data).expect("the same number of values")
+}
+
+/// The 8-bit pixel type of a 16-bit one.
+trait Eight {
+    type Pixel8: image::Pixel<Subpixel = u8>;
+}
+
+impl Eight for image::Luma<u16> {
+    type Pixel8 = image::Luma<u8>;
+}
+
+impl Eight for image::Rgb<u16> {
+    type Pixel8 = image::Rgb<u8>;
 }
 
 #[cfg(test)]

@@ -2,7 +2,8 @@
 //!
 //! - [`decode`]: JPEG, PNG, BMP, GIF and WebP bytes to pixels, with limits against
 //!   decompression bombs; every failure is an error for that image alone.
-//! - [`resize`]: bilinear sampling to the model's size, stretched or centre-cropped.
+//! - [`resize`]: the geometry (stretch, centre crop) and the filters of Pillow and OpenCV,
+//!   to the value.
 //! - [`mean_image`]: the OpenCV XML mean image.
 //! - [`preprocess`]: channel conversion, resize, channel order, scale, normalisation and
 //!   layout, in one pass per image.

@@ -1,15 +1,15 @@
 //! A model's preprocessing, built once from its spec and applied to each image in one pass.
 //!
 //! Per image: channels converted to the model's count (colour to luma with OpenCV's weights,
-//! gray replicated), resized by bilinear sampling ([`crate::resize`]), reordered (BGR or RGB),
+//! gray replicated), resized as the spec's pipeline resizes ([`crate::resize`]), reordered (BGR or RGB),
 //! multiplied by the scale, normalised, and written in the model's layout. For the walkthrough
 //! (32x32 BGR, scale 1, mean image) this is exactly `pixel - mean` per value, as before specs.
 
-use fleet_common::spec::{ChannelOrder, Layout, ModelSpec, Normalize, Resize};
+use fleet_common::spec::{ChannelOrder, Filter, Layout, ModelSpec, Normalize, Resize};
 
 use crate::decode::Image;
 use crate::mean_image::{MeanImage, MeanImageError};
-use crate::resize::Sampler;
+use crate::resize::{self, Plan, Sampler};
 
 /// One model's preprocessing.
 #[derive(Debug, Clone)]
@@ -20,6 +20,8 @@ pub struct Preprocessor {
     layout: Layout,
     order: ChannelOrder,
     resize: Resize,
+    shorter_side: Option<u32>,
+    filter: Filter,
     /// Per model channel: the factor on the pixel value.
     multiply: Vec<f32>,
     /// Subtracted after multiplying: per model-input value (NCHW order), or per channel.
@@ -73,6 +75,8 @@ impl Preprocessor {
             layout: spec.layout,
             order: spec.channel_order,
             resize: spec.resize,
+            shorter_side: spec.shorter_side,
+            filter: spec.filter,
             multiply,
             subtract,
         })
@@ -105,33 +109,74 @@ impl Preprocessor {
             &converted
         };
         let (c, h, w) = (self.channels, self.height, self.width);
-        let sampler = Sampler::new((source.height, source.width), (h, w), self.resize);
+        let plan = Plan::new(
+            (source.height, source.width),
+            (h, w),
+            self.resize,
+            self.shorter_side,
+        );
         let bgr = c == 3 && self.order == ChannelOrder::Bgr;
         let layout = self.layout;
         let (multiply, subtract) = (&self.multiply, &self.subtract);
-        sampler.sample(
-            &source.data,
-            source.width,
-            c,
-            |y, x, source_channel, value| {
-                // Decoded colour is RGB: BGR input plane `k` is RGB channel `2 - k`.
-                let ch = if bgr {
-                    2 - source_channel
-                } else {
-                    source_channel
-                };
-                let chw = (ch * h + y) * w + x;
-                let sub = match subtract {
-                    Subtract::PerChannel(values) => values[ch],
-                    Subtract::Image(values) => values[chw],
-                };
-                let at = match layout {
-                    Layout::Nchw => chw,
-                    Layout::Nhwc => (y * w + x) * c + ch,
-                };
-                out[at] = value * multiply[ch] - sub;
-            },
+        let mut emit = |y: usize, x: usize, source_channel: usize, value: f32| {
+            // Decoded colour is RGB: BGR input plane `k` is RGB channel `2 - k`.
+            let ch = if bgr {
+                2 - source_channel
+            } else {
+                source_channel
+            };
+            let chw = (ch * h + y) * w + x;
+            let sub = match subtract {
+                Subtract::PerChannel(values) => values[ch],
+                Subtract::Image(values) => values[chw],
+            };
+            let at = match layout {
+                Layout::Nchw => chw,
+                Layout::Nhwc => (y * w + x) * c + ch,
+            };
+            out[at] = value * multiply[ch] - sub;
+        };
+        match self.filter {
+            Filter::FloatLinear => {
+                Sampler::new(&plan).sample(&source.data, source.width, c, emit);
+            }
+            filter => {
+                let resized = resize::resize_u8(&source.data, c, &plan, filter);
+                for (i, pixel) in resized.chunks_exact(c).enumerate() {
+                    for (ch, &v) in pixel.iter().enumerate() {
+                        emit(i / w, i % w, ch, f32::from(v));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The 8-bit crop the model's filter makes of `image` (HWC, the model's channel count,
+    /// RGB), before channel order, scale and normalisation; `None` for [`Filter::FloatLinear`],
+    /// which never rounds to 8 bits. What the reference pipelines' outputs are compared with.
+    pub fn resized_u8(&self, image: &Image) -> Option<Vec<u8>> {
+        if self.filter == Filter::FloatLinear {
+            return None;
+        }
+        let converted;
+        let source = if image.channels == self.channels {
+            image
+        } else {
+            converted = convert_channels(image, self.channels);
+            &converted
+        };
+        let plan = Plan::new(
+            (source.height, source.width),
+            (self.height, self.width),
+            self.resize,
+            self.shorter_side,
         );
+        Some(resize::resize_u8(
+            &source.data,
+            self.channels,
+            &plan,
+            self.filter,
+        ))
     }
 }
 
@@ -176,11 +221,14 @@ mod tests {
             width: size,
             channel_order: ChannelOrder::Bgr,
             resize: Resize::Stretch,
+            shorter_side: None,
+            filter: Filter::FloatLinear,
             scale: 1.0,
             normalize,
             outputs: Outputs::Logits,
             class_count: 10,
             classes: None,
+            class_ids: None,
             provenance: Provenance {
                 source: "m".into(),
                 format: "onnx".into(),

@@ -3,7 +3,7 @@
 //!
 //! - [`runtime`]: finding and loading the ONNX Runtime library.
 //! - [`Scorer`]: a session checked to be an image classifier, its [`Signature`] read from the
-//!   model itself (input layout and size, class count).
+//!   model itself (input layout and size, class count, float32 or float16 at its edges).
 //!
 //! Errors say whose fault they are: [`InferenceError::Host`] is this machine's (no library,
 //! no GPU), never the model's or the data's.
@@ -11,6 +11,7 @@
 pub mod runtime;
 
 use fleet_common::spec::Layout;
+use half::f16;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{TensorElementType, TensorRef, ValueType};
@@ -129,6 +130,19 @@ pub struct Signature {
     /// The images per call the model was exported for, when its batch dimension is fixed
     /// (`torch.onnx.export` without dynamic axes leaves 1); `None` when it takes any number.
     pub fixed_batch: Option<usize>,
+    /// The element type of the image input.
+    pub input_precision: Precision,
+    /// The element type of the classifier's output.
+    pub output_precision: Precision,
+}
+
+/// The float element types a model's input and output may hold. Preprocessing always makes
+/// float32 values; a float16 input gets them rounded to nearest (as a cast does), and a
+/// float16 output is widened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    Float32,
+    Float16,
 }
 
 impl Signature {
@@ -152,6 +166,8 @@ pub struct Scorer {
     session: Session,
     signature: Signature,
     provider: &'static str,
+    /// The input in half precision, for a float16 model: reused from call to call.
+    half_input: Vec<f16>,
 }
 
 impl Scorer {
@@ -216,6 +232,7 @@ impl Scorer {
             session,
             signature,
             provider,
+            half_input: Vec::new(),
         })
     }
 
@@ -271,21 +288,49 @@ impl Scorer {
         outputs: &mut Vec<f32>,
     ) -> Result<(), InferenceError> {
         let run = |e: ort::Error| InferenceError::Run(e.to_string());
-        let tensor =
-            TensorRef::from_array_view((self.signature.shape(images), input)).map_err(run)?;
-        let result = self
-            .session
-            .run(ort::inputs![self.signature.input.as_str() => tensor])
-            .map_err(run)?;
-        let (shape, values) = result[self.signature.output.as_str()]
-            .try_extract_tensor::<f32>()
-            .map_err(run)?;
-        if values.len() != images * self.signature.classes {
+        let shape = self.signature.shape(images);
+        let result = match self.signature.input_precision {
+            Precision::Float32 => {
+                let tensor = TensorRef::from_array_view((shape, input)).map_err(run)?;
+                self.session
+                    .run(ort::inputs![self.signature.input.as_str() => tensor])
+                    .map_err(run)?
+            }
+            Precision::Float16 => {
+                self.half_input.clear();
+                self.half_input
+                    .extend(input.iter().map(|&v| f16::from_f32(v)));
+                let tensor =
+                    TensorRef::from_array_view((shape, self.half_input.as_slice())).map_err(run)?;
+                self.session
+                    .run(ort::inputs![self.signature.input.as_str() => tensor])
+                    .map_err(run)?
+            }
+        };
+        let output = &result[self.signature.output.as_str()];
+        let expected = images * self.signature.classes;
+        let returned = match self.signature.output_precision {
+            Precision::Float32 => {
+                let (shape, values) = output.try_extract_tensor::<f32>().map_err(run)?;
+                if values.len() == expected {
+                    outputs.extend_from_slice(values);
+                }
+                (shape.to_vec(), values.len())
+            }
+            Precision::Float16 => {
+                let (shape, values) = output.try_extract_tensor::<f16>().map_err(run)?;
+                if values.len() == expected {
+                    outputs.extend(values.iter().map(|v| v.to_f32()));
+                }
+                (shape.to_vec(), values.len())
+            }
+        };
+        if returned.1 != expected {
             return Err(InferenceError::Run(format!(
-                "model returned shape {shape:?} for {images} images"
+                "model returned shape {:?} for {images} images",
+                returned.0
             )));
         }
-        outputs.extend_from_slice(values);
         Ok(())
     }
 }
@@ -383,14 +428,19 @@ fn classifier_shape(session: &Session, output: usize) -> Result<InputShape, Stri
             ty: TensorElementType::Float32,
             shape,
             ..
-        } => Ok(shape.to_vec()),
+        } => Ok((shape.to_vec(), Precision::Float32)),
+        ValueType::Tensor {
+            ty: TensorElementType::Float16,
+            shape,
+            ..
+        } => Ok((shape.to_vec(), Precision::Float16)),
         ValueType::Tensor { ty, .. } => Err(format!(
-            "its {what} {name} holds {ty:?} values, not Float32 (export it with float32 \
-             {what}s; a cast inside the model keeps any other precision within)"
+            "its {what} {name} holds {ty:?} values, not Float32 or Float16 (export it with \
+             float {what}s; a cast inside the model keeps any other precision within)"
         )),
         _ => Err(format!("its {what} {name} is not a tensor")),
     };
-    let shape = expect_float("input", input.name(), input.dtype())?;
+    let (shape, input_precision) = expect_float("input", input.name(), input.dtype())?;
     let fixed = |d: i64| usize::try_from(d).ok().filter(|&d| d > 0);
     let fixed_batch = shape.first().and_then(|&n| fixed(n));
     // A side is a size, or -1 where the model takes any.
@@ -405,7 +455,7 @@ fn classifier_shape(session: &Session, output: usize) -> Result<InputShape, Stri
             ));
         }
     };
-    let output_shape = expect_float("output", output.name(), output.dtype())?;
+    let (output_shape, output_precision) = expect_float("output", output.name(), output.dtype())?;
     // [N, classes], or [N, classes, 1, 1] as some converters leave it.
     let classes = match output_shape.as_slice() {
         [_, rest @ ..] if !rest.is_empty() && rest.iter().all(|&d| d > 0) => {
@@ -431,6 +481,8 @@ fn classifier_shape(session: &Session, output: usize) -> Result<InputShape, Stri
             width: 0,
             classes,
             fixed_batch,
+            input_precision,
+            output_precision,
         },
         height_width: (fixed(height), fixed(width)),
         dims: shape,

@@ -11,8 +11,8 @@ use fleet_common::dataset::collection::{self, is_image};
 use fleet_common::dataset::{self, BatchSelection, DatasetError, HEIGHT, IMAGE_BYTES, WIDTH};
 use fleet_common::source::{Source, SourceError};
 use fleet_common::spec::{
-    ChannelOrder, ModelSpec, Normalize, Provenance, Resize, SPEC_VERSION, SpecError,
-    parse_class_names, sha256_hex,
+    ChannelOrder, Filter, ModelSpec, Normalize, Preset, Provenance, Recipe, Resize, SPEC_VERSION,
+    SpecError, parse_class_list, plain_recipe, sha256_hex, shorter_side_for,
 };
 use fleet_common::store::{BlobStore, StoreError, check_key};
 use fleet_common::{concurrent, job};
@@ -97,21 +97,39 @@ pub struct SpecArgs {
     /// classes are named class_0, class_1, ... (a CIFAR-10 tarball job names its 10 classes).
     #[arg(long)]
     pub classes: Option<Source>,
-    /// Channel order the model was trained on [default: bgr for CNTK models, as CNTK read
-    /// images through OpenCV; rgb for ONNX models].
+    /// How the ecosystem the model comes from prepares images, in one word: torchvision
+    /// (RGB, shorter side to 256 for a 224 crop with Pillow's bilinear, centre crop, /255,
+    /// ImageNet mean/std), timm (the same, bicubic), keras-caffe (BGR, squashed, ImageNet mean
+    /// subtracted from 0..255), keras-tf (RGB, squashed, -1..1), cntk (BGR, squashed in float,
+    /// raw 0..255). The flags below override its fields [default: cntk for CNTK models; for
+    /// ONNX models, RGB, squashed with Pillow's bilinear, raw 0..255].
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// Channel order the model was trained on [default: the preset's].
     #[arg(long = "channel-order", value_enum)]
     pub channel_order: Option<ChannelOrder>,
-    /// How images of another size are brought to the model's.
-    #[arg(long, value_enum, default_value_t = Resize::Stretch)]
-    pub resize: Resize,
+    /// How images of another size are brought to the model's: both sides scaled (stretch), or
+    /// the shorter side scaled and the centre cut out (center-crop) [default: the preset's].
+    #[arg(long, value_enum)]
+    pub resize: Option<Resize>,
+    /// With center-crop: the length the shorter side is scaled to before the crop (256 for a
+    /// 224 crop as torchvision evaluates) [default: the preset's (the crop / 0.875); without a
+    /// preset, just enough to cover the crop].
+    #[arg(long = "shorter-side", value_name = "PIXELS")]
+    pub shorter_side: Option<u32>,
+    /// How pixels are sampled when resizing, as the named library does it to the value
+    /// [default: the preset's].
+    #[arg(long, value_enum)]
+    pub filter: Option<Filter>,
     /// Factor applied to pixel values (0..255) before normalisation: `1/255` for models
-    /// trained on 0..1.
-    #[arg(long, default_value = "1")]
-    pub scale: Scale,
-    /// Per-channel mean subtracted after scaling, in the model's channel order (`0.485,0.456,0.406`).
+    /// trained on 0..1 [default: the preset's].
+    #[arg(long)]
+    pub scale: Option<Scale>,
+    /// Per-channel mean subtracted after scaling, in the model's channel order
+    /// (`0.485,0.456,0.406`) [default: the preset's].
     #[arg(long, value_delimiter = ',', conflicts_with = "mean_image")]
     pub mean: Vec<f32>,
-    /// Per-channel standard deviation divided by after the mean (default: 1 per channel).
+    /// Per-channel standard deviation divided by after the mean [default: 1 per channel].
     #[arg(long, value_delimiter = ',', requires = "mean")]
     pub std: Vec<f32>,
     /// Mean image (OpenCV XML of the model's size, HWC in its channel order), a file or URL:
@@ -292,19 +310,31 @@ pub fn stage_model(
     let classes = match &spec_args.classes {
         Some(classes) => {
             let text = String::from_utf8_lossy(&classes.read_all()?).into_owned();
-            let names =
-                parse_class_names(&text, &classes.to_string()).map_err(StageError::Invalid)?;
-            if names.len() != signature.classes {
+            let list =
+                parse_class_list(&text, &classes.to_string()).map_err(StageError::Invalid)?;
+            if list.names.len() != signature.classes {
                 return Err(StageError::Invalid(format!(
                     "{classes} names {} classes, but model {file_name} has {}",
-                    names.len(),
+                    list.names.len(),
                     signature.classes
                 )));
             }
-            Some(names)
+            Some(list)
         }
         None => None,
     };
+    let recipe = match (spec_args.preset, imported.format) {
+        (Some(preset), _) => preset.recipe(),
+        (None, SourceFormat::CntkV1 | SourceFormat::CntkV2) => Preset::Cntk.recipe(),
+        (None, SourceFormat::Onnx) => plain_recipe(),
+    };
+    let preparation = resolve_preparation(
+        spec_args,
+        &recipe,
+        signature.channels,
+        (signature.height as u32, signature.width as u32),
+    )
+    .map_err(|reason| StageError::Invalid(format!("model {name}: {reason}")))?;
     let mean_key = job::mean_image_key(name);
     let (normalize, mean_xml) = match &spec_args.mean_image {
         Some(mean) => (
@@ -313,21 +343,7 @@ pub fn stage_model(
             },
             Some((mean.read_all()?, mean.file_name())),
         ),
-        None if !spec_args.mean.is_empty() => {
-            let std = if spec_args.std.is_empty() {
-                vec![1.0; spec_args.mean.len()]
-            } else {
-                spec_args.std.clone()
-            };
-            (
-                Normalize::PerChannel {
-                    mean: spec_args.mean.clone(),
-                    std,
-                },
-                None,
-            )
-        }
-        None => (Normalize::None, None),
+        None => (preparation.normalize, None),
     };
     let spec = ModelSpec {
         version: SPEC_VERSION,
@@ -337,17 +353,16 @@ pub fn stage_model(
         channels: signature.channels as u32,
         height: signature.height as u32,
         width: signature.width as u32,
-        // CNTK read images through OpenCV, in BGR; other toolkits mostly in RGB.
-        channel_order: spec_args.channel_order.unwrap_or(match imported.format {
-            SourceFormat::CntkV1 | SourceFormat::CntkV2 => ChannelOrder::Bgr,
-            SourceFormat::Onnx => ChannelOrder::Rgb,
-        }),
-        resize: spec_args.resize,
-        scale: spec_args.scale.0,
+        channel_order: preparation.channel_order,
+        resize: preparation.resize,
+        shorter_side: preparation.shorter_side,
+        filter: preparation.filter,
+        scale: preparation.scale,
         normalize,
         outputs: imported.outputs,
         class_count: signature.classes as u32,
-        classes,
+        class_ids: classes.as_ref().and_then(|list| list.ids.clone()),
+        classes: classes.map(|list| list.names),
         provenance: Provenance {
             source: source.to_string(),
             format: imported.format.as_str().into(),
@@ -368,7 +383,8 @@ pub fn stage_model(
     }
     put_spec(store, name, &spec)?;
     Ok(format!(
-        "model {source} -> {} ({}; input {}x{}x{} {:?}, {} classes, {:?}, {:?} order, {})",
+        "model {source} -> {} ({}; input {}x{}x{} {:?}, {} classes, {:?})\n  images prepared \
+         as {}: {}",
         job::model_key(name),
         imported.description,
         spec.channels,
@@ -377,13 +393,85 @@ pub fn stage_model(
         spec.layout,
         spec.class_count,
         spec.outputs,
-        spec.channel_order,
-        match &spec.normalize {
-            Normalize::None => "no normalisation".to_owned(),
-            Normalize::PerChannel { .. } => "per-channel mean/std".to_owned(),
-            Normalize::MeanImage { key } => format!("mean image {key}"),
-        }
+        spec_args.preset.map_or_else(
+            || "the default".to_owned(),
+            |p| format!("--preset {}", p.name())
+        ),
+        spec.preparation()
     ))
+}
+
+/// The preparation fields of a spec: the flags given, else the recipe's.
+#[derive(Debug, Clone, PartialEq)]
+struct Preparation {
+    channel_order: ChannelOrder,
+    resize: Resize,
+    shorter_side: Option<u32>,
+    filter: Filter,
+    scale: f32,
+    normalize: Normalize,
+}
+
+/// Resolves the preparation of a model with `channels` channels and input `(height, width)`:
+/// each flag of `args` given, else `recipe`'s value.
+fn resolve_preparation(
+    args: &SpecArgs,
+    recipe: &Recipe,
+    channels: usize,
+    (height, width): (u32, u32),
+) -> Result<Preparation, String> {
+    let resize = args.resize.unwrap_or(recipe.resize);
+    let shorter_side = match resize {
+        Resize::CenterCrop => args.shorter_side.or_else(|| {
+            recipe
+                .crop_fraction
+                .map(|fraction| shorter_side_for(height.max(width), fraction))
+        }),
+        Resize::Stretch if args.shorter_side.is_some() => {
+            return Err(
+                "--shorter-side is for --resize center-crop; a stretched image has \
+                        both sides set to the model's"
+                    .into(),
+            );
+        }
+        Resize::Stretch => None,
+    };
+    let normalize = if args.mean_image.is_some() {
+        // Replaced by the mean image.
+        Normalize::None
+    } else if !args.mean.is_empty() {
+        let std = if args.std.is_empty() {
+            vec![1.0; args.mean.len()]
+        } else {
+            args.std.clone()
+        };
+        Normalize::PerChannel {
+            mean: args.mean.clone(),
+            std,
+        }
+    } else {
+        match recipe.normalize {
+            Some(_) if channels != 3 => {
+                return Err(format!(
+                    "the preset normalises 3 colour channels, but the model takes {channels}: \
+                     give --mean and --std with {channels} value(s)"
+                ));
+            }
+            Some((mean, std)) => Normalize::PerChannel {
+                mean: mean.to_vec(),
+                std: std.to_vec(),
+            },
+            None => Normalize::None,
+        }
+    };
+    Ok(Preparation {
+        channel_order: args.channel_order.unwrap_or(recipe.channel_order),
+        resize,
+        shorter_side,
+        filter: args.filter.unwrap_or(recipe.filter),
+        scale: args.scale.map_or(recipe.scale, |s| s.0),
+        normalize,
+    })
 }
 
 /// Replaces the mean image of the staged model `name`, after checking it fits the model.

@@ -245,7 +245,11 @@ fn plan(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Plan, SubmitEr
             ResolvedSource::File(read_label_file(store, &collection.prefix, name)?)
         }
     };
-    let labels = collection::resolve_labels(&collection.names, &source, &classes)?;
+    let labels = collection::resolve_labels(
+        &collection.names,
+        &source,
+        &collection::Classes::new(&classes, spec.class_ids.as_deref()),
+    )?;
     Ok(Plan {
         labels: options.labels.to_string(),
         spec,

@@ -241,41 +241,128 @@ fn file_name(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
 }
 
-/// The class index a label names: a class name, or else an index.
-fn class_of(label: &str, classes: &[String]) -> Option<u32> {
-    if let Some(i) = classes.iter().position(|c| c == label) {
-        return Some(i as u32);
+/// The classes of a model, as labels name them: by id (when the class list has ids, e.g.
+/// ImageNet's `n01440764` folders), by name where exactly one class has it, or by index.
+#[derive(Debug, Clone)]
+pub struct Classes<'a> {
+    names: &'a [String],
+    by_id: HashMap<&'a str, u32>,
+    by_name: HashMap<&'a str, Vec<u32>>,
+}
+
+/// What a label names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Found {
+    Class(u32),
+    /// A name that several classes share.
+    Ambiguous(Vec<u32>),
+    Unknown,
+}
+
+impl<'a> Classes<'a> {
+    /// The classes named `names` (by output index), with their `ids` when the list has them.
+    pub fn new(names: &'a [String], ids: Option<&'a [String]>) -> Self {
+        let mut by_name: HashMap<&str, Vec<u32>> = HashMap::new();
+        for (i, name) in names.iter().enumerate() {
+            by_name.entry(name).or_default().push(i as u32);
+        }
+        let by_id = ids
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.as_str(), i as u32))
+            .collect();
+        Self {
+            names,
+            by_id,
+            by_name,
+        }
     }
-    label
-        .parse::<u32>()
-        .ok()
-        .filter(|&i| (i as usize) < classes.len())
+
+    fn find(&self, label: &str) -> Found {
+        if let Some(&i) = self.by_id.get(label) {
+            return Found::Class(i);
+        }
+        match self.by_name.get(label).map(Vec::as_slice) {
+            Some([i]) => return Found::Class(*i),
+            Some(several) => return Found::Ambiguous(several.to_vec()),
+            None => {}
+        }
+        match label.parse::<u32>() {
+            Ok(i) if (i as usize) < self.names.len() => Found::Class(i),
+            _ => Found::Unknown,
+        }
+    }
+
+    fn summary(&self) -> String {
+        let shown: Vec<&str> = self.names.iter().take(12).map(String::as_str).collect();
+        let more = if self.names.len() > shown.len() {
+            ", ..."
+        } else {
+            ""
+        };
+        format!("{} classes: {}{more}", self.names.len(), shown.join(", "))
+    }
+}
+
+/// Says which classes share the name `label`, and how to tell them apart.
+fn ambiguous(label: &str, indices: &[u32]) -> String {
+    let listed: Vec<String> = indices.iter().map(u32::to_string).collect();
+    format!(
+        "{label:?} names {} classes (indices {})",
+        indices.len(),
+        listed.join(", ")
+    )
 }
 
 /// Resolves the true label of each image (`names`, relative to the prefix) to an index into
 /// `classes`. `labels` is `LabelSource::None`, `Folders`, or a parsed file; images a label
-/// file does not list get no label. Names that are not classes are errors, listed together.
+/// file does not list get no label. Names that are not classes, or that several classes
+/// share, are errors, listed together.
 pub fn resolve_labels(
     names: &[String],
     labels: &ResolvedSource,
-    classes: &[String],
+    classes: &Classes<'_>,
 ) -> Result<Vec<Option<u32>>, DatasetError> {
     match labels {
         ResolvedSource::None => Ok(vec![None; names.len()]),
         ResolvedSource::Folders => {
             let mut unknown: Vec<&str> = Vec::new();
+            let mut shared: Vec<String> = Vec::new();
             let resolved = names
                 .iter()
                 .map(|name| {
                     let folder = name.rsplit_once('/')?.0;
                     let folder = file_name(folder);
-                    let class = classes.iter().position(|c| c == folder);
-                    if class.is_none() && !unknown.contains(&folder) {
-                        unknown.push(folder);
+                    match classes.find(folder) {
+                        Found::Class(i) => Some(i),
+                        Found::Ambiguous(indices) => {
+                            let why = ambiguous(folder, &indices);
+                            if !shared.contains(&why) {
+                                shared.push(why);
+                            }
+                            None
+                        }
+                        Found::Unknown => {
+                            if !unknown.contains(&folder) {
+                                unknown.push(folder);
+                            }
+                            None
+                        }
                     }
-                    class.map(|i| i as u32)
                 })
                 .collect();
+            if !shared.is_empty() {
+                return Err(DatasetError::Labels {
+                    source_name: "folder labels".into(),
+                    detail: format!(
+                        "folder names that several classes of the model share: {}; name those \
+                         folders by class id (stage the model with a class list that has ids, \
+                         such as synset_words.txt) or by index, or label with a file of indices",
+                        shared.join("; ")
+                    ),
+                });
+            }
             if !unknown.is_empty() {
                 return Err(DatasetError::Labels {
                     source_name: "folder labels".into(),
@@ -285,7 +372,7 @@ pub fn resolve_labels(
                         if unknown.len() > 1 { "s" } else { "" },
                         quote_list(&unknown, 10),
                         if unknown.len() > 1 { "are" } else { "is" },
-                        class_summary(classes)
+                        classes.summary()
                     ),
                 });
             }
@@ -306,8 +393,9 @@ pub fn resolve_labels(
             let header = file
                 .entries
                 .first()
-                .filter(|e| class_of(&e.label, classes).is_none());
+                .filter(|e| classes.find(&e.label) == Found::Unknown);
             let mut bad: Vec<String> = Vec::new();
+            let mut shared: Vec<String> = Vec::new();
             let resolved = names
                 .iter()
                 .map(|name| {
@@ -318,20 +406,49 @@ pub fn resolve_labels(
                     if header.is_some_and(|h| std::ptr::eq(h, entry)) {
                         return None;
                     }
-                    let class = class_of(&entry.label, classes);
-                    if class.is_none() && bad.len() < 5 {
-                        bad.push(format!("line {}: {:?}", entry.line, entry.label));
+                    match classes.find(&entry.label) {
+                        Found::Class(i) => Some(i),
+                        Found::Ambiguous(indices) => {
+                            if shared.len() < 5 {
+                                shared.push(format!(
+                                    "line {}: {}",
+                                    entry.line,
+                                    ambiguous(&entry.label, &indices)
+                                ));
+                            }
+                            None
+                        }
+                        Found::Unknown => {
+                            if bad.len() < 5 {
+                                bad.push(format!("line {}: {:?}", entry.line, entry.label));
+                            }
+                            None
+                        }
                     }
-                    class
                 })
                 .collect();
+            if !shared.is_empty() {
+                return Err(DatasetError::Labels {
+                    source_name: file.name.clone(),
+                    detail: format!(
+                        "labels that several classes of the model share: {}; give those labels \
+                         as class indices (or ids, with a class list that has them)",
+                        shared.join(", ")
+                    ),
+                });
+            }
             if !bad.is_empty() {
                 return Err(DatasetError::Labels {
                     source_name: file.name.clone(),
                     detail: format!(
-                        "labels that are neither a class name nor an index below {} ({}): {}",
-                        classes.len(),
-                        class_summary(classes),
+                        "labels that are neither a class name{} nor an index below {} ({}): {}",
+                        if classes.by_id.is_empty() {
+                            ""
+                        } else {
+                            ", a class id"
+                        },
+                        classes.names.len(),
+                        classes.summary(),
                         bad.join(", ")
                     ),
                 });
@@ -357,21 +474,11 @@ fn quote_list(items: &[&str], most: usize) -> String {
     listed.join(", ")
 }
 
-fn class_summary(classes: &[String]) -> String {
-    let shown: Vec<&str> = classes.iter().take(12).map(String::as_str).collect();
-    let more = if classes.len() > shown.len() {
-        ", ..."
-    } else {
-        ""
-    };
-    format!("{} classes: {}{more}", classes.len(), shown.join(", "))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn classes() -> Vec<String> {
+    fn class_names() -> Vec<String> {
         ["cat", "dog", "ship"].map(String::from).to_vec()
     }
 
@@ -435,12 +542,21 @@ mod tests {
     #[test]
     fn folder_labels_name_classes() {
         let n = names(&["cat/1.jpg", "x/dog/2.jpg", "top.jpg"]);
-        let got = resolve_labels(&n, &ResolvedSource::Folders, &classes()).unwrap();
+        let got = resolve_labels(
+            &n,
+            &ResolvedSource::Folders,
+            &Classes::new(&class_names(), None),
+        )
+        .unwrap();
         assert_eq!(got, vec![Some(0), Some(1), None]);
         let n = names(&["cow/1.jpg", "horse/2.jpg", "cat/3.jpg"]);
-        let e = resolve_labels(&n, &ResolvedSource::Folders, &classes())
-            .unwrap_err()
-            .to_string();
+        let e = resolve_labels(
+            &n,
+            &ResolvedSource::Folders,
+            &Classes::new(&class_names(), None),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("\"cow\", \"horse\" are not a class"), "{e}");
         assert!(e.contains("--classes"), "{e}");
     }
@@ -453,7 +569,12 @@ mod tests {
         )
         .unwrap();
         let n = names(&["a/1.png", "b/2.png", "c/3.png"]);
-        let got = resolve_labels(&n, &ResolvedSource::File(file), &classes()).unwrap();
+        let got = resolve_labels(
+            &n,
+            &ResolvedSource::File(file),
+            &Classes::new(&class_names(), None),
+        )
+        .unwrap();
         assert_eq!(got, vec![Some(2), Some(1), None]);
     }
 
@@ -462,17 +583,67 @@ mod tests {
         let file =
             LabelFile::parse("filename,label\n\"a, b.jpg\",dog\nc.jpg,0\n", "labels.csv").unwrap();
         let n = names(&["a, b.jpg", "c.jpg", "filename"]);
-        let got = resolve_labels(&n, &ResolvedSource::File(file), &classes()).unwrap();
+        let got = resolve_labels(
+            &n,
+            &ResolvedSource::File(file),
+            &Classes::new(&class_names(), None),
+        )
+        .unwrap();
         assert_eq!(got, vec![Some(1), Some(0), None]);
         let file = LabelFile::parse("a.jpg,cat\nb.jpg,7\n", "labels.csv").unwrap();
         let e = resolve_labels(
             &names(&["a.jpg", "b.jpg"]),
             &ResolvedSource::File(file),
-            &classes(),
+            &Classes::new(&class_names(), None),
         )
         .unwrap_err()
         .to_string();
         assert!(e.contains("line 2: \"7\""), "{e}");
+    }
+
+    #[test]
+    fn imagenet_lists_resolve_by_id_and_by_names_that_are_unambiguous() {
+        let names = ["tench", "crane", "crane"].map(String::from);
+        let ids = ["n01440764", "n02012849", "n03126707"].map(String::from);
+        let with_ids = Classes::new(&names, Some(&ids));
+        let n = self::names(&[
+            "val/n01440764/1.JPEG",
+            "val/n03126707/2.JPEG",
+            "tench/3.jpg",
+        ]);
+        let got = resolve_labels(&n, &ResolvedSource::Folders, &with_ids).unwrap();
+        assert_eq!(got, vec![Some(0), Some(2), Some(0)]);
+        // "crane" names two classes: refused, saying which and what to do.
+        let plain = Classes::new(&names, None);
+        let e = resolve_labels(
+            &self::names(&["crane/1.jpg"]),
+            &ResolvedSource::Folders,
+            &plain,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("\"crane\" names 2 classes (indices 1, 2)"),
+            "{e}"
+        );
+        assert!(e.contains("class id"), "{e}");
+        let file = LabelFile::parse("a.jpg,n02012849\nb.jpg,2\nc.jpg,tench\n", "l.csv").unwrap();
+        let got = resolve_labels(
+            &self::names(&["a.jpg", "b.jpg", "c.jpg"]),
+            &ResolvedSource::File(file),
+            &with_ids,
+        )
+        .unwrap();
+        assert_eq!(got, vec![Some(1), Some(2), Some(0)]);
+        let file = LabelFile::parse("a.jpg,crane\n", "l.csv").unwrap();
+        let e = resolve_labels(
+            &self::names(&["a.jpg"]),
+            &ResolvedSource::File(file),
+            &plain,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("line 1: \"crane\" names 2 classes"), "{e}");
     }
 
     #[test]

@@ -249,7 +249,14 @@ fn per_class_section(html: &mut String, summary: &Summary) {
         "<h2>Accuracy by class</h2>\n<table class=\"bars\" id=\"per-class\">\n\
          <tr><th>class</th><th>images</th><th>correct</th><th>accuracy</th><th></th></tr>\n",
     );
+    // Classes without images say nothing of accuracy: a 1,000-class model over a few hundred
+    // images would list hundreds of empty rows.
+    let mut empty = 0;
     for class in &summary.per_class {
+        if class.images == 0 {
+            empty += 1;
+            continue;
+        }
         let _ = writeln!(
             html,
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.2}%</td>\
@@ -262,6 +269,13 @@ fn per_class_section(html: &mut String, summary: &Summary) {
         );
     }
     html.push_str("</table>\n");
+    if empty > 0 {
+        let _ = writeln!(
+            html,
+            "<p>{empty} other class{} had no labelled images.</p>",
+            if empty == 1 { "" } else { "es" }
+        );
+    }
 }
 
 fn confusion_section(html: &mut String, report: &Report<'_>) {
@@ -392,7 +406,15 @@ fn distribution_section(html: &mut String, summary: &Summary) {
         .max()
         .unwrap_or(0)
         .max(1);
-    for class in &summary.predicted {
+    // The classes that occur, most frequent first (ties in class order); the rest counted.
+    let mut occurring: Vec<_> = summary
+        .predicted
+        .iter()
+        .filter(|c| c.predicted > 0)
+        .collect();
+    occurring.sort_by_key(|c| std::cmp::Reverse(c.predicted));
+    let never = summary.predicted.len() - occurring.len();
+    for class in occurring {
         let share = class.predicted as f64 / summary.scored.max(1) as f64;
         let _ = writeln!(
             html,
@@ -405,6 +427,13 @@ fn distribution_section(html: &mut String, summary: &Summary) {
         );
     }
     html.push_str("</table>\n");
+    if never > 0 {
+        let _ = writeln!(
+            html,
+            "<p>{never} other class{} predicted for no image.</p>",
+            if never == 1 { " was" } else { "es were" }
+        );
+    }
 }
 
 fn low_confidence_section(html: &mut String, report: &Report<'_>) {

@@ -1,7 +1,8 @@
-//! Bilinear sampling, as OpenCV's `INTER_LINEAR` (and so CNTK's `Scale` transform) does it:
-//! pixel centres aligned, edges clamped, no anti-aliasing filter when shrinking.
+//! Bilinear sampling on float pixels, never rounded to 8 bits: OpenCV's `INTER_LINEAR` on a
+//! float image, which is how CNTK's `Scale` transform resizes (it converts to float first).
+//! Pixel centres aligned, edges clamped, no antialiasing when shrinking.
 
-use fleet_common::spec::Resize;
+use super::Plan;
 
 /// Where output pixel `(y, x)` samples the source, for one axis: a virtual resized length and
 /// an offset into it (the crop).
@@ -35,33 +36,19 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// Taps for a `source_h` x `source_w` image brought to `target_h` x `target_w` by `mode`.
-    pub fn new(
-        (source_h, source_w): (usize, usize),
-        (target_h, target_w): (usize, usize),
-        mode: Resize,
-    ) -> Self {
-        let identity = (source_h, source_w) == (target_h, target_w);
-        let (virtual_h, virtual_w) = match mode {
-            Resize::Stretch => (target_h, target_w),
-            Resize::CenterCrop => {
-                // The shorter side becomes the target's; the other is cut to the target's.
-                let scale =
-                    (target_h as f64 / source_h as f64).max(target_w as f64 / source_w as f64);
-                (
-                    ((source_h as f64 * scale).round() as usize).max(target_h),
-                    ((source_w as f64 * scale).round() as usize).max(target_w),
-                )
-            }
-        };
-        let axis = |source: usize, virtual_len: usize, target: usize| Axis {
+    /// Taps for the crop `plan` describes.
+    pub fn new(plan: &Plan) -> Self {
+        let (source_h, source_w) = plan.source;
+        let (target_h, target_w) = plan.target;
+        let identity = plan.source == plan.target && plan.resized == plan.source;
+        let axis = |source: usize, virtual_len: usize, offset: usize| Axis {
             step: source as f32 / virtual_len as f32,
-            offset: (virtual_len - target) / 2,
+            offset,
             source_len: source,
         };
         let (ay, ax) = (
-            axis(source_h, virtual_h, target_h),
-            axis(source_w, virtual_w, target_w),
+            axis(source_h, plan.resized.0, plan.offset.0),
+            axis(source_w, plan.resized.1, plan.offset.1),
         );
         if identity {
             return Self {
@@ -111,6 +98,11 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fleet_common::spec::Resize;
+
+    fn sampler(source: (usize, usize), target: (usize, usize), resize: Resize) -> Sampler {
+        Sampler::new(&Plan::new(source, target, resize, None))
+    }
 
     fn run(sampler: &Sampler, data: &[u8], width: usize, h: usize, w: usize) -> Vec<f32> {
         let mut out = vec![f32::NAN; h * w];
@@ -121,26 +113,26 @@ mod tests {
     #[test]
     fn same_size_copies_and_doubling_interpolates_like_opencv() {
         let data = [0u8, 100, 200, 50];
-        let same = Sampler::new((2, 2), (2, 2), Resize::Stretch);
+        let same = sampler((2, 2), (2, 2), Resize::Stretch);
         assert_eq!(run(&same, &data, 2, 2, 2), vec![0.0, 100.0, 200.0, 50.0]);
         // cv2.resize(np.array([[0, 100]], np.float32), (4, 1)) == [0, 25, 75, 100]
-        let double = Sampler::new((1, 2), (1, 4), Resize::Stretch);
+        let double = sampler((1, 2), (1, 4), Resize::Stretch);
         assert_eq!(
             run(&double, &data[..2], 2, 1, 4),
             vec![0.0, 25.0, 75.0, 100.0]
         );
         // Halving averages pairs: [0, 100, 200, 50] -> [50, 125].
-        let half = Sampler::new((1, 4), (1, 2), Resize::Stretch);
+        let half = sampler((1, 4), (1, 2), Resize::Stretch);
         assert_eq!(run(&half, &data, 4, 1, 2), vec![50.0, 125.0]);
     }
 
     #[test]
     fn centre_crop_keeps_the_middle_of_the_longer_side() {
         // 1 x 4 to 1 x 2 by the shorter side (1 -> 1): no scaling, columns 1 and 2 kept.
-        let crop = Sampler::new((1, 4), (1, 2), Resize::CenterCrop);
+        let crop = sampler((1, 4), (1, 2), Resize::CenterCrop);
         assert_eq!(run(&crop, &[10, 20, 30, 40], 4, 1, 2), vec![20.0, 30.0]);
         // 2 x 4 to 1 x 1: halved to 1 x 2, then the centre... of two is the first.
-        let crop = Sampler::new((2, 4), (1, 1), Resize::CenterCrop);
+        let crop = sampler((2, 4), (1, 1), Resize::CenterCrop);
         assert_eq!(
             run(&crop, &[0, 0, 100, 100, 0, 0, 100, 100], 4, 1, 1),
             vec![0.0]

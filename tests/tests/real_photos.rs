@@ -1,0 +1,327 @@
+//! A real ImageNet classifier over real photos, as a user brings them: a float16 SqueezeNet,
+//! ImageNet's own class lists (`synset_words.txt` with ids, `imagenet_classes.txt` with its
+//! duplicate names) and its folder layout (`val/n01440764/*.JPEG`), prepared as torchvision
+//! prepares them and fed in the model's own BGR 0..255 recipe. The answers are compared with
+//! the model's reference predictions (`real-photos/reference_predictions.csv`, made by ONNX
+//! Runtime from torchvision's crops).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use fleet_tests::{field, fixture, run_err, run_ok};
+
+/// The model's reference answer for one photo.
+#[derive(Debug, Clone, PartialEq)]
+struct Reference {
+    top1: u32,
+    probability: f64,
+    /// The top-5 classes; empty where the 5th and 6th probabilities tie.
+    top5: Vec<u32>,
+}
+
+/// The reference predictions, by photo.
+fn reference() -> HashMap<String, Reference> {
+    let text = std::fs::read_to_string(fixture("real-photos/reference_predictions.csv")).unwrap();
+    text.lines()
+        .skip(1)
+        .map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            let mut top: Vec<u32> = fields[1..6].iter().map(|v| v.parse().unwrap()).collect();
+            if fields[8] == "1" {
+                top.clear();
+            }
+            (
+                fields[0].to_owned(),
+                Reference {
+                    top1: fields[1].parse().unwrap(),
+                    probability: fields[6].parse().unwrap(),
+                    top5: top,
+                },
+            )
+        })
+        .collect()
+}
+
+/// Rows of a `scores.csv` (no field here holds a comma), as maps from column to value.
+fn rows(path: &Path) -> Vec<HashMap<String, String>> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<String> = lines
+        .next()
+        .unwrap()
+        .split(',')
+        .map(str::to_owned)
+        .collect();
+    lines
+        .map(|line| {
+            header
+                .iter()
+                .cloned()
+                .zip(line.split(',').map(str::to_owned))
+                .collect()
+        })
+        .collect()
+}
+
+fn synset_ids() -> Vec<String> {
+    std::fs::read_to_string(fixture("real-photos/synset_words.txt"))
+        .unwrap()
+        .lines()
+        .map(|l| l.split_whitespace().next().unwrap().to_owned())
+        .collect()
+}
+
+/// The photos laid out as ImageNet's validation set is: each in the folder of its class id,
+/// the class being the model's reference answer (so accuracy is agreement with it).
+fn imagenet_layout(root: &Path, reference: &HashMap<String, Reference>) -> PathBuf {
+    let ids = synset_ids();
+    let val = root.join("val");
+    for (photo, answer) in reference {
+        let folder = val.join(&ids[answer.top1 as usize]);
+        std::fs::create_dir_all(&folder).unwrap();
+        std::fs::copy(
+            fixture("real-photos/photos").join(photo),
+            folder.join(photo),
+        )
+        .unwrap();
+    }
+    val
+}
+
+fn stage_model(store: &str, name: &str, classes: &Path, extra: &[&str]) -> String {
+    let model = fixture("real-photos/model/SqueezeNet_fp16.onnx");
+    let mut args = vec![
+        "stage",
+        "--store",
+        store,
+        "--container",
+        "photos",
+        "--model",
+        model.to_str().unwrap(),
+        "--model-name",
+        name,
+        "--classes",
+        classes.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run_ok("producer", &args)
+}
+
+/// The model's documented recipe: BGR, raw 0..255, no normalisation; the photos prepared as
+/// torchvision prepares them (shorter side to 256 with Pillow's bilinear, centre 224x224).
+const RECIPE: [&str; 8] = [
+    "--channel-order",
+    "bgr",
+    "--resize",
+    "center-crop",
+    "--shorter-side",
+    "256",
+    "--filter",
+    "pillow-bilinear",
+];
+
+#[test]
+fn a_float16_imagenet_model_over_real_photos_agrees_with_its_reference() {
+    let reference = reference();
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join("store");
+    let store = store.to_str().unwrap();
+    let val = imagenet_layout(root.path(), &reference);
+    run_ok(
+        "producer",
+        &[
+            "stage",
+            "--store",
+            store,
+            "--container",
+            "photos",
+            "--images",
+            val.to_str().unwrap(),
+            "--prefix",
+            "imagenet/val",
+        ],
+    );
+    let staged = stage_model(
+        store,
+        "squeezenet",
+        &fixture("real-photos/synset_words.txt"),
+        &RECIPE,
+    );
+    // The resolved preparation is printed.
+    assert!(
+        staged.contains(
+            "shorter side to 256, centre 224x224 (pillow-bilinear), BGR, x 1, no normalisation"
+        ),
+        "{staged}"
+    );
+    let output = run_ok(
+        "producer",
+        &[
+            "--store",
+            store,
+            "--container",
+            "photos",
+            "--embedded",
+            "--dataset",
+            "imagenet/val",
+            "--model-name",
+            "squeezenet",
+            "--labels",
+            "folders",
+            "--top-k",
+            "5",
+        ],
+    );
+    let results = root
+        .path()
+        .join("store/photos/results")
+        .join(field(&output, "job"));
+    let rows = rows(&results.join("scores.csv"));
+    assert_eq!(rows.len(), reference.len(), "one row per photo");
+    let mut same_top1 = 0;
+    let mut largest_gap: f64 = 0.0;
+    let mut differ = Vec::new();
+    for row in &rows {
+        let photo = row["filename"].rsplit('/').next().unwrap();
+        let Reference {
+            top1,
+            probability,
+            top5,
+        } = &reference[photo];
+        assert_eq!(row["error"], "", "{photo}");
+        let predicted: u32 = row["predicted_label"].parse().unwrap();
+        let confidence: f64 = row["confidence"].parse().unwrap();
+        // Class names, not synset ids, in the results.
+        let class = &row["predicted_class"];
+        assert!(
+            !(class.len() == 9 && class[1..].bytes().all(|b| b.is_ascii_digit())),
+            "{row:?}"
+        );
+        if !top5.is_empty() {
+            let mut ours: Vec<u32> = std::iter::once("predicted_label".to_owned())
+                .chain((2..=5).map(|k| format!("top{k}_label")))
+                .map(|column| row[&column].parse().unwrap())
+                .collect();
+            let mut theirs = top5.clone();
+            ours.sort_unstable();
+            theirs.sort_unstable();
+            assert_eq!(ours, theirs, "{photo}: top-5");
+        }
+        if predicted == *top1 {
+            same_top1 += 1;
+            largest_gap = largest_gap.max((confidence - probability).abs());
+        } else {
+            differ.push(format!("{photo}: {predicted} vs {top1} ({top5:?})"));
+        }
+    }
+    println!(
+        "{same_top1} of {} photos: the reference's top-1; largest probability difference there \
+         {largest_gap:.5}; differing: {differ:?}",
+        rows.len()
+    );
+    assert_eq!(differ, Vec::<String>::new());
+    assert!(largest_gap <= 0.01, "{largest_gap}");
+    // Folders named by class id resolved to the model's classes: accuracy is the agreement.
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(results.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["labelled"], reference.len());
+    assert_eq!(summary["correct"], reference.len());
+    assert_eq!(summary["classes"][0], "tench");
+}
+
+#[test]
+fn imagenets_own_class_list_with_its_duplicate_names_labels_by_index() {
+    let reference = reference();
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join("store");
+    let store = store.to_str().unwrap();
+    // A few photos, labelled by a CSV of class indices.
+    let photos = root.path().join("photos");
+    std::fs::create_dir_all(&photos).unwrap();
+    let mut chosen: Vec<(&String, &Reference)> = reference.iter().collect();
+    chosen.sort_by_key(|(photo, _)| photo.as_str());
+    chosen.truncate(12);
+    let mut csv = String::from("filename,label\n");
+    for (photo, answer) in &chosen {
+        std::fs::copy(
+            fixture("real-photos/photos").join(photo),
+            photos.join(photo),
+        )
+        .unwrap();
+        csv.push_str(&format!("{photo},{}\n", answer.top1));
+    }
+    std::fs::write(photos.join("labels.csv"), &csv).unwrap();
+    run_ok(
+        "producer",
+        &[
+            "stage",
+            "--store",
+            store,
+            "--container",
+            "photos",
+            "--images",
+            photos.to_str().unwrap(),
+            "--prefix",
+            "few",
+        ],
+    );
+    // "crane" and "maillot" appear twice: the list is taken as it is.
+    stage_model(
+        store,
+        "squeezenet",
+        &fixture("real-photos/imagenet_classes.txt"),
+        &RECIPE,
+    );
+    let output = run_ok(
+        "producer",
+        &[
+            "--store",
+            store,
+            "--container",
+            "photos",
+            "--embedded",
+            "--dataset",
+            "few",
+            "--model-name",
+            "squeezenet",
+            "--labels",
+            "labels.csv",
+        ],
+    );
+    assert!(
+        output.contains(&format!(
+            "Correctly predicted {0} of {0} images",
+            chosen.len()
+        )),
+        "{output}"
+    );
+    // A label naming one of the shared names is refused, saying what to do.
+    let first = chosen[0].0;
+    std::fs::write(
+        root.path().join("crane.csv"),
+        format!("filename,label\n{first},crane\n"),
+    )
+    .unwrap();
+    let crane = root.path().join("crane.csv");
+    let error = run_err(
+        "producer",
+        &[
+            "--store",
+            store,
+            "--container",
+            "photos",
+            "--embedded",
+            "--dataset",
+            "few",
+            "--model-name",
+            "squeezenet",
+            "--labels",
+            crane.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        error.contains("\"crane\" names 2 classes (indices 134, 517)")
+            && error.contains("as class indices"),
+        "{error}"
+    );
+}
