@@ -132,7 +132,8 @@ pub struct Score {
     /// The `top_k` most probable classes with their probabilities, best first; empty when
     /// the image could not be scored.
     pub top: Vec<(u32, f32)>,
-    /// Why the image could not be scored (unreadable, unsupported, too large, ...).
+    /// Why the image could not be scored (unreadable, unsupported, too large, ...), or, beside
+    /// a prediction, what was wrong with an image scored all the same ("scored despite: ...").
     pub error: Option<String>,
 }
 

@@ -59,18 +59,36 @@ pub enum DecodeError {
 }
 
 /// Decodes `bytes` (format found from the content, not the name), turned upright as its EXIF
-/// orientation says (JPEG, PNG and WebP files carry one).
+/// orientation says (JPEG, PNG and WebP files carry one). See [`decode_with_warning`] for the
+/// warning of a JPEG decoded despite lost data.
 pub fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<Image, DecodeError> {
+    decode_with_warning(bytes, limits).map(|(image, _)| image)
+}
+
+/// [`decode`], with the decoder's warning when it lost some of the data and decoded the rest (a
+/// JPEG with a damaged segment: "Corrupt JPEG data: premature end of data segment"). Pillow and
+/// OpenCV return such images, and models are scored on them; the warning says the pixels are
+/// not all the file meant.
+pub fn decode_with_warning(
+    bytes: &[u8],
+    limits: DecodeLimits,
+) -> Result<(Image, Option<String>), DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        let image = crate::jpeg::decode(bytes, limits)?;
-        return Ok(match crate::jpeg::exif_orientation(bytes) {
+        let (image, warning) = crate::jpeg::decode(bytes, limits)?;
+        let image = match crate::jpeg::exif_orientation(bytes) {
             Some(orientation) => upright(image, orientation),
             None => image,
-        });
+        };
+        return Ok((image, warning));
     }
+    decode_other(bytes, limits).map(|image| (image, None))
+}
+
+/// Every format but JPEG, through `image`.
+fn decode_other(bytes: &[u8], limits: DecodeLimits) -> Result<Image, DecodeError> {
     let reader = || {
         ImageReader::new(Cursor::new(bytes))
             .with_guessed_format()

@@ -22,13 +22,27 @@ use mozjpeg_sys as ffi;
 
 use crate::decode::{DecodeError, DecodeLimits, Image};
 
-/// A libjpeg error or a warning about corrupt data, carried by the unwind out of C.
+/// A libjpeg error, or a warning that the file ends early, carried by the unwind out of C.
 struct Fatal(String);
 
-/// Decodes a JPEG (baseline, extended or progressive; gray, YCbCr, RGB, CMYK or YCCK).
-pub(crate) fn decode(bytes: &[u8], limits: DecodeLimits) -> Result<Image, DecodeError> {
-    match catch_unwind(AssertUnwindSafe(|| decode_unwinding(bytes, limits))) {
-        Ok(result) => result,
+thread_local! {
+    /// The first warning about lost data of the decode running on this thread: libjpeg reports
+    /// warnings through a callback that can return nothing.
+    static LOST_DATA: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Decodes a JPEG (baseline, extended or progressive; gray, YCbCr, RGB, CMYK or YCCK). The
+/// second value is libjpeg's warning when it lost data on the way (a damaged segment it
+/// skipped, a bad Huffman code) and decoded the rest, as Pillow and OpenCV return such images.
+pub(crate) fn decode(
+    bytes: &[u8],
+    limits: DecodeLimits,
+) -> Result<(Image, Option<String>), DecodeError> {
+    LOST_DATA.with(|lost| lost.borrow_mut().take());
+    let result = catch_unwind(AssertUnwindSafe(|| decode_unwinding(bytes, limits)));
+    let warning = LOST_DATA.with(|lost| lost.borrow_mut().take());
+    match result {
+        Ok(result) => result.map(|image| (image, warning)),
         Err(payload) => match payload.downcast::<Fatal>() {
             Ok(fatal) => Err(DecodeError::Corrupt(fatal.0)),
             // A bug, not a bad image: keep it a panic.
@@ -197,10 +211,13 @@ fn has_adobe_segment(bytes: &[u8]) -> bool {
         .any(|w| w[..2] == [0xFF, 0xEE] && &w[4..] == b"Adobe")
 }
 
-/// The warnings that mean the pixels are not what was encoded (libjpeg substitutes gray or
-/// skips ahead and goes on): for scoring they are as fatal as errors.
-const CORRUPT_DATA: [ffi::J_MESSAGE_CODE; 6] = [
-    ffi::JWRN_JPEG_EOF,
+/// The warning that the file ends before its image does: libjpeg fills the rest with gray,
+/// Pillow refuses the file ("image file is truncated"), and so does this product.
+const TRUNCATED: ffi::J_MESSAGE_CODE = ffi::JWRN_JPEG_EOF;
+
+/// The warnings that some data was lost (libjpeg skips to the next marker or substitutes, and
+/// goes on): the image is scored as Pillow and OpenCV return it, and its row says so.
+const LOST: [ffi::J_MESSAGE_CODE; 5] = [
     ffi::JWRN_HIT_MARKER,
     ffi::JWRN_HUFF_BAD_CODE,
     ffi::JWRN_MUST_RESYNC,
@@ -215,10 +232,20 @@ unsafe extern "C-unwind" fn error_exit(cinfo: &mut ffi::jpeg_common_struct) {
 
 unsafe extern "C-unwind" fn emit_message(cinfo: &mut ffi::jpeg_common_struct, level: c_int) {
     // Level -1 is a warning; higher levels are trace messages, never enabled here.
+    if level != -1 {
+        return;
+    }
     // SAFETY: libjpeg passes its live decompressor, whose `err` is our error manager.
-    if level == -1 && CORRUPT_DATA.contains(&unsafe { (*cinfo.err).msg_code }) {
+    let code = unsafe { (*cinfo.err).msg_code };
+    if code == TRUNCATED {
         let message = message(cinfo);
         resume_unwind(Box::new(Fatal(message)))
+    }
+    if LOST.contains(&code) {
+        let message = message(cinfo);
+        LOST_DATA.with(|lost| {
+            lost.borrow_mut().get_or_insert(message);
+        });
     }
 }
 
@@ -303,7 +330,8 @@ pub(crate) mod tests {
     fn decodes_colour_and_gray_close_to_what_was_encoded() {
         for channels in [3, 1] {
             let pixels = gradient(channels);
-            let image = decode(&encode(24, 16, channels, &pixels), LIMITS).unwrap();
+            let (image, warning) = decode(&encode(24, 16, channels, &pixels), LIMITS).unwrap();
+            assert_eq!(warning, None);
             assert_eq!((image.width, image.height), (24, 16));
             assert_eq!(image.channels, channels);
             let worst = image
@@ -333,6 +361,23 @@ pub(crate) mod tests {
             decode(&garbled, LIMITS),
             Err(DecodeError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn a_damaged_segment_is_decoded_with_a_warning_as_pillow_and_opencv_return_it() {
+        let pixels: Vec<u8> = (0..64 * 64 * 3).map(|i| (i % 251) as u8).collect();
+        let whole = encode(64, 64, 3, &pixels);
+        // Cut a stretch out of the middle of the scan, keeping the end-of-image marker: the
+        // decoder meets the marker before the data ends, warns, and fills in the rest.
+        let scan = whole.windows(2).rposition(|w| w == [0xFF, 0xDA]).unwrap();
+        let cut = scan + (whole.len() - scan) / 2;
+        let damaged = [&whole[..cut], &whole[whole.len() - 200..]].concat();
+        let (image, warning) = decode(&damaged, LIMITS).unwrap();
+        assert_eq!((image.width, image.height), (64, 64));
+        let warning = warning.expect("a warning");
+        assert!(warning.contains("Corrupt JPEG data"), "{warning}");
+        // The next decode on this thread starts without it.
+        assert_eq!(decode(&whole, LIMITS).unwrap().1, None);
     }
 
     /// A TIFF block whose first IFD holds one entry, Orientation (0x0112, SHORT, 1 value).

@@ -18,6 +18,6 @@ pub mod preprocess;
 pub mod resize;
 pub mod thumbnail;
 
-pub use decode::{DecodeError, DecodeLimits, Image, decode};
+pub use decode::{DecodeError, DecodeLimits, Image, decode, decode_with_warning};
 pub use preprocess::Preprocessor;
 pub use thumbnail::thumbnail;

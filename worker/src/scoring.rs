@@ -19,7 +19,7 @@ use fleet_common::message::{Images, Partition, Score, Scored, Thumbnail};
 use fleet_common::results::{render, report};
 use fleet_common::spec::{ModelSpec, Outputs, sha256_hex};
 use fleet_common::store::{BlobStore, StoreError};
-use fleet_imaging::{DecodeLimits, Image, Preprocessor, decode, thumbnail};
+use fleet_imaging::{DecodeLimits, Image, Preprocessor, decode_with_warning, thumbnail};
 use fleet_inference::{Fit, InferenceError, InferenceOptions, InputSize, Scorer};
 
 /// How images are fetched and decoded. Part of the worker's configuration.
@@ -163,6 +163,7 @@ impl Prepared {
             images:
                 ImagesRead {
                     errors,
+                    notes,
                     mut thumbnails,
                 },
             started_at_ms,
@@ -176,9 +177,10 @@ impl Prepared {
         let probabilities = model.spec.outputs == Outputs::Probabilities;
         let scores: Vec<Score> = errors
             .into_iter()
+            .zip(notes)
             .enumerate()
             .zip(&partition.labels)
-            .map(|((i, error), &label)| match error {
+            .map(|((i, (error, note)), &label)| match error {
                 Some(error) => Score {
                     label,
                     top: Vec::new(),
@@ -189,7 +191,7 @@ impl Prepared {
                     Score {
                         label,
                         top: top_k(row, k, probabilities),
-                        error: None,
+                        error: note.map(|note| format!("scored despite: {note}")),
                     }
                 }
             })
@@ -384,6 +386,9 @@ fn load(
 struct ImagesRead {
     /// Each image's error, if any (its input stays zero).
     errors: Vec<Option<String>>,
+    /// For images read despite a fault of their file (a JPEG with a damaged segment), the
+    /// decoder's warning: the image is scored, and its row says so.
+    notes: Vec<Option<String>>,
     /// For fetched images, a thumbnail of each one decoded (pixels in the message need none:
     /// they are still at hand when the report's picks are known).
     thumbnails: Vec<Option<Image>>,
@@ -409,6 +414,7 @@ fn read_images(
             preprocessor.write_planes(pixels, *height as usize, *width as usize, input);
             Ok(ImagesRead {
                 errors: vec![None; images.len()],
+                notes: vec![None; images.len()],
                 thumbnails: Vec::new(),
             })
         }
@@ -418,6 +424,7 @@ fn read_images(
             };
             let prepared = Mutex::new(ImagesRead {
                 errors: vec![None; names.len()],
+                notes: vec![None; names.len()],
                 thumbnails: vec![None; names.len()],
             });
             let threads = usize::from(options.fetch_concurrency).min(names.len());
@@ -427,21 +434,22 @@ fn read_images(
                 |(i, slot)| {
                     let key = format!("{prefix}{}", names[i]);
                     let decoded = match fetch(store, &key, options.max_image_bytes) {
-                        Ok(bytes) => decode(&bytes, limits).map_err(|e| e.to_string()),
+                        Ok(bytes) => decode_with_warning(&bytes, limits).map_err(|e| e.to_string()),
                         Err(Fetch::Image(error)) => Err(error),
                         Err(Fetch::Store(error)) => return Err(ScoreError::Transient(error)),
                     };
                     // The thumbnail is made now, while the pixels are at hand; which ones the
                     // report wants is known only once the partition is scored.
-                    let (error, small) = match decoded {
-                        Ok(image) => {
+                    let (error, note, small) = match decoded {
+                        Ok((image, note)) => {
                             preprocessor.write(&image, slot);
-                            (None, Some(thumbnail(&image, report::THUMBNAIL_SIDE)))
+                            (None, note, Some(thumbnail(&image, report::THUMBNAIL_SIDE)))
                         }
-                        Err(error) => (Some(error), None),
+                        Err(error) => (Some(error), None, None),
                     };
                     let mut prepared = prepared.lock().expect("no panic holds the results");
                     prepared.errors[i] = error;
+                    prepared.notes[i] = note;
                     prepared.thumbnails[i] = small;
                     Ok(())
                 },

@@ -44,7 +44,7 @@ pub fn pick_thumbnails(partition: u32, scores: &[Score]) -> Vec<usize> {
             scores
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| s.error.is_none())
+                .filter(|(_, s)| s.predicted().is_some())
                 .map(|(i, _)| i)
                 .take(SAMPLE_SIZE),
         );
@@ -460,6 +460,9 @@ fn unreadable_section(html: &mut String, report: &Report<'_>) {
             p.scores
                 .iter()
                 .enumerate()
+                // A scored image may carry a note (a JPEG decoded despite corrupt data): it is
+                // not unreadable.
+                .filter(|(_, s)| s.predicted().is_none())
                 .filter_map(move |(i, s)| s.error.as_deref().map(|error| (image_name(p, i), error)))
         })
         .collect();
