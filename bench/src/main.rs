@@ -11,7 +11,10 @@
 //! processes; peak RSS of each process; time to the first scored partition; a tarball holding
 //! all six batches (60,000 images); the same 10,000 images as a folder of JPEG files: decoding
 //! per core, the engine on the decoded tensors, the folder job embedded and over the fleet, and
-//! Python peers scoring the same folder (PIL + ONNX Runtime, one process per core; Ray Data).
+//! Python peers scoring the same folder (PIL + ONNX Runtime, one process per core; Ray Data);
+//! the fixtures' real photos decoded and prepared for a 224x224 model by each resize
+//! convention, beside Pillow preparing them as torchvision does (`--only-photos` runs these
+//! alone).
 //! Job timings are whole processes, from start to exit. Each figure is the median of `--runs`
 //! runs (3 by default).
 //!
@@ -37,6 +40,8 @@ use fleet_common::dataset::{self, BatchSelection, HEIGHT, IMAGE_BYTES, WIDTH};
 use fleet_common::spec::{ModelSpec, Normalize, Resize};
 use fleet_imaging::{DecodeLimits, Image, Preprocessor, decode};
 use fleet_inference::{InferenceOptions, Scorer};
+
+mod photos;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -81,9 +86,12 @@ struct Args {
     /// Runs of each measurement; the table shows the median.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// Skip the Python peers (PIL + ONNX Runtime, Ray Data) on the JPEG folder.
+    /// Skip the Python peers (PIL + ONNX Runtime, Ray Data, Pillow on the real photos).
     #[arg(long)]
     skip_python: bool,
+    /// Run only the real-photo rows (decoding and preparing for a 224x224 model).
+    #[arg(long)]
+    only_photos: bool,
     /// The Python with the peers' packages (`scripts/bench-python.sh` makes it).
     #[arg(long, env = "BENCH_PYTHON", default_value = ".bench-venv/bin/python")]
     python: PathBuf,
@@ -129,7 +137,11 @@ fn main() -> Result<()> {
             args.python.display()
         );
     };
-    let mut rows = Vec::new();
+    let mut rows = photos::rows(&fixture("real-photos/photos"), args.runs, python.as_deref())?;
+    if args.only_photos {
+        print_table(&rows, args.runs, "");
+        return Ok(());
+    }
 
     // Staged first, as a user does: the engine rows score the very models and spec the
     // jobs score (the int8 model is calibrated by `producer stage --quantize`).
@@ -578,13 +590,24 @@ fn main() -> Result<()> {
         }
     }
 
-    println!(
-        "Each figure is the median of {} runs (peak RSS: the largest). Execution provider: {provider}; \
-         jobs: partitions of {} images, up to {} per model call.\n",
-        args.runs.max(1),
-        args.partition_size,
-        args.partitions_per_call
+    print_table(
+        &rows,
+        args.runs,
+        &format!(
+            "Execution provider: {provider}; jobs: partitions of {} images, up to {} per model \
+             call.",
+            args.partition_size, args.partitions_per_call
+        ),
     );
+    Ok(())
+}
+
+/// Runs `measure` `runs` times (at least once); returns the median of the seconds it reports,
+/// and what else each run reported. One run can be slowed by anything else on the machine.
+/// Prints `rows` as a Markdown table, after a line saying how the figures were taken.
+fn print_table(rows: &[Row], runs: usize, setting: &str) {
+    let runs = runs.max(1);
+    println!("Each figure is the median of {runs} runs (peak RSS: the largest). {setting}\n");
     println!("| what | images | seconds | images/s | notes |");
     println!("| --- | ---: | ---: | ---: | --- |");
     for r in rows {
@@ -597,11 +620,8 @@ fn main() -> Result<()> {
             r.note
         );
     }
-    Ok(())
 }
 
-/// Runs `measure` `runs` times (at least once); returns the median of the seconds it reports,
-/// and what else each run reported. One run can be slowed by anything else on the machine.
 fn repeated<T>(
     runs: usize,
     mut measure: impl FnMut() -> Result<(f64, T)>,
