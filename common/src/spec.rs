@@ -560,6 +560,38 @@ mod tests {
     }
 
     #[test]
+    fn a_version_1_spec_reads_with_the_filter_every_model_had_then() {
+        let mut json = serde_json::to_value(cifar_spec()).unwrap();
+        json["version"] = 1.into();
+        let object = json.as_object_mut().unwrap();
+        object.remove("filter");
+        object.remove("shorter_side");
+        let spec = ModelSpec::from_json(&serde_json::to_vec(&json).unwrap(), "k").unwrap();
+        assert_eq!(
+            (spec.filter, spec.shorter_side),
+            (Filter::FloatLinear, None)
+        );
+        // A newer format than this build reads is refused, not half read.
+        json["version"] = (SPEC_VERSION + 1).into();
+        let e = ModelSpec::from_json(&serde_json::to_vec(&json).unwrap(), "k").unwrap_err();
+        assert!(
+            e.to_string().contains("as new as the one that staged it"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_shorter_side_must_leave_room_for_the_crop() {
+        let mut spec = cifar_spec();
+        spec.shorter_side = Some(36);
+        assert!(spec.validate().unwrap_err().contains("only center-crop"));
+        spec.resize = Resize::CenterCrop;
+        assert_eq!(spec.validate(), Ok(()));
+        spec.shorter_side = Some(31);
+        assert!(spec.validate().unwrap_err().contains("at least 32"));
+    }
+
+    #[test]
     fn inconsistent_specs_are_refused() {
         let mut spec = cifar_spec();
         spec.classes = Some(vec!["a".into()]);

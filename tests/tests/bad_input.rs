@@ -4,8 +4,8 @@ use std::io::Write;
 use std::path::Path;
 
 use cntk_onnx::proto::onnx::{
-    Dimension, DimensionValue, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    TensorShapeProto, TensorTypeProto, TypeProto, ValueInfoProto,
+    AttributeProto, Dimension, DimensionValue, GraphProto, ModelProto, NodeProto,
+    OperatorSetIdProto, TensorProto, TensorShapeProto, TensorTypeProto, TypeProto, ValueInfoProto,
 };
 use fleet_tests::{field, fixture, run_err, run_ok, stage_fixtures};
 use prost::Message;
@@ -183,7 +183,8 @@ fn classifier_model(channels: i64, side: i64, classes: i64) -> Vec<u8> {
 }
 
 /// [`classifier_model`] with its image side and batch size fixed (`Some`) or left free, and
-/// input and output elements of ONNX type `elem_type` (1: float32, 10: float16).
+/// input elements of ONNX type `elem_type` (1: float32, 10: float16; any other, e.g. 2 for
+/// uint8, is cast to float32 inside) and output elements of float16 for 10, else float32.
 fn exported_model(
     channels: i64,
     side: Option<i64>,
@@ -199,7 +200,9 @@ fn exported_model(
             })
             .collect(),
     };
-    let info = |name: &str, shape| ValueInfoProto {
+    // The type the graph computes in.
+    let float = if elem_type == 10 { 10 } else { 1 };
+    let info = |name: &str, elem_type, shape| ValueInfoProto {
         name: name.into(),
         r#type: Some(TypeProto {
             tensor_type: Some(TensorTypeProto {
@@ -215,13 +218,24 @@ fn exported_model(
         op_type: op.into(),
         ..Default::default()
     };
-    let weights: Vec<u8> = match elem_type {
+    let weights: Vec<u8> = match float {
         1 => (0..channels * classes)
             .flat_map(|i| ((i % classes + 1) as f32 * 0.01).to_le_bytes())
             .collect(),
-        // Float16 zeros: such a model is only ever refused, never run.
         _ => vec![0; (channels * classes * 2) as usize],
     };
+    let mut nodes = vec![
+        node("GlobalAveragePool", &["pixels"], "pooled"),
+        node("Flatten", &["pooled"], "flat"),
+        node("MatMul", &["flat", "weights"], "output"),
+    ];
+    if elem_type == float {
+        nodes[0].input = vec!["input".into()];
+    } else {
+        let mut cast = node("Cast", &["input"], "pixels");
+        cast.attribute = vec![AttributeProto::int("to", 1)];
+        nodes.insert(0, cast);
+    }
     ModelProto {
         ir_version: 8,
         opset_import: vec![OperatorSetIdProto {
@@ -230,19 +244,19 @@ fn exported_model(
         }],
         graph: Some(GraphProto {
             name: "classifier".into(),
-            node: vec![
-                node("GlobalAveragePool", &["input"], "pooled"),
-                node("Flatten", &["pooled"], "flat"),
-                node("MatMul", &["flat", "weights"], "output"),
-            ],
+            node: nodes,
             initializer: vec![TensorProto {
                 dims: vec![channels, classes],
-                data_type: elem_type,
+                data_type: float,
                 name: "weights".into(),
                 raw_data: weights,
             }],
-            input: vec![info("input", dims(&[batch, Some(channels), side, side]))],
-            output: vec![info("output", dims(&[batch, Some(classes)]))],
+            input: vec![info(
+                "input",
+                elem_type,
+                dims(&[batch, Some(channels), side, side]),
+            )],
+            output: vec![info("output", float, dims(&[batch, Some(classes)]))],
             ..Default::default()
         }),
         ..Default::default()
@@ -280,16 +294,17 @@ fn models_that_do_not_fit_or_are_not_models_are_refused() {
         "{err}"
     );
 
-    // Half precision in and out: named, with the way out.
-    let half = write(
+    // An input of bytes (float32 and float16 are read, other types are not): named, with the
+    // way out.
+    let bytes = write(
         root.path(),
-        "half.onnx",
-        &exported_model(3, Some(32), 10, None, 10),
+        "bytes.onnx",
+        &exported_model(3, Some(32), 10, None, 2),
     );
-    let err = stage(&store, "model", &half);
+    let err = stage(&store, "model", &bytes);
     assert!(
-        err.contains("its input input holds Float16 values, not Float32")
-            && err.contains("export it with float32 inputs"),
+        err.contains("its input input holds Uint8 values, not Float32 or Float16")
+            && err.contains("export it with float inputs"),
         "{err}"
     );
 

@@ -325,3 +325,116 @@ fn imagenets_own_class_list_with_its_duplicate_names_labels_by_index() {
         "{error}"
     );
 }
+
+#[test]
+fn presets_resolve_into_the_spec_and_flags_override_them() {
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join("store");
+    let store_arg = store.to_str().unwrap();
+    let classes = fixture("real-photos/imagenet_classes.txt");
+    let spec = |name: &str| -> serde_json::Value {
+        let path = store.join(format!("photos/models/{name}.json"));
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    };
+
+    let staged = stage_model(store_arg, "tv", &classes, &["--preset", "torchvision"]);
+    assert!(
+        staged.contains(
+            "images prepared as --preset torchvision: shorter side to 256, centre 224x224 \
+             (pillow-bilinear), RGB, x 0.003921569, mean [0.485, 0.456, 0.406], std [0.229, \
+             0.224, 0.225]"
+        ),
+        "{staged}"
+    );
+    let tv = spec("tv");
+    assert_eq!(
+        (
+            &tv["version"],
+            &tv["resize"],
+            &tv["shorter_side"],
+            &tv["filter"],
+            &tv["channel_order"]
+        ),
+        (
+            &serde_json::json!(2),
+            &serde_json::json!("center-crop"),
+            &serde_json::json!(256),
+            &serde_json::json!("pillow-bilinear"),
+            &serde_json::json!("rgb")
+        )
+    );
+
+    // A flag overrides its field of the preset; the rest stays the preset's.
+    stage_model(
+        store_arg,
+        "caffe",
+        &classes,
+        &["--preset", "keras-caffe", "--filter", "opencv-area"],
+    );
+    let caffe = spec("caffe");
+    assert_eq!(caffe["filter"], "opencv-area");
+    assert_eq!(caffe["channel_order"], "bgr");
+    assert_eq!(caffe["resize"], "stretch");
+    assert_eq!(
+        caffe["normalize"]["mean"],
+        serde_json::json!([103.939, 116.779, 123.68])
+    );
+    stage_model(
+        store_arg,
+        "timm",
+        &classes,
+        &["--preset", "timm", "--shorter-side", "248"],
+    );
+    assert_eq!(spec("timm")["shorter_side"], 248);
+    assert_eq!(spec("timm")["filter"], "pillow-bicubic");
+
+    // Contradictions are refused before anything is written.
+    let model = fixture("real-photos/model/SqueezeNet_fp16.onnx");
+    let error = run_err(
+        "producer",
+        &[
+            "stage",
+            "--store",
+            store_arg,
+            "--container",
+            "photos",
+            "--model",
+            model.to_str().unwrap(),
+            "--model-name",
+            "bad",
+            "--preset",
+            "torchvision",
+            "--resize",
+            "stretch",
+            "--shorter-side",
+            "256",
+        ],
+    );
+    assert!(
+        error.contains("--shorter-side is for --resize center-crop"),
+        "{error}"
+    );
+    let error = run_err(
+        "producer",
+        &[
+            "stage",
+            "--store",
+            store_arg,
+            "--container",
+            "photos",
+            "--model",
+            model.to_str().unwrap(),
+            "--model-name",
+            "bad",
+            "--preset",
+            "torchvision",
+            "--shorter-side",
+            "200",
+        ],
+    );
+    assert!(
+        error.contains("shorter side 200 is out of range"),
+        "{error}"
+    );
+    assert!(!store.join("photos/models/bad.json").exists());
+}
