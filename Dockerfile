@@ -19,7 +19,7 @@ ARG VARIANT
 ARG ORT_VERSION
 ARG ORT_GPU_VERSION
 # The install script reads PyPI's JSON with jq and unpacks the wheel with unzip: no Python.
-RUN apt-get update && apt-get install -y --no-install-recommends curl jq unzip \
+RUN apt-get update && apt-get install -y --no-install-recommends curl jq unzip nasm \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .

@@ -101,6 +101,11 @@ impl Preprocessor {
     /// Writes the model input for `image` into `out` (`input_len()` values).
     pub fn write(&self, image: &Image, out: &mut [f32]) {
         assert_eq!(out.len(), self.input_len(), "one image's worth of input");
+        if self.filter != Filter::FloatLinear {
+            let pixels = self.resized_u8(image).expect("an 8-bit filter");
+            self.write_from_pixels(&pixels, out);
+            return;
+        }
         let converted;
         let source = if image.channels == self.channels {
             image
@@ -108,47 +113,66 @@ impl Preprocessor {
             converted = convert_channels(image, self.channels);
             &converted
         };
-        let (c, h, w) = (self.channels, self.height, self.width);
         let plan = Plan::new(
             (source.height, source.width),
-            (h, w),
+            (self.height, self.width),
             self.resize,
             self.shorter_side,
         );
-        let bgr = c == 3 && self.order == ChannelOrder::Bgr;
-        let layout = self.layout;
-        let (multiply, subtract) = (&self.multiply, &self.subtract);
-        let mut emit = |y: usize, x: usize, source_channel: usize, value: f32| {
-            // Decoded colour is RGB: BGR input plane `k` is RGB channel `2 - k`.
-            let ch = if bgr {
-                2 - source_channel
-            } else {
-                source_channel
-            };
-            let chw = (ch * h + y) * w + x;
-            let sub = match subtract {
-                Subtract::PerChannel(values) => values[ch],
-                Subtract::Image(values) => values[chw],
-            };
-            let at = match layout {
-                Layout::Nchw => chw,
-                Layout::Nhwc => (y * w + x) * c + ch,
-            };
-            out[at] = value * multiply[ch] - sub;
-        };
-        match self.filter {
-            Filter::FloatLinear => {
-                Sampler::new(&plan).sample(&source.data, source.width, c, emit);
-            }
-            filter => {
-                let resized = resize::resize_u8(&source.data, c, &plan, filter);
-                for (i, pixel) in resized.chunks_exact(c).enumerate() {
-                    for (ch, &v) in pixel.iter().enumerate() {
-                        emit(i / w, i % w, ch, f32::from(v));
-                    }
-                }
+        Sampler::new(&plan).sample(&source.data, source.width, self.channels, |y, x, c, v| {
+            self.put(out, y, x, c, v)
+        });
+    }
+
+    /// Values of one image's 8-bit crop (height x width x channels), when the model's filter
+    /// makes one: every filter but [`Filter::FloatLinear`], which never rounds to 8 bits. A
+    /// crop is a quarter of the bytes of the values made from it, so images wait for their
+    /// model call as crops.
+    pub fn pixels_len(&self) -> Option<usize> {
+        (self.filter != Filter::FloatLinear).then(|| self.input_len())
+    }
+
+    /// Writes `image`'s 8-bit crop ([`Preprocessor::pixels_len`] bytes, HWC, RGB) into `out`.
+    ///
+    /// # Panics
+    /// For [`Filter::FloatLinear`], which makes no 8-bit crop.
+    pub fn write_pixels(&self, image: &Image, out: &mut [u8]) {
+        let pixels = self.resized_u8(image).expect("an 8-bit filter");
+        out.copy_from_slice(&pixels);
+    }
+
+    /// Writes the model input of an 8-bit crop made by [`Preprocessor::write_pixels`] into
+    /// `out` (`input_len()` values): channel order, scale, normalisation, layout.
+    pub fn write_from_pixels(&self, pixels: &[u8], out: &mut [f32]) {
+        assert_eq!(out.len(), self.input_len(), "one image's worth of input");
+        let (c, w) = (self.channels, self.width);
+        for (i, pixel) in pixels.chunks_exact(c).enumerate() {
+            for (ch, &v) in pixel.iter().enumerate() {
+                self.put(out, i / w, i % w, ch, f32::from(v));
             }
         }
+    }
+
+    /// Puts the resized value of channel `source_channel` (RGB order) at `(y, x)` into `out`,
+    /// in the model's channel order, scaled, normalised and laid out.
+    fn put(&self, out: &mut [f32], y: usize, x: usize, source_channel: usize, value: f32) {
+        let (c, h, w) = (self.channels, self.height, self.width);
+        // Decoded colour is RGB: BGR input plane `k` is RGB channel `2 - k`.
+        let ch = if c == 3 && self.order == ChannelOrder::Bgr {
+            2 - source_channel
+        } else {
+            source_channel
+        };
+        let chw = (ch * h + y) * w + x;
+        let sub = match &self.subtract {
+            Subtract::PerChannel(values) => values[ch],
+            Subtract::Image(values) => values[chw],
+        };
+        let at = match self.layout {
+            Layout::Nchw => chw,
+            Layout::Nhwc => (y * w + x) * c + ch,
+        };
+        out[at] = value * self.multiply[ch] - sub;
     }
 
     /// The 8-bit crop the model's filter makes of `image` (HWC, the model's channel count,

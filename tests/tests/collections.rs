@@ -149,6 +149,59 @@ fn a_jpeg_folder_job_agrees_with_the_tarball_job() {
         agree, 10_000,
         "folder and tarball predictions agree on {agree} of 10000"
     );
+    // The same model with an 8-bit filter (a 32x32 image needs no resizing, so the same
+    // values), its images waiting as 8-bit crops and scored in calls of 85 (`--max-call-mb 1`)
+    // instead of one per partition: the same answers.
+    run_ok(
+        "producer",
+        &[
+            "stage",
+            "--store",
+            store,
+            "--container",
+            "c",
+            "--model",
+            model.to_str().unwrap(),
+            "--mean-image",
+            mean.to_str().unwrap(),
+            "--model-name",
+            "eight-bit",
+            "--classes",
+            &classes,
+            "--filter",
+            "opencv-linear",
+        ],
+    );
+    let small_calls = run_ok(
+        "producer",
+        &[
+            "--store",
+            store,
+            "--container",
+            "c",
+            "--embedded",
+            "--dataset",
+            "datasets/cifar-jpeg",
+            "--model-name",
+            "eight-bit",
+            "--labels",
+            "folders",
+            "--top-k",
+            "3",
+            "--max-call-mb",
+            "1",
+        ],
+    );
+    let small_rows = rows(&job_dir(root.path(), "c", &small_calls).join("scores.csv"));
+    assert_eq!(small_rows.len(), folder_rows.len());
+    for (a, b) in small_rows.iter().zip(&folder_rows) {
+        assert_eq!(
+            (&a["filename"], &a["predicted_label"], &a["top3_label"]),
+            (&b["filename"], &b["predicted_label"], &b["top3_label"])
+        );
+        let confidence = |r: &HashMap<String, String>| r["confidence"].parse::<f64>().unwrap();
+        assert!((confidence(a) - confidence(b)).abs() < 1e-5, "{a:?} {b:?}");
+    }
     let accuracy = |output: &str| -> f64 {
         let line = output
             .lines()

@@ -22,9 +22,15 @@ use fleet_common::store::{BlobStore, StoreError};
 use fleet_imaging::{DecodeLimits, Image, Preprocessor, decode_with_warning, thumbnail};
 use fleet_inference::{Fit, InferenceError, InferenceOptions, InputSize, Scorer};
 
-/// How images are fetched and decoded. Part of the worker's configuration.
+/// How images are fetched, decoded and fed to the model. Part of the worker's configuration.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ImageOptions {
+    /// Largest model input of one call, in MiB: a partition's images are scored in calls of
+    /// as many images as fit (at least one), whatever the partition size, so that a worker's
+    /// memory follows the model's input size, not the partition's. On a GPU, raise it to fill
+    /// the device (1024, say).
+    #[arg(long, env = "MAX_CALL_MB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub max_call_mb: u32,
     /// Blobs of one partition fetched and decoded at once.
     #[arg(long, env = "FETCH_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub fetch_concurrency: u16,
@@ -60,9 +66,90 @@ struct Loaded {
     scorer: Mutex<Scorer>,
     /// The execution provider the session runs on.
     provider: &'static str,
-    /// Input buffers of partitions already scored, for the next ones: two are in use at a
-    /// time (one prepared, one running), and a fresh one per partition costs resident memory.
-    spare: Mutex<Vec<Vec<f32>>>,
+    /// Buffers of partitions already scored, for the next ones: two are in use at a time
+    /// (one prepared, one running), and a fresh one per partition costs resident memory.
+    spare: Mutex<Spare>,
+    /// Images per model call: as many as `--max-call-mb` holds.
+    call_images: usize,
+}
+
+/// Buffers kept for reuse.
+#[derive(Debug, Default)]
+struct Spare {
+    pixels: Vec<Vec<u8>>,
+    values: Vec<Vec<f32>>,
+}
+
+/// A partition's images between preparing and scoring: the 8-bit crops the model's filter made
+/// (a quarter of the bytes of the values made from them at call time), or, for a filter that
+/// never rounds to 8 bits, the model's input values themselves.
+#[derive(Debug)]
+enum Input {
+    Pixels(Vec<u8>),
+    Values(Vec<f32>),
+}
+
+/// One image's place in an [`Input`].
+enum Slot<'a> {
+    Pixels(&'a mut [u8]),
+    Values(&'a mut [f32]),
+}
+
+impl Input {
+    /// A buffer for `images` images of `model`, from its spares when it has one.
+    fn new(model: &Loaded, images: usize) -> Self {
+        let len = images * model.preprocessor.input_len();
+        let mut spare = lock(&model.spare);
+        match model.preprocessor.pixels_len() {
+            Some(_) => {
+                let mut pixels = spare.pixels.pop().unwrap_or_default();
+                pixels.clear();
+                pixels.resize(len, 0);
+                Input::Pixels(pixels)
+            }
+            None => {
+                let mut values = spare.values.pop().unwrap_or_default();
+                values.clear();
+                values.resize(len, 0.0);
+                Input::Values(values)
+            }
+        }
+    }
+
+    /// Each image's slot, in order.
+    fn slots(&mut self, image_len: usize) -> Vec<Slot<'_>> {
+        match self {
+            Input::Pixels(pixels) => pixels
+                .chunks_exact_mut(image_len)
+                .map(Slot::Pixels)
+                .collect(),
+            Input::Values(values) => values
+                .chunks_exact_mut(image_len)
+                .map(Slot::Values)
+                .collect(),
+        }
+    }
+
+    /// Writes image `i`'s model input into `out`.
+    fn write(&self, i: usize, preprocessor: &Preprocessor, out: &mut [f32]) {
+        let len = out.len();
+        match self {
+            Input::Pixels(pixels) => {
+                preprocessor.write_from_pixels(&pixels[i * len..][..len], out);
+            }
+            Input::Values(values) => out.copy_from_slice(&values[i * len..][..len]),
+        }
+    }
+
+    /// Gives the buffer back to `model`'s spares.
+    fn recycle(self, model: &Loaded) {
+        let mut spare = lock(&model.spare);
+        match self {
+            Input::Pixels(pixels) if !pixels.is_empty() => spare.pixels.push(pixels),
+            Input::Values(values) if !values.is_empty() => spare.values.push(values),
+            _ => {}
+        }
+    }
 }
 
 /// The models this worker has loaded, by name: each loaded once, on first use.
@@ -80,7 +167,7 @@ pub struct Models {
 pub struct Prepared {
     partition: Partition,
     model: Arc<Loaded>,
-    input: Vec<f32>,
+    input: Input,
     images: ImagesRead,
     started_at_ms: u64,
     preprocess_ms: f64,
@@ -102,7 +189,8 @@ impl Models {
 
     fn load(&mut self, model: &str) -> Result<Arc<Loaded>, ScoreError> {
         if !self.loaded.contains_key(model) {
-            let loaded = load(self.store.as_ref(), model, &self.inference)?;
+            let call_bytes = usize::try_from(self.images.max_call_mb).unwrap_or(usize::MAX) << 20;
+            let loaded = load(self.store.as_ref(), model, &self.inference, call_bytes)?;
             self.loaded.insert(model.to_owned(), Arc::new(loaded));
         }
         Ok(self.loaded[model].clone())
@@ -119,9 +207,7 @@ impl Models {
                 partition.partition, partition.job, partition.model
             )));
         }
-        let mut input = lock(&model.spare).pop().unwrap_or_default();
-        input.clear();
-        input.resize(partition.len() * model.preprocessor.input_len(), 0.0);
+        let mut input = Input::new(&model, partition.len());
         let started_at_ms = now_ms();
         let started = Instant::now();
         let images = read_images(
@@ -169,9 +255,7 @@ impl Prepared {
             started_at_ms,
             preprocess_ms,
         } = self;
-        if !input.is_empty() {
-            lock(&model.spare).push(input);
-        }
+        input.recycle(&model);
         let classes = model.spec.class_count;
         let k = usize::from(partition.top_k).min(classes as usize);
         let probabilities = model.spec.outputs == Outputs::Probabilities;
@@ -240,11 +324,12 @@ impl Prepared {
     }
 }
 
-/// Scores partitions of one model ([`Prepared::same_model`]) in one model call, and gives
-/// each its own outcome, in order. A device runs one large batch much faster per image than
-/// several small ones; the partitions' inputs are joined for the call (a copy of a few MB,
-/// against the seconds their images took to decode). A failed call fails every partition.
-pub fn score_together(mut batch: Vec<Prepared>, worker: &str) -> Vec<Result<Scored, ScoreError>> {
+/// Scores partitions of one model ([`Prepared::same_model`]) together, and gives each its own
+/// outcome, in order. A device runs one large batch much faster per image than several small
+/// ones, so the partitions' images go to the model in calls of as many as `--max-call-mb` holds,
+/// each call's input made from the images' 8-bit crops just before it (or copied, for a filter
+/// that keeps values). A failed call fails every partition.
+pub fn score_together(batch: Vec<Prepared>, worker: &str) -> Vec<Result<Scored, ScoreError>> {
     let Some(first) = batch.first() else {
         return Vec::new();
     };
@@ -257,30 +342,38 @@ pub fn score_together(mut batch: Vec<Prepared>, worker: &str) -> Vec<Result<Scor
     let any_readable = batch
         .iter()
         .any(|p| p.images.errors.iter().any(Option::is_none));
-    // One partition's input is its own buffer; several are joined in a spare one.
-    let joined = (batch.len() > 1).then(|| {
-        let mut joined = lock(&model.spare).pop().unwrap_or_default();
-        joined.clear();
-        for prepared in &mut batch {
-            joined.extend_from_slice(&prepared.input);
-            lock(&model.spare).push(std::mem::take(&mut prepared.input));
-        }
-        joined
-    });
+    // Every image of the batch, as (partition, image), in order.
+    let images: Vec<(usize, usize)> = batch
+        .iter()
+        .enumerate()
+        .flat_map(|(p, prepared)| (0..prepared.len()).map(move |i| (p, i)))
+        .collect();
+    let image_len = model.preprocessor.input_len();
     let started = Instant::now();
-    let mut outputs = Vec::new();
+    let mut outputs = Vec::with_capacity(total * model.spec.class_count as usize);
     let call = if any_readable {
-        let input = joined.as_deref().unwrap_or(&batch[0].input);
-        lock(&model.scorer)
-            .score(input, total, &mut outputs)
-            .map_err(|e| ScoreError::Transient(e.to_string()))
+        let mut input = lock(&model.spare).values.pop().unwrap_or_default();
+        let mut call_outputs = Vec::new();
+        let mut scorer = lock(&model.scorer);
+        let result = images
+            .chunks(model.call_images)
+            .try_for_each(|chunk| {
+                input.clear();
+                input.resize(chunk.len() * image_len, 0.0);
+                for (&(p, i), slot) in chunk.iter().zip(input.chunks_exact_mut(image_len)) {
+                    batch[p].input.write(i, &model.preprocessor, slot);
+                }
+                scorer.score(&input, chunk.len(), &mut call_outputs)?;
+                outputs.extend_from_slice(&call_outputs);
+                Ok(())
+            })
+            .map_err(|e: InferenceError| ScoreError::Transient(e.to_string()));
+        lock(&model.spare).values.push(input);
+        result
     } else {
         Ok(())
     };
     let call_ms = started.elapsed().as_secs_f64() * 1000.0;
-    if let Some(joined) = joined {
-        lock(&model.spare).push(joined);
-    }
     let classes = model.spec.class_count as usize;
     let mut offset = 0;
     batch
@@ -290,7 +383,7 @@ pub fn score_together(mut batch: Vec<Prepared>, worker: &str) -> Vec<Result<Scor
             let rows = outputs.get(offset * classes..(offset + n) * classes);
             offset += n;
             call.clone().map(|()| {
-                // Each partition is charged its images' share of the call, so that the job's
+                // Each partition is charged its images' share of the calls, so that the job's
                 // summed model time stays the time the model ran.
                 let inference_ms = call_ms * n as f64 / total.max(1) as f64;
                 prepared.into_scored(rows.unwrap_or_default(), inference_ms, worker)
@@ -312,6 +405,7 @@ fn load(
     store: &dyn BlobStore,
     model: &str,
     options: &InferenceOptions,
+    call_bytes: usize,
 ) -> Result<Loaded, ScoreError> {
     let fetch = |key: &str| {
         store.get(key).map_err(|e| match e {
@@ -372,8 +466,11 @@ fn load(
             "model {model} takes {actual:?} but its spec says {expected:?}: stage the model again"
         )));
     }
+    // The model's values are float32 (made so even for a float16 model, converted at the call).
+    let call_images = (call_bytes / (preprocessor.input_len() * 4).max(1)).max(1);
     Ok(Loaded {
-        spare: Mutex::new(Vec::new()),
+        spare: Mutex::new(Spare::default()),
+        call_images,
         provider: scorer.provider(),
         scorer: Mutex::new(scorer),
         spec,
@@ -399,7 +496,7 @@ struct ImagesRead {
 fn read_images(
     images: &Images,
     preprocessor: &Preprocessor,
-    input: &mut [f32],
+    input: &mut Input,
     store: &dyn BlobStore,
     options: &ImageOptions,
 ) -> Result<ImagesRead, ScoreError> {
@@ -411,7 +508,23 @@ fn read_images(
             pixels,
             ..
         } => {
-            preprocessor.write_planes(pixels, *height as usize, *width as usize, input);
+            let (height, width) = (*height as usize, *width as usize);
+            match input {
+                Input::Values(values) => {
+                    preprocessor.write_planes(pixels, height, width, values);
+                }
+                Input::Pixels(_) => {
+                    for (planes, slot) in pixels
+                        .chunks_exact(3 * height * width)
+                        .zip(input.slots(image_len))
+                    {
+                        let image = Image::from_planes(planes, height, width);
+                        if let Slot::Pixels(out) = slot {
+                            preprocessor.write_pixels(&image, out);
+                        }
+                    }
+                }
+            }
             Ok(ImagesRead {
                 errors: vec![None; images.len()],
                 notes: vec![None; images.len()],
@@ -429,7 +542,7 @@ fn read_images(
             });
             let threads = usize::from(options.fetch_concurrency).min(names.len());
             concurrent::try_for_each(
-                input.chunks_exact_mut(image_len).enumerate(),
+                input.slots(image_len).into_iter().enumerate(),
                 threads,
                 |(i, slot)| {
                     let key = format!("{prefix}{}", names[i]);
@@ -442,7 +555,10 @@ fn read_images(
                     // report wants is known only once the partition is scored.
                     let (error, note, small) = match decoded {
                         Ok((image, note)) => {
-                            preprocessor.write(&image, slot);
+                            match slot {
+                                Slot::Pixels(out) => preprocessor.write_pixels(&image, out),
+                                Slot::Values(out) => preprocessor.write(&image, out),
+                            }
                             (None, note, Some(thumbnail(&image, report::THUMBNAIL_SIDE)))
                         }
                         Err(error) => (Some(error), None, None),
