@@ -14,6 +14,9 @@ fixtures="${CIFAR_FLEET_FIXTURES:-$root/../shared/fixtures}"
 
 scripts/install-onnxruntime.sh
 cargo build --release --quiet --bin producer
+# glibc keeps large freed buffers (decoded photos) in its heaps once its mmap threshold has
+# grown; a fixed one hands them back (BENCHMARKS.md, the real-photo job rows).
+export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-131072}"
 
 if [[ -f "$fixtures/resnet20_meanimage_159.dnn" ]]; then
     inputs=(--dataset "$fixtures/cifar-10-python.tar.gz" --model "$fixtures/resnet20_meanimage_159.dnn"

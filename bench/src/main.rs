@@ -89,7 +89,8 @@ struct Args {
     /// Skip the Python peers (PIL + ONNX Runtime, Ray Data, Pillow on the real photos).
     #[arg(long)]
     skip_python: bool,
-    /// Run only the real-photo rows (decoding and preparing for a 224x224 model).
+    /// Run only the real-photo rows (decoding and preparing for a 224x224 model, the job over
+    /// the photos).
     #[arg(long)]
     only_photos: bool,
     /// The Python with the peers' packages (`scripts/bench-python.sh` makes it).
@@ -119,7 +120,7 @@ fn main() -> Result<()> {
         }
     }
     // Checked first, not after the minutes of runs before the fleet's.
-    let connection = match (args.skip_fleet, &args.connection_string) {
+    let connection = match (args.skip_fleet || args.only_photos, &args.connection_string) {
         (true, _) => None,
         (false, Some(connection)) => Some(connection.clone()),
         (false, None) => bail!(
@@ -138,6 +139,13 @@ fn main() -> Result<()> {
         );
     };
     let mut rows = photos::rows(&fixture("real-photos/photos"), args.runs, python.as_deref())?;
+    rows.extend(photos::job_rows(
+        &args.fixtures,
+        &bin_dir,
+        args.runs,
+        &args.inference,
+        python.as_deref(),
+    )?);
     if args.only_photos {
         print_table(&rows, args.runs, "");
         return Ok(());

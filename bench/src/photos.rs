@@ -1,6 +1,9 @@
 //! The real-photo rows: each photo of `real-photos/photos/` decoded and prepared for a 224x224
 //! ImageNet model by every filter convention, one thread, beside Pillow preparing the same
-//! photos as torchvision does (`bench/python/photos_peer.py`) in the same run.
+//! photos as torchvision does (`bench/python/photos_peer.py`) in the same run; then the whole
+//! embedded job scoring the photos (seven copies of each) with the fixture's float16
+//! SqueezeNet, against the engine alone on the same tensors and a Python peer (Pillow + ONNX
+//! Runtime, one process per core: `bench/python/photos_job_peer.py`).
 
 use std::path::Path;
 use std::time::Instant;
@@ -11,8 +14,12 @@ use fleet_common::spec::{
     Provenance, Resize, SPEC_VERSION,
 };
 use fleet_imaging::{DecodeLimits, Preprocessor, decode};
+use fleet_inference::{InferenceOptions, Scorer};
 
-use crate::{Row, repeated, run};
+use crate::{Row, repeated, run, run_measured};
+
+/// Copies of each photo in the job rows: about a thousand images, several partitions.
+const COPIES: usize = 7;
 
 /// The conventions measured: name, geometry, shorter side, filter.
 const CONVENTIONS: [(&str, Resize, Option<u32>, Filter); 6] = [
@@ -54,7 +61,7 @@ const CONVENTIONS: [(&str, Resize, Option<u32>, Filter); 6] = [
     ),
 ];
 
-/// A 224x224 RGB ImageNet spec with `convention`'s resizing.
+/// A 224x224 RGB ImageNet spec with `convention`'s resizing, torchvision's values.
 fn spec(resize: Resize, shorter_side: Option<u32>, filter: Filter) -> ModelSpec {
     ModelSpec {
         version: SPEC_VERSION,
@@ -157,6 +164,157 @@ pub(crate) fn rows(photos: &Path, runs: usize, python: Option<&Path>) -> Result<
                 "the loop alone, files in memory; the product's torchvision row is {:.2} x as \
                  fast",
                 seconds / torchvision
+            ),
+        });
+    }
+    Ok(rows)
+}
+
+/// The job rows: the embedded job over `COPIES` copies of every photo with the fixture's
+/// SqueezeNet (float16, fixed batch 1; BGR, raw 0..255, torchvision's crop), as it runs and
+/// with glibc's mmap threshold fixed, beside the engine alone on the same tensors and the
+/// Python peer.
+pub(crate) fn job_rows(
+    fixtures: &Path,
+    bin_dir: &Path,
+    runs: usize,
+    inference: &InferenceOptions,
+    python: Option<&Path>,
+) -> Result<Vec<Row>> {
+    let photos = fixtures.join("real-photos/photos");
+    let model = fixtures.join("real-photos/model/SqueezeNet_fp16.onnx");
+    let work = tempfile::tempdir()?;
+    let folder = work.path().join("photos");
+    std::fs::create_dir(&folder)?;
+    let mut encoded = Vec::new();
+    for entry in std::fs::read_dir(&photos)? {
+        let path = entry?.path();
+        let name = path.file_name().context("a file name")?.to_string_lossy();
+        for copy in 0..COPIES {
+            std::fs::copy(&path, folder.join(format!("{copy}-{name}")))?;
+        }
+        encoded.push(std::fs::read(&path)?);
+    }
+    let images = (encoded.len() * COPIES) as u64;
+    let store = work.path().join("store");
+    let producer = bin_dir.join("producer");
+    let stage = |extra: &[&str]| {
+        let mut args = vec![
+            "stage",
+            "--store",
+            store.to_str().unwrap(),
+            "--container",
+            "photos",
+        ];
+        args.extend_from_slice(extra);
+        run(&producer, &args, &[]).map(drop)
+    };
+    stage(&["--images", folder.to_str().unwrap(), "--prefix", "photos"])?;
+    stage(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--model-name",
+        "squeezenet",
+        "--channel-order",
+        "bgr",
+        "--resize",
+        "center-crop",
+        "--shorter-side",
+        "256",
+        "--filter",
+        "pillow-bilinear",
+    ])?;
+
+    // The engine alone, on the tensors the job makes (each unique photo once, scored
+    // `COPIES` times).
+    let mut bgr = spec(Resize::CenterCrop, Some(256), Filter::PillowBilinear);
+    bgr.channel_order = ChannelOrder::Bgr;
+    bgr.scale = 1.0;
+    bgr.normalize = Normalize::None;
+    let preprocessor = Preprocessor::new(&bgr, None)?;
+    let len = preprocessor.input_len();
+    let mut tensors = vec![0.0; encoded.len() * len];
+    for (bytes, slot) in encoded.iter().zip(tensors.chunks_exact_mut(len)) {
+        preprocessor.write(&decode(bytes, unlimited())?, slot);
+    }
+    let mut scorer = Scorer::load(&std::fs::read(&model)?, "squeezenet", inference)?;
+    let mut outputs = Vec::new();
+    let (engine, _) = repeated(runs, || {
+        let started = Instant::now();
+        for _ in 0..COPIES {
+            scorer.score(&tensors, encoded.len(), &mut outputs)?;
+        }
+        Ok((started.elapsed().as_secs_f64(), ()))
+    })?;
+    drop(scorer);
+    let mut rows = vec![Row {
+        what: "real photos: ONNX Runtime alone, SqueezeNet float16 (batch fixed at 1)".into(),
+        images,
+        seconds: engine,
+        note: "on the tensors the job makes".into(),
+    }];
+
+    let job_args = [
+        "--store",
+        store.to_str().unwrap(),
+        "--container",
+        "photos",
+        "--embedded",
+        "--dataset",
+        "photos",
+        "--model-name",
+        "squeezenet",
+    ];
+    let threads = inference.intra_threads.to_string();
+    let mut job = |what: &str, env: &[(&str, &str)]| -> Result<f64> {
+        let mut envs = vec![("INTRA_OP_THREADS", threads.as_str())];
+        envs.extend_from_slice(env);
+        let (seconds, peaks) = repeated(runs, || {
+            let started = Instant::now();
+            let (_, peak) = run_measured(&producer, &job_args, &envs)?;
+            Ok((started.elapsed().as_secs_f64(), peak))
+        })?;
+        rows.push(Row {
+            what: format!("real photos: embedded job, whole process (1 worker){what}"),
+            images,
+            seconds,
+            note: format!(
+                "{:.2} x engine; peak RSS {} MB",
+                seconds / engine,
+                peaks.iter().max().unwrap_or(&0) / 1024
+            ),
+        });
+        Ok(seconds)
+    };
+    let job_seconds = job("", &[])?;
+    job(
+        ", MALLOC_MMAP_THRESHOLD_=131072",
+        &[("MALLOC_MMAP_THRESHOLD_", "131072")],
+    )?;
+    if let Some(python) = python {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("python")
+            .join("photos_job_peer.py");
+        let (seconds, _) = repeated(runs, || {
+            let started = Instant::now();
+            run(
+                python,
+                &[
+                    script.to_str().unwrap(),
+                    folder.to_str().unwrap(),
+                    model.to_str().unwrap(),
+                ],
+                &[],
+            )?;
+            Ok((started.elapsed().as_secs_f64(), ()))
+        })?;
+        rows.push(Row {
+            what: "real photos: Python peer, Pillow + ONNX Runtime, one process per core".into(),
+            images,
+            seconds,
+            note: format!(
+                "whole process; the embedded job's throughput is {:.2} x this",
+                seconds / job_seconds
             ),
         });
     }
