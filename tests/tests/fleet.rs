@@ -406,3 +406,73 @@ fn an_image_folder_over_the_fleet_survives_a_killed_worker() {
         assert_eq!(cut(row), cut(&embedded_rows[name]), "{name}");
     }
 }
+
+/// A float16 ImageNet model over real photos in ImageNet's folder layout, prepared as
+/// torchvision prepares them, through RabbitMQ and Azurite: the same answers as its reference.
+#[test]
+fn a_float16_imagenet_model_over_real_photos_over_the_fleet() {
+    use fleet_tests::real_photos::{imagenet_layout, reference};
+    let fleet = Fleet::isolated();
+    let env = fleet.env();
+    let work = tempfile::tempdir().unwrap();
+    let reference = reference();
+    let val = imagenet_layout(work.path(), &reference);
+    let model = fixture("real-photos/model/SqueezeNet_fp16.onnx");
+    let classes = fixture("real-photos/synset_words.txt");
+    let stage_args = [
+        "stage",
+        "--images",
+        val.to_str().unwrap(),
+        "--prefix",
+        "imagenet/val",
+        "--model",
+        model.to_str().unwrap(),
+        "--model-name",
+        "squeezenet",
+        "--classes",
+        classes.to_str().unwrap(),
+        "--channel-order",
+        "bgr",
+        "--resize",
+        "center-crop",
+        "--shorter-side",
+        "256",
+        "--filter",
+        "pillow-bilinear",
+    ];
+    let out = run_with("producer", &stage_args, &env);
+    assert!(
+        out.status.success(),
+        "staging into Azurite failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let collector = spawn("collector", &[], &env);
+    let worker = spawn("worker", &["--name", "photos"], &env);
+    let producer = spawn(
+        "producer",
+        &[
+            "--wait",
+            "--dataset",
+            "imagenet/val",
+            "--model-name",
+            "squeezenet",
+            "--labels",
+            "folders",
+            "--partition-size",
+            "40",
+        ],
+        &env,
+    );
+    let job = finish(producer);
+    terminate(worker);
+    terminate(collector);
+    let store = fleet.store();
+    let summary: serde_json::Value =
+        serde_json::from_slice(&store.get(&format!("results/{job}/summary.json")).unwrap())
+            .unwrap();
+    // Each photo lies in the folder of its reference answer: every one is correct.
+    assert_eq!(summary["images"], reference.len());
+    assert_eq!(summary["unreadable"], 0);
+    assert_eq!(summary["correct"], reference.len(), "{summary}");
+    assert_eq!(summary["classes"][0], "tench");
+}

@@ -5,88 +5,10 @@
 //! the model's reference predictions (`real-photos/reference_predictions.csv`, made by ONNX
 //! Runtime from torchvision's crops).
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use fleet_tests::real_photos::{Reference, imagenet_layout, reference, rows};
 use fleet_tests::{field, fixture, run_err, run_ok};
-
-/// The model's reference answer for one photo.
-#[derive(Debug, Clone, PartialEq)]
-struct Reference {
-    top1: u32,
-    probability: f64,
-    /// The top-5 classes; empty where the 5th and 6th probabilities tie.
-    top5: Vec<u32>,
-}
-
-/// The reference predictions, by photo.
-fn reference() -> HashMap<String, Reference> {
-    let text = std::fs::read_to_string(fixture("real-photos/reference_predictions.csv")).unwrap();
-    text.lines()
-        .skip(1)
-        .map(|line| {
-            let fields: Vec<&str> = line.split(',').collect();
-            let mut top: Vec<u32> = fields[1..6].iter().map(|v| v.parse().unwrap()).collect();
-            if fields[8] == "1" {
-                top.clear();
-            }
-            (
-                fields[0].to_owned(),
-                Reference {
-                    top1: fields[1].parse().unwrap(),
-                    probability: fields[6].parse().unwrap(),
-                    top5: top,
-                },
-            )
-        })
-        .collect()
-}
-
-/// Rows of a `scores.csv` (no field here holds a comma), as maps from column to value.
-fn rows(path: &Path) -> Vec<HashMap<String, String>> {
-    let text = std::fs::read_to_string(path).unwrap();
-    let mut lines = text.lines();
-    let header: Vec<String> = lines
-        .next()
-        .unwrap()
-        .split(',')
-        .map(str::to_owned)
-        .collect();
-    lines
-        .map(|line| {
-            header
-                .iter()
-                .cloned()
-                .zip(line.split(',').map(str::to_owned))
-                .collect()
-        })
-        .collect()
-}
-
-fn synset_ids() -> Vec<String> {
-    std::fs::read_to_string(fixture("real-photos/synset_words.txt"))
-        .unwrap()
-        .lines()
-        .map(|l| l.split_whitespace().next().unwrap().to_owned())
-        .collect()
-}
-
-/// The photos laid out as ImageNet's validation set is: each in the folder of its class id,
-/// the class being the model's reference answer (so accuracy is agreement with it).
-fn imagenet_layout(root: &Path, reference: &HashMap<String, Reference>) -> PathBuf {
-    let ids = synset_ids();
-    let val = root.join("val");
-    for (photo, answer) in reference {
-        let folder = val.join(&ids[answer.top1 as usize]);
-        std::fs::create_dir_all(&folder).unwrap();
-        std::fs::copy(
-            fixture("real-photos/photos").join(photo),
-            folder.join(photo),
-        )
-        .unwrap();
-    }
-    val
-}
 
 fn stage_model(store: &str, name: &str, classes: &Path, extra: &[&str]) -> String {
     let model = fixture("real-photos/model/SqueezeNet_fp16.onnx");
