@@ -124,15 +124,15 @@ impl Preprocessor {
         });
     }
 
-    /// Values of one image's 8-bit crop (height x width x channels), when the model's filter
-    /// makes one: every filter but [`Filter::FloatLinear`], which never rounds to 8 bits. A
-    /// crop is a quarter of the bytes of the values made from it, so images wait for their
-    /// model call as crops.
-    pub fn pixels_len(&self) -> Option<usize> {
-        (self.filter != Filter::FloatLinear).then(|| self.input_len())
+    /// Whether the model's filter makes an 8-bit crop of each image (`input_len()` values,
+    /// height x width x channels, RGB): every filter but [`Filter::FloatLinear`], which never
+    /// rounds to 8 bits. A crop is a quarter of the bytes of the values made from it, so images
+    /// wait for their model call as crops.
+    pub fn makes_pixels(&self) -> bool {
+        self.filter != Filter::FloatLinear
     }
 
-    /// Writes `image`'s 8-bit crop ([`Preprocessor::pixels_len`] bytes, HWC, RGB) into `out`.
+    /// Writes `image`'s 8-bit crop (`input_len()` bytes, HWC, RGB) into `out`.
     ///
     /// # Panics
     /// For [`Filter::FloatLinear`], which makes no 8-bit crop.

@@ -34,10 +34,10 @@ pub struct WorkerOptions {
     /// to twice `--partitions-per-call` when that is more.
     #[arg(long, env = "WORKER_PREFETCH", default_value_t = 2)]
     pub prefetch: u16,
-    /// Partitions of one model scored in one model call, at most. A GPU runs one large batch
-    /// much faster per image than several small ones (set it so that this times the partition
-    /// size fills the device); on a CPU one partition per call is as fast. Partitions are
-    /// joined only while the model is busy: it never waits for more.
+    /// Partitions of one model scored together, at most, in calls of up to `--max-call-mb`. A
+    /// GPU runs one large batch much faster per image than several small ones (set both so
+    /// that a call fills the device); on a CPU one partition at a time is as fast. Partitions
+    /// are joined only while the model is busy: it never waits for more.
     #[arg(long, env = "WORKER_PARTITIONS_PER_CALL", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub partitions_per_call: u16,
     /// Exit after the partitions queue has been empty this many seconds (for event-driven

@@ -100,19 +100,16 @@ impl Input {
     fn new(model: &Loaded, images: usize) -> Self {
         let len = images * model.preprocessor.input_len();
         let mut spare = lock(&model.spare);
-        match model.preprocessor.pixels_len() {
-            Some(_) => {
-                let mut pixels = spare.pixels.pop().unwrap_or_default();
-                pixels.clear();
-                pixels.resize(len, 0);
-                Input::Pixels(pixels)
-            }
-            None => {
-                let mut values = spare.values.pop().unwrap_or_default();
-                values.clear();
-                values.resize(len, 0.0);
-                Input::Values(values)
-            }
+        if model.preprocessor.makes_pixels() {
+            let mut pixels = spare.pixels.pop().unwrap_or_default();
+            pixels.clear();
+            pixels.resize(len, 0);
+            Input::Pixels(pixels)
+        } else {
+            let mut values = spare.values.pop().unwrap_or_default();
+            values.clear();
+            values.resize(len, 0.0);
+            Input::Values(values)
         }
     }
 
@@ -189,7 +186,7 @@ impl Models {
 
     fn load(&mut self, model: &str) -> Result<Arc<Loaded>, ScoreError> {
         if !self.loaded.contains_key(model) {
-            let call_bytes = usize::try_from(self.images.max_call_mb).unwrap_or(usize::MAX) << 20;
+            let call_bytes = (self.images.max_call_mb as usize).saturating_mul(1 << 20);
             let loaded = load(self.store.as_ref(), model, &self.inference, call_bytes)?;
             self.loaded.insert(model.to_owned(), Arc::new(loaded));
         }
@@ -481,7 +478,7 @@ fn load(
 /// What [`read_images`] found out about a partition's images besides their model input.
 #[derive(Debug)]
 struct ImagesRead {
-    /// Each image's error, if any (its input stays zero).
+    /// Each image's error, if any (its slot is left blank; its outputs are not read).
     errors: Vec<Option<String>>,
     /// For images read despite a fault of their file (a JPEG with a damaged segment), the
     /// decoder's warning: the image is scored, and its row says so.
