@@ -17,22 +17,13 @@ import os
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image, ImageOps
 
-Image.MAX_IMAGE_PIXELS = None
+# The same preparation as the per-core peer beside this file (the script's folder is on the path).
+from photos_peer import torchvision_crop
 
 
 def prepare(path):
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image).convert("RGB")
-    width, height = image.size
-    short, long = min(width, height), max(width, height)
-    new_long = int(256 * long / short)
-    size = (256, new_long) if width <= height else (new_long, 256)
-    image = image.resize(size, Image.BILINEAR)
-    top, left = int(round((size[1] - 224) / 2.0)), int(round((size[0] - 224) / 2.0))
-    image = image.crop((left, top, left + 224, top + 224))
-    return np.asarray(image)[:, :, ::-1].transpose(2, 0, 1)  # BGR, CHW, 0..255
+    return np.asarray(torchvision_crop(path))[:, :, ::-1].transpose(2, 0, 1)  # BGR, CHW, 0..255
 
 
 def score_shard(task):

@@ -23,8 +23,10 @@ STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 Image.MAX_IMAGE_PIXELS = None
 
 
-def prepare(data):
-    with Image.open(io.BytesIO(data)) as image:
+def torchvision_crop(source):
+    """The 224x224 RGB crop torchvision makes of the image in `source` (a path or a file
+    object): upright, RGB, shorter side to 256 with Pillow's bilinear, centre crop."""
+    with Image.open(source) as image:
         image = ImageOps.exif_transpose(image).convert("RGB")
     width, height = image.size
     short, long = min(width, height), max(width, height)
@@ -32,8 +34,11 @@ def prepare(data):
     size = (256, new_long) if width <= height else (new_long, 256)
     image = image.resize(size, Image.BILINEAR)
     top, left = int(round((size[1] - 224) / 2.0)), int(round((size[0] - 224) / 2.0))
-    image = image.crop((left, top, left + 224, top + 224))
-    values = np.asarray(image, dtype=np.float32) / 255.0
+    return image.crop((left, top, left + 224, top + 224))
+
+
+def prepare(data):
+    values = np.asarray(torchvision_crop(io.BytesIO(data)), dtype=np.float32) / 255.0
     return ((values - MEAN) / STD).transpose(2, 0, 1)
 
 

@@ -93,12 +93,16 @@ impl Filter {
             Self::FloatLinear => "float-linear",
         }
     }
+
+    /// The filter of specs written before filters were named (version 1).
+    fn legacy() -> Self {
+        Self::FloatLinear
+    }
 }
 
 /// A model's image preparation as the ecosystem it came from does it, in one word. Flags given
-/// beside a preset override its fields; the spec records the resolved values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
+/// beside a preset override its fields; the spec records the resolved values, never the preset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Preset {
     /// torchvision's ImageNet evaluation: RGB, shorter side to 256 (for a 224 crop) with
     /// Pillow's bilinear, centre crop, /255, ImageNet mean and std.
@@ -294,13 +298,6 @@ pub struct ModelSpec {
 pub enum SpecError {
     #[error("model spec {key}: {reason}")]
     Invalid { key: String, reason: String },
-}
-
-impl Filter {
-    /// The filter of specs written before filters were named (version 1).
-    fn legacy() -> Self {
-        Self::FloatLinear
-    }
 }
 
 impl ModelSpec {

@@ -5,6 +5,8 @@
 //! multiplied by the scale, normalised, and written in the model's layout. For the walkthrough
 //! (32x32 BGR, scale 1, mean image) this is exactly `pixel - mean` per value, as before specs.
 
+use std::borrow::Cow;
+
 use fleet_common::spec::{ChannelOrder, Filter, Layout, ModelSpec, Normalize, Resize};
 
 use crate::decode::Image;
@@ -106,19 +108,7 @@ impl Preprocessor {
             self.write_from_pixels(&pixels, out);
             return;
         }
-        let converted;
-        let source = if image.channels == self.channels {
-            image
-        } else {
-            converted = convert_channels(image, self.channels);
-            &converted
-        };
-        let plan = Plan::new(
-            (source.height, source.width),
-            (self.height, self.width),
-            self.resize,
-            self.shorter_side,
-        );
+        let (source, plan) = self.plan(image);
         Sampler::new(&plan).sample(&source.data, source.width, self.channels, |y, x, c, v| {
             self.put(out, y, x, c, v)
         });
@@ -175,19 +165,13 @@ impl Preprocessor {
         out[at] = value * self.multiply[ch] - sub;
     }
 
-    /// The 8-bit crop the model's filter makes of `image` (HWC, the model's channel count,
-    /// RGB), before channel order, scale and normalisation; `None` for [`Filter::FloatLinear`],
-    /// which never rounds to 8 bits. What the reference pipelines' outputs are compared with.
-    pub fn resized_u8(&self, image: &Image) -> Option<Vec<u8>> {
-        if self.filter == Filter::FloatLinear {
-            return None;
-        }
-        let converted;
+    /// `image` with the model's channel count (converted only when it differs), and where it
+    /// goes: its resize plan to the model's input.
+    fn plan<'a>(&self, image: &'a Image) -> (Cow<'a, Image>, Plan) {
         let source = if image.channels == self.channels {
-            image
+            Cow::Borrowed(image)
         } else {
-            converted = convert_channels(image, self.channels);
-            &converted
+            Cow::Owned(convert_channels(image, self.channels))
         };
         let plan = Plan::new(
             (source.height, source.width),
@@ -195,6 +179,17 @@ impl Preprocessor {
             self.resize,
             self.shorter_side,
         );
+        (source, plan)
+    }
+
+    /// The 8-bit crop the model's filter makes of `image` (HWC, the model's channel count,
+    /// RGB), before channel order, scale and normalisation; `None` for [`Filter::FloatLinear`],
+    /// which never rounds to 8 bits. What the reference pipelines' outputs are compared with.
+    pub fn resized_u8(&self, image: &Image) -> Option<Vec<u8>> {
+        if self.filter == Filter::FloatLinear {
+            return None;
+        }
+        let (source, plan) = self.plan(image);
         Some(resize::resize_u8(
             &source.data,
             self.channels,

@@ -712,6 +712,20 @@ pub mod real_photos {
 
     use super::fixture;
 
+    /// The SqueezeNet's documented recipe: BGR, raw 0..255, no normalisation; the photos
+    /// prepared as torchvision prepares them (shorter side to 256 with Pillow's bilinear,
+    /// centre 224x224).
+    pub const RECIPE: [&str; 8] = [
+        "--channel-order",
+        "bgr",
+        "--resize",
+        "center-crop",
+        "--shorter-side",
+        "256",
+        "--filter",
+        "pillow-bilinear",
+    ];
+
     /// The model's reference answer for one photo.
     #[derive(Debug, Clone, PartialEq)]
     pub struct Reference {

@@ -411,7 +411,7 @@ fn an_image_folder_over_the_fleet_survives_a_killed_worker() {
 /// torchvision prepares them, through RabbitMQ and Azurite: the same answers as its reference.
 #[test]
 fn a_float16_imagenet_model_over_real_photos_over_the_fleet() {
-    use fleet_tests::real_photos::{imagenet_layout, reference};
+    use fleet_tests::real_photos::{RECIPE, imagenet_layout, reference};
     let fleet = Fleet::isolated();
     let env = fleet.env();
     let work = tempfile::tempdir().unwrap();
@@ -419,7 +419,7 @@ fn a_float16_imagenet_model_over_real_photos_over_the_fleet() {
     let val = imagenet_layout(work.path(), &reference);
     let model = fixture("real-photos/model/SqueezeNet_fp16.onnx");
     let classes = fixture("real-photos/synset_words.txt");
-    let stage_args = [
+    let mut stage_args = vec![
         "stage",
         "--images",
         val.to_str().unwrap(),
@@ -431,15 +431,8 @@ fn a_float16_imagenet_model_over_real_photos_over_the_fleet() {
         "squeezenet",
         "--classes",
         classes.to_str().unwrap(),
-        "--channel-order",
-        "bgr",
-        "--resize",
-        "center-crop",
-        "--shorter-side",
-        "256",
-        "--filter",
-        "pillow-bilinear",
     ];
+    stage_args.extend(RECIPE);
     let out = run_with("producer", &stage_args, &env);
     assert!(
         out.status.success(),

@@ -7,12 +7,14 @@
 
 use std::path::Path;
 
-use fleet_tests::real_photos::{Reference, imagenet_layout, reference, rows};
+use fleet_tests::real_photos::{RECIPE, Reference, imagenet_layout, reference, rows};
 use fleet_tests::{field, fixture, run_err, run_ok};
 
-fn stage_model(store: &str, name: &str, classes: &Path, extra: &[&str]) -> String {
+/// `producer stage` of the fixture's SqueezeNet as `name`, with the class list `classes` and
+/// `extra` flags.
+fn stage_model_args(store: &str, name: &str, classes: &Path, extra: &[&str]) -> Vec<String> {
     let model = fixture("real-photos/model/SqueezeNet_fp16.onnx");
-    let mut args = vec![
+    let mut args: Vec<String> = [
         "stage",
         "--store",
         store,
@@ -24,23 +26,21 @@ fn stage_model(store: &str, name: &str, classes: &Path, extra: &[&str]) -> Strin
         name,
         "--classes",
         classes.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    run_ok("producer", &args)
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
 }
 
-/// The model's documented recipe: BGR, raw 0..255, no normalisation; the photos prepared as
-/// torchvision prepares them (shorter side to 256 with Pillow's bilinear, centre 224x224).
-const RECIPE: [&str; 8] = [
-    "--channel-order",
-    "bgr",
-    "--resize",
-    "center-crop",
-    "--shorter-side",
-    "256",
-    "--filter",
-    "pillow-bilinear",
-];
+/// Stages the SqueezeNet ([`stage_model_args`]), which must succeed; returns the output.
+fn stage_model(store: &str, name: &str, classes: &Path, extra: &[&str]) -> String {
+    let args = stage_model_args(store, name, classes, extra);
+    run_ok(
+        "producer",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
+}
 
 #[test]
 fn a_float16_imagenet_model_over_real_photos_agrees_with_its_reference() {
@@ -311,49 +311,26 @@ fn presets_resolve_into_the_spec_and_flags_override_them() {
     assert_eq!(spec("timm")["filter"], "pillow-bicubic");
 
     // Contradictions are refused before anything is written.
-    let model = fixture("real-photos/model/SqueezeNet_fp16.onnx");
-    let error = run_err(
-        "producer",
-        &[
-            "stage",
-            "--store",
-            store_arg,
-            "--container",
-            "photos",
-            "--model",
-            model.to_str().unwrap(),
-            "--model-name",
-            "bad",
-            "--preset",
-            "torchvision",
-            "--resize",
-            "stretch",
-            "--shorter-side",
-            "256",
-        ],
-    );
+    let refused = |extra: &[&str]| {
+        let args = stage_model_args(store_arg, "bad", &classes, extra);
+        run_err(
+            "producer",
+            &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    };
+    let error = refused(&[
+        "--preset",
+        "torchvision",
+        "--resize",
+        "stretch",
+        "--shorter-side",
+        "256",
+    ]);
     assert!(
         error.contains("--shorter-side is for --resize center-crop"),
         "{error}"
     );
-    let error = run_err(
-        "producer",
-        &[
-            "stage",
-            "--store",
-            store_arg,
-            "--container",
-            "photos",
-            "--model",
-            model.to_str().unwrap(),
-            "--model-name",
-            "bad",
-            "--preset",
-            "torchvision",
-            "--shorter-side",
-            "200",
-        ],
-    );
+    let error = refused(&["--preset", "torchvision", "--shorter-side", "200"]);
     assert!(
         error.contains("shorter side 200 is out of range"),
         "{error}"
