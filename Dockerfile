@@ -45,6 +45,7 @@ COPY --from=build /out/lib/ /usr/local/lib/
 # hands them back (a worker over 224x224 photos peaks at 355 MB instead of 581 MB: BENCHMARKS.md).
 ENV ORT_DYLIB_PATH=/usr/local/lib/libonnxruntime.so \
     MALLOC_MMAP_THRESHOLD_=131072 \
+    ORT_DISABLE_TELEMETRY=1 \
     RUST_LOG=info \
     LOG_FORMAT=json \
     HTTP_PORT=8080

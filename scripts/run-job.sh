@@ -17,6 +17,8 @@ cargo build --release --quiet --bin producer
 # glibc keeps large freed buffers (decoded photos) in its heaps once its mmap threshold has
 # grown; a fixed one hands them back (BENCHMARKS.md, the real-photo job rows).
 export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-131072}"
+# Microsoft's ONNX Runtime builds keep a usage database under ~/.cache unless told not to.
+export ORT_DISABLE_TELEMETRY="${ORT_DISABLE_TELEMETRY:-1}"
 
 if [[ -f "$fixtures/resnet20_meanimage_159.dnn" ]]; then
     inputs=(--dataset "$fixtures/cifar-10-python.tar.gz" --model "$fixtures/resnet20_meanimage_159.dnn"

@@ -28,6 +28,8 @@ fi
 if [[ -z "${AMQP_URL:-}" || -z "${AZURE_STORAGE_CONNECTION_STRING:-}" ]]; then
     eval "$(scripts/services.sh)"
 fi
+# Microsoft's ONNX Runtime builds keep a usage database under ~/.cache unless told not to.
+export ORT_DISABLE_TELEMETRY="${ORT_DISABLE_TELEMETRY:-1}"
 # The end-to-end tests run the binaries of every crate: build them first.
 cargo build --workspace --bins
 

@@ -280,12 +280,11 @@ impl Jobs {
             Err(e) if e.is_not_found() => None,
             Err(e) => return Err(e),
         };
-        let spec = match &manifest {
+        let provenance = match &manifest {
             Some(manifest) => match self.store.get(&job::spec_key(&manifest.model)) {
-                Ok(bytes) => ModelSpec::from_json(&bytes, &job::spec_key(&manifest.model))
-                    .ok()
+                Ok(bytes) => ModelSpec::provenance_from_json(&bytes)
                     // Restaged since with another model: its provenance is not this job's.
-                    .filter(|spec| spec.provenance.onnx_sha256 == manifest.model_sha256),
+                    .filter(|provenance| provenance.onnx_sha256 == manifest.model_sha256),
                 Err(e) if e.is_not_found() => None,
                 Err(e) => return Err(e),
             },
@@ -295,8 +294,8 @@ impl Jobs {
             summary: &files.summary,
             partitions,
             manifest: manifest.as_ref(),
-            provenance: spec.as_ref().map(|spec| &spec.provenance),
-            confusion: files.confusion.as_deref(),
+            provenance: provenance.as_ref(),
+            confusion: files.confusion.as_ref(),
             confusion_png: files.confusion_png.as_deref(),
         }))
     }
@@ -369,7 +368,7 @@ mod tests {
     fn two_collectors() -> (tempfile::TempDir, Jobs, Jobs) {
         let dir = tempfile::tempdir().unwrap();
         let store =
-            || -> Arc<dyn BlobStore> { Arc::new(LocalStore::create(dir.path(), "c").unwrap()) };
+            || -> Arc<dyn BlobStore> { Arc::new(LocalStore::create(dir.path(), "ctr").unwrap()) };
         let (a, b) = (Jobs::new(store()), Jobs::new(store()));
         (dir, a, b)
     }

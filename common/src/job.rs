@@ -122,7 +122,9 @@ pub struct Manifest {
     pub model: String,
     /// SHA-256 of the model scored, from its spec: the job is reproducible from it.
     pub model_sha256: String,
-    /// Class names by model output index.
+    /// Class names by model output index: a record for whoever reads the job's files. Never
+    /// read back (left empty when the manifest is parsed): a model may have a million.
+    #[serde(default, skip_deserializing)]
     pub classes: Vec<String>,
     pub top_k: u8,
     pub partition_size: u32,

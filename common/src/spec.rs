@@ -277,6 +277,12 @@ pub struct ModelSpec {
     /// How pixels are sampled when resizing.
     #[serde(default = "Filter::legacy")]
     pub filter: Filter,
+    /// Opt-in speed for large JPEGs: decoded at 1/2, 1/4 or 1/8 of their size by libjpeg's
+    /// DCT-domain scaling (as Pillow's `draft` does), as far as they stay at least the resized
+    /// size, then resized by `filter`. Several times faster on camera photos, but not the
+    /// pixels the model's pipeline makes: its answers differ on some photos.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fast_jpeg: bool,
     /// Pixels (0..255) are multiplied by this first.
     pub scale: f32,
     pub normalize: Normalize,
@@ -292,6 +298,15 @@ pub struct ModelSpec {
     pub class_ids: Option<Vec<String>>,
     pub provenance: Provenance,
 }
+
+/// The most memory one image's model input may take, as float32 values: a model that takes
+/// more is refused at staging (a worker could not score even one image at a time).
+pub const MAX_IMAGE_INPUT_BYTES: u64 = 1 << 30;
+
+/// The most memory a partition's images may hold in a worker while they wait for the model
+/// ([`ModelSpec::waiting_bytes`] each): partitions of a model with a large input are cut
+/// smaller to fit (500 images of 3x8192x8192 would be 100 GB).
+pub const MAX_PARTITION_WAITING_BYTES: u64 = 256 << 20;
 
 /// Why a spec cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -321,6 +336,37 @@ impl ModelSpec {
         Ok(spec)
     }
 
+    /// Bytes one image holds in a worker while it waits for its model call: its 8-bit crop,
+    /// or for [`Filter::FloatLinear`] its float values.
+    pub fn waiting_bytes(&self) -> u64 {
+        let values = u64::from(self.channels) * u64::from(self.height) * u64::from(self.width);
+        if self.filter == Filter::FloatLinear {
+            values * 4
+        } else {
+            values
+        }
+    }
+
+    /// The most images of this model one partition may hold: as many as
+    /// [`MAX_PARTITION_WAITING_BYTES`] holds (at least one), so that a model with a large
+    /// input is scored in smaller partitions instead of exhausting a worker's memory.
+    pub fn max_partition_images(&self) -> u32 {
+        let images = MAX_PARTITION_WAITING_BYTES / self.waiting_bytes().max(1);
+        u32::try_from(images).unwrap_or(u32::MAX).max(1)
+    }
+
+    /// The provenance of the spec in `bytes`, read without the rest (a spec may list a
+    /// million class names); `None` if it is not a spec.
+    pub fn provenance_from_json(bytes: &[u8]) -> Option<Provenance> {
+        #[derive(Deserialize)]
+        struct Only {
+            provenance: Provenance,
+        }
+        serde_json::from_slice::<Only>(bytes)
+            .ok()
+            .map(|only| only.provenance)
+    }
+
     /// Checks the invariants preprocessing relies on.
     pub fn validate(&self) -> Result<(), String> {
         if !matches!(self.channels, 1 | 3) {
@@ -337,6 +383,19 @@ impl ModelSpec {
         }
         if self.class_count == 0 {
             return Err("the model has no classes".into());
+        }
+        let input_bytes =
+            4 * u64::from(self.channels) * u64::from(self.height) * u64::from(self.width);
+        if input_bytes > MAX_IMAGE_INPUT_BYTES {
+            return Err(format!(
+                "an input of {}x{}x{} is {} MiB of values per image, more than the {} MiB a \
+                 worker gives one image",
+                self.channels,
+                self.height,
+                self.width,
+                input_bytes >> 20,
+                MAX_IMAGE_INPUT_BYTES >> 20
+            ));
         }
         if !(self.scale.is_finite() && self.scale != 0.0) {
             return Err(format!("scale {} is not a usable factor", self.scale));
@@ -393,6 +452,24 @@ impl ModelSpec {
                 return Err("mean and std must be finite, std non-zero".into());
             }
         }
+        // Pixel values scaled and normalised in f32, as preprocessing computes them, must stay
+        // numbers: `--scale 1e38` or `--std 1e-45` would feed the model infinities.
+        let (multiply, subtract): (Vec<f32>, Vec<f32>) = match &self.normalize {
+            Normalize::PerChannel { mean, std } => (
+                std.iter().map(|s| self.scale / s).collect(),
+                mean.iter().zip(std).map(|(m, s)| m / s).collect(),
+            ),
+            Normalize::None | Normalize::MeanImage { .. } => (vec![self.scale], vec![0.0]),
+        };
+        for (m, s) in multiply.iter().zip(&subtract) {
+            if ![0.0f32, 255.0].iter().all(|v| (v * m - s).is_finite()) {
+                return Err(format!(
+                    "scale {} with this normalisation makes input values that are not finite \
+                     numbers (x {m}, less {s}): check --scale, --mean and --std",
+                    self.scale
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -418,8 +495,13 @@ impl ModelSpec {
             Normalize::PerChannel { mean, std } => format!("mean {mean:?}, std {std:?}"),
             Normalize::MeanImage { key } => format!("mean image {key}"),
         };
+        let fast = if self.fast_jpeg {
+            ", large JPEGs decoded reduced (--fast-jpeg)"
+        } else {
+            ""
+        };
         format!(
-            "{geometry} ({}), {order}, x {}, {normalize}",
+            "{geometry} ({}{fast}), {order}, x {}, {normalize}",
             self.filter.name(),
             self.scale
         )
@@ -531,6 +613,7 @@ mod tests {
             resize: Resize::Stretch,
             shorter_side: None,
             filter: Filter::FloatLinear,
+            fast_jpeg: false,
             scale: 1.0,
             normalize: Normalize::MeanImage {
                 key: "models/resnet20.mean.xml".into(),
@@ -586,6 +669,41 @@ mod tests {
         assert_eq!(spec.validate(), Ok(()));
         spec.shorter_side = Some(31);
         assert!(spec.validate().unwrap_err().contains("at least 32"));
+    }
+
+    #[test]
+    fn models_with_large_inputs_get_smaller_partitions_or_are_refused() {
+        let mut spec = cifar_spec();
+        // 32x32 float values: 12 KiB each.
+        assert_eq!(spec.max_partition_images(), 21_845);
+        (spec.height, spec.width, spec.filter) = (8192, 8192, Filter::PillowBilinear);
+        // A 192 MiB crop each: one a partition.
+        assert_eq!(spec.max_partition_images(), 1);
+        assert_eq!(spec.validate(), Ok(()));
+        (spec.height, spec.width) = (16_384, 16_384);
+        assert!(
+            spec.validate()
+                .unwrap_err()
+                .contains("more than the 1024 MiB")
+        );
+    }
+
+    #[test]
+    fn a_scale_or_std_that_makes_inputs_infinite_is_refused() {
+        let mut spec = cifar_spec();
+        spec.scale = 1e38;
+        assert!(spec.validate().unwrap_err().contains("not finite"));
+        spec.scale = 1.0 / 255.0;
+        spec.normalize = Normalize::PerChannel {
+            mean: IMAGENET_MEAN.to_vec(),
+            std: vec![0.229, 1e-45, 0.225],
+        };
+        assert!(spec.validate().unwrap_err().contains("not finite"));
+        spec.normalize = Normalize::PerChannel {
+            mean: IMAGENET_MEAN.to_vec(),
+            std: IMAGENET_STD.to_vec(),
+        };
+        assert_eq!(spec.validate(), Ok(()));
     }
 
     #[test]

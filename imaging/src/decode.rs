@@ -41,6 +41,9 @@ impl Image {
 pub struct DecodeLimits {
     /// Largest width x height decoded.
     pub max_pixels: u64,
+    /// Most scans of a progressive JPEG decoded: each scan is a pass over the whole image,
+    /// and a small file can hold thousands of empty ones (seconds of CPU each thousand).
+    pub max_scans: u32,
 }
 
 /// Why an image could not be decoded. The message goes into the image's row of `scores.csv`.
@@ -54,6 +57,11 @@ pub enum DecodeError {
         "image of {width}x{height} pixels is larger than the {max}-pixel limit (--max-image-pixels)"
     )]
     TooLarge { width: u32, height: u32, max: u64 },
+    #[error(
+        "progressive JPEG of more than {max} scans (--max-jpeg-scans): each scan is a pass over \
+         the whole image, and photos have a dozen or so"
+    )]
+    TooManyScans { max: u32 },
     #[error("corrupt or truncated image: {0}")]
     Corrupt(String),
 }
@@ -73,12 +81,30 @@ pub fn decode_with_warning(
     bytes: &[u8],
     limits: DecodeLimits,
 ) -> Result<(Image, Option<String>), DecodeError> {
+    decode_reduced(bytes, limits, None)
+}
+
+/// The smallest size (height, width) an image of the given upright size may be decoded at:
+/// see [`decode_reduced`].
+pub type AtLeast<'a> = &'a dyn Fn((usize, usize)) -> (usize, usize);
+
+/// [`decode_with_warning`], except that with `at_least` a JPEG is decoded at 1/2, 1/4 or 1/8
+/// of its size by libjpeg's DCT-domain scaling (the most it can, as Pillow's `draft` does)
+/// while both sides stay at least those `at_least` gives for its upright size. Much faster on
+/// large photos, but not the pixels a full decode and a resize make. Other formats, and JPEGs
+/// too small to reduce, decode whole.
+pub fn decode_reduced(
+    bytes: &[u8],
+    limits: DecodeLimits,
+    at_least: Option<AtLeast<'_>>,
+) -> Result<(Image, Option<String>), DecodeError> {
     if bytes.is_empty() {
         return Err(DecodeError::Empty);
     }
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        let (image, warning) = crate::jpeg::decode(bytes, limits)?;
-        let image = match crate::jpeg::exif_orientation(bytes) {
+        let orientation = crate::jpeg::exif_orientation(bytes);
+        let (image, warning) = crate::jpeg::decode(bytes, limits, at_least, orientation)?;
+        let image = match orientation {
             Some(orientation) => upright(image, orientation),
             None => image,
         };
@@ -87,8 +113,91 @@ pub fn decode_with_warning(
     decode_other(bytes, limits).map(|image| (image, None))
 }
 
+/// The most memory decoding `bytes` holds at once, from the file's header alone: the decoder's
+/// buffer in the file's own pixel format (16-bit and alpha count), the 8-bit RGB or gray copy
+/// made of it, and the turned copy its EXIF orientation asks for. `None` when the header does
+/// not say (the decode will say why, or decode something the header walk missed: hold the
+/// most then).
+pub fn decoding_bytes(bytes: &[u8]) -> Option<u64> {
+    if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+        let (width, height, components) = crate::jpeg::frame(bytes)?;
+        let pixels = u64::from(width) * u64::from(height);
+        let colour = u64::from(components.min(3));
+        // CMYK is mixed to RGB in a second buffer.
+        let mixed = if components == 4 { 3 } else { 0 };
+        let turned = if crate::jpeg::exif_orientation(bytes)
+            .is_some_and(|orientation| orientation != Orientation::NoTransforms)
+        {
+            colour
+        } else {
+            0
+        };
+        return Some(pixels * (u64::from(components) + mixed + turned));
+    }
+    let bytes = pixels_only(bytes);
+    let decoder = ImageReader::new(Cursor::new(bytes.as_ref()))
+        .with_guessed_format()
+        .ok()?
+        .into_decoder()
+        .ok()?;
+    let (width, height) = decoder.dimensions();
+    let pixels = u64::from(width) * u64::from(height);
+    // Native pixels, their 8-bit copy, and a turned copy of that.
+    Some(pixels * (u64::from(decoder.color_type().bytes_per_pixel()) + 3 + 3))
+}
+
+/// Whether `orientation` swaps width and height.
+pub(crate) fn transposes(orientation: Orientation) -> bool {
+    matches!(
+        orientation,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    )
+}
+
+/// `bytes` without the PNG chunks that hold compressed metadata (an ICC profile, compressed
+/// text): a 1 MB file's profile can inflate to gigabytes, whatever the image's size, and
+/// pixels are all this product reads (Pillow and OpenCV leave the profile unapplied too).
+/// Other files, and PNGs without such chunks, are returned as they are.
+fn pixels_only(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    const SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
+    const COMPRESSED: [&[u8; 4]; 3] = [b"iCCP", b"zTXt", b"iTXt"];
+    let Some(mut rest) = bytes.strip_prefix(SIGNATURE) else {
+        return bytes.into();
+    };
+    // Chunks: length, type, data, CRC. A malformed tail is kept as it is, for the decoder to
+    // refuse.
+    let mut kept: Option<Vec<u8>> = None;
+    let mut at = SIGNATURE.len();
+    while let Some(header) = rest.get(..8) {
+        let length = u32::from_be_bytes(header[..4].try_into().expect("four bytes")) as usize;
+        let Some(end) = length.checked_add(12).filter(|&end| end <= rest.len()) else {
+            break;
+        };
+        let chunk_type: &[u8; 4] = header[4..8].try_into().expect("four bytes");
+        if COMPRESSED.contains(&chunk_type) {
+            kept.get_or_insert_with(|| bytes[..at].to_vec());
+        } else if let Some(kept) = &mut kept {
+            kept.extend_from_slice(&rest[..end]);
+        }
+        rest = &rest[end..];
+        at += end;
+    }
+    match kept {
+        Some(mut kept) => {
+            kept.extend_from_slice(rest);
+            kept.into()
+        }
+        None => bytes.into(),
+    }
+}
+
 /// Every format but JPEG, through `image`.
 fn decode_other(bytes: &[u8], limits: DecodeLimits) -> Result<Image, DecodeError> {
+    let bytes = pixels_only(bytes);
+    let bytes = bytes.as_ref();
     let reader = || {
         ImageReader::new(Cursor::new(bytes))
             .with_guessed_format()
@@ -272,6 +381,7 @@ pub(crate) mod tests {
     use super::*;
 
     const LIMITS: DecodeLimits = DecodeLimits {
+        max_scans: 100,
         max_pixels: 1 << 24,
     };
 

@@ -20,10 +20,21 @@ use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use image::metadata::Orientation;
 use mozjpeg_sys as ffi;
 
-use crate::decode::{DecodeError, DecodeLimits, Image};
+use crate::decode::{AtLeast, DecodeError, DecodeLimits, Image, transposes};
 
 /// A libjpeg error, or a warning that the file ends early, carried by the unwind out of C.
 struct Fatal(String);
+
+/// The scan limit, carried by the unwind out of C when a file exceeds it.
+struct TooManyScans(u32);
+
+/// libjpeg's progress manager with the scan limit after it: libjpeg sees the first field
+/// alone, and the monitor finds the limit behind it.
+#[repr(C)]
+struct Progress {
+    manager: ffi::jpeg_progress_mgr,
+    max_scans: u32,
+}
 
 thread_local! {
     /// The first warning about lost data of the decode running on this thread: libjpeg reports
@@ -34,19 +45,31 @@ thread_local! {
 /// Decodes a JPEG (baseline, extended or progressive; gray, YCbCr, RGB, CMYK or YCCK). The
 /// second value is libjpeg's warning when it lost data on the way (a damaged segment it
 /// skipped, a bad Huffman code) and decoded the rest, as Pillow and OpenCV return such images.
+///
+/// With `at_least`, the image is decoded reduced as far as it stays that large (see
+/// [`crate::decode::decode_reduced`]); `orientation` is the file's EXIF orientation, by which
+/// the stored size is turned upright to ask `at_least`.
 pub(crate) fn decode(
     bytes: &[u8],
     limits: DecodeLimits,
+    at_least: Option<AtLeast<'_>>,
+    orientation: Option<Orientation>,
 ) -> Result<(Image, Option<String>), DecodeError> {
     LOST_DATA.with(|lost| lost.borrow_mut().take());
-    let result = catch_unwind(AssertUnwindSafe(|| decode_unwinding(bytes, limits)));
+    let transposed = orientation.is_some_and(transposes);
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        decode_unwinding(bytes, limits, at_least, transposed)
+    }));
     let warning = LOST_DATA.with(|lost| lost.borrow_mut().take());
     match result {
         Ok(result) => result.map(|image| (image, warning)),
         Err(payload) => match payload.downcast::<Fatal>() {
             Ok(fatal) => Err(DecodeError::Corrupt(fatal.0)),
-            // A bug, not a bad image: keep it a panic.
-            Err(other) => resume_unwind(other),
+            Err(other) => match other.downcast::<TooManyScans>() {
+                Ok(limit) => Err(DecodeError::TooManyScans { max: limit.0 }),
+                // A bug, not a bad image: keep it a panic.
+                Err(other) => resume_unwind(other),
+            },
         },
     }
 }
@@ -56,10 +79,12 @@ pub(crate) fn decode(
 struct Decompressor {
     cinfo: Box<ffi::jpeg_decompress_struct>,
     _errors: Box<ffi::jpeg_error_mgr>,
+    _progress: Box<Progress>,
 }
 
 impl Decompressor {
-    fn new() -> Self {
+    /// A decompressor that stops a progressive file at its `max_scans` + 1st scan.
+    fn new(max_scans: u32) -> Self {
         // SAFETY: both structs are plain C data for which all-zero is the state libjpeg's
         // own examples start from; `jpeg_std_error` fills in the error manager and
         // `jpeg_create_decompress` the decompressor, which points at the boxed (so unmoving)
@@ -69,12 +94,20 @@ impl Decompressor {
             ffi::jpeg_std_error(&mut errors);
             errors.error_exit = Some(error_exit);
             errors.emit_message = Some(emit_message);
+            let mut progress = Box::new(Progress {
+                manager: std::mem::zeroed(),
+                max_scans,
+            });
+            progress.manager.progress_monitor = Some(progress_monitor);
             let mut cinfo: Box<ffi::jpeg_decompress_struct> = Box::new(std::mem::zeroed());
             cinfo.common.err = &mut *errors;
             ffi::jpeg_create_decompress(&mut *cinfo);
+            // After creating: `jpeg_create_decompress` clears the struct but for `err`.
+            cinfo.common.progress = &mut progress.manager;
             Self {
                 cinfo,
                 _errors: errors,
+                _progress: progress,
             }
         }
     }
@@ -87,8 +120,13 @@ impl Drop for Decompressor {
     }
 }
 
-fn decode_unwinding(bytes: &[u8], limits: DecodeLimits) -> Result<Image, DecodeError> {
-    let mut decompressor = Decompressor::new();
+fn decode_unwinding(
+    bytes: &[u8],
+    limits: DecodeLimits,
+    at_least: Option<AtLeast<'_>>,
+    transposed: bool,
+) -> Result<Image, DecodeError> {
+    let mut decompressor = Decompressor::new(limits.max_scans);
     let cinfo = &mut *decompressor.cinfo;
     let len = c_ulong::try_from(bytes.len())
         .map_err(|_| DecodeError::Corrupt("file too large for libjpeg".into()))?;
@@ -121,6 +159,10 @@ fn decode_unwinding(bytes: &[u8], limits: DecodeLimits) -> Result<Image, DecodeE
             3
         }
     };
+    if let Some(at_least) = at_least {
+        cinfo.scale_num = 1;
+        cinfo.scale_denom = reduction((height as usize, width as usize), at_least, transposed);
+    }
     // libjpeg's defaults, stated because they are the point: the accurate integer IDCT and
     // triangle-filter chroma upsampling, as PIL and OpenCV decode.
     cinfo.dct_method = ffi::J_DCT_METHOD::JDCT_ISLOW;
@@ -130,10 +172,12 @@ fn decode_unwinding(bytes: &[u8], limits: DecodeLimits) -> Result<Image, DecodeE
     let (width, height) = (cinfo.output_width as usize, cinfo.output_height as usize);
     debug_assert_eq!(cinfo.output_components as usize, channels);
     let stride = width * channels;
-    let mut data = vec![0u8; stride * height];
+    // Not zeroed first: libjpeg writes every byte (a camera photo is tens of MB).
+    let mut data: Vec<u8> = Vec::with_capacity(stride * height);
     while (cinfo.output_scanline as usize) < height {
         let row = cinfo.output_scanline as usize * stride;
-        let mut rows = [data[row..row + stride].as_mut_ptr()];
+        // SAFETY: `row + stride` is within the capacity; the pointer is only written through.
+        let mut rows = [unsafe { data.as_mut_ptr().add(row) }];
         // SAFETY: one row pointer to `stride` writable bytes, and at most one line asked for.
         let read = unsafe { ffi::jpeg_read_scanlines(cinfo, rows.as_mut_ptr(), 1) };
         if read == 0 {
@@ -141,8 +185,12 @@ fn decode_unwinding(bytes: &[u8], limits: DecodeLimits) -> Result<Image, DecodeE
             return Err(DecodeError::Corrupt("libjpeg returned no scanline".into()));
         }
     }
-    // SAFETY: every scanline has been read.
-    unsafe { ffi::jpeg_finish_decompress(cinfo) };
+    // SAFETY: libjpeg wrote all `height` rows of `stride` bytes (each scanline read above;
+    // data it lost is filled in, not skipped), and every scanline has been read.
+    unsafe {
+        data.set_len(stride * height);
+        ffi::jpeg_finish_decompress(cinfo);
+    }
     let data = if channels == 4 {
         cmyk_to_rgb(&data, has_adobe_segment(bytes))
     } else {
@@ -154,6 +202,18 @@ fn decode_unwinding(bytes: &[u8], limits: DecodeLimits) -> Result<Image, DecodeE
         channels: channels.min(3),
         data,
     })
+}
+
+/// The largest of 8, 4 and 2 (else 1) by which an image of the `stored` size (height, width)
+/// can be divided, libjpeg rounding each side up, and stay at least as large as `at_least`
+/// asks for its upright size (`transposed`: the stored sides swapped).
+fn reduction(stored: (usize, usize), at_least: AtLeast<'_>, transposed: bool) -> u32 {
+    let swap = |(a, b): (usize, usize)| if transposed { (b, a) } else { (a, b) };
+    let (min_h, min_w) = swap(at_least(swap(stored)));
+    [8, 4, 2]
+        .into_iter()
+        .find(|&d| stored.0.div_ceil(d) >= min_h && stored.1.div_ceil(d) >= min_w)
+        .map_or(1, |d| d as u32)
 }
 
 /// CMYK to RGB: the light each of C, M and Y lets through, times K's. Adobe's files (nearly
@@ -170,36 +230,60 @@ fn cmyk_to_rgb(cmyk: &[u8], inverted: bool) -> Vec<u8> {
 
 /// The orientation the file's EXIF block (an APP1 segment, "Exif\0\0" then a TIFF block)
 /// records, if it has one: cameras and phones store the sensor's rows as they came and say
-/// there how to turn them upright. Segments are walked from the start of the file; metadata
-/// comes before the image data (SOS), so the walk stops there.
+/// there how to turn them upright.
 pub(crate) fn exif_orientation(bytes: &[u8]) -> Option<Orientation> {
+    segments(bytes)
+        .find_map(|(marker, payload)| {
+            (marker == 0xE1)
+                .then(|| payload.strip_prefix(b"Exif\0\0"))
+                .flatten()
+        })
+        .and_then(Orientation::from_exif_chunk)
+}
+
+/// The frame's width, height and number of components, from its SOF segment, if the file has
+/// one before its first scan.
+pub(crate) fn frame(bytes: &[u8]) -> Option<(u32, u32, u8)> {
+    // SOF0..SOF15, less DHT (C4), JPG (C8) and DAC (CC): precision, height, width, components.
+    let sof = segments(bytes).find_map(|(marker, payload)| {
+        (matches!(marker, 0xC0..=0xCF) && !matches!(marker, 0xC4 | 0xC8 | 0xCC)).then_some(payload)
+    })?;
+    let &[_, h1, h0, w1, w0, components, ..] = sof else {
+        return None;
+    };
+    let (height, width) = (u16::from_be_bytes([h1, h0]), u16::from_be_bytes([w1, w0]));
+    Some((u32::from(width), u32::from(height), components))
+}
+
+/// The marker segments before the first scan, as (marker, payload after the length), walked
+/// from the start of the file: metadata and the frame header come before the image data.
+fn segments(bytes: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
     let mut at = 2; // past SOI
-    loop {
-        let [0xFF, marker] = *bytes.get(at..at + 2)? else {
-            return None;
-        };
-        match marker {
-            // Fill bytes before a marker.
-            0xFF => at += 1,
-            // Markers without a length.
-            0x01 | 0xD0..=0xD8 => at += 2,
-            // Start of scan or end of image: no EXIF before it.
-            0xDA | 0xD9 => return None,
-            _ => {
-                let length = usize::from(u16::from_be_bytes([
-                    *bytes.get(at + 2)?,
-                    *bytes.get(at + 3)?,
-                ]));
-                let payload = bytes.get(at + 4..at + 2 + length.max(2))?;
-                if marker == 0xE1
-                    && let Some(tiff) = payload.strip_prefix(b"Exif\0\0")
-                {
-                    return Orientation::from_exif_chunk(tiff);
+    std::iter::from_fn(move || {
+        loop {
+            let [0xFF, marker] = *bytes.get(at..at + 2)? else {
+                return None;
+            };
+            match marker {
+                // Fill bytes before a marker.
+                0xFF => at += 1,
+                // Markers without a length.
+                0x01 | 0xD0..=0xD8 => at += 2,
+                // Start of scan or end of image.
+                0xDA | 0xD9 => return None,
+                _ => {
+                    let length = usize::from(u16::from_be_bytes([
+                        *bytes.get(at + 2)?,
+                        *bytes.get(at + 3)?,
+                    ]))
+                    .max(2);
+                    let payload = bytes.get(at + 4..at + 2 + length)?;
+                    at += 2 + length;
+                    return Some((marker, payload));
                 }
-                at += 2 + length.max(2);
             }
         }
-    }
+    })
 }
 
 /// Whether the file has Adobe's APP14 segment (`FF EE`, length, "Adobe"), which marks
@@ -228,6 +312,31 @@ const LOST: [ffi::J_MESSAGE_CODE; 5] = [
 unsafe extern "C-unwind" fn error_exit(cinfo: &mut ffi::jpeg_common_struct) {
     let message = message(cinfo);
     resume_unwind(Box::new(Fatal(message)))
+}
+
+/// Called by libjpeg as it reads the file: stops a progressive file past its scan limit
+/// (libjpeg-turbo's advice against files of many empty scans).
+unsafe extern "C-unwind" fn progress_monitor(cinfo: &mut ffi::jpeg_common_struct) {
+    if cinfo.is_decompressor == 0 {
+        return;
+    }
+    // SAFETY: a decompressor's common struct is the first field of its decompress struct, and
+    // its `progress` points at the `manager` field of a live `Progress` (`Decompressor::new`),
+    // which is `repr(C)` with the manager first.
+    let (scan, max_scans) = unsafe {
+        let decompress =
+            &*(cinfo as *mut ffi::jpeg_common_struct).cast::<ffi::jpeg_decompress_struct>();
+        let progress = &*cinfo.progress.cast::<Progress>();
+        (decompress.input_scan_number, progress.max_scans)
+    };
+    if past_scan_limit(scan, max_scans) {
+        resume_unwind(Box::new(TooManyScans(max_scans)))
+    }
+}
+
+/// Whether scan number `scan` (from 1) is past `max_scans`.
+fn past_scan_limit(scan: c_int, max_scans: u32) -> bool {
+    u32::try_from(scan).is_ok_and(|scan| scan > max_scans)
 }
 
 unsafe extern "C-unwind" fn emit_message(cinfo: &mut ffi::jpeg_common_struct, level: c_int) {
@@ -273,6 +382,7 @@ pub(crate) mod tests {
     use super::*;
 
     const LIMITS: DecodeLimits = DecodeLimits {
+        max_scans: 100,
         max_pixels: 1 << 24,
     };
 
@@ -282,6 +392,17 @@ pub(crate) mod tests {
 
     /// `pixels` (HWC, 1 or 3 channels) as a JPEG from libjpeg's encoder, at quality 90.
     fn encode(width: u32, height: u32, channels: usize, pixels: &[u8]) -> Vec<u8> {
+        encode_with(width, height, channels, pixels, false)
+    }
+
+    /// [`encode`], as a progressive JPEG (libjpeg's simple progression) when `progressive`.
+    fn encode_with(
+        width: u32,
+        height: u32,
+        channels: usize,
+        pixels: &[u8],
+        progressive: bool,
+    ) -> Vec<u8> {
         // SAFETY: the standard compress sequence on zeroed structs, as in `Decompressor::new`;
         // the output buffer is malloc'd by `jpeg_mem_dest` and freed here after copying.
         unsafe {
@@ -302,6 +423,9 @@ pub(crate) mod tests {
             };
             ffi::jpeg_set_defaults(&mut cinfo);
             ffi::jpeg_set_quality(&mut cinfo, 90, 1);
+            if progressive {
+                ffi::jpeg_simple_progression(&mut cinfo);
+            }
             ffi::jpeg_start_compress(&mut cinfo, 1);
             let stride = width as usize * channels;
             for row in pixels.chunks_exact(stride) {
@@ -330,7 +454,8 @@ pub(crate) mod tests {
     fn decodes_colour_and_gray_close_to_what_was_encoded() {
         for channels in [3, 1] {
             let pixels = gradient(channels);
-            let (image, warning) = decode(&encode(24, 16, channels, &pixels), LIMITS).unwrap();
+            let (image, warning) =
+                decode(&encode(24, 16, channels, &pixels), LIMITS, None, None).unwrap();
             assert_eq!(warning, None);
             assert_eq!((image.width, image.height), (24, 16));
             assert_eq!(image.channels, channels);
@@ -349,7 +474,7 @@ pub(crate) mod tests {
     fn truncated_and_garbled_files_are_corrupt_and_say_why() {
         let whole = encode(24, 16, 3, &gradient(3));
         let truncated = &whole[..whole.len() / 2];
-        let Err(DecodeError::Corrupt(why)) = decode(truncated, LIMITS) else {
+        let Err(DecodeError::Corrupt(why)) = decode(truncated, LIMITS, None, None) else {
             panic!("a truncated JPEG decoded");
         };
         assert!(why.contains("end of JPEG"), "{why}");
@@ -358,7 +483,7 @@ pub(crate) mod tests {
         garbled.truncate(20);
         garbled.extend_from_slice(&[0x5A; 64]);
         assert!(matches!(
-            decode(&garbled, LIMITS),
+            decode(&garbled, LIMITS, None, None),
             Err(DecodeError::Corrupt(_))
         ));
     }
@@ -375,12 +500,12 @@ pub(crate) mod tests {
         let scan = whole.windows(2).position(|w| w == [0xFF, 0xDA]).unwrap();
         let cut = scan + (whole.len() - scan) / 2;
         let damaged = [&whole[..cut], &[0xFF, 0xD9][..]].concat();
-        let (image, warning) = decode(&damaged, LIMITS).unwrap();
+        let (image, warning) = decode(&damaged, LIMITS, None, None).unwrap();
         assert_eq!((image.width, image.height), (64, 64));
         let warning = warning.expect("a warning");
         assert!(warning.contains("Corrupt JPEG data"), "{warning}");
         // The next decode on this thread starts without it.
-        assert_eq!(decode(&whole, LIMITS).unwrap().1, None);
+        assert_eq!(decode(&whole, LIMITS, None, None).unwrap().1, None);
     }
 
     /// A TIFF block whose first IFD holds one entry, Orientation (0x0112, SHORT, 1 value).
@@ -457,6 +582,77 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_reduced_decode_divides_by_the_most_that_keeps_the_size_asked_for() {
+        // 64 wide, 48 high.
+        let pixels: Vec<u8> = (0..48 * 64)
+            .flat_map(|i| {
+                let (y, x) = (i / 64, i % 64);
+                [x * 4, y * 5, 128].map(|v| v as u8)
+            })
+            .collect();
+        let jpeg = encode(64, 48, 3, &pixels);
+        let size = |at_least: (usize, usize)| {
+            let image = decode(&jpeg, LIMITS, Some(&move |_| at_least), None)
+                .unwrap()
+                .0;
+            (image.height, image.width)
+        };
+        assert_eq!(size((6, 8)), (6, 8), "1/8");
+        assert_eq!(size((7, 8)), (12, 16), "1/4: 1/8 leaves 6 rows");
+        assert_eq!(size((13, 10)), (24, 32), "1/2");
+        assert_eq!(size((25, 10)), (48, 64), "whole");
+        // The reduced image is the whole one, smaller: close to its 2x2 means.
+        let whole = decode(&jpeg, LIMITS, None, None).unwrap().0;
+        let half = decode(&jpeg, LIMITS, Some(&|_| (24, 32)), None).unwrap().0;
+        let mean = |y: usize, x: usize, c: usize| {
+            let at = |yy: usize, xx: usize| u32::from(whole.data[(yy * 64 + xx) * 3 + c]);
+            (at(2 * y, 2 * x)
+                + at(2 * y + 1, 2 * x)
+                + at(2 * y, 2 * x + 1)
+                + at(2 * y + 1, 2 * x + 1))
+                / 4
+        };
+        for y in 1..23 {
+            for x in 1..31 {
+                for c in 0..3 {
+                    let got = u32::from(half.data[(y * 32 + x) * 3 + c]);
+                    assert!(got.abs_diff(mean(y, x, c)) <= 8, "({y}, {x}, {c})");
+                }
+            }
+        }
+        // The size asked for is of the upright image: a file stored turned asks swapped.
+        let upright = |(h, w): (usize, usize)| {
+            assert_eq!((h, w), (64, 48), "asked with the upright size");
+            (20, 7)
+        };
+        assert_eq!(reduction((48, 64), &upright, true), 2);
+        assert_eq!(reduction((48, 64), &|_| (20, 7), false), 2);
+        assert_eq!(reduction((48, 64), &|_| (7, 20), false), 2);
+        assert_eq!(reduction((48, 64), &|_| (6, 7), false), 8);
+    }
+
+    #[test]
+    fn a_progressive_file_past_the_scan_limit_is_refused() {
+        let progressive = encode_with(24, 16, 3, &gradient(3), true);
+        // Each scan begins with an SOS marker (FF DA), which entropy-coded data never holds.
+        let scans = progressive
+            .windows(2)
+            .filter(|w| w == &[0xFF, 0xDA])
+            .count() as u32;
+        assert!(scans > 2, "{scans} scans");
+        let limit = |max_scans| DecodeLimits {
+            max_scans,
+            ..LIMITS
+        };
+        assert!(decode(&progressive, limit(scans), None, None).is_ok());
+        assert_eq!(
+            decode(&progressive, limit(scans - 1), None, None).unwrap_err(),
+            DecodeError::TooManyScans { max: scans - 1 }
+        );
+        assert!(!past_scan_limit(3, 3) && past_scan_limit(4, 3) && !past_scan_limit(-1, 3));
+    }
+
+    #[test]
     fn huge_claims_are_refused_from_the_header() {
         let mut bytes = encode(24, 16, 3, &gradient(3));
         // The frame header (SOFn: FF C0..C2) holds height then width after its length and
@@ -467,7 +663,7 @@ pub(crate) mod tests {
             .unwrap();
         bytes[sof + 5..sof + 7].copy_from_slice(&60_000u16.to_be_bytes());
         bytes[sof + 7..sof + 9].copy_from_slice(&60_000u16.to_be_bytes());
-        let e = decode(&bytes, LIMITS).unwrap_err();
+        let e = decode(&bytes, LIMITS, None, None).unwrap_err();
         assert!(
             matches!(
                 e,

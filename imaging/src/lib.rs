@@ -18,6 +18,8 @@ pub mod preprocess;
 pub mod resize;
 pub mod thumbnail;
 
-pub use decode::{DecodeError, DecodeLimits, Image, decode, decode_with_warning};
+pub use decode::{
+    DecodeError, DecodeLimits, Image, decode, decode_reduced, decode_with_warning, decoding_bytes,
+};
 pub use preprocess::Preprocessor;
 pub use thumbnail::thumbnail;

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 
 use fleet_common::spec::{ChannelOrder, Filter, Layout, ModelSpec, Normalize, Resize};
 
-use crate::decode::Image;
+use crate::decode::{DecodeError, DecodeLimits, Image, decode_reduced, decode_with_warning};
 use crate::mean_image::{MeanImage, MeanImageError};
 use crate::resize::{self, Plan, Sampler};
 
@@ -24,6 +24,7 @@ pub struct Preprocessor {
     resize: Resize,
     shorter_side: Option<u32>,
     filter: Filter,
+    fast_jpeg: bool,
     /// Per model channel: the factor on the pixel value.
     multiply: Vec<f32>,
     /// Subtracted after multiplying: per model-input value (NCHW order), or per channel.
@@ -79,9 +80,34 @@ impl Preprocessor {
             resize: spec.resize,
             shorter_side: spec.shorter_side,
             filter: spec.filter,
+            fast_jpeg: spec.fast_jpeg,
             multiply,
             subtract,
         })
+    }
+
+    /// Decodes `bytes` for this model: whole, or with the spec's `fast_jpeg`, a large JPEG
+    /// reduced in the decoder as far as it stays at least the size it is resized to
+    /// ([`decode_reduced`]). The second value is the decoder's warning, as
+    /// [`decode_with_warning`] gives it.
+    pub fn decode(
+        &self,
+        bytes: &[u8],
+        limits: DecodeLimits,
+    ) -> Result<(Image, Option<String>), DecodeError> {
+        if !self.fast_jpeg {
+            return decode_with_warning(bytes, limits);
+        }
+        let at_least = |source| {
+            Plan::new(
+                source,
+                (self.height, self.width),
+                self.resize,
+                self.shorter_side,
+            )
+            .resized
+        };
+        decode_reduced(bytes, limits, Some(&at_least))
     }
 
     /// Values in one model input image.
@@ -242,6 +268,7 @@ mod tests {
             resize: Resize::Stretch,
             shorter_side: None,
             filter: Filter::FloatLinear,
+            fast_jpeg: false,
             scale: 1.0,
             normalize,
             outputs: Outputs::Logits,

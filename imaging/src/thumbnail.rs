@@ -18,16 +18,24 @@ pub fn thumbnail(image: &Image, side: usize) -> Image {
         )
     };
     let mut data = Vec::with_capacity(tw * th * 3);
+    // The rows under each thumbnail row summed per column first (one add per byte, which the
+    // compiler vectorises), then the columns under each thumbnail pixel.
+    let mut columns = vec![0u32; w * c];
     for ty in 0..th {
         let (y0, y1) = (ty * h / th, ((ty + 1) * h / th).max(ty * h / th + 1));
+        columns.fill(0);
+        for row in image.data[y0 * w * c..y1 * w * c].chunks_exact(w * c) {
+            for (sum, &v) in columns.iter_mut().zip(row) {
+                *sum += u32::from(v);
+            }
+        }
         for tx in 0..tw {
             let (x0, x1) = (tx * w / tw, ((tx + 1) * w / tw).max(tx * w / tw + 1));
+            // Per channel; a gray image's one channel stands for all three.
             let mut sum = [0u64; 3];
-            for y in y0..y1 {
-                for pixel in image.data[(y * w + x0) * c..(y * w + x1) * c].chunks_exact(c) {
-                    for (s, &v) in sum.iter_mut().zip(pixel.iter().cycle()) {
-                        *s += u64::from(v);
-                    }
+            for pixel in columns[x0 * c..x1 * c].chunks_exact(c) {
+                for (s, &v) in sum.iter_mut().zip(pixel.iter().cycle()) {
+                    *s += u64::from(v);
                 }
             }
             let count = ((y1 - y0) * (x1 - x0)) as u64;

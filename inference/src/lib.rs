@@ -1,9 +1,10 @@
-//! Scoring image classifiers with ONNX Runtime: one session per model and process, one run
-//! per partition.
+//! Scoring image classifiers with ONNX Runtime.
 //!
 //! - [`runtime`]: finding and loading the ONNX Runtime library.
-//! - [`Scorer`]: a session checked to be an image classifier, its [`Signature`] read from the
-//!   model itself (input layout and size, class count, float32 or float16 at its edges).
+//! - [`Scorer`]: a model checked to be an image classifier, its [`Signature`] read from the
+//!   model itself (input layout and size, class count, float32 or float16 at its edges), and
+//!   the sessions that run it: one, or on a CPU for a model with a fixed batch, one per core
+//!   running at once.
 //!
 //! Errors say whose fault they are: [`InferenceError::Host`] is this machine's (no library,
 //! no GPU), never the model's or the data's.
@@ -106,12 +107,29 @@ pub enum Provider {
 /// How sessions are built. Part of every binary's configuration that scores.
 #[derive(Debug, Clone, clap::Args)]
 pub struct InferenceOptions {
-    /// Threads ONNX Runtime uses inside one operator; 0 lets it use every core.
-    #[arg(long, env = "INTRA_OP_THREADS", default_value_t = 0)]
+    /// Cores one model uses; 0: every core. They go to threads inside an operator, or, with
+    /// several runs (--model-runs), are shared among the runs.
+    #[arg(long, env = "INTRA_OP_THREADS", default_value_t = 0, value_parser = at_most::<1024>)]
     pub intra_threads: usize,
+    /// Sessions of one model run at once, on a share of the cores each; 0: on a CPU, one per
+    /// core for a model with a fixed batch (a run of one image keeps several cores busy
+    /// poorly), else one (a large batch keeps every core busy in one run). Each session holds
+    /// its own copy of the model's weights.
+    #[arg(long, env = "MODEL_RUNS", default_value_t = 0, value_parser = at_most::<256>)]
+    pub model_runs: usize,
     /// Execution provider.
     #[arg(long, env = "EXECUTION_PROVIDER", value_enum, default_value_t = Provider::Auto)]
     pub provider: Provider,
+}
+
+/// A count up to `MAX`: a thread or session count beyond any machine's cores would only stall
+/// the host creating them.
+fn at_most<const MAX: usize>(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if n <= MAX => Ok(n),
+        Ok(n) => Err(format!("{n} is more than {MAX}")),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// What a model takes and returns, read from the model.
@@ -163,12 +181,23 @@ impl Signature {
 /// A loaded model, ready to score batches of preprocessed images.
 #[derive(Debug)]
 pub struct Scorer {
-    session: Session,
+    /// At least one; a model with a fixed batch has its batches shared among them.
+    runs: Vec<Run>,
     signature: Signature,
     provider: &'static str,
+}
+
+/// One session of the model.
+#[derive(Debug)]
+struct Run {
+    session: Session,
     /// The input in half precision, for a float16 model: reused from call to call.
     half_input: Vec<f16>,
 }
+
+/// The most memory the copies of one model's weights held by its extra runs may take: beyond
+/// it, a model scores with fewer runs than cores.
+const RUN_COPIES_BYTES: usize = 1 << 30;
 
 impl Scorer {
     /// Checks, before any work is taken, that this host can score as `options` ask: the
@@ -200,39 +229,54 @@ impl Scorer {
         options: &InferenceOptions,
         fit: &Fit,
     ) -> Result<Self, InferenceError> {
-        let environment = runtime::environment()?;
-        let invalid = |e: &dyn std::fmt::Display| InferenceError::InvalidModel {
-            model: model_name.into(),
-            reason: e.to_string(),
+        let cores = match options.intra_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            threads => threads,
         };
-        let host = |e: ort::Error| InferenceError::Host(e.to_string());
-        let mut builder = Session::builder(environment)
-            .and_then(|b| {
-                b.with_optimization_level(GraphOptimizationLevel::All)
-                    .map_err(Into::into)
-            })
-            .map_err(host)?;
-        if options.intra_threads > 0 {
-            builder = builder
-                .with_intra_threads(options.intra_threads)
-                .map_err(|e| InferenceError::Host(e.to_string()))?;
-        }
-        let (mut builder, provider) = providers::register(builder, options.provider)?;
-        let session = builder.commit_from_memory(model).map_err(|e| invalid(&e))?;
-        let signature = read_signature(&session, model_name, fit)?;
+        // Threads per session for `runs` runs: ONNX Runtime's own choice (every physical core)
+        // for one run when no count was given.
+        let threads = |runs: usize| match (options.intra_threads, runs) {
+            (0, 1) => None,
+            _ => Some((cores / runs).max(1)),
+        };
+        let asked = options.model_runs.max(1);
+        let (first, provider) = session(model, model_name, options, threads(asked))?;
+        let signature = read_signature(&first, model_name, fit)?;
         tracing::info!(model = model_name, provider, classes = signature.classes, input = ?signature.shape(1), "model loaded");
+        let runs = match options.model_runs {
+            0 if provider == "CPU" && signature.fixed_batch.is_some() => {
+                cores.min(RUN_COPIES_BYTES / model.len().max(1)).max(1)
+            }
+            0 => 1,
+            runs => runs,
+        };
         if let Some(fixed) = signature.fixed_batch {
             tracing::info!(
                 model = model_name,
                 fixed,
-                "the model takes a fixed number of images per call: they are scored that many at a time"
+                runs,
+                "the model takes a fixed number of images per call: they are scored that many at a time, in runs at once"
             );
         }
+        // The first session has its threads for `asked` runs: kept if that is the count.
+        let mut sessions = if runs == asked {
+            vec![first]
+        } else {
+            Vec::new()
+        };
+        while sessions.len() < runs {
+            sessions.push(session(model, model_name, options, threads(runs))?.0);
+        }
         Ok(Self {
-            session,
+            runs: sessions
+                .into_iter()
+                .map(|session| Run {
+                    session,
+                    half_input: Vec::new(),
+                })
+                .collect(),
             signature,
             provider,
-            half_input: Vec::new(),
         })
     }
 
@@ -251,49 +295,135 @@ impl Scorer {
         self.provider
     }
 
+    /// Sessions that run at once (see [`InferenceOptions::model_runs`]).
+    pub fn runs(&self) -> usize {
+        self.runs.len()
+    }
+
     /// Scores `images` preprocessed images laid out as the signature says in `input`, and
     /// writes `images * classes` outputs to `outputs` (cleared first). A model with a fixed
-    /// batch size is run as often as it takes, the last call filled up with blank images whose
-    /// outputs are dropped.
+    /// batch size is run as often as it takes, its runs at once, the last call filled up with
+    /// blank images whose outputs are dropped.
     pub fn score(
         &mut self,
         input: &[f32],
         images: usize,
         outputs: &mut Vec<f32>,
     ) -> Result<(), InferenceError> {
+        let signature = &self.signature;
+        let image_len = signature.input_len();
+        assert_eq!(input.len(), images * image_len, "{images} images of input");
         outputs.clear();
-        let Some(fixed) = self.signature.fixed_batch.filter(|&fixed| fixed != images) else {
-            return self.run(input, images, outputs);
+        outputs.resize(images * signature.classes, 0.0);
+        let Some(fixed) = signature.fixed_batch.filter(|&fixed| fixed != images) else {
+            return self.runs[0].run(signature, input, images, outputs);
         };
-        let image_len = self.signature.input_len();
-        for chunk in input.chunks(fixed * image_len) {
-            let real = chunk.len() / image_len;
-            if real == fixed {
-                self.run(chunk, fixed, outputs)?;
-            } else {
-                let mut padded = chunk.to_vec();
-                padded.resize(fixed * image_len, 0.0);
-                self.run(&padded, fixed, outputs)?;
-                outputs.truncate(outputs.len() - (fixed - real) * self.signature.classes);
-            }
+        let batches: Vec<(&[f32], &mut [f32])> = input
+            .chunks(fixed * image_len)
+            .zip(outputs.chunks_mut(fixed * signature.classes))
+            .collect();
+        if self.runs.len() == 1 || batches.len() == 1 {
+            return batches.into_iter().try_for_each(|(input, out)| {
+                self.runs[0].run_padded(signature, fixed, input, out)
+            });
         }
+        // Batch i goes to run i % runs: the batches cost the same.
+        let mut shares: Vec<Vec<(&[f32], &mut [f32])>> =
+            self.runs.iter().map(|_| Vec::new()).collect();
+        let runs = shares.len();
+        for (i, batch) in batches.into_iter().enumerate() {
+            shares[i % runs].push(batch);
+        }
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = self
+                .runs
+                .iter_mut()
+                .zip(shares)
+                .map(|(run, share)| {
+                    scope.spawn(move || {
+                        share.into_iter().try_for_each(|(input, out)| {
+                            run.run_padded(signature, fixed, input, out)
+                        })
+                    })
+                })
+                .collect();
+            // Every run is joined by the scope; the first error is the call's.
+            handles.into_iter().try_for_each(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+        })
+    }
+}
+
+/// A session for `model` with `threads` threads inside an operator (ONNX Runtime's choice if
+/// none), on the provider `options` asks for, and that provider's name.
+fn session(
+    model: &[u8],
+    model_name: &str,
+    options: &InferenceOptions,
+    threads: Option<usize>,
+) -> Result<(Session, &'static str), InferenceError> {
+    let host = |e: ort::Error| InferenceError::Host(e.to_string());
+    let mut builder = Session::builder(runtime::environment()?)
+        .and_then(|b| {
+            b.with_optimization_level(GraphOptimizationLevel::All)
+                .map_err(Into::into)
+        })
+        .map_err(host)?;
+    if let Some(threads) = threads {
+        builder = builder
+            .with_intra_threads(threads)
+            .map_err(|e| InferenceError::Host(e.to_string()))?;
+    }
+    let (mut builder, provider) = providers::register(builder, options.provider)?;
+    let session = builder
+        .commit_from_memory(model)
+        .map_err(|e| InferenceError::InvalidModel {
+            model: model_name.into(),
+            reason: e.to_string(),
+        })?;
+    Ok((session, provider))
+}
+
+impl Run {
+    /// [`Run::run`] for `input` of at most the model's fixed batch `fixed`: a short last batch
+    /// is filled up with blank images, whose outputs are dropped.
+    fn run_padded(
+        &mut self,
+        signature: &Signature,
+        fixed: usize,
+        input: &[f32],
+        out: &mut [f32],
+    ) -> Result<(), InferenceError> {
+        let real = input.len() / signature.input_len();
+        if real == fixed {
+            return self.run(signature, input, fixed, out);
+        }
+        let mut padded = input.to_vec();
+        padded.resize(fixed * signature.input_len(), 0.0);
+        let mut padded_out = vec![0.0; fixed * signature.classes];
+        self.run(signature, &padded, fixed, &mut padded_out)?;
+        out.copy_from_slice(&padded_out[..out.len()]);
         Ok(())
     }
 
-    /// One session run over `images` images; appends their outputs.
+    /// One session run over `images` images; writes their outputs into `out`.
     fn run(
         &mut self,
+        signature: &Signature,
         input: &[f32],
         images: usize,
-        outputs: &mut Vec<f32>,
+        out: &mut [f32],
     ) -> Result<(), InferenceError> {
         let run = |e: ort::Error| InferenceError::Run(e.to_string());
-        let shape = self.signature.shape(images);
-        let result = match self.signature.input_precision {
+        let shape = signature.shape(images);
+        let result = match signature.input_precision {
             Precision::Float32 => {
                 let tensor = TensorRef::from_array_view((shape, input)).map_err(run)?;
                 self.session
-                    .run(ort::inputs![self.signature.input.as_str() => tensor])
+                    .run(ort::inputs![signature.input.as_str() => tensor])
                     .map_err(run)?
             }
             Precision::Float16 => {
@@ -303,32 +433,34 @@ impl Scorer {
                 let tensor =
                     TensorRef::from_array_view((shape, self.half_input.as_slice())).map_err(run)?;
                 self.session
-                    .run(ort::inputs![self.signature.input.as_str() => tensor])
+                    .run(ort::inputs![signature.input.as_str() => tensor])
                     .map_err(run)?
             }
         };
-        let output = &result[self.signature.output.as_str()];
-        let expected = images * self.signature.classes;
-        let returned = match self.signature.output_precision {
+        let output = &result[signature.output.as_str()];
+        let expected = images * signature.classes;
+        debug_assert_eq!(out.len(), expected);
+        let (shape, returned) = match signature.output_precision {
             Precision::Float32 => {
                 let (shape, values) = output.try_extract_tensor::<f32>().map_err(run)?;
                 if values.len() == expected {
-                    outputs.extend_from_slice(values);
+                    out.copy_from_slice(values);
                 }
                 (shape.to_vec(), values.len())
             }
             Precision::Float16 => {
                 let (shape, values) = output.try_extract_tensor::<f16>().map_err(run)?;
                 if values.len() == expected {
-                    outputs.extend(values.iter().map(|v| v.to_f32()));
+                    for (o, v) in out.iter_mut().zip(values) {
+                        *o = v.to_f32();
+                    }
                 }
                 (shape.to_vec(), values.len())
             }
         };
-        if returned.1 != expected {
+        if returned != expected {
             return Err(InferenceError::Run(format!(
-                "model returned shape {:?} for {images} images",
-                returned.0
+                "model returned shape {shape:?} for {images} images"
             )));
         }
         Ok(())

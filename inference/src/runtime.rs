@@ -52,6 +52,9 @@ pub fn environment() -> Result<&'static ort::environment::Environment, Inference
             ort::init_from(&path)
                 .map_err(|e| format!("could not load ONNX Runtime from {}: {e}", path.display()))?
                 .with_name("cifar-fleet")
+                // Microsoft's builds send usage events unless told not to: a scoring fleet
+                // reports to nobody.
+                .with_telemetry(false)
                 .build()
                 .map_err(|e| format!("could not start ONNX Runtime from {}: {e}", path.display()))
         })

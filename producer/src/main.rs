@@ -328,6 +328,10 @@ async fn run(args: RunArgs) -> Result<()> {
             producer::embedded::run(store.clone(), &args.submit, args.workers, args.worker, &job)
                 .await?;
         print_summary(&run.summary);
+        if let Some(peak) = peak_memory_mb() {
+            // Every role ran in this process: its peak is the job's.
+            println!("peak memory: {peak} MB");
+        }
         println!("job: {}", run.job);
         print_report(store.as_ref(), &run.job);
         return Ok(());
@@ -366,6 +370,14 @@ fn print_report(store: &dyn BlobStore, job: &str) {
         "report: {}",
         store.location(&job::result_key(job, job::files::REPORT))
     );
+}
+
+/// This process's peak resident memory, in MB (Linux's `VmHWM`; `None` elsewhere).
+fn peak_memory_mb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024)
 }
 
 fn print_summary(summary: &fleet_common::results::Summary) {

@@ -2,6 +2,7 @@
 //! each on the way in, so a job never starts on inputs that cannot work. A CNTK model is
 //! converted to ONNX here.
 
+use std::fmt::Write as _;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -121,6 +122,12 @@ pub struct SpecArgs {
     /// [default: the preset's].
     #[arg(long, value_enum)]
     pub filter: Option<Filter>,
+    /// Decode large JPEGs at 1/2, 1/4 or 1/8 of their size (libjpeg's DCT-domain scaling, as
+    /// Pillow's `draft`), as far as they stay at least the resized size, then resize them with
+    /// the filter: several times faster on camera photos, but the model's answer changes on
+    /// some of them (BENCHMARKS.md states how many). Off unless given.
+    #[arg(long = "fast-jpeg")]
+    pub fast_jpeg: bool,
     /// Factor applied to pixel values (0..255) before normalisation: `1/255` for models
     /// trained on 0..1 [default: the preset's].
     #[arg(long)]
@@ -199,7 +206,10 @@ pub fn stage_images(
     concurrency: usize,
 ) -> Result<String, StageError> {
     let prefix = collection::normalize_prefix(prefix);
-    let files = walk(dir)?;
+    let Walked {
+        files,
+        skipped: left_out,
+    } = walk(dir)?;
     // Check every name at the door: nothing is uploaded when one cannot be.
     let mut uploads = Vec::with_capacity(files.len());
     for (path, relative, size) in files {
@@ -236,45 +246,76 @@ pub fn stage_images(
     });
     bar.finish_and_clear();
     uploaded?;
-    Ok(format!(
+    let mut summary = format!(
         "images {} -> {prefix} ({total} files, {images} images: {} uploaded, {skipped} already there)",
         dir.display(),
         total - skipped
-    ))
+    );
+    if !left_out.is_empty() {
+        let _ = write!(summary, "; not staged: {}", left_out.join(", "));
+    }
+    Ok(summary)
 }
 
-/// Every regular file under `dir`: path, name relative to `dir` (with `/`), size.
-fn walk(dir: &Path) -> Result<Vec<(PathBuf, String, u64)>, StageError> {
+/// What [`walk`] found under a folder.
+struct Walked {
+    /// Every regular file: path, name relative to the folder (with `/`), size.
+    files: Vec<(PathBuf, String, u64)>,
+    /// What was left out, and why: links that lead out of the folder, names that are not
+    /// UTF-8 (blob names are, and a lossy conversion would merge two files into one blob).
+    skipped: Vec<String>,
+}
+
+/// Every regular file under `dir`, hidden ones left out. Links are followed only where they
+/// lead inside `dir` (each folder walked once, so a link to a parent does not loop).
+fn walk(dir: &Path) -> Result<Walked, StageError> {
     let io = |path: &Path| {
         let path = path.display().to_string();
         move |source| StageError::Folder { path, source }
     };
-    let mut files = Vec::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(current) = dirs.pop() {
+    let root = std::fs::canonicalize(dir).map_err(io(dir))?;
+    let mut walked = Walked {
+        files: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let mut seen = std::collections::HashSet::from([root.clone()]);
+    let mut dirs = vec![(dir.to_path_buf(), String::new())];
+    while let Some((current, relative_dir)) = dirs.pop() {
         for entry in std::fs::read_dir(&current).map_err(io(&current))? {
             let entry = entry.map_err(io(&current))?;
             let path = entry.path();
-            if entry.file_name().to_string_lossy().starts_with('.') {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                walked
+                    .skipped
+                    .push(format!("{} (its name is not UTF-8)", path.display()));
+                continue;
+            };
+            if name.starts_with('.') {
                 continue;
             }
+            if entry.file_type().map_err(io(&path))?.is_symlink() {
+                let inside = std::fs::canonicalize(&path).is_ok_and(|t| t.starts_with(&root));
+                if !inside {
+                    walked
+                        .skipped
+                        .push(format!("{} (a link out of the folder)", path.display()));
+                    continue;
+                }
+            }
             let metadata = std::fs::metadata(&path).map_err(io(&path))?;
+            let relative = format!("{relative_dir}{name}");
             if metadata.is_dir() {
-                dirs.push(path);
+                if seen.insert(std::fs::canonicalize(&path).map_err(io(&path))?) {
+                    dirs.push((path, format!("{relative}/")));
+                }
             } else if metadata.is_file() {
-                let relative = path
-                    .strip_prefix(dir)
-                    .expect("walked from dir")
-                    .components()
-                    .map(|c| c.as_os_str().to_string_lossy())
-                    .collect::<Vec<_>>()
-                    .join("/");
-                files.push((path, relative, metadata.len()));
+                walked.files.push((path, relative, metadata.len()));
             }
         }
     }
-    files.sort();
-    Ok(files)
+    walked.files.sort();
+    walked.skipped.sort();
+    Ok(walked)
 }
 
 /// Stages a model as `models/<name>.onnx` with its spec `models/<name>.json` (and its mean
@@ -357,6 +398,7 @@ pub fn stage_model(
         resize: preparation.resize,
         shorter_side: preparation.shorter_side,
         filter: preparation.filter,
+        fast_jpeg: spec_args.fast_jpeg,
         scale: preparation.scale,
         normalize,
         outputs: imported.outputs,

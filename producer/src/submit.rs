@@ -111,6 +111,21 @@ pub async fn submit<B: Broker>(
     let plan = tokio::task::spawn_blocking(move || plan(plan_store.as_ref(), &plan_options))
         .await
         .map_err(|e| SubmitError::Task(e.to_string()))??;
+    // A worker holds a partition's images until the model takes them: a model with a large
+    // input gets partitions it can hold.
+    let most = plan.spec.max_partition_images();
+    let mut options = options.clone();
+    if options.partition_size > most {
+        tracing::warn!(
+            requested = options.partition_size,
+            partition_size = most,
+            "model {}'s input is {} bytes an image: partitions cut to {most} images, which a worker can hold",
+            options.model,
+            plan.spec.waiting_bytes()
+        );
+        options.partition_size = most;
+    }
+    let options = &options;
     let submitted_at_ms = now_ms();
     let outcome = publish(
         broker,
@@ -158,7 +173,7 @@ pub async fn submit<B: Broker>(
 fn plan(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Plan, SubmitError> {
     let model = &options.model;
     let spec_key = job::spec_key(model);
-    let spec = match store.get(&spec_key) {
+    let mut spec = match store.get(&spec_key) {
         Ok(bytes) => ModelSpec::from_json(&bytes, &spec_key)?,
         Err(e) if e.is_not_found() => {
             return Err(SubmitError::NotStaged {
@@ -229,11 +244,16 @@ fn plan(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Plan, SubmitEr
     if let Some(note) = collection.not_images_note() {
         tracing::warn!("{note}");
     }
-    let classes = spec.class_names();
+    let has_names = spec.classes.is_some();
+    // Moved out of the spec, not copied: a model may have a million classes.
+    let classes = match spec.classes.take() {
+        Some(names) => names,
+        None => spec.class_names(),
+    };
     let source = match &options.labels {
         LabelSource::Auto | LabelSource::None => ResolvedSource::None,
         LabelSource::Folders => {
-            if spec.classes.is_none() {
+            if !has_names {
                 return Err(SubmitError::Labels(format!(
                     "folder labels need the class names of model {model}: stage it with \
                      --classes FILE (one name per line, in the model's output order)"

@@ -607,3 +607,66 @@ fn pickles_with_a_wrong_dtype_shape_or_label_are_refused() {
     );
     assert!(!store.join("cifar/cifar-10-python.tar.gz").exists());
 }
+
+/// A model whose output is not a number predicts nothing: ranking NaN would report an
+/// arbitrary class with confidence NaN. Each image's row says why, and the job how many.
+#[test]
+fn a_model_that_outputs_nan_predicts_nothing_and_says_so() {
+    let root = tempfile::tempdir().unwrap();
+    stage_fixtures(root.path(), "cifar");
+    let mut proto = ModelProto::decode(&classifier_model(3, 32, 10)[..]).unwrap();
+    let graph = proto.graph.as_mut().unwrap();
+    // The classifier's logits are positive (positive weights, pixels 0..255): the square root
+    // of their negation is NaN.
+    let matmul = graph.node.last_mut().unwrap();
+    (matmul.output, matmul.name) = (vec!["logits".into()], "logits".into());
+    for (op, input, output) in [("Neg", "logits", "negated"), ("Sqrt", "negated", "output")] {
+        graph.node.push(NodeProto {
+            input: vec![input.into()],
+            output: vec![output.into()],
+            name: output.into(),
+            op_type: op.into(),
+            ..Default::default()
+        });
+    }
+    let model = write(root.path(), "nan.onnx", &proto.encode_to_vec());
+    let store = root.path().to_str().unwrap();
+    run_ok(
+        "producer",
+        &[
+            "stage",
+            "--store",
+            store,
+            "--model",
+            model.to_str().unwrap(),
+            "--model-name",
+            "nan",
+        ],
+    );
+    let output = run_ok(
+        "producer",
+        &["--store", store, "--embedded", "--model-name", "nan"],
+    );
+    assert!(
+        output.contains("10000 of 10000 images could not be scored"),
+        "{output}"
+    );
+    let scores = std::fs::read_to_string(
+        root.path()
+            .join("cifar/results")
+            .join(field(&output, "job"))
+            .join("scores.csv"),
+    )
+    .unwrap();
+    let mut lines = scores.lines();
+    assert!(lines.next().unwrap().ends_with(",error"));
+    let row = lines.next().unwrap();
+    assert!(
+        row.contains("the model's output is not a number (NaN)"),
+        "{row}"
+    );
+    assert!(
+        !row.to_lowercase().contains(",nan,"),
+        "no NaN confidence: {row}"
+    );
+}

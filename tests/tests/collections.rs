@@ -49,7 +49,7 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
 fn a_jpeg_folder_job_agrees_with_the_tarball_job() {
     let root = tempfile::tempdir().unwrap();
     let store = root.path().to_str().unwrap();
-    stage_fixtures(root.path(), "c");
+    stage_fixtures(root.path(), "ctr");
     let classes = write(
         root.path(),
         "classes.txt",
@@ -66,7 +66,7 @@ fn a_jpeg_folder_job_agrees_with_the_tarball_job() {
             "--store",
             store,
             "--container",
-            "c",
+            "ctr",
             "--images",
             fixture("cifar-10-test-jpeg").to_str().unwrap(),
             "--prefix",
@@ -90,7 +90,7 @@ fn a_jpeg_folder_job_agrees_with_the_tarball_job() {
             "--store",
             store,
             "--container",
-            "c",
+            "ctr",
             "--images",
             fixture("cifar-10-test-jpeg").to_str().unwrap(),
             "--prefix",
@@ -101,7 +101,7 @@ fn a_jpeg_folder_job_agrees_with_the_tarball_job() {
 
     let tarball = run_ok(
         "producer",
-        &["--store", store, "--container", "c", "--embedded"],
+        &["--store", store, "--container", "ctr", "--embedded"],
     );
     let folder = run_ok(
         "producer",
@@ -109,7 +109,7 @@ fn a_jpeg_folder_job_agrees_with_the_tarball_job() {
             "--store",
             store,
             "--container",
-            "c",
+            "ctr",
             "--embedded",
             "--dataset",
             "datasets/cifar-jpeg",
@@ -123,8 +123,8 @@ fn a_jpeg_folder_job_agrees_with_the_tarball_job() {
             "2",
         ],
     );
-    let tarball_rows = rows(&job_dir(root.path(), "c", &tarball).join("scores.csv"));
-    let folder_rows = rows(&job_dir(root.path(), "c", &folder).join("scores.csv"));
+    let tarball_rows = rows(&job_dir(root.path(), "ctr", &tarball).join("scores.csv"));
+    let folder_rows = rows(&job_dir(root.path(), "ctr", &folder).join("scores.csv"));
     assert_eq!(folder_rows.len(), 10_000, "one row per image");
     let by_file: HashMap<&str, &HashMap<String, String>> = folder_rows
         .iter()
@@ -159,7 +159,7 @@ fn a_jpeg_folder_job_agrees_with_the_tarball_job() {
             "--store",
             store,
             "--container",
-            "c",
+            "ctr",
             "--model",
             model.to_str().unwrap(),
             "--mean-image",
@@ -178,7 +178,7 @@ fn a_jpeg_folder_job_agrees_with_the_tarball_job() {
             "--store",
             store,
             "--container",
-            "c",
+            "ctr",
             "--embedded",
             "--dataset",
             "datasets/cifar-jpeg",
@@ -192,7 +192,7 @@ fn a_jpeg_folder_job_agrees_with_the_tarball_job() {
             "1",
         ],
     );
-    let small_rows = rows(&job_dir(root.path(), "c", &small_calls).join("scores.csv"));
+    let small_rows = rows(&job_dir(root.path(), "ctr", &small_calls).join("scores.csv"));
     assert_eq!(small_rows.len(), folder_rows.len());
     for (a, b) in small_rows.iter().zip(&folder_rows) {
         assert_eq!(
@@ -220,7 +220,7 @@ fn a_jpeg_folder_job_agrees_with_the_tarball_job() {
         "folder:\n{folder}\ntarball:\n{tarball}"
     );
     let summary: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(job_dir(root.path(), "c", &folder).join("summary.json")).unwrap(),
+        &std::fs::read(job_dir(root.path(), "ctr", &folder).join("summary.json")).unwrap(),
     )
     .unwrap();
     assert_eq!(summary["classes"][3], "cat");
@@ -228,7 +228,7 @@ fn a_jpeg_folder_job_agrees_with_the_tarball_job() {
     let manifest: serde_json::Value = serde_json::from_slice(
         &std::fs::read(
             root.path()
-                .join("c/jobs")
+                .join("ctr/jobs")
                 .join(field(&folder, "job"))
                 .join("manifest.json"),
         )
@@ -256,7 +256,7 @@ fn mnist_digits_are_all_recognised() {
             "--store",
             store,
             "--container",
-            "c",
+            "ctr",
             "--images",
             models.join("mnist-digits").to_str().unwrap(),
             "--prefix",
@@ -282,7 +282,7 @@ fn mnist_digits_are_all_recognised() {
             "--store",
             store,
             "--container",
-            "c",
+            "ctr",
             "--embedded",
             "--dataset",
             "mnist",
@@ -296,7 +296,7 @@ fn mnist_digits_are_all_recognised() {
         output.contains("Correctly predicted 10 of 10 images (100.00%)"),
         "{output}"
     );
-    for row in rows(&job_dir(root.path(), "c", &output).join("scores.csv")) {
+    for row in rows(&job_dir(root.path(), "ctr", &output).join("scores.csv")) {
         assert_eq!(
             row["filename"],
             format!("digit_{}.png", row["predicted_class"])
@@ -311,7 +311,7 @@ fn mnist_digits_are_all_recognised() {
 fn bad_images_get_their_own_rows_and_the_job_goes_on() {
     let root = tempfile::tempdir().unwrap();
     let store = root.path().to_str().unwrap();
-    stage_fixtures(root.path(), "c");
+    stage_fixtures(root.path(), "ctr");
     let images = root.path().join("images");
     std::fs::create_dir(&images).unwrap();
     let samples = fixture("cntk-models/cifar10-samples");
@@ -331,7 +331,7 @@ fn bad_images_get_their_own_rows_and_the_job_goes_on() {
             "--store",
             store,
             "--container",
-            "c",
+            "ctr",
             "--images",
             images.to_str().unwrap(),
             "--prefix",
@@ -344,7 +344,7 @@ fn bad_images_get_their_own_rows_and_the_job_goes_on() {
             "--store",
             store,
             "--container",
-            "c",
+            "ctr",
             "--embedded",
             "--dataset",
             "mixed",
@@ -354,11 +354,11 @@ fn bad_images_get_their_own_rows_and_the_job_goes_on() {
     );
     assert!(
         output.contains(
-            "Correctly predicted 6 of 6 images (100.00%); 4 of 10 images could not be read"
+            "Correctly predicted 6 of 6 images (100.00%); 4 of 10 images could not be scored"
         ),
         "{output}"
     );
-    let rows = rows(&job_dir(root.path(), "c", &output).join("scores.csv"));
+    let rows = rows(&job_dir(root.path(), "ctr", &output).join("scores.csv"));
     assert_eq!(rows.len(), 10);
     let error = |file: &str| rows.iter().find(|r| r["filename"] == file).unwrap()["error"].clone();
     assert!(
@@ -379,7 +379,7 @@ fn bad_images_get_their_own_rows_and_the_job_goes_on() {
     );
     assert_eq!(error("cifar10_test_00000.png"), "");
     let summary: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(job_dir(root.path(), "c", &output).join("summary.json")).unwrap(),
+        &std::fs::read(job_dir(root.path(), "ctr", &output).join("summary.json")).unwrap(),
     )
     .unwrap();
     assert_eq!(
@@ -423,7 +423,7 @@ fn png_header_claiming(width: u32, height: u32) -> Vec<u8> {
 fn unlabelled_jobs_and_mismatched_labels() {
     let root = tempfile::tempdir().unwrap();
     let store = root.path().to_str().unwrap();
-    stage_fixtures(root.path(), "c");
+    stage_fixtures(root.path(), "ctr");
     let output = run_ok(
         "producer",
         &[
@@ -431,7 +431,7 @@ fn unlabelled_jobs_and_mismatched_labels() {
             "--store",
             store,
             "--container",
-            "c",
+            "ctr",
             "--images",
             fixture("cntk-models/mnist-digits").to_str().unwrap(),
             "--prefix",
@@ -451,7 +451,7 @@ fn unlabelled_jobs_and_mismatched_labels() {
             "--store",
             store,
             "--container",
-            "c",
+            "ctr",
             "--embedded",
             "--dataset",
             "digits",
@@ -471,7 +471,7 @@ fn unlabelled_jobs_and_mismatched_labels() {
                 "--store",
                 store,
                 "--container",
-                "c",
+                "ctr",
                 "--embedded",
                 "--dataset",
                 prefix,
@@ -481,7 +481,7 @@ fn unlabelled_jobs_and_mismatched_labels() {
         );
         assert!(again.contains("Scored 10 images"), "{prefix}: {again}");
     }
-    let dir = job_dir(root.path(), "c", &output);
+    let dir = job_dir(root.path(), "ctr", &output);
     assert!(!dir.join("confusion.csv").exists());
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("summary.json")).unwrap()).unwrap();
@@ -505,7 +505,7 @@ fn unlabelled_jobs_and_mismatched_labels() {
             "--store",
             store,
             "--container",
-            "c",
+            "ctr",
             "--embedded",
             "--dataset",
             "digits",
@@ -524,7 +524,7 @@ fn unlabelled_jobs_and_mismatched_labels() {
             "--store",
             store,
             "--container",
-            "c",
+            "ctr",
             "--model-name",
             "mnist",
             "--mean-image",
@@ -542,7 +542,7 @@ fn unlabelled_jobs_and_mismatched_labels() {
             "--store",
             store,
             "--container",
-            "c",
+            "ctr",
             "--embedded",
             "--dataset",
             "nothing-here",

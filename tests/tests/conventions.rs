@@ -73,6 +73,7 @@ fn spec(convention: &Convention) -> ModelSpec {
         resize: convention.resize,
         shorter_side: convention.shorter_side,
         filter: convention.filter,
+        fast_jpeg: false,
         scale: 1.0,
         normalize: Normalize::None,
         outputs: Outputs::Logits,
@@ -137,6 +138,7 @@ fn real_photos_resize_as_torchvision_timm_and_opencv_do() {
     let dir = fixture("real-photos");
     let limits = DecodeLimits {
         max_pixels: 100_000_000,
+        max_scans: u32::MAX,
     };
     let preprocessors: Vec<Preprocessor> = CONVENTIONS
         .iter()

@@ -9,14 +9,14 @@ use fleet_tests::{bin, stage_fixtures};
 /// The embedded job with every info line logged; returns standard error.
 fn job_logs(format: &str) -> String {
     let root = tempfile::tempdir().unwrap();
-    stage_fixtures(root.path(), "c");
+    stage_fixtures(root.path(), "ctr");
     let output = fleet_tests::output(
         Command::new(bin("producer"))
             .args([
                 "--store",
                 root.path().to_str().unwrap(),
                 "--container",
-                "c",
+                "ctr",
                 "--embedded",
                 "--log-format",
                 format,

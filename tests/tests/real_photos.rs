@@ -337,3 +337,124 @@ fn presets_resolve_into_the_spec_and_flags_override_them() {
     );
     assert!(!store.join("photos/models/bad.json").exists());
 }
+
+#[test]
+fn fast_jpeg_decodes_large_jpegs_reduced_and_leaves_the_others_exact() {
+    let reference = reference();
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join("store");
+    let store = store.to_str().unwrap();
+    let photos = fixture("real-photos/photos");
+    run_ok(
+        "producer",
+        &[
+            "stage",
+            "--store",
+            store,
+            "--container",
+            "photos",
+            "--images",
+            photos.to_str().unwrap(),
+            "--prefix",
+            "photos",
+        ],
+    );
+    let fast: Vec<&str> = RECIPE.iter().copied().chain(["--fast-jpeg"]).collect();
+    let staged = stage_model(
+        store,
+        "squeezenet",
+        &fixture("real-photos/synset_words.txt"),
+        &fast,
+    );
+    assert!(
+        staged.contains("(pillow-bilinear, large JPEGs decoded reduced (--fast-jpeg))"),
+        "{staged}"
+    );
+    let output = run_ok(
+        "producer",
+        &[
+            "--store",
+            store,
+            "--container",
+            "photos",
+            "--embedded",
+            "--dataset",
+            "photos",
+            "--model-name",
+            "squeezenet",
+        ],
+    );
+    let results = root
+        .path()
+        .join("store/photos/results")
+        .join(field(&output, "job"));
+    let (mut reduced, mut moved, mut same_top1) = (0, 0, 0);
+    for row in rows(&results.join("scores.csv")) {
+        let photo = row["filename"].rsplit('/').next().unwrap().to_owned();
+        assert_eq!(row["error"], "", "{photo}");
+        let bytes = std::fs::read(photos.join(&photo)).unwrap();
+        let image = fleet_imaging::decode(
+            &bytes,
+            fleet_imaging::DecodeLimits {
+                max_pixels: u64::MAX,
+                max_scans: u32::MAX,
+            },
+        )
+        .unwrap();
+        let predicted: u32 = row["predicted_label"].parse().unwrap();
+        let confidence: f64 = row["confidence"].parse().unwrap();
+        let Reference {
+            top1, probability, ..
+        } = &reference[&photo];
+        same_top1 += usize::from(predicted == *top1);
+        // Halving the photo would leave its shorter side under 256: decoded whole, as exact.
+        let jpeg = bytes.starts_with(&[0xFF, 0xD8]);
+        if !jpeg || image.width.min(image.height) < 512 {
+            assert_eq!(predicted, *top1, "{photo}");
+            assert!((confidence - probability).abs() <= 0.01, "{photo}");
+        } else {
+            reduced += 1;
+            moved += usize::from(predicted != *top1 || (confidence - probability).abs() > 1e-4);
+        }
+    }
+    println!(
+        "--fast-jpeg: {reduced} photos decoded reduced, {moved} of them scored differently; \
+         top-1 the exact path's on {same_top1} of {}",
+        reference.len()
+    );
+    assert!(reduced > 0, "the fixture has large JPEGs");
+    // Reduced pixels are not the exact path's: most of those photos' scores move.
+    assert!(moved * 2 > reduced, "{moved} of {reduced}");
+    assert!(same_top1 * 100 >= reference.len() * 85, "{same_top1}");
+}
+
+#[test]
+fn several_runs_of_a_fixed_batch_model_give_what_one_run_gives() {
+    use fleet_inference::{InferenceOptions, Scorer};
+    let model = std::fs::read(fixture("real-photos/model/SqueezeNet_fp16.onnx")).unwrap();
+    let scorer = |runs: usize| {
+        let mut options: InferenceOptions = fleet_common::cli::defaults().unwrap();
+        (options.intra_threads, options.model_runs) = (3, runs);
+        Scorer::load(&model, "squeezenet", &options).unwrap()
+    };
+    let (mut one, mut three) = (scorer(1), scorer(3));
+    assert_eq!((one.runs(), three.runs()), (1, 3));
+    assert_eq!(one.signature().fixed_batch, Some(1));
+    // Seven distinct images (more than the runs, not a multiple of them).
+    let len = one.signature().input_len();
+    let input: Vec<f32> = (0..7 * len)
+        .map(|i| ((i * 7919 + (i / len) * 101) % 256) as f32)
+        .collect();
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    one.score(&input, 7, &mut a).unwrap();
+    three.score(&input, 7, &mut b).unwrap();
+    assert_eq!(a.len(), 7 * 1000);
+    assert!(a == b, "several runs changed the outputs or their order");
+    // Every row differs from the others, so a row out of place would be seen.
+    let rows: Vec<&[f32]> = a.chunks_exact(1000).collect();
+    for i in 0..rows.len() {
+        for j in i + 1..rows.len() {
+            assert!(rows[i] != rows[j], "images {i} and {j} score alike");
+        }
+    }
+}

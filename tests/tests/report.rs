@@ -142,17 +142,17 @@ fn report_path(output: &str) -> PathBuf {
 fn a_labelled_jobs_report_reads_in_a_browser() {
     let root = tempfile::tempdir().unwrap();
     let store = root.path().to_str().unwrap();
-    stage_fixtures(root.path(), "c");
+    stage_fixtures(root.path(), "ctr");
     let output = run_ok(
         "producer",
-        &["--store", store, "--container", "c", "--embedded"],
+        &["--store", store, "--container", "ctr", "--embedded"],
     );
     let report = report_path(&output);
     let job = field(&output, "job");
     // `producer status` lists it complete; with its id, it names the report.
     let listed = run_ok(
         "producer",
-        &["status", "--store", store, "--container", "c"],
+        &["status", "--store", store, "--container", "ctr"],
     );
     assert!(
         listed.lines().any(|l| l.starts_with(&job)
@@ -162,7 +162,7 @@ fn a_labelled_jobs_report_reads_in_a_browser() {
     );
     let details = run_ok(
         "producer",
-        &["status", "--store", store, "--container", "c", &job],
+        &["status", "--store", store, "--container", "ctr", &job],
     );
     assert!(
         details.contains(&format!("report: {}", report.display())),
@@ -170,7 +170,7 @@ fn a_labelled_jobs_report_reads_in_a_browser() {
     );
     assert_eq!(
         report,
-        std::path::absolute(root.path().join(format!("c/results/{job}/report.html"))).unwrap()
+        std::path::absolute(root.path().join(format!("ctr/results/{job}/report.html"))).unwrap()
     );
     let summary: Summary =
         serde_json::from_slice(&std::fs::read(report.with_file_name("summary.json")).unwrap())
@@ -262,7 +262,7 @@ fn an_unlabelled_jobs_report_shows_the_distribution_and_unreadable_images() {
             "--store",
             store,
             "--container",
-            "c",
+            "ctr",
             "--images",
             images.to_str().unwrap(),
             "--prefix",
@@ -281,7 +281,7 @@ fn an_unlabelled_jobs_report_shows_the_distribution_and_unreadable_images() {
             "--store",
             store,
             "--container",
-            "c",
+            "ctr",
             "--embedded",
             "--dataset",
             "digits",

@@ -10,6 +10,7 @@
 //! score at all (no ONNX Runtime library, no GPU for `--provider cuda`) is not the
 //! partition's fault: the worker leaves it unacknowledged for another worker and stops.
 
+mod budget;
 pub mod scoring;
 
 use std::sync::Arc;
@@ -463,7 +464,7 @@ mod tests {
         }
         drop(taken);
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn BlobStore> = Arc::new(LocalStore::create(dir.path(), "c").unwrap());
+        let store: Arc<dyn BlobStore> = Arc::new(LocalStore::create(dir.path(), "ctr").unwrap());
         let mut options: WorkerOptions = fleet_common::cli::defaults().unwrap();
         options.max_attempts = 2;
         options.idle_exit_secs = Some(1);

@@ -19,8 +19,10 @@ use fleet_common::message::{Images, Partition, Score, Scored, Thumbnail};
 use fleet_common::results::{render, report};
 use fleet_common::spec::{ModelSpec, Outputs, sha256_hex};
 use fleet_common::store::{BlobStore, StoreError};
-use fleet_imaging::{DecodeLimits, Image, Preprocessor, decode_with_warning, thumbnail};
+use fleet_imaging::{DecodeLimits, Image, Preprocessor, decoding_bytes, thumbnail};
 use fleet_inference::{Fit, InferenceError, InferenceOptions, InputSize, Scorer};
+
+use crate::budget::MemoryBudget;
 
 /// How images are fetched, decoded and fed to the model. Part of the worker's configuration.
 #[derive(Debug, Clone, clap::Args)]
@@ -31,9 +33,15 @@ pub struct ImageOptions {
     /// the device (1024, say).
     #[arg(long, env = "MAX_CALL_MB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub max_call_mb: u32,
-    /// Blobs of one partition fetched and decoded at once.
+    /// Blobs of one partition fetched at once (and decoded, as far as --decode-memory-mb
+    /// allows).
     #[arg(long, env = "FETCH_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub fetch_concurrency: u16,
+    /// Memory that images decoding at once may hold, in MiB, as their headers say (16-bit
+    /// and alpha pixels count): an image waits for room, and one larger than the whole budget
+    /// is decoded alone; 0: 64 MiB per core.
+    #[arg(long, env = "DECODE_MEMORY_MB", default_value_t = 0)]
+    pub decode_memory_mb: u32,
     /// Largest image decoded, in pixels (width x height); larger ones get an error row
     /// (decompression bombs claim huge sizes in a few bytes).
     #[arg(long, env = "MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
@@ -41,6 +49,10 @@ pub struct ImageOptions {
     /// Largest image file read, in bytes; larger ones get an error row.
     #[arg(long, env = "MAX_IMAGE_BYTES", default_value_t = 64 << 20)]
     pub max_image_bytes: u64,
+    /// Most scans of a progressive JPEG decoded; files with more get an error row (each scan
+    /// is a pass over the whole image: thousands of empty ones take seconds of CPU).
+    #[arg(long, env = "MAX_JPEG_SCANS", default_value_t = 100)]
+    pub max_jpeg_scans: u32,
 }
 
 /// Why a partition was not scored.
@@ -155,8 +167,14 @@ pub struct Models {
     store: Arc<dyn BlobStore>,
     inference: InferenceOptions,
     images: ImageOptions,
+    /// What images decoding at once may hold, over every partition.
+    decoding: MemoryBudget,
     loaded: HashMap<String, Arc<Loaded>>,
 }
+
+/// Default memory for images decoding at once, per core (`--decode-memory-mb 0`): room for a
+/// 12-megapixel photo turned upright on each.
+const DECODE_BYTES_PER_CORE: u64 = 64 << 20;
 
 /// A partition with its model input ready ([`Models::prepare`]), to be run by the model
 /// ([`score_together`]).
@@ -176,10 +194,18 @@ impl Models {
         inference: InferenceOptions,
         images: ImageOptions,
     ) -> Self {
+        let decoding = match images.decode_memory_mb {
+            0 => {
+                let cores = std::thread::available_parallelism().map_or(1, usize::from);
+                DECODE_BYTES_PER_CORE * cores as u64
+            }
+            mb => u64::from(mb) << 20,
+        };
         Self {
             store,
             inference,
             images,
+            decoding: MemoryBudget::new(decoding),
             loaded: HashMap::new(),
         }
     }
@@ -204,6 +230,20 @@ impl Models {
                 partition.partition, partition.job, partition.model
             )));
         }
+        // A partition cut for this model holds this at most (the producer cuts them so);
+        // a larger one would exhaust the worker's memory, whoever made it.
+        let most = model.spec.max_partition_images() as usize;
+        if partition.len() > most {
+            return Err(ScoreError::Permanent(format!(
+                "partition {} of job {} has {} images, but a worker holds at most {most} of \
+                 model {}'s ({} bytes each) at once: submit it again with --partition-size {most}",
+                partition.partition,
+                partition.job,
+                partition.len(),
+                partition.model,
+                model.spec.waiting_bytes()
+            )));
+        }
         let mut input = Input::new(&model, partition.len());
         let started_at_ms = now_ms();
         let started = Instant::now();
@@ -212,7 +252,10 @@ impl Models {
             &model.preprocessor,
             &mut input,
             self.store.as_ref(),
-            &self.images,
+            &Reading {
+                options: &self.images,
+                decoding: &self.decoding,
+            },
         )?;
         Ok(Prepared {
             preprocess_ms: started.elapsed().as_secs_f64() * 1000.0,
@@ -236,9 +279,9 @@ impl Prepared {
         self.partition.len()
     }
 
-    /// The partition's result from its rows of the model's output (`classes` values per
-    /// image; none when no image of the partition could be read).
-    fn into_scored(self, outputs: &[f32], inference_ms: f64, worker: &str) -> Scored {
+    /// The partition's result from its images' rankings (none when no image of the
+    /// partition could be read).
+    fn into_scored(self, ranked: Vec<Ranked>, inference_ms: f64, worker: &str) -> Scored {
         let Self {
             partition,
             model,
@@ -253,27 +296,29 @@ impl Prepared {
             preprocess_ms,
         } = self;
         input.recycle(&model);
-        let classes = model.spec.class_count;
-        let k = usize::from(partition.top_k).min(classes as usize);
-        let probabilities = model.spec.outputs == Outputs::Probabilities;
+        let k = usize::from(partition.top_k).max(1);
+        let mut ranked = ranked.into_iter();
         let scores: Vec<Score> = errors
             .into_iter()
             .zip(notes)
-            .enumerate()
             .zip(&partition.labels)
-            .map(|((i, (error, note)), &label)| match error {
-                Some(error) => Score {
-                    label,
-                    top: Vec::new(),
-                    error: Some(error),
-                },
-                None => {
-                    let row = &outputs[i * classes as usize..][..classes as usize];
-                    Score {
+            .map(|((error, note), &label)| {
+                let ranking = ranked.next();
+                match (error, ranking) {
+                    (Some(error), _) | (None, Some(Err(error))) => Score {
                         label,
-                        top: top_k(row, k, probabilities),
-                        error: note.map(|note| format!("scored despite: {note}")),
+                        top: Vec::new(),
+                        error: Some(error),
+                    },
+                    (None, Some(Ok(mut top))) => {
+                        top.truncate(k);
+                        Score {
+                            label,
+                            top,
+                            error: note.map(|note| format!("scored despite: {note}")),
+                        }
                     }
+                    (None, None) => unreachable!("a readable image has its ranking"),
                 }
             })
             .collect();
@@ -346,8 +391,17 @@ pub fn score_together(batch: Vec<Prepared>, worker: &str) -> Vec<Result<Scored, 
         .flat_map(|(p, prepared)| (0..prepared.len()).map(move |i| (p, i)))
         .collect();
     let image_len = model.preprocessor.input_len();
+    let classes = model.spec.class_count as usize;
+    let k = batch
+        .iter()
+        .map(|p| usize::from(p.partition.top_k))
+        .max()
+        .unwrap_or(1);
+    let probabilities = model.spec.outputs == Outputs::Probabilities;
     let started = Instant::now();
-    let mut outputs = Vec::with_capacity(total * model.spec.class_count as usize);
+    // Each call's outputs are ranked as they come: a partition of a many-class model would
+    // otherwise hold images x classes values (2 GB for 500 images of 1,000,000 classes).
+    let mut ranked: Vec<Ranked> = Vec::with_capacity(total);
     let call = if any_readable {
         let mut input = lock(&model.spare).values.pop().unwrap_or_default();
         let mut call_outputs = Vec::new();
@@ -361,7 +415,11 @@ pub fn score_together(batch: Vec<Prepared>, worker: &str) -> Vec<Result<Scored, 
                     batch[p].input.write(i, &model.preprocessor, slot);
                 }
                 scorer.score(&input, chunk.len(), &mut call_outputs)?;
-                outputs.extend_from_slice(&call_outputs);
+                ranked.extend(
+                    call_outputs
+                        .chunks_exact(classes)
+                        .map(|row| rank(row, k, probabilities)),
+                );
                 Ok(())
             })
             .map_err(|e: InferenceError| ScoreError::Transient(e.to_string()));
@@ -371,22 +429,35 @@ pub fn score_together(batch: Vec<Prepared>, worker: &str) -> Vec<Result<Scored, 
         Ok(())
     };
     let call_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let classes = model.spec.class_count as usize;
-    let mut offset = 0;
+    let mut ranked = ranked.into_iter();
     batch
         .into_iter()
         .map(|prepared| {
             let n = prepared.len();
-            let rows = outputs.get(offset * classes..(offset + n) * classes);
-            offset += n;
+            let rankings: Vec<Ranked> = ranked.by_ref().take(n).collect();
             call.clone().map(|()| {
                 // Each partition is charged its images' share of the calls, so that the job's
                 // summed model time stays the time the model ran.
                 let inference_ms = call_ms * n as f64 / total.max(1) as f64;
-                prepared.into_scored(rows.unwrap_or_default(), inference_ms, worker)
+                prepared.into_scored(rankings, inference_ms, worker)
             })
         })
         .collect()
+}
+
+/// One image's ranking: its top classes with their probabilities, or why it has none.
+type Ranked = Result<Vec<(u32, f32)>, String>;
+
+/// The ranking of one output row: [`top_k`], unless the model's output is not a number (a
+/// ranking of NaN would report an arbitrary class).
+fn rank(row: &[f32], k: usize, probabilities: bool) -> Ranked {
+    match row.iter().find(|v| !v.is_finite()) {
+        Some(bad) => Err(format!(
+            "the model's output is not a number ({bad}): a fault of the model or its \
+             preparation (--scale, --mean, --std), not of the image"
+        )),
+        None => Ok(top_k(row, k, probabilities)),
+    }
 }
 
 /// Locks `mutex`, whatever panicked while holding it: a session and a buffer stay usable.
@@ -415,8 +486,10 @@ fn load(
         })
     };
     let spec_key = job::spec_key(model);
-    let spec = ModelSpec::from_json(&fetch(&spec_key)?, &spec_key)
+    let mut spec = ModelSpec::from_json(&fetch(&spec_key)?, &spec_key)
         .map_err(|e| ScoreError::Permanent(e.to_string()))?;
+    // Scores name classes by index: a worker holds no names (a million of them are ~50 MB).
+    (spec.classes, spec.class_ids) = (None, None);
     let onnx = fetch(&job::model_key(model))?;
     if sha256_hex(&onnx) != spec.provenance.onnx_sha256 {
         return Err(ScoreError::Permanent(format!(
@@ -464,7 +537,18 @@ fn load(
         )));
     }
     // The model's values are float32 (made so even for a float16 model, converted at the call).
-    let call_images = (call_bytes / (preprocessor.input_len() * 4).max(1)).max(1);
+    // A call holds each image's input and its output row (a many-class model's rows are
+    // the larger).
+    let image_bytes = (preprocessor.input_len() + spec.class_count as usize) * 4;
+    let budget = (call_bytes / image_bytes).max(1);
+    // A model with a fixed batch runs it again and again, its runs at once: a call of a few
+    // batches per run keeps them busy, and a longer one would only hold more memory.
+    let call_images = match signature.fixed_batch {
+        Some(fixed) => (fixed * scorer.runs() * CALLS_PER_RUN)
+            .min(budget)
+            .max(fixed),
+        None => budget,
+    };
     Ok(Loaded {
         spare: Mutex::new(Spare::default()),
         call_images,
@@ -474,6 +558,10 @@ fn load(
         preprocessor,
     })
 }
+
+/// Batches per run in one call of a model with a fixed batch: enough that runs finishing at
+/// different times rarely wait for each other.
+const CALLS_PER_RUN: usize = 4;
 
 /// What [`read_images`] found out about a partition's images besides their model input.
 #[derive(Debug)]
@@ -488,6 +576,12 @@ struct ImagesRead {
     thumbnails: Vec<Option<Image>>,
 }
 
+/// How blobs are read: the worker's limits, and its memory budget for decoding.
+struct Reading<'a> {
+    options: &'a ImageOptions,
+    decoding: &'a MemoryBudget,
+}
+
 /// Fills `input` with every image's model input. A storage failure other than a missing blob
 /// fails the partition, to be retried: it says nothing about the image.
 fn read_images(
@@ -495,8 +589,9 @@ fn read_images(
     preprocessor: &Preprocessor,
     input: &mut Input,
     store: &dyn BlobStore,
-    options: &ImageOptions,
+    reading: &Reading<'_>,
 ) -> Result<ImagesRead, ScoreError> {
+    let options = reading.options;
     let image_len = preprocessor.input_len();
     match images {
         Images::Planes {
@@ -531,6 +626,7 @@ fn read_images(
         Images::Blobs { prefix, names } => {
             let limits = DecodeLimits {
                 max_pixels: options.max_image_pixels,
+                max_scans: options.max_jpeg_scans,
             };
             let prepared = Mutex::new(ImagesRead {
                 errors: vec![None; names.len()],
@@ -543,11 +639,22 @@ fn read_images(
                 threads,
                 |(i, slot)| {
                     let key = format!("{prefix}{}", names[i]);
-                    let decoded = match fetch(store, &key, options.max_image_bytes) {
-                        Ok(bytes) => decode_with_warning(&bytes, limits).map_err(|e| e.to_string()),
+                    let bytes = match fetch(store, &key, options.max_image_bytes) {
+                        Ok(bytes) => Ok(bytes),
                         Err(Fetch::Image(error)) => Err(error),
                         Err(Fetch::Store(error)) => return Err(ScoreError::Transient(error)),
                     };
+                    // Held until the decoded pixels are dropped, at the end of this image.
+                    let _held = bytes.as_ref().ok().map(|bytes| {
+                        reading
+                            .decoding
+                            .hold(decoding_bytes(bytes).unwrap_or(u64::MAX))
+                    });
+                    let decoded = bytes.and_then(|bytes| {
+                        preprocessor
+                            .decode(&bytes, limits)
+                            .map_err(|e| e.to_string())
+                    });
                     // The thumbnail is made now, while the pixels are at hand; which ones the
                     // report wants is known only once the partition is scored.
                     let (error, note, small) = match decoded {
@@ -584,7 +691,10 @@ enum Fetch {
 fn fetch(store: &dyn BlobStore, key: &str, max_bytes: u64) -> Result<Vec<u8>, Fetch> {
     let reader = store.open(key).map_err(|e| match e {
         StoreError::NotFound { .. } => Fetch::Image("the blob no longer exists".into()),
-        StoreError::BadKey(_) => Fetch::Image(e.to_string()),
+        // This blob, not the store: the others are read, and retrying changes nothing.
+        StoreError::BadKey(_) | StoreError::Denied { .. } | StoreError::NotABlob { .. } => {
+            Fetch::Image(e.to_string())
+        }
         other => Fetch::Store(other.to_string()),
     })?;
     let mut bytes = Vec::new();
@@ -604,10 +714,21 @@ fn fetch(store: &dyn BlobStore, key: &str, max_bytes: u64) -> Result<Vec<u8>, Fe
 /// class, as numpy's argmax does. `row` is logits (softmax taken here) or, with
 /// `probabilities`, already a distribution.
 pub fn top_k(row: &[f32], k: usize, probabilities: bool) -> Vec<(u32, f32)> {
-    let mut order: Vec<usize> = (0..row.len()).collect();
-    // Stable: equal values keep class order.
-    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-    order.truncate(k.max(1));
+    let k = k.clamp(1, row.len().max(1));
+    // Whether class `a` ranks above class `b`: a larger value, or an equal one and a lower
+    // class.
+    let above = |a: usize, b: usize| row[a].total_cmp(&row[b]).then(b.cmp(&a)).is_gt();
+    // One pass, keeping the best k in order: a million classes cost a million comparisons
+    // with the k-th, not a sort.
+    let mut order: Vec<usize> = Vec::with_capacity(k + 1);
+    for class in 0..row.len() {
+        if order.len() == k && !above(class, order[k - 1]) {
+            continue;
+        }
+        let at = order.partition_point(|&kept| above(kept, class));
+        order.insert(at, class);
+        order.truncate(k);
+    }
     let max = row[order[0]];
     // exp(l - max) over the sum of exp(l - max): stable for any logits.
     let sum: f32 = if probabilities {
@@ -644,6 +765,21 @@ mod tests {
             (top[0].1 - 1.0).abs() < 1e-6,
             "large logits must not overflow"
         );
+    }
+
+    #[test]
+    fn top_k_ranks_as_a_stable_sort_does() {
+        // Values with many ties, as quantised or saturated outputs have.
+        let row: Vec<f32> = (0..5_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 26) as f32)
+            .collect();
+        let mut sorted: Vec<usize> = (0..row.len()).collect();
+        sorted.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        for k in [1, 2, 5, 50] {
+            let top: Vec<usize> = top_k(&row, k, true).iter().map(|t| t.0 as usize).collect();
+            assert_eq!(top, sorted[..k], "k = {k}");
+        }
+        assert_eq!(top_k(&[1.0, 2.0], 9, true).len(), 2, "k beyond the classes");
     }
 
     #[test]

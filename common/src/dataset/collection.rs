@@ -149,7 +149,7 @@ struct Entry {
     line: usize,
 }
 
-/// A parsed label file: entries found by relative path, else by file name.
+/// A parsed label file: each entry labels the one image it names (see [`resolve_labels`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabelFile {
     name: String,
@@ -159,8 +159,9 @@ pub struct LabelFile {
 impl LabelFile {
     /// Parses a label file. `.csv` names are read as CSV (`filename,label`), anything else as a
     /// CNTK map file (`path<TAB>label index`, further columns ignored; without a tab, the last
-    /// white-space-separated field is the label). A first line whose label is not a class is a
-    /// header, and is skipped when labels are resolved.
+    /// white-space-separated field is the label). A first line that names columns (its path is
+    /// no image file, its label no class: `filename,label`) is a header, skipped when labels
+    /// are resolved.
     pub fn parse(text: &str, name: &str) -> Result<Self, DatasetError> {
         let csv = name.to_ascii_lowercase().ends_with(".csv");
         let mut entries = Vec::new();
@@ -247,7 +248,9 @@ fn file_name(path: &str) -> &str {
 pub struct Classes<'a> {
     names: &'a [String],
     by_id: HashMap<&'a str, u32>,
-    by_name: HashMap<&'a str, Vec<u32>>,
+    by_name: HashMap<&'a str, u32>,
+    /// Names several classes share, with all of them.
+    shared: HashMap<&'a str, Vec<u32>>,
 }
 
 /// What a label names.
@@ -262,9 +265,19 @@ enum Found {
 impl<'a> Classes<'a> {
     /// The classes named `names` (by output index), with their `ids` when the list has them.
     pub fn new(names: &'a [String], ids: Option<&'a [String]>) -> Self {
-        let mut by_name: HashMap<&str, Vec<u32>> = HashMap::new();
+        // The first class of each name; the few names several classes share kept apart, so
+        // that a million classes cost one map entry each.
+        let mut by_name: HashMap<&str, u32> = HashMap::with_capacity(names.len());
+        let mut shared: HashMap<&str, Vec<u32>> = HashMap::new();
         for (i, name) in names.iter().enumerate() {
-            by_name.entry(name).or_default().push(i as u32);
+            if let Some(&first) = by_name.get(name.as_str()) {
+                shared
+                    .entry(name)
+                    .or_insert_with(|| vec![first])
+                    .push(i as u32);
+            } else {
+                by_name.insert(name, i as u32);
+            }
         }
         let by_id = ids
             .unwrap_or_default()
@@ -276,6 +289,7 @@ impl<'a> Classes<'a> {
             names,
             by_id,
             by_name,
+            shared,
         }
     }
 
@@ -283,10 +297,11 @@ impl<'a> Classes<'a> {
         if let Some(&i) = self.by_id.get(label) {
             return Found::Class(i);
         }
-        match self.by_name.get(label).map(Vec::as_slice) {
-            Some([i]) => return Found::Class(*i),
-            Some(several) => return Found::Ambiguous(several.to_vec()),
-            None => {}
+        if let Some(several) = self.shared.get(label) {
+            return Found::Ambiguous(several.clone());
+        }
+        if let Some(&i) = self.by_name.get(label) {
+            return Found::Class(i);
         }
         match label.parse::<u32>() {
             Ok(i) if (i as usize) < self.names.len() => Found::Class(i),
@@ -317,8 +332,10 @@ fn ambiguous(label: &str, indices: &[u32]) -> String {
 
 /// Resolves the true label of each image (`names`, relative to the prefix) to an index into
 /// `classes`. `labels` is `LabelSource::None`, `Folders`, or a parsed file; images a label
-/// file does not list get no label. Names that are not classes, or that several classes
-/// share, are errors, listed together.
+/// file does not list get no label, and each entry labels one image at most (an entry that
+/// could be several images' is an error, as are two entries giving one file different
+/// labels). Names that are not classes, or that several classes share, are errors, listed
+/// together.
 pub fn resolve_labels(
     names: &[String],
     labels: &ResolvedSource,
@@ -379,33 +396,13 @@ pub fn resolve_labels(
             Ok(resolved)
         }
         ResolvedSource::File(file) => {
-            let mut by_path: HashMap<&str, &Entry> = HashMap::new();
-            // By file name; `None` when two entries share one (then only paths match).
-            let mut by_name: HashMap<&str, Option<&Entry>> = HashMap::new();
-            for entry in &file.entries {
-                by_path.insert(entry.path.as_str(), entry);
-                by_name
-                    .entry(file_name(&entry.path))
-                    .and_modify(|e| *e = None)
-                    .or_insert(Some(entry));
-            }
-            // A first line that names no class is a header (`filename,label`).
-            let header = file
-                .entries
-                .first()
-                .filter(|e| classes.find(&e.label) == Found::Unknown);
+            let entry_of = match_entries(names, file, classes)?;
             let mut bad: Vec<String> = Vec::new();
             let mut shared: Vec<String> = Vec::new();
-            let resolved = names
+            let resolved = entry_of
                 .iter()
-                .map(|name| {
-                    let entry = by_path
-                        .get(name.as_str())
-                        .copied()
-                        .or_else(|| by_name.get(file_name(name)).copied().flatten())?;
-                    if header.is_some_and(|h| std::ptr::eq(h, entry)) {
-                        return None;
-                    }
+                .map(|entry| {
+                    let entry = (*entry)?;
                     match classes.find(&entry.label) {
                         Found::Class(i) => Some(i),
                         Found::Ambiguous(indices) => {
@@ -458,6 +455,133 @@ pub fn resolve_labels(
     }
 }
 
+/// The entry of `file` that labels each image of `names`, if any. An entry labels the file it
+/// names and no other: by its path relative to the prefix; by a longer path ending in it (a
+/// map file written with another machine's paths, `/data/cifar/cat/0001.png`); or, for a bare
+/// file name, the one image that bears it (several bearing it: an error listing them). A
+/// first line is a header only when it names columns (its path is no image file and its
+/// label no class); one file given two different labels is an error naming both lines.
+fn match_entries<'f>(
+    names: &[String],
+    file: &'f LabelFile,
+    classes: &Classes<'_>,
+) -> Result<Vec<Option<&'f Entry>>, DatasetError> {
+    let error = |detail: String| DatasetError::Labels {
+        source_name: file.name.clone(),
+        detail,
+    };
+    let header = file
+        .entries
+        .first()
+        .filter(|e| !is_image(&e.path) && classes.find(&e.label) == Found::Unknown);
+    let entries = file
+        .entries
+        .iter()
+        .filter(|e| !header.is_some_and(|h| std::ptr::eq(h, *e)));
+    let mut by_path: HashMap<&str, &Entry> = HashMap::new();
+    let mut conflicts: Vec<String> = Vec::new();
+    for entry in entries {
+        if let Some(first) = by_path.insert(entry.path.as_str(), entry)
+            && first.label != entry.label
+        {
+            conflicts.push(format!(
+                "lines {} and {} label {:?} as {:?} and {:?}",
+                first.line, entry.line, entry.path, first.label, entry.label
+            ));
+        }
+    }
+    if !conflicts.is_empty() {
+        return Err(error(format!(
+            "entries that contradict each other: {}; keep one label per file",
+            quote_lines(&conflicts)
+        )));
+    }
+    let in_dataset: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+    // An entry naming no image of the dataset (another machine's path, `/data/cat/0001.png`)
+    // labels the image its longest ending names (`cat/0001.png`), if any.
+    let mut by_ending: HashMap<&str, &Entry> = HashMap::new();
+    for (&path, &entry) in by_path.iter().filter(|(p, _)| !in_dataset.contains(**p)) {
+        let Some(image) = path
+            .match_indices('/')
+            .map(|(i, _)| &path[i + 1..])
+            .find(|ending| in_dataset.contains(ending))
+        else {
+            continue;
+        };
+        if let Some(other) = by_ending.insert(image, entry)
+            && other.label != entry.label
+        {
+            conflicts.push(format!(
+                "lines {} and {} both end in {image:?} and label it {:?} and {:?}",
+                other.line.min(entry.line),
+                other.line.max(entry.line),
+                other.label,
+                entry.label
+            ));
+        }
+    }
+    if !conflicts.is_empty() {
+        conflicts.sort();
+        return Err(error(format!(
+            "entries that contradict each other: {}; keep one label per file",
+            quote_lines(&conflicts)
+        )));
+    }
+    // Images by file name, for entries that name a file alone.
+    let mut bearers: HashMap<&str, Vec<&str>> = HashMap::new();
+    for name in names {
+        bearers.entry(file_name(name)).or_default().push(name);
+    }
+    let mut ambiguous: Vec<String> = Vec::new();
+    let matched = names
+        .iter()
+        .map(|name| {
+            if let Some(&entry) = by_path.get(name.as_str()) {
+                return Some(entry);
+            }
+            if let Some(&entry) = by_ending.get(name.as_str()) {
+                return Some(entry);
+            }
+            let bare = file_name(name);
+            if in_dataset.contains(bare) {
+                // The entry names the image of that name at the top: that one alone.
+                return None;
+            }
+            let entry = by_path.get(bare).copied()?;
+            let images = &bearers[bare];
+            if images.len() > 1 {
+                let message = format!(
+                    "line {} names {bare:?}, which {} images bear ({}): give its folder too",
+                    entry.line,
+                    images.len(),
+                    quote_list(images, 5)
+                );
+                if !ambiguous.contains(&message) {
+                    ambiguous.push(message);
+                }
+                return None;
+            }
+            Some(entry)
+        })
+        .collect();
+    if !ambiguous.is_empty() {
+        return Err(error(format!(
+            "entries that could label more than one image: {}",
+            quote_lines(&ambiguous)
+        )));
+    }
+    Ok(matched)
+}
+
+/// Up to five messages, and how many more.
+fn quote_lines(lines: &[String]) -> String {
+    let mut out = lines.iter().take(5).cloned().collect::<Vec<_>>().join("; ");
+    if lines.len() > 5 {
+        out.push_str(&format!("; and {} more", lines.len() - 5));
+    }
+    out
+}
+
 /// A label source made concrete for one collection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResolvedSource {
@@ -500,7 +624,7 @@ mod tests {
     #[test]
     fn listing_keeps_images_and_names_the_other_files() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::local::LocalStore::create(dir.path(), "c").unwrap();
+        let store = crate::store::local::LocalStore::create(dir.path(), "ctr").unwrap();
         for key in [
             "photos/cat/1.JPG",
             "photos/cat/scan.tiff",
@@ -576,6 +700,66 @@ mod tests {
         )
         .unwrap();
         assert_eq!(got, vec![Some(2), Some(1), None]);
+    }
+
+    #[test]
+    fn an_entry_labels_the_one_image_it_names() {
+        let classes = class_names();
+        let resolve = |text: &str, images: &[&str]| {
+            let file = LabelFile::parse(text, "map.txt").unwrap();
+            resolve_labels(
+                &names(images),
+                &ResolvedSource::File(file),
+                &Classes::new(&classes, None),
+            )
+        };
+        // A path labels that file, not another of the same name in another folder.
+        assert_eq!(
+            resolve(
+                "airplane/0001.jpg\t0\n",
+                &["airplane/0001.jpg", "cat/0001.jpg"]
+            )
+            .unwrap(),
+            vec![Some(0), None]
+        );
+        // Another machine's paths label the image they end in.
+        assert_eq!(
+            resolve(
+                "/data/cifar/cat/0001.jpg\t0\n/data/cifar/dog/0001.jpg\t1\n",
+                &["cat/0001.jpg", "dog/0001.jpg", "0001.jpg"]
+            )
+            .unwrap(),
+            vec![Some(0), Some(1), None]
+        );
+        // A bare file name borne by two images labels neither: an error naming them.
+        let e = resolve("0001.jpg\t0\n", &["airplane/0001.jpg", "cat/0001.jpg"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 1 names \"0001.jpg\", which 2 images bear")
+                && e.contains("\"cat/0001.jpg\""),
+            "{e}"
+        );
+        // A bare name that is an image at the top labels that one only.
+        assert_eq!(
+            resolve("0001.jpg\t2\n", &["0001.jpg", "cat/0001.jpg"]).unwrap(),
+            vec![Some(2), None]
+        );
+        // One file, two labels: both lines named.
+        let e = resolve("a.jpg\t1\nb.jpg\t2\na.jpg\t3\n", &["a.jpg", "b.jpg"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lines 1 and 3 label \"a.jpg\""), "{e}");
+        // The same label twice is no contradiction.
+        assert_eq!(
+            resolve("a.jpg\t1\na.jpg\t1\n", &["a.jpg"]).unwrap(),
+            vec![Some(1)]
+        );
+        // A first row whose path is an image is data, not a header: its bad label is named.
+        let e = resolve("airplane/0001.jpg\tplanee\n", &["airplane/0001.jpg"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 1: \"planee\""), "{e}");
     }
 
     #[test]

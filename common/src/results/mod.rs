@@ -3,8 +3,11 @@
 //!
 //! Everything is sized by the job's classes (the model's output), never by a constant.
 
+mod confusion;
 pub mod render;
 pub mod report;
+
+pub use confusion::Confusion;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -20,6 +23,10 @@ pub const SCORES_HEADER: &str =
 
 /// Classes up to which the confusion matrix is drawn as a heat map.
 pub const MAX_HEAT_MAP_CLASSES: usize = 30;
+
+/// Classes up to which `confusion.csv` is the whole matrix; beyond, its non-zero cells one a
+/// row (a 21,843-class matrix would be 477 million cells).
+pub const MAX_MATRIX_CLASSES: usize = 1_000;
 
 /// Confused pairs listed in the summary.
 const SUMMARY_PAIRS: usize = 10;
@@ -83,7 +90,8 @@ pub struct Summary {
     pub images: u64,
     /// Images the model scored.
     pub scored: u64,
-    /// Images that could not be read (their rows carry the error).
+    /// Images that could not be scored: unreadable, or the model's output for them not a
+    /// number (their rows carry the error).
     pub unreadable: u64,
     /// Scored images with a true label: the accuracy is over these.
     pub labelled: u64,
@@ -116,7 +124,7 @@ impl Summary {
         if self.unreadable > 0 {
             let _ = write!(
                 line,
-                "; {} of {} images could not be read (see the error column of scores.csv)",
+                "; {} of {} images could not be scored (see the error column of scores.csv)",
                 self.unreadable, self.images
             );
         }
@@ -140,8 +148,8 @@ pub struct ResultFiles {
     pub confused_pairs_csv: Option<String>,
     /// Labelled jobs of up to [`MAX_HEAT_MAP_CLASSES`] classes.
     pub confusion_png: Option<Vec<u8>>,
-    /// Labelled jobs only: the confusion matrix, true class by row.
-    pub confusion: Option<Vec<Vec<u64>>>,
+    /// Labelled jobs only: the confusion matrix.
+    pub confusion: Option<Confusion>,
     pub summary: Summary,
 }
 
@@ -166,8 +174,12 @@ pub fn build(sealed: &Sealed, partitions: &[&Scored], completed_at_ms: u64) -> R
         .max()
         .unwrap_or(1)
         .max(1);
-    let error_column = sealed.errors_column;
-    let mut confusion = vec![vec![0u64; n]; n];
+    // A collection's files may be unreadable; any job's model may return NaN for an image.
+    let error_column = sealed.errors_column
+        || partitions
+            .iter()
+            .any(|p| p.scores.iter().any(|s| s.error.is_some()));
+    let mut confusion = Confusion::new(n);
     let mut predicted = vec![0u64; n];
     let (mut images, mut unreadable) = (0u64, 0u64);
     let mut workers: BTreeMap<String, u64> = BTreeMap::new();
@@ -208,7 +220,7 @@ pub fn build(sealed: &Sealed, partitions: &[&Scored], completed_at_ms: u64) -> R
                 Some((class, _)) => {
                     predicted[class as usize] += 1;
                     if let Some(l) = label {
-                        confusion[l as usize][class as usize] += 1;
+                        confusion.add(l, class);
                     }
                 }
                 None => unreadable += 1,
@@ -246,37 +258,29 @@ pub fn build(sealed: &Sealed, partitions: &[&Scored], completed_at_ms: u64) -> R
             scores_csv.push('\n');
         }
     }
-    let labelled: u64 = confusion.iter().flatten().sum();
-    let correct: u64 = (0..n).map(|c| confusion[c][c]).sum();
-    let mut pairs: Vec<ConfusedPair> = Vec::new();
-    for (t, row) in confusion.iter().enumerate() {
-        for (p, &count) in row.iter().enumerate() {
-            if t != p && count > 0 {
-                pairs.push(ConfusedPair {
-                    true_class: classes[t].clone(),
-                    predicted_class: classes[p].clone(),
-                    images: count,
-                });
-            }
-        }
-    }
-    // Largest first; ties in class order, so the table is stable.
-    pairs.sort_by_key(|pair| std::cmp::Reverse(pair.images));
-    let per_class = if sealed.labelled {
-        (0..n)
-            .map(|c| {
-                let images: u64 = confusion[c].iter().sum();
-                ClassAccuracy {
-                    class: classes[c].clone(),
-                    images,
-                    correct: confusion[c][c],
-                    accuracy: ratio(confusion[c][c], images),
-                }
-            })
-            .collect()
-    } else {
-        Vec::new()
+    let (labelled, correct) = (confusion.labelled(), confusion.correct());
+    // The confusions, largest first; ties in class order, so the tables are stable.
+    let mut confused: Vec<((u32, u32), u64)> =
+        confusion.cells().filter(|((t, p), _)| t != p).collect();
+    confused.sort_by_key(|&(_, images)| std::cmp::Reverse(images));
+    let pair = |&((t, p), images): &((u32, u32), u64)| ConfusedPair {
+        true_class: classes[t as usize].clone(),
+        predicted_class: classes[p as usize].clone(),
+        images,
     };
+    // The classes with images (a class without any has no accuracy to state).
+    let per_class = confusion
+        .true_classes()
+        .map(|(c, images)| {
+            let correct = confusion.get(c, c);
+            ClassAccuracy {
+                class: classes[c as usize].clone(),
+                images,
+                correct,
+                accuracy: ratio(correct, images),
+            }
+        })
+        .collect();
     let submitted_at_ms = sealed.submitted_at_ms;
     let wall_seconds = seconds_between(submitted_at_ms, completed_at_ms);
     let first_taken = partitions.iter().map(|p| p.started_at_ms).min();
@@ -299,12 +303,13 @@ pub fn build(sealed: &Sealed, partitions: &[&Scored], completed_at_ms: u64) -> R
         predicted: classes
             .iter()
             .zip(&predicted)
+            .filter(|(_, predicted)| **predicted > 0)
             .map(|(class, &predicted)| ClassCount {
                 class: class.clone(),
                 predicted,
             })
             .collect(),
-        most_confused: pairs.iter().take(SUMMARY_PAIRS).cloned().collect(),
+        most_confused: confused.iter().take(SUMMARY_PAIRS).map(pair).collect(),
         batches,
         partitions: partitions.len() as u32,
         workers,
@@ -337,37 +342,21 @@ pub fn build(sealed: &Sealed, partitions: &[&Scored], completed_at_ms: u64) -> R
             summary,
         };
     }
-    let mut confusion_csv = String::from("true_class\\predicted_class");
-    for class in classes {
-        let _ = write!(confusion_csv, ",{}", csv_field(class));
-    }
-    confusion_csv.push('\n');
-    for (class, row) in classes.iter().zip(&confusion) {
-        confusion_csv.push_str(&csv_field(class));
-        for count in row {
-            let _ = write!(confusion_csv, ",{count}");
-        }
-        confusion_csv.push('\n');
-    }
+    let confusion_csv = confusion_csv(&confusion, classes);
     let mut confused_pairs_csv =
         String::from("true_class,predicted_class,images,share_of_true_class\n");
-    for pair in &pairs {
-        let t = classes
-            .iter()
-            .position(|c| *c == pair.true_class)
-            .unwrap_or(0);
+    for &((t, p), images) in &confused {
         let _ = writeln!(
             confused_pairs_csv,
-            "{},{},{},{:.6}",
-            csv_field(&pair.true_class),
-            csv_field(&pair.predicted_class),
-            pair.images,
-            ratio(pair.images, confusion[t].iter().sum())
+            "{},{},{images},{:.6}",
+            csv_field(&classes[t as usize]),
+            csv_field(&classes[p as usize]),
+            ratio(images, confusion.row_total(t))
         );
     }
     let names: Vec<&str> = classes.iter().map(String::as_str).collect();
     let confusion_png =
-        (n <= MAX_HEAT_MAP_CLASSES).then(|| render::confusion_png(&confusion, &names));
+        (n <= MAX_HEAT_MAP_CLASSES).then(|| render::confusion_png(&confusion.dense(), &names));
     ResultFiles {
         scores_csv,
         confusion_csv: Some(confusion_csv),
@@ -376,6 +365,37 @@ pub fn build(sealed: &Sealed, partitions: &[&Scored], completed_at_ms: u64) -> R
         confusion: Some(confusion),
         summary,
     }
+}
+
+/// `confusion.csv`: the whole matrix, true class by row, for up to [`MAX_MATRIX_CLASSES`]
+/// classes; beyond, the non-zero cells one a row (`true_class,predicted_class,images`).
+fn confusion_csv(confusion: &Confusion, classes: &[String]) -> String {
+    let mut csv = String::new();
+    if classes.len() > MAX_MATRIX_CLASSES {
+        csv.push_str("true_class,predicted_class,images\n");
+        for ((t, p), images) in confusion.cells() {
+            let _ = writeln!(
+                csv,
+                "{},{},{images}",
+                csv_field(&classes[t as usize]),
+                csv_field(&classes[p as usize])
+            );
+        }
+        return csv;
+    }
+    csv.push_str("true_class\\predicted_class");
+    for class in classes {
+        let _ = write!(csv, ",{}", csv_field(class));
+    }
+    csv.push('\n');
+    for (t, class) in classes.iter().enumerate() {
+        csv.push_str(&csv_field(class));
+        for p in 0..classes.len() {
+            let _ = write!(csv, ",{}", confusion.get(t as u32, p as u32));
+        }
+        csv.push('\n');
+    }
+    csv
 }
 
 /// Seconds from one Unix time in milliseconds to a later one; 0 if the clocks of two hosts
@@ -388,12 +408,20 @@ fn ratio(a: u64, b: u64) -> f64 {
     if b == 0 { 0.0 } else { a as f64 / b as f64 }
 }
 
-/// Quotes a CSV field when it needs it (RFC 4180).
+/// A text field of a CSV file: quoted when it needs it (RFC 4180), and a field a spreadsheet
+/// would run as a formula (one beginning with `=`, `+`, `-`, `@`, a tab or a carriage return:
+/// a file or class named `=HYPERLINK(...)`) made plain text by a leading `'`, as OWASP
+/// recommends. Every name and message in the product's CSV files goes through here.
 fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
+    let s: std::borrow::Cow<'_, str> = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}").into()
+    } else {
+        s.into()
+    };
     if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\"")).into()
     } else {
-        s.into()
+        s
     }
 }
 
@@ -500,7 +528,16 @@ mod tests {
         let parts = [scored(0, "p/", 0, &[(9, 57), (57, 57)])];
         let files = build(&sealed(classes, true, false), &refs(&parts), 2_000);
         assert_eq!(files.summary.correct, 1);
-        assert_eq!(files.summary.predicted[57].predicted, 2);
+        // Only the classes predicted are listed.
+        assert_eq!(files.summary.predicted.len(), 1);
+        assert_eq!(
+            (
+                files.summary.predicted[0].class.as_str(),
+                files.summary.predicted[0].predicted
+            ),
+            ("c57", 2)
+        );
+        assert_eq!(files.summary.per_class.len(), 2, "the classes with images");
         assert_eq!(files.summary.most_confused[0].true_class, "c9");
         assert!(
             files.confusion_png.is_none(),
@@ -546,7 +583,7 @@ mod tests {
         assert!(files.confusion_csv.is_none());
         assert_eq!(
             summary.accuracy_line(),
-            "Scored 1 images (no true labels); 1 of 2 images could not be read (see the error column of scores.csv)"
+            "Scored 1 images (no true labels); 1 of 2 images could not be scored (see the error column of scores.csv)"
         );
     }
 
@@ -554,5 +591,22 @@ mod tests {
     fn csv_fields_with_commas_are_quoted() {
         assert_eq!(csv_field("a,b\"c"), "\"a,b\"\"c\"");
         assert_eq!(csv_field("plain.png"), "plain.png");
+    }
+
+    #[test]
+    fn csv_fields_a_spreadsheet_would_run_are_plain_text() {
+        assert_eq!(
+            csv_field("=HYPERLINK(\"http:evil\",\"x\")"),
+            "\"'=HYPERLINK(\"\"http:evil\"\",\"\"x\"\")\""
+        );
+        for formula in ["+1", "-2+3", "@SUM(A1)", "\tx", "\rx"] {
+            let field = csv_field(formula);
+            assert!(
+                field.starts_with('\'') || field.starts_with("\"'"),
+                "{formula:?} -> {field}"
+            );
+        }
+        // Only the first character matters.
+        assert_eq!(csv_field("cat=dog.png"), "cat=dog.png");
     }
 }

@@ -12,12 +12,12 @@
 //! across partitions. A partition's own top [`GALLERY_SIZE`] holds every image of the job's
 //! top [`GALLERY_SIZE`] that lies in it, so the gallery is the job's, not a sample's.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use base64::Engine as _;
 
-use super::{ConfusedPair, Summary};
+use super::{ConfusedPair, Confusion, Summary};
 use crate::job::{DatasetKind, Manifest};
 use crate::message::{Score, Scored};
 use crate::spec::Provenance;
@@ -79,8 +79,8 @@ pub struct Report<'a> {
     /// Where the model came from, from its spec, when the spec still describes the model the
     /// job scored.
     pub provenance: Option<&'a Provenance>,
-    /// The confusion matrix (true class by row) of a labelled job.
-    pub confusion: Option<&'a [Vec<u64>]>,
+    /// The confusion matrix of a labelled job.
+    pub confusion: Option<&'a Confusion>,
     /// `confusion.png`, when drawn.
     pub confusion_png: Option<&'a [u8]>,
 }
@@ -175,7 +175,7 @@ fn job_section(html: &mut String, report: &Report<'_>) {
     );
     row("images", summary.images.to_string());
     row("scored", summary.scored.to_string());
-    row("could not be read", summary.unreadable.to_string());
+    row("could not be scored", summary.unreadable.to_string());
     if summary.accuracy.is_some() {
         row("with a true label", summary.labelled.to_string());
         row("correct", summary.correct.to_string());
@@ -331,13 +331,15 @@ fn confusion_section(html: &mut String, report: &Report<'_>) {
 /// The pairs of classes the model mixes up most, both ways together, as sentences:
 /// "cat and dog are confused most: 120 cat images were taken for dog and 95 dog images for
 /// cat (10.8% of their 2,000 images)."
-pub fn confused_in_words(confusion: &[Vec<u64>], classes: &[String]) -> Vec<String> {
-    let n = confusion.len().min(classes.len());
-    let mut pairs: Vec<(u64, usize, usize)> = (0..n)
-        .flat_map(|a| (a + 1..n).map(move |b| (a, b)))
-        .map(|(a, b)| (confusion[a][b] + confusion[b][a], a, b))
-        .filter(|&(both, _, _)| both > 0)
-        .collect();
+pub fn confused_in_words(confusion: &Confusion, classes: &[String]) -> Vec<String> {
+    // Each unordered pair of classes with its confusions both ways together.
+    let mut both: BTreeMap<(u32, u32), u64> = BTreeMap::new();
+    for ((t, p), images) in confusion.cells() {
+        if t != p && (t as usize) < classes.len() && (p as usize) < classes.len() {
+            *both.entry((t.min(p), t.max(p))).or_default() += images;
+        }
+    }
+    let mut pairs: Vec<(u64, u32, u32)> = both.into_iter().map(|((a, b), n)| (n, a, b)).collect();
     pairs.sort_by(|x, y| y.0.cmp(&x.0).then((x.1, x.2).cmp(&(y.1, y.2))));
     pairs
         .into_iter()
@@ -345,30 +347,24 @@ pub fn confused_in_words(confusion: &[Vec<u64>], classes: &[String]) -> Vec<Stri
         .enumerate()
         .map(|(rank, (both, a, b))| {
             // The larger direction first.
-            let (a, b) = if confusion[b][a] > confusion[a][b] {
+            let (a, b) = if confusion.get(b, a) > confusion.get(a, b) {
                 (b, a)
             } else {
                 (a, b)
             };
-            let images: u64 = confusion[a].iter().sum::<u64>() + confusion[b].iter().sum::<u64>();
+            let images = confusion.row_total(a) + confusion.row_total(b);
             let lead = match rank {
                 0 => "are confused most",
                 1 => "come next",
                 _ => "then",
             };
+            let (name_a, name_b) = (&classes[a as usize], &classes[b as usize]);
             format!(
-                "{} and {} {lead}: {} {} images were taken for {} and {} {} images for {} \
-                 ({:.1}% of their {} images).",
-                classes[a],
-                classes[b],
-                confusion[a][b],
-                classes[a],
-                classes[b],
-                confusion[b][a],
-                classes[b],
-                classes[a],
+                "{name_a} and {name_b} {lead}: {} {name_a} images were taken for {name_b} and \
+                 {} {name_b} images for {name_a} ({:.1}% of their {images} images).",
+                confusion.get(a, b),
+                confusion.get(b, a),
                 100.0 * both as f64 / images.max(1) as f64,
-                images
             )
         })
         .collect()
@@ -413,7 +409,7 @@ fn distribution_section(html: &mut String, summary: &Summary) {
         .filter(|c| c.predicted > 0)
         .collect();
     occurring.sort_by_key(|c| std::cmp::Reverse(c.predicted));
-    let never = summary.predicted.len() - occurring.len();
+    let never = summary.classes.len() - occurring.len();
     for class in occurring {
         let share = class.predicted as f64 / summary.scored.max(1) as f64;
         let _ = writeln!(
@@ -471,7 +467,7 @@ fn unreadable_section(html: &mut String, report: &Report<'_>) {
     }
     let _ = writeln!(
         html,
-        "<h2>Images that could not be read</h2>\n<p>{} {}; each has its row in \
+        "<h2>Images that could not be scored</h2>\n<p>{} {}; each has its row in \
          <code>scores.csv</code> with this error.</p>\n<table id=\"unreadable\">\
          <tr><th>image</th><th>error</th></tr>",
         unreadable.len(),
@@ -655,7 +651,7 @@ mod tests {
     #[test]
     fn reads_the_most_confused_pairs_both_ways() {
         let classes: Vec<String> = ["cat", "dog", "ship"].map(String::from).into();
-        let confusion = vec![vec![80, 15, 5], vec![20, 78, 2], vec![1, 0, 99]];
+        let confusion = Confusion::from_rows(&[vec![80, 15, 5], vec![20, 78, 2], vec![1, 0, 99]]);
         let words = confused_in_words(&confusion, &classes);
         assert_eq!(words.len(), 3);
         assert_eq!(
@@ -664,7 +660,10 @@ mod tests {
              for dog (17.5% of their 200 images)."
         );
         assert!(words[1].starts_with("cat and ship come next: 5 cat images"));
-        assert!(confused_in_words(&[vec![5, 0], vec![0, 5]], &classes).is_empty());
+        assert!(
+            confused_in_words(&Confusion::from_rows(&[vec![5, 0], vec![0, 5]]), &classes)
+                .is_empty()
+        );
     }
 
     #[test]
@@ -715,7 +714,7 @@ mod tests {
             partitions: &[&partition],
             manifest: None,
             provenance: None,
-            confusion: files.confusion.as_deref(),
+            confusion: files.confusion.as_ref(),
             confusion_png: None,
         });
         assert!(html.contains("Correctly predicted 20 of 40 images (50.00%)"));

@@ -24,7 +24,7 @@ use futures::StreamExt;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::{BlobStore, StoreError, check_key};
+use super::{BlobStore, StoreError, check_container, check_key, check_prefix};
 
 /// Azurite's well-known development account.
 const DEV_ACCOUNT: &str = "devstoreaccount1";
@@ -140,6 +140,7 @@ impl AzureStore {
         create: bool,
         client_id: Option<&str>,
     ) -> Result<Self, StoreError> {
+        check_container(container).map_err(config_error)?;
         let (service, auth) = parse_spec(spec, client_id)?;
         tracing::debug!(%service, ?auth, "opening Azure Blob Storage");
         let mut container_url = service.clone();
@@ -423,6 +424,7 @@ impl BlobStore for AzureStore {
     }
 
     fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        check_prefix(prefix)?;
         let client = self.client()?;
         let prefix_owned = prefix.to_owned();
         let names = block_on(async move {

@@ -4,7 +4,7 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use super::{BlobStore, StoreError, check_key};
+use super::{BlobStore, StoreError, check_container, check_key, check_prefix};
 
 #[derive(Debug, Clone)]
 pub struct LocalStore {
@@ -14,7 +14,7 @@ pub struct LocalStore {
 impl LocalStore {
     /// The container `container` under `root`, created if missing.
     pub fn create(root: &Path, container: &str) -> Result<Self, StoreError> {
-        let dir = root.join(container);
+        let dir = Self::container_dir(root, container)?;
         fs::create_dir_all(&dir).map_err(|e| StoreError::Io {
             store: dir.display().to_string(),
             key: String::new(),
@@ -25,7 +25,7 @@ impl LocalStore {
 
     /// The existing container `container` under `root`.
     pub fn open(root: &Path, container: &str) -> Result<Self, StoreError> {
-        let dir = root.join(container);
+        let dir = Self::container_dir(root, container)?;
         if !dir.is_dir() {
             return Err(StoreError::NoContainer {
                 container: container.into(),
@@ -33,6 +33,17 @@ impl LocalStore {
             });
         }
         Ok(Self { dir })
+    }
+
+    /// The directory of `container` under `root`: a name Azure accepts, which never reaches
+    /// outside the root.
+    fn container_dir(root: &Path, container: &str) -> Result<PathBuf, StoreError> {
+        check_container(container).map_err(|reason| StoreError::Io {
+            store: root.display().to_string(),
+            key: String::new(),
+            reason,
+        })?;
+        Ok(root.join(container))
     }
 
     fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
@@ -89,6 +100,14 @@ impl LocalStore {
 impl BlobStore for LocalStore {
     fn open(&self, key: &str) -> Result<Box<dyn Read + Send>, StoreError> {
         let path = self.path(key)?;
+        // Only regular files are blobs: opening a FIFO would wait for a writer forever.
+        let metadata = fs::metadata(&path).map_err(|e| self.io(key, e))?;
+        if !metadata.is_file() {
+            return Err(StoreError::NotABlob {
+                store: self.describe(),
+                key: key.into(),
+            });
+        }
         let file = fs::File::open(&path).map_err(|e| self.io(key, e))?;
         Ok(Box::new(file))
     }
@@ -111,6 +130,7 @@ impl BlobStore for LocalStore {
     }
 
     fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        check_prefix(prefix)?;
         let mut keys = Vec::new();
         // Walk only the directory the prefix names (`datasets/photos/` of `datasets/photos/x`),
         // not the whole container.
@@ -135,6 +155,9 @@ impl BlobStore for LocalStore {
                 let metadata = fs::metadata(&path).map_err(|e| self.io(prefix, e))?;
                 if metadata.is_dir() {
                     dirs.push(path);
+                } else if !metadata.is_file() {
+                    // A FIFO, socket or device is no blob.
+                    continue;
                 } else if let Ok(relative) = path.strip_prefix(&self.dir) {
                     let key = relative.to_string_lossy().replace('\\', "/");
                     if key.starts_with(prefix) {
@@ -170,6 +193,25 @@ impl BlobStore for LocalStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fifo_is_no_blob() {
+        let root = tempfile::tempdir().unwrap();
+        let store = LocalStore::create(root.path(), "ctr").unwrap();
+        store.put("a/x.jpg", b"x").unwrap();
+        let fifo = root.path().join("ctr/a/y.jpg");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let listed: Vec<String> = store.list("a/").unwrap();
+        assert_eq!(listed, ["a/x.jpg"]);
+        assert!(matches!(
+            store.open("a/y.jpg"),
+            Err(StoreError::NotABlob { .. })
+        ));
+    }
 
     #[test]
     fn put_get_list_delete() {

@@ -25,6 +25,10 @@ pub enum StoreError {
         key: String,
         reason: String,
     },
+    /// A name that is in the store but is no blob: a FIFO, socket or device in a local
+    /// store (reading a FIFO would wait for a writer forever).
+    #[error("{store}: {key} is not a regular file")]
+    NotABlob { store: String, key: String },
     #[error("{store}: {key}: {reason}")]
     Io {
         store: String,
@@ -115,9 +119,82 @@ pub fn check_key(key: &str) -> Result<(), StoreError> {
     }
 }
 
+/// Refuses a container name Azure Blob Storage would refuse (3 to 63 lowercase letters,
+/// digits and hyphens, beginning and ending with a letter or digit, no two hyphens together),
+/// in every store: the local store makes it a directory under its root, where `..`, `a/b` or
+/// an absolute path would reach outside the root.
+pub fn check_container(name: &str) -> Result<(), String> {
+    let valid = (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--");
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a container name: 3 to 63 lowercase letters, digits and single \
+             hyphens, beginning and ending with a letter or digit (Azure's rule, kept by every \
+             store)"
+        ))
+    }
+}
+
+/// Refuses a listing prefix that could reach outside the container: its whole path parts
+/// (those before the last `/`) and its last part must each be a valid key part, so `..`,
+/// `../x`, `/etc` and `a//b` are refused; an empty prefix lists the whole container.
+pub fn check_prefix(prefix: &str) -> Result<(), StoreError> {
+    if prefix.is_empty() {
+        return Ok(());
+    }
+    // The prefix with a stand-in last part is a key when the prefix ends at a `/`.
+    let probe = if prefix.ends_with('/') {
+        format!("{prefix}x")
+    } else {
+        prefix.to_owned()
+    };
+    check_key(&probe).map_err(|_| StoreError::BadKey(prefix.into()))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::check_key;
+    use super::{check_container, check_key, check_prefix};
+
+    #[test]
+    fn container_names_are_azures() {
+        for good in ["cifar", "photos-2024", "a1b", &"x".repeat(63)] {
+            assert!(check_container(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "..",
+            "../x",
+            "/tmp/x",
+            "c",
+            "ab",
+            "Photos",
+            "a--b",
+            "-ab",
+            "ab-",
+            "a_b",
+            "a.b",
+            "",
+            &"x".repeat(64),
+        ] {
+            assert!(check_container(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn prefixes_stay_inside_the_container() {
+        for good in ["", "photos", "photos/", "datasets/photos/x", "IMG "] {
+            assert!(check_prefix(good).is_ok(), "{good:?}");
+        }
+        for bad in ["..", "../", "../x", "/etc", "a//b", "a/../b", "./"] {
+            assert!(check_prefix(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn keys_stay_inside_the_container() {
@@ -149,13 +226,19 @@ pub struct StoreArgs {
         hide_env_values = true
     )]
     pub connection_string: Option<String>,
-    /// Blob container holding the dataset, models and results.
-    #[arg(long, env = "FLEET_CONTAINER", default_value = "cifar")]
+    /// Blob container holding the dataset, models and results (3 to 63 lowercase letters,
+    /// digits and hyphens).
+    #[arg(long, env = "FLEET_CONTAINER", default_value = "cifar", value_parser = container_name)]
     pub container: String,
     /// Client id of the user-assigned managed identity to authenticate as when the store is a
     /// blob service URL (the deployment sets it); without it, the system-assigned identity.
     #[arg(long = "managed-identity-client-id", env = "AZURE_CLIENT_ID")]
     pub managed_identity_client_id: Option<String>,
+}
+
+/// `--container`'s parser: [`check_container`].
+fn container_name(name: &str) -> Result<String, String> {
+    check_container(name).map(|()| name.to_owned())
 }
 
 impl StoreArgs {

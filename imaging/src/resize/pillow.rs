@@ -174,21 +174,17 @@ fn horizontal_first(data: &[u8], channels: usize, plan: &Plan, kernel: Kernel) -
     let mut mid = vec![0u8; rows.len() * mid_stride];
     if out_w != in_w {
         let taps = Taps::new(in_w, out_w, left, crop_w, kernel);
+        let row = match channels {
+            1 => horizontal_row::<1>,
+            3 => horizontal_row::<3>,
+            other => panic!("images have 1 or 3 channels, not {other}"),
+        };
         for (source, out) in data
             .chunks_exact(in_stride)
             .skip(rows.start)
             .zip(mid.chunks_exact_mut(mid_stride))
         {
-            for (x, pixel) in out.chunks_exact_mut(channels).enumerate() {
-                let (start, weights) = taps.of(x);
-                for (c, value) in pixel.iter_mut().enumerate() {
-                    let mut sum = half;
-                    for (k, &w) in weights.iter().enumerate() {
-                        sum += i32::from(source[(start + k) * channels + c]) * w;
-                    }
-                    *value = clip8(sum);
-                }
-            }
+            row(source, out, &taps);
         }
     } else {
         for (source, out) in data
@@ -205,18 +201,43 @@ fn horizontal_first(data: &[u8], channels: usize, plan: &Plan, kernel: Kernel) -
     };
     // Vertical pass, from the rounded rows.
     let mut out = vec![0u8; crop_h * mid_stride];
+    // Whole rows at a time (tap by tap), which the compiler vectorises.
+    let mut sums = vec![0i32; mid_stride];
     for (y, row) in out.chunks_exact_mut(mid_stride).enumerate() {
         let (start, weights) = taps.of(y);
         let start = start - rows.start;
-        for (i, value) in row.iter_mut().enumerate() {
-            let mut sum = half;
-            for (k, &w) in weights.iter().enumerate() {
-                sum += i32::from(mid[(start + k) * mid_stride + i]) * w;
+        sums.fill(half);
+        for (source, &w) in mid[start * mid_stride..]
+            .chunks_exact(mid_stride)
+            .zip(weights)
+        {
+            for (sum, &v) in sums.iter_mut().zip(source) {
+                *sum += i32::from(v) * w;
             }
+        }
+        for (value, &sum) in row.iter_mut().zip(&sums) {
             *value = clip8(sum);
         }
     }
     out
+}
+
+/// The horizontal pass over one row of `C`-channel pixels: each output pixel of `out` from
+/// its taps in `source`, rounded to 8 bits.
+fn horizontal_row<const C: usize>(source: &[u8], out: &mut [u8], taps: &Taps) {
+    let half = 1i32 << (PRECISION_BITS - 1);
+    for (x, pixel) in out.chunks_exact_mut(C).enumerate() {
+        let (start, weights) = taps.of(x);
+        let mut sum = [half; C];
+        for (p, &w) in source[start * C..].chunks_exact(C).zip(weights) {
+            for (s, &v) in sum.iter_mut().zip(p) {
+                *s += i32::from(v) * w;
+            }
+        }
+        for (value, s) in pixel.iter_mut().zip(sum) {
+            *value = clip8(s);
+        }
+    }
 }
 
 #[cfg(test)]
