@@ -114,6 +114,10 @@ struct StageArgs {
         default_value_t = 16
     )]
     upload_concurrency: usize,
+    /// Upload every file of --images, even those already in the container with the same
+    /// size (a file edited in place keeps its size: without this its old bytes stay).
+    #[arg(long, requires = "images")]
+    force: bool,
     /// Model: CNTK v2 (.dnn) or ONNX, a file or an http(s) URL.
     #[arg(long)]
     model: Option<Source>,
@@ -240,7 +244,13 @@ fn stage(mut args: StageArgs) -> Result<()> {
     if let (Some(images), Some(prefix)) = (&args.images, &args.prefix) {
         println!(
             "{}",
-            stage::stage_images(store.as_ref(), images, prefix, args.upload_concurrency)?
+            stage::stage_images(
+                store.as_ref(),
+                images,
+                prefix,
+                args.upload_concurrency,
+                args.force
+            )?
         );
     }
     match (&args.model, &args.spec.mean_image) {

@@ -198,12 +198,14 @@ pub fn stage_dataset(
 }
 
 /// Uploads every file of the local folder `dir` under `prefix` (sub-folders kept), several at
-/// once, skipping blobs already there with the same size. Hidden files are left out.
+/// once, skipping blobs already there with the same size unless `force`. Hidden files are
+/// left out.
 pub fn stage_images(
     store: &dyn BlobStore,
     dir: &Path,
     prefix: &str,
     concurrency: usize,
+    force: bool,
 ) -> Result<String, StageError> {
     let prefix = collection::normalize_prefix(prefix);
     let Walked {
@@ -229,7 +231,9 @@ pub fn stage_images(
     let present: std::collections::HashMap<String, u64> =
         store.list_sized(&prefix)?.into_iter().collect();
     let total = uploads.len();
-    uploads.retain(|(_, key, size)| present.get(key) != Some(size));
+    if !force {
+        uploads.retain(|(_, key, size)| present.get(key) != Some(size));
+    }
     let skipped = total - uploads.len();
     let bar = ProgressBar::new(uploads.len() as u64).with_style(
         ProgressStyle::with_template(

@@ -464,3 +464,44 @@ fn a_png_whose_icc_profile_inflates_to_a_gigabyte_costs_nothing() {
     println!("eight PNGs with 1 GiB ICC profiles: peak memory {peak} MB");
     assert!(peak < 400, "{peak} MB");
 }
+
+/// A name as long as the file system allows stages (the temporary name used while writing is
+/// short), and `--force` uploads a file edited in place, whose size did not change.
+#[test]
+fn long_names_stage_and_force_uploads_files_edited_in_place() {
+    let root = tempfile::tempdir().unwrap();
+    let folder = root.path().join("images");
+    std::fs::create_dir_all(&folder).unwrap();
+    let long = format!("{}.jpg", "n".repeat(251));
+    assert_eq!(long.len(), 255);
+    let jpeg = std::fs::read(fixture("cifar-10-test-jpeg/cat/0000.jpg")).unwrap();
+    std::fs::write(folder.join(&long), &jpeg).unwrap();
+    std::fs::write(folder.join("edited.bin"), b"first").unwrap();
+    let store = root.path().join("store");
+    let stage = |extra: &[&str]| {
+        let args = [
+            &[
+                "stage",
+                "--store",
+                store.to_str().unwrap(),
+                "--images",
+                folder.to_str().unwrap(),
+                "--prefix",
+                "pets",
+            ][..],
+            extra,
+        ]
+        .concat();
+        run_ok("producer", &args)
+    };
+    stage(&[]);
+    let staged = store.join("cifar/pets");
+    assert_eq!(std::fs::read(staged.join(&long)).unwrap(), jpeg);
+    std::fs::write(folder.join("edited.bin"), b"again").unwrap();
+    let output = stage(&[]);
+    assert!(output.contains("0 uploaded, 2 already there"), "{output}");
+    assert_eq!(std::fs::read(staged.join("edited.bin")).unwrap(), b"first");
+    let output = stage(&["--force"]);
+    assert!(output.contains("2 uploaded"), "{output}");
+    assert_eq!(std::fs::read(staged.join("edited.bin")).unwrap(), b"again");
+}

@@ -79,10 +79,13 @@ impl LocalStore {
         let path = self.path(key)?;
         let parent = path.parent().expect("keys are relative to the container");
         fs::create_dir_all(parent).map_err(|e| self.io(key, e))?;
+        // Short whatever the blob's name (a 255-byte name is the file system's limit), and
+        // unique among this process's writes; hidden, so listings leave it out.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let tmp = parent.join(format!(
             ".{}.{}.tmp",
-            path.file_name().expect("checked key").to_string_lossy(),
-            std::process::id()
+            std::process::id(),
+            WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
         let result = (|| {
             let mut file = fs::File::create(&tmp)?;
