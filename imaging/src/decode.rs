@@ -110,7 +110,16 @@ pub fn decode_reduced(
         };
         return Ok((image, warning));
     }
-    decode_other(bytes, limits).map(|image| (image, None))
+    let image = decode_other(bytes, limits)?;
+    // A header may claim an empty image (a GIF or BMP of width 0) and decode "successfully":
+    // there is nothing to resize or score.
+    if image.width == 0 || image.height == 0 {
+        return Err(DecodeError::Corrupt(format!(
+            "the image is {}x{} pixels: it has none",
+            image.width, image.height
+        )));
+    }
+    Ok((image, None))
 }
 
 /// The most memory decoding `bytes` holds at once, from the file's header alone: the decoder's

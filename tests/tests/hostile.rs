@@ -87,6 +87,10 @@ fn staging_a_folder_follows_no_link_out_of_it_and_says_what_it_left_out() {
     // A link inside the folder is followed, and a link back up does not loop.
     std::os::unix::fs::symlink(folder.join("cat/0000.jpg"), folder.join("cat/0001.jpg")).unwrap();
     std::os::unix::fs::symlink(&folder, folder.join("cat/again")).unwrap();
+    // Latin-1 bytes: no UTF-8 name, which a lossy conversion would merge with another.
+    use std::os::unix::ffi::OsStrExt;
+    let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9.jpg");
+    std::fs::copy(&jpeg, folder.join("cat").join(latin1)).unwrap();
     let store = root.path().join("store");
     let output = run_ok(
         "producer",
@@ -109,6 +113,7 @@ fn staging_a_folder_follows_no_link_out_of_it_and_says_what_it_left_out() {
         output.contains("dog (a link out of the folder)"),
         "{output}"
     );
+    assert!(output.contains("(its name is not UTF-8)"), "{output}");
     let staged = tree(&store.join("cifar/pets"));
     assert_eq!(
         staged,
@@ -504,4 +509,239 @@ fn long_names_stage_and_force_uploads_files_edited_in_place() {
     let output = stage(&["--force"]);
     assert!(output.contains("2 uploaded"), "{output}");
     assert_eq!(std::fs::read(staged.join("edited.bin")).unwrap(), b"again");
+}
+
+/// A tiny deterministic generator (xorshift64*), so that a failure names a reproducible case.
+struct Seeded(u64);
+
+impl Seeded {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// `file` broken one of several ways: bytes flipped, cut short, a run overwritten with junk, a
+/// run repeated, or a length field set to an extreme.
+fn mutate(file: &[u8], random: &mut Seeded) -> Vec<u8> {
+    let mut bytes = file.to_vec();
+    match random.below(5) {
+        0 => {
+            for _ in 0..1 + random.below(8) {
+                let at = random.below(bytes.len());
+                bytes[at] ^= 1 << random.below(8);
+            }
+        }
+        1 => bytes.truncate(random.below(bytes.len())),
+        2 => {
+            let at = random.below(bytes.len());
+            let end = (at + 1 + random.below(64)).min(bytes.len());
+            for b in &mut bytes[at..end] {
+                *b = random.next() as u8;
+            }
+        }
+        3 => {
+            let at = random.below(bytes.len());
+            let end = (at + 1 + random.below(256)).min(bytes.len());
+            let run = bytes[at..end].to_vec();
+            for _ in 0..1 + random.below(16) {
+                bytes.splice(at..at, run.iter().copied());
+            }
+        }
+        _ => {
+            // Headers keep sizes and lengths in their first bytes.
+            let at = random.below(bytes.len().min(64));
+            let end = (at + 4).min(bytes.len());
+            for b in &mut bytes[at..end] {
+                *b = 0xFF;
+            }
+        }
+    }
+    bytes
+}
+
+/// A few hundred seeded mutations of every format read, in one job: each file gets its row
+/// (scored or an error), nothing panics, and the job completes.
+#[test]
+fn mutated_files_of_every_format_each_get_a_row() {
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join("store");
+    stage_fixtures(&store, "cifar");
+    let jpeg = std::fs::read(fixture("cifar-10-test-jpeg/cat/0000.jpg")).unwrap();
+    let pixels = fleet_imaging::decode(
+        &jpeg,
+        fleet_imaging::DecodeLimits {
+            max_pixels: 1 << 20,
+            max_scans: 100,
+        },
+    )
+    .unwrap();
+    let decoded = image::DynamicImage::ImageRgb8(
+        image::RgbImage::from_raw(pixels.width as u32, pixels.height as u32, pixels.data).unwrap(),
+    );
+    let encoded = |format| {
+        let mut out = std::io::Cursor::new(Vec::new());
+        decoded.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    };
+    let formats = [
+        ("jpg", jpeg.clone()),
+        ("png", encoded(image::ImageFormat::Png)),
+        ("bmp", encoded(image::ImageFormat::Bmp)),
+        ("gif", encoded(image::ImageFormat::Gif)),
+        ("webp", encoded(image::ImageFormat::WebP)),
+    ];
+    let folder = root.path().join("images");
+    std::fs::create_dir_all(&folder).unwrap();
+    let mut random = Seeded(0x9E37_79B9_7F4A_7C15);
+    let per_format = 80;
+    for (extension, file) in &formats {
+        for i in 0..per_format {
+            let name = format!("{extension}-{i:03}.{extension}");
+            std::fs::write(folder.join(name), mutate(file, &mut random)).unwrap();
+        }
+    }
+    let store = store.to_str().unwrap();
+    run_ok(
+        "producer",
+        &[
+            "stage",
+            "--store",
+            store,
+            "--images",
+            folder.to_str().unwrap(),
+            "--prefix",
+            "mutants",
+        ],
+    );
+    let output = run_ok(
+        "producer",
+        &[
+            "--store",
+            store,
+            "--embedded",
+            "--dataset",
+            "mutants/",
+            "--labels",
+            "none",
+            "--partition-size",
+            "50",
+        ],
+    );
+    let scores = std::fs::read_to_string(
+        Path::new(store)
+            .join("cifar/results")
+            .join(field(&output, "job"))
+            .join("scores.csv"),
+    )
+    .unwrap();
+    let rows: Vec<&str> = scores.lines().skip(1).collect();
+    assert_eq!(rows.len(), formats.len() * per_format, "one row per file");
+    let errors = rows.iter().filter(|r| !r.ends_with(',')).count();
+    println!(
+        "{} mutated files: {} scored, {errors} error rows",
+        rows.len(),
+        rows.len() - errors
+    );
+    assert!(errors > 0, "some mutations break their file");
+}
+
+/// Eight 16-bit 6300x6300 PNGs (a few MB together, 238 MB of pixels each as decoded): the
+/// memory budget for decoding takes them one at a time, by what their headers claim.
+#[test]
+fn sixteen_bit_pngs_decode_within_the_memory_budget() {
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join("store");
+    stage_fixtures(&store, "cifar");
+    let side = 6300u32;
+    let mut file = Vec::new();
+    {
+        let mut encoder = png::Encoder::new(&mut file, side, side);
+        encoder.set_color(png::ColorType::Rgb);
+        encoder.set_depth(png::BitDepth::Sixteen);
+        encoder.set_compression(png::Compression::Fast);
+        let mut writer = encoder.write_header().unwrap();
+        // A smooth gradient, which compresses to little.
+        let row: Vec<u8> = (0..side)
+            .flat_map(|x| {
+                let v = ((x * 10) as u16).to_be_bytes();
+                [v[0], v[1], v[0], v[1], 0, 0]
+            })
+            .collect();
+        let pixels: Vec<u8> = (0..side).flat_map(|_| row.iter().copied()).collect();
+        writer.write_image_data(&pixels).unwrap();
+    }
+    let folder = root.path().join("images");
+    std::fs::create_dir_all(&folder).unwrap();
+    for i in 0..8 {
+        std::fs::write(folder.join(format!("{i}.png")), &file).unwrap();
+    }
+    let store = store.to_str().unwrap();
+    run_ok(
+        "producer",
+        &[
+            "stage",
+            "--store",
+            store,
+            "--images",
+            folder.to_str().unwrap(),
+            "--prefix",
+            "deep",
+        ],
+    );
+    let peak = |budget: &str| -> u64 {
+        let output = run_ok(
+            "producer",
+            &[
+                "--store",
+                store,
+                "--embedded",
+                "--dataset",
+                "deep/",
+                "--labels",
+                "none",
+                "--decode-memory-mb",
+                budget,
+            ],
+        );
+        assert!(output.contains("Scored 8 images"), "{output}");
+        field(&output, "peak memory")
+            .trim_end_matches(" MB")
+            .parse()
+            .unwrap()
+    };
+    // 0: the default, 64 MiB a core; 8 GiB lets all eight decode at once, as before the budget.
+    let (budgeted, unbounded) = (peak("0"), peak("8192"));
+    println!(
+        "eight 16-bit {side}x{side} PNGs ({} KB each): peak memory {budgeted} MB within the \
+         default budget, {unbounded} MB with room for all at once",
+        file.len() / 1024
+    );
+    assert!(budgeted < 600, "{budgeted} MB");
+    assert!(
+        unbounded > 2 * budgeted,
+        "the budget is what holds it: {unbounded} MB"
+    );
+}
+
+/// A thread or session count no machine has is refused at the command line, where creating
+/// that many threads would stall the host.
+#[test]
+fn thread_counts_beyond_any_machine_are_refused() {
+    for (flag, most) in [("--intra-threads", "1024"), ("--model-runs", "256")] {
+        let err = run_err(
+            "producer",
+            &["--store", "/nonexistent", "--embedded", flag, "100000"],
+        );
+        assert!(
+            err.contains(&format!("100000 is more than {most}")),
+            "{flag}: {err}"
+        );
+    }
 }
