@@ -745,3 +745,161 @@ fn thread_counts_beyond_any_machine_are_refused() {
         );
     }
 }
+
+/// A progressive JPEG with two thousand empty scans appended (each a pass over the whole image
+/// for a few bytes of file) stops at `--max-jpeg-scans`: an error row that names the flag.
+#[test]
+fn a_jpeg_of_thousands_of_empty_scans_stops_at_the_scan_limit() {
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join("store");
+    stage_fixtures(&store, "cifar");
+    // A progressive photo of the fixtures (SOF2), nine scans.
+    let photo = std::fs::read(fixture("real-photos/photos/azure_objects.jpg")).unwrap();
+    assert!(photo.windows(2).any(|w| w == [0xFF, 0xC2]), "progressive");
+    assert_eq!(&photo[photo.len() - 2..], [0xFF, 0xD9]);
+    // An AC scan of the first component carrying no data: SOS, length 8, one component (id 1,
+    // tables 0), spectral 1..63, approximation 0/0.
+    let empty_scan = [0xFF, 0xDA, 0x00, 0x08, 0x01, 0x01, 0x00, 0x01, 0x3F, 0x00];
+    let mut bombed = photo[..photo.len() - 2].to_vec();
+    for _ in 0..2_000 {
+        bombed.extend_from_slice(&empty_scan);
+    }
+    bombed.extend_from_slice(&[0xFF, 0xD9]);
+    let folder = root.path().join("images");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("scans.jpg"), &bombed).unwrap();
+    let store = store.to_str().unwrap();
+    run_ok(
+        "producer",
+        &[
+            "stage",
+            "--store",
+            store,
+            "--images",
+            folder.to_str().unwrap(),
+            "--prefix",
+            "scans",
+        ],
+    );
+    let row = |max_scans: &str| {
+        let output = run_ok(
+            "producer",
+            &[
+                "--store",
+                store,
+                "--embedded",
+                "--dataset",
+                "scans/",
+                "--labels",
+                "none",
+                "--max-jpeg-scans",
+                max_scans,
+            ],
+        );
+        let scores = std::fs::read_to_string(
+            Path::new(store)
+                .join("cifar/results")
+                .join(field(&output, "job"))
+                .join("scores.csv"),
+        )
+        .unwrap();
+        scores.lines().nth(1).unwrap().to_owned()
+    };
+    let refused = row("100");
+    assert!(
+        refused.contains("progressive JPEG of more than 100 scans (--max-jpeg-scans)"),
+        "{refused}"
+    );
+    // The limit is what stops it: with room for every scan, libjpeg reads the file through.
+    let read = row("5000");
+    assert!(!read.contains("--max-jpeg-scans"), "{read}");
+}
+
+/// A model taking 3x4096x4096 images (50 MB as an 8-bit crop each) gets partitions a worker can
+/// hold: the producer cuts them to what 256 MiB of waiting images allows, where 20 images in
+/// one partition would wait as a gigabyte.
+#[test]
+fn a_model_with_a_huge_input_gets_partitions_a_worker_can_hold() {
+    let root = tempfile::tempdir().unwrap();
+    let folder = root.path().join("images");
+    std::fs::create_dir_all(&folder).unwrap();
+    for i in 0..20 {
+        std::fs::copy(
+            fixture(&format!("cifar-10-test-jpeg/dog/{i:04}.jpg")),
+            folder.join(format!("{i}.jpg")),
+        )
+        .unwrap();
+    }
+    let model = root.path().join("huge.onnx");
+    std::fs::write(&model, classifier_of_side(4096, 10)).unwrap();
+    let store = root.path().join("store");
+    let store = store.to_str().unwrap();
+    for what in [
+        &["--images", folder.to_str().unwrap(), "--prefix", "big"][..],
+        &[
+            "--model",
+            model.to_str().unwrap(),
+            "--model-name",
+            "huge",
+            "--filter",
+            "pillow-bilinear",
+        ],
+    ] {
+        run_ok(
+            "producer",
+            &[&["stage", "--store", store][..], what].concat(),
+        );
+    }
+    let output = run_ok(
+        "producer",
+        &[
+            "--store",
+            store,
+            "--embedded",
+            "--dataset",
+            "big/",
+            "--model-name",
+            "huge",
+            "--labels",
+            "none",
+        ],
+    );
+    assert!(output.contains("Scored 20 images"), "{output}");
+    let job = field(&output, "job");
+    let manifest: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(Path::new(store).join(format!("cifar/jobs/{job}/manifest.json"))).unwrap(),
+    )
+    .unwrap();
+    // 256 MiB over 50,331,648 bytes a crop: 5 images a partition.
+    assert_eq!(manifest["partition_size"], 5, "{manifest}");
+    assert_eq!(manifest["partitions"], 4, "{manifest}");
+    let peak: u64 = field(&output, "peak memory")
+        .trim_end_matches(" MB")
+        .parse()
+        .unwrap();
+    println!("20 images for a 3x4096x4096 model: partitions of 5, peak memory {peak} MB");
+    // Two partitions in hand (250 MB of crops each), one call's 201 MB of values, decoding.
+    assert!(peak < 1_500, "{peak} MB");
+}
+
+/// [`wide_classifier`]'s graph for `classes` classes over images of `side` x `side`.
+fn classifier_of_side(side: i64, classes: i64) -> Vec<u8> {
+    use cntk_onnx::proto::onnx::ModelProto;
+    use prost::Message;
+    let mut model = ModelProto::decode(&wide_classifier(classes)[..]).unwrap();
+    let input = &mut model.graph.as_mut().unwrap().input[0];
+    let shape = input
+        .r#type
+        .as_mut()
+        .unwrap()
+        .tensor_type
+        .as_mut()
+        .unwrap()
+        .shape
+        .as_mut()
+        .unwrap();
+    for dim in &mut shape.dim[2..] {
+        dim.value = Some(cntk_onnx::proto::onnx::DimensionValue::Value(side));
+    }
+    model.encode_to_vec()
+}
