@@ -58,6 +58,11 @@ pub enum DecodeError {
     )]
     TooLarge { width: u32, height: u32, max: u64 },
     #[error(
+        "image declares {width}x{height} pixels but holds more (a frame larger than its \
+         screen?), beyond the {max}-pixel limit (--max-image-pixels)"
+    )]
+    Undeclared { width: u32, height: u32, max: u64 },
+    #[error(
         "progressive JPEG of more than {max} scans (--max-jpeg-scans): each scan is a pass over \
          the whole image, and photos have a dozen or so"
     )]
@@ -234,7 +239,10 @@ fn decode_other(bytes: &[u8], limits: DecodeLimits) -> Result<Image, DecodeError
     reader.limits(image_limits);
     let failed = |e| match e {
         image::ImageError::Unsupported(_) => DecodeError::Unsupported,
-        image::ImageError::Limits(_) => DecodeError::TooLarge {
+        // The header's size was within the limit (checked above): what the decoder needed
+        // beyond it is something the header did not declare (a GIF frame larger than its
+        // screen).
+        image::ImageError::Limits(_) => DecodeError::Undeclared {
             width,
             height,
             max: limits.max_pixels,
@@ -513,6 +521,38 @@ pub(crate) mod tests {
         let e = decode(&bytes, LIMITS).unwrap_err();
         assert!(
             matches!(e, DecodeError::TooLarge { width: 100_000, .. }),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_gif_frame_larger_than_its_screen_is_named_as_such() {
+        // A 10x10 screen, then a 60000x60000 frame (two colours, a token of LZW data).
+        let bytes = [
+            &b"GIF89a"[..],
+            &10u16.to_le_bytes(),
+            &10u16.to_le_bytes(),
+            &[0, 0, 0, 0x2C, 0, 0, 0, 0],
+            &60_000u16.to_le_bytes(),
+            &60_000u16.to_le_bytes(),
+            &[0x80, 0, 0, 0, 255, 255, 255, 2, 2, 0x4C, 0x01, 0, 0x3B],
+        ]
+        .concat();
+        let e = decode(&bytes, LIMITS).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                DecodeError::Undeclared {
+                    width: 10,
+                    height: 10,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .contains("declares 10x10 pixels but holds more"),
             "{e}"
         );
     }

@@ -903,3 +903,39 @@ fn classifier_of_side(side: i64, classes: i64) -> Vec<u8> {
     }
     model.encode_to_vec()
 }
+
+/// ONNX Runtime keeps no usage database when run as the scripts and the image run it
+/// (`ORT_DISABLE_TELEMETRY=1`; sessions are also created with telemetry disabled), where
+/// Microsoft's builds otherwise write one under `~/.cache/Microsoft` on every run.
+#[test]
+fn onnx_runtime_writes_no_telemetry_as_the_product_runs_it() {
+    let root = tempfile::tempdir().unwrap();
+    let home = root.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let store = root.path().join("store");
+    let out = fleet_tests::run_with(
+        "producer",
+        &[
+            "stage",
+            "--store",
+            store.to_str().unwrap(),
+            "--model",
+            fixture("resnet20_meanimage_159.dnn").to_str().unwrap(),
+        ],
+        &[
+            ("HOME", home.to_str().unwrap()),
+            ("XDG_CACHE_HOME", home.join(".cache").to_str().unwrap()),
+            ("ORT_DISABLE_TELEMETRY", "1"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        tree(&home),
+        Vec::<String>::new(),
+        "nothing written under HOME"
+    );
+}

@@ -751,7 +751,33 @@ pub fn top_k(row: &[f32], k: usize, probabilities: bool) -> Vec<(u32, f32)> {
 
 #[cfg(test)]
 mod tests {
-    use super::top_k;
+    use super::{Fetch, fetch, top_k};
+    use fleet_common::store::BlobStore;
+    use fleet_common::store::local::LocalStore;
+
+    #[test]
+    fn a_blob_that_cannot_be_read_is_the_images_fault_not_the_stores() {
+        let root = tempfile::tempdir().unwrap();
+        let store = LocalStore::create(root.path(), "ctr").unwrap();
+        store.put("a/ok.jpg", b"bytes").unwrap();
+        // A directory where a blob is named: no regular file to read, however often tried.
+        std::fs::create_dir_all(root.path().join("ctr/a/dir.jpg")).unwrap();
+        assert!(matches!(fetch(&store, "a/ok.jpg", 64), Ok(bytes) if bytes == b"bytes"));
+        for (key, why) in [
+            ("a/dir.jpg", "not a regular file"),
+            ("a/gone.jpg", "no longer exists"),
+        ] {
+            match fetch(&store, key, 64) {
+                Err(Fetch::Image(error)) => assert!(error.contains(why), "{key}: {error}"),
+                Err(Fetch::Store(error)) => panic!("{key}: retried as the store's fault: {error}"),
+                Ok(_) => panic!("{key} was read"),
+            }
+        }
+        assert!(
+            matches!(fetch(&store, "a/ok.jpg", 2), Err(Fetch::Image(_))),
+            "too large"
+        );
+    }
 
     #[test]
     fn argmax_and_confidence() {
