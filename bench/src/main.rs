@@ -37,9 +37,9 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use clap::ValueEnum;
 use fleet_common::dataset::{self, BatchSelection, HEIGHT, IMAGE_BYTES, WIDTH};
-use fleet_common::spec::{ModelSpec, Normalize, Resize};
 use fleet_imaging::{DecodeLimits, Image, Preprocessor, decode};
 use fleet_inference::{InferenceOptions, Scorer};
+use fleet_spec::{ModelSpec, Normalize, Resize};
 
 mod photos;
 

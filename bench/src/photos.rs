@@ -9,12 +9,12 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use fleet_common::spec::{
+use fleet_imaging::{DecodeLimits, Preprocessor, decode};
+use fleet_inference::{InferenceOptions, Scorer};
+use fleet_spec::{
     ChannelOrder, Filter, IMAGENET_MEAN, IMAGENET_STD, Layout, ModelSpec, Normalize, Outputs,
     Provenance, Resize, SPEC_VERSION,
 };
-use fleet_imaging::{DecodeLimits, Preprocessor, decode};
-use fleet_inference::{InferenceOptions, Scorer};
 
 use crate::{Row, repeated, run, run_measured};
 

@@ -7,8 +7,8 @@ use std::time::Instant;
 use fleet_common::job::{self, Manifest, files, now_ms};
 use fleet_common::message::{self, Cancelled, ResultMessage, Scored, Sealed};
 use fleet_common::results::{self, report};
-use fleet_common::spec::ModelSpec;
 use fleet_common::store::{BlobStore, StoreError};
+use fleet_spec::ModelSpec;
 
 use crate::Event;
 

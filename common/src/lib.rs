@@ -5,7 +5,6 @@
 //! - [`store`]: the blob store seam (local directory, Azure Blob Storage).
 //! - [`dataset`]: the CIFAR-10 tarballs, streamed batch by batch (with a small pickle reader),
 //!   and image collections under a prefix with their labels.
-//! - [`spec`]: what a staged model expects of an image, and its classes.
 //! - [`job`]: job ids, the manifest, and the container layout.
 //! - [`message`]: partitions and results, and their versioned binary encoding.
 //! - [`broker`]: the message broker seam (in-process queues, RabbitMQ).
@@ -29,5 +28,4 @@ pub mod ops;
 pub mod results;
 pub mod shutdown;
 pub mod source;
-pub mod spec;
 pub mod store;

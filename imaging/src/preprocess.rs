@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 
-use fleet_common::spec::{ChannelOrder, Filter, Layout, ModelSpec, Normalize, Resize};
+use fleet_spec::{ChannelOrder, Filter, Layout, ModelSpec, Normalize, Resize};
 
 use crate::decode::{DecodeError, DecodeLimits, Image, decode_reduced, decode_with_warning};
 use crate::mean_image::{MeanImage, MeanImageError};
@@ -251,7 +251,7 @@ fn convert_channels(image: &Image, channels: usize) -> Image {
 
 #[cfg(test)]
 mod tests {
-    use fleet_common::spec::{Outputs, Provenance, SPEC_VERSION};
+    use fleet_spec::{Outputs, Provenance, SPEC_VERSION};
 
     use super::*;
 

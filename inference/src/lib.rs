@@ -11,7 +11,7 @@
 
 pub mod runtime;
 
-use fleet_common::spec::Layout;
+use fleet_spec::Layout;
 use half::f16;
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;

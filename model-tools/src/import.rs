@@ -2,7 +2,7 @@
 
 use cntk_onnx::Format;
 use cntk_onnx::proto::onnx::ModelProto;
-use fleet_common::spec::{Outputs, sha256_hex};
+use fleet_spec::{Outputs, sha256_hex};
 use prost::Message;
 
 #[derive(Debug, thiserror::Error)]

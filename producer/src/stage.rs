@@ -11,15 +11,15 @@ use std::time::Duration;
 use fleet_common::dataset::collection::{self, is_image};
 use fleet_common::dataset::{self, BatchSelection, DatasetError, HEIGHT, IMAGE_BYTES, WIDTH};
 use fleet_common::source::{Source, SourceError};
-use fleet_common::spec::{
-    ChannelOrder, Filter, ModelSpec, Normalize, Preset, Provenance, Recipe, Resize, SPEC_VERSION,
-    SpecError, parse_class_list, plain_recipe, sha256_hex, shorter_side_for,
-};
 use fleet_common::store::{BlobStore, StoreError, check_key};
 use fleet_common::{concurrent, job};
 use fleet_imaging::Preprocessor;
 use fleet_imaging::mean_image::{MeanImage, MeanImageError};
 use fleet_inference::{Fit, InferenceError, InferenceOptions, InputSize, Scorer};
+use fleet_spec::{
+    ChannelOrder, Filter, ModelSpec, Normalize, Preset, Provenance, Recipe, Resize, SPEC_VERSION,
+    SpecError, parse_class_list, plain_recipe, sha256_hex, shorter_side_for,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 use model_tools::import::{ImportError, SourceFormat, import};
 use model_tools::quantize::{CALIBRATION_IMAGES, QuantizeError, quantize};
@@ -606,8 +606,8 @@ pub fn stage_quantized(
         spec.width as usize,
     );
     let shape = match spec.layout {
-        fleet_common::spec::Layout::Nchw => [c, h, w],
-        fleet_common::spec::Layout::Nhwc => [h, w, c],
+        fleet_spec::Layout::Nchw => [c, h, w],
+        fleet_spec::Layout::Nhwc => [h, w, c],
     };
     let quantized = quantize(&onnx, &input, shape).map_err(|source| StageError::Quantize {
         model: name.into(),

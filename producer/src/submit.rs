@@ -15,8 +15,8 @@ use fleet_common::dataset::{
 use fleet_common::job::{self, BatchEntry, DatasetKind, Manifest, now_ms};
 use fleet_common::message::{self, Cancelled, Images, MAX_TOP_K, Partition, ResultMessage, Sealed};
 use fleet_common::results::render::{Sample, sample_grid_png};
-use fleet_common::spec::ModelSpec;
 use fleet_common::store::{BlobStore, StoreError};
+use fleet_spec::ModelSpec;
 use tokio::sync::mpsc;
 
 /// Images shown in `samples.png`.
@@ -60,7 +60,7 @@ pub enum SubmitError {
         key: String,
     },
     #[error(transparent)]
-    Spec(#[from] fleet_common::spec::SpecError),
+    Spec(#[from] fleet_spec::SpecError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]

@@ -6,10 +6,10 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use fleet_common::spec::{
+use fleet_imaging::{DecodeLimits, Preprocessor, decode};
+use fleet_spec::{
     ChannelOrder, Filter, Layout, ModelSpec, Normalize, Outputs, Provenance, Resize, SPEC_VERSION,
 };
-use fleet_imaging::{DecodeLimits, Preprocessor, decode};
 use fleet_tests::fixture;
 
 /// A convention of `expected/`: the spec fields that reproduce it.

@@ -17,10 +17,10 @@ use fleet_common::concurrent;
 use fleet_common::job::{self, now_ms};
 use fleet_common::message::{Images, Partition, Score, Scored, Thumbnail};
 use fleet_common::results::{render, report};
-use fleet_common::spec::{ModelSpec, Outputs, sha256_hex};
 use fleet_common::store::{BlobStore, StoreError};
 use fleet_imaging::{DecodeLimits, Image, Preprocessor, decoding_bytes, thumbnail};
 use fleet_inference::{Fit, InferenceError, InferenceOptions, InputSize, Scorer};
+use fleet_spec::{ModelSpec, Outputs, sha256_hex};
 
 use crate::budget::MemoryBudget;
 

@@ -20,7 +20,7 @@ use base64::Engine as _;
 use super::{ConfusedPair, Confusion, Summary};
 use crate::job::{DatasetKind, Manifest};
 use crate::message::{Score, Scored};
-use crate::spec::Provenance;
+use fleet_spec::Provenance;
 
 /// Images in each gallery (most confident mistakes, least confident predictions).
 pub const GALLERY_SIZE: usize = 12;

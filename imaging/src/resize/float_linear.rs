@@ -98,7 +98,7 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fleet_common::spec::Resize;
+    use fleet_spec::Resize;
 
     fn sampler(source: (usize, usize), target: (usize, usize), resize: Resize) -> Sampler {
         Sampler::new(&Plan::new(source, target, resize, None))

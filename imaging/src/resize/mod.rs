@@ -16,7 +16,7 @@ mod float_linear;
 mod opencv;
 mod pillow;
 
-use fleet_common::spec::{Filter, Resize};
+use fleet_spec::{Filter, Resize};
 
 pub use float_linear::Sampler;
 

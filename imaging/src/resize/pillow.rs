@@ -243,7 +243,7 @@ fn horizontal_row<const C: usize>(source: &[u8], out: &mut [u8], taps: &Taps) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fleet_common::spec::Resize;
+    use fleet_spec::Resize;
 
     fn run(
         data: &[u8],
