@@ -41,7 +41,7 @@ pub struct CollectorOptions {
 pub enum CollectorError {
     #[error(transparent)]
     Broker(#[from] BrokerError),
-    #[error("storing results failed: {0}")]
+    #[error("storing results failed")]
     Store(#[from] StoreError),
     #[error("a storage task failed: {0}")]
     Task(String),

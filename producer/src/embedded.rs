@@ -20,9 +20,9 @@ use crate::submit::{SubmitError, SubmitOptions, submit};
 pub enum EmbeddedError {
     #[error(transparent)]
     Submit(#[from] SubmitError),
-    #[error("worker failed: {0}")]
+    #[error("worker failed")]
     Worker(#[from] worker::WorkerError),
-    #[error("collector failed: {0}")]
+    #[error("collector failed")]
     Collector(#[from] collector::CollectorError),
     #[error("job {job} was cancelled: {reason}")]
     Cancelled { job: String, reason: String },

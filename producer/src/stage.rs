@@ -47,13 +47,13 @@ pub enum StageError {
     Spec(#[from] SpecError),
     #[error("{0}")]
     Invalid(String),
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Folder {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot buffer the download in a temporary file: {0}")]
+    #[error("cannot buffer the download in a temporary file")]
     Temp(#[source] std::io::Error),
     #[error(
         "model {model} is staged, but no int8 version of it could be made (the reason follows); \

@@ -224,11 +224,7 @@ impl AzureStore {
 }
 
 fn config_error(reason: String) -> StoreError {
-    StoreError::Io {
-        store: "Azure storage configuration".into(),
-        key: String::new(),
-        reason,
-    }
+    StoreError::Config(format!("Azure storage configuration: {reason}"))
 }
 
 /// The service URL and how to authenticate: a blob service URL means a managed identity

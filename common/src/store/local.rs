@@ -38,11 +38,7 @@ impl LocalStore {
     /// The directory of `container` under `root`: a name Azure accepts, which never reaches
     /// outside the root.
     fn container_dir(root: &Path, container: &str) -> Result<PathBuf, StoreError> {
-        check_container(container).map_err(|reason| StoreError::Io {
-            store: root.display().to_string(),
-            key: String::new(),
-            reason,
-        })?;
+        check_container(container).map_err(StoreError::Config)?;
         Ok(root.join(container))
     }
 

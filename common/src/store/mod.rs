@@ -25,6 +25,10 @@ pub enum StoreError {
         key: String,
         reason: String,
     },
+    /// The store is not configured so that it can be opened (no store given, a connection
+    /// string that does not parse, a container name Azure would refuse).
+    #[error("{0}")]
+    Config(String),
     /// A name that is in the store but is no blob: a FIFO, socket or device in a local
     /// store (reading a FIFO would wait for a writer forever).
     #[error("{store}: {key} is not a regular file")]
@@ -250,23 +254,23 @@ impl StoreArgs {
         let args = self.clone();
         tokio::task::spawn_blocking(move || args.open(create))
             .await
-            .map_err(|e| StoreError::Io {
-                store: "configuration".into(),
-                key: String::new(),
-                reason: format!("opening the store failed: {e}"),
-            })?
+            .map_err(|e| StoreError::Config(format!("opening the store failed: {e}")))?
     }
 
     /// Opens the container; with `create`, makes it if it does not exist. Blocking (it may
     /// talk to Azure): call it from a blocking context.
     pub fn open(&self, create: bool) -> Result<std::sync::Arc<dyn BlobStore>, StoreError> {
-        let spec = self.store.as_deref().or(self.connection_string.as_deref()).ok_or_else(|| StoreError::Io {
-            store: "configuration".into(),
-            key: String::new(),
-            reason: "no store given: pass --store DIR for a local store, or an Azure connection string \
-                     (--store or AZURE_STORAGE_CONNECTION_STRING)"
-                .into(),
-        })?;
+        let spec = self
+            .store
+            .as_deref()
+            .or(self.connection_string.as_deref())
+            .ok_or_else(|| {
+                StoreError::Config(
+                    "no store given: pass --store DIR for a local store, or an Azure connection \
+                 string (--store or AZURE_STORAGE_CONNECTION_STRING)"
+                        .into(),
+                )
+            })?;
         if azure::is_azure(spec) {
             return Ok(std::sync::Arc::new(azure::AzureStore::open(
                 spec,
