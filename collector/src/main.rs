@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use collector::{CollectorOptions, Event};
 use fleet_common::broker::amqp::{AmqpArgs, AmqpBroker};
-use fleet_common::logging::LogArgs;
+use fleet_common::logging::{LogArgs, LogFormat};
 use fleet_common::ops::{self, OpsArgs};
 use fleet_common::shutdown::Shutdown;
 use fleet_common::store::StoreArgs;
@@ -43,14 +43,19 @@ async fn run(cli: Cli) -> Result<()> {
     let (shutdown, _trigger) = Shutdown::on_signals();
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     tracing::info!(store = %store.describe(), "collector started");
+    // A log pipeline reading JSON gets JSON on both streams.
+    let json = cli.log.log_format == LogFormat::Json;
     let logger = tokio::spawn(async move {
         while let Some(event) = events.recv().await {
-            match event {
-                Event::Completed(summary) => {
-                    println!("job {}: {}", summary.job, summary.accuracy_line())
-                }
-                Event::Cancelled { job, reason } => println!("job {job}: cancelled ({reason})"),
-                Event::Stored { .. } => {}
+            let (job, outcome) = match event {
+                Event::Completed(summary) => (summary.job.clone(), summary.accuracy_line()),
+                Event::Cancelled { job, reason } => (job, format!("cancelled ({reason})")),
+                Event::Stored { .. } => continue,
+            };
+            if json {
+                println!("{}", serde_json::json!({ "job": job, "outcome": outcome }));
+            } else {
+                println!("job {job}: {outcome}");
             }
         }
     });

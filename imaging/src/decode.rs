@@ -453,16 +453,6 @@ pub(crate) mod tests {
 
     /// `png` with an eXIf chunk holding `tiff` before its image data.
     fn with_exif(png: &[u8], tiff: &[u8]) -> Vec<u8> {
-        fn crc32(bytes: &[u8]) -> u32 {
-            let mut crc = !0u32;
-            for &b in bytes {
-                crc ^= u32::from(b);
-                for _ in 0..8 {
-                    crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
-                }
-            }
-            !crc
-        }
         let idat = png.windows(4).position(|w| w == b"IDAT").unwrap() - 4;
         let body = [&b"eXIf"[..], tiff].concat();
         [
