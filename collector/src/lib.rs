@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use fleet_common::broker::{Broker, BrokerError, Consumer, Delivery, Queue, settled};
 use fleet_common::message::{self, ResultMessage};
-use fleet_common::metrics::metrics;
-use fleet_common::ops::health;
 use fleet_common::results::Summary;
-use fleet_common::shutdown::Shutdown;
 use fleet_common::store::{BlobStore, StoreError};
+use fleet_service::metrics::metrics;
+use fleet_service::ops::health;
+use fleet_service::shutdown::Shutdown;
 use tokio::sync::mpsc;
 
 use crate::state::Jobs;

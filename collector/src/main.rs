@@ -4,10 +4,10 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use collector::{CollectorOptions, Event};
 use fleet_common::broker::amqp::{AmqpArgs, AmqpBroker};
-use fleet_common::logging::{LogArgs, LogFormat};
-use fleet_common::ops::{self, OpsArgs};
-use fleet_common::shutdown::Shutdown;
 use fleet_common::store::StoreArgs;
+use fleet_service::logging::{LogArgs, LogFormat};
+use fleet_service::ops::{self, OpsArgs};
+use fleet_service::shutdown::Shutdown;
 
 /// Consumes scores from RabbitMQ, stores them durably, and writes `results/<job>/` when a job
 /// is complete. Safe to restart at any point: it resumes from what it stored.
@@ -28,7 +28,7 @@ struct Cli {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    fleet_common::logging::init("warn,collector=info", &cli.log);
+    fleet_service::logging::init("warn,collector=info", &cli.log);
     tokio::runtime::Runtime::new()
         .context("starting the async runtime")?
         .block_on(run(cli))

@@ -9,9 +9,7 @@
 //! - [`message`]: partitions and results, and their versioned binary encoding.
 //! - [`broker`]: the message broker seam (in-process queues, RabbitMQ).
 //! - [`results`]: scores CSV, summary, confusion matrix and the figures.
-//! - [`shutdown`]: SIGTERM/SIGINT as a signal every long-running loop listens to.
-//! - [`logging`]: the binaries' log output; [`cli`]: configuration helpers;
-//!   [`concurrent`]: blocking work on a few threads at once.
+//! - [`cli`]: configuration helpers; [`concurrent`]: blocking work on a few threads at once.
 //!
 //! Errors are `thiserror` enums per module; each message names the thing (file, blob, queue)
 //! and what to do about it, since it is what a user of the binaries reads.
@@ -21,11 +19,7 @@ pub mod cli;
 pub mod concurrent;
 pub mod dataset;
 pub mod job;
-pub mod logging;
 pub mod message;
-pub mod metrics;
-pub mod ops;
 pub mod results;
-pub mod shutdown;
 pub mod source;
 pub mod store;

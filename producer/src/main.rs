@@ -9,10 +9,10 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use fleet_common::broker::amqp::{AmqpArgs, AmqpBroker};
 use fleet_common::job;
-use fleet_common::logging::LogArgs;
 use fleet_common::source::Source;
 use fleet_common::store::{BlobStore, StoreArgs};
 use fleet_inference::InferenceOptions;
+use fleet_service::logging::LogArgs;
 use indicatif::{ProgressBar, ProgressStyle};
 use producer::stage::{
     self, DEFAULT_DATASET_URL, DEFAULT_MEAN_IMAGE_URL, DEFAULT_MODEL_URL, SpecArgs,
@@ -167,7 +167,7 @@ struct ConvertArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    fleet_common::logging::init("warn,producer=info", &cli.log);
+    fleet_service::logging::init("warn,producer=info", &cli.log);
     match cli.command {
         Some(Command::Stage(args)) => stage(*args),
         Some(Command::Convert(args)) => convert(args),

@@ -19,11 +19,11 @@ use std::time::Duration;
 use fleet_common::broker::{Broker, BrokerError, Consumer, Delivery, Queue, settled};
 use fleet_common::job;
 use fleet_common::message::{self, Partition, ResultMessage, Scored};
-use fleet_common::metrics::metrics;
-use fleet_common::ops::{Busy, health};
-use fleet_common::shutdown::Shutdown;
 use fleet_common::store::BlobStore;
 use fleet_inference::InferenceOptions;
+use fleet_service::metrics::metrics;
+use fleet_service::ops::{Busy, health};
+use fleet_service::shutdown::Shutdown;
 use tokio::task::JoinHandle;
 
 use crate::scoring::{ImageOptions, Models, Prepared, ScoreError, score_together};

@@ -3,10 +3,10 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use fleet_common::broker::amqp::{AmqpArgs, AmqpBroker};
-use fleet_common::logging::LogArgs;
-use fleet_common::ops::{self, OpsArgs};
-use fleet_common::shutdown::Shutdown;
 use fleet_common::store::StoreArgs;
+use fleet_service::logging::LogArgs;
+use fleet_service::ops::{self, OpsArgs};
+use fleet_service::shutdown::Shutdown;
 use worker::WorkerOptions;
 
 /// Consumes partitions from RabbitMQ, scores each as one batch with ONNX Runtime, publishes
@@ -31,7 +31,7 @@ struct Cli {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    fleet_common::logging::init("warn,worker=info", &cli.log);
+    fleet_service::logging::init("warn,worker=info", &cli.log);
     tokio::runtime::Runtime::new()
         .context("starting the async runtime")?
         .block_on(run(cli))

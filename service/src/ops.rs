@@ -18,8 +18,14 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::job::now_ms;
 use crate::metrics::metrics;
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// Where and how the endpoint runs. Part of the worker's and collector's configuration.
 #[derive(Debug, Clone, clap::Args)]
