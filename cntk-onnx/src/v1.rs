@@ -571,19 +571,29 @@ fn utf16z(s: &str) -> Vec<u8> {
         .collect()
 }
 
-/// The model output: `chosen` if given, else the network's output nodes, else what its
-/// training criterion scores (the input of the loss that is not a label).
+/// The model output: `chosen` if given (by its saved name or, for a node the CNTK 2 library
+/// saved, by its v2 name), else the network's output nodes, else what its training criterion
+/// scores (the input of the loss that is not a label), else the one computed node nothing
+/// reads (a file the CNTK 2 library saved records no output).
 pub fn output_node<'n>(network: &'n Network, chosen: Option<&'n str>) -> Result<&'n str, Problem> {
-    let exists = |name: &str| network.nodes.iter().any(|n| n.name == name);
+    let available = || {
+        candidate_outputs(network)
+            .iter()
+            .map(|name| shown_name(name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     if let Some(name) = chosen {
-        return if exists(name) {
-            Ok(name)
-        } else {
-            Err(Problem::NoSuchOutput {
+        return network
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .or_else(|| network.nodes.iter().find(|n| shown_name(&n.name) == name))
+            .map(|n| n.name.as_str())
+            .ok_or_else(|| Problem::NoSuchOutput {
                 name: name.into(),
-                available: candidate_outputs(network).join(", "),
-            })
-        };
+                available: available(),
+            });
     }
     let group = |g: &str| network.groups.get(g).map(Vec::as_slice).unwrap_or(&[]);
     if let Some(first) = group("output").first() {
@@ -601,22 +611,42 @@ pub fn output_node<'n>(network: &'n Network, chosen: Option<&'n str>) -> Result<
             return Ok(scored);
         }
     }
+    if let [only] = candidate_outputs(network).as_slice() {
+        return Ok(only);
+    }
     Err(Problem::NoSuchOutput {
         name: "(none saved)".into(),
-        available: candidate_outputs(network).join(", "),
+        available: available(),
     })
 }
 
-/// Nodes that could be a classifier's output: every computed node nothing else reads.
-fn candidate_outputs(network: &Network) -> Vec<String> {
+/// Nodes that could be a classifier's output: every computed node (one with inputs: not a
+/// parameter, an input or the CNTK 2 library's dynamic axis `*`) that nothing else reads.
+fn candidate_outputs(network: &Network) -> Vec<&str> {
     let read: HashSet<&String> = network.inputs.values().flatten().collect();
     network
         .nodes
         .iter()
-        .filter(|n| !read.contains(&n.name) && !matches!(n.fields, Fields::Value { .. }))
-        .filter(|n| !matches!(n.fields, Fields::Input { .. }))
-        .map(|n| n.name.clone())
+        .filter(|n| !read.contains(&n.name))
+        .filter(|n| network.inputs.get(&n.name).is_some_and(|i| !i.is_empty()))
+        .map(|n| n.name.as_str())
         .collect()
+}
+
+/// A node's name as its user knows it: the CNTK 2 library saves v1 nodes as
+/// `__v2libuid__<uid>__v2libname__<name>`, where `<name>` is the v2 function's name (`Plus2060`);
+/// the uid stands in when the name is empty. Other names are as saved.
+pub fn shown_name(saved: &str) -> &str {
+    const UID: &str = "__v2libuid__";
+    const NAME: &str = "__v2libname__";
+    let Some(rest) = saved.strip_prefix(UID) else {
+        return saved;
+    };
+    match rest.split_once(NAME) {
+        Some((_, name)) if !name.is_empty() => name,
+        Some((uid, _)) => uid,
+        None => rest,
+    }
 }
 
 /// The v2 operation a v1 node type computes, for the types that take no saved fields.
@@ -1054,6 +1084,12 @@ mod tests {
 
     /// A tiny v1 file: `z = Plus(Times(W, features), b)`, with a loss over `labels`.
     fn tiny(version: u64, extra_node: Option<(&str, &[u8])>) -> Vec<u8> {
+        tiny_named(version, extra_node, "z")
+    }
+
+    /// [`tiny`] with the output node named `z` (and, when the CNTK 2 library saved it, a
+    /// dynamic axis node `*` of no inputs beside it).
+    fn tiny_named(version: u64, extra_node: Option<(&str, &[u8])>, z: &str) -> Vec<u8> {
         let mut f = Vec::new();
         let s = |f: &mut Vec<u8>, text: &str| f.extend(utf16z(text));
         let u64_ = |f: &mut Vec<u8>, n: u64| f.extend(n.to_le_bytes());
@@ -1075,7 +1111,8 @@ mod tests {
         s(&mut f, "BVersion");
         u64_(&mut f, version);
         s(&mut f, "EVersion");
-        let nodes = 6 + u64::from(extra_node.is_some());
+        let v2_saved = z.starts_with("__v2libuid__");
+        let nodes = 6 + u64::from(extra_node.is_some()) + u64::from(v2_saved);
         u64_(&mut f, nodes);
         s(&mut f, "BNodeList");
         let header = |f: &mut Vec<u8>, op: &str, name: &str| {
@@ -1107,7 +1144,11 @@ mod tests {
         header(&mut f, "Times", "t");
         u64_(&mut f, 1);
         f.extend(0i32.to_le_bytes());
-        header(&mut f, "Plus", "z");
+        header(&mut f, "Plus", z);
+        if v2_saved {
+            // Saves no fields of its own in this reader's terms: skipped.
+            header(&mut f, "DynamicAxis", "*");
+        }
         if let Some((op, fields)) = extra_node {
             header(&mut f, op, "ce");
             f.extend(fields);
@@ -1126,9 +1167,12 @@ mod tests {
         relation(&mut f, "W", &[]);
         relation(&mut f, "b", &[]);
         relation(&mut f, "t", &["W", "features"]);
-        relation(&mut f, "z", &["t", "b"]);
+        relation(&mut f, z, &["t", "b"]);
+        if v2_saved {
+            relation(&mut f, "*", &[]);
+        }
         if extra_node.is_some() {
-            relation(&mut f, "ce", &["labels", "z"]);
+            relation(&mut f, "ce", &["labels", z]);
         }
         s(&mut f, "ERelation");
         s(&mut f, "BRootNodes");
@@ -1188,6 +1232,35 @@ mod tests {
         let network = read(&tiny(17, Some(("Dropout", &state)))).unwrap();
         let model = to_model(&network, Some("ce")).unwrap();
         assert_eq!(model.functions["ce"].op, ops::DROPOUT);
+    }
+
+    #[test]
+    fn a_network_that_names_no_output_has_the_one_node_nothing_reads() {
+        // No output group, no criterion: the one computed node nothing reads.
+        let network = read(&tiny(14, None)).unwrap();
+        assert_eq!(to_model(&network, None).unwrap().root, "z");
+        // As the CNTK 2 library saves it: a v2 name inside, and the dynamic axis `*`.
+        let saved = "__v2libuid__Plus2069__v2libname__Plus2060";
+        let network = read(&tiny_named(14, None, saved)).unwrap();
+        assert_eq!(to_model(&network, None).unwrap().root, saved);
+        // Chosen by either name; an unknown one is refused with the v2 names shown.
+        assert_eq!(output_node(&network, Some("Plus2060")).unwrap(), saved);
+        assert_eq!(output_node(&network, Some(saved)).unwrap(), saved);
+        let err = output_node(&network, Some("Times"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("its outputs: Plus2060"), "{err}");
+        assert!(!err.contains("__v2lib"), "{err}");
+    }
+
+    #[test]
+    fn v2_library_names_are_shown_as_their_v2_names() {
+        assert_eq!(
+            shown_name("__v2libuid__Plus2069__v2libname__Plus2060"),
+            "Plus2060"
+        );
+        assert_eq!(shown_name("__v2libuid__Plus2069__v2libname__"), "Plus2069");
+        assert_eq!(shown_name("z.conv1.c.c"), "z.conv1.c.c");
     }
 
     #[test]
