@@ -130,17 +130,50 @@ impl Model {
                 .rsplit_once("_Output_")
                 .and_then(|(uid, _)| self.functions.get(uid))
         };
-        let output = root
+        let outputs: Vec<&Function> = root
             .inputs
             .iter()
             .filter_map(|input| owner(input))
-            .find(|f| !ops::CRITERIA.contains(&f.op));
-        if let Some(output) = output {
+            .collect();
+        // A loss or metric takes another output of the checkpoint (the prediction) and an
+        // input (the label), as a primitive function or as a block (CNTK 2's Python composes
+        // `cross_entropy_with_softmax` and friends as blocks); the classifier takes neither.
+        let criterion = |f: &Function| {
+            let reads_output = f.inputs.iter().any(|input| {
+                owner(input)
+                    .is_some_and(|o| o.uid != f.uid && outputs.iter().any(|x| x.uid == o.uid))
+            });
+            let reads_input = f.inputs.iter().any(|input| {
+                self.variables
+                    .get(input)
+                    .is_some_and(|v| v.kind == VariableKind::Input)
+            });
+            ops::CRITERIA.contains(&f.op)
+                || f.block
+                    .as_ref()
+                    .is_some_and(|b| CRITERION_BLOCKS.contains(&b.op_name.as_str()))
+                || (reads_output && reads_input)
+        };
+        if let Some(output) = outputs.iter().find(|f| !criterion(f)) {
             self.root = output.uid.clone();
         }
         Ok(())
     }
 }
+
+/// The op names of CNTK 2's losses and metrics when its Python API composes them as blocks.
+const CRITERION_BLOCKS: &[&str] = &[
+    "CrossEntropyWithSoftmax",
+    "ClassificationError",
+    "SquaredError",
+    "BinaryCrossEntropy",
+    "WeightedBinaryCrossEntropy",
+    "CosineDistance",
+    "CosineDistanceWithNegativeSamples",
+    "LambdaRank",
+    "NDCG",
+    "EditDistanceError",
+];
 
 /// A function or variable met walking a model from its root.
 #[derive(Debug)]
@@ -420,6 +453,35 @@ mod tests {
     #[test]
     fn a_checkpoint_root_gives_its_classifier_not_its_loss() {
         let mut model = checkpoint();
+        model.choose_output(None).unwrap();
+        assert_eq!(model.root, "z");
+    }
+
+    #[test]
+    fn a_checkpoint_whose_loss_and_metric_are_blocks_gives_its_classifier() {
+        let block = |op_name: &str| Block {
+            root: "inner".into(),
+            op_name: op_name.into(),
+            arguments: HashMap::new(),
+        };
+        // The loss a block of a known op name; the metric a block of a name not listed, known
+        // by what it takes (the classifier's output and the labels).
+        let block_op = (0..).find(|&op| ops::name(op) == "Block").unwrap();
+        let mut model = checkpoint();
+        for (uid, op_name) in [("ce", "CrossEntropyWithSoftmax"), ("err", "MyOwnMetric")] {
+            let f = model.functions.get_mut(uid).unwrap();
+            (f.op, f.block) = (block_op, Some(block(op_name)));
+        }
+        model.variables.insert(
+            "labels".into(),
+            Variable {
+                uid: "labels".into(),
+                kind: VariableKind::Input,
+                shape: vec![10],
+                batched: true,
+                value: None,
+            },
+        );
         model.choose_output(None).unwrap();
         assert_eq!(model.root, "z");
     }
