@@ -88,6 +88,8 @@ enum Fields {
 #[derive(Debug)]
 struct Convolution {
     kernel: Vec<u64>,
+    /// The output maps (channels), as a shape.
+    map_count: Vec<u64>,
     stride: Vec<u64>,
     sharing: Vec<bool>,
     auto_pad: Vec<bool>,
@@ -492,7 +494,7 @@ impl Reader<'_> {
             }
             "Convolution" | "Pooling" if version >= 5 => {
                 let kernel = self.shape()?;
-                let _map_count = self.shape()?;
+                let map_count = self.shape()?;
                 let stride = self.shape()?;
                 let sharing = self.bools()?;
                 let auto_pad = self.bools()?;
@@ -516,6 +518,7 @@ impl Reader<'_> {
                 }
                 Fields::Convolution(Box::new(Convolution {
                     kernel,
+                    map_count,
                     stride,
                     sharing,
                     auto_pad,
@@ -718,6 +721,7 @@ pub fn to_model(network: &Network, output: Option<&str>) -> Result<Model, Proble
     let mut functions = HashMap::new();
     let mut unsupported: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut inverse_stds = Vec::new();
+    let mut matrix_kernels = Vec::new();
     for node in needed {
         let inputs: Vec<String> = network
             .inputs
@@ -734,6 +738,14 @@ pub fn to_model(network: &Network, output: Option<&str>) -> Result<Model, Proble
             && let Some(statistic) = inputs.get(4)
         {
             inverse_stds.push((statistic.clone(), epsilon));
+        }
+        if let Fields::Convolution(c) = &node.fields
+            && c.pool_kind == 0
+            && c.chw
+            && !c.transpose
+            && let Some(kernel) = inputs.first()
+        {
+            matrix_kernels.push((kernel.clone(), c.kernel.clone(), c.map_count.clone()));
         }
         match lower_node(node, inputs)? {
             Lowered::Variable(v) => {
@@ -758,6 +770,11 @@ pub fn to_model(network: &Network, output: Option<&str>) -> Result<Model, Proble
             for v in values.iter_mut() {
                 *v = (1.0 / (f64::from(*v) * f64::from(*v)) + epsilon) as f32;
             }
+        }
+    }
+    for (kernel, window, maps) in matrix_kernels {
+        if let Some(variable) = variables.get_mut(&kernel) {
+            kernel_from_matrix(variable, &window, &maps);
         }
     }
     if !unsupported.is_empty() {
@@ -843,6 +860,33 @@ fn reference(by_name: &HashMap<&str, &Node>, name: &str) -> String {
         Some(Fields::Value { .. } | Fields::Input { .. }) => name.to_owned(),
         _ => format!("{name}_Output_0"),
     }
+}
+
+/// A convolution kernel saved as a matrix, as BrainScript's `ConvolutionalLayer` saves it in
+/// the cuDNN layout: `[maps, window x channels]` (rows first: CNTK's column-major order).
+/// CNTK's `Convolution` documents the weights as "a matrix of dimensions `[outChannels,
+/// (M1*M2*...*Mn)]`", the columns running over the kernel shape `window` (which includes the
+/// input channels), first axis fastest: map `k`'s weight at kernel position `j` is row `k`,
+/// column `j`.
+/// The lowering takes the ND kernel `[window..., maps]`, first axis fastest: the matrix
+/// transposed. A kernel already of that rank, or of other sizes, is left as it is.
+fn kernel_from_matrix(variable: &mut Variable, window: &[u64], maps: &[u64]) {
+    let (positions, count) = (window.iter().product::<u64>(), maps.iter().product::<u64>());
+    if variable.shape != [count, positions] || window.len() < 2 {
+        return;
+    }
+    let Some(values) = variable.value.as_mut() else {
+        return;
+    };
+    let (count, positions) = (count as usize, positions as usize);
+    let mut transposed = vec![0.0; values.len()];
+    for k in 0..count {
+        for j in 0..positions {
+            transposed[j + positions * k] = values[k + count * j];
+        }
+    }
+    *values = transposed;
+    variable.shape = window.iter().copied().chain([count as u64]).collect();
 }
 
 /// What one v1 node becomes in the model.
@@ -1251,6 +1295,81 @@ mod tests {
             .to_string();
         assert!(err.contains("its outputs: Plus2060"), "{err}");
         assert!(!err.contains("__v2lib"), "{err}");
+    }
+
+    #[test]
+    fn a_convolution_kernel_saved_as_a_matrix_becomes_the_nd_kernel() {
+        // 3 maps of a 2x2 window over 2 channels, saved as the matrix [3, 8].
+        let (maps, positions) = (3usize, 8usize);
+        let matrix: Vec<f32> = (0..maps * positions).map(|i| i as f32).collect();
+        let node = |name: &str, op: &str, fields| Node {
+            op: op.into(),
+            name: name.into(),
+            fields,
+        };
+        let convolution = Convolution {
+            kernel: vec![2, 2, 2],
+            map_count: vec![3],
+            stride: vec![1, 1, 2],
+            sharing: vec![true],
+            auto_pad: vec![false],
+            lower_pad: vec![0],
+            upper_pad: vec![0],
+            pool_kind: 0,
+            chw: true,
+            transpose: false,
+            ceil_out_dim: false,
+            include_pad: false,
+            dilation: vec![1],
+        };
+        let network = Network {
+            version: 14,
+            nodes: vec![
+                node(
+                    "x",
+                    "InputValue",
+                    Fields::Input {
+                        shape: vec![4, 4, 2],
+                    },
+                ),
+                node(
+                    "W",
+                    "LearnableParameter",
+                    Fields::Value {
+                        shape: vec![maps as u64, positions as u64],
+                        values: matrix.clone(),
+                    },
+                ),
+                node(
+                    "c",
+                    "Convolution",
+                    Fields::Convolution(Box::new(convolution)),
+                ),
+            ],
+            inputs: [("c".to_owned(), vec!["W".to_owned(), "x".to_owned()])]
+                .into_iter()
+                .collect(),
+            groups: [("output", vec!["c".to_owned()])].into_iter().collect(),
+        };
+        let model = to_model(&network, None).unwrap();
+        let kernel = &model.variables["W"];
+        assert_eq!(kernel.shape, [2, 2, 2, 3]);
+        let values = kernel.value.as_deref().unwrap();
+        // Map k's weight at window position (w, h) of channel c.
+        for k in 0..maps {
+            for c in 0..2 {
+                for h in 0..2 {
+                    for w in 0..2 {
+                        let j = w + 2 * (h + 2 * c);
+                        assert_eq!(
+                            values[j + positions * k],
+                            matrix[k + maps * j],
+                            "map {k}, w {w}, h {h}, c {c}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
