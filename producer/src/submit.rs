@@ -41,7 +41,8 @@ pub struct SubmitOptions {
     /// Batches of a tarball to score: `all`, or a comma-separated list (`test_batch,data_batch_1`).
     #[arg(long, env = "BATCHES", default_value = "test_batch")]
     pub batches: BatchSelection,
-    /// Images per partition (one message, one model call).
+    /// Images per partition: one message, which a worker scores in calls of `--max-call-mb`
+    /// (a model with a large input gets smaller partitions, as many images as a worker holds).
     #[arg(long, env = "PARTITION_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=20_000))]
     pub partition_size: u32,
     /// Classes reported per image in `scores.csv`, best first.

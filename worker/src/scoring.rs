@@ -27,10 +27,11 @@ use crate::budget::MemoryBudget;
 /// How images are fetched, decoded and fed to the model. Part of the worker's configuration.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ImageOptions {
-    /// Largest model input of one call, in MiB: a partition's images are scored in calls of
-    /// as many images as fit (at least one), whatever the partition size, so that a worker's
-    /// memory follows the model's input size, not the partition's. On a GPU, raise it to fill
-    /// the device (1024, say).
+    /// Largest model input and output of one call, in MiB: a partition's images are scored in
+    /// calls of as many images as fit (at least one; for a model with a fixed batch, a few
+    /// batches per run at most), whatever the partition size, so that a worker's memory
+    /// follows the model's size, not the partition's. On a GPU, raise it to fill the device
+    /// (1024, say).
     #[arg(long, env = "MAX_CALL_MB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub max_call_mb: u32,
     /// Blobs of one partition fetched at once (and decoded, as far as --decode-memory-mb

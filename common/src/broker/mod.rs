@@ -50,16 +50,6 @@ pub struct QueueNames {
     pub dead_letter: String,
 }
 
-impl Default for QueueNames {
-    fn default() -> Self {
-        Self {
-            partitions: "cifar.partitions".into(),
-            results: "cifar.results".into(),
-            dead_letter: "cifar.dead-letter".into(),
-        }
-    }
-}
-
 impl QueueNames {
     pub fn name(&self, queue: Queue) -> &str {
         match queue {
