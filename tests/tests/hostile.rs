@@ -23,6 +23,42 @@ fn tree(dir: &Path) -> Vec<String> {
     out
 }
 
+/// `producer stage` of the images under `folder` as `prefix`, which must succeed.
+fn stage_images(store: &str, folder: &str, prefix: &str) -> String {
+    run_ok(
+        "producer",
+        &[
+            "stage", "--store", store, "--images", folder, "--prefix", prefix,
+        ],
+    )
+}
+
+/// An embedded job over `dataset` in the store's `cifar` container, with `extra` flags, which
+/// must succeed; its output.
+fn run_job(store: &str, dataset: &str, extra: &[&str]) -> String {
+    let args = [
+        &["--store", store, "--embedded", "--dataset", dataset][..],
+        extra,
+    ]
+    .concat();
+    run_ok("producer", &args)
+}
+
+/// Where the job an embedded run printed wrote its results.
+fn results(store: &str, output: &str) -> std::path::PathBuf {
+    Path::new(store)
+        .join("cifar/results")
+        .join(field(output, "job"))
+}
+
+/// The peak memory an embedded run printed, in MB.
+fn peak_mb(output: &str) -> u64 {
+    field(output, "peak memory")
+        .trim_end_matches(" MB")
+        .parse()
+        .unwrap()
+}
+
 #[test]
 fn container_names_and_prefixes_cannot_reach_outside_the_store() {
     let root = tempfile::tempdir().unwrap();
@@ -137,37 +173,9 @@ fn names_a_spreadsheet_would_run_are_written_as_text() {
         std::fs::copy(&jpeg, folder.join(class).join(name)).unwrap();
     }
     let store = store.to_str().unwrap();
-    run_ok(
-        "producer",
-        &[
-            "stage",
-            "--store",
-            store,
-            "--images",
-            folder.to_str().unwrap(),
-            "--prefix",
-            "pets",
-        ],
-    );
-    let output = run_ok(
-        "producer",
-        &[
-            "--store",
-            store,
-            "--embedded",
-            "--dataset",
-            "pets/",
-            "--labels",
-            "none",
-        ],
-    );
-    let scores = std::fs::read_to_string(
-        Path::new(store)
-            .join("cifar/results")
-            .join(field(&output, "job"))
-            .join("scores.csv"),
-    )
-    .unwrap();
+    stage_images(store, folder.to_str().unwrap(), "pets");
+    let output = run_job(store, "pets/", &["--labels", "none"]);
+    let scores = std::fs::read_to_string(results(store, &output).join("scores.csv")).unwrap();
     let mut rows = 0;
     for line in scores.lines().skip(1) {
         rows += 1;
@@ -294,14 +302,10 @@ fn a_million_class_model_costs_memory_by_images_not_classes_squared() {
             &[&["stage", "--store", store][..], what].concat(),
         );
     }
-    let output = run_ok(
-        "producer",
+    let output = run_job(
+        store,
+        "wide/",
         &[
-            "--store",
-            store,
-            "--embedded",
-            "--dataset",
-            "wide/",
             "--model-name",
             "wide",
             "--labels",
@@ -311,15 +315,10 @@ fn a_million_class_model_costs_memory_by_images_not_classes_squared() {
         ],
     );
     assert!(output.contains("of 4 images"), "{output}");
-    let peak: u64 = field(&output, "peak memory")
-        .trim_end_matches(" MB")
-        .parse()
-        .unwrap();
+    let peak: u64 = peak_mb(&output);
     println!("a 1,000,000-class job over 4 images: peak memory {peak} MB");
     assert!(peak < 500, "{peak} MB");
-    let results = Path::new(store)
-        .join("cifar/results")
-        .join(field(&output, "job"));
+    let results = results(store, &output);
     let confusion = std::fs::read_to_string(results.join("confusion.csv")).unwrap();
     assert!(
         confusion.starts_with("true_class,predicted_class,images\n"),
@@ -354,17 +353,10 @@ fn a_fifo_in_the_store_is_not_waited_on() {
         std::fs::copy(&jpeg, folder.join(format!("{i}.jpg"))).unwrap();
     }
     let store_arg = store.to_str().unwrap();
-    run_ok(
-        "producer",
-        &[
-            "stage",
-            "--store",
-            store_arg,
-            "--images",
-            folder.parent().unwrap().to_str().unwrap(),
-            "--prefix",
-            "pets",
-        ],
+    stage_images(
+        store_arg,
+        folder.parent().unwrap().to_str().unwrap(),
+        "pets",
     );
     let fifo = store.join("cifar/pets/cat/3.jpg");
     let made = std::process::Command::new("mkfifo")
@@ -372,18 +364,7 @@ fn a_fifo_in_the_store_is_not_waited_on() {
         .status()
         .unwrap();
     assert!(made.success());
-    let output = run_ok(
-        "producer",
-        &[
-            "--store",
-            store_arg,
-            "--embedded",
-            "--dataset",
-            "pets/",
-            "--labels",
-            "none",
-        ],
-    );
+    let output = run_job(store_arg, "pets/", &["--labels", "none"]);
     assert!(output.contains("Scored 3 images"), "{output}");
 }
 
@@ -437,35 +418,10 @@ fn a_png_whose_icc_profile_inflates_to_a_gigabyte_costs_nothing() {
         std::fs::write(folder.join(format!("{i}.png")), &bomb).unwrap();
     }
     let store = store.to_str().unwrap();
-    run_ok(
-        "producer",
-        &[
-            "stage",
-            "--store",
-            store,
-            "--images",
-            folder.to_str().unwrap(),
-            "--prefix",
-            "bombs",
-        ],
-    );
-    let output = run_ok(
-        "producer",
-        &[
-            "--store",
-            store,
-            "--embedded",
-            "--dataset",
-            "bombs/",
-            "--labels",
-            "none",
-        ],
-    );
+    stage_images(store, folder.to_str().unwrap(), "bombs");
+    let output = run_job(store, "bombs/", &["--labels", "none"]);
     assert!(output.contains("Scored 8 images"), "{output}");
-    let peak: u64 = field(&output, "peak memory")
-        .trim_end_matches(" MB")
-        .parse()
-        .unwrap();
+    let peak: u64 = peak_mb(&output);
     println!("eight PNGs with 1 GiB ICC profiles: peak memory {peak} MB");
     assert!(peak < 400, "{peak} MB");
 }
@@ -608,39 +564,13 @@ fn mutated_files_of_every_format_each_get_a_row() {
         }
     }
     let store = store.to_str().unwrap();
-    run_ok(
-        "producer",
-        &[
-            "stage",
-            "--store",
-            store,
-            "--images",
-            folder.to_str().unwrap(),
-            "--prefix",
-            "mutants",
-        ],
+    stage_images(store, folder.to_str().unwrap(), "mutants");
+    let output = run_job(
+        store,
+        "mutants/",
+        &["--labels", "none", "--partition-size", "50"],
     );
-    let output = run_ok(
-        "producer",
-        &[
-            "--store",
-            store,
-            "--embedded",
-            "--dataset",
-            "mutants/",
-            "--labels",
-            "none",
-            "--partition-size",
-            "50",
-        ],
-    );
-    let scores = std::fs::read_to_string(
-        Path::new(store)
-            .join("cifar/results")
-            .join(field(&output, "job"))
-            .join("scores.csv"),
-    )
-    .unwrap();
+    let scores = std::fs::read_to_string(results(store, &output).join("scores.csv")).unwrap();
     let rows: Vec<&str> = scores.lines().skip(1).collect();
     assert_eq!(rows.len(), formats.len() * per_format, "one row per file");
     let errors = rows.iter().filter(|r| !r.ends_with(',')).count();
@@ -683,38 +613,15 @@ fn sixteen_bit_pngs_decode_within_the_memory_budget() {
         std::fs::write(folder.join(format!("{i}.png")), &file).unwrap();
     }
     let store = store.to_str().unwrap();
-    run_ok(
-        "producer",
-        &[
-            "stage",
-            "--store",
-            store,
-            "--images",
-            folder.to_str().unwrap(),
-            "--prefix",
-            "deep",
-        ],
-    );
+    stage_images(store, folder.to_str().unwrap(), "deep");
     let peak = |budget: &str| -> u64 {
-        let output = run_ok(
-            "producer",
-            &[
-                "--store",
-                store,
-                "--embedded",
-                "--dataset",
-                "deep/",
-                "--labels",
-                "none",
-                "--decode-memory-mb",
-                budget,
-            ],
+        let output = run_job(
+            store,
+            "deep/",
+            &["--labels", "none", "--decode-memory-mb", budget],
         );
         assert!(output.contains("Scored 8 images"), "{output}");
-        field(&output, "peak memory")
-            .trim_end_matches(" MB")
-            .parse()
-            .unwrap()
+        peak_mb(&output)
     };
     // 0: the default, 64 MiB a core; 8 GiB lets all eight decode at once, as before the budget.
     let (budgeted, unbounded) = (peak("0"), peak("8192"));
@@ -769,40 +676,14 @@ fn a_jpeg_of_thousands_of_empty_scans_stops_at_the_scan_limit() {
     std::fs::create_dir_all(&folder).unwrap();
     std::fs::write(folder.join("scans.jpg"), &bombed).unwrap();
     let store = store.to_str().unwrap();
-    run_ok(
-        "producer",
-        &[
-            "stage",
-            "--store",
-            store,
-            "--images",
-            folder.to_str().unwrap(),
-            "--prefix",
-            "scans",
-        ],
-    );
+    stage_images(store, folder.to_str().unwrap(), "scans");
     let row = |max_scans: &str| {
-        let output = run_ok(
-            "producer",
-            &[
-                "--store",
-                store,
-                "--embedded",
-                "--dataset",
-                "scans/",
-                "--labels",
-                "none",
-                "--max-jpeg-scans",
-                max_scans,
-            ],
+        let output = run_job(
+            store,
+            "scans/",
+            &["--labels", "none", "--max-jpeg-scans", max_scans],
         );
-        let scores = std::fs::read_to_string(
-            Path::new(store)
-                .join("cifar/results")
-                .join(field(&output, "job"))
-                .join("scores.csv"),
-        )
-        .unwrap();
+        let scores = std::fs::read_to_string(results(store, &output).join("scores.csv")).unwrap();
         scores.lines().nth(1).unwrap().to_owned()
     };
     let refused = row("100");
@@ -850,20 +731,7 @@ fn a_model_with_a_huge_input_gets_partitions_a_worker_can_hold() {
             &[&["stage", "--store", store][..], what].concat(),
         );
     }
-    let output = run_ok(
-        "producer",
-        &[
-            "--store",
-            store,
-            "--embedded",
-            "--dataset",
-            "big/",
-            "--model-name",
-            "huge",
-            "--labels",
-            "none",
-        ],
-    );
+    let output = run_job(store, "big/", &["--model-name", "huge", "--labels", "none"]);
     assert!(output.contains("Scored 20 images"), "{output}");
     let job = field(&output, "job");
     let manifest: serde_json::Value = serde_json::from_slice(
@@ -873,10 +741,7 @@ fn a_model_with_a_huge_input_gets_partitions_a_worker_can_hold() {
     // 256 MiB over 50,331,648 bytes a crop: 5 images a partition.
     assert_eq!(manifest["partition_size"], 5, "{manifest}");
     assert_eq!(manifest["partitions"], 4, "{manifest}");
-    let peak: u64 = field(&output, "peak memory")
-        .trim_end_matches(" MB")
-        .parse()
-        .unwrap();
+    let peak: u64 = peak_mb(&output);
     println!("20 images for a 3x4096x4096 model: partitions of 5, peak memory {peak} MB");
     // Two partitions in hand (250 MB of crops each), one call's 201 MB of values, decoding.
     assert!(peak < 1_500, "{peak} MB");
