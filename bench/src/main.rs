@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use clap::ValueEnum;
-use fleet_common::dataset::{self, BatchSelection, HEIGHT, IMAGE_BYTES, WIDTH};
+use fleet_dataset::{self as dataset, BatchSelection, HEIGHT, IMAGE_BYTES, WIDTH};
 use fleet_imaging::{DecodeLimits, Image, Preprocessor, decode};
 use fleet_inference::{InferenceOptions, Scorer};
 use fleet_spec::{ModelSpec, Normalize, Resize};

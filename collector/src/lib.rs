@@ -9,18 +9,19 @@
 //! - Result files are written only when every partition is in; `summary.json` is written last,
 //!   so its presence means the set is complete.
 
+pub mod results;
 pub mod state;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleet_common::broker::{Broker, BrokerError, Consumer, Delivery, Queue, settled};
-use fleet_common::message::{self, ResultMessage};
-use fleet_common::results::Summary;
-use fleet_common::store::{BlobStore, StoreError};
+use fleet_broker::{Broker, BrokerError, Consumer, Delivery, Queue, settled};
+use fleet_protocol::Summary;
+use fleet_protocol::message::{self, ResultMessage};
 use fleet_service::metrics::metrics;
 use fleet_service::ops::health;
 use fleet_service::shutdown::Shutdown;
+use fleet_storage::{BlobStore, StoreError};
 use tokio::sync::mpsc;
 
 use crate::state::Jobs;

@@ -3,11 +3,11 @@
 use anyhow::{Context, Result};
 use clap::Parser;
 use collector::{CollectorOptions, Event};
-use fleet_common::broker::amqp::{AmqpArgs, AmqpBroker};
-use fleet_common::store::StoreArgs;
+use fleet_broker::amqp::{AmqpArgs, AmqpBroker};
 use fleet_service::logging::{LogArgs, LogFormat};
 use fleet_service::ops::{self, OpsArgs};
 use fleet_service::shutdown::Shutdown;
+use fleet_storage::StoreArgs;
 
 /// Consumes scores from RabbitMQ, stores them durably, and writes `results/<job>/` when a job
 /// is complete. Safe to restart at any point: it resumes from what it stored.

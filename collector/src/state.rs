@@ -4,11 +4,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use fleet_common::job::{self, Manifest, files, now_ms};
-use fleet_common::message::{self, Cancelled, ResultMessage, Scored, Sealed};
-use fleet_common::results::{self, report};
-use fleet_common::store::{BlobStore, StoreError};
+use crate::results::{self, report};
+use fleet_protocol::Summary;
+use fleet_protocol::job::{self, Manifest, files, now_ms};
+use fleet_protocol::message::{self, Cancelled, ResultMessage, Scored, Sealed};
 use fleet_spec::ModelSpec;
+use fleet_storage::{BlobStore, StoreError};
 
 use crate::Event;
 
@@ -215,7 +216,7 @@ impl Jobs {
         Ok(self.open.get_mut(job).expect("inserted above"))
     }
 
-    fn complete_if_ready(&mut self, job: &str) -> Result<Option<results::Summary>, StoreError> {
+    fn complete_if_ready(&mut self, job: &str) -> Result<Option<Summary>, StoreError> {
         let Some(state) = self.open.get(job) else {
             return Ok(None);
         };
@@ -314,10 +315,10 @@ impl Jobs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fleet_common::job::DatasetKind;
-    use fleet_common::message::Score;
-    use fleet_common::results::Summary;
-    use fleet_common::store::local::LocalStore;
+    use fleet_protocol::Summary;
+    use fleet_protocol::job::DatasetKind;
+    use fleet_protocol::message::Score;
+    use fleet_storage::local::LocalStore;
 
     fn scored(partition: u32) -> ResultMessage {
         ResultMessage::Scored(Scored {

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use collector::{CollectorOptions, Event};
-use fleet_common::broker::memory::MemoryBroker;
-use fleet_common::results::Summary;
-use fleet_common::store::BlobStore;
+use fleet_broker::memory::MemoryBroker;
+use fleet_protocol::Summary;
 use fleet_service::shutdown::Shutdown;
+use fleet_storage::BlobStore;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -60,7 +60,7 @@ pub async fn run(
     }
 
     let collector_options: CollectorOptions =
-        fleet_common::cli::defaults().map_err(|e| EmbeddedError::Config(e.to_string()))?;
+        fleet_service::cli::defaults().map_err(|e| EmbeddedError::Config(e.to_string()))?;
     let mut fleet: JoinSet<Result<(), EmbeddedError>> = JoinSet::new();
     {
         let (broker, store, shutdown) = (broker.clone(), store.clone(), shutdown.clone());

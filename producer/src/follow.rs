@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fleet_common::job::{self, Manifest, files};
-use fleet_common::results::Summary;
-use fleet_common::store::{BlobStore, StoreError};
+use fleet_protocol::Summary;
+use fleet_protocol::job::{self, Manifest, files};
+use fleet_storage::{BlobStore, ErrorKind, StoreError};
 use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(Debug, thiserror::Error)]
@@ -109,11 +109,7 @@ pub async fn follow(
                 }
                 status
             }
-            Err(
-                e @ (StoreError::NoContainer { .. }
-                | StoreError::Denied { .. }
-                | StoreError::BadKey(_)),
-            ) => {
+            Err(e) if matches!(e.kind(), ErrorKind::Setup | ErrorKind::Blob) => {
                 return Err(e.into());
             }
             Err(e) => {

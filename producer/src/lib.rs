@@ -7,9 +7,11 @@
 //! - [`follow`]: waiting for a submitted job, by watching the container.
 //! - [`status`]: the container's jobs and where each stands.
 //! - [`embedded`]: the whole fleet in one process, on the in-process broker.
+//! - [`source`]: where staged inputs come from (a file or a URL).
 
 pub mod embedded;
 pub mod follow;
+pub mod source;
 pub mod stage;
 pub mod status;
 pub mod submit;

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use fleet_common::broker::amqp::{AmqpArgs, AmqpBroker};
-use fleet_common::job;
-use fleet_common::source::Source;
-use fleet_common::store::{BlobStore, StoreArgs};
+use fleet_broker::amqp::{AmqpArgs, AmqpBroker};
 use fleet_inference::InferenceOptions;
+use fleet_protocol::job;
 use fleet_service::logging::LogArgs;
+use fleet_storage::{BlobStore, StoreArgs};
 use indicatif::{ProgressBar, ProgressStyle};
+use producer::source::Source;
 use producer::stage::{
     self, DEFAULT_DATASET_URL, DEFAULT_MEAN_IMAGE_URL, DEFAULT_MODEL_URL, SpecArgs,
 };
@@ -390,7 +390,7 @@ fn peak_memory_mb() -> Option<u64> {
     Some(kb / 1024)
 }
 
-fn print_summary(summary: &fleet_common::results::Summary) {
+fn print_summary(summary: &fleet_protocol::Summary) {
     println!("{}", summary.accuracy_line());
     println!(
         "scored {} images in {:.2}s ({:.0} images/s)",

@@ -8,18 +8,19 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use fleet_common::dataset::collection::{self, is_image};
-use fleet_common::dataset::{self, BatchSelection, DatasetError, HEIGHT, IMAGE_BYTES, WIDTH};
-use fleet_common::source::{Source, SourceError};
-use fleet_common::store::{BlobStore, StoreError, check_key};
-use fleet_common::{concurrent, job};
+use crate::source::{Source, SourceError};
+use fleet_dataset::collection::{self, is_image};
+use fleet_dataset::{self as dataset, BatchSelection, DatasetError, HEIGHT, IMAGE_BYTES, WIDTH};
 use fleet_imaging::Preprocessor;
 use fleet_imaging::mean_image::{MeanImage, MeanImageError};
 use fleet_inference::{Fit, InferenceError, InferenceOptions, InputSize, Scorer};
+use fleet_protocol::job;
+use fleet_service::concurrent;
 use fleet_spec::{
     ChannelOrder, Filter, ModelSpec, Normalize, Preset, Provenance, Recipe, Resize, SPEC_VERSION,
     SpecError, parse_class_list, plain_recipe, sha256_hex, shorter_side_for,
 };
+use fleet_storage::{BlobStore, StoreError, check_key};
 use indicatif::{ProgressBar, ProgressStyle};
 use model_tools::import::{ImportError, SourceFormat, import};
 use model_tools::quantize::{CALIBRATION_IMAGES, QuantizeError, quantize};

@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use fleet_common::job::{self, Manifest, files};
-use fleet_common::results::Summary;
-use fleet_common::store::{BlobStore, StoreError};
+use fleet_protocol::Summary;
+use fleet_protocol::job::{self, Manifest, files};
+use fleet_storage::{BlobStore, StoreError};
 
 /// Where a job stands.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,16 +7,18 @@
 
 use std::sync::Arc;
 
-use fleet_common::broker::{Broker, BrokerError, Queue};
-use fleet_common::dataset::collection::{self, LabelFile, LabelSource, ResolvedSource};
-use fleet_common::dataset::{
-    self, BatchSelection, CLASS_NAMES, DatasetError, HEIGHT, IMAGE_BYTES, WIDTH,
+use fleet_broker::{Broker, BrokerError, Queue};
+use fleet_dataset::collection::{self, LabelFile, LabelSource, ResolvedSource};
+use fleet_dataset::{
+    self as dataset, BatchSelection, CLASS_NAMES, DatasetError, HEIGHT, IMAGE_BYTES, WIDTH,
 };
-use fleet_common::job::{self, BatchEntry, DatasetKind, Manifest, now_ms};
-use fleet_common::message::{self, Cancelled, Images, MAX_TOP_K, Partition, ResultMessage, Sealed};
-use fleet_common::results::render::{Sample, sample_grid_png};
-use fleet_common::store::{BlobStore, StoreError};
+use fleet_figures::{Sample, sample_grid_png};
+use fleet_protocol::job::{self, BatchEntry, DatasetKind, Manifest, now_ms};
+use fleet_protocol::message::{
+    self, Cancelled, Images, MAX_TOP_K, Partition, ResultMessage, Sealed,
+};
 use fleet_spec::ModelSpec;
+use fleet_storage::{BlobStore, StoreError};
 use tokio::sync::mpsc;
 
 /// Images shown in `samples.png`.
@@ -537,6 +539,8 @@ async fn publish_tarball<B: Broker>(
     let grid: Vec<Sample<'_>> = samples
         .iter()
         .map(|(pixels, caption)| Sample {
+            width: WIDTH,
+            height: HEIGHT,
             pixels,
             caption: caption.clone(),
         })

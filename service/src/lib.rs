@@ -5,7 +5,11 @@
 //! - [`ops`]: the operations endpoint (`/healthz`, `/readyz`, `/metrics`).
 //! - [`shutdown`]: SIGTERM/SIGINT as a signal every long-running loop listens to.
 //! - [`logging`]: the binaries' log output, text or JSON lines.
+//! - [`cli`]: a role's options at their defaults, as clap would parse an empty command line.
+//! - [`concurrent`]: blocking work on a few threads at once, stopping at the first error.
 
+pub mod cli;
+pub mod concurrent;
 pub mod logging;
 pub mod metrics;
 pub mod ops;

@@ -82,8 +82,8 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 /// The fixture tarball's test batch, decoded.
-pub fn test_batch() -> fleet_common::dataset::Batch {
-    use fleet_common::dataset::{self, BatchSelection};
+pub fn test_batch() -> fleet_dataset::Batch {
+    use fleet_dataset::{self as dataset, BatchSelection};
     let file = std::fs::File::open(fixture("cifar-10-python.tar.gz")).unwrap();
     let mut batches = Vec::new();
     dataset::read_tarball(file, "fixture", &BatchSelection::default(), |b| {
@@ -98,7 +98,7 @@ pub fn test_batch() -> fleet_common::dataset::Batch {
 /// (3, 32, 32) -> HWC -> BGR -> CHW, minus the mean image (HWC BGR, transposed to CHW).
 pub fn walkthrough_preprocess(pixels: &[u8], mean_hwc: &[f32]) -> Vec<f32> {
     let mut out = Vec::with_capacity(pixels.len());
-    for row in pixels.chunks_exact(fleet_common::dataset::IMAGE_BYTES) {
+    for row in pixels.chunks_exact(fleet_dataset::IMAGE_BYTES) {
         for c in 0..3 {
             for y in 0..32 {
                 for x in 0..32 {
@@ -122,7 +122,7 @@ pub fn mean_image_hwc_bgr() -> Vec<f32> {
         .split_whitespace()
         .map(|v| v.parse().unwrap())
         .collect();
-    assert_eq!(values.len(), fleet_common::dataset::IMAGE_BYTES);
+    assert_eq!(values.len(), fleet_dataset::IMAGE_BYTES);
     values
 }
 
@@ -169,6 +169,56 @@ pub fn run_err(name: &str, args: &[&str]) -> String {
         "{name} {args:?} succeeded but should have failed"
     );
     String::from_utf8(output.stderr).expect("UTF-8 output")
+}
+
+/// A `producer` command line, built up as a test needs it: the store and the container every
+/// test names, then the command's own flags.
+#[derive(Debug, Clone)]
+pub struct Producer {
+    args: Vec<String>,
+}
+
+impl Producer {
+    /// `producer stage --store STORE --container CONTAINER`.
+    pub fn stage(store: impl AsRef<Path>, container: &str) -> Self {
+        Self::new(&["stage"], store.as_ref(), container)
+    }
+
+    /// `producer --store STORE --container CONTAINER --embedded`: a whole job in one process.
+    pub fn embedded(store: impl AsRef<Path>, container: &str) -> Self {
+        Self::new(&[], store.as_ref(), container).args(&["--embedded"])
+    }
+
+    fn new(command: &[&str], store: &Path, container: &str) -> Self {
+        let store = store.to_str().expect("a UTF-8 store path");
+        let args = command
+            .iter()
+            .copied()
+            .chain(["--store", store, "--container", container]);
+        Self {
+            args: args.map(String::from).collect(),
+        }
+    }
+
+    /// More arguments.
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    fn argv(&self) -> Vec<&str> {
+        self.args.iter().map(String::as_str).collect()
+    }
+
+    /// Runs it; it must succeed. Its standard output.
+    pub fn ok(&self) -> String {
+        run_ok("producer", &self.argv())
+    }
+
+    /// Runs it; it must fail. Its standard error.
+    pub fn err(&self) -> String {
+        run_err("producer", &self.argv())
+    }
 }
 
 /// Stages the fixture dataset, model and mean image into `store`/`container`.
@@ -445,15 +495,14 @@ impl Fleet {
         env
     }
 
-    pub fn store(&self) -> std::sync::Arc<dyn fleet_common::store::BlobStore> {
+    pub fn store(&self) -> std::sync::Arc<dyn fleet_storage::BlobStore> {
         self.open_store().expect("the test container exists")
     }
 
     fn open_store(
         &self,
-    ) -> Result<std::sync::Arc<dyn fleet_common::store::BlobStore>, fleet_common::store::StoreError>
-    {
-        fleet_common::store::StoreArgs {
+    ) -> Result<std::sync::Arc<dyn fleet_storage::BlobStore>, fleet_storage::StoreError> {
+        fleet_storage::StoreArgs {
             store: Some(self.services.connection_string.clone()),
             connection_string: None,
             container: self.container.clone(),
@@ -464,7 +513,7 @@ impl Fleet {
 
     /// Connection settings for this fleet's queues on the test broker, for a test that talks
     /// to the broker itself.
-    pub fn amqp_args(&self) -> fleet_common::broker::amqp::AmqpArgs {
+    pub fn amqp_args(&self) -> fleet_broker::amqp::AmqpArgs {
         let queue = |name: &str| {
             self.queues
                 .iter()
@@ -472,12 +521,12 @@ impl Fleet {
                 .map(|(_, v)| v.clone())
                 .expect("a queue of this fleet")
         };
-        fleet_common::broker::amqp::AmqpArgs {
+        fleet_broker::amqp::AmqpArgs {
             url: self.services.amqp_url.clone(),
             delivery_limit: 5,
             reconnect_secs: 10,
             ca_cert: None,
-            queues: fleet_common::broker::QueueNames {
+            queues: fleet_broker::QueueNames {
                 partitions: queue("PARTITIONS_QUEUE"),
                 results: queue("RESULTS_QUEUE"),
                 dead_letter: queue("DEAD_LETTER_QUEUE"),

@@ -3,7 +3,7 @@
 //! two of CNTK's own unit-test models, each converted and run in ONNX Runtime.
 
 use cntk_onnx::{Options, Problem, import, import_with};
-use fleet_common::dataset::{self, IMAGE_BYTES};
+use fleet_dataset::{self as dataset, IMAGE_BYTES};
 use fleet_inference::{InferenceOptions, Scorer};
 use fleet_tests::{
     fixture, mean_image_hwc_bgr, run_graph, run_ok, test_batch, walkthrough_preprocess,
@@ -15,7 +15,7 @@ fn model(name: &str) -> Vec<u8> {
 
 /// The share of the test batch `onnx` gets right on `input`.
 fn accuracy(onnx: &[u8], batch: &dataset::Batch, input: &[f32]) -> f64 {
-    let options: InferenceOptions = fleet_common::cli::defaults().unwrap();
+    let options: InferenceOptions = fleet_service::cli::defaults().unwrap();
     let mut scorer = Scorer::load(onnx, "converted", &options).unwrap();
     let (mut logits, mut correct) = (Vec::new(), 0);
     for (start, chunk) in input.chunks(500 * IMAGE_BYTES).enumerate() {

@@ -851,3 +851,172 @@ fn every_unsupported_operation_is_named_at_once() {
     );
     assert!(err.to_string().contains("out of scope"), "{err}");
 }
+
+/// A v1 (BrainScript) file, written field by field as `ComputationNetwork::Save` lays it out
+/// (version 14): UTF-16 strings, little-endian numbers, dense matrices column-major.
+#[derive(Default)]
+struct V1File {
+    bytes: Vec<u8>,
+}
+
+impl V1File {
+    fn text(&mut self, s: &str) -> &mut Self {
+        for unit in s.encode_utf16().chain([0]) {
+            self.bytes.extend(unit.to_le_bytes());
+        }
+        self
+    }
+    fn u32(&mut self, n: u32) -> &mut Self {
+        self.bytes.extend(n.to_le_bytes());
+        self
+    }
+    fn u64(&mut self, n: u64) -> &mut Self {
+        self.bytes.extend(n.to_le_bytes());
+        self
+    }
+    fn f32(&mut self, x: f32) -> &mut Self {
+        self.bytes.extend(x.to_le_bytes());
+        self
+    }
+    fn flag(&mut self, b: bool) -> &mut Self {
+        self.bytes.push(u8::from(b));
+        self
+    }
+    fn shape(&mut self, dims: &[u32]) -> &mut Self {
+        self.u32(dims.len() as u32);
+        for &d in dims {
+            self.u32(d);
+        }
+        self
+    }
+    fn flags(&mut self, flags: &[bool]) -> &mut Self {
+        self.u64(flags.len() as u64);
+        for &b in flags {
+            self.flag(b);
+        }
+        self
+    }
+    fn header(&mut self, op: &str, name: &str) -> &mut Self {
+        self.text("float").text(op).text(name)
+    }
+    /// A dense matrix of `rows` x `cols`, `values` column-major.
+    fn matrix(&mut self, rows: u64, cols: u64, values: &[f32]) -> &mut Self {
+        self.bytes.push(b'd');
+        self.text("BMAT").u64(4).text("unnamed");
+        self.bytes.extend(0i32.to_le_bytes());
+        self.u64(rows).u64(cols);
+        for &v in values {
+            self.f32(v);
+        }
+        self.text("EMAT")
+    }
+    fn group(&mut self, tag: &str, names: &[&str]) -> &mut Self {
+        self.text(&format!("B{tag}")).u64(names.len() as u64);
+        for n in names {
+            self.text(n);
+        }
+        self.text(&format!("E{tag}"))
+    }
+}
+
+/// A BrainScript `ConvolutionalLayer` over `[W, H, C]` as saved in the cuDNN layout: its kernel
+/// a matrix `[maps, kW*kH*C]` (`z = Convolution(W, features)`).
+fn v1_convolution(
+    dims: [u32; 3],
+    window: [u32; 2],
+    maps: u32,
+    stride: u32,
+    auto_pad: bool,
+    kernel: &[f32],
+) -> Vec<u8> {
+    let positions = u64::from(window[0] * window[1] * dims[2]);
+    let mut f = V1File::default();
+    f.text("BCN").text("BVersion").u64(14).text("EVersion");
+    f.u64(3).text("BNodeList");
+    f.header("InputValue", "features")
+        .u64(0)
+        .u64(0)
+        .shape(&dims)
+        .u32(1)
+        .text("")
+        .f32(0.0);
+    f.header("LearnableParameter", "W")
+        .f32(1.0)
+        .shape(&[maps, positions as u32])
+        .matrix(u64::from(maps), positions, kernel);
+    f.header("Convolution", "z")
+        .shape(&[window[0], window[1], dims[2]])
+        .shape(&[maps])
+        .shape(&[stride, stride, dims[2]])
+        .flags(&[true])
+        .flags(&[auto_pad, auto_pad, false])
+        .shape(&[0])
+        .shape(&[0])
+        .u32(0) // pool kind: none
+        .u32(1) // layout: CHW (cuDNN)
+        .u64(0) // max temporary memory
+        .flag(false) // transpose
+        .flag(true); // 2-D convolution
+    f.text("ENodeList").text("BRelation");
+    f.text("features").u64(0).text("W").u64(0);
+    f.text("z").u64(2).text("W").text("features");
+    f.text("ERelation").text("BRootNodes");
+    f.group("FeatureNodes", &["features"])
+        .group("LabelNodes", &[])
+        .group("CriterionNodes", &[])
+        .group("OutputNodes", &["z"]);
+    f.text("ERootNodes").text("ECN");
+    f.bytes
+}
+
+#[test]
+fn a_v1_convolution_whose_kernel_is_a_matrix_computes_what_cntk_computes() {
+    let (dims, window, maps) = ([7usize, 6, 3], [3usize, 3], 4usize);
+    let positions = window[0] * window[1] * dims[2];
+    let input = sample(dims.iter().product());
+    // Column-major [maps, positions]: map k's weight at kernel position j is at k + maps * j.
+    let kernel: Vec<f32> = (0..maps * positions)
+        .map(|i| ((i * 29 % 53) as f32 - 26.0) / 32.0)
+        .collect();
+    for (stride, auto_pad) in [(1, true), (1, false), (2, true)] {
+        let model = v1_convolution(
+            dims.map(|d| d as u32),
+            window.map(|d| d as u32),
+            maps as u32,
+            stride as u32,
+            auto_pad,
+            &kernel,
+        );
+        let (out_dims, values) = convert_and_run(&model, &dims, &input);
+        // Direct: out[x, y, k] = sum over window position (dx, dy, c) = j of
+        // W[k, j] * in[first x + dx, first y + dy, c], cells outside the input being zero.
+        let (out_w, firsts_x) = cntk_windows(dims[0], window[0], stride, auto_pad, 0, false);
+        let (out_h, firsts_y) = cntk_windows(dims[1], window[1], stride, auto_pad, 0, false);
+        let mut expected = vec![0.0f32; out_w * out_h * maps];
+        for k in 0..maps {
+            for (y, &y0) in firsts_y.iter().enumerate() {
+                for (x, &x0) in firsts_x.iter().enumerate() {
+                    let mut sum = 0.0;
+                    for c in 0..dims[2] {
+                        for dy in 0..window[1] {
+                            for dx in 0..window[0] {
+                                let (ix, iy) = (x0 + dx as i64, y0 + dy as i64);
+                                if ix < 0 || iy < 0 || ix >= dims[0] as i64 || iy >= dims[1] as i64
+                                {
+                                    continue;
+                                }
+                                let j = dx + window[0] * (dy + window[1] * c);
+                                let cell = offset(&dims, &[ix as usize, iy as usize, c]);
+                                sum += kernel[k + maps * j] * input[cell];
+                            }
+                        }
+                    }
+                    expected[offset(&[out_w, out_h, maps], &[x, y, k])] = sum;
+                }
+            }
+        }
+        let what = format!("v1 convolution, stride {stride}, auto-padding {auto_pad}");
+        assert_eq!(out_dims, [out_w, out_h, maps], "{what}: shape");
+        assert_close(&values, &expected, &what);
+    }
+}

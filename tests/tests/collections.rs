@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use fleet_tests::{field, fixture, run_err, run_ok, stage_fixtures};
+use fleet_tests::{Producer, field, fixture, stage_fixtures};
 
-use fleet_common::dataset::CLASS_NAMES as CIFAR_CLASSES;
+use fleet_dataset::CLASS_NAMES as CIFAR_CLASSES;
 
 /// Rows of a `scores.csv`, as maps from column name to value.
 fn rows(path: &Path) -> Vec<HashMap<String, String>> {
@@ -59,14 +59,8 @@ fn a_jpeg_folder_job_agrees_with_the_tarball_job() {
         fixture("resnet20_meanimage_159.dnn"),
         fixture("CIFAR-10_mean.xml"),
     );
-    let staged = run_ok(
-        "producer",
-        &[
-            "stage",
-            "--store",
-            store,
-            "--container",
-            "ctr",
+    let staged = Producer::stage(store, "ctr")
+        .args(&[
             "--images",
             fixture("cifar-10-test-jpeg").to_str().unwrap(),
             "--prefix",
@@ -79,38 +73,23 @@ fn a_jpeg_folder_job_agrees_with_the_tarball_job() {
             "named",
             "--classes",
             &classes,
-        ],
-    );
+        ])
+        .ok();
     assert!(staged.contains("10000 images: 10000 uploaded"), "{staged}");
     // Staging again uploads nothing: every blob is there with its size.
-    let again = run_ok(
-        "producer",
-        &[
-            "stage",
-            "--store",
-            store,
-            "--container",
-            "ctr",
+    let again = Producer::stage(store, "ctr")
+        .args(&[
             "--images",
             fixture("cifar-10-test-jpeg").to_str().unwrap(),
             "--prefix",
             "datasets/cifar-jpeg",
-        ],
-    );
+        ])
+        .ok();
     assert!(again.contains("0 uploaded, 10000 already there"), "{again}");
 
-    let tarball = run_ok(
-        "producer",
-        &["--store", store, "--container", "ctr", "--embedded"],
-    );
-    let folder = run_ok(
-        "producer",
-        &[
-            "--store",
-            store,
-            "--container",
-            "ctr",
-            "--embedded",
+    let tarball = Producer::embedded(store, "ctr").ok();
+    let folder = Producer::embedded(store, "ctr")
+        .args(&[
             "--dataset",
             "datasets/cifar-jpeg",
             "--model-name",
@@ -121,8 +100,8 @@ fn a_jpeg_folder_job_agrees_with_the_tarball_job() {
             "3",
             "--workers",
             "2",
-        ],
-    );
+        ])
+        .ok();
     let tarball_rows = rows(&job_dir(root.path(), "ctr", &tarball).join("scores.csv"));
     let folder_rows = rows(&job_dir(root.path(), "ctr", &folder).join("scores.csv"));
     assert_eq!(folder_rows.len(), 10_000, "one row per image");
@@ -152,14 +131,8 @@ fn a_jpeg_folder_job_agrees_with_the_tarball_job() {
     // The same model with an 8-bit filter (a 32x32 image needs no resizing, so the same
     // values), its images waiting as 8-bit crops and scored in calls of 85 (`--max-call-mb 1`)
     // instead of one per partition: the same answers.
-    run_ok(
-        "producer",
-        &[
-            "stage",
-            "--store",
-            store,
-            "--container",
-            "ctr",
+    Producer::stage(store, "ctr")
+        .args(&[
             "--model",
             model.to_str().unwrap(),
             "--mean-image",
@@ -170,16 +143,10 @@ fn a_jpeg_folder_job_agrees_with_the_tarball_job() {
             &classes,
             "--filter",
             "opencv-linear",
-        ],
-    );
-    let small_calls = run_ok(
-        "producer",
-        &[
-            "--store",
-            store,
-            "--container",
-            "ctr",
-            "--embedded",
+        ])
+        .ok();
+    let small_calls = Producer::embedded(store, "ctr")
+        .args(&[
             "--dataset",
             "datasets/cifar-jpeg",
             "--model-name",
@@ -190,8 +157,8 @@ fn a_jpeg_folder_job_agrees_with_the_tarball_job() {
             "3",
             "--max-call-mb",
             "1",
-        ],
-    );
+        ])
+        .ok();
     let small_rows = rows(&job_dir(root.path(), "ctr", &small_calls).join("scores.csv"));
     assert_eq!(small_rows.len(), folder_rows.len());
     for (a, b) in small_rows.iter().zip(&folder_rows) {
@@ -249,14 +216,8 @@ fn mnist_digits_are_all_recognised() {
     let digits: Vec<String> = (0..10).map(|d| d.to_string()).collect();
     let classes = write(root.path(), "digits.txt", digits.join("\n").as_bytes());
     let models = fixture("cntk-models");
-    let staged = run_ok(
-        "producer",
-        &[
-            "stage",
-            "--store",
-            store,
-            "--container",
-            "ctr",
+    let staged = Producer::stage(store, "ctr")
+        .args(&[
             "--images",
             models.join("mnist-digits").to_str().unwrap(),
             "--prefix",
@@ -267,8 +228,8 @@ fn mnist_digits_are_all_recognised() {
             "mnist",
             "--classes",
             &classes,
-        ],
-    );
+        ])
+        .ok();
     assert!(staged.contains("input 1x28x28"), "{staged}");
     let csv: String = (0..10).map(|d| format!("digit_{d}.png,{d}\n")).collect();
     let labels = write(
@@ -276,22 +237,16 @@ fn mnist_digits_are_all_recognised() {
         "labels.csv",
         format!("filename,label\n{csv}").as_bytes(),
     );
-    let output = run_ok(
-        "producer",
-        &[
-            "--store",
-            store,
-            "--container",
-            "ctr",
-            "--embedded",
+    let output = Producer::embedded(store, "ctr")
+        .args(&[
             "--dataset",
             "mnist",
             "--model-name",
             "mnist",
             "--labels",
             &labels,
-        ],
-    );
+        ])
+        .ok();
     assert!(
         output.contains("Correctly predicted 10 of 10 images (100.00%)"),
         "{output}"
@@ -324,34 +279,12 @@ fn bad_images_get_their_own_rows_and_the_job_goes_on() {
     write(&images, "text.jpg", b"a text file named like an image");
     write(&images, "empty.png", b"");
     write(&images, "bomb.png", &png_header_claiming(100_000, 100_000));
-    run_ok(
-        "producer",
-        &[
-            "stage",
-            "--store",
-            store,
-            "--container",
-            "ctr",
-            "--images",
-            images.to_str().unwrap(),
-            "--prefix",
-            "mixed",
-        ],
-    );
-    let output = run_ok(
-        "producer",
-        &[
-            "--store",
-            store,
-            "--container",
-            "ctr",
-            "--embedded",
-            "--dataset",
-            "mixed",
-            "--labels",
-            "labels.tsv",
-        ],
-    );
+    Producer::stage(store, "ctr")
+        .args(&["--images", images.to_str().unwrap(), "--prefix", "mixed"])
+        .ok();
+    let output = Producer::embedded(store, "ctr")
+        .args(&["--dataset", "mixed", "--labels", "labels.tsv"])
+        .ok();
     assert!(
         output.contains(
             "Correctly predicted 6 of 6 images (100.00%); 4 of 10 images could not be scored"
@@ -424,14 +357,8 @@ fn unlabelled_jobs_and_mismatched_labels() {
     let root = tempfile::tempdir().unwrap();
     let store = root.path().to_str().unwrap();
     stage_fixtures(root.path(), "ctr");
-    let output = run_ok(
-        "producer",
-        &[
-            "stage",
-            "--store",
-            store,
-            "--container",
-            "ctr",
+    let output = Producer::stage(store, "ctr")
+        .args(&[
             "--images",
             fixture("cntk-models/mnist-digits").to_str().unwrap(),
             "--prefix",
@@ -442,43 +369,21 @@ fn unlabelled_jobs_and_mismatched_labels() {
                 .unwrap(),
             "--model-name",
             "mnist",
-        ],
-    );
+        ])
+        .ok();
     assert!(output.contains("10 classes"), "{output}");
-    let output = run_ok(
-        "producer",
-        &[
-            "--store",
-            store,
-            "--container",
-            "ctr",
-            "--embedded",
-            "--dataset",
-            "digits",
-            "--model-name",
-            "mnist",
-        ],
-    );
+    let output = Producer::embedded(store, "ctr")
+        .args(&["--dataset", "digits", "--model-name", "mnist"])
+        .ok();
     assert!(
         output.contains("Scored 10 images (no true labels)"),
         "{output}"
     );
     // The prefix as users type it, with a trailing slash or a leading `./`.
     for prefix in ["digits/", "./digits"] {
-        let again = run_ok(
-            "producer",
-            &[
-                "--store",
-                store,
-                "--container",
-                "ctr",
-                "--embedded",
-                "--dataset",
-                prefix,
-                "--model-name",
-                "mnist",
-            ],
-        );
+        let again = Producer::embedded(store, "ctr")
+            .args(&["--dataset", prefix, "--model-name", "mnist"])
+            .ok();
         assert!(again.contains("Scored 10 images"), "{prefix}: {again}");
     }
     let dir = job_dir(root.path(), "ctr", &output);
@@ -499,54 +404,33 @@ fn unlabelled_jobs_and_mismatched_labels() {
     );
 
     // Folder labels need class names.
-    let error = run_err(
-        "producer",
-        &[
-            "--store",
-            store,
-            "--container",
-            "ctr",
-            "--embedded",
+    let error = Producer::embedded(store, "ctr")
+        .args(&[
             "--dataset",
             "digits",
             "--model-name",
             "mnist",
             "--labels",
             "folders",
-        ],
-    );
+        ])
+        .err();
     assert!(error.contains("stage it with --classes"), "{error}");
     // A mean image of another size than the model's input is refused at staging.
-    let error = run_err(
-        "producer",
-        &[
-            "stage",
-            "--store",
-            store,
-            "--container",
-            "ctr",
+    let error = Producer::stage(store, "ctr")
+        .args(&[
             "--model-name",
             "mnist",
             "--mean-image",
             fixture("CIFAR-10_mean.xml").to_str().unwrap(),
-        ],
-    );
+        ])
+        .err();
     assert!(
         error.contains("the model takes 28x28 with 1 channels"),
         "{error}"
     );
     // An empty prefix says what to do.
-    let error = run_err(
-        "producer",
-        &[
-            "--store",
-            store,
-            "--container",
-            "ctr",
-            "--embedded",
-            "--dataset",
-            "nothing-here",
-        ],
-    );
+    let error = Producer::embedded(store, "ctr")
+        .args(&["--dataset", "nothing-here"])
+        .err();
     assert!(error.contains("no images under nothing-here/"), "{error}");
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use std::process::Command;
 
-use fleet_tests::{assert_matches_reference, bin, field, output, run_ok, stage_fixtures};
+use fleet_tests::{Producer, assert_matches_reference, bin, field, output, stage_fixtures};
 
 fn decode_png(path: &Path) -> (u32, u32) {
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
@@ -29,18 +29,9 @@ fn embedded_job_scores_every_test_image_once() {
     let root = tempfile::tempdir().unwrap();
     let store = root.path().to_str().unwrap();
     stage_fixtures(root.path(), "cifar");
-    let out = run_ok(
-        "producer",
-        &[
-            "--store",
-            store,
-            "--container",
-            "cifar",
-            "--embedded",
-            "--workers",
-            "2",
-        ],
-    );
+    let out = Producer::embedded(store, "cifar")
+        .args(&["--workers", "2"])
+        .ok();
     let job = field(&out, "job");
     let accuracy_line = out
         .lines()

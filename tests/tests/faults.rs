@@ -5,9 +5,9 @@
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use fleet_common::broker::amqp::AmqpBroker;
-use fleet_common::broker::{Broker, Consumer, Delivery, Queue};
-use fleet_common::message::{self, Images, MAX_MESSAGE_BYTES, Partition};
+use fleet_broker::amqp::AmqpBroker;
+use fleet_broker::{Broker, Consumer, Delivery, Queue};
+use fleet_protocol::message::{self, Images, MAX_MESSAGE_BYTES, Partition};
 use fleet_tests::{
     Fleet, PROCESS_DEADLINE, assert_matches_reference, finish, run_with, spawn, stop, terminate,
     wait_output,
@@ -162,7 +162,7 @@ fn an_unreadable_stored_partition_cancels_the_job_with_its_reason() {
     let mut producer = submit(&fleet);
     let job = job_of(&mut producer);
     // The last partition's blob, damaged before any worker runs.
-    let damaged = fleet_common::job::partition_key(&job, 39);
+    let damaged = fleet_protocol::job::partition_key(&job, 39);
     fleet.store().put(&damaged, b"not a partition").unwrap();
     let worker = spawn("worker", &[], &env);
     let out = wait_output(producer, "producer --wait", PROCESS_DEADLINE);
@@ -183,7 +183,7 @@ fn an_unreadable_stored_partition_cancels_the_job_with_its_reason() {
     assert!(store.list(&format!("results/{job}/")).unwrap().is_empty());
     assert!(
         store
-            .list(&fleet_common::job::partitions_prefix(&job))
+            .list(&fleet_protocol::job::partitions_prefix(&job))
             .unwrap()
             .is_empty()
     );

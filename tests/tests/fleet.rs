@@ -2,8 +2,8 @@
 //! two workers and a collector, compared with the embedded run on the same fixture.
 
 use fleet_tests::{
-    Fleet, field, finish, fixture, free_port, http_get, metric, rows, run_ok, run_with, spawn,
-    stage_fixtures, terminate,
+    Fleet, Producer, field, finish, fixture, free_port, http_get, metric, rows, run_ok, run_with,
+    spawn, stage_fixtures, terminate,
 };
 
 #[test]
@@ -127,25 +127,16 @@ fn two_workers_and_a_collector_match_the_embedded_run() {
         mistakes[..mistakes.find("</div>").unwrap()]
             .matches("<img")
             .count(),
-        fleet_common::results::report::GALLERY_SIZE
+        fleet_protocol::gallery::GALLERY_SIZE
     );
 
     // The same job on the embedded default.
     let local = tempfile::tempdir().unwrap();
     stage_fixtures(local.path(), "cifar");
     let store_dir = local.path().to_str().unwrap();
-    let out = run_ok(
-        "producer",
-        &[
-            "--store",
-            store_dir,
-            "--container",
-            "cifar",
-            "--embedded",
-            "--partition-size",
-            "250",
-        ],
-    );
+    let out = Producer::embedded(store_dir, "cifar")
+        .args(&["--partition-size", "250"])
+        .ok();
     let embedded_job = field(&out, "job");
     let embedded_csv = std::fs::read_to_string(
         local
@@ -260,7 +251,7 @@ fn missing_container_and_missing_blob_are_named() {
 /// file names with spaces and accents included, and a corrupt file only gets its error.
 #[test]
 fn an_image_folder_over_the_fleet_survives_a_killed_worker() {
-    use fleet_common::dataset::CLASS_NAMES as CLASSES;
+    use fleet_dataset::CLASS_NAMES as CLASSES;
     let fleet = Fleet::isolated();
     let env = fleet.env();
     let work = tempfile::tempdir().unwrap();

@@ -3,7 +3,7 @@
 
 use cntk_onnx::proto::cntk::{Dictionary, Value};
 use cntk_onnx::{Problem, import};
-use fleet_common::dataset::{self, IMAGE_BYTES};
+use fleet_dataset::{self as dataset, IMAGE_BYTES};
 use fleet_inference::{InferenceOptions, Scorer};
 use fleet_tests::{fixture, mean_image_hwc_bgr, walkthrough_preprocess};
 use model_tools::quantize::{CALIBRATION_IMAGES, quantize};
@@ -13,7 +13,7 @@ const MODEL: &str = "resnet20_meanimage_159.dnn";
 
 /// Session options as the binaries take them with no flags given.
 fn options() -> InferenceOptions {
-    fleet_common::cli::defaults().unwrap()
+    fleet_service::cli::defaults().unwrap()
 }
 
 fn model_bytes() -> Vec<u8> {

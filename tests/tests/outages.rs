@@ -5,8 +5,8 @@ use std::process::Child;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use fleet_common::broker::amqp::{AmqpArgs, AmqpBroker};
-use fleet_common::broker::{Broker, Queue, QueueNames};
+use fleet_broker::amqp::{AmqpArgs, AmqpBroker};
+use fleet_broker::{Broker, Queue, QueueNames};
 use fleet_tests::{Fleet, Services, assert_matches_reference, finish, spawn, terminate, unique};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());

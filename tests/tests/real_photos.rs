@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use fleet_tests::real_photos::{RECIPE, Reference, imagenet_layout, reference, rows};
-use fleet_tests::{field, fixture, run_err, run_ok};
+use fleet_tests::{Producer, field, fixture, run_err, run_ok};
 
 /// `producer stage` of the fixture's SqueezeNet as `name`, with the class list `classes` and
 /// `extra` flags.
@@ -49,20 +49,14 @@ fn a_float16_imagenet_model_over_real_photos_agrees_with_its_reference() {
     let store = root.path().join("store");
     let store = store.to_str().unwrap();
     let val = imagenet_layout(root.path(), &reference);
-    run_ok(
-        "producer",
-        &[
-            "stage",
-            "--store",
-            store,
-            "--container",
-            "photos",
+    Producer::stage(store, "photos")
+        .args(&[
             "--images",
             val.to_str().unwrap(),
             "--prefix",
             "imagenet/val",
-        ],
-    );
+        ])
+        .ok();
     let staged = stage_model(
         store,
         "squeezenet",
@@ -76,14 +70,8 @@ fn a_float16_imagenet_model_over_real_photos_agrees_with_its_reference() {
         ),
         "{staged}"
     );
-    let output = run_ok(
-        "producer",
-        &[
-            "--store",
-            store,
-            "--container",
-            "photos",
-            "--embedded",
+    let output = Producer::embedded(store, "photos")
+        .args(&[
             "--dataset",
             "imagenet/val",
             "--model-name",
@@ -92,8 +80,8 @@ fn a_float16_imagenet_model_over_real_photos_agrees_with_its_reference() {
             "folders",
             "--top-k",
             "5",
-        ],
-    );
+        ])
+        .ok();
     let results = root
         .path()
         .join("store/photos/results")
@@ -173,20 +161,9 @@ fn imagenets_own_class_list_with_its_duplicate_names_labels_by_index() {
         csv.push_str(&format!("{photo},{}\n", answer.top1));
     }
     std::fs::write(photos.join("labels.csv"), &csv).unwrap();
-    run_ok(
-        "producer",
-        &[
-            "stage",
-            "--store",
-            store,
-            "--container",
-            "photos",
-            "--images",
-            photos.to_str().unwrap(),
-            "--prefix",
-            "few",
-        ],
-    );
+    Producer::stage(store, "photos")
+        .args(&["--images", photos.to_str().unwrap(), "--prefix", "few"])
+        .ok();
     // "crane" and "maillot" appear twice: the list is taken as it is.
     stage_model(
         store,
@@ -194,22 +171,16 @@ fn imagenets_own_class_list_with_its_duplicate_names_labels_by_index() {
         &fixture("real-photos/imagenet_classes.txt"),
         &RECIPE,
     );
-    let output = run_ok(
-        "producer",
-        &[
-            "--store",
-            store,
-            "--container",
-            "photos",
-            "--embedded",
+    let output = Producer::embedded(store, "photos")
+        .args(&[
             "--dataset",
             "few",
             "--model-name",
             "squeezenet",
             "--labels",
             "labels.csv",
-        ],
-    );
+        ])
+        .ok();
     assert!(
         output.contains(&format!(
             "Correctly predicted {0} of {0} images",
@@ -225,22 +196,16 @@ fn imagenets_own_class_list_with_its_duplicate_names_labels_by_index() {
     )
     .unwrap();
     let crane = root.path().join("crane.csv");
-    let error = run_err(
-        "producer",
-        &[
-            "--store",
-            store,
-            "--container",
-            "photos",
-            "--embedded",
+    let error = Producer::embedded(store, "photos")
+        .args(&[
             "--dataset",
             "few",
             "--model-name",
             "squeezenet",
             "--labels",
             crane.to_str().unwrap(),
-        ],
-    );
+        ])
+        .err();
     assert!(
         error.contains("\"crane\" names 2 classes (indices 134, 517)")
             && error.contains("as class indices"),
@@ -345,20 +310,9 @@ fn fast_jpeg_decodes_large_jpegs_reduced_and_leaves_the_others_exact() {
     let store = root.path().join("store");
     let store = store.to_str().unwrap();
     let photos = fixture("real-photos/photos");
-    run_ok(
-        "producer",
-        &[
-            "stage",
-            "--store",
-            store,
-            "--container",
-            "photos",
-            "--images",
-            photos.to_str().unwrap(),
-            "--prefix",
-            "photos",
-        ],
-    );
+    Producer::stage(store, "photos")
+        .args(&["--images", photos.to_str().unwrap(), "--prefix", "photos"])
+        .ok();
     let fast: Vec<&str> = RECIPE.iter().copied().chain(["--fast-jpeg"]).collect();
     let staged = stage_model(
         store,
@@ -370,20 +324,9 @@ fn fast_jpeg_decodes_large_jpegs_reduced_and_leaves_the_others_exact() {
         staged.contains("(pillow-bilinear, large JPEGs decoded reduced (--fast-jpeg))"),
         "{staged}"
     );
-    let output = run_ok(
-        "producer",
-        &[
-            "--store",
-            store,
-            "--container",
-            "photos",
-            "--embedded",
-            "--dataset",
-            "photos",
-            "--model-name",
-            "squeezenet",
-        ],
-    );
+    let output = Producer::embedded(store, "photos")
+        .args(&["--dataset", "photos", "--model-name", "squeezenet"])
+        .ok();
     let results = root
         .path()
         .join("store/photos/results")
@@ -433,7 +376,7 @@ fn several_runs_of_a_fixed_batch_model_give_what_one_run_gives() {
     use fleet_inference::{InferenceOptions, Scorer};
     let model = std::fs::read(fixture("real-photos/model/SqueezeNet_fp16.onnx")).unwrap();
     let scorer = |runs: usize| {
-        let mut options: InferenceOptions = fleet_common::cli::defaults().unwrap();
+        let mut options: InferenceOptions = fleet_service::cli::defaults().unwrap();
         (options.intra_threads, options.model_runs) = (3, runs);
         Scorer::load(&model, "squeezenet", &options).unwrap()
     };

@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use fleet_common::results::Summary;
-use fleet_common::results::report::GALLERY_SIZE;
-use fleet_tests::{field, fixture, run_ok, stage_fixtures};
+use fleet_protocol::Summary;
+use fleet_protocol::gallery::GALLERY_SIZE;
+use fleet_tests::{Producer, field, fixture, run_ok, stage_fixtures};
 
 /// Chromium's name on Debian (`apt-get install chromium`; `.ci/run` installs it).
 const CHROMIUM: &str = "chromium";
@@ -143,10 +143,7 @@ fn a_labelled_jobs_report_reads_in_a_browser() {
     let root = tempfile::tempdir().unwrap();
     let store = root.path().to_str().unwrap();
     stage_fixtures(root.path(), "ctr");
-    let output = run_ok(
-        "producer",
-        &["--store", store, "--container", "ctr", "--embedded"],
-    );
+    let output = Producer::embedded(store, "ctr").ok();
     let report = report_path(&output);
     let job = field(&output, "job");
     // `producer status` lists it complete; with its id, it names the report.
@@ -255,14 +252,8 @@ fn an_unlabelled_jobs_report_shows_the_distribution_and_unreadable_images() {
         std::fs::copy(entry.path(), images.join(entry.file_name())).unwrap();
     }
     std::fs::write(images.join("not-a-digit.png"), b"this is text, not a PNG").unwrap();
-    run_ok(
-        "producer",
-        &[
-            "stage",
-            "--store",
-            store,
-            "--container",
-            "ctr",
+    Producer::stage(store, "ctr")
+        .args(&[
             "--images",
             images.to_str().unwrap(),
             "--prefix",
@@ -273,22 +264,11 @@ fn an_unlabelled_jobs_report_shows_the_distribution_and_unreadable_images() {
                 .unwrap(),
             "--model-name",
             "mnist",
-        ],
-    );
-    let output = run_ok(
-        "producer",
-        &[
-            "--store",
-            store,
-            "--container",
-            "ctr",
-            "--embedded",
-            "--dataset",
-            "digits",
-            "--model-name",
-            "mnist",
-        ],
-    );
+        ])
+        .ok();
+    let output = Producer::embedded(store, "ctr")
+        .args(&["--dataset", "digits", "--model-name", "mnist"])
+        .ok();
     let report = report_path(&output);
     let html = std::fs::read_to_string(&report).unwrap();
     assert_self_contained(&html);

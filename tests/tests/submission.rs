@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use fleet_common::broker::amqp::AmqpBroker;
-use fleet_common::broker::{Broker, BrokerError, Queue};
-use fleet_common::job;
-use fleet_common::message::{self, ResultMessage};
-use fleet_common::store::{BlobStore, StoreError};
+use fleet_broker::amqp::AmqpBroker;
+use fleet_broker::{Broker, BrokerError, Queue};
+use fleet_protocol::job;
+use fleet_protocol::message::{self, ResultMessage};
+use fleet_storage::{BlobStore, StoreError};
 use fleet_tests::{Fleet, assert_matches_reference, finish, run_with, spawn, terminate};
 use producer::submit::{SubmitOptions, submit};
 

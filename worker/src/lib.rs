@@ -16,14 +16,14 @@ pub mod scoring;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_common::broker::{Broker, BrokerError, Consumer, Delivery, Queue, settled};
-use fleet_common::job;
-use fleet_common::message::{self, Partition, ResultMessage, Scored};
-use fleet_common::store::BlobStore;
+use fleet_broker::{Broker, BrokerError, Consumer, Delivery, Queue, settled};
 use fleet_inference::InferenceOptions;
+use fleet_protocol::job;
+use fleet_protocol::message::{self, Partition, ResultMessage, Scored};
 use fleet_service::metrics::metrics;
 use fleet_service::ops::{Busy, health};
 use fleet_service::shutdown::Shutdown;
+use fleet_storage::BlobStore;
 use tokio::task::JoinHandle;
 
 use crate::scoring::{ImageOptions, Models, Prepared, ScoreError, score_together};
@@ -424,9 +424,9 @@ async fn sleep_or_forever(duration: Option<Duration>) {
 
 #[cfg(test)]
 mod tests {
-    use fleet_common::broker::memory::MemoryBroker;
-    use fleet_common::message::{Images, Partition};
-    use fleet_common::store::local::LocalStore;
+    use fleet_broker::memory::MemoryBroker;
+    use fleet_protocol::message::{Images, Partition};
+    use fleet_storage::local::LocalStore;
 
     use super::*;
 
@@ -465,7 +465,7 @@ mod tests {
         drop(taken);
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn BlobStore> = Arc::new(LocalStore::create(dir.path(), "ctr").unwrap());
-        let mut options: WorkerOptions = fleet_common::cli::defaults().unwrap();
+        let mut options: WorkerOptions = fleet_service::cli::defaults().unwrap();
         options.max_attempts = 2;
         options.idle_exit_secs = Some(1);
         let (shutdown, _trigger) = Shutdown::manual();

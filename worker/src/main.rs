@@ -2,11 +2,11 @@
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use fleet_common::broker::amqp::{AmqpArgs, AmqpBroker};
-use fleet_common::store::StoreArgs;
+use fleet_broker::amqp::{AmqpArgs, AmqpBroker};
 use fleet_service::logging::LogArgs;
 use fleet_service::ops::{self, OpsArgs};
 use fleet_service::shutdown::Shutdown;
+use fleet_storage::StoreArgs;
 use worker::WorkerOptions;
 
 /// Consumes partitions from RabbitMQ, scores each as one batch with ONNX Runtime, publishes

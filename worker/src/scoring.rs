@@ -13,14 +13,14 @@ use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use fleet_common::concurrent;
-use fleet_common::job::{self, now_ms};
-use fleet_common::message::{Images, Partition, Score, Scored, Thumbnail};
-use fleet_common::results::{render, report};
-use fleet_common::store::{BlobStore, StoreError};
 use fleet_imaging::{DecodeLimits, Image, Preprocessor, decoding_bytes, thumbnail};
 use fleet_inference::{Fit, InferenceError, InferenceOptions, InputSize, Scorer};
+use fleet_protocol::gallery;
+use fleet_protocol::job::{self, now_ms};
+use fleet_protocol::message::{Images, Partition, Score, Scored, Thumbnail};
+use fleet_service::concurrent;
 use fleet_spec::{ModelSpec, Outputs, sha256_hex};
+use fleet_storage::{BlobStore, ErrorKind};
 
 use crate::budget::MemoryBudget;
 
@@ -323,7 +323,7 @@ impl Prepared {
                 }
             })
             .collect();
-        let thumbnails = report::pick_thumbnails(partition.partition, &scores)
+        let thumbnails = gallery::pick_thumbnails(partition.partition, &scores)
             .into_iter()
             .filter_map(|i| {
                 let image = match &partition.images {
@@ -337,14 +337,14 @@ impl Prepared {
                         let planes = &pixels[i * len..][..len];
                         thumbnail(
                             &Image::from_planes(planes, *height as usize, *width as usize),
-                            report::THUMBNAIL_SIDE,
+                            gallery::THUMBNAIL_SIDE,
                         )
                     }
                     Images::Blobs { .. } => thumbnails.get_mut(i)?.take()?,
                 };
                 Some(Thumbnail {
                     position: i as u32,
-                    png: render::rgb_png(image.width, image.height, &image.data),
+                    png: fleet_figures::rgb_png(image.width, image.height, &image.data),
                 })
             })
             .collect();
@@ -477,13 +477,11 @@ fn load(
     call_bytes: usize,
 ) -> Result<Loaded, ScoreError> {
     let fetch = |key: &str| {
-        store.get(key).map_err(|e| match e {
-            StoreError::NotFound { .. }
-            | StoreError::BadKey(_)
-            | StoreError::NoContainer { .. } => ScoreError::Permanent(format!(
-                "model {model}: {e}; stage it with `producer stage`"
-            )),
-            other => ScoreError::Transient(other.to_string()),
+        store.get(key).map_err(|e| match e.kind() {
+            ErrorKind::Transient => ScoreError::Transient(e.to_string()),
+            ErrorKind::NotFound | ErrorKind::Blob | ErrorKind::Setup => ScoreError::Permanent(
+                format!("model {model}: {e}; stage it with `producer stage`"),
+            ),
         })
     };
     let spec_key = job::spec_key(model);
@@ -664,7 +662,7 @@ fn read_images(
                                 Slot::Pixels(out) => preprocessor.write_pixels(&image, out),
                                 Slot::Values(out) => preprocessor.write(&image, out),
                             }
-                            (None, note, Some(thumbnail(&image, report::THUMBNAIL_SIDE)))
+                            (None, note, Some(thumbnail(&image, gallery::THUMBNAIL_SIDE)))
                         }
                         Err(error) => (Some(error), None, None),
                     };
@@ -690,13 +688,11 @@ enum Fetch {
 
 /// Reads blob `key`, up to `max_bytes`.
 fn fetch(store: &dyn BlobStore, key: &str, max_bytes: u64) -> Result<Vec<u8>, Fetch> {
-    let reader = store.open(key).map_err(|e| match e {
-        StoreError::NotFound { .. } => Fetch::Image("the blob no longer exists".into()),
+    let reader = store.open(key).map_err(|e| match e.kind() {
+        ErrorKind::NotFound => Fetch::Image("the blob no longer exists".into()),
         // This blob, not the store: the others are read, and retrying changes nothing.
-        StoreError::BadKey(_) | StoreError::Denied { .. } | StoreError::NotABlob { .. } => {
-            Fetch::Image(e.to_string())
-        }
-        other => Fetch::Store(other.to_string()),
+        ErrorKind::Blob => Fetch::Image(e.to_string()),
+        ErrorKind::Setup | ErrorKind::Transient => Fetch::Store(e.to_string()),
     })?;
     let mut bytes = Vec::new();
     reader
@@ -753,8 +749,8 @@ pub fn top_k(row: &[f32], k: usize, probabilities: bool) -> Vec<(u32, f32)> {
 #[cfg(test)]
 mod tests {
     use super::{Fetch, fetch, top_k};
-    use fleet_common::store::BlobStore;
-    use fleet_common::store::local::LocalStore;
+    use fleet_storage::BlobStore;
+    use fleet_storage::local::LocalStore;
 
     #[test]
     fn a_blob_that_cannot_be_read_is_the_images_fault_not_the_stores() {

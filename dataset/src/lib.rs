@@ -139,7 +139,7 @@ pub enum DatasetError {
     #[error("labels from {source_name}: {detail}")]
     Labels { source_name: String, detail: String },
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] fleet_storage::StoreError),
     /// The consumer of the batches stopped reading.
     #[error("reading stopped: {0}")]
     Stopped(String),

@@ -1,10 +1,9 @@
-//! The two figures of the walkthrough, drawn as PNG: the confusion-matrix heat map and a grid
-//! of sample images with their labels. Text uses an 8x8 bitmap font, so no font files or
-//! system libraries are needed.
+//! The figures of a job, drawn as PNG: the confusion-matrix heat map, a grid of sample images
+//! with their labels, and the thumbnails the report shows. Text uses an 8x8 bitmap font, so no
+//! font files or system libraries are needed. Every size comes in as an argument: nothing here
+//! knows a dataset.
 
 use font8x8::UnicodeFonts;
-
-use crate::dataset::{HEIGHT, IMAGE_BYTES, WIDTH};
 
 type Rgb = [u8; 3];
 const WHITE: Rgb = [255, 255, 255];
@@ -204,8 +203,14 @@ pub fn confusion_png(matrix: &[Vec<u64>], classes: &[&str]) -> Vec<u8> {
 /// One image of the sample grid.
 #[derive(Debug, Clone)]
 pub struct Sample<'a> {
-    /// 3072 bytes: R, G, B planes of 32x32.
+    /// Width of the image, in pixels.
+    pub width: usize,
+    /// Height of the image, in pixels.
+    pub height: usize,
+    /// `3 x height x width` bytes: the R, G and B planes, rows first. An image of any other
+    /// size leaves its tile blank but for the caption.
     pub pixels: &'a [u8],
+    /// The text under the image.
     pub caption: String,
 }
 
@@ -219,8 +224,10 @@ pub fn sample_grid_png(samples: &[Sample<'_>], columns: usize) -> Vec<u8> {
         .map(|s| Canvas::text_width(&s.caption, 1))
         .max()
         .unwrap_or(0);
-    let tile_w = (WIDTH * scale).max(caption_width) + 12;
-    let tile_h = HEIGHT * scale + 24;
+    let widest = samples.iter().map(|s| s.width).max().unwrap_or(0);
+    let tallest = samples.iter().map(|s| s.height).max().unwrap_or(0);
+    let tile_w = (widest * scale).max(caption_width) + 12;
+    let tile_h = tallest * scale + 24;
     let rows = samples.len().div_ceil(columns);
     let mut canvas = Canvas::new(
         tile_w * columns.min(samples.len().max(1)),
@@ -228,11 +235,12 @@ pub fn sample_grid_png(samples: &[Sample<'_>], columns: usize) -> Vec<u8> {
     );
     for (i, sample) in samples.iter().enumerate() {
         let (tx, ty) = ((i % columns) * tile_w, (i / columns) * tile_h);
-        let x0 = tx + (tile_w - WIDTH * scale) / 2;
-        if sample.pixels.len() == IMAGE_BYTES {
-            for y in 0..HEIGHT {
-                for x in 0..WIDTH {
-                    let at = |plane: usize| sample.pixels[plane * HEIGHT * WIDTH + y * WIDTH + x];
+        let (width, height) = (sample.width, sample.height);
+        let x0 = tx + (tile_w - width * scale) / 2;
+        if sample.pixels.len() == 3 * width * height {
+            for y in 0..height {
+                for x in 0..width {
+                    let at = |plane: usize| sample.pixels[plane * height * width + y * width + x];
                     canvas.fill(
                         x0 + x * scale,
                         ty + 4 + y * scale,
@@ -246,7 +254,7 @@ pub fn sample_grid_png(samples: &[Sample<'_>], columns: usize) -> Vec<u8> {
         let w = Canvas::text_width(&sample.caption, 1);
         canvas.text(
             tx + (tile_w - w) / 2,
-            ty + 8 + HEIGHT * scale,
+            ty + 8 + tallest * scale,
             &sample.caption,
             BLACK,
             1,
@@ -299,17 +307,20 @@ mod tests {
 
     #[test]
     fn sample_grid_shows_the_pixels() {
-        let mut red = vec![0u8; IMAGE_BYTES];
-        red[..HEIGHT * WIDTH].fill(255);
+        const SIDE: usize = 32;
+        let mut red = vec![0u8; 3 * SIDE * SIDE];
+        red[..SIDE * SIDE].fill(255);
         let samples = vec![
             Sample {
+                width: SIDE,
+                height: SIDE,
                 pixels: &red,
                 caption: "red".into()
             };
             2
         ];
         let (info, pixels) = decode(&sample_grid_png(&samples, 2));
-        let x0 = (info.width as usize / 2 - WIDTH * 3) / 2;
+        let x0 = (info.width as usize / 2 - SIDE * 3) / 2;
         let i = ((4 + 10) * info.width as usize + x0 + 10) * 3;
         assert_eq!(&pixels[i..i + 3], &[255, 0, 0]);
     }

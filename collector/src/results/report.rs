@@ -7,10 +7,8 @@
 //! could not be read. A job without labels shows the class distribution and the least confident
 //! predictions instead.
 //!
-//! The collector never sees pixels: each worker ships small PNG copies of the few images of its
-//! partition the report may show ([`pick_thumbnails`]), and the report takes the best of them
-//! across partitions. A partition's own top [`GALLERY_SIZE`] holds every image of the job's
-//! top [`GALLERY_SIZE`] that lies in it, so the gallery is the job's, not a sample's.
+//! The collector never sees pixels: the thumbnails come with each partition's results, picked
+//! by the worker as `fleet_protocol::gallery` says.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -18,55 +16,15 @@ use std::fmt::Write as _;
 use base64::Engine as _;
 
 use super::{ConfusedPair, Confusion, Summary};
-use crate::job::{DatasetKind, Manifest};
-use crate::message::{Score, Scored};
+use fleet_protocol::gallery::{GALLERY_SIZE, SAMPLE_SIZE};
+use fleet_protocol::job::{DatasetKind, Manifest};
+use fleet_protocol::message::{Score, Scored};
 use fleet_spec::Provenance;
 
-/// Images in each gallery (most confident mistakes, least confident predictions).
-pub const GALLERY_SIZE: usize = 12;
-/// Images of the job's first partition in the sample grid.
-pub const SAMPLE_SIZE: usize = 16;
-/// Longest side of a thumbnail, in pixels.
-pub const THUMBNAIL_SIDE: usize = 64;
 /// Unreadable images listed by name; the rest are counted (`scores.csv` has them all).
 const UNREADABLE_LISTED: usize = 100;
 /// Confused class pairs read out in words.
 const PAIRS_IN_WORDS: usize = 3;
-
-/// Positions of the images of partition `partition` whose thumbnails the report may show: the
-/// first [`SAMPLE_SIZE`] readable images of the job's first partition, the partition's
-/// [`GALLERY_SIZE`] most confident mistakes, and its [`GALLERY_SIZE`] least confident
-/// predictions of images without a label. Sorted, each once.
-pub fn pick_thumbnails(partition: u32, scores: &[Score]) -> Vec<usize> {
-    let mut picked = BTreeSet::new();
-    if partition == 0 {
-        picked.extend(
-            scores
-                .iter()
-                .enumerate()
-                .filter(|(_, s)| s.predicted().is_some())
-                .map(|(i, _)| i)
-                .take(SAMPLE_SIZE),
-        );
-    }
-    let mut mistakes: Vec<(usize, f32)> = Vec::new();
-    let mut unlabelled: Vec<(usize, f32)> = Vec::new();
-    for (i, score) in scores.iter().enumerate() {
-        let Some((class, confidence)) = score.predicted() else {
-            continue;
-        };
-        match score.label {
-            Some(label) if label != class => mistakes.push((i, confidence)),
-            Some(_) => {}
-            None => unlabelled.push((i, confidence)),
-        }
-    }
-    mistakes.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    unlabelled.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
-    picked.extend(mistakes.iter().take(GALLERY_SIZE).map(|m| m.0));
-    picked.extend(unlabelled.iter().take(GALLERY_SIZE).map(|m| m.0));
-    picked.into_iter().collect()
-}
 
 /// Everything the report shows.
 #[derive(Debug, Clone, Copy)]
@@ -605,6 +563,7 @@ code{background:#f6f8fa;padding:0 .2em}";
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fleet_protocol::gallery::pick_thumbnails;
 
     fn score(label: Option<u32>, class: u32, confidence: f32) -> Score {
         Score {
@@ -612,40 +571,6 @@ mod tests {
             top: vec![(class, confidence)],
             error: None,
         }
-    }
-
-    #[test]
-    fn picks_the_sample_and_the_partitions_extremes() {
-        // 40 labelled images: every fifth wrong, with rising confidence.
-        let scores: Vec<Score> = (0..40)
-            .map(|i| {
-                let wrong = i % 5 == 0;
-                score(Some(0), u32::from(wrong), i as f32 / 40.0)
-            })
-            .collect();
-        let first = pick_thumbnails(0, &scores);
-        assert_eq!(
-            &first[..SAMPLE_SIZE],
-            &(0..SAMPLE_SIZE).collect::<Vec<_>>()[..]
-        );
-        // All 8 mistakes (under GALLERY_SIZE) are there too.
-        assert!((0..40).step_by(5).all(|i| first.contains(&i)));
-        let later = pick_thumbnails(3, &scores);
-        assert_eq!(later, (0..40).step_by(5).collect::<Vec<_>>());
-
-        // More mistakes than the gallery: the most confident ones.
-        let scores: Vec<Score> = (0..30)
-            .map(|i| score(Some(0), 1, i as f32 / 30.0))
-            .collect();
-        assert_eq!(pick_thumbnails(1, &scores), (18..30).collect::<Vec<_>>());
-        // Unlabelled: the least confident ones; unreadable images never.
-        let mut scores: Vec<Score> = (0..30).map(|i| score(None, 1, i as f32 / 30.0)).collect();
-        scores[0] = Score {
-            label: None,
-            top: vec![],
-            error: Some("corrupt".into()),
-        };
-        assert_eq!(pick_thumbnails(1, &scores), (1..13).collect::<Vec<_>>());
     }
 
     #[test]
@@ -668,7 +593,7 @@ mod tests {
 
     #[test]
     fn any_class_count_renders_without_a_heat_map_beyond_thirty() {
-        use crate::message::{Sealed, Thumbnail};
+        use fleet_protocol::message::{Sealed, Thumbnail};
         let classes: Vec<String> = (0..40).map(|i| format!("species <{i}>")).collect();
         let sealed = Sealed {
             job: "j".into(),
@@ -688,7 +613,7 @@ mod tests {
             .into_iter()
             .map(|i| Thumbnail {
                 position: i as u32,
-                png: super::super::render::rgb_png(1, 1, &[200, 10, 10]),
+                png: fleet_figures::rgb_png(1, 1, &[200, 10, 10]),
             })
             .collect();
         let partition = Scored {

@@ -167,7 +167,7 @@ pub struct Scored {
     /// ONNX Runtime execution provider that ran the model (`CPU`, `CUDA`).
     pub provider: String,
     /// Small copies of the images the job report may show (see
-    /// [`crate::results::report::pick_thumbnails`]).
+    /// [`crate::gallery::pick_thumbnails`]).
     pub thumbnails: Vec<Thumbnail>,
 }
 

@@ -344,11 +344,15 @@ fn account_sas(account: &str, key: &[u8], expiry: SystemTime) -> String {
     )
 }
 
-/// `YYYY-MM-DDThh:mm:ssZ`.
+/// `YYYY-MM-DDThh:mm:ssZ`: whole seconds, as a SAS token's expiry is written.
 fn iso8601(t: SystemTime) -> String {
+    use azure_core::time::{OffsetDateTime, to_rfc3339};
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (y, mo, d, h, mi, s) = crate::job::civil_time(secs);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+    let time = i64::try_from(secs)
+        .ok()
+        .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+    to_rfc3339(&time)
 }
 
 /// A download in progress, read as chunks arrive.

@@ -11,6 +11,8 @@ use std::fmt::Debug;
 use std::io::Read;
 use std::path::Path;
 
+/// Why a store operation failed. Each message names the store and the blob; [`StoreError::kind`]
+/// says what a caller can do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{store} has no blob {key}")]
@@ -46,9 +48,37 @@ pub enum StoreError {
     BadKey(String),
 }
 
+/// What a caller can do about a [`StoreError`]: the part of it a retry policy reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The blob is not there.
+    NotFound,
+    /// This one blob cannot be used: its name is refused, access to it is denied, or it is
+    /// no regular blob. Other blobs may be fine; retrying this one changes nothing.
+    Blob,
+    /// The store as set up: a missing container or a configuration that cannot work. Nothing
+    /// succeeds until a person fixes it.
+    Setup,
+    /// The store failed or could not be reached: the same call may succeed later.
+    Transient,
+}
+
 impl StoreError {
+    /// What kind of failure this is, for retry decisions.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::NotFound { .. } => ErrorKind::NotFound,
+            StoreError::Denied { .. } | StoreError::NotABlob { .. } | StoreError::BadKey(_) => {
+                ErrorKind::Blob
+            }
+            StoreError::NoContainer { .. } | StoreError::Config(_) => ErrorKind::Setup,
+            StoreError::Io { .. } => ErrorKind::Transient,
+        }
+    }
+
+    /// Whether the blob is not there.
     pub fn is_not_found(&self) -> bool {
-        matches!(self, StoreError::NotFound { .. })
+        self.kind() == ErrorKind::NotFound
     }
 }
 
@@ -164,7 +194,34 @@ pub fn check_prefix(prefix: &str) -> Result<(), StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_container, check_key, check_prefix};
+    use super::{ErrorKind, StoreError, check_container, check_key, check_prefix};
+
+    #[test]
+    fn each_error_has_the_kind_a_retry_policy_reads() {
+        let (store, key) = (String::from("s"), String::from("k"));
+        let io = StoreError::Io {
+            store: store.clone(),
+            key: key.clone(),
+            reason: "connection reset".into(),
+        };
+        assert_eq!(io.kind(), ErrorKind::Transient);
+        let gone = StoreError::NotFound {
+            store: store.clone(),
+            key: key.clone(),
+        };
+        assert!(gone.is_not_found());
+        let denied = StoreError::Denied {
+            store,
+            key,
+            reason: "403".into(),
+        };
+        assert_eq!(denied.kind(), ErrorKind::Blob);
+        assert_eq!(StoreError::BadKey("../x".into()).kind(), ErrorKind::Blob);
+        assert_eq!(
+            StoreError::Config("no store".into()).kind(),
+            ErrorKind::Setup
+        );
+    }
 
     #[test]
     fn container_names_are_azures() {

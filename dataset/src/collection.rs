@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 
 use super::DatasetError;
-use crate::store::BlobStore;
+use fleet_storage::BlobStore;
 
 /// File extensions scored as images (compared without case).
 pub const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "bmp", "gif", "webp"];
@@ -624,7 +624,7 @@ mod tests {
     #[test]
     fn listing_keeps_images_and_names_the_other_files() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::local::LocalStore::create(dir.path(), "ctr").unwrap();
+        let store = fleet_storage::local::LocalStore::create(dir.path(), "ctr").unwrap();
         for key in [
             "photos/cat/1.JPG",
             "photos/cat/scan.tiff",

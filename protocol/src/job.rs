@@ -160,7 +160,7 @@ pub fn new_job_id() -> String {
 }
 
 /// UTC calendar time of a Unix timestamp (Howard Hinnant's days-to-civil algorithm).
-pub(crate) fn civil_time(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
+fn civil_time(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let z = days + 719_468;
@@ -200,6 +200,11 @@ mod tests {
         let a = new_job_id();
         let b = new_job_id();
         assert_ne!(a, b);
-        crate::store::check_key(&manifest_key(&a)).unwrap();
+        // Digits, letters and dashes only: a valid blob name and queue header as it is.
+        assert!(
+            a.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'),
+            "{a}"
+        );
+        assert_eq!(a.len(), "20261123-233012-7f3a9c".len(), "{a}");
     }
 }

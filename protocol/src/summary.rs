@@ -1,0 +1,119 @@
+//! `summary.json`: what a finished job came to, written by the collector and read by the
+//! producer (`status`, `--wait`) and the embedded run.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+/// Timings of a job, in the summary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    pub submitted_at_ms: u64,
+    pub completed_at_ms: u64,
+    /// From submission to the last result in.
+    pub wall_seconds: f64,
+    pub images_per_second: f64,
+    /// Time spent in model calls, summed over workers.
+    pub inference_seconds: f64,
+    /// Time spent fetching, decoding and preprocessing images, summed over workers.
+    pub preprocess_seconds: f64,
+    /// From submission to the last partition published: the producer listing or decoding
+    /// the dataset.
+    #[serde(default)]
+    pub staging_seconds: f64,
+    /// Mean time a partition waited between being published and a worker taking it.
+    #[serde(default)]
+    pub queueing_seconds: f64,
+    /// From the first partition taken by a worker to the last one scored.
+    #[serde(default)]
+    pub scoring_seconds: f64,
+    /// The collector writing the result files before the report and summary (set by it).
+    #[serde(default)]
+    pub writing_seconds: f64,
+}
+
+/// Accuracy of one true class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassAccuracy {
+    pub class: String,
+    pub images: u64,
+    pub correct: u64,
+    pub accuracy: f64,
+}
+
+/// How often one class was predicted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassCount {
+    pub class: String,
+    pub predicted: u64,
+}
+
+/// Images of one true class predicted as another.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfusedPair {
+    pub true_class: String,
+    pub predicted_class: String,
+    pub images: u64,
+}
+
+/// `summary.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub job: String,
+    /// Images in the job: one row each in `scores.csv`.
+    pub images: u64,
+    /// Images the model scored.
+    pub scored: u64,
+    /// Images that could not be scored: unreadable, or the model's output for them not a
+    /// number (their rows carry the error).
+    pub unreadable: u64,
+    /// Scored images with a true label: the accuracy is over these.
+    pub labelled: u64,
+    pub correct: u64,
+    /// `correct / labelled`; absent for a job without labels.
+    pub accuracy: Option<f64>,
+    pub classes: Vec<String>,
+    /// Accuracy per true class (labelled jobs).
+    pub per_class: Vec<ClassAccuracy>,
+    /// Predictions per class: the class distribution of the scored images.
+    pub predicted: Vec<ClassCount>,
+    /// The most frequent confusions, largest first (labelled jobs).
+    pub most_confused: Vec<ConfusedPair>,
+    pub batches: Vec<String>,
+    pub partitions: u32,
+    /// Images scored by each worker.
+    pub workers: BTreeMap<String, u64>,
+    pub timings: Timings,
+}
+
+impl Summary {
+    /// The walkthrough's closing line, or what stands for it in a job without labels; images
+    /// that could not be read are named.
+    pub fn accuracy_line(&self) -> String {
+        let mut line = if self.accuracy.is_some() {
+            accuracy_line(self.correct, self.labelled)
+        } else {
+            format!("Scored {} images (no true labels)", self.scored)
+        };
+        if self.unreadable > 0 {
+            let _ = write!(
+                line,
+                "; {} of {} images could not be scored (see the error column of scores.csv)",
+                self.unreadable, self.images
+            );
+        }
+        line
+    }
+}
+
+/// "Correctly predicted X of N images (P%)", as the walkthrough prints it.
+pub fn accuracy_line(correct: u64, images: u64) -> String {
+    let percent = 100.0 * ratio(correct, images);
+    format!("Correctly predicted {correct} of {images} images ({percent:.2}%)")
+}
+
+/// `a / b`, 0 when `b` is 0.
+pub fn ratio(a: u64, b: u64) -> f64 {
+    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+}
