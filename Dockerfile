@@ -1,7 +1,7 @@
 # One image with the three binaries and the ONNX Runtime library.
 #
-#   docker build -t cifar-fleet .                                   # CPU
-#   docker build -t cifar-fleet:cuda --build-arg VARIANT=cuda .     # CUDA workers
+#   docker build -t scoring-fleet .                                   # CPU
+#   docker build -t scoring-fleet:cuda --build-arg VARIANT=cuda .     # CUDA workers
 #
 # The CUDA variant compiles the `cuda` feature, takes ONNX Runtime from the onnxruntime-gpu
 # wheel and runs on NVIDIA's CUDA/cuDNN runtime image; it still falls back to the CPU when no GPU

@@ -21,11 +21,11 @@ export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-131072}"
 export ORT_DISABLE_TELEMETRY="${ORT_DISABLE_TELEMETRY:-1}"
 
 if [[ -f "$fixtures/resnet20_meanimage_159.dnn" ]]; then
-    inputs=(--dataset "$fixtures/cifar-10-python.tar.gz" --model "$fixtures/resnet20_meanimage_159.dnn"
+    inputs=(--tarball "$fixtures/cifar-10-python.tar.gz" --model "$fixtures/resnet20_meanimage_159.dnn"
             --mean-image "$fixtures/CIFAR-10_mean.xml")
 else
     inputs=()  # the walkthrough's URLs
 fi
-target/release/producer stage --store "$store" --container cifar "${inputs[@]}"
-target/release/producer --store "$store" --container cifar --embedded "$@"
+target/release/producer stage --store "$store" --container cifar --model-name resnet20 "${inputs[@]}"
+target/release/producer --store "$store" --container cifar --model-name resnet20 --embedded "$@"
 echo "results: $store/cifar/results/"

@@ -36,10 +36,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use clap::ValueEnum;
+use fleet_broker::amqp::AmqpArgs;
 use fleet_dataset::{self as dataset, BatchSelection, HEIGHT, IMAGE_BYTES, WIDTH};
 use fleet_imaging::{DecodeLimits, Image, Preprocessor, decode};
 use fleet_inference::{InferenceOptions, Scorer};
+use fleet_service::cli::defaults;
 use fleet_spec::{ModelSpec, Normalize, Resize};
+use producer::submit::SubmitOptions;
+use worker::WorkerOptions;
 
 mod photos;
 
@@ -58,13 +62,13 @@ struct Args {
     /// Skip the 60,000-image tarball.
     #[arg(long)]
     skip_full: bool,
-    /// Images per partition in the job runs.
-    #[arg(long, default_value_t = 500)]
-    partition_size: u32,
-    /// Partitions a worker joins into one model call in the job runs (the worker's
-    /// `--partitions-per-call`).
-    #[arg(long, env = "WORKER_PARTITIONS_PER_CALL", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
-    partitions_per_call: u16,
+    /// Images per partition in the job runs [default: the producer's `--partition-size`].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    partition_size: Option<u32>,
+    /// Partitions a worker joins into one model call in the job runs [default: the worker's
+    /// `--partitions-per-call`, which reads WORKER_PARTITIONS_PER_CALL].
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=256))]
+    partitions_per_call: Option<u16>,
     /// Images per model call in the engine rows, comma-separated. The jobs' largest call
     /// (partition size times partitions per call) is always measured too, for their ratios.
     #[arg(long, env = "BENCH_ENGINE_BATCHES", value_delimiter = ',', default_value = "1,32,128,500", value_parser = clap::value_parser!(u32).range(1..))]
@@ -72,14 +76,9 @@ struct Args {
     /// The engine rows' and the jobs' execution provider and threads.
     #[command(flatten)]
     inference: InferenceOptions,
-    /// AMQP URL for the fleet runs.
-    #[arg(
-        long,
-        env = "AMQP_URL",
-        hide_env_values = true,
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    amqp_url: String,
+    /// The broker of the fleet runs.
+    #[command(flatten)]
+    amqp: AmqpArgs,
     /// Azure Storage connection string for the fleet runs.
     #[arg(long, env = "AZURE_STORAGE_CONNECTION_STRING", hide_env_values = true)]
     connection_string: Option<String>,
@@ -107,6 +106,13 @@ struct Row {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    // The jobs' own defaults, where the bench is not told otherwise.
+    let submit: SubmitOptions = defaults()?;
+    let worker: WorkerOptions = defaults()?;
+    let partition_size = args.partition_size.unwrap_or(submit.partition_size);
+    let partitions_per_call = args
+        .partitions_per_call
+        .unwrap_or(worker.partitions_per_call);
     let bin_dir = std::env::current_exe()?
         .parent()
         .context("binary directory")?
@@ -155,8 +161,8 @@ fn main() -> Result<()> {
     // jobs score (the int8 model is calibrated by `producer stage --quantize`).
     let work = tempfile::tempdir()?;
     let store = work.path().join("store");
-    let stage = |store: &str, envs: &[(&str, &str)], inputs: &[&str]| {
-        let mut stage_args = vec!["stage", "--store", store];
+    let stage = |store: &str, container: &str, envs: &[(&str, &str)], inputs: &[&str]| {
+        let mut stage_args = vec!["stage", "--store", store, "--container", container];
         stage_args.extend(inputs);
         run(&bin_dir.join("producer"), &stage_args, envs).map(drop)
     };
@@ -175,7 +181,7 @@ fn main() -> Result<()> {
     ];
     let tarball = fixture("cifar-10-python.tar.gz");
     let jpeg_folder = fixture("cifar-10-test-jpeg");
-    let tarball_args = ["--dataset", tarball.to_str().unwrap()];
+    let tarball_args = ["--tarball", tarball.to_str().unwrap()];
     let folder_args = [
         "--images",
         jpeg_folder.to_str().unwrap(),
@@ -184,7 +190,7 @@ fn main() -> Result<()> {
     ];
     let mut with_int8 = [&tarball_args[..], &model_args, &folder_args].concat();
     with_int8.push("--quantize");
-    stage(store.to_str().unwrap(), &[], &with_int8)?;
+    stage(store.to_str().unwrap(), "cifar", &[], &with_int8)?;
     let staged = |key: &str| -> Result<Vec<u8>> {
         let path = store.join("cifar").join(key);
         std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
@@ -209,7 +215,7 @@ fn main() -> Result<()> {
     preprocess(&pixels, &mut input);
     let mut logits = Vec::new();
     // The jobs' largest model call, and the engine at that size: what their ratios compare to.
-    let call = args.partition_size as usize * usize::from(args.partitions_per_call);
+    let call = partition_size as usize * usize::from(partitions_per_call);
     let mut engine_batches: Vec<usize> = args.engine_batches.iter().map(|&b| b as usize).collect();
     engine_batches.push(call);
     engine_batches.sort_unstable();
@@ -346,8 +352,8 @@ fn main() -> Result<()> {
     drop(scorer);
 
     // The embedded job, whole process. Every job scores as the engine rows did.
-    let partition_size = args.partition_size.to_string();
-    let partitions_per_call = args.partitions_per_call.to_string();
+    let (partition_size, partitions_per_call) =
+        (partition_size.to_string(), partitions_per_call.to_string());
     let provider_name = args
         .inference
         .provider
@@ -368,6 +374,8 @@ fn main() -> Result<()> {
             &[
                 "--store",
                 store.to_str().unwrap(),
+                "--container",
+                "cifar",
                 "--embedded",
                 "--batches",
                 batches,
@@ -421,6 +429,8 @@ fn main() -> Result<()> {
         let job_args = [
             "--store",
             store.to_str().unwrap(),
+            "--container",
+            "cifar",
             "--embedded",
             "--dataset",
             "datasets/cifar-jpeg",
@@ -496,8 +506,9 @@ fn main() -> Result<()> {
         write_full_tarball(&tarball, &full)?;
         stage(
             store.to_str().unwrap(),
+            "cifar",
             &[],
-            &["--dataset", full.to_str().unwrap()],
+            &["--tarball", full.to_str().unwrap()],
         )?;
         let (seconds, peak, _) = embedded("all", "resnet20")?;
         rows.push(Row {
@@ -521,7 +532,7 @@ fn main() -> Result<()> {
                 .max(1)
                 .to_string();
             let envs = [
-                ("AMQP_URL", args.amqp_url.as_str()),
+                ("AMQP_URL", args.amqp.url.as_str()),
                 ("AZURE_STORAGE_CONNECTION_STRING", connection.as_str()),
                 ("FLEET_CONTAINER", container.as_str()),
                 ("PARTITIONS_QUEUE", pq.as_str()),
@@ -535,7 +546,7 @@ fn main() -> Result<()> {
             if workers == 1 {
                 inputs.extend(folder_args);
             }
-            stage(&connection, &envs, &inputs)?;
+            stage(&connection, &container, &envs, &inputs)?;
             // Fresh processes for every run: each pays its own start-up, as a real job does.
             let fleet_run = |job: &[&str]| {
                 repeated(args.runs, || {
@@ -604,7 +615,7 @@ fn main() -> Result<()> {
         &format!(
             "Execution provider: {provider}; jobs: partitions of {} images, up to {} per model \
              call.",
-            args.partition_size, args.partitions_per_call
+            partition_size, partitions_per_call
         ),
     );
     Ok(())

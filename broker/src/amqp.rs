@@ -272,7 +272,7 @@ async fn open_and_declare(args: &AmqpArgs) -> Result<Link, BrokerError> {
 }
 
 async fn open_link(args: &AmqpArgs) -> Result<Link, BrokerError> {
-    let properties = ConnectionProperties::default().with_connection_name("cifar-fleet".into());
+    let properties = ConnectionProperties::default().with_connection_name("scoring-fleet".into());
     // amqps:// verifies the broker against the system's roots, plus --amqp-ca-cert's.
     let tls = OwnedTLSConfig {
         identity: None,

@@ -31,21 +31,21 @@ pub struct QueueNames {
     #[arg(
         long = "partitions-queue",
         env = "PARTITIONS_QUEUE",
-        default_value = "cifar.partitions"
+        default_value = "scoring.partitions"
     )]
     pub partitions: String,
     /// Queue of scored partitions.
     #[arg(
         long = "results-queue",
         env = "RESULTS_QUEUE",
-        default_value = "cifar.results"
+        default_value = "scoring.results"
     )]
     pub results: String,
     /// Queue where poison messages end, with their error.
     #[arg(
         long = "dead-letter-queue",
         env = "DEAD_LETTER_QUEUE",
-        default_value = "cifar.dead-letter"
+        default_value = "scoring.dead-letter"
     )]
     pub dead_letter: String,
 }

@@ -44,8 +44,8 @@ pub enum CollectorError {
     Broker(#[from] BrokerError),
     #[error("storing results failed")]
     Store(#[from] StoreError),
-    #[error("a storage task failed: {0}")]
-    Task(String),
+    #[error("a storage task failed")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// What the collector tells its caller as it goes.
@@ -102,7 +102,7 @@ pub async fn run<B: Broker>(
             (owned, outcome, in_flight)
         })
         .await
-        .map_err(|e| CollectorError::Task(e.to_string()))?;
+        .map_err(CollectorError::Task)?;
         jobs = Some(returned);
         // On error the delivery is dropped unacknowledged: the broker hands it out again.
         let events = outcome?;

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 
 use super::DatasetError;
-use fleet_storage::BlobStore;
+use fleet_storage::{BlobStore, ErrorKind};
 
 /// File extensions scored as images (compared without case).
 pub const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "bmp", "gif", "webp"];
@@ -580,6 +580,77 @@ fn quote_lines(lines: &[String]) -> String {
         out.push_str(&format!("; and {} more", lines.len() - 5));
     }
     out
+}
+
+/// An image collection with its labels.
+#[derive(Debug)]
+pub struct Labelled {
+    /// The images.
+    pub collection: Collection,
+    /// Each image's class index, in the order of `collection.names`; `None` for an image
+    /// without a label.
+    pub labels: Vec<Option<u32>>,
+}
+
+/// Lists the image collection under `prefix` and resolves its labels from `source`, the whole
+/// rule in one place: none (`auto` and `none`); each image's folder (which needs the model's
+/// class names: `named`); or a label file beside the images, else a blob of that name, else a
+/// local file (a label file beside the images is read, not counted as a stray file).
+pub fn labelled(
+    store: &dyn BlobStore,
+    prefix: &str,
+    source: &LabelSource,
+    classes: &Classes<'_>,
+    named: bool,
+) -> Result<Labelled, DatasetError> {
+    let mut collection = list(store, prefix)?;
+    if let LabelSource::File(name) = source {
+        collection.not_images.retain(|other| other != name);
+    }
+    if let Some(note) = collection.not_images_note() {
+        tracing::warn!("{note}");
+    }
+    let resolved = match source {
+        LabelSource::Auto | LabelSource::None => ResolvedSource::None,
+        LabelSource::Folders if !named => {
+            return Err(DatasetError::Labels {
+                source_name: "folders".into(),
+                detail: "folder labels need the model's class names: stage it with --classes \
+                         FILE (one name per line, in the model's output order)"
+                    .into(),
+            });
+        }
+        LabelSource::Folders => ResolvedSource::Folders,
+        LabelSource::File(name) => {
+            ResolvedSource::File(read_label_file(store, &collection.prefix, name)?)
+        }
+    };
+    let labels = resolve_labels(&collection.names, &resolved, classes)?;
+    Ok(Labelled { collection, labels })
+}
+
+/// A label file: beside the images, else a blob of that name, else a local file.
+fn read_label_file(
+    store: &dyn BlobStore,
+    prefix: &str,
+    name: &str,
+) -> Result<LabelFile, DatasetError> {
+    let beside = format!("{prefix}{name}");
+    for key in [beside.as_str(), name] {
+        match store.get(key) {
+            Ok(bytes) => return LabelFile::parse(&String::from_utf8_lossy(&bytes), key),
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Blob) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let text = std::fs::read_to_string(name).map_err(|e| DatasetError::Labels {
+        source_name: name.into(),
+        detail: format!(
+            "neither a blob ({beside} or {name} in {}) nor a readable local file ({e})",
+            store.describe()
+        ),
+    })?;
+    LabelFile::parse(&text, name)
 }
 
 /// A label source made concrete for one collection.

@@ -127,7 +127,7 @@ pub enum DatasetError {
     NotCifar { source_name: String },
     #[error(
         "{store} has no blob {name} and no images under {prefix} ({blobs} other blobs there): \
-         stage a CIFAR-10 tarball with `producer stage --dataset FILE`, or a folder of images \
+         stage a CIFAR-10 tarball with `producer stage --tarball FILE`, or a folder of images \
          with `producer stage --images DIR --prefix {name}`"
     )]
     NoImages {

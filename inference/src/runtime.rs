@@ -51,7 +51,7 @@ pub fn environment() -> Result<&'static ort::environment::Environment, Inference
             tracing::debug!(library = %path.display(), "loading ONNX Runtime");
             ort::init_from(&path)
                 .map_err(|e| format!("could not load ONNX Runtime from {}: {e}", path.display()))?
-                .with_name("cifar-fleet")
+                .with_name("scoring-fleet")
                 // Microsoft's builds send usage events unless told not to: a scoring fleet
                 // reports to nobody.
                 .with_telemetry(false)

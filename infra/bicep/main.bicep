@@ -1,8 +1,8 @@
 // The CIFAR scoring fleet on Azure Container Apps.
 //
-//   az group create -n cifar-fleet -l westeurope
-//   az deployment group create -g cifar-fleet -f infra/bicep/main.bicep \
-//       -p image=<registry>/cifar-fleet:latest rabbitmqPassword=<secret>
+//   az group create -n scoring-fleet -l westeurope
+//   az deployment group create -g scoring-fleet -f infra/bicep/main.bicep \
+//       -p image=<registry>/scoring-fleet:latest rabbitmqPassword=<secret>
 //
 // Declares: a storage account with the data container; Log Analytics; a Container Apps
 // environment (with an optional GPU workload profile); RabbitMQ as an internal container app
@@ -15,7 +15,7 @@
 @description('Name prefix of every resource (letters and digits).')
 @minLength(3)
 @maxLength(11)
-param prefix string = 'cifarfleet'
+param prefix string = 'scoringfleet'
 
 @description('Azure region.')
 param location string = resourceGroup().location
@@ -24,10 +24,10 @@ param location string = resourceGroup().location
 param image string
 
 @description('Blob container for the dataset, models and results.')
-param dataContainer string = 'cifar'
+param dataContainer string = 'fleet'
 
 @description('Queue of partitions; KEDA watches its length.')
-param partitionsQueue string = 'cifar.partitions'
+param partitionsQueue string = 'scoring.partitions'
 
 @description('Upper bound of worker replicas; KEDA scales between 0 and this.')
 @minValue(1)

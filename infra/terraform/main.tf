@@ -2,7 +2,7 @@
 # (infra/tests/test_parity.py checks that).
 #
 #   terraform -chdir=infra/terraform init
-#   terraform -chdir=infra/terraform apply -var image=<registry>/cifar-fleet:latest \
+#   terraform -chdir=infra/terraform apply -var image=<registry>/scoring-fleet:latest \
 #       -var rabbitmq_password=<secret>
 
 locals {

@@ -1,7 +1,7 @@
 variable "resource_group_name" {
   description = "Resource group to create and deploy into."
   type        = string
-  default     = "cifar-fleet"
+  default     = "scoring-fleet"
 }
 
 variable "location" {
@@ -13,7 +13,7 @@ variable "location" {
 variable "prefix" {
   description = "Name prefix of every resource (letters and digits)."
   type        = string
-  default     = "cifarfleet"
+  default     = "scoringfleet"
   validation {
     condition     = can(regex("^[a-z0-9]{3,11}$", var.prefix))
     error_message = "prefix must be 3 to 11 lower-case letters or digits."
@@ -28,13 +28,13 @@ variable "image" {
 variable "data_container" {
   description = "Blob container for the dataset, models and results."
   type        = string
-  default     = "cifar"
+  default     = "fleet"
 }
 
 variable "partitions_queue" {
   description = "Queue of partitions; KEDA watches its length."
   type        = string
-  default     = "cifar.partitions"
+  default     = "scoring.partitions"
 }
 
 variable "max_workers" {

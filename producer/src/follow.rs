@@ -32,8 +32,8 @@ pub enum FollowError {
     },
     #[error("summary.json of job {job} is unreadable: {reason}")]
     BadSummary { job: String, reason: String },
-    #[error("a storage task failed: {0}")]
-    Task(String),
+    #[error("a storage task failed")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// Waits until the job's `summary.json` is written, showing partitions stored as progress.
@@ -99,7 +99,7 @@ pub async fn follow(
             )))
         })
         .await
-        .map_err(|e| FollowError::Task(e.to_string()))?;
+        .map_err(FollowError::Task)?;
         // Storage may be away for a while: keep watching until the deadline.
         let status = match status {
             Ok(status) => {

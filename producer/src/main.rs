@@ -13,6 +13,7 @@ use fleet_protocol::job;
 use fleet_service::logging::LogArgs;
 use fleet_storage::{BlobStore, StoreArgs};
 use indicatif::{ProgressBar, ProgressStyle};
+use producer::models;
 use producer::source::Source;
 use producer::stage::{
     self, DEFAULT_DATASET_URL, DEFAULT_MEAN_IMAGE_URL, DEFAULT_MODEL_URL, SpecArgs,
@@ -98,9 +99,9 @@ struct RunArgs {
 struct StageArgs {
     #[command(flatten)]
     store: StoreArgs,
-    /// CIFAR-10 tarball: a file or an http(s) URL, staged as --dataset-blob.
+    /// CIFAR-10 tarball: a file or an http(s) URL, staged as --tarball-blob.
     #[arg(long)]
-    dataset: Option<Source>,
+    tarball: Option<Source>,
     /// A local folder of images (sub-folders kept, e.g. one per class), uploaded under --prefix.
     #[arg(long, requires = "prefix")]
     images: Option<PathBuf>,
@@ -121,14 +122,16 @@ struct StageArgs {
     /// Model: CNTK v2 (.dnn) or ONNX, a file or an http(s) URL.
     #[arg(long)]
     model: Option<Source>,
-    /// Name the model is staged under (`models/<name>.onnx`, `models/<name>.json`).
-    #[arg(long = "model-name", env = "MODEL_NAME", default_value = job::DEFAULT_MODEL)]
-    model_name: String,
+    /// Name the model is staged under (`models/<name>.onnx`, `models/<name>.json`) [default:
+    /// --model's file name without its extension; with only --mean-image or --quantize, the
+    /// container's only staged model].
+    #[arg(long = "model-name", env = "MODEL_NAME")]
+    model_name: Option<String>,
     #[command(flatten)]
     spec: SpecArgs,
-    /// Blob name of the tarball in the container.
-    #[arg(long = "dataset-blob", env = "DATASET_BLOB", default_value = job::DATASET_BLOB)]
-    dataset_blob: String,
+    /// Blob name of the tarball in the container (what a job's `--dataset` names).
+    #[arg(long = "tarball-blob", env = "TARBALL_BLOB", default_value = job::DATASET_BLOB)]
+    tarball_blob: String,
     /// Also stage an int8 version of the model as `<name>-int8`, calibrated on the staged
     /// tarball (faster on CPUs with integer dot products; check its accuracy on your data).
     #[arg(long)]
@@ -142,7 +145,7 @@ struct StageArgs {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum Input {
-    Dataset,
+    Tarball,
     Model,
     MeanImage,
 }
@@ -207,7 +210,7 @@ fn status(args: StatusArgs) -> Result<()> {
 
 fn stage(mut args: StageArgs) -> Result<()> {
     let store = args.store.open(true)?;
-    let named = args.dataset.is_some()
+    let named = args.tarball.is_some()
         || args.images.is_some()
         || args.model.is_some()
         || args.spec.mean_image.is_some();
@@ -215,15 +218,15 @@ fn stage(mut args: StageArgs) -> Result<()> {
     let defaults: Vec<Input> = if !args.only.is_empty() {
         args.only.clone()
     } else if !named && !args.quantize {
-        vec![Input::Dataset, Input::Model, Input::MeanImage]
+        vec![Input::Tarball, Input::Model, Input::MeanImage]
     } else {
         Vec::new()
     };
     let url = |url: &str| Source::from_str(url).expect("the walkthrough's URLs parse");
     for input in defaults {
         match input {
-            Input::Dataset => {
-                args.dataset.get_or_insert_with(|| url(DEFAULT_DATASET_URL));
+            Input::Tarball => {
+                args.tarball.get_or_insert_with(|| url(DEFAULT_DATASET_URL));
             }
             Input::Model => {
                 args.model.get_or_insert_with(|| url(DEFAULT_MODEL_URL));
@@ -235,10 +238,10 @@ fn stage(mut args: StageArgs) -> Result<()> {
             }
         }
     }
-    if let Some(dataset) = &args.dataset {
+    if let Some(tarball) = &args.tarball {
         println!(
             "{}",
-            stage::stage_dataset(store.as_ref(), dataset, &args.dataset_blob)?
+            stage::stage_dataset(store.as_ref(), tarball, &args.tarball_blob)?
         );
     }
     if let (Some(images), Some(prefix)) = (&args.images, &args.prefix) {
@@ -253,28 +256,40 @@ fn stage(mut args: StageArgs) -> Result<()> {
             )?
         );
     }
+    let mut model_name = match &args.model {
+        Some(model) => Some(
+            args.model_name
+                .clone()
+                .unwrap_or_else(|| models::name_from_file(&model.file_name())),
+        ),
+        None => args.model_name.clone(),
+    };
+    let mut chosen_name = || -> Result<String> {
+        let name = models::chosen(store.as_ref(), model_name.as_deref())?;
+        Ok(model_name.insert(name).clone())
+    };
     match (&args.model, &args.spec.mean_image) {
         (Some(model), _) => println!(
             "{}",
             stage::stage_model(
                 store.as_ref(),
                 model,
-                &args.model_name,
+                &chosen_name()?,
                 &args.spec,
                 &args.inference
             )?
         ),
         (None, Some(mean)) => println!(
             "{}",
-            stage::stage_mean_image(store.as_ref(), mean, &args.model_name)?
+            stage::stage_mean_image(store.as_ref(), mean, &chosen_name()?)?
         ),
         (None, None) => {}
     }
     if args.quantize {
         let staged = stage::stage_quantized(
             store.as_ref(),
-            &args.model_name,
-            &args.dataset_blob,
+            &chosen_name()?,
+            &args.tarball_blob,
             &args.inference,
         )?;
         println!("{staged}");

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use fleet_broker::{Broker, BrokerError, Queue};
-use fleet_dataset::collection::{self, LabelFile, LabelSource, ResolvedSource};
+use fleet_dataset::collection::{self, LabelSource};
 use fleet_dataset::{
     self as dataset, BatchSelection, CLASS_NAMES, DatasetError, HEIGHT, IMAGE_BYTES, WIDTH,
 };
@@ -31,9 +31,10 @@ pub struct SubmitOptions {
     /// prefix under which every JPEG, PNG, BMP, GIF and WebP file is scored.
     #[arg(long, env = "DATASET", default_value = job::DATASET_BLOB)]
     pub dataset: String,
-    /// Model to score with: `models/<name>.onnx` and its spec `models/<name>.json`.
-    #[arg(long = "model-name", env = "MODEL_NAME", default_value = job::DEFAULT_MODEL)]
-    pub model: String,
+    /// Model to score with: `models/<name>.onnx` and its spec `models/<name>.json` [default:
+    /// the container's only staged model].
+    #[arg(long = "model-name", env = "MODEL_NAME")]
+    pub model: Option<String>,
     /// True labels: `auto` (a tarball's own; none for images), `none`, `folders` (each
     /// image's folder names its class), or a label file in the container beside the images
     /// (or a local file): a CNTK map file (`path<TAB>label index`) or a `.csv`
@@ -63,6 +64,8 @@ pub enum SubmitError {
         key: String,
     },
     #[error(transparent)]
+    Model(#[from] crate::models::ChoiceError),
+    #[error(transparent)]
     Spec(#[from] fleet_spec::SpecError),
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -72,8 +75,8 @@ pub enum SubmitError {
     Broker(#[from] BrokerError),
     #[error("{0}")]
     Labels(String),
-    #[error("the dataset reader failed: {0}")]
-    Task(String),
+    #[error("a submission task failed (reading the dataset or the store)")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// The dataset of a job, found in the container.
@@ -93,6 +96,8 @@ enum Dataset {
 /// What the job needs to know before anything is published.
 #[derive(Debug)]
 struct Plan {
+    /// The model named, or the container's only one.
+    model: String,
     spec: ModelSpec,
     classes: Vec<String>,
     dataset: Dataset,
@@ -113,33 +118,32 @@ pub async fn submit<B: Broker>(
     let (plan_store, plan_options) = (store.clone(), options.clone());
     let plan = tokio::task::spawn_blocking(move || plan(plan_store.as_ref(), &plan_options))
         .await
-        .map_err(|e| SubmitError::Task(e.to_string()))??;
+        .map_err(SubmitError::Task)??;
     // A worker holds a partition's images until the model takes them: a model with a large
     // input gets partitions it can hold.
     let most = plan.spec.max_partition_images();
     let mut options = options.clone();
+    options.model = Some(plan.model.clone());
     if options.partition_size > most {
         tracing::warn!(
             requested = options.partition_size,
             partition_size = most,
             "model {}'s input is {} bytes an image: partitions cut to {most} images, which a worker can hold",
-            options.model,
+            plan.model,
             plan.spec.waiting_bytes()
         );
         options.partition_size = most;
     }
     let options = &options;
     let submitted_at_ms = now_ms();
-    let outcome = publish(
+    let submission = Submission {
         broker,
-        store.clone(),
+        store: store.clone(),
         options,
         job,
-        &plan,
-        submitted_at_ms,
-        &mut on_published,
-    )
-    .await;
+        plan: &plan,
+    };
+    let outcome = submission.publish(submitted_at_ms, &mut on_published).await;
     if let Err(e) = &outcome {
         // Anything published so far must not complete into results. The marker in the
         // container stops a collector even when the broker is what failed; the message tells
@@ -174,7 +178,7 @@ pub async fn submit<B: Broker>(
 
 /// Reads the model's spec, finds the dataset and resolves the labels.
 fn plan(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Plan, SubmitError> {
-    let model = &options.model;
+    let model = &crate::models::chosen(store, options.model.as_deref())?;
     let spec_key = job::spec_key(model);
     let mut spec = match store.get(&spec_key) {
         Ok(bytes) => ModelSpec::from_json(&bytes, &spec_key)?,
@@ -230,6 +234,7 @@ fn plan(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Plan, SubmitEr
             (None, false) => spec.class_names(),
         };
         return Ok(Plan {
+            model: model.clone(),
             labels: if labelled { "tarball" } else { "none" }.into(),
             spec,
             classes,
@@ -239,41 +244,21 @@ fn plan(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Plan, SubmitEr
             },
         });
     }
-    let mut collection = collection::list(store, &options.dataset)?;
-    // A label file beside the images is read, not skipped.
-    if let LabelSource::File(name) = &options.labels {
-        collection.not_images.retain(|other| other != name);
-    }
-    if let Some(note) = collection.not_images_note() {
-        tracing::warn!("{note}");
-    }
-    let has_names = spec.classes.is_some();
+    let named = spec.classes.is_some();
     // Moved out of the spec, not copied: a model may have a million classes.
     let classes = match spec.classes.take() {
         Some(names) => names,
         None => spec.class_names(),
     };
-    let source = match &options.labels {
-        LabelSource::Auto | LabelSource::None => ResolvedSource::None,
-        LabelSource::Folders => {
-            if !has_names {
-                return Err(SubmitError::Labels(format!(
-                    "folder labels need the class names of model {model}: stage it with \
-                     --classes FILE (one name per line, in the model's output order)"
-                )));
-            }
-            ResolvedSource::Folders
-        }
-        LabelSource::File(name) => {
-            ResolvedSource::File(read_label_file(store, &collection.prefix, name)?)
-        }
-    };
-    let labels = collection::resolve_labels(
-        &collection.names,
-        &source,
+    let collection::Labelled { collection, labels } = collection::labelled(
+        store,
+        &options.dataset,
+        &options.labels,
         &collection::Classes::new(&classes, spec.class_ids.as_deref()),
+        named,
     )?;
     Ok(Plan {
+        model: model.clone(),
         labels: options.labels.to_string(),
         spec,
         classes,
@@ -281,269 +266,282 @@ fn plan(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Plan, SubmitEr
     })
 }
 
-/// A label file: beside the images, else a blob of that name, else a local file.
-fn read_label_file(
-    store: &dyn BlobStore,
-    prefix: &str,
-    name: &str,
-) -> Result<LabelFile, SubmitError> {
-    let beside = format!("{prefix}{name}");
-    for key in [beside.as_str(), name] {
-        match store.get(key) {
-            Ok(bytes) => return Ok(LabelFile::parse(&String::from_utf8_lossy(&bytes), key)?),
-            Err(e) if e.is_not_found() || matches!(e, StoreError::BadKey(_)) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    match std::fs::read_to_string(name) {
-        Ok(text) => Ok(LabelFile::parse(&text, name)?),
-        Err(e) => Err(SubmitError::Labels(format!(
-            "label file {name} is neither a blob ({beside} or {name} in {}) nor a readable local file ({e})",
-            store.describe()
-        ))),
-    }
-}
-
-/// Publishes every partition, writes the manifest and seals the job.
-async fn publish<B: Broker>(
-    broker: &B,
+/// One job being submitted: what its publishing steps share.
+struct Submission<'a, B> {
+    broker: &'a B,
     store: Arc<dyn BlobStore>,
-    options: &SubmitOptions,
-    job: &str,
-    plan: &Plan,
-    submitted_at_ms: u64,
-    on_published: &mut impl FnMut(u64),
-) -> Result<Manifest, SubmitError> {
-    let (kind, dataset, batches, labelled_images, samples) = match &plan.dataset {
-        Dataset::Tarball { blob, labelled } => {
-            let (batches, labelled_images, samples) = publish_tarball(
-                broker,
-                store.clone(),
-                options,
-                job,
-                blob,
-                *labelled,
-                on_published,
-            )
-            .await?;
-            (
-                DatasetKind::Tarball,
-                blob.clone(),
-                batches,
-                labelled_images,
-                Some(samples),
-            )
-        }
-        Dataset::Images { collection, labels } => {
-            let batch =
-                publish_collection(broker, options, job, collection, labels, on_published).await?;
-            let labelled = labels.iter().flatten().count() as u64;
-            (
-                DatasetKind::Images,
-                collection.prefix.clone(),
-                vec![batch],
-                labelled,
-                None,
-            )
-        }
-    };
-    let published_at_ms = now_ms();
-    let partitions = batches.iter().map(|b| b.partitions).sum();
-    let images = batches.iter().map(|b| u64::from(b.images)).sum();
-    let manifest = Manifest {
-        job: job.into(),
-        dataset,
-        dataset_kind: kind,
-        labels: plan.labels.clone(),
-        labelled_images,
-        model: options.model.clone(),
-        model_sha256: plan.spec.provenance.onnx_sha256.clone(),
-        classes: plan.classes.clone(),
-        top_k: options.top_k,
-        partition_size: options.partition_size,
-        partitions,
-        images,
-        batches,
-        submitted_at_ms,
-        published_at_ms,
-    };
-    let manifest_json = serde_json::to_vec_pretty(&manifest).expect("a manifest always serializes");
-    let job_owned = job.to_owned();
-    tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
-        store.put(&job::manifest_key(&job_owned), &manifest_json)?;
-        if let Some(samples) = samples {
-            store.put(&job::samples_key(&job_owned), &samples)?;
-        }
-        Ok(())
-    })
-    .await
-    .map_err(|e| SubmitError::Task(e.to_string()))??;
-    let sealed = ResultMessage::Sealed(Sealed {
-        job: job.into(),
-        partitions,
-        images,
-        classes: plan.classes.clone(),
-        labelled: labelled_images > 0,
-        errors_column: kind == DatasetKind::Images,
-        submitted_at_ms,
-        published_at_ms,
-    });
-    broker
-        .publish(Queue::Results, message::encode(&sealed))
-        .await?;
-    tracing::info!(%job, partitions, images, "job submitted");
-    Ok(manifest)
+    options: &'a SubmitOptions,
+    job: &'a str,
+    plan: &'a Plan,
 }
 
-/// Publishes partitions of blob names; the producer never reads an image.
-async fn publish_collection<B: Broker>(
-    broker: &B,
-    options: &SubmitOptions,
-    job: &str,
-    collection: &collection::Collection,
-    labels: &[Option<u32>],
-    on_published: &mut impl FnMut(u64),
-) -> Result<BatchEntry, SubmitError> {
-    let size = options.partition_size as usize;
-    let mut partitions = 0;
-    for (i, (names, labels)) in collection
-        .names
-        .chunks(size)
-        .zip(labels.chunks(size))
-        .enumerate()
-    {
-        let partition = Partition {
-            job: job.into(),
-            partition: i as u32,
-            model: options.model.clone(),
-            batch: collection.prefix.clone(),
-            first_index: (i * size) as u64,
-            images: Images::Blobs {
-                prefix: collection.prefix.clone(),
-                names: names.to_vec(),
-            },
-            labels: labels.to_vec(),
-            top_k: options.top_k,
-            published_at_ms: now_ms(),
+/// What publishing a dataset's partitions came to.
+struct Published {
+    kind: DatasetKind,
+    /// The tarball blob or the collection's prefix.
+    dataset: String,
+    batches: Vec<BatchEntry>,
+    labelled_images: u64,
+    /// The sample grid PNG (tarballs).
+    samples: Option<Vec<u8>>,
+}
+
+impl<B: Broker> Submission<'_, B> {
+    /// Publishes every partition, writes the manifest and seals the job.
+    async fn publish(
+        &self,
+        submitted_at_ms: u64,
+        on_published: &mut impl FnMut(u64),
+    ) -> Result<Manifest, SubmitError> {
+        let published = match &self.plan.dataset {
+            Dataset::Tarball { blob, labelled } => {
+                self.publish_tarball(blob, *labelled, on_published).await?
+            }
+            Dataset::Images { collection, labels } => {
+                self.publish_collection(collection, labels, on_published)
+                    .await?
+            }
         };
-        broker
-            .publish(Queue::Partitions, message::encode(&partition))
-            .await?;
-        on_published(names.len() as u64);
-        partitions += 1;
+        let manifest = self.manifest(&published, submitted_at_ms);
+        self.write_manifest(&manifest, published.samples).await?;
+        self.seal(&manifest).await?;
+        tracing::info!(
+            job = %self.job,
+            partitions = manifest.partitions,
+            images = manifest.images,
+            "job submitted"
+        );
+        Ok(manifest)
     }
-    Ok(BatchEntry {
-        name: collection.prefix.clone(),
-        images: collection.names.len() as u32,
-        first_partition: 0,
-        partitions,
-    })
-}
 
-/// Publishes every partition of the chosen tarball batches; returns the batches seen, the
-/// labelled image count and the sample grid PNG.
-async fn publish_tarball<B: Broker>(
-    broker: &B,
-    store: Arc<dyn BlobStore>,
-    options: &SubmitOptions,
-    job: &str,
-    blob: &str,
-    labelled: bool,
-    on_published: &mut impl FnMut(u64),
-) -> Result<(Vec<BatchEntry>, u64, Vec<u8>), SubmitError> {
-    // The tarball is decoded on a blocking thread, a few partitions ahead of publishing.
-    let (tx, mut rx) = mpsc::channel::<Partition>(4);
-    let (dataset, selection, size, model, job_id, top_k) = (
-        blob.to_owned(),
-        options.batches.clone(),
-        options.partition_size as usize,
-        options.model.clone(),
-        job.to_owned(),
-        options.top_k,
-    );
-    let reader = tokio::task::spawn_blocking(move || -> Result<Vec<BatchEntry>, SubmitError> {
-        let source = store.open(&dataset)?;
-        let mut entries = Vec::new();
-        let mut next_partition = 0u32;
-        dataset::read_tarball(source, &dataset, &selection, |batch| {
-            let first_partition = next_partition;
-            for start in (0..batch.len()).step_by(size) {
-                let end = (start + size).min(batch.len());
-                let partition = Partition {
-                    job: job_id.clone(),
-                    partition: next_partition,
-                    model: model.clone(),
-                    batch: batch.name.clone(),
-                    first_index: start as u64,
-                    images: Images::Planes {
-                        height: HEIGHT as u32,
-                        width: WIDTH as u32,
-                        names: batch.filenames[start..end].to_vec(),
-                        pixels: batch.pixels[start * IMAGE_BYTES..end * IMAGE_BYTES].to_vec(),
-                    },
-                    labels: batch.labels[start..end]
-                        .iter()
-                        .map(|&l| labelled.then_some(u32::from(l)))
-                        .collect(),
-                    top_k,
-                    // Set when it is published.
-                    published_at_ms: 0,
-                };
-                next_partition += 1;
-                tx.blocking_send(partition)
-                    .map_err(|_| DatasetError::Stopped("publishing stopped".into()))?;
+    fn manifest(&self, published: &Published, submitted_at_ms: u64) -> Manifest {
+        let batches = &published.batches;
+        Manifest {
+            job: self.job.into(),
+            dataset: published.dataset.clone(),
+            dataset_kind: published.kind,
+            labels: self.plan.labels.clone(),
+            labelled_images: published.labelled_images,
+            model: self.plan.model.clone(),
+            model_sha256: self.plan.spec.provenance.onnx_sha256.clone(),
+            classes: self.plan.classes.clone(),
+            top_k: self.options.top_k,
+            partition_size: self.options.partition_size,
+            partitions: batches.iter().map(|b| b.partitions).sum(),
+            images: batches.iter().map(|b| u64::from(b.images)).sum(),
+            batches: batches.clone(),
+            submitted_at_ms,
+            published_at_ms: now_ms(),
+        }
+    }
+
+    /// `manifest.json`, and the sample grid where there is one.
+    async fn write_manifest(
+        &self,
+        manifest: &Manifest,
+        samples: Option<Vec<u8>>,
+    ) -> Result<(), SubmitError> {
+        let manifest_json =
+            serde_json::to_vec_pretty(manifest).expect("a manifest always serializes");
+        let (store, job) = (self.store.clone(), self.job.to_owned());
+        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            store.put(&job::manifest_key(&job), &manifest_json)?;
+            if let Some(samples) = samples {
+                store.put(&job::samples_key(&job), &samples)?;
             }
-            entries.push(BatchEntry {
-                name: batch.name.clone(),
-                images: batch.len() as u32,
-                first_partition,
-                partitions: next_partition - first_partition,
-            });
             Ok(())
-        })?;
-        Ok(entries)
-    });
-
-    let mut samples: Vec<(Vec<u8>, String)> = Vec::new();
-    let mut publish_error = None;
-    while let Some(mut partition) = rx.recv().await {
-        if let Images::Planes { names, pixels, .. } = &partition.images {
-            for i in 0..names.len().min(SAMPLES - samples.len()) {
-                let image = pixels[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES].to_vec();
-                samples.push((image, names[i].clone()));
-            }
-        }
-        let images = partition.len() as u64;
-        partition.published_at_ms = now_ms();
-        if let Err(e) = broker
-            .publish(Queue::Partitions, message::encode(&partition))
-            .await
-        {
-            publish_error = Some(e);
-            break;
-        }
-        on_published(images);
-    }
-    // Dropping the receiver stops the reader at its next partition.
-    drop(rx);
-    let read = reader.await.map_err(|e| SubmitError::Task(e.to_string()))?;
-    if let Some(e) = publish_error {
-        return Err(e.into());
-    }
-    let batches = read?;
-    let labelled_images = if labelled {
-        batches.iter().map(|b| u64::from(b.images)).sum()
-    } else {
-        0
-    };
-    let grid: Vec<Sample<'_>> = samples
-        .iter()
-        .map(|(pixels, caption)| Sample {
-            width: WIDTH,
-            height: HEIGHT,
-            pixels,
-            caption: caption.clone(),
         })
-        .collect();
-    Ok((batches, labelled_images, sample_grid_png(&grid, 8)))
+        .await
+        .map_err(SubmitError::Task)??;
+        Ok(())
+    }
+
+    /// The `Sealed` message: from here a collector may complete the job.
+    async fn seal(&self, manifest: &Manifest) -> Result<(), SubmitError> {
+        let sealed = ResultMessage::Sealed(Sealed {
+            job: self.job.into(),
+            partitions: manifest.partitions,
+            images: manifest.images,
+            classes: self.plan.classes.clone(),
+            labelled: manifest.labelled_images > 0,
+            errors_column: manifest.dataset_kind == DatasetKind::Images,
+            submitted_at_ms: manifest.submitted_at_ms,
+            published_at_ms: manifest.published_at_ms,
+        });
+        self.broker
+            .publish(Queue::Results, message::encode(&sealed))
+            .await?;
+        Ok(())
+    }
+
+    /// Publishes partitions of blob names; the producer never reads an image.
+    async fn publish_collection(
+        &self,
+        collection: &collection::Collection,
+        labels: &[Option<u32>],
+        on_published: &mut impl FnMut(u64),
+    ) -> Result<Published, SubmitError> {
+        let size = self.options.partition_size as usize;
+        let mut partitions = 0;
+        for (i, (names, labels)) in collection
+            .names
+            .chunks(size)
+            .zip(labels.chunks(size))
+            .enumerate()
+        {
+            let partition = Partition {
+                job: self.job.into(),
+                partition: i as u32,
+                model: self.plan.model.clone(),
+                batch: collection.prefix.clone(),
+                first_index: (i * size) as u64,
+                images: Images::Blobs {
+                    prefix: collection.prefix.clone(),
+                    names: names.to_vec(),
+                },
+                labels: labels.to_vec(),
+                top_k: self.options.top_k,
+                published_at_ms: now_ms(),
+            };
+            self.broker
+                .publish(Queue::Partitions, message::encode(&partition))
+                .await?;
+            on_published(names.len() as u64);
+            partitions += 1;
+        }
+        Ok(Published {
+            kind: DatasetKind::Images,
+            dataset: collection.prefix.clone(),
+            batches: vec![BatchEntry {
+                name: collection.prefix.clone(),
+                images: collection.names.len() as u32,
+                first_partition: 0,
+                partitions,
+            }],
+            labelled_images: labels.iter().flatten().count() as u64,
+            samples: None,
+        })
+    }
+
+    /// Publishes every partition of the chosen tarball batches, decoded on a blocking thread a
+    /// few partitions ahead of publishing.
+    async fn publish_tarball(
+        &self,
+        blob: &str,
+        labelled: bool,
+        on_published: &mut impl FnMut(u64),
+    ) -> Result<Published, SubmitError> {
+        let (tx, mut rx) = mpsc::channel::<Partition>(4);
+        let reader = self.read_tarball(blob, labelled, tx);
+        let mut samples: Vec<(Vec<u8>, String)> = Vec::new();
+        let mut publish_error = None;
+        while let Some(mut partition) = rx.recv().await {
+            if let Images::Planes { names, pixels, .. } = &partition.images {
+                for i in 0..names.len().min(SAMPLES - samples.len()) {
+                    let image = pixels[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES].to_vec();
+                    samples.push((image, names[i].clone()));
+                }
+            }
+            let images = partition.len() as u64;
+            partition.published_at_ms = now_ms();
+            if let Err(e) = self
+                .broker
+                .publish(Queue::Partitions, message::encode(&partition))
+                .await
+            {
+                publish_error = Some(e);
+                break;
+            }
+            on_published(images);
+        }
+        // Dropping the receiver stops the reader at its next partition.
+        drop(rx);
+        let read = reader.await.map_err(SubmitError::Task)?;
+        if let Some(e) = publish_error {
+            return Err(e.into());
+        }
+        let batches = read?;
+        let labelled_images = if labelled {
+            batches.iter().map(|b| u64::from(b.images)).sum()
+        } else {
+            0
+        };
+        let grid: Vec<Sample<'_>> = samples
+            .iter()
+            .map(|(pixels, caption)| Sample {
+                width: WIDTH,
+                height: HEIGHT,
+                pixels,
+                caption: caption.clone(),
+            })
+            .collect();
+        Ok(Published {
+            kind: DatasetKind::Tarball,
+            dataset: blob.to_owned(),
+            batches,
+            labelled_images,
+            samples: Some(sample_grid_png(&grid, 8)),
+        })
+    }
+
+    /// Reads the tarball's chosen batches on a blocking thread into `tx`, one partition at a
+    /// time; the batches seen.
+    fn read_tarball(
+        &self,
+        blob: &str,
+        labelled: bool,
+        tx: mpsc::Sender<Partition>,
+    ) -> tokio::task::JoinHandle<Result<Vec<BatchEntry>, SubmitError>> {
+        let (store, dataset, selection, size, model, job_id, top_k) = (
+            self.store.clone(),
+            blob.to_owned(),
+            self.options.batches.clone(),
+            self.options.partition_size as usize,
+            self.plan.model.clone(),
+            self.job.to_owned(),
+            self.options.top_k,
+        );
+        tokio::task::spawn_blocking(move || -> Result<Vec<BatchEntry>, SubmitError> {
+            let source = store.open(&dataset)?;
+            let mut entries = Vec::new();
+            let mut next_partition = 0u32;
+            dataset::read_tarball(source, &dataset, &selection, |batch| {
+                let first_partition = next_partition;
+                for start in (0..batch.len()).step_by(size) {
+                    let end = (start + size).min(batch.len());
+                    let partition = Partition {
+                        job: job_id.clone(),
+                        partition: next_partition,
+                        model: model.clone(),
+                        batch: batch.name.clone(),
+                        first_index: start as u64,
+                        images: Images::Planes {
+                            height: HEIGHT as u32,
+                            width: WIDTH as u32,
+                            names: batch.filenames[start..end].to_vec(),
+                            pixels: batch.pixels[start * IMAGE_BYTES..end * IMAGE_BYTES].to_vec(),
+                        },
+                        labels: batch.labels[start..end]
+                            .iter()
+                            .map(|&l| labelled.then_some(u32::from(l)))
+                            .collect(),
+                        top_k,
+                        // Set when it is published.
+                        published_at_ms: 0,
+                    };
+                    next_partition += 1;
+                    tx.blocking_send(partition)
+                        .map_err(|_| DatasetError::Stopped("publishing stopped".into()))?;
+                }
+                entries.push(BatchEntry {
+                    name: batch.name.clone(),
+                    images: batch.len() as u32,
+                    first_partition,
+                    partitions: next_partition - first_partition,
+                });
+                Ok(())
+            })?;
+            Ok(entries)
+        })
+    }
 }

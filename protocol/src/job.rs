@@ -15,8 +15,11 @@ use serde::{Deserialize, Serialize};
 
 /// Default name of the dataset blob: the walkthrough's tarball.
 pub const DATASET_BLOB: &str = "cifar-10-python.tar.gz";
-/// Default model name: the walkthrough's ResNet-20.
-pub const DEFAULT_MODEL: &str = "resnet20";
+
+/// Where models and their specs are staged.
+pub fn models_prefix() -> &'static str {
+    "models/"
+}
 
 pub fn model_key(model: &str) -> String {
     format!("models/{model}.onnx")

@@ -289,7 +289,7 @@ pub struct StoreArgs {
     pub connection_string: Option<String>,
     /// Blob container holding the dataset, models and results (3 to 63 lowercase letters,
     /// digits and hyphens).
-    #[arg(long, env = "FLEET_CONTAINER", default_value = "cifar", value_parser = container_name)]
+    #[arg(long, env = "FLEET_CONTAINER", default_value = "fleet", value_parser = container_name)]
     pub container: String,
     /// Client id of the user-assigned managed identity to authenticate as when the store is a
     /// blob service URL (the deployment sets it); without it, the system-assigned identity.

@@ -221,7 +221,7 @@ impl Producer {
     }
 }
 
-/// Stages the fixture dataset, model and mean image into `store`/`container`.
+/// Stages the fixture dataset, model (as `resnet20`) and mean image into `store`/`container`.
 pub fn stage_fixtures(store: &Path, container: &str) {
     let (dataset, model, mean) = (
         fixture("cifar-10-python.tar.gz"),
@@ -236,12 +236,14 @@ pub fn stage_fixtures(store: &Path, container: &str) {
             store.to_str().unwrap(),
             "--container",
             container,
-            "--dataset",
+            "--tarball",
             dataset.to_str().unwrap(),
             "--model",
             model.to_str().unwrap(),
             "--mean-image",
             mean.to_str().unwrap(),
+            "--model-name",
+            "resnet20",
         ],
     );
 }
@@ -574,12 +576,14 @@ impl Fleet {
             "producer",
             &[
                 "stage",
-                "--dataset",
+                "--tarball",
                 dataset.to_str().unwrap(),
                 "--model",
                 model.to_str().unwrap(),
                 "--mean-image",
                 mean.to_str().unwrap(),
+                "--model-name",
+                "resnet20",
             ],
             &self.env(),
         );

@@ -87,7 +87,7 @@ fn truncated_and_corrupt_tarballs_are_refused_at_staging_and_at_submission() {
 
     let store = root.path().join("store");
     for bad in [&truncated, &corrupt] {
-        let err = stage(&store, "dataset", bad);
+        let err = stage(&store, "tarball", bad);
         assert!(err.contains("is corrupt or truncated"), "{err}");
         assert!(!store.join("cifar/cifar-10-python.tar.gz").exists());
     }
@@ -141,7 +141,7 @@ fn a_tarball_without_cifar_batches_is_refused() {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&bytes).unwrap();
     let path = write(root.path(), "other.tar.gz", &gz.finish().unwrap());
-    let err = stage(&root.path().join("store"), "dataset", &path);
+    let err = stage(&root.path().join("store"), "tarball", &path);
     assert!(err.contains("holds no CIFAR-10 batches"), "{err}");
 }
 
@@ -407,6 +407,8 @@ fn models_exported_for_a_fixed_batch_any_image_size_or_several_outputs_score_as_
             "stage",
             "--store",
             store,
+            "--container",
+            "cifar",
             "--model",
             model.to_str().unwrap(),
             "--model-name",
@@ -421,7 +423,15 @@ fn models_exported_for_a_fixed_batch_any_image_size_or_several_outputs_score_as_
         run_ok("producer", &args);
         let output = run_ok(
             "producer",
-            &["--store", store, "--embedded", "--model-name", name],
+            &[
+                "--store",
+                store,
+                "--container",
+                "cifar",
+                "--embedded",
+                "--model-name",
+                name,
+            ],
         );
         assert!(output.contains("of 10000 images"), "{output}");
         let results = root
@@ -448,6 +458,8 @@ fn models_exported_for_a_fixed_batch_any_image_size_or_several_outputs_score_as_
             "stage",
             "--store",
             store,
+            "--container",
+            "cifar",
             "--model",
             model.to_str().unwrap(),
             "--output-node",
@@ -474,6 +486,8 @@ fn a_model_with_more_classes_than_the_labels_is_not_scored_against_them() {
             "stage",
             "--store",
             store,
+            "--container",
+            "cifar",
             "--model",
             model.to_str().unwrap(),
             "--model-name",
@@ -491,6 +505,8 @@ fn a_model_with_more_classes_than_the_labels_is_not_scored_against_them() {
         &[
             "--store",
             store,
+            "--container",
+            "cifar",
             "--embedded",
             "--model-name",
             "fifteen",
@@ -582,7 +598,7 @@ fn pickles_with_a_wrong_dtype_shape_or_label_are_refused() {
     let dtype = tarball_with_edited_batch(root.path(), "dtype.tar.gz", |b| {
         patch(b, b"numpy\ndtype\n", b"U\x02u1", b"U\x02f4")
     });
-    let err = stage(&store, "dataset", &dtype);
+    let err = stage(&store, "tarball", &dtype);
     assert!(
         err.contains("batch test_batch is malformed") && err.contains("dtype f4, expected uint8"),
         "{err}"
@@ -591,7 +607,7 @@ fn pickles_with_a_wrong_dtype_shape_or_label_are_refused() {
     let shape = tarball_with_edited_batch(root.path(), "shape.tar.gz", |b| {
         patch(b, b"\x10\x27", b"M\x00\x0c", b"M\xff\x0b")
     });
-    let err = stage(&store, "dataset", &shape);
+    let err = stage(&store, "tarball", &shape);
     assert!(
         err.contains("batch test_batch is malformed") && err.contains("[10000, 3071]"),
         "{err}"
@@ -600,7 +616,7 @@ fn pickles_with_a_wrong_dtype_shape_or_label_are_refused() {
     let label = tarball_with_edited_batch(root.path(), "label.tar.gz", |b| {
         patch(b, b"labels", b"K\x00", b"K\x0c")
     });
-    let err = stage(&store, "dataset", &label);
+    let err = stage(&store, "tarball", &label);
     assert!(
         err.contains("batch test_batch is malformed") && err.contains("label 12"),
         "{err}"
@@ -637,6 +653,8 @@ fn a_model_that_outputs_nan_predicts_nothing_and_says_so() {
             "stage",
             "--store",
             store,
+            "--container",
+            "cifar",
             "--model",
             model.to_str().unwrap(),
             "--model-name",
@@ -645,7 +663,15 @@ fn a_model_that_outputs_nan_predicts_nothing_and_says_so() {
     );
     let output = run_ok(
         "producer",
-        &["--store", store, "--embedded", "--model-name", "nan"],
+        &[
+            "--store",
+            store,
+            "--container",
+            "cifar",
+            "--embedded",
+            "--model-name",
+            "nan",
+        ],
     );
     assert!(
         output.contains("10000 of 10000 images could not be scored"),

@@ -358,10 +358,10 @@ fn an_image_folder_over_the_fleet_survives_a_killed_worker() {
     // The same folder and model on the embedded default.
     let local = work.path().join("local");
     let local_store = local.to_str().unwrap();
-    let mut local_stage = vec!["stage", "--store", local_store];
+    let mut local_stage = vec!["stage", "--store", local_store, "--container", "cifar"];
     local_stage.extend(&stage_args[1..]);
     run_ok("producer", &local_stage);
-    let mut local_job = vec!["--store", local_store, "--embedded"];
+    let mut local_job = vec!["--store", local_store, "--container", "cifar", "--embedded"];
     local_job.extend(job_args);
     let out = run_ok("producer", &local_job);
     let embedded_csv = std::fs::read_to_string(

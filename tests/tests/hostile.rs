@@ -28,7 +28,15 @@ fn stage_images(store: &str, folder: &str, prefix: &str) -> String {
     run_ok(
         "producer",
         &[
-            "stage", "--store", store, "--images", folder, "--prefix", prefix,
+            "stage",
+            "--store",
+            store,
+            "--container",
+            "cifar",
+            "--images",
+            folder,
+            "--prefix",
+            prefix,
         ],
     )
 }
@@ -37,7 +45,15 @@ fn stage_images(store: &str, folder: &str, prefix: &str) -> String {
 /// must succeed; its output.
 fn run_job(store: &str, dataset: &str, extra: &[&str]) -> String {
     let args = [
-        &["--store", store, "--embedded", "--dataset", dataset][..],
+        &[
+            "--store",
+            store,
+            "--container",
+            "cifar",
+            "--embedded",
+            "--dataset",
+            dataset,
+        ][..],
         extra,
     ]
     .concat();
@@ -96,7 +112,15 @@ fn container_names_and_prefixes_cannot_reach_outside_the_store() {
     for dataset in ["..", "../", "../other/", "/etc/"] {
         let err = run_err(
             "producer",
-            &["--store", store, "--embedded", "--dataset", dataset],
+            &[
+                "--store",
+                store,
+                "--container",
+                "cifar",
+                "--embedded",
+                "--dataset",
+                dataset,
+            ],
         );
         assert!(
             err.contains(dataset.trim_end_matches('/')),
@@ -134,6 +158,8 @@ fn staging_a_folder_follows_no_link_out_of_it_and_says_what_it_left_out() {
             "stage",
             "--store",
             store.to_str().unwrap(),
+            "--container",
+            "cifar",
             "--images",
             folder.to_str().unwrap(),
             "--prefix",
@@ -299,7 +325,11 @@ fn a_million_class_model_costs_memory_by_images_not_classes_squared() {
     ] {
         run_ok(
             "producer",
-            &[&["stage", "--store", store][..], what].concat(),
+            &[
+                &["stage", "--store", store, "--container", "cifar"][..],
+                what,
+            ]
+            .concat(),
         );
     }
     let output = run_job(
@@ -445,6 +475,8 @@ fn long_names_stage_and_force_uploads_files_edited_in_place() {
                 "stage",
                 "--store",
                 store.to_str().unwrap(),
+                "--container",
+                "cifar",
                 "--images",
                 folder.to_str().unwrap(),
                 "--prefix",
@@ -644,7 +676,15 @@ fn thread_counts_beyond_any_machine_are_refused() {
     for (flag, most) in [("--intra-threads", "1024"), ("--model-runs", "256")] {
         let err = run_err(
             "producer",
-            &["--store", "/nonexistent", "--embedded", flag, "100000"],
+            &[
+                "--store",
+                "/nonexistent",
+                "--container",
+                "cifar",
+                "--embedded",
+                flag,
+                "100000",
+            ],
         );
         assert!(
             err.contains(&format!("100000 is more than {most}")),
@@ -728,7 +768,11 @@ fn a_model_with_a_huge_input_gets_partitions_a_worker_can_hold() {
     ] {
         run_ok(
             "producer",
-            &[&["stage", "--store", store][..], what].concat(),
+            &[
+                &["stage", "--store", store, "--container", "cifar"][..],
+                what,
+            ]
+            .concat(),
         );
     }
     let output = run_job(store, "big/", &["--model-name", "huge", "--labels", "none"]);
@@ -784,6 +828,8 @@ fn onnx_runtime_writes_no_telemetry_as_the_product_runs_it() {
             "stage",
             "--store",
             store.to_str().unwrap(),
+            "--container",
+            "cifar",
             "--model",
             fixture("resnet20_meanimage_159.dnn").to_str().unwrap(),
         ],

@@ -61,8 +61,8 @@ pub struct WorkerOptions {
 pub enum WorkerError {
     #[error(transparent)]
     Broker(#[from] BrokerError),
-    #[error("a scoring task failed: {0}")]
-    Task(String),
+    #[error("a scoring task failed")]
+    Task(#[from] tokio::task::JoinError),
     #[error(
         "this worker cannot score on this host, and stopped (partitions stay in the queue for other workers): {0}"
     )]
@@ -173,7 +173,7 @@ pub async fn run<B: Broker>(
             (owned, prepared)
         })
         .await
-        .map_err(|e| WorkerError::Task(e.to_string()))?;
+        .map_err(WorkerError::Task)?;
         models = Some(returned);
         let prepared = match prepared {
             Ok(prepared) => prepared,
@@ -256,9 +256,7 @@ async fn finished<D>(
     running: &mut Option<Running<D>>,
 ) -> Result<Vec<Result<Scored, ScoreError>>, WorkerError> {
     match running {
-        Some(run) => (&mut run.handle)
-            .await
-            .map_err(|e| WorkerError::Task(e.to_string())),
+        Some(run) => (&mut run.handle).await.map_err(WorkerError::Task),
         None => std::future::pending().await,
     }
 }
@@ -338,10 +336,7 @@ impl<B: Broker> Settler<B> {
         run: Option<Running<impl Delivery>>,
     ) -> Result<(), WorkerError> {
         let Some(run) = run else { return Ok(()) };
-        let outcomes = run
-            .handle
-            .await
-            .map_err(|e| WorkerError::Task(e.to_string()))?;
+        let outcomes = run.handle.await.map_err(WorkerError::Task)?;
         self.settle_all(run.partitions, outcomes).await
     }
 
@@ -387,9 +382,7 @@ impl<B: Broker> Settler<B> {
     /// Waits for the last publish-and-ack.
     async fn flush(&mut self) -> Result<(), WorkerError> {
         if let Some(previous) = self.in_flight.take() {
-            previous
-                .await
-                .map_err(|e| WorkerError::Task(e.to_string()))??;
+            previous.await.map_err(WorkerError::Task)??;
         }
         Ok(())
     }

@@ -48,181 +48,25 @@ pub struct ResultFiles {
 /// hold each partition once, in job order (the collector keys them by partition number); they
 /// are borrowed, as a large job's scores are not to be held twice.
 pub fn build(sealed: &Sealed, partitions: &[&Scored], completed_at_ms: u64) -> ResultFiles {
-    let classes = &sealed.classes;
-    let n = classes.len();
-    let class_name = |i: u32| classes.get(i as usize).map_or("?", String::as_str);
     let mut batches: Vec<String> = Vec::new();
     for p in partitions {
         if !batches.contains(&p.batch) {
             batches.push(p.batch.clone());
         }
     }
-    let multi_batch = batches.len() > 1;
-    let top_k = partitions
-        .iter()
-        .flat_map(|p| &p.scores)
-        .map(|s| s.top.len())
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    // A collection's files may be unreadable; any job's model may return NaN for an image.
-    let error_column = sealed.errors_column
-        || partitions
-            .iter()
-            .any(|p| p.scores.iter().any(|s| s.error.is_some()));
-    let mut confusion = Confusion::new(n);
-    let mut predicted = vec![0u64; n];
-    let (mut images, mut unreadable) = (0u64, 0u64);
-    let mut workers: BTreeMap<String, u64> = BTreeMap::new();
-    let (mut inference_ms, mut preprocess_ms) = (0.0, 0.0);
-    let mut scores_csv =
-        String::with_capacity(partitions.iter().map(|p| p.scores.len() * 64).sum());
-    if multi_batch {
-        scores_csv.push_str("batch,");
-    }
-    scores_csv.push_str(SCORES_HEADER);
-    for k in 2..=top_k {
-        let _ = write!(scores_csv, ",top{k}_label,top{k}_class,top{k}_confidence");
-    }
-    if error_column {
-        scores_csv.push_str(",error");
-    }
-    scores_csv.push('\n');
+    let columns = Columns::of(sealed, partitions, batches.len() > 1);
+    let mut scores_csv = ScoresCsv::new(
+        columns,
+        &sealed.classes,
+        partitions.iter().map(|p| p.scores.len()).sum(),
+    );
+    let mut tally = Tally::new(sealed.classes.len());
     for p in partitions {
-        *workers.entry(p.worker.clone()).or_default() += p.scores.len() as u64;
-        inference_ms += p.inference_ms;
-        preprocess_ms += p.preprocess_ms;
-        for (i, (score, filename)) in p.scores.iter().zip(&p.filenames).enumerate() {
-            images += 1;
-            if multi_batch {
-                let _ = write!(scores_csv, "{},", csv_field(&p.batch));
-            }
-            let _ = write!(
-                scores_csv,
-                "{},{},",
-                p.first_index + i as u64,
-                csv_field(filename)
-            );
-            // A label beyond the model's classes cannot be compared: the producer and the
-            // worker refuse such jobs, so it only shows up as an unlabelled row here.
-            let label = score.label.filter(|&l| (l as usize) < n);
-            let best = score.predicted().filter(|&(c, _)| (c as usize) < n);
-            match best {
-                Some((class, _)) => {
-                    predicted[class as usize] += 1;
-                    if let Some(l) = label {
-                        confusion.add(l, class);
-                    }
-                }
-                None => unreadable += 1,
-            }
-            let cell = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_default();
-            let name = |v: Option<u32>| v.map(|v| csv_field(class_name(v)).into_owned());
-            let _ = write!(
-                scores_csv,
-                "{},{},{},{},{}",
-                cell(label),
-                cell(best.map(|b| b.0)),
-                name(label).unwrap_or_default(),
-                name(best.map(|b| b.0)).unwrap_or_default(),
-                best.map(|b| format!("{:.6}", b.1)).unwrap_or_default()
-            );
-            for k in 1..top_k {
-                match score.top.get(k) {
-                    Some(&(class, p)) => {
-                        let _ = write!(
-                            scores_csv,
-                            ",{class},{},{p:.6}",
-                            csv_field(class_name(class))
-                        );
-                    }
-                    None => scores_csv.push_str(",,,"),
-                }
-            }
-            if error_column {
-                let _ = write!(
-                    scores_csv,
-                    ",{}",
-                    csv_field(score.error.as_deref().unwrap_or(""))
-                );
-            }
-            scores_csv.push('\n');
-        }
+        scores_csv.partition(p);
+        tally.add(p);
     }
-    let (labelled, correct) = (confusion.labelled(), confusion.correct());
-    // The confusions, largest first; ties in class order, so the tables are stable.
-    let mut confused: Vec<((u32, u32), u64)> =
-        confusion.cells().filter(|((t, p), _)| t != p).collect();
-    confused.sort_by_key(|&(_, images)| std::cmp::Reverse(images));
-    let pair = |&((t, p), images): &((u32, u32), u64)| ConfusedPair {
-        true_class: classes[t as usize].clone(),
-        predicted_class: classes[p as usize].clone(),
-        images,
-    };
-    // The classes with images (a class without any has no accuracy to state).
-    let per_class = confusion
-        .true_classes()
-        .map(|(c, images)| {
-            let correct = confusion.get(c, c);
-            ClassAccuracy {
-                class: classes[c as usize].clone(),
-                images,
-                correct,
-                accuracy: ratio(correct, images),
-            }
-        })
-        .collect();
-    let submitted_at_ms = sealed.submitted_at_ms;
-    let wall_seconds = seconds_between(submitted_at_ms, completed_at_ms);
-    let first_taken = partitions.iter().map(|p| p.started_at_ms).min();
-    let last_scored = partitions.iter().map(|p| p.finished_at_ms).max();
-    let queueing_seconds = partitions
-        .iter()
-        .map(|p| seconds_between(p.published_at_ms, p.started_at_ms))
-        .sum::<f64>()
-        / partitions.len().max(1) as f64;
-    let summary = Summary {
-        job: sealed.job.clone(),
-        images,
-        scored: images - unreadable,
-        unreadable,
-        labelled,
-        correct,
-        accuracy: sealed.labelled.then(|| ratio(correct, labelled)),
-        classes: classes.clone(),
-        per_class,
-        predicted: classes
-            .iter()
-            .zip(&predicted)
-            .filter(|(_, predicted)| **predicted > 0)
-            .map(|(class, &predicted)| ClassCount {
-                class: class.clone(),
-                predicted,
-            })
-            .collect(),
-        most_confused: confused.iter().take(SUMMARY_PAIRS).map(pair).collect(),
-        batches,
-        partitions: partitions.len() as u32,
-        workers,
-        timings: Timings {
-            submitted_at_ms,
-            completed_at_ms,
-            wall_seconds,
-            images_per_second: if wall_seconds > 0.0 {
-                images as f64 / wall_seconds
-            } else {
-                0.0
-            },
-            inference_seconds: inference_ms / 1000.0,
-            preprocess_seconds: preprocess_ms / 1000.0,
-            staging_seconds: seconds_between(submitted_at_ms, sealed.published_at_ms),
-            queueing_seconds,
-            scoring_seconds: first_taken
-                .zip(last_scored)
-                .map_or(0.0, |(from, to)| seconds_between(from, to)),
-            writing_seconds: 0.0,
-        },
-    };
+    let summary = tally.summary(sealed, batches, completed_at_ms);
+    let scores_csv = scores_csv.finish();
     if !sealed.labelled {
         return ResultFiles {
             scores_csv,
@@ -233,29 +77,292 @@ pub fn build(sealed: &Sealed, partitions: &[&Scored], completed_at_ms: u64) -> R
             summary,
         };
     }
-    let confusion_csv = confusion_csv(&confusion, classes);
-    let mut confused_pairs_csv =
-        String::from("true_class,predicted_class,images,share_of_true_class\n");
-    for &((t, p), images) in &confused {
+    let classes = &sealed.classes;
+    let confusion = tally.confusion;
+    let names: Vec<&str> = classes.iter().map(String::as_str).collect();
+    ResultFiles {
+        scores_csv,
+        confusion_csv: Some(confusion_csv(&confusion, classes)),
+        confused_pairs_csv: Some(confused_pairs_csv(&confusion, classes)),
+        confusion_png: (classes.len() <= MAX_HEAT_MAP_CLASSES)
+            .then(|| fleet_figures::confusion_png(&confusion.dense(), &names)),
+        confusion: Some(confusion),
+        summary,
+    }
+}
+
+/// The columns of a job's `scores.csv` beyond the fixed ones.
+#[derive(Debug, Clone, Copy)]
+struct Columns {
+    /// A leading `batch` column: several tarball batches are scored.
+    batch: bool,
+    /// Classes reported per image.
+    top_k: usize,
+    /// A last `error` column: a collection's files may be unreadable, and any job's model may
+    /// return NaN for an image.
+    error: bool,
+}
+
+impl Columns {
+    fn of(sealed: &Sealed, partitions: &[&Scored], several_batches: bool) -> Self {
+        let scores = || partitions.iter().flat_map(|p| &p.scores);
+        Self {
+            batch: several_batches,
+            top_k: scores().map(|s| s.top.len()).max().unwrap_or(1).max(1),
+            error: sealed.errors_column || scores().any(|s| s.error.is_some()),
+        }
+    }
+}
+
+/// `scores.csv`, written a partition at a time.
+struct ScoresCsv<'a> {
+    text: String,
+    columns: Columns,
+    classes: &'a [String],
+}
+
+impl<'a> ScoresCsv<'a> {
+    /// The header, with room for `rows` rows.
+    fn new(columns: Columns, classes: &'a [String], rows: usize) -> Self {
+        let mut text = String::with_capacity(rows * 64);
+        if columns.batch {
+            text.push_str("batch,");
+        }
+        text.push_str(SCORES_HEADER);
+        for k in 2..=columns.top_k {
+            let _ = write!(text, ",top{k}_label,top{k}_class,top{k}_confidence");
+        }
+        if columns.error {
+            text.push_str(",error");
+        }
+        text.push('\n');
+        Self {
+            text,
+            columns,
+            classes,
+        }
+    }
+
+    fn class_name(&self, class: u32) -> &'a str {
+        self.classes.get(class as usize).map_or("?", String::as_str)
+    }
+
+    /// One row per image of the partition.
+    fn partition(&mut self, p: &Scored) {
+        let n = self.classes.len();
+        for (i, (score, filename)) in p.scores.iter().zip(&p.filenames).enumerate() {
+            if self.columns.batch {
+                let _ = write!(self.text, "{},", csv_field(&p.batch));
+            }
+            let _ = write!(
+                self.text,
+                "{},{},",
+                p.first_index + i as u64,
+                csv_field(filename)
+            );
+            // A label beyond the model's classes cannot be compared: the producer and the
+            // worker refuse such jobs, so it only shows up as an unlabelled row here.
+            let label = score.label.filter(|&l| (l as usize) < n);
+            let best = score.predicted().filter(|&(c, _)| (c as usize) < n);
+            let cell = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_default();
+            let name = |v: Option<u32>| v.map(|v| csv_field(self.class_name(v)).into_owned());
+            let _ = write!(
+                self.text,
+                "{},{},{},{},{}",
+                cell(label),
+                cell(best.map(|b| b.0)),
+                name(label).unwrap_or_default(),
+                name(best.map(|b| b.0)).unwrap_or_default(),
+                best.map(|b| format!("{:.6}", b.1)).unwrap_or_default()
+            );
+            for k in 1..self.columns.top_k {
+                match score.top.get(k) {
+                    Some(&(class, p)) => {
+                        let name = csv_field(self.class_name(class));
+                        let _ = write!(self.text, ",{class},{name},{p:.6}");
+                    }
+                    None => self.text.push_str(",,,"),
+                }
+            }
+            if self.columns.error {
+                let error = csv_field(score.error.as_deref().unwrap_or(""));
+                let _ = write!(self.text, ",{error}");
+            }
+            self.text.push('\n');
+        }
+    }
+
+    fn finish(self) -> String {
+        self.text
+    }
+}
+
+/// The running counts of a job, a partition at a time: what its summary and confusion files
+/// are made of. Its size follows the classes that occur, not the images.
+struct Tally {
+    classes: usize,
+    images: u64,
+    unreadable: u64,
+    predicted: Vec<u64>,
+    confusion: Confusion,
+    workers: BTreeMap<String, u64>,
+    inference_ms: f64,
+    preprocess_ms: f64,
+    partitions: u32,
+    first_taken_ms: Option<u64>,
+    last_scored_ms: Option<u64>,
+    queueing_seconds: f64,
+}
+
+impl Tally {
+    fn new(classes: usize) -> Self {
+        Self {
+            classes,
+            images: 0,
+            unreadable: 0,
+            predicted: vec![0; classes],
+            confusion: Confusion::new(classes),
+            workers: BTreeMap::new(),
+            inference_ms: 0.0,
+            preprocess_ms: 0.0,
+            partitions: 0,
+            first_taken_ms: None,
+            last_scored_ms: None,
+            queueing_seconds: 0.0,
+        }
+    }
+
+    fn add(&mut self, p: &Scored) {
+        let n = self.classes;
+        *self.workers.entry(p.worker.clone()).or_default() += p.scores.len() as u64;
+        self.inference_ms += p.inference_ms;
+        self.preprocess_ms += p.preprocess_ms;
+        self.partitions += 1;
+        self.first_taken_ms = Some(
+            self.first_taken_ms
+                .map_or(p.started_at_ms, |t| t.min(p.started_at_ms)),
+        );
+        self.last_scored_ms = Some(
+            self.last_scored_ms
+                .map_or(p.finished_at_ms, |t| t.max(p.finished_at_ms)),
+        );
+        self.queueing_seconds += seconds_between(p.published_at_ms, p.started_at_ms);
+        for score in &p.scores {
+            self.images += 1;
+            let label = score.label.filter(|&l| (l as usize) < n);
+            match score.predicted().filter(|&(c, _)| (c as usize) < n) {
+                Some((class, _)) => {
+                    self.predicted[class as usize] += 1;
+                    if let Some(l) = label {
+                        self.confusion.add(l, class);
+                    }
+                }
+                None => self.unreadable += 1,
+            }
+        }
+    }
+
+    /// `summary.json` of the sealed job, `batches` being the batch names in job order.
+    fn summary(&self, sealed: &Sealed, batches: Vec<String>, completed_at_ms: u64) -> Summary {
+        let classes = &sealed.classes;
+        let confusion = &self.confusion;
+        let (labelled, correct) = (confusion.labelled(), confusion.correct());
+        // The classes with images (a class without any has no accuracy to state).
+        let per_class = confusion
+            .true_classes()
+            .map(|(c, images)| {
+                let correct = confusion.get(c, c);
+                ClassAccuracy {
+                    class: classes[c as usize].clone(),
+                    images,
+                    correct,
+                    accuracy: ratio(correct, images),
+                }
+            })
+            .collect();
+        let predicted = classes
+            .iter()
+            .zip(&self.predicted)
+            .filter(|(_, predicted)| **predicted > 0)
+            .map(|(class, &predicted)| ClassCount {
+                class: class.clone(),
+                predicted,
+            })
+            .collect();
+        let most_confused = confused(confusion)
+            .iter()
+            .take(SUMMARY_PAIRS)
+            .map(|&((t, p), images)| ConfusedPair {
+                true_class: classes[t as usize].clone(),
+                predicted_class: classes[p as usize].clone(),
+                images,
+            })
+            .collect();
+        Summary {
+            job: sealed.job.clone(),
+            images: self.images,
+            scored: self.images - self.unreadable,
+            unreadable: self.unreadable,
+            labelled,
+            correct,
+            accuracy: sealed.labelled.then(|| ratio(correct, labelled)),
+            classes: classes.clone(),
+            per_class,
+            predicted,
+            most_confused,
+            batches,
+            partitions: self.partitions,
+            workers: self.workers.clone(),
+            timings: self.timings(sealed, completed_at_ms),
+        }
+    }
+
+    fn timings(&self, sealed: &Sealed, completed_at_ms: u64) -> Timings {
+        let submitted_at_ms = sealed.submitted_at_ms;
+        let wall_seconds = seconds_between(submitted_at_ms, completed_at_ms);
+        Timings {
+            submitted_at_ms,
+            completed_at_ms,
+            wall_seconds,
+            images_per_second: if wall_seconds > 0.0 {
+                self.images as f64 / wall_seconds
+            } else {
+                0.0
+            },
+            inference_seconds: self.inference_ms / 1000.0,
+            preprocess_seconds: self.preprocess_ms / 1000.0,
+            staging_seconds: seconds_between(submitted_at_ms, sealed.published_at_ms),
+            queueing_seconds: self.queueing_seconds / f64::from(self.partitions.max(1)),
+            scoring_seconds: self
+                .first_taken_ms
+                .zip(self.last_scored_ms)
+                .map_or(0.0, |(from, to)| seconds_between(from, to)),
+            writing_seconds: 0.0,
+        }
+    }
+}
+
+/// The off-diagonal cells, largest first; ties in class order, so the tables are stable.
+fn confused(confusion: &Confusion) -> Vec<((u32, u32), u64)> {
+    let mut confused: Vec<((u32, u32), u64)> =
+        confusion.cells().filter(|((t, p), _)| t != p).collect();
+    confused.sort_by_key(|&(_, images)| std::cmp::Reverse(images));
+    confused
+}
+
+/// `confused_pairs.csv`: every confusion, largest first, with its share of the true class.
+fn confused_pairs_csv(confusion: &Confusion, classes: &[String]) -> String {
+    let mut csv = String::from("true_class,predicted_class,images,share_of_true_class\n");
+    for ((t, p), images) in confused(confusion) {
         let _ = writeln!(
-            confused_pairs_csv,
+            csv,
             "{},{},{images},{:.6}",
             csv_field(&classes[t as usize]),
             csv_field(&classes[p as usize]),
             ratio(images, confusion.row_total(t))
         );
     }
-    let names: Vec<&str> = classes.iter().map(String::as_str).collect();
-    let confusion_png = (n <= MAX_HEAT_MAP_CLASSES)
-        .then(|| fleet_figures::confusion_png(&confusion.dense(), &names));
-    ResultFiles {
-        scores_csv,
-        confusion_csv: Some(confusion_csv),
-        confused_pairs_csv: Some(confused_pairs_csv),
-        confusion_png,
-        confusion: Some(confusion),
-        summary,
-    }
+    csv
 }
 
 /// `confusion.csv`: the whole matrix, true class by row, for up to [`MAX_MATRIX_CLASSES`]
