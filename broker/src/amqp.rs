@@ -48,10 +48,13 @@ pub struct AmqpArgs {
     /// system's (a broker with a private or self-signed certificate).
     #[arg(long = "amqp-ca-cert", env = "AMQP_CA_CERT", value_name = "PEM FILE")]
     pub ca_cert: Option<std::path::PathBuf>,
+    /// The names of the fleet's queues.
     #[command(flatten)]
     pub queues: QueueNames,
 }
 
+/// RabbitMQ: quorum queues with a delivery limit and a dead-letter queue, publisher confirms,
+/// reconnecting with backoff when the connection goes away.
 #[derive(Debug, Clone)]
 pub struct AmqpBroker {
     inner: Arc<Inner>,
@@ -401,6 +404,7 @@ impl Broker for AmqpBroker {
     }
 }
 
+/// A RabbitMQ consumer of one queue.
 #[derive(Debug)]
 pub struct AmqpConsumer {
     broker: AmqpBroker,
@@ -468,6 +472,7 @@ impl Consumer for AmqpConsumer {
     }
 }
 
+/// A message delivered by RabbitMQ.
 #[derive(Debug)]
 pub struct AmqpDelivery {
     delivery: lapin::message::Delivery,

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! The message broker seam: publish with confirmation, consume with manual acknowledgement.
 //!
 //! Two implementations sit side by side: [`memory::MemoryBroker`] (in-process queues, the
@@ -51,6 +52,7 @@ pub struct QueueNames {
 }
 
 impl QueueNames {
+    /// The name of `queue` on the broker.
     pub fn name(&self, queue: Queue) -> &str {
         match queue {
             Queue::Partitions => &self.partitions,
@@ -60,18 +62,37 @@ impl QueueNames {
     }
 }
 
+/// Why a broker operation failed; [`BrokerError::is_transient`] says whether to try again.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
+    /// The broker could not be reached.
     #[error("cannot connect to the message broker at {url}: {reason}")]
-    Connect { url: String, reason: String },
+    Connect {
+        /// The broker's URL, its password left out.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The broker refused the user name or password: trying again will not help.
     #[error(
         "the message broker refused the credentials for {url}: check the user name and password in the AMQP URL"
     )]
-    Credentials { url: String },
+    Credentials {
+        /// The broker's URL, its password left out.
+        url: String,
+    },
+    /// An open connection went away.
     #[error("the message broker connection was lost: {0}")]
     Lost(String),
+    /// The broker did not take a published message.
     #[error("the message broker did not confirm a message to {queue}: {reason}")]
-    NotConfirmed { queue: String, reason: String },
+    NotConfirmed {
+        /// The queue published to.
+        queue: String,
+        /// What the broker said.
+        reason: String,
+    },
+    /// Anything else the broker reported.
     #[error("message broker error: {0}")]
     Other(String),
 }
@@ -101,6 +122,7 @@ pub fn settled(result: Result<(), BrokerError>) -> Result<(), BrokerError> {
 
 /// A message broker with confirmed publishing and acknowledged consumption.
 pub trait Broker: Clone + Send + Sync + 'static {
+    /// What [`Broker::consume`] returns.
     type Consumer: Consumer;
 
     /// Publishes `payload` to `queue` and waits until the broker holds it.
@@ -121,14 +143,18 @@ pub trait Broker: Clone + Send + Sync + 'static {
     fn ready_count(&self, queue: Queue) -> impl Future<Output = Result<u64, BrokerError>> + Send;
 }
 
+/// One queue's stream of deliveries.
 pub trait Consumer: Send + 'static {
+    /// What [`Consumer::next`] yields.
     type Delivery: Delivery;
 
     /// The next delivery; `None` once the consumer is closed (broker shut down or cancelled).
     fn next(&mut self) -> impl Future<Output = Result<Option<Self::Delivery>, BrokerError>> + Send;
 }
 
+/// One message taken from a queue, held until it is acknowledged, retried or dead-lettered.
 pub trait Delivery: Send + 'static {
+    /// The message's bytes.
     fn payload(&self) -> &[u8];
 
     /// 1 for the first delivery, higher for redeliveries.

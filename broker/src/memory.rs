@@ -16,6 +16,8 @@ pub const DEFAULT_CAPACITY: usize = 16;
 /// Deliveries of one message before it is dead-lettered, as a quorum queue's delivery limit.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 
+/// In-process queues with the semantics of the fleet's RabbitMQ queues: bounded, confirmed,
+/// redelivered on retry, dead-lettered past the delivery limit.
 #[derive(Debug, Clone)]
 pub struct MemoryBroker {
     inner: Arc<Inner>,
@@ -53,7 +55,9 @@ struct Message {
 /// A message that ended in the dead-letter queue.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
+    /// The message's bytes.
     pub payload: Vec<u8>,
+    /// Why it was dead-lettered.
     pub reason: String,
 }
 
@@ -92,6 +96,8 @@ impl Default for MemoryBroker {
 }
 
 impl MemoryBroker {
+    /// Queues holding at most `capacity` messages each (a publisher waits for room), and
+    /// dead-lettering a message at its `max_attempts`-th failed delivery.
     pub fn new(capacity: usize, max_attempts: u32) -> Self {
         let capacity = capacity.max(1);
         Self {
@@ -193,6 +199,7 @@ impl Broker for MemoryBroker {
     }
 }
 
+/// A consumer of one in-process queue.
 #[derive(Debug)]
 pub struct MemoryConsumer {
     broker: MemoryBroker,
@@ -235,6 +242,7 @@ impl Consumer for MemoryConsumer {
     }
 }
 
+/// A message taken from an in-process queue.
 #[derive(Debug)]
 pub struct MemoryDelivery {
     broker: MemoryBroker,

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! The collector: gathers each job's scored partitions and writes its result files.
 //!
 //! Invariants:
@@ -38,12 +39,16 @@ pub struct CollectorOptions {
     pub store_retry_secs: u64,
 }
 
+/// Why a collector stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum CollectorError {
+    /// The broker failed in a way retrying does not mend.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// Results could not be stored.
     #[error("storing results failed")]
     Store(#[from] StoreError),
+    /// A storage task panicked or was cancelled.
     #[error("a storage task failed")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -52,11 +57,21 @@ pub enum CollectorError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// A partition's scores were stored.
-    Stored { job: String, images: u64 },
+    Stored {
+        /// The job's id.
+        job: String,
+        /// Images in the partition.
+        images: u64,
+    },
     /// A job's result files were written.
     Completed(Box<Summary>),
     /// A job was cancelled by its producer; nothing was written for it.
-    Cancelled { job: String, reason: String },
+    Cancelled {
+        /// The job's id.
+        job: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// Consumes results until shutdown or the broker closes. Events go to `events`, if given.

@@ -19,6 +19,7 @@ struct JobState {
     sealed: Option<Sealed>,
 }
 
+/// The jobs a collector holds open, and those it saw finish.
 #[derive(Debug)]
 pub struct Jobs {
     store: Arc<dyn BlobStore>,
@@ -28,6 +29,7 @@ pub struct Jobs {
 }
 
 impl Jobs {
+    /// No job yet; each is taken in from `store` when its first message comes.
     pub fn new(store: Arc<dyn BlobStore>) -> Self {
         Self {
             store,

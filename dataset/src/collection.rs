@@ -656,8 +656,11 @@ fn read_label_file(
 /// A label source made concrete for one collection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResolvedSource {
+    /// No labels.
     None,
+    /// Each image's folder names its class.
     Folders,
+    /// A label file's entries.
     File(LabelFile),
 }
 

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! Datasets: the CIFAR-10 tarballs, decoded here, and image collections ([`collection`]),
 //! listed here and decoded by the workers.
 //!
@@ -9,14 +10,16 @@
 //! before the next one is read.
 
 pub mod collection;
-pub mod pickle;
+mod pickle;
 
 use std::io::{BufRead, BufReader, Read};
 use std::str::FromStr;
 
-/// Image geometry of CIFAR-10.
+/// Colour channels of a CIFAR-10 image.
 pub const CHANNELS: usize = 3;
+/// Height of a CIFAR-10 image, in pixels.
 pub const HEIGHT: usize = 32;
+/// Width of a CIFAR-10 image, in pixels.
 pub const WIDTH: usize = 32;
 /// Bytes of one image: the R, G and B planes of 32x32, in that order.
 pub const IMAGE_BYTES: usize = CHANNELS * HEIGHT * WIDTH;
@@ -43,17 +46,21 @@ const MAX_BATCH_BYTES: u64 = 512 << 20;
 pub struct Batch {
     /// `test_batch`, `data_batch_1`, ...: the member's file name without `.bin`.
     pub name: String,
+    /// Each image's label, a CIFAR-10 class index.
     pub labels: Vec<u8>,
+    /// Each image's file name, as the batch records it.
     pub filenames: Vec<String>,
     /// `labels.len()` images of [`IMAGE_BYTES`] each, rows as in the file.
     pub pixels: Vec<u8>,
 }
 
 impl Batch {
+    /// Number of images.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
 
+    /// Whether the batch holds no image.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
@@ -62,7 +69,9 @@ impl Batch {
 /// Which batches of the tarball to score.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BatchSelection {
+    /// Every batch of the tarball.
     All,
+    /// These batches, by name.
     Named(Vec<String>),
 }
 
@@ -102,42 +111,73 @@ impl BatchSelection {
     }
 }
 
+/// Why a dataset cannot be read or labelled.
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
+    /// The tarball does not decompress or unpack.
     #[error(
         "{source_name} is corrupt or truncated ({detail}); download it again (it should be the \
          CIFAR-10 python or binary tarball)"
     )]
-    Corrupt { source_name: String, detail: String },
-    #[error("{source_name}: batch {batch} is malformed: {detail}")]
-    BadBatch {
+    Corrupt {
+        /// The tarball's name.
         source_name: String,
-        batch: String,
+        /// What failed.
         detail: String,
     },
+    /// A batch of the tarball is not what CIFAR-10's batches are.
+    #[error("{source_name}: batch {batch} is malformed: {detail}")]
+    BadBatch {
+        /// The tarball's name.
+        source_name: String,
+        /// The batch's name.
+        batch: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// A batch asked for is not in the tarball.
     #[error("{source_name} has no batch named {missing}; it holds: {present}")]
     MissingBatch {
+        /// The tarball's name.
         source_name: String,
+        /// The batch asked for.
         missing: String,
+        /// The batches there are.
         present: String,
     },
+    /// The tarball holds no CIFAR-10 batch.
     #[error(
         "{source_name} holds no CIFAR-10 batches (expected cifar-10-batches-py/ or cifar-10-batches-bin/)"
     )]
-    NotCifar { source_name: String },
+    NotCifar {
+        /// The tarball's name.
+        source_name: String,
+    },
+    /// The dataset named is neither a blob nor a prefix of images.
     #[error(
         "{store} has no blob {name} and no images under {prefix} ({blobs} other blobs there): \
          stage a CIFAR-10 tarball with `producer stage --tarball FILE`, or a folder of images \
          with `producer stage --images DIR --prefix {name}`"
     )]
     NoImages {
+        /// The store, as it describes itself.
         store: String,
+        /// The dataset named.
         name: String,
+        /// The prefix listed.
         prefix: String,
+        /// Other blobs under the prefix.
         blobs: usize,
     },
+    /// The labels cannot be resolved.
     #[error("labels from {source_name}: {detail}")]
-    Labels { source_name: String, detail: String },
+    Labels {
+        /// The label source: `folders`, or the label file's name.
+        source_name: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The store could not be read.
     #[error(transparent)]
     Store(#[from] fleet_storage::StoreError),
     /// The consumer of the batches stopped reading.

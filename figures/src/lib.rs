@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! The figures of a job, drawn as PNG: the confusion-matrix heat map, a grid of sample images
 //! with their labels, and the thumbnails the report shows. Text uses an 8x8 bitmap font, so no
 //! font files or system libraries are needed. Every size comes in as an argument: nothing here

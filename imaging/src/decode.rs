@@ -12,9 +12,13 @@ use image::{DynamicImage, ImageBuffer, ImageDecoder, ImageReader};
 /// (R, G, B).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
+    /// Width, in pixels.
     pub width: usize,
+    /// Height, in pixels.
     pub height: usize,
+    /// 1 or 3.
     pub channels: usize,
+    /// `height * width * channels` bytes.
     pub data: Vec<u8>,
 }
 
@@ -49,24 +53,47 @@ pub struct DecodeLimits {
 /// Why an image could not be decoded. The message goes into the image's row of `scores.csv`.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DecodeError {
+    /// The file has no bytes.
     #[error("empty file")]
     Empty,
+    /// No decoder here reads the file's format.
     #[error("not an image this product reads (JPEG, PNG, BMP, GIF, WebP)")]
     Unsupported,
+    /// An image of more pixels than allowed.
     #[error(
         "image of {width}x{height} pixels is larger than the {max}-pixel limit (--max-image-pixels)"
     )]
-    TooLarge { width: u32, height: u32, max: u64 },
+    TooLarge {
+        /// The width its header declares.
+        width: u32,
+        /// The height its header declares.
+        height: u32,
+        /// The most pixels an image may have.
+        max: u64,
+    },
+    /// A frame larger than the size the header declares, beyond the limit.
     #[error(
         "image declares {width}x{height} pixels but holds more (a frame larger than its \
          screen?), beyond the {max}-pixel limit (--max-image-pixels)"
     )]
-    Undeclared { width: u32, height: u32, max: u64 },
+    Undeclared {
+        /// The width its header declares.
+        width: u32,
+        /// The height its header declares.
+        height: u32,
+        /// The most pixels an image may have.
+        max: u64,
+    },
+    /// A progressive JPEG of more scans than allowed.
     #[error(
         "progressive JPEG of more than {max} scans (--max-jpeg-scans): each scan is a pass over \
          the whole image, and photos have a dozen or so"
     )]
-    TooManyScans { max: u32 },
+    TooManyScans {
+        /// The most scans a JPEG may have.
+        max: u32,
+    },
+    /// The decoder failed: what it said.
     #[error("corrupt or truncated image: {0}")]
     Corrupt(String),
 }

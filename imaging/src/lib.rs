@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! Images, from encoded bytes to a model's input tensor, as the model's spec asks.
 //!
 //! - [`decode`]: JPEG, PNG, BMP, GIF and WebP bytes to pixels, with limits against

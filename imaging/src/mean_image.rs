@@ -9,10 +9,13 @@
 use quick_xml::Reader;
 use quick_xml::events::Event;
 
+/// Why a mean image cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("mean image {source_name}: {detail}")]
 pub struct MeanImageError {
+    /// The mean image's file or blob.
     pub source_name: String,
+    /// What is wrong with it.
     pub detail: String,
 }
 

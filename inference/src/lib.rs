@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! Scoring image classifiers with ONNX Runtime.
 //!
 //! - [`runtime`]: finding and loading the ONNX Runtime library.
@@ -17,44 +18,73 @@ use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{TensorElementType, TensorRef, ValueType};
 
+/// Why a model cannot be loaded or run; [`InferenceError::Host`] is the machine's fault.
 #[derive(Debug, thiserror::Error)]
 pub enum InferenceError {
     /// This host cannot run models: the library is missing, or the provider asked for is not
     /// there. Not the model's fault.
     #[error("{0}")]
     Host(String),
+    /// ONNX Runtime refused the model.
     #[error("model {model} could not be loaded by ONNX Runtime: {reason}")]
-    InvalidModel { model: String, reason: String },
+    InvalidModel {
+        /// The model's name.
+        model: String,
+        /// What ONNX Runtime said.
+        reason: String,
+    },
+    /// The model is not an image classifier of a shape this product scores.
     #[error(
         "model {model} is not an image classifier this product can score: {reason}. It must take \
          one float tensor [N, C, H, W] or [N, H, W, C] with C 1 or 3, and return one float \
          tensor [N, classes]"
     )]
-    DoesNotFit { model: String, reason: String },
+    DoesNotFit {
+        /// The model's name.
+        model: String,
+        /// What does not fit.
+        reason: String,
+    },
+    /// The model's input size is free and none was given.
     #[error(
         "model {model} leaves the height and width of its input {input} free ({shape:?}; -1: \
          any size): stage it with `--input-size HEIGHTxWIDTH`, the size it was trained at"
     )]
     NeedsSize {
+        /// The model's name.
         model: String,
+        /// Its input's name.
         input: String,
+        /// Its input's shape (-1 for a free dimension).
         shape: Vec<i64>,
     },
+    /// The size asked for is not the one the model takes.
     #[error(
         "model {model} takes images of {fixed} at its input {input}, not the {asked} asked for: \
          leave out --input-size, or give the size the model takes"
     )]
     WrongSize {
+        /// The model's name.
         model: String,
+        /// Its input's name.
         input: String,
+        /// The size the model takes.
         fixed: String,
+        /// The size asked for.
         asked: InputSize,
     },
+    /// The model has several outputs and the spec names none.
     #[error(
         "model {model} has several outputs ({outputs}): stage it with `--output-node NAME`, \
          naming the classifier's"
     )]
-    NeedsOutput { model: String, outputs: String },
+    NeedsOutput {
+        /// The model's name.
+        model: String,
+        /// Its outputs' names.
+        outputs: String,
+    },
+    /// A model call failed.
     #[error("scoring failed: {0}")]
     Run(String),
 }
@@ -62,7 +92,9 @@ pub enum InferenceError {
 /// The height and width fed to a model whose input leaves them free (`224x224`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InputSize {
+    /// Height, in pixels.
     pub height: usize,
+    /// Width, in pixels.
     pub width: usize,
 }
 
@@ -99,6 +131,7 @@ pub struct Fit {
 pub enum Provider {
     /// CUDA when the build has it and a GPU answers, else CPU.
     Auto,
+    /// The CPU, even where a GPU is.
     Cpu,
     /// CUDA or fail.
     Cuda,
@@ -139,9 +172,13 @@ pub struct Signature {
     pub input: String,
     /// Name of the output that is the classifier's.
     pub output: String,
+    /// Where the channel axis is in the input.
     pub layout: Layout,
+    /// 1 or 3.
     pub channels: usize,
+    /// Input height, in pixels.
     pub height: usize,
+    /// Input width, in pixels.
     pub width: usize,
     /// Length of the output row.
     pub classes: usize,
@@ -159,7 +196,9 @@ pub struct Signature {
 /// float16 output is widened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
+    /// `float`.
     Float32,
+    /// `float16`.
     Float16,
 }
 

@@ -5,22 +5,32 @@ use cntk_onnx::proto::onnx::ModelProto;
 use fleet_spec::{Outputs, sha256_hex};
 use prost::Message;
 
+/// Why a model file cannot be imported.
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
+    /// A CNTK model the importer refuses.
     #[error(transparent)]
     Cntk(#[from] cntk_onnx::ImportError),
+    /// Neither a CNTK nor an ONNX file.
     #[error("{0} is neither a CNTK model (v1 or v2) nor an ONNX model")]
     UnknownFormat(String),
+    /// A file that looks like ONNX but does not parse.
     #[error(
         "{file} is not an ONNX model: {reason}. Export it again, or check that the file was \
          copied whole"
     )]
-    NotOnnx { file: String, reason: String },
+    NotOnnx {
+        /// The file's name.
+        file: String,
+        /// Why it does not parse.
+        reason: String,
+    },
 }
 
 /// What a model file was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceFormat {
+    /// ONNX, taken as it is.
     Onnx,
     /// CNTK 1.x ("BCN" binary, BrainScript), converted here.
     CntkV1,
@@ -44,8 +54,11 @@ impl SourceFormat {
 pub struct ImportedModel {
     /// The ONNX model.
     pub onnx: Vec<u8>,
+    /// What the file was.
     pub format: SourceFormat,
+    /// SHA-256 of the file as given.
     pub source_sha256: String,
+    /// SHA-256 of the ONNX model.
     pub onnx_sha256: String,
     /// Whether the graph ends in a softmax.
     pub outputs: Outputs,

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! Offline model tools, used when a model is staged, never while a job runs:
 //!
 //! - [`import`]: a model file (ONNX, or CNTK converted to ONNX) with its provenance and what

@@ -21,26 +21,32 @@ pub fn models_prefix() -> &'static str {
     "models/"
 }
 
+/// The model's ONNX file.
 pub fn model_key(model: &str) -> String {
     format!("models/{model}.onnx")
 }
 
+/// The model's spec: how its images are prepared.
 pub fn spec_key(model: &str) -> String {
     format!("models/{model}.json")
 }
 
+/// The model's mean image (OpenCV XML), when its spec subtracts one.
 pub fn mean_image_key(model: &str) -> String {
     format!("models/{model}.mean.xml")
 }
 
+/// The job's manifest, written once every partition is published.
 pub fn manifest_key(job: &str) -> String {
     format!("jobs/{job}/manifest.json")
 }
 
+/// Where the collector keeps the job's stored partitions.
 pub fn partitions_prefix(job: &str) -> String {
     format!("jobs/{job}/partitions/")
 }
 
+/// A stored partition: the collector's durable copy of its scores.
 pub fn partition_key(job: &str, partition: u32) -> String {
     format!("jobs/{job}/partitions/{partition:06}.bin")
 }
@@ -71,10 +77,12 @@ pub fn dead_letter_key(job: &str, partition: u32) -> String {
     format!("{}{partition:06}", dead_letters_prefix(job))
 }
 
+/// Where the notes of the job's dead-lettered partitions are.
 pub fn dead_letters_prefix(job: &str) -> String {
     format!("jobs/{job}/dead-letters/")
 }
 
+/// One of the job's result files (see [`files`]).
 pub fn result_key(job: &str, file: &str) -> String {
     format!("results/{job}/{file}")
 }
@@ -82,12 +90,19 @@ pub fn result_key(job: &str, file: &str) -> String {
 /// Names of the result files, in the order the collector writes them: `summary.json` last, so
 /// its presence means the set is complete.
 pub mod files {
+    /// One row per image.
     pub const SCORES: &str = "scores.csv";
+    /// The confusion matrix (labelled jobs).
     pub const CONFUSION_CSV: &str = "confusion.csv";
+    /// The confusion heat map (labelled jobs of up to 30 classes).
     pub const CONFUSION_PNG: &str = "confusion.png";
+    /// Every confusion, largest first (labelled jobs).
     pub const CONFUSED_PAIRS: &str = "confused_pairs.csv";
+    /// A tarball's first images with their names.
     pub const SAMPLES_PNG: &str = "samples.png";
+    /// What the job came to; written last, so its presence means the set is complete.
     pub const SUMMARY: &str = "summary.json";
+    /// The job to read in a browser.
     pub const REPORT: &str = "report.html";
 }
 
@@ -95,9 +110,13 @@ pub mod files {
 /// collection (its prefix).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BatchEntry {
+    /// The batch's name: a tarball batch, or the collection's prefix.
     pub name: String,
+    /// Images in the batch.
     pub images: u32,
+    /// The batch's first partition number.
     pub first_partition: u32,
+    /// Partitions of the batch.
     pub partitions: u32,
 }
 
@@ -114,14 +133,17 @@ pub enum DatasetKind {
 /// `jobs/<job>/manifest.json`, written by the producer once every partition is published.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// The job's id.
     pub job: String,
     /// The tarball blob, or the prefix of the image collection.
     pub dataset: String,
+    /// Whether the dataset is a tarball or a collection.
     pub dataset_kind: DatasetKind,
     /// Where the true labels came from (`tarball`, `folders`, a label file, `none`).
     pub labels: String,
     /// Images with a true label.
     pub labelled_images: u64,
+    /// The model's name (`models/<name>.onnx`).
     pub model: String,
     /// SHA-256 of the model scored, from its spec: the job is reproducible from it.
     pub model_sha256: String,
@@ -129,11 +151,17 @@ pub struct Manifest {
     /// read back (left empty when the manifest is parsed): a model may have a million.
     #[serde(default, skip_deserializing)]
     pub classes: Vec<String>,
+    /// Classes reported per image.
     pub top_k: u8,
+    /// Images per partition.
     pub partition_size: u32,
+    /// Partitions in the job.
     pub partitions: u32,
+    /// Images in the job.
     pub images: u64,
+    /// The batches scored, in job order.
     pub batches: Vec<BatchEntry>,
+    /// When the producer began submitting the job.
     pub submitted_at_ms: u64,
     /// When the last partition was published (absent in manifests of older releases).
     #[serde(default)]

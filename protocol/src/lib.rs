@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! The contract between the fleet's roles: what the producer, the workers and the collector
 //! write for one another, and where they find it.
 //!

@@ -24,15 +24,24 @@ pub enum Images {
     /// Decoded pixels from a tarball: `names.len()` images of `3 * height * width` bytes each,
     /// as R, G and B planes.
     Planes {
+        /// Height of each image, in pixels.
         height: u32,
+        /// Width of each image, in pixels.
         width: u32,
+        /// Each image's file name in the tarball.
         names: Vec<String>,
+        /// The images' bytes, one after another.
         #[serde(with = "serde_bytes")]
         pixels: Vec<u8>,
     },
     /// Blobs of the container, fetched and decoded by the worker (the claim check): blob `i`
     /// is `prefix` followed by `names[i]`.
-    Blobs { prefix: String, names: Vec<String> },
+    Blobs {
+        /// The collection's prefix in the container.
+        prefix: String,
+        /// Each image's name under the prefix.
+        names: Vec<String>,
+    },
 }
 
 impl Images {
@@ -43,6 +52,7 @@ impl Images {
         }
     }
 
+    /// Whether there is no image.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -58,6 +68,7 @@ impl Images {
 /// A slice of one dataset, scored as one model call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Partition {
+    /// The job's id.
     pub job: String,
     /// Position of this partition in the job, from 0.
     pub partition: u32,
@@ -68,6 +79,7 @@ pub struct Partition {
     pub batch: String,
     /// Index of the first image within its batch.
     pub first_index: u64,
+    /// What to score.
     pub images: Images,
     /// True label of each image (an index into the model's classes), if known.
     pub labels: Vec<Option<u32>>,
@@ -78,10 +90,12 @@ pub struct Partition {
 }
 
 impl Partition {
+    /// Number of images.
     pub fn len(&self) -> usize {
         self.images.len()
     }
 
+    /// Whether the partition holds no image.
     pub fn is_empty(&self) -> bool {
         self.images.is_empty()
     }
@@ -147,11 +161,17 @@ impl Score {
 /// The scores of one partition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scored {
+    /// The job's id.
     pub job: String,
+    /// The partition's number in the job.
     pub partition: u32,
+    /// The batch it belongs to.
     pub batch: String,
+    /// Index of its first image in the job.
     pub first_index: u64,
+    /// Each image's name, in order.
     pub filenames: Vec<String>,
+    /// Each image's score, in the same order.
     pub scores: Vec<Score>,
     /// Which worker scored it (host and process), for the summary.
     pub worker: String,
@@ -163,6 +183,7 @@ pub struct Scored {
     pub published_at_ms: u64,
     /// Unix times in milliseconds when the worker began and finished scoring it.
     pub started_at_ms: u64,
+    /// When the worker finished scoring it.
     pub finished_at_ms: u64,
     /// ONNX Runtime execution provider that ran the model (`CPU`, `CUDA`).
     pub provider: String,
@@ -176,6 +197,7 @@ pub struct Scored {
 pub struct Thumbnail {
     /// The image's position in its partition.
     pub position: u32,
+    /// The thumbnail as a PNG file.
     #[serde(with = "serde_bytes")]
     pub png: Vec<u8>,
 }
@@ -184,8 +206,11 @@ pub struct Thumbnail {
 /// complete when it holds this many partitions.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sealed {
+    /// The job's id.
     pub job: String,
+    /// Partitions published for the job.
     pub partitions: u32,
+    /// Images in the job.
     pub images: u64,
     /// Class names by model output index: the columns of the confusion matrix.
     pub classes: Vec<String>,
@@ -204,19 +229,25 @@ pub struct Sealed {
 /// half-way, say): the collector drops the job and writes no results.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cancelled {
+    /// The job's id.
     pub job: String,
+    /// Why it was cancelled.
     pub reason: String,
 }
 
 /// Everything on the results queue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ResultMessage {
+    /// A partition's scores.
     Scored(Scored),
+    /// The job is fully published: it completes when every partition is in.
     Sealed(Sealed),
+    /// The job will not complete: drop it.
     Cancelled(Cancelled),
 }
 
 impl ResultMessage {
+    /// The job the message is about.
     pub fn job(&self) -> &str {
         match self {
             ResultMessage::Scored(m) => &m.job,
@@ -226,16 +257,21 @@ impl ResultMessage {
     }
 }
 
+/// Why bytes are not a message this build can use.
 #[derive(Debug, thiserror::Error)]
 pub enum MessageError {
+    /// Larger than [`MAX_MESSAGE_BYTES`].
     #[error("message of {0} bytes is larger than the {MAX_MESSAGE_BYTES}-byte limit")]
     Oversized(usize),
     #[error(
         "message format version {0} is not understood by this build (which reads version {MESSAGE_VERSION}); upgrade the fleet to one release"
     )]
+    /// Written by a build with another format version.
     UnknownVersion(u16),
+    /// The bytes are not a message of this format.
     #[error("undecodable message: {0}")]
     Undecodable(String),
+    /// A message that decodes but cannot be right (e.g. its lengths disagree).
     #[error("invalid message: {0}")]
     Invalid(String),
 }

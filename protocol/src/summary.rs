@@ -9,10 +9,13 @@ use serde::{Deserialize, Serialize};
 /// Timings of a job, in the summary.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Timings {
+    /// When the producer began submitting the job.
     pub submitted_at_ms: u64,
+    /// When the collector wrote the result files.
     pub completed_at_ms: u64,
     /// From submission to the last result in.
     pub wall_seconds: f64,
+    /// Images over wall seconds.
     pub images_per_second: f64,
     /// Time spent in model calls, summed over workers.
     pub inference_seconds: f64,
@@ -36,30 +39,40 @@ pub struct Timings {
 /// Accuracy of one true class.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassAccuracy {
+    /// The true class.
     pub class: String,
+    /// Labelled images of it.
     pub images: u64,
+    /// Those predicted right.
     pub correct: u64,
+    /// `correct / images`.
     pub accuracy: f64,
 }
 
 /// How often one class was predicted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClassCount {
+    /// The class.
     pub class: String,
+    /// Images predicted as it.
     pub predicted: u64,
 }
 
 /// Images of one true class predicted as another.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConfusedPair {
+    /// The true class.
     pub true_class: String,
+    /// The class it was taken for.
     pub predicted_class: String,
+    /// How many images.
     pub images: u64,
 }
 
 /// `summary.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
+    /// The job's id.
     pub job: String,
     /// Images in the job: one row each in `scores.csv`.
     pub images: u64,
@@ -70,9 +83,11 @@ pub struct Summary {
     pub unreadable: u64,
     /// Scored images with a true label: the accuracy is over these.
     pub labelled: u64,
+    /// Labelled images predicted right.
     pub correct: u64,
     /// `correct / labelled`; absent for a job without labels.
     pub accuracy: Option<f64>,
+    /// Class names by model output index.
     pub classes: Vec<String>,
     /// Accuracy per true class (labelled jobs).
     pub per_class: Vec<ClassAccuracy>,
@@ -80,10 +95,13 @@ pub struct Summary {
     pub predicted: Vec<ClassCount>,
     /// The most frequent confusions, largest first (labelled jobs).
     pub most_confused: Vec<ConfusedPair>,
+    /// Batches scored, in job order.
     pub batches: Vec<String>,
+    /// Partitions in the job.
     pub partitions: u32,
     /// Images scored by each worker.
     pub workers: BTreeMap<String, u64>,
+    /// Where the time went.
     pub timings: Timings,
 }
 

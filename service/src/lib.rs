@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! What a long-running role (worker, collector, the embedded run) needs around its work, and
 //! nothing of the work itself:
 //!

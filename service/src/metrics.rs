@@ -16,10 +16,12 @@ impl Counter {
         Self(AtomicU64::new(0))
     }
 
+    /// Counts `n` more.
     pub fn add(&self, n: u64) {
         self.0.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// The count so far.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -34,10 +36,12 @@ impl Gauge {
         Self(AtomicI64::new(0))
     }
 
+    /// Sets the value.
     pub fn set(&self, v: i64) {
         self.0.store(v, Ordering::Relaxed);
     }
 
+    /// The value now.
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -67,6 +71,7 @@ impl Histogram {
         }
     }
 
+    /// Records one duration (negative ones as 0).
     pub fn observe(&self, seconds: f64) {
         let seconds = seconds.max(0.0);
         if let Some(i) = BUCKETS.iter().position(|&b| seconds <= b) {
@@ -77,6 +82,7 @@ impl Histogram {
             .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
     }
 
+    /// Durations recorded so far.
     pub fn count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
@@ -86,6 +92,7 @@ impl Histogram {
 /// collector's, the embedded run both.
 #[derive(Debug)]
 pub struct Metrics {
+    /// Partitions scored and published.
     pub partitions_scored: Counter,
     /// Images scored (with a prediction).
     pub images_scored: Counter,
@@ -103,7 +110,9 @@ pub struct Metrics {
     pub results_stored: Counter,
     /// Rows (images) in those partitions.
     pub result_rows_stored: Counter,
+    /// Jobs whose result files the collector wrote.
     pub jobs_completed: Counter,
+    /// Jobs the collector dropped: cancelled by their producer, or unable to complete.
     pub jobs_cancelled: Counter,
     /// Jobs the collector holds open.
     pub jobs_in_flight: Gauge,

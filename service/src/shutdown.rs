@@ -16,6 +16,7 @@ pub struct Trigger {
 }
 
 impl Trigger {
+    /// Asks every holder of the [`Shutdown`] to stop.
     pub fn fire(&self) {
         let _ = self.tx.send(true);
     }
@@ -45,6 +46,7 @@ impl Shutdown {
         (shutdown, trigger)
     }
 
+    /// Whether shutdown was asked for.
     pub fn is_requested(&self) -> bool {
         *self.rx.borrow()
     }

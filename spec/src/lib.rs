@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! The model spec: what a staged model expects of an image and what its outputs mean.
 //!
 //! It lies beside the model as `models/<name>.json`, written by `producer stage` from the
@@ -134,12 +135,16 @@ pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 /// The preparation fields a preset (or the default for a model's format) settles.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Recipe {
+    /// The order the model takes colour channels in.
     pub channel_order: ChannelOrder,
+    /// How an image is brought to the model's size.
     pub resize: Resize,
     /// For [`Resize::CenterCrop`]: the share of the resized image the crop keeps, from which
     /// the shorter side follows for the model's size.
     pub crop_fraction: Option<f64>,
+    /// How pixels are sampled when resizing.
     pub filter: Filter,
+    /// Pixels (0..255) are multiplied by this first.
     pub scale: f32,
     /// Per-channel mean and std (in the model's channel order), when the recipe normalises.
     pub normalize: Option<([f32; 3], [f32; 3])>,
@@ -224,10 +229,18 @@ pub enum Normalize {
     /// Nothing: the model takes scaled pixels as they are.
     None,
     /// `(x - mean[c]) / std[c]` per channel, in the model's channel order.
-    PerChannel { mean: Vec<f32>, std: Vec<f32> },
+    PerChannel {
+        /// Subtracted from each channel.
+        mean: Vec<f32>,
+        /// Divides each channel after the mean is subtracted.
+        std: Vec<f32>,
+    },
     /// A mean image of the model's size, in the container (OpenCV XML, HWC, in the model's
     /// channel order as OpenCV writes it), subtracted pixel by pixel.
-    MeanImage { key: String },
+    MeanImage {
+        /// The mean image's blob (`models/<name>.mean.xml`).
+        key: String,
+    },
 }
 
 /// What the model's output row holds.
@@ -256,6 +269,7 @@ pub struct Provenance {
 /// `models/<name>.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
+    /// The spec format's version: a build refuses a newer one than it reads.
     pub version: u32,
     /// Name of the model's image input.
     pub input: String,
@@ -263,12 +277,17 @@ pub struct ModelSpec {
     /// absent for a model with one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// Where the channel axis is in the model's input.
     pub layout: Layout,
     /// 1 (grayscale) or 3 (colour).
     pub channels: u32,
+    /// The model's input height, in pixels.
     pub height: u32,
+    /// The model's input width, in pixels.
     pub width: u32,
+    /// The order the model takes colour channels in.
     pub channel_order: ChannelOrder,
+    /// How an image is brought to the model's size.
     pub resize: Resize,
     /// With [`Resize::CenterCrop`]: the length the shorter side is scaled to before the crop
     /// (256 for torchvision's 224 crop); absent: just enough to cover the model's input.
@@ -285,7 +304,9 @@ pub struct ModelSpec {
     pub fast_jpeg: bool,
     /// Pixels (0..255) are multiplied by this first.
     pub scale: f32,
+    /// What is done to the scaled pixels.
     pub normalize: Normalize,
+    /// Whether the output row is logits or probabilities.
     pub outputs: Outputs,
     /// Number of classes: the length of the model's output row.
     pub class_count: u32,
@@ -296,6 +317,7 @@ pub struct ModelSpec {
     /// `n01440764 tench, Tinca tinca`): labels and class folders may name classes by id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class_ids: Option<Vec<String>>,
+    /// Where the model came from, and the sha256 of the ONNX file this spec describes.
     pub provenance: Provenance,
 }
 
@@ -311,8 +333,14 @@ pub const MAX_PARTITION_WAITING_BYTES: u64 = 256 << 20;
 /// Why a spec cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
+    /// The spec does not parse, or says something a model cannot be scored with.
     #[error("model spec {key}: {reason}")]
-    Invalid { key: String, reason: String },
+    Invalid {
+        /// The spec's blob, or the file it came from.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl ModelSpec {

@@ -74,6 +74,8 @@ fn managed_identity(client_id: Option<&str>) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// A container in Azure Blob Storage (or Azurite), reached with a connection string's account
+/// key or a managed identity; its blocking API runs the SDK on a runtime of its own.
 pub struct AzureStore {
     /// `https://account.blob.core.windows.net/container`, without any SAS.
     container_url: Url,

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! The blob store seam: one container of named blobs.
 //!
 //! Two implementations sit side by side: [`local::LocalStore`] (a directory per container,
@@ -15,16 +16,32 @@ use std::path::Path;
 /// says what a caller can do about it.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The blob is not there.
     #[error("{store} has no blob {key}")]
-    NotFound { store: String, key: String },
+    NotFound {
+        /// The store, as [`BlobStore::describe`] says it.
+        store: String,
+        /// The blob's name.
+        key: String,
+    },
+    /// The container is not there.
     #[error(
         "container {container} does not exist in {location}; create it or stage the data first (`producer stage`)"
     )]
-    NoContainer { container: String, location: String },
+    NoContainer {
+        /// The container's name.
+        container: String,
+        /// The directory or account it was looked for in.
+        location: String,
+    },
+    /// The store refused access to the blob.
     #[error("{store}: access denied to {key}: {reason}")]
     Denied {
+        /// The store, as [`BlobStore::describe`] says it.
         store: String,
+        /// The blob's name.
         key: String,
+        /// What the store said.
         reason: String,
     },
     /// The store is not configured so that it can be opened (no store given, a connection
@@ -34,13 +51,24 @@ pub enum StoreError {
     /// A name that is in the store but is no blob: a FIFO, socket or device in a local
     /// store (reading a FIFO would wait for a writer forever).
     #[error("{store}: {key} is not a regular file")]
-    NotABlob { store: String, key: String },
+    NotABlob {
+        /// The store, as [`BlobStore::describe`] says it.
+        store: String,
+        /// The name.
+        key: String,
+    },
+    /// The store failed or could not be reached.
     #[error("{store}: {key}: {reason}")]
     Io {
+        /// The store, as [`BlobStore::describe`] says it.
         store: String,
+        /// The blob's name.
         key: String,
+        /// What failed.
         reason: String,
     },
+    /// A blob name that could reach outside the container or mean different things to the
+    /// two stores (see [`check_key`]).
     #[error(
         "invalid blob name {0:?}: blob names are relative paths of at most {MAX_KEY_BYTES} bytes, \
          without `.` or `..` segments, empty segments, backslashes or control characters"

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use super::{BlobStore, StoreError, check_container, check_key, check_prefix};
 
+/// A container as a directory under a root: blobs are files, names are relative paths, and a
+/// write is a temporary file renamed into place.
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     dir: PathBuf,

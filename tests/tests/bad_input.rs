@@ -151,7 +151,10 @@ fn bad_mean_images_are_refused() {
     let store = root.path().join("store");
     // A mean image belongs to a staged model: it is checked against the model's input.
     let err = stage(&store, "mean-image", &fixture("CIFAR-10_mean.xml"));
-    assert!(err.contains("model resnet20 is not staged"), "{err}");
+    assert!(
+        err.contains("has no staged model; stage one with `producer stage --model FILE`"),
+        "{err}"
+    );
     stage_fixtures(&store, "cifar");
     let staged = std::fs::read(store.join("cifar/models/resnet20.mean.xml")).unwrap();
     let small = write(
@@ -540,7 +543,7 @@ fn a_job_on_an_unstaged_container_says_to_stage_first() {
     std::fs::create_dir_all(root.path().join("cifar")).unwrap();
     let err = run_job(root.path(), &[]);
     assert!(
-        err.contains("is not staged") && err.contains("producer stage"),
+        err.contains("has no staged model") && err.contains("producer stage"),
         "{err}"
     );
 }

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! The worker: consumes partitions, scores each as one batch, publishes its scores.
 //!
 //! - [`scoring`]: the model (one ONNX Runtime session per process) and the per-partition work.
@@ -51,18 +52,24 @@ pub struct WorkerOptions {
     /// partitions first, without the note.
     #[arg(long, env = "WORKER_MAX_ATTEMPTS", default_value_t = 5)]
     pub max_attempts: u32,
+    /// How models are run.
     #[command(flatten)]
     pub inference: InferenceOptions,
+    /// How images are fetched and decoded.
     #[command(flatten)]
     pub images: ImageOptions,
 }
 
+/// Why a worker stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
+    /// The broker failed in a way retrying does not mend.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// A task of the worker panicked or was cancelled.
     #[error("a scoring task failed")]
     Task(#[from] tokio::task::JoinError),
+    /// This host cannot run models (no ONNX Runtime, no GPU where one was asked for).
     #[error(
         "this worker cannot score on this host, and stopped (partitions stay in the queue for other workers): {0}"
     )]
@@ -72,8 +79,11 @@ pub enum WorkerError {
 /// What one worker did.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct WorkerReport {
+    /// Partitions scored and published.
     pub partitions: u64,
+    /// Images in them.
     pub images: u64,
+    /// Partitions dead-lettered.
     pub dead_lettered: u64,
 }
 

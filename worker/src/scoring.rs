@@ -190,6 +190,8 @@ pub struct Prepared {
 }
 
 impl Models {
+    /// Models to be loaded from `store` as partitions name them, run and fed as the options
+    /// say.
     pub fn new(
         store: Arc<dyn BlobStore>,
         inference: InferenceOptions,

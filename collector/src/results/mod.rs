@@ -32,6 +32,7 @@ const SUMMARY_PAIRS: usize = 10;
 /// Everything written for a finished job.
 #[derive(Debug)]
 pub struct ResultFiles {
+    /// One row per image.
     pub scores_csv: String,
     /// Labelled jobs only.
     pub confusion_csv: Option<String>,
@@ -41,6 +42,7 @@ pub struct ResultFiles {
     pub confusion_png: Option<Vec<u8>>,
     /// Labelled jobs only: the confusion matrix.
     pub confusion: Option<Confusion>,
+    /// `summary.json`'s content.
     pub summary: Summary,
 }
 

@@ -29,6 +29,7 @@ const PAIRS_IN_WORDS: usize = 3;
 /// Everything the report shows.
 #[derive(Debug, Clone, Copy)]
 pub struct Report<'a> {
+    /// The job's summary.
     pub summary: &'a Summary,
     /// Every partition's scores, in job order.
     pub partitions: &'a [&'a Scored],
