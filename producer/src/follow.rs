@@ -59,47 +59,10 @@ pub async fn follow(
         let look_around = tick.is_multiple_of(LOOK_AROUND_EVERY);
         tick += 1;
         let (store, job_id) = (store.clone(), job.clone());
-        let status = tokio::task::spawn_blocking(move || -> Result<Status, StoreError> {
-            match store.get(&job::result_key(&job_id, files::SUMMARY)) {
-                Ok(bytes) => return Ok(Status::Done(bytes)),
-                Err(e) if !e.is_not_found() => return Err(e),
-                Err(_) => {}
-            }
-            if !look_around {
-                return Ok(Status::Running(None));
-            }
-            match store.get(&job::cancelled_key(&job_id)) {
-                Ok(reason) => {
-                    return Ok(Status::Cancelled(
-                        String::from_utf8_lossy(&reason).into_owned(),
-                    ));
-                }
-                Err(e) if !e.is_not_found() => return Err(e),
-                Err(_) => {}
-            }
-            let dead_letters = crate::status::dead_letters(store.as_ref(), &job_id)?;
-            if !dead_letters.is_empty() {
-                // One line per distinct reason: a model that cannot load fails every partition
-                // the same way.
-                let mut by_reason: std::collections::BTreeMap<String, Vec<String>> =
-                    std::collections::BTreeMap::new();
-                for (partition, reason) in dead_letters {
-                    by_reason.entry(reason).or_default().push(partition);
-                }
-                let reasons = by_reason
-                    .into_iter()
-                    .map(|(reason, partitions)| {
-                        format!("partition {}: {reason}", abbreviate(&partitions))
-                    })
-                    .collect();
-                return Ok(Status::DeadLettered(reasons));
-            }
-            Ok(Status::Running(Some(
-                store.list(&job::partitions_prefix(&job_id))?.len(),
-            )))
-        })
-        .await
-        .map_err(FollowError::Task)?;
+        let status =
+            tokio::task::spawn_blocking(move || read_status(store.as_ref(), &job_id, look_around))
+                .await
+                .map_err(FollowError::Task)?;
         // Storage may be away for a while: keep watching until the deadline.
         let status = match status {
             Ok(status) => {
@@ -154,6 +117,49 @@ pub async fn follow(
         }
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Where job `job` stands, from the container: done (its summary), else, when `look_around`,
+/// cancelled, stuck on dead-lettered partitions, or running with so many partitions stored.
+fn read_status(store: &dyn BlobStore, job: &str, look_around: bool) -> Result<Status, StoreError> {
+    match store.get(&job::result_key(job, files::SUMMARY)) {
+        Ok(bytes) => return Ok(Status::Done(bytes)),
+        Err(e) if !e.is_not_found() => return Err(e),
+        Err(_) => {}
+    }
+    if !look_around {
+        return Ok(Status::Running(None));
+    }
+    match store.get(&job::cancelled_key(job)) {
+        Ok(reason) => {
+            return Ok(Status::Cancelled(
+                String::from_utf8_lossy(&reason).into_owned(),
+            ));
+        }
+        Err(e) if !e.is_not_found() => return Err(e),
+        Err(_) => {}
+    }
+    let dead_letters = crate::status::dead_letters(store, job)?;
+    if !dead_letters.is_empty() {
+        return Ok(Status::DeadLettered(by_reason(dead_letters)));
+    }
+    Ok(Status::Running(Some(
+        store.list(&job::partitions_prefix(job))?.len(),
+    )))
+}
+
+/// One line per distinct reason of the dead-lettered `(partition, reason)`s: a model that
+/// cannot load fails every partition the same way.
+fn by_reason(dead_letters: Vec<(String, String)>) -> Vec<String> {
+    let mut by_reason: std::collections::BTreeMap<String, Vec<String>> =
+        std::collections::BTreeMap::new();
+    for (partition, reason) in dead_letters {
+        by_reason.entry(reason).or_default().push(partition);
+    }
+    by_reason
+        .into_iter()
+        .map(|(reason, partitions)| format!("partition {}: {reason}", abbreviate(&partitions)))
+        .collect()
 }
 
 /// Partition numbers for a message: all of a few, the first few of many.

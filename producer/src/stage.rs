@@ -17,8 +17,8 @@ use fleet_inference::{Fit, InferenceError, InferenceOptions, InputSize, Scorer};
 use fleet_protocol::job;
 use fleet_service::concurrent;
 use fleet_spec::{
-    ChannelOrder, Filter, ModelSpec, Normalize, Preset, Provenance, Recipe, Resize, SPEC_VERSION,
-    SpecError, parse_class_list, plain_recipe, sha256_hex, shorter_side_for,
+    ChannelOrder, ClassList, Filter, ModelSpec, Normalize, Preset, Provenance, Recipe, Resize,
+    SPEC_VERSION, SpecError, parse_class_list, plain_recipe, sha256_hex, shorter_side_for,
 };
 use fleet_storage::{BlobStore, StoreError, check_key};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -354,19 +354,7 @@ pub fn stage_model(
     let scorer = Scorer::load_fitted(&imported.onnx, &file_name, inference, &fit)?;
     let signature = scorer.signature();
     let classes = match &spec_args.classes {
-        Some(classes) => {
-            let text = String::from_utf8_lossy(&classes.read_all()?).into_owned();
-            let list =
-                parse_class_list(&text, &classes.to_string()).map_err(StageError::Invalid)?;
-            if list.names.len() != signature.classes {
-                return Err(StageError::Invalid(format!(
-                    "{classes} names {} classes, but model {file_name} has {}",
-                    list.names.len(),
-                    signature.classes
-                )));
-            }
-            Some(list)
-        }
+        Some(classes) => Some(class_list(classes, signature.classes, &file_name)?),
         None => None,
     };
     let recipe = match (spec_args.preset, imported.format) {
@@ -429,9 +417,13 @@ pub fn stage_model(
         store.put(&mean_key, xml)?;
     }
     put_spec(store, name, &spec)?;
+    let preset = spec_args.preset.map_or_else(
+        || "the default".to_owned(),
+        |p| format!("--preset {}", p.name()),
+    );
     Ok(format!(
         "model {source} -> {} ({}; input {}x{}x{} {:?}, {} classes, {:?})\n  images prepared \
-         as {}: {}",
+         as {preset}: {}",
         job::model_key(name),
         imported.description,
         spec.channels,
@@ -440,12 +432,21 @@ pub fn stage_model(
         spec.layout,
         spec.class_count,
         spec.outputs,
-        spec_args.preset.map_or_else(
-            || "the default".to_owned(),
-            |p| format!("--preset {}", p.name())
-        ),
         spec.preparation()
     ))
+}
+
+/// The class list in `source`, which must name as many classes as `model` has.
+fn class_list(source: &Source, classes: usize, model: &str) -> Result<ClassList, StageError> {
+    let text = String::from_utf8_lossy(&source.read_all()?).into_owned();
+    let list = parse_class_list(&text, &source.to_string()).map_err(StageError::Invalid)?;
+    if list.names.len() != classes {
+        return Err(StageError::Invalid(format!(
+            "{source} names {} classes, but model {model} has {classes}",
+            list.names.len(),
+        )));
+    }
+    Ok(list)
 }
 
 /// The preparation fields of a spec: the flags given, else the recipe's.

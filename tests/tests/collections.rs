@@ -87,7 +87,9 @@ fn a_jpeg_folder_job_agrees_with_the_tarball_job() {
         .ok();
     assert!(again.contains("0 uploaded, 10000 already there"), "{again}");
 
-    let tarball = Producer::embedded(store, "ctr").ok();
+    let tarball = Producer::embedded(store, "ctr")
+        .args(&["--model-name", "resnet20"])
+        .ok();
     let folder = Producer::embedded(store, "ctr")
         .args(&[
             "--dataset",
@@ -430,7 +432,7 @@ fn unlabelled_jobs_and_mismatched_labels() {
     );
     // An empty prefix says what to do.
     let error = Producer::embedded(store, "ctr")
-        .args(&["--dataset", "nothing-here"])
+        .args(&["--dataset", "nothing-here", "--model-name", "mnist"])
         .err();
     assert!(error.contains("no images under nothing-here/"), "{error}");
 }

@@ -147,33 +147,10 @@ pub async fn run<B: Broker>(
         };
         let Some(delivery) = next else { break };
         let busy = health().busy();
-        let partition = match message::decode::<Partition>(delivery.payload())
-            .and_then(|p| p.validate().map(|()| p))
-        {
-            Ok(partition) => partition,
-            Err(e) => {
-                tracing::error!(error = %e, "poison message on the partitions queue: dead-lettering it");
-                settled(delivery.dead_letter(&e.to_string()).await)?;
-                settler.report.dead_lettered += 1;
-                metrics().dead_letters.add(1);
-                continue;
-            }
+        let Some((delivery, partition)) = settler.admit(delivery).await? else {
+            continue;
         };
         let (job, number) = (partition.job.clone(), partition.partition);
-        // A worker gives up on a partition at its last attempt, so a delivery past it was never
-        // settled: the workers that held it stopped first. Tried again it may stop this one too,
-        // and the broker would soon drop it into the dead-letter queue without saying why.
-        if delivery.attempt() > settler.max_attempts {
-            let reason = format!(
-                "delivered {} times without a result: the workers that took it stopped before \
-                 finishing it (killed, crashed, out of memory, or cut off from the broker); not \
-                 tried again. Look for the cause in those workers' logs or exit status",
-                delivery.attempt() - 1
-            );
-            tracing::error!(%job, partition = number, %reason, "giving up on partition: dead-lettering it");
-            settler.dead_letter(delivery, &job, number, &reason).await?;
-            continue;
-        }
         // Fetching and decoding block: run them off the async threads, taking the models along.
         let mut owned = models
             .take()
@@ -282,6 +259,42 @@ struct Settler<B> {
 }
 
 impl<B: Broker> Settler<B> {
+    /// The partition a delivery carries, or `None` when the delivery is dead-lettered instead:
+    /// a poison message, or one delivered past the last attempt.
+    async fn admit<D: Delivery>(
+        &mut self,
+        delivery: D,
+    ) -> Result<Option<(D, Partition)>, WorkerError> {
+        let partition = match message::decode::<Partition>(delivery.payload())
+            .and_then(|p| p.validate().map(|()| p))
+        {
+            Ok(partition) => partition,
+            Err(e) => {
+                tracing::error!(error = %e, "poison message on the partitions queue: dead-lettering it");
+                settled(delivery.dead_letter(&e.to_string()).await)?;
+                self.report.dead_lettered += 1;
+                metrics().dead_letters.add(1);
+                return Ok(None);
+            }
+        };
+        // A worker gives up on a partition at its last attempt, so a delivery past it was never
+        // settled: the workers that held it stopped first. Tried again it may stop this one too,
+        // and the broker would soon drop it into the dead-letter queue without saying why.
+        if delivery.attempt() > self.max_attempts {
+            let (job, number) = (&partition.job, partition.partition);
+            let reason = format!(
+                "delivered {} times without a result: the workers that took it stopped before \
+                 finishing it (killed, crashed, out of memory, or cut off from the broker); not \
+                 tried again. Look for the cause in those workers' logs or exit status",
+                delivery.attempt() - 1
+            );
+            tracing::error!(%job, partition = number, %reason, "giving up on partition: dead-lettering it");
+            self.dead_letter(delivery, job, number, &reason).await?;
+            return Ok(None);
+        }
+        Ok(Some((delivery, partition)))
+    }
+
     /// Publishes a scored partition's results and acks it; hands a failed one back for a
     /// retry, dead-letters it, or (the host's fault) leaves it to another worker and stops.
     async fn settle(
