@@ -6,34 +6,58 @@ use std::fmt;
 /// where there is one, what to do instead. The file name is added by [`ImportError`].
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Problem {
+    /// Neither a CNTK v2 `Dictionary` nor a v1 "BCN" file.
     #[error("not a CNTK model ({0})")]
     NotCntk(String),
+    /// An ONNX file given to the importer.
     #[error("this is already an ONNX model; stage it as it is, no conversion needed")]
     AlreadyOnnx,
+    /// A CNTK file that does not read as one: truncated, or inconsistent.
     #[error("malformed CNTK model: {0}")]
     Malformed(String),
     /// Every unsupported operation the output depends on, each with its count and uids.
     #[error(
         "the model uses operations the importer does not support: {found}; supported: {supported}"
     )]
-    UnsupportedOps { found: String, supported: String },
+    UnsupportedOps {
+        /// The operations, each with its count and uids.
+        found: String,
+        /// The operations the importer lowers.
+        supported: String,
+    },
+    /// A recurrent or sequence model: out of scope.
     #[error(
         "this is a sequence model ({found}): recurrent and sequence operations (LSTM, GRU, \
          PastValue, FutureValue, sequence axes) are out of scope; the importer converts \
          feed-forward image classifiers"
     )]
-    SequenceModel { found: String },
+    SequenceModel {
+        /// The sequence operations or axes found.
+        found: String,
+    },
+    /// A v1 output that depends on node types the reader does not know.
     #[error(
         "the model's output depends on node types the importer does not support: {0}; \
          choose another output with --output-node NAME if the classifier does not need them"
     )]
     UnsupportedNodes(String),
+    /// `--output-node` names no output of the model.
     #[error("the model has no output named {name}; its outputs: {available}")]
-    NoSuchOutput { name: String, available: String },
+    NoSuchOutput {
+        /// The name asked for.
+        name: String,
+        /// The outputs there are.
+        available: String,
+    },
+    /// A supported operation used in a way the lowering does not map (an attribute, a
+    /// geometry).
     #[error("{op} (uid {uid}) uses {what}, which the importer does not support")]
     UnsupportedUse {
+        /// The operation.
         op: String,
+        /// Its uid in the model.
         uid: String,
+        /// What it uses.
         what: String,
     },
 }
@@ -41,7 +65,9 @@ pub enum Problem {
 /// A failed import: the [`Problem`] and the file it was found in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImportError {
+    /// The file's name.
     pub file: String,
+    /// What is wrong with it.
     pub problem: Problem,
 }
 

@@ -31,6 +31,7 @@ pub struct Graph {
     pub format: String,
     /// The output the importer would convert, or why there is none.
     pub output: Result<String, String>,
+    /// Every node the output depends on, each after its inputs.
     pub nodes: Vec<Node>,
 }
 

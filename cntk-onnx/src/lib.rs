@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! Imports CNTK models as ONNX models: v2 (the protobuf files CNTK 2.x saves, `.dnn` /
 //! `.model`) and v1 (the "BCN" binary files `cntk.exe` wrote for BrainScript networks,
 //! `.dnn` / `.cmf`).
@@ -42,11 +43,15 @@ pub const IR_VERSION: i64 = 8;
 /// Metadata keys written into every imported model, so an ONNX file can be traced back to
 /// the exact CNTK file it came from.
 pub mod metadata {
+    /// The CNTK file's name.
     pub const SOURCE_FILE: &str = "source_file";
+    /// The CNTK file's SHA-256.
     pub const SOURCE_SHA256: &str = "source_sha256";
+    /// `CNTK v2`, or `CNTK v1 (model version N)`.
     pub const SOURCE_FORMAT: &str = "source_format";
     /// The CNTK node or function the ONNX output computes.
     pub const OUTPUT: &str = "source_output";
+    /// This importer and its version.
     pub const IMPORTER: &str = "importer";
 }
 
@@ -77,9 +82,13 @@ pub struct Imported {
 /// What a model file holds, judged from its bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
+    /// A CNTK 1.x "BCN" file (BrainScript, `cntk.exe`).
     CntkV1,
+    /// A CNTK 2.x protobuf `Dictionary`.
     CntkV2,
+    /// An ONNX `ModelProto`.
     Onnx,
+    /// None of these.
     Unknown,
 }
 

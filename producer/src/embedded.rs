@@ -16,20 +16,33 @@ use worker::WorkerOptions;
 
 use crate::submit::{SubmitError, SubmitOptions, submit};
 
+/// Why an embedded run failed.
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedError {
+    /// The job could not be submitted.
     #[error(transparent)]
     Submit(#[from] SubmitError),
+    /// A worker stopped.
     #[error("worker failed")]
     Worker(#[from] worker::WorkerError),
+    /// The collector stopped.
     #[error("collector failed")]
     Collector(#[from] collector::CollectorError),
+    /// The job was cancelled.
     #[error("job {job} was cancelled: {reason}")]
-    Cancelled { job: String, reason: String },
+    Cancelled {
+        /// The job's id.
+        job: String,
+        /// Why.
+        reason: String,
+    },
+    /// Partitions were dead-lettered: the job cannot complete.
     #[error("{0} partitions could not be scored and were dead-lettered: {1}")]
     DeadLettered(usize, String),
+    /// The fleet stopped before the job's results were written.
     #[error("the fleet stopped before the job completed")]
     Incomplete,
+    /// The in-process fleet's defaults do not parse.
     #[error("invalid collector configuration: {0}")]
     Config(String),
 }
@@ -37,7 +50,9 @@ pub enum EmbeddedError {
 /// The outcome of an embedded run.
 #[derive(Debug)]
 pub struct EmbeddedRun {
+    /// The job's id.
     pub job: String,
+    /// What it came to.
     pub summary: Summary,
 }
 

@@ -10,28 +10,54 @@ use fleet_protocol::job::{self, Manifest, files};
 use fleet_storage::{BlobStore, ErrorKind, StoreError};
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// Why following a job ended without its results.
 #[derive(Debug, thiserror::Error)]
 pub enum FollowError {
+    /// The container cannot be read, and waiting will not change that.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The job was cancelled.
     #[error("job {job} was cancelled: {reason}")]
-    Cancelled { job: String, reason: String },
+    Cancelled {
+        /// The job's id.
+        job: String,
+        /// Why.
+        reason: String,
+    },
+    /// Partitions were dead-lettered: the job cannot complete.
     #[error(
         "job {job} cannot complete: partitions were dead-lettered ({}). Fix the cause, then submit the job again; the dead-letter queue holds the partitions",
         reasons.join("; ")
     )]
-    DeadLettered { job: String, reasons: Vec<String> },
+    DeadLettered {
+        /// The job's id.
+        job: String,
+        /// One line per distinct reason, with its partitions.
+        reasons: Vec<String>,
+    },
+    /// The job did not complete in time.
     #[error(
         "job {job} did not complete within {seconds}s; is a collector running? ({done} of {total} partitions stored)"
     )]
     TimedOut {
+        /// The job's id.
         job: String,
+        /// How long it was waited for.
         seconds: u64,
+        /// Partitions stored by then.
         done: usize,
+        /// Partitions in the job.
         total: u32,
     },
+    /// The job completed, but its summary does not parse.
     #[error("summary.json of job {job} is unreadable: {reason}")]
-    BadSummary { job: String, reason: String },
+    BadSummary {
+        /// The job's id.
+        job: String,
+        /// Why it does not parse.
+        reason: String,
+    },
+    /// A storage task panicked or was cancelled.
     #[error("a storage task failed")]
     Task(#[from] tokio::task::JoinError),
 }

@@ -1,3 +1,4 @@
+#![warn(missing_docs)]
 //! The producer: stages inputs into a container and submits scoring jobs.
 //!
 //! - [`stage`]: dataset, model (CNTK converted to ONNX on the way) and mean image into a

@@ -8,7 +8,9 @@ use std::str::FromStr;
 /// A local path or a URL, as given on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
+    /// A local file.
     File(PathBuf),
+    /// An `http://` or `https://` URL.
     Url(String),
 }
 
@@ -33,12 +35,25 @@ impl fmt::Display for Source {
     }
 }
 
+/// Why an input cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// A local file cannot be read.
     #[error("cannot read {path}: {reason}")]
-    File { path: String, reason: String },
+    File {
+        /// The file.
+        path: String,
+        /// What failed.
+        reason: String,
+    },
+    /// A URL cannot be downloaded.
     #[error("cannot download {url}: {reason}")]
-    Download { url: String, reason: String },
+    Download {
+        /// The URL.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
 }
 
 impl Source {

@@ -27,41 +27,59 @@ use model_tools::quantize::{CALIBRATION_IMAGES, QuantizeError, quantize};
 
 /// The walkthrough's inputs, staged when no input is named.
 pub const DEFAULT_DATASET_URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz";
+/// The walkthrough's model: a ResNet-20 trained on CIFAR-10, saved by CNTK 2.
 pub const DEFAULT_MODEL_URL: &str = "https://github.com/Azure-Samples/hdinsight-pyspark-cntk-integration/raw/master/resnet20_meanimage_159.dnn";
+/// The walkthrough's mean image, subtracted from every input of its model.
 pub const DEFAULT_MEAN_IMAGE_URL: &str = "https://raw.githubusercontent.com/Azure-Samples/hdinsight-pyspark-cntk-integration/master/CIFAR-10_mean.xml";
 
+/// Why an input cannot be staged.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
+    /// An input cannot be read.
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// The container cannot be written.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The tarball is not a CIFAR-10 tarball.
     #[error(transparent)]
     Dataset(#[from] DatasetError),
+    /// The mean image does not fit the model.
     #[error(transparent)]
     MeanImage(#[from] MeanImageError),
+    /// The model file cannot be imported.
     #[error(transparent)]
     Import(#[from] ImportError),
+    /// ONNX Runtime refuses the model, or it is no image classifier.
     #[error(transparent)]
     Model(#[from] InferenceError),
+    /// The model's spec cannot be made or read.
     #[error(transparent)]
     Spec(#[from] SpecError),
+    /// A flag or an input the model cannot be staged with.
     #[error("{0}")]
     Invalid(String),
+    /// A folder of images cannot be read.
     #[error("cannot read {path}")]
     Folder {
+        /// The folder or file.
         path: String,
+        /// What failed.
         #[source]
         source: std::io::Error,
     },
+    /// A download cannot be buffered.
     #[error("cannot buffer the download in a temporary file")]
     Temp(#[source] std::io::Error),
+    /// The int8 model cannot be made.
     #[error(
         "model {model} is staged, but no int8 version of it could be made (the reason follows); \
          score it with --model-name {model}"
     )]
     Quantize {
+        /// The model staged.
         model: String,
+        /// Why no int8 version was made.
         #[source]
         source: QuantizeError,
     },

@@ -27,11 +27,15 @@ pub enum State {
 /// One job as the container shows it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobStatus {
+    /// The job's id.
     pub job: String,
+    /// Its manifest, once the producer wrote it.
     pub manifest: Option<Manifest>,
     /// Partitions the collector holds (it deletes them once the job is complete).
     pub stored: usize,
+    /// Partitions a worker dead-lettered.
     pub dead_letters: usize,
+    /// Where it stands.
     pub state: State,
 }
 

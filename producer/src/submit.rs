@@ -53,28 +53,40 @@ pub struct SubmitOptions {
     pub top_k: u8,
 }
 
+/// Why a job cannot be submitted.
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
+    /// The model is not staged.
     #[error(
         "model {model} is not staged in {store} (no {key}); run `producer stage --model ... --model-name {model}` first"
     )]
     NotStaged {
+        /// The model's name.
         model: String,
+        /// The store, as it describes itself.
         store: String,
+        /// The blob that is missing.
         key: String,
     },
+    /// No model is named and the container holds none or several.
     #[error(transparent)]
     Model(#[from] crate::models::ChoiceError),
+    /// The model's spec cannot be read.
     #[error(transparent)]
     Spec(#[from] fleet_spec::SpecError),
+    /// The container cannot be read.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The dataset cannot be read or labelled.
     #[error(transparent)]
     Dataset(#[from] DatasetError),
+    /// A partition or a message cannot be published.
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    /// Labels that cannot go with this dataset or model.
     #[error("{0}")]
     Labels(String),
+    /// A submission task panicked or was cancelled.
     #[error("a submission task failed (reading the dataset or the store)")]
     Task(#[from] tokio::task::JoinError),
 }

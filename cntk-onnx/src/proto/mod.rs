@@ -4,5 +4,9 @@
 //! so building the workspace needs no `protoc`. Each holds only the fields the importer reads or
 //! writes; protobuf skips unknown fields, so a newer file still decodes.
 
+// The messages' fields are the schemas' own, named as `CNTK.proto` and `onnx.proto` name and
+// document them.
+#[allow(missing_docs)]
 pub mod cntk;
+#[allow(missing_docs)]
 pub mod onnx;
