@@ -106,13 +106,6 @@ struct Row {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    // The jobs' own defaults, where the bench is not told otherwise.
-    let submit: SubmitOptions = defaults()?;
-    let worker: WorkerOptions = defaults()?;
-    let partition_size = args.partition_size.unwrap_or(submit.partition_size);
-    let partitions_per_call = args
-        .partitions_per_call
-        .unwrap_or(worker.partitions_per_call);
     let bin_dir = std::env::current_exe()?
         .parent()
         .context("binary directory")?
@@ -133,7 +126,6 @@ fn main() -> Result<()> {
             "the fleet runs need AZURE_STORAGE_CONNECTION_STRING (see scripts/services.sh), or pass --skip-fleet"
         ),
     };
-    let fixture = |name: &str| args.fixtures.join(name);
     let python = if args.skip_python {
         None
     } else if args.python.is_file() {
@@ -144,7 +136,11 @@ fn main() -> Result<()> {
             args.python.display()
         );
     };
-    let mut rows = photos::rows(&fixture("real-photos/photos"), args.runs, python.as_deref())?;
+    let mut rows = photos::rows(
+        &args.fixtures.join("real-photos/photos"),
+        args.runs,
+        python.as_deref(),
+    )?;
     rows.extend(photos::job_rows(
         &args.fixtures,
         &bin_dir,
@@ -157,223 +153,372 @@ fn main() -> Result<()> {
         return Ok(());
     }
 
-    // Staged first, as a user does: the engine rows score the very models and spec the
-    // jobs score (the int8 model is calibrated by `producer stage --quantize`).
-    let work = tempfile::tempdir()?;
-    let store = work.path().join("store");
-    let stage = |store: &str, container: &str, envs: &[(&str, &str)], inputs: &[&str]| {
-        let mut stage_args = vec!["stage", "--store", store, "--container", container];
-        stage_args.extend(inputs);
-        run(&bin_dir.join("producer"), &stage_args, envs).map(drop)
-    };
-    let model = fixture("resnet20_meanimage_159.dnn");
-    let mean_image = fixture("CIFAR-10_mean.xml");
-    // Class names, for jobs labelled by class folders.
-    let classes = work.path().join("classes.txt");
-    std::fs::write(&classes, dataset::CLASS_NAMES.join("\n"))?;
-    let model_args = [
-        "--model",
-        model.to_str().unwrap(),
-        "--mean-image",
-        mean_image.to_str().unwrap(),
-        "--classes",
-        classes.to_str().unwrap(),
-    ];
-    let tarball = fixture("cifar-10-python.tar.gz");
-    let jpeg_folder = fixture("cifar-10-test-jpeg");
-    let tarball_args = ["--tarball", tarball.to_str().unwrap()];
-    let folder_args = [
-        "--images",
-        jpeg_folder.to_str().unwrap(),
-        "--prefix",
-        "datasets/cifar-jpeg",
-    ];
-    let mut with_int8 = [&tarball_args[..], &model_args, &folder_args].concat();
-    with_int8.push("--quantize");
-    stage(store.to_str().unwrap(), "cifar", &[], &with_int8)?;
-    let staged = |key: &str| -> Result<Vec<u8>> {
-        let path = store.join("cifar").join(key);
-        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
-    };
-
-    // The engine alone: the whole test batch, preprocessed once, scored at each batch size.
-    let (pixels, labels) = load_test_batch(&tarball)?;
-    let images = pixels.len() / IMAGE_BYTES;
-    let spec = ModelSpec::from_json(&staged("models/resnet20.json")?, "models/resnet20.json")?;
-    let mean = spec.mean_image_key().map(&staged).transpose()?;
-    let preprocessor = Preprocessor::new(&spec, mean.as_deref())?;
-    let image_len = preprocessor.input_len();
-    let preprocess = |planes: &[u8], out: &mut Vec<f32>| {
-        out.clear();
-        out.resize(planes.len() / IMAGE_BYTES * image_len, 0.0);
-        preprocessor.write_planes(planes, HEIGHT, WIDTH, out);
-    };
-    let onnx = staged("models/resnet20.onnx")?;
-    let mut scorer = Scorer::load(&onnx, "resnet20", &args.inference)?;
-    let provider = scorer.provider();
-    let mut input = Vec::new();
-    preprocess(&pixels, &mut input);
-    let mut logits = Vec::new();
-    // The jobs' largest model call, and the engine at that size: what their ratios compare to.
-    let call = partition_size as usize * usize::from(partitions_per_call);
-    let mut engine_batches: Vec<usize> = args.engine_batches.iter().map(|&b| b as usize).collect();
-    engine_batches.push(call);
-    engine_batches.sort_unstable();
-    engine_batches.dedup();
-    let mut fp32_correct = 0;
-    let mut fp32_seconds = std::collections::BTreeMap::new();
-    for &batch in &engine_batches {
-        let (seconds, correct) =
-            repeated(args.runs, || score_all(&mut scorer, &input, &labels, batch))?;
-        let correct = correct[0];
-        fp32_seconds.insert(batch, seconds);
-        fp32_correct = correct;
-        rows.push(Row {
-            what: format!("ONNX Runtime alone, batch {batch}"),
-            images: images as u64,
-            seconds,
-            note: format!("accuracy {:.2}%", 100.0 * correct as f64 / images as f64),
-        });
+    let bench = Bench::stage(&args, bin_dir)?;
+    let engine = bench.engine_rows(&mut rows)?;
+    bench.embedded_rows(&engine, &mut rows)?;
+    bench.folder_job_rows(&engine, python.as_deref(), &mut rows)?;
+    if !args.skip_full {
+        bench.full_tarball_rows(&engine, &mut rows)?;
     }
-    let engine_call = fp32_seconds[&call];
-    let (best_batch, engine_best) = fp32_seconds
-        .iter()
-        .map(|(&batch, &seconds)| (batch, seconds))
-        .min_by(|a, b| a.1.total_cmp(&b.1))
-        .expect("the job's call size is always measured");
-    let versus_engine = |seconds: f64| {
-        let mut note = format!("{:.2} x engine at batch {call}", seconds / engine_call);
+    if let Some(connection) = connection {
+        bench.fleet_rows(&engine, &connection, &mut rows)?;
+    }
+    print_table(
+        &rows,
+        args.runs,
+        &format!(
+            "Execution provider: {}; jobs: partitions of {} images, up to {} per model call.",
+            engine.provider, bench.partition_size, bench.partitions_per_call
+        ),
+    );
+    Ok(())
+}
+
+/// The CIFAR-10 rows' setting: the binaries, the inputs staged as a user stages them (the
+/// engine rows score the very models and spec the jobs score; the int8 model is calibrated by
+/// `producer stage --quantize`), and the jobs' settings.
+struct Bench<'a> {
+    args: &'a Args,
+    bin_dir: PathBuf,
+    /// Holds the store and the written tarballs.
+    work: tempfile::TempDir,
+    store: PathBuf,
+    partition_size: u32,
+    partitions_per_call: u16,
+    tarball: PathBuf,
+    jpeg_folder: PathBuf,
+    model: PathBuf,
+    mean_image: PathBuf,
+    /// Class names, for jobs labelled by class folders.
+    classes: PathBuf,
+}
+
+/// What the engine rows measured, for the job rows to compare with.
+struct Engine {
+    provider: String,
+    /// Images in the test batch.
+    images: usize,
+    /// The jobs' largest model call (partition size times partitions per call).
+    call: usize,
+    /// The engine alone at that call size, and at its best size.
+    at_call: f64,
+    best: (usize, f64),
+    /// The int8 model alone at that call size.
+    int8_at_call: f64,
+    /// The engine alone on the JPEG folder's decoded tensors.
+    on_folder: f64,
+}
+
+impl Engine {
+    /// A job's seconds against the engine's at the job's call size (and at its best size).
+    fn versus(&self, seconds: f64) -> String {
+        let (call, (best_batch, best)) = (self.call, self.best);
+        let mut note = format!("{:.2} x engine at batch {call}", seconds / self.at_call);
         if best_batch != call {
-            note += &format!(
-                ", {:.2} x its best (batch {best_batch})",
-                seconds / engine_best
-            );
+            note += &format!(", {:.2} x its best (batch {best_batch})", seconds / best);
         }
         note
-    };
-    // The opt-in int8 model, as `producer stage --quantize` staged it.
-    let int8 = staged("models/resnet20-int8.onnx")?;
-    let mut quantized = Scorer::load(&int8, "resnet20-int8", &args.inference)?;
-    let mut int8_call = 0.0;
-    let int8_batches = engine_batches
-        .iter()
-        .copied()
-        .filter(|&b| b == 32 || b == call);
-    for batch in int8_batches {
-        let (seconds, correct) = repeated(args.runs, || {
-            score_all(&mut quantized, &input, &labels, batch)
-        })?;
-        let correct = correct[0];
-        if batch == call {
-            int8_call = seconds;
+    }
+}
+
+impl<'a> Bench<'a> {
+    /// Stages the tarball, the model (and its int8 version) and the JPEG folder into a fresh
+    /// local store. The jobs take their own defaults where the bench is not told otherwise.
+    fn stage(args: &'a Args, bin_dir: PathBuf) -> Result<Self> {
+        let submit: SubmitOptions = defaults()?;
+        let worker: WorkerOptions = defaults()?;
+        let work = tempfile::tempdir()?;
+        let classes = work.path().join("classes.txt");
+        std::fs::write(&classes, dataset::CLASS_NAMES.join("\n"))?;
+        let bench = Self {
+            args,
+            bin_dir,
+            store: work.path().join("store"),
+            work,
+            partition_size: args.partition_size.unwrap_or(submit.partition_size),
+            partitions_per_call: args
+                .partitions_per_call
+                .unwrap_or(worker.partitions_per_call),
+            tarball: args.fixtures.join("cifar-10-python.tar.gz"),
+            jpeg_folder: args.fixtures.join("cifar-10-test-jpeg"),
+            model: args.fixtures.join("resnet20_meanimage_159.dnn"),
+            mean_image: args.fixtures.join("CIFAR-10_mean.xml"),
+            classes,
+        };
+        let mut with_int8 = [
+            bench.tarball_args(),
+            bench.model_args(),
+            bench.folder_args(),
+        ]
+        .concat();
+        with_int8.push("--quantize");
+        bench.stage_into(bench.store_arg(), "cifar", &[], &with_int8)?;
+        Ok(bench)
+    }
+
+    fn store_arg(&self) -> &str {
+        self.store.to_str().unwrap()
+    }
+
+    fn tarball_args(&self) -> Vec<&str> {
+        vec!["--tarball", self.tarball.to_str().unwrap()]
+    }
+
+    fn model_args(&self) -> Vec<&str> {
+        vec![
+            "--model",
+            self.model.to_str().unwrap(),
+            "--mean-image",
+            self.mean_image.to_str().unwrap(),
+            "--classes",
+            self.classes.to_str().unwrap(),
+            "--model-name",
+            "resnet20",
+        ]
+    }
+
+    fn folder_args(&self) -> Vec<&str> {
+        vec![
+            "--images",
+            self.jpeg_folder.to_str().unwrap(),
+            "--prefix",
+            "datasets/cifar-jpeg",
+        ]
+    }
+
+    /// `producer stage` into `store`'s `container`.
+    fn stage_into(
+        &self,
+        store: &str,
+        container: &str,
+        envs: &[(&str, &str)],
+        inputs: &[&str],
+    ) -> Result<()> {
+        let mut stage_args = vec!["stage", "--store", store, "--container", container];
+        stage_args.extend(inputs);
+        run(&self.bin_dir.join("producer"), &stage_args, envs).map(drop)
+    }
+
+    /// A blob of the local store's `cifar` container.
+    fn staged(&self, key: &str) -> Result<Vec<u8>> {
+        let path = self.store.join("cifar").join(key);
+        std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
+    }
+
+    /// The environment of the job processes: every job scores as the engine rows did.
+    fn job_env(&self) -> Vec<(&'static str, String)> {
+        let provider = self
+            .args
+            .inference
+            .provider
+            .to_possible_value()
+            .expect("every provider has a name");
+        vec![
+            ("EXECUTION_PROVIDER", provider.get_name().to_owned()),
+            (
+                "WORKER_PARTITIONS_PER_CALL",
+                self.partitions_per_call.to_string(),
+            ),
+            (
+                "INTRA_OP_THREADS",
+                self.args.inference.intra_threads.to_string(),
+            ),
+        ]
+    }
+
+    /// The engine alone: the whole test batch, preprocessed once, scored at each batch size;
+    /// the int8 model; the walkthrough's one image per call; the JPEG folder decoded per core,
+    /// and the engine on its decoded tensors.
+    fn engine_rows(&self, rows: &mut Vec<Row>) -> Result<Engine> {
+        let runs = self.args.runs;
+        let (pixels, labels) = load_test_batch(&self.tarball)?;
+        let images = pixels.len() / IMAGE_BYTES;
+        let spec = ModelSpec::from_json(
+            &self.staged("models/resnet20.json")?,
+            "models/resnet20.json",
+        )?;
+        let mean = spec
+            .mean_image_key()
+            .map(|key| self.staged(key))
+            .transpose()?;
+        let preprocessor = Preprocessor::new(&spec, mean.as_deref())?;
+        let image_len = preprocessor.input_len();
+        let preprocess = |planes: &[u8], out: &mut Vec<f32>| {
+            out.clear();
+            out.resize(planes.len() / IMAGE_BYTES * image_len, 0.0);
+            preprocessor.write_planes(planes, HEIGHT, WIDTH, out);
+        };
+        let onnx = self.staged("models/resnet20.onnx")?;
+        let mut scorer = Scorer::load(&onnx, "resnet20", &self.args.inference)?;
+        let provider = scorer.provider().to_string();
+        let mut input = Vec::new();
+        preprocess(&pixels, &mut input);
+        // The jobs' largest model call, and the engine at that size: what their ratios
+        // compare to.
+        let call = self.partition_size as usize * usize::from(self.partitions_per_call);
+        let mut engine_batches: Vec<usize> = self
+            .args
+            .engine_batches
+            .iter()
+            .map(|&b| b as usize)
+            .collect();
+        engine_batches.push(call);
+        engine_batches.sort_unstable();
+        engine_batches.dedup();
+        let mut fp32_correct = 0;
+        let mut fp32_seconds = std::collections::BTreeMap::new();
+        for &batch in &engine_batches {
+            let (seconds, correct) =
+                repeated(runs, || score_all(&mut scorer, &input, &labels, batch))?;
+            let correct = correct[0];
+            fp32_seconds.insert(batch, seconds);
+            fp32_correct = correct;
+            rows.push(Row {
+                what: format!("ONNX Runtime alone, batch {batch}"),
+                images: images as u64,
+                seconds,
+                note: format!("accuracy {:.2}%", 100.0 * correct as f64 / images as f64),
+            });
         }
+        let best = fp32_seconds
+            .iter()
+            .map(|(&batch, &seconds)| (batch, seconds))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .expect("the job's call size is always measured");
+        // The opt-in int8 model, as `producer stage --quantize` staged it.
+        let int8 = self.staged("models/resnet20-int8.onnx")?;
+        let mut quantized = Scorer::load(&int8, "resnet20-int8", &self.args.inference)?;
+        let mut int8_at_call = 0.0;
+        let int8_batches = engine_batches
+            .iter()
+            .copied()
+            .filter(|&b| b == 32 || b == call);
+        for batch in int8_batches {
+            let (seconds, correct) =
+                repeated(runs, || score_all(&mut quantized, &input, &labels, batch))?;
+            let correct = correct[0];
+            if batch == call {
+                int8_at_call = seconds;
+            }
+            rows.push(Row {
+                what: format!("ONNX Runtime alone, int8 model, batch {batch}"),
+                images: images as u64,
+                seconds,
+                note: format!(
+                    "{:.2} x fp32 throughput at batch {batch}; accuracy {:.2}% (fp32 {:.2}%)",
+                    fp32_seconds[&batch] / seconds,
+                    100.0 * correct as f64 / images as f64,
+                    100.0 * fp32_correct as f64 / images as f64
+                ),
+            });
+        }
+        drop(quantized);
+        // The walkthrough's design: per image, preprocess then one model call.
+        let (mut one, mut logits) = (Vec::new(), Vec::new());
+        let (seconds, _) = repeated(runs, || {
+            let started = Instant::now();
+            for image in pixels.chunks(IMAGE_BYTES) {
+                preprocess(image, &mut one);
+                scorer.score(&one, 1, &mut logits)?;
+            }
+            Ok((started.elapsed().as_secs_f64(), ()))
+        })?;
         rows.push(Row {
-            what: format!("ONNX Runtime alone, int8 model, batch {batch}"),
+            what: "one image per model call (walkthrough design)".into(),
             images: images as u64,
             seconds,
+            note: String::new(),
+        });
+        let on_folder = self.folder_engine_rows(&spec, &preprocessor, &mut scorer, call, rows)?;
+        Ok(Engine {
+            provider,
+            images,
+            call,
+            at_call: fp32_seconds[&call],
+            best,
+            int8_at_call,
+            on_folder,
+        })
+    }
+
+    /// The JPEG folder: decoding per core (and resizing, where it has work to do), and the
+    /// engine on the decoded tensors; the engine's seconds.
+    fn folder_engine_rows(
+        &self,
+        spec: &ModelSpec,
+        preprocessor: &Preprocessor,
+        scorer: &mut Scorer,
+        call: usize,
+        rows: &mut Vec<Row>,
+    ) -> Result<f64> {
+        let runs = self.args.runs;
+        let image_len = preprocessor.input_len();
+        let files = list_folder(&self.jpeg_folder)?;
+        let folder_labels: Vec<u8> = files.iter().map(|(_, label)| *label).collect();
+        let encoded: Vec<Vec<u8>> = files
+            .iter()
+            .map(|(path, _)| std::fs::read(path).with_context(|| path.display().to_string()))
+            .collect::<Result<_>>()?;
+        rows.push(decoding_row(
+            runs,
+            &encoded,
+            "JPEG decoding (libjpeg), 1 thread",
+            "the folder's 32x32 files, from bytes in memory",
+            |_, _| {},
+        )?);
+        let mut folder_input = vec![0.0; encoded.len() * image_len];
+        rows.push(decoding_row(
+            runs,
+            &encoded,
+            "JPEG decoding + preprocessing, 1 thread",
+            "to the model's input: BGR, minus the mean image, CHW",
+            |i, image| preprocessor.write(image, &mut folder_input[i * image_len..][..image_len]),
+        )?);
+        // Resizing, measured where it has work to do: the same files to a 224x224 input, the
+        // shorter side scaled and the centre cropped (as ImageNet models take them).
+        let mut large = spec.clone();
+        (large.height, large.width) = (224, 224);
+        large.resize = Resize::CenterCrop;
+        large.normalize = Normalize::PerChannel {
+            mean: vec![104.0, 117.0, 123.0],
+            std: vec![1.0; 3],
+        };
+        let resizing = Preprocessor::new(&large, None)?;
+        let mut resized = vec![0.0; resizing.input_len()];
+        rows.push(decoding_row(
+            runs,
+            &encoded,
+            "JPEG decoding + resize to 224x224 (centre crop) + preprocessing, 1 thread",
+            "bilinear, OpenCV's geometry",
+            |_, image| resizing.write(image, &mut resized),
+        )?);
+        let (seconds, correct) = repeated(runs, || {
+            score_all(scorer, &folder_input, &folder_labels, call)
+        })?;
+        rows.push(Row {
+            what: format!("ONNX Runtime alone on the folder's decoded tensors, batch {call}"),
+            images: encoded.len() as u64,
+            seconds,
             note: format!(
-                "{:.2} x fp32 throughput at batch {batch}; accuracy {:.2}% (fp32 {:.2}%)",
-                fp32_seconds[&batch] / seconds,
-                100.0 * correct as f64 / images as f64,
-                100.0 * fp32_correct as f64 / images as f64
+                "accuracy {:.2}%",
+                100.0 * correct[0] as f64 / encoded.len() as f64
             ),
         });
+        Ok(seconds)
     }
-    drop(quantized);
-    // The walkthrough's design: per image, preprocess then one model call.
-    let mut one = Vec::new();
-    let (seconds, _) = repeated(args.runs, || {
-        let started = Instant::now();
-        for image in pixels.chunks(IMAGE_BYTES) {
-            preprocess(image, &mut one);
-            scorer.score(&one, 1, &mut logits)?;
-        }
-        Ok((started.elapsed().as_secs_f64(), ()))
-    })?;
-    rows.push(Row {
-        what: "one image per model call (walkthrough design)".into(),
-        images: images as u64,
-        seconds,
-        note: String::new(),
-    });
 
-    // The JPEG folder: decoding per core, and the engine on the decoded tensors.
-    let files = list_folder(&jpeg_folder)?;
-    let folder_labels: Vec<u8> = files.iter().map(|(_, label)| *label).collect();
-    let encoded: Vec<Vec<u8>> = files
-        .iter()
-        .map(|(path, _)| std::fs::read(path).with_context(|| path.display().to_string()))
-        .collect::<Result<_>>()?;
-    rows.push(decoding_row(
-        args.runs,
-        &encoded,
-        "JPEG decoding (libjpeg), 1 thread",
-        "the folder's 32x32 files, from bytes in memory",
-        |_, _| {},
-    )?);
-    let mut folder_input = vec![0.0; encoded.len() * image_len];
-    rows.push(decoding_row(
-        args.runs,
-        &encoded,
-        "JPEG decoding + preprocessing, 1 thread",
-        "to the model's input: BGR, minus the mean image, CHW",
-        |i, image| preprocessor.write(image, &mut folder_input[i * image_len..][..image_len]),
-    )?);
-    // Resizing, measured where it has work to do: the same files to a 224x224 input, the
-    // shorter side scaled and the centre cropped (as ImageNet models take them).
-    let mut large = spec.clone();
-    (large.height, large.width) = (224, 224);
-    large.resize = Resize::CenterCrop;
-    large.normalize = Normalize::PerChannel {
-        mean: vec![104.0, 117.0, 123.0],
-        std: vec![1.0; 3],
-    };
-    let resizing = Preprocessor::new(&large, None)?;
-    let mut resized = vec![0.0; resizing.input_len()];
-    rows.push(decoding_row(
-        args.runs,
-        &encoded,
-        "JPEG decoding + resize to 224x224 (centre crop) + preprocessing, 1 thread",
-        "bilinear, OpenCV's geometry",
-        |_, image| resizing.write(image, &mut resized),
-    )?);
-    let (engine_folder, correct) = repeated(args.runs, || {
-        score_all(&mut scorer, &folder_input, &folder_labels, call)
-    })?;
-    rows.push(Row {
-        what: format!("ONNX Runtime alone on the folder's decoded tensors, batch {call}"),
-        images: encoded.len() as u64,
-        seconds: engine_folder,
-        note: format!(
-            "accuracy {:.2}%",
-            100.0 * correct[0] as f64 / encoded.len() as f64
-        ),
-    });
-    drop(scorer);
-
-    // The embedded job, whole process. Every job scores as the engine rows did.
-    let (partition_size, partitions_per_call) =
-        (partition_size.to_string(), partitions_per_call.to_string());
-    let provider_name = args
-        .inference
-        .provider
-        .to_possible_value()
-        .expect("every provider has a name");
-    let intra_threads = args.inference.intra_threads.to_string();
-    let job_env = [
-        ("EXECUTION_PROVIDER", provider_name.get_name()),
-        ("WORKER_PARTITIONS_PER_CALL", partitions_per_call.as_str()),
-        ("INTRA_OP_THREADS", intra_threads.as_str()),
-    ];
-    let embedded_once = |batches: &str, model: &str| -> Result<(f64, u64, Option<f64>)> {
+    /// One embedded job, whole process: seconds, peak RSS, time to the first stored partition.
+    fn embedded_once(&self, batches: &str, model: &str) -> Result<(f64, u64, Option<f64>)> {
         let started = Instant::now();
-        let partitions = store.join("cifar/jobs");
-        let watcher = FirstFile::watch(partitions, started);
+        let watcher = FirstFile::watch(self.store.join("cifar/jobs"), started);
+        let partition_size = self.partition_size.to_string();
+        let env = self.job_env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let (_, peak) = run_measured(
-            &bin_dir.join("producer"),
+            &self.bin_dir.join("producer"),
             &[
                 "--store",
-                store.to_str().unwrap(),
+                self.store_arg(),
                 "--container",
                 "cifar",
                 "--embedded",
@@ -384,80 +529,101 @@ fn main() -> Result<()> {
                 "--model-name",
                 model,
             ],
-            &job_env,
+            &env,
         )?;
         Ok((started.elapsed().as_secs_f64(), peak, watcher.first()))
-    };
-    // Median seconds, peak RSS over the runs, median time to the first stored partition.
-    let embedded = |batches: &str, model: &str| -> Result<(f64, u64, Option<f64>)> {
-        let (seconds, runs) = repeated(args.runs, || {
-            let (seconds, peak, first) = embedded_once(batches, model)?;
+    }
+
+    /// Embedded jobs: median seconds, peak RSS over the runs, median time to the first stored
+    /// partition.
+    fn embedded(&self, batches: &str, model: &str) -> Result<(f64, u64, Option<f64>)> {
+        let (seconds, runs) = repeated(self.args.runs, || {
+            let (seconds, peak, first) = self.embedded_once(batches, model)?;
             Ok((seconds, (peak, first)))
         })?;
         let peak = runs.iter().map(|r| r.0).max().unwrap_or(0);
         let mut firsts: Vec<f64> = runs.iter().filter_map(|r| r.1).collect();
         firsts.sort_by(f64::total_cmp);
         Ok((seconds, peak, firsts.get(firsts.len() / 2).copied()))
-    };
-    let (seconds, peak, first) = embedded("test_batch", "resnet20")?;
-    rows.push(Row {
-        what: "embedded job, whole process (1 worker)".into(),
-        images: images as u64,
-        seconds,
-        note: format!(
-            "{}; peak RSS {} MB; first partition stored after {}",
-            versus_engine(seconds),
-            peak / 1024,
-            first.map_or("?".into(), |s| format!("{s:.2} s"))
-        ),
-    });
-    let (seconds, peak, _) = embedded("test_batch", "resnet20-int8")?;
-    rows.push(Row {
-        what: "embedded job, int8 model, whole process (1 worker)".into(),
-        images: images as u64,
-        seconds,
-        note: format!(
-            "{:.2} x int8 engine at batch {call}, {:.2} x fp32 engine; peak RSS {} MB",
-            seconds / int8_call,
-            seconds / engine_call,
-            peak / 1024
-        ),
-    });
+    }
 
-    // The folder job, whole process, against the engine on the same tensors and the peers.
-    let folder_job = || -> Result<(f64, u64)> {
-        let job_args = [
-            "--store",
-            store.to_str().unwrap(),
-            "--container",
-            "cifar",
-            "--embedded",
-            "--dataset",
-            "datasets/cifar-jpeg",
-            "--model-name",
-            "resnet20",
-            "--labels",
-            "folders",
-            "--partition-size",
-            &partition_size,
-        ];
-        let started = Instant::now();
-        let (_, peak) = run_measured(&bin_dir.join("producer"), &job_args, &job_env)?;
-        Ok((started.elapsed().as_secs_f64(), peak))
-    };
-    let (folder_seconds, peaks) = repeated(args.runs, folder_job)?;
-    rows.push(Row {
-        what: "embedded job over the JPEG folder, whole process (1 worker)".into(),
-        images: images as u64,
-        seconds: folder_seconds,
-        note: format!(
-            "{:.2} x engine on its tensors; peak RSS {} MB",
-            folder_seconds / engine_folder,
-            peaks.iter().max().unwrap_or(&0) / 1024
-        ),
-    });
-    if let Some(python) = &python {
-        let model = store.join("cifar/models/resnet20.onnx");
+    /// The embedded job over the test batch, with the fp32 model and the int8 one.
+    fn embedded_rows(&self, engine: &Engine, rows: &mut Vec<Row>) -> Result<()> {
+        let images = engine.images as u64;
+        let (seconds, peak, first) = self.embedded("test_batch", "resnet20")?;
+        rows.push(Row {
+            what: "embedded job, whole process (1 worker)".into(),
+            images,
+            seconds,
+            note: format!(
+                "{}; peak RSS {} MB; first partition stored after {}",
+                engine.versus(seconds),
+                peak / 1024,
+                first.map_or("?".into(), |s| format!("{s:.2} s"))
+            ),
+        });
+        let (seconds, peak, _) = self.embedded("test_batch", "resnet20-int8")?;
+        rows.push(Row {
+            what: "embedded job, int8 model, whole process (1 worker)".into(),
+            images,
+            seconds,
+            note: format!(
+                "{:.2} x int8 engine at batch {}, {:.2} x fp32 engine; peak RSS {} MB",
+                seconds / engine.int8_at_call,
+                engine.call,
+                seconds / engine.at_call,
+                peak / 1024
+            ),
+        });
+        Ok(())
+    }
+
+    /// The folder job, whole process, against the engine on the same tensors and the peers.
+    fn folder_job_rows(
+        &self,
+        engine: &Engine,
+        python: Option<&Path>,
+        rows: &mut Vec<Row>,
+    ) -> Result<()> {
+        let runs = self.args.runs;
+        let partition_size = self.partition_size.to_string();
+        let env = self.job_env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let folder_job = || -> Result<(f64, u64)> {
+            let job_args = [
+                "--store",
+                self.store_arg(),
+                "--container",
+                "cifar",
+                "--embedded",
+                "--dataset",
+                "datasets/cifar-jpeg",
+                "--model-name",
+                "resnet20",
+                "--labels",
+                "folders",
+                "--partition-size",
+                &partition_size,
+            ];
+            let started = Instant::now();
+            let (_, peak) = run_measured(&self.bin_dir.join("producer"), &job_args, &env)?;
+            Ok((started.elapsed().as_secs_f64(), peak))
+        };
+        let (folder_seconds, peaks) = repeated(runs, folder_job)?;
+        rows.push(Row {
+            what: "embedded job over the JPEG folder, whole process (1 worker)".into(),
+            images: engine.images as u64,
+            seconds: folder_seconds,
+            note: format!(
+                "{:.2} x engine on its tensors; peak RSS {} MB",
+                folder_seconds / engine.on_folder,
+                peaks.iter().max().unwrap_or(&0) / 1024
+            ),
+        });
+        let Some(python) = python else {
+            return Ok(());
+        };
+        let model = self.store.join("cifar/models/resnet20.onnx");
         let peers = [
             (
                 "Python peer: PIL + ONNX Runtime, one process per core",
@@ -472,15 +638,15 @@ fn main() -> Result<()> {
             let script = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("python")
                 .join(script);
-            let (seconds, reports) = repeated(args.runs, || {
+            let (seconds, reports) = repeated(runs, || {
                 let started = Instant::now();
                 let out = run(
                     python,
                     &[
                         script.to_str().unwrap(),
-                        jpeg_folder.to_str().unwrap(),
+                        self.jpeg_folder.to_str().unwrap(),
                         model.to_str().unwrap(),
-                        mean_image.to_str().unwrap(),
+                        self.mean_image.to_str().unwrap(),
                     ],
                     &[],
                 )?;
@@ -498,32 +664,44 @@ fn main() -> Result<()> {
                 ),
             });
         }
+        Ok(())
     }
 
-    // All six batches: the test batch under every batch name.
-    if !args.skip_full {
-        let full = work.path().join("cifar-10-full.tar.gz");
-        write_full_tarball(&tarball, &full)?;
-        stage(
-            store.to_str().unwrap(),
+    /// All six batches: the test batch under every batch name.
+    fn full_tarball_rows(&self, engine: &Engine, rows: &mut Vec<Row>) -> Result<()> {
+        let full = self.work.path().join("cifar-10-full.tar.gz");
+        write_full_tarball(&self.tarball, &full)?;
+        self.stage_into(
+            self.store_arg(),
             "cifar",
             &[],
             &["--tarball", full.to_str().unwrap()],
         )?;
-        let (seconds, peak, _) = embedded("all", "resnet20")?;
+        let (seconds, peak, _) = self.embedded("all", "resnet20")?;
         rows.push(Row {
             what: "embedded job, all 6 batches".into(),
-            images: 6 * images as u64,
+            images: 6 * engine.images as u64,
             seconds,
             note: format!(
                 "{}; peak RSS {} MB",
-                versus_engine(seconds / 6.0),
+                engine.versus(seconds / 6.0),
                 peak / 1024
             ),
         });
+        Ok(())
     }
 
-    if let Some(connection) = connection {
+    /// The fleet over RabbitMQ and Azurite, with one and two worker processes (and the JPEG
+    /// folder with one), each in a container and queues of its own.
+    fn fleet_rows(&self, engine: &Engine, connection: &str, rows: &mut Vec<Row>) -> Result<()> {
+        let partition_size = self.partition_size.to_string();
+        let partitions_per_call = self.partitions_per_call.to_string();
+        let provider = self
+            .args
+            .inference
+            .provider
+            .to_possible_value()
+            .expect("every provider has a name");
         for workers in [1usize, 2] {
             let container = format!("bench{}w{}", std::process::id(), workers);
             let queue = |kind: &str| format!("{container}.{kind}");
@@ -532,34 +710,34 @@ fn main() -> Result<()> {
                 .max(1)
                 .to_string();
             let envs = [
-                ("AMQP_URL", args.amqp.url.as_str()),
-                ("AZURE_STORAGE_CONNECTION_STRING", connection.as_str()),
+                ("AMQP_URL", self.args.amqp.url.as_str()),
+                ("AZURE_STORAGE_CONNECTION_STRING", connection),
                 ("FLEET_CONTAINER", container.as_str()),
                 ("PARTITIONS_QUEUE", pq.as_str()),
                 ("RESULTS_QUEUE", rq.as_str()),
                 ("DEAD_LETTER_QUEUE", dq.as_str()),
                 ("INTRA_OP_THREADS", threads.as_str()),
-                ("EXECUTION_PROVIDER", provider_name.get_name()),
+                ("EXECUTION_PROVIDER", provider.get_name()),
                 ("WORKER_PARTITIONS_PER_CALL", partitions_per_call.as_str()),
             ];
-            let mut inputs = [&tarball_args[..], &model_args].concat();
+            let mut inputs = [self.tarball_args(), self.model_args()].concat();
             if workers == 1 {
-                inputs.extend(folder_args);
+                inputs.extend(self.folder_args());
             }
-            stage(&connection, &container, &envs, &inputs)?;
+            self.stage_into(connection, &container, &envs, &inputs)?;
             // Fresh processes for every run: each pays its own start-up, as a real job does.
             let fleet_run = |job: &[&str]| {
-                repeated(args.runs, || {
-                    let collector = Measured::spawn(&bin_dir.join("collector"), &[], &envs)?;
+                repeated(self.args.runs, || {
+                    let bin = |name: &str| self.bin_dir.join(name);
+                    let collector = Measured::spawn(&bin("collector"), &[], &envs)?;
                     let fleet: Vec<Measured> = (0..workers)
-                        .map(|_| Measured::spawn(&bin_dir.join("worker"), &[], &envs))
+                        .map(|_| Measured::spawn(&bin("worker"), &[], &envs))
                         .collect::<Result<_>>()?;
                     std::thread::sleep(Duration::from_millis(500)); // let them connect and subscribe
                     let started = Instant::now();
                     let mut producer_args = vec!["--wait", "--partition-size", &partition_size];
                     producer_args.extend(job);
-                    let (_, producer_peak) =
-                        run_measured(&bin_dir.join("producer"), &producer_args, &envs)?;
+                    let (_, producer_peak) = run_measured(&bin("producer"), &producer_args, &envs)?;
                     let seconds = started.elapsed().as_secs_f64();
                     let worker_peaks: Vec<u64> = fleet
                         .into_iter()
@@ -573,8 +751,8 @@ fn main() -> Result<()> {
             let plural = if workers > 1 { "es" } else { "" };
             let mut jobs = vec![(
                 format!("fleet over RabbitMQ + Azurite, {workers} worker process{plural}"),
-                vec![],
-                engine_call,
+                vec!["--model-name", "resnet20"],
+                engine.at_call,
             )];
             if workers == 1 {
                 jobs.push((
@@ -587,19 +765,19 @@ fn main() -> Result<()> {
                         "--labels",
                         "folders",
                     ],
-                    engine_folder,
+                    engine.on_folder,
                 ));
             }
-            for (what, job, engine) in jobs {
+            for (what, job, engine_seconds) in jobs {
                 let (seconds, peaks) = fleet_run(&job)?;
                 let peak = |i: usize| peaks.iter().map(|p| p[i]).max().unwrap_or(0) / 1024;
                 rows.push(Row {
                     what,
-                    images: images as u64,
+                    images: engine.images as u64,
                     seconds,
                     note: format!(
                         "{:.2} x engine; peak RSS: producer {} MB, worker {} MB, collector {} MB",
-                        seconds / engine,
+                        seconds / engine_seconds,
                         peak(0),
                         peak(1),
                         peak(2)
@@ -607,22 +785,10 @@ fn main() -> Result<()> {
                 });
             }
         }
+        Ok(())
     }
-
-    print_table(
-        &rows,
-        args.runs,
-        &format!(
-            "Execution provider: {provider}; jobs: partitions of {} images, up to {} per model \
-             call.",
-            partition_size, partitions_per_call
-        ),
-    );
-    Ok(())
 }
 
-/// Runs `measure` `runs` times (at least once); returns the median of the seconds it reports,
-/// and what else each run reported. One run can be slowed by anything else on the machine.
 /// Prints `rows` as a Markdown table, after a line saying how the figures were taken.
 fn print_table(rows: &[Row], runs: usize, setting: &str) {
     let runs = runs.max(1);
@@ -641,6 +807,8 @@ fn print_table(rows: &[Row], runs: usize, setting: &str) {
     }
 }
 
+/// Runs `measure` `runs` times (at least once); returns the median of the seconds it reports,
+/// and what else each run reported. One run can be slowed by anything else on the machine.
 fn repeated<T>(
     runs: usize,
     mut measure: impl FnMut() -> Result<(f64, T)>,

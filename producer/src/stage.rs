@@ -13,7 +13,7 @@ use fleet_dataset::collection::{self, is_image};
 use fleet_dataset::{self as dataset, BatchSelection, DatasetError, HEIGHT, IMAGE_BYTES, WIDTH};
 use fleet_imaging::Preprocessor;
 use fleet_imaging::mean_image::{MeanImage, MeanImageError};
-use fleet_inference::{Fit, InferenceError, InferenceOptions, InputSize, Scorer};
+use fleet_inference::{Fit, InferenceError, InferenceOptions, InputSize, Scorer, Signature};
 use fleet_protocol::job;
 use fleet_service::concurrent;
 use fleet_spec::{
@@ -22,7 +22,7 @@ use fleet_spec::{
 };
 use fleet_storage::{BlobStore, StoreError, check_key};
 use indicatif::{ProgressBar, ProgressStyle};
-use model_tools::import::{ImportError, SourceFormat, import};
+use model_tools::import::{ImportError, ImportedModel, SourceFormat, import};
 use model_tools::quantize::{CALIBRATION_IMAGES, QuantizeError, quantize};
 
 /// The walkthrough's inputs, staged when no input is named.
@@ -355,22 +355,7 @@ pub fn stage_model(
         StageError::Invalid(format!("model name {name:?} is not a valid blob name"))
     })?;
     let file_name = source.file_name();
-    let options = cntk_onnx::Options {
-        output: spec_args.output_node.clone(),
-    };
-    let imported = import(source.read_all()?, &file_name, &options)?;
-    // The importer chose a CNTK model's output (the ONNX it writes has one); an ONNX model's
-    // is chosen when it is run.
-    let output = match imported.format {
-        SourceFormat::Onnx => spec_args.output_node.clone(),
-        SourceFormat::CntkV1 | SourceFormat::CntkV2 => None,
-    };
-    let fit = Fit {
-        size: spec_args.input_size,
-        output: output.clone(),
-    };
-    let scorer = Scorer::load_fitted(&imported.onnx, &file_name, inference, &fit)?;
-    let signature = scorer.signature();
+    let (imported, signature, output) = import_and_load(source, spec_args, inference)?;
     let classes = match &spec_args.classes {
         Some(classes) => Some(class_list(classes, signature.classes, &file_name)?),
         None => None,
@@ -435,15 +420,32 @@ pub fn stage_model(
         store.put(&mean_key, xml)?;
     }
     put_spec(store, name, &spec)?;
-    let preset = spec_args.preset.map_or_else(
+    Ok(staged_model_line(
+        source,
+        name,
+        &imported.description,
+        &spec,
+        spec_args.preset,
+    ))
+}
+
+/// What `producer stage` prints for a staged model: where it went, what it is, and how its
+/// images are prepared.
+fn staged_model_line(
+    source: &Source,
+    name: &str,
+    description: &str,
+    spec: &ModelSpec,
+    preset: Option<Preset>,
+) -> String {
+    let preset = preset.map_or_else(
         || "the default".to_owned(),
         |p| format!("--preset {}", p.name()),
     );
-    Ok(format!(
-        "model {source} -> {} ({}; input {}x{}x{} {:?}, {} classes, {:?})\n  images prepared \
-         as {preset}: {}",
+    format!(
+        "model {source} -> {} ({description}; input {}x{}x{} {:?}, {} classes, {:?})\n  images \
+         prepared as {preset}: {}",
         job::model_key(name),
-        imported.description,
         spec.channels,
         spec.height,
         spec.width,
@@ -451,7 +453,34 @@ pub fn stage_model(
         spec.class_count,
         spec.outputs,
         spec.preparation()
-    ))
+    )
+}
+
+/// The model file as ONNX (a CNTK model converted), loaded by ONNX Runtime as the flags fit
+/// it: the import, the model's signature, and the output its spec must name.
+fn import_and_load(
+    source: &Source,
+    spec_args: &SpecArgs,
+    inference: &InferenceOptions,
+) -> Result<(ImportedModel, Signature, Option<String>), StageError> {
+    let file_name = source.file_name();
+    let options = cntk_onnx::Options {
+        output: spec_args.output_node.clone(),
+    };
+    let imported = import(source.read_all()?, &file_name, &options)?;
+    // The importer chose a CNTK model's output (the ONNX it writes has one); an ONNX model's
+    // is chosen when it is run.
+    let output = match imported.format {
+        SourceFormat::Onnx => spec_args.output_node.clone(),
+        SourceFormat::CntkV1 | SourceFormat::CntkV2 => None,
+    };
+    let fit = Fit {
+        size: spec_args.input_size,
+        output: output.clone(),
+    };
+    let scorer = Scorer::load_fitted(&imported.onnx, &file_name, inference, &fit)?;
+    let signature = scorer.signature().clone();
+    Ok((imported, signature, output))
 }
 
 /// The class list in `source`, which must name as many classes as `model` has.

@@ -151,18 +151,7 @@ pub async fn run<B: Broker>(
             continue;
         };
         let (job, number) = (partition.job.clone(), partition.partition);
-        // Fetching and decoding block: run them off the async threads, taking the models along.
-        let mut owned = models
-            .take()
-            .expect("models are returned after each partition");
-        let (returned, prepared) = tokio::task::spawn_blocking(move || {
-            let prepared = owned.prepare(partition);
-            (owned, prepared)
-        })
-        .await
-        .map_err(WorkerError::Task)?;
-        models = Some(returned);
-        let prepared = match prepared {
+        let prepared = match prepare_off_thread(&mut models, partition).await? {
             Ok(prepared) => prepared,
             Err(e) => {
                 settler.settle(delivery, &job, number, Err(e)).await?;
@@ -199,6 +188,24 @@ pub async fn run<B: Broker>(
     settler.settle_after(last).await?;
     settler.flush().await?;
     Ok(settler.report)
+}
+
+/// Fetches and decodes a partition's images: blocking work, run off the async threads, the
+/// models taken along and put back.
+async fn prepare_off_thread(
+    models: &mut Option<Models>,
+    partition: Partition,
+) -> Result<Result<Prepared, ScoreError>, WorkerError> {
+    let mut owned = models
+        .take()
+        .expect("models are returned after each partition");
+    let (returned, prepared) = tokio::task::spawn_blocking(move || {
+        let prepared = owned.prepare(partition);
+        (owned, prepared)
+    })
+    .await?;
+    *models = Some(returned);
+    Ok(prepared)
 }
 
 /// A partition's delivery, held unacknowledged until it is settled.
