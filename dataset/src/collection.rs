@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::str::FromStr;
 
 use super::DatasetError;
-use fleet_storage::{BlobStore, ErrorKind};
+use fleet_storage::{BlobStore, StoreError};
 
 /// File extensions scored as images (compared without case).
 pub const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "bmp", "gif", "webp"];
@@ -639,7 +639,9 @@ fn read_label_file(
     for key in [beside.as_str(), name] {
         match store.get(key) {
             Ok(bytes) => return LabelFile::parse(&String::from_utf8_lossy(&bytes), key),
-            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::Blob) => {}
+            // Not there, or a name that cannot be a blob: try the next place. Any other
+            // failure (access denied, the store away) is the answer.
+            Err(e) if e.is_not_found() || matches!(e, StoreError::BadKey(_)) => {}
             Err(e) => return Err(e.into()),
         }
     }
