@@ -305,16 +305,19 @@ impl<'a> Bench<'a> {
         std::fs::read(&path).with_context(|| format!("reading {}", path.display()))
     }
 
+    /// The execution provider the engine rows ran on, as the roles' `--provider` names it.
+    fn provider_name(&self) -> String {
+        let provider = self.args.inference.provider.to_possible_value();
+        provider
+            .expect("every provider has a name")
+            .get_name()
+            .to_owned()
+    }
+
     /// The environment of the job processes: every job scores as the engine rows did.
     fn job_env(&self) -> Vec<(&'static str, String)> {
-        let provider = self
-            .args
-            .inference
-            .provider
-            .to_possible_value()
-            .expect("every provider has a name");
         vec![
-            ("EXECUTION_PROVIDER", provider.get_name().to_owned()),
+            ("EXECUTION_PROVIDER", self.provider_name()),
             (
                 "WORKER_PARTITIONS_PER_CALL",
                 self.partitions_per_call.to_string(),
@@ -696,12 +699,7 @@ impl<'a> Bench<'a> {
     fn fleet_rows(&self, engine: &Engine, connection: &str, rows: &mut Vec<Row>) -> Result<()> {
         let partition_size = self.partition_size.to_string();
         let partitions_per_call = self.partitions_per_call.to_string();
-        let provider = self
-            .args
-            .inference
-            .provider
-            .to_possible_value()
-            .expect("every provider has a name");
+        let provider = self.provider_name();
         for workers in [1usize, 2] {
             let container = format!("bench{}w{}", std::process::id(), workers);
             let queue = |kind: &str| format!("{container}.{kind}");
@@ -717,7 +715,7 @@ impl<'a> Bench<'a> {
                 ("RESULTS_QUEUE", rq.as_str()),
                 ("DEAD_LETTER_QUEUE", dq.as_str()),
                 ("INTRA_OP_THREADS", threads.as_str()),
-                ("EXECUTION_PROVIDER", provider.get_name()),
+                ("EXECUTION_PROVIDER", provider.as_str()),
                 ("WORKER_PARTITIONS_PER_CALL", partitions_per_call.as_str()),
             ];
             let mut inputs = [self.tarball_args(), self.model_args()].concat();

@@ -11,7 +11,7 @@ pub use confusion::Confusion;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use fleet_protocol::message::{Scored, Sealed};
+use fleet_protocol::message::{Score, Scored, Sealed};
 use fleet_protocol::summary::{ClassAccuracy, ClassCount, ConfusedPair, Summary, Timings, ratio};
 
 /// Header of `scores.csv` (top-1, no error column); several batches add a `batch` column first,
@@ -162,10 +162,7 @@ impl<'a> ScoresCsv<'a> {
                 p.first_index + i as u64,
                 csv_field(filename)
             );
-            // A label beyond the model's classes cannot be compared: the producer and the
-            // worker refuse such jobs, so it only shows up as an unlabelled row here.
-            let label = score.label.filter(|&l| (l as usize) < n);
-            let best = score.predicted().filter(|&(c, _)| (c as usize) < n);
+            let (label, best) = label_and_best(score, n);
             let cell = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_default();
             let name = |v: Option<u32>| v.map(|v| csv_field(self.class_name(v)).into_owned());
             let _ = write!(
@@ -251,8 +248,8 @@ impl Tally {
         self.queueing_seconds += seconds_between(p.published_at_ms, p.started_at_ms);
         for score in &p.scores {
             self.images += 1;
-            let label = score.label.filter(|&l| (l as usize) < n);
-            match score.predicted().filter(|&(c, _)| (c as usize) < n) {
+            let (label, best) = label_and_best(score, n);
+            match best {
                 Some((class, _)) => {
                     self.predicted[class as usize] += 1;
                     if let Some(l) = label {
@@ -344,6 +341,15 @@ impl Tally {
     }
 }
 
+/// A score's label and its best class with its confidence, each only when it is one of the
+/// job's `classes`. A label beyond the model's classes cannot be compared: the producer and the
+/// worker refuse such jobs, so it only shows up as an unlabelled row here.
+fn label_and_best(score: &Score, classes: usize) -> (Option<u32>, Option<(u32, f32)>) {
+    let label = score.label.filter(|&l| (l as usize) < classes);
+    let best = score.predicted().filter(|&(c, _)| (c as usize) < classes);
+    (label, best)
+}
+
 /// The off-diagonal cells, largest first; ties in class order, so the tables are stable.
 fn confused(confusion: &Confusion) -> Vec<((u32, u32), u64)> {
     let mut confused: Vec<((u32, u32), u64)> =
@@ -424,23 +430,9 @@ fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fleet_protocol::message::Score;
 
     fn cifar_classes() -> Vec<String> {
-        [
-            "airplane",
-            "automobile",
-            "bird",
-            "cat",
-            "deer",
-            "dog",
-            "frog",
-            "horse",
-            "ship",
-            "truck",
-        ]
-        .map(String::from)
-        .to_vec()
+        fleet_dataset::CLASS_NAMES.map(String::from).to_vec()
     }
 
     fn refs(parts: &[Scored]) -> Vec<&Scored> {
