@@ -3,6 +3,8 @@
 //! ```sh
 //! cargo build --release --bins && target/release/bench            # everything
 //! target/release/bench --skip-fleet                                 # no RabbitMQ/Azurite
+//! target/release/bench --scale 1000,5000,20000                      # the collector at scale
+//! target/release/bench --embedded-images 1000000                    # one job of many images
 //! ```
 //!
 //! Measured in one run: ONNX Runtime alone through `ort` at several batch sizes with the
@@ -45,7 +47,9 @@ use fleet_spec::{ModelSpec, Normalize, Resize};
 use producer::submit::SubmitOptions;
 use worker::WorkerOptions;
 
+mod many;
 mod photos;
+mod scale;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -92,6 +96,21 @@ struct Args {
     /// the photos).
     #[arg(long)]
     only_photos: bool,
+    /// Run only the collector at scale, at these partition counts (comma-separated): synthetic
+    /// results through the real collector, over the in-process broker and a local directory,
+    /// and (unless --skip-fleet) over RabbitMQ and Azurite up to --scale-fleet-max.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u32).range(1..=i64::from(fleet_protocol::job::MAX_PARTITIONS)))]
+    scale: Vec<u32>,
+    /// Images per partition of the scale runs.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    scale_images: u32,
+    /// Largest partition count run over RabbitMQ and Azurite in the scale runs.
+    #[arg(long, default_value_t = 5_000)]
+    scale_fleet_max: u32,
+    /// Run only an embedded job over this many small images (the fixture's MNIST digits,
+    /// linked many times over, scored by its MNIST model).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(10..))]
+    embedded_images: Option<u64>,
     /// The Python with the peers' packages (`scripts/bench-python.sh` makes it).
     #[arg(long, env = "BENCH_PYTHON", default_value = ".bench-venv/bin/python")]
     python: PathBuf,
@@ -106,6 +125,18 @@ struct Row {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    if !args.scale.is_empty() {
+        let fleet = match (&args.connection_string, args.skip_fleet) {
+            (Some(connection), false) => Some((&args.amqp, connection.as_str())),
+            (None, false) => bail!(
+                "the scale runs over RabbitMQ and Azurite need AZURE_STORAGE_CONNECTION_STRING (see scripts/services.sh), or pass --skip-fleet"
+            ),
+            (_, true) => None,
+        };
+        let rows = scale::rows(&args.scale, args.scale_images, fleet, args.scale_fleet_max)?;
+        scale::print_table(&rows);
+        return Ok(());
+    }
     let bin_dir = std::env::current_exe()?
         .parent()
         .context("binary directory")?
@@ -117,6 +148,11 @@ fn main() -> Result<()> {
                 bin_dir.join(name).display()
             );
         }
+    }
+    if let Some(images) = args.embedded_images {
+        let rows = many::rows(&args.fixtures, &bin_dir, images)?;
+        print_table(&rows, 1, "");
+        return Ok(());
     }
     // Checked first, not after the minutes of runs before the fleet's.
     let connection = match (args.skip_fleet || args.only_photos, &args.connection_string) {

@@ -372,6 +372,7 @@ impl Broker for AmqpBroker {
             prefetch,
             stream: None,
             generation: u64::MAX,
+            subscriptions: 0,
         };
         // Subscribing right after connecting can meet a connection the broker has just dropped
         // (see `open_and_declare`); `subscribe` reconnects, within the reconnect time.
@@ -412,6 +413,7 @@ pub struct AmqpConsumer {
     prefetch: u16,
     stream: Option<(Channel, lapin::Consumer)>,
     generation: u64,
+    subscriptions: u64,
 }
 
 impl AmqpConsumer {
@@ -434,6 +436,7 @@ impl AmqpConsumer {
             .map_err(lost)?;
         self.generation = self.broker.inner.generation.load(Ordering::SeqCst);
         self.stream = Some((channel, consumer));
+        self.subscriptions += 1;
         Ok(())
     }
 }
@@ -469,6 +472,10 @@ impl Consumer for AmqpConsumer {
             self.stream = None;
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    fn subscriptions(&self) -> u64 {
+        self.subscriptions
     }
 }
 

@@ -150,6 +150,11 @@ pub trait Consumer: Send + 'static {
 
     /// The next delivery; `None` once the consumer is closed (broker shut down or cancelled).
     fn next(&mut self) -> impl Future<Output = Result<Option<Self::Delivery>, BrokerError>> + Send;
+
+    /// How many times this consumer has subscribed to its queue. It grows when the consumer
+    /// lost its subscription and took a new one: other consumers may have been handed its
+    /// queue's messages in between.
+    fn subscriptions(&self) -> u64;
 }
 
 /// One message taken from a queue, held until it is acknowledged, retried or dead-lettered.

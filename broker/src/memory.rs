@@ -240,6 +240,11 @@ impl Consumer for MemoryConsumer {
             changed.await;
         }
     }
+
+    /// Always 1: an in-process subscription is never lost.
+    fn subscriptions(&self) -> u64 {
+        1
+    }
 }
 
 /// A message taken from an in-process queue.

@@ -2,13 +2,17 @@
 //! The collector: gathers each job's scored partitions and writes its result files.
 //!
 //! Invariants:
-//! - A result is acked only after its rows are stored durably in the container
-//!   (`jobs/<job>/partitions/<n>.bin`); a collector restarted at any point rebuilds its state
-//!   from there and finishes the job.
-//! - One row set per (job, partition): a redelivered or twice-scored partition overwrites the
-//!   same blob with the same rows.
-//! - Result files are written only when every partition is in; `summary.json` is written last,
-//!   so its presence means the set is complete.
+//! - A result is acked only after its rows are stored durably in the container (its Parquet
+//!   file, its staged block of `scores.csv`, then `jobs/<job>/partitions/<n>.bin`, which marks
+//!   it stored); a collector restarted at any point rebuilds its state from there and finishes
+//!   the job.
+//! - One row set per (job, partition): the first copy stored is the one counted and written; a
+//!   redelivered or twice-scored partition changes nothing.
+//! - Store operations per result are constant: the container is read for a job only when a
+//!   collector first sees it, or sees it again after its subscription was renewed (another
+//!   collector may have stored results in between). Memory per job is bounded by its classes.
+//! - `scores.csv` and the other result files are written only when every partition is in;
+//!   `summary.json` is written last, so its presence means the set is complete.
 
 pub mod results;
 pub mod state;
@@ -65,6 +69,15 @@ pub enum Event {
     },
     /// A job's result files were written.
     Completed(Box<Summary>),
+    /// A completed job's intermediate blobs were deleted.
+    TidiedUp {
+        /// The job's id.
+        job: String,
+        /// Blobs deleted.
+        blobs: u64,
+        /// How long it took.
+        seconds: f64,
+    },
     /// A job was cancelled by its producer; nothing was written for it.
     Cancelled {
         /// The job's id.
@@ -73,6 +86,9 @@ pub enum Event {
         reason: String,
     },
 }
+
+/// How often the open jobs are checked for a cancellation marked in the container alone.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Consumes results until shutdown or the broker closes. Events go to `events`, if given.
 pub async fn run<B: Broker>(
@@ -85,9 +101,14 @@ pub async fn run<B: Broker>(
     let mut consumer = broker.consume(Queue::Results, options.prefetch).await?;
     // Consuming: as the active collector, or as a standby the broker will hand over to.
     health().set_ready(true);
-    let jobs = Jobs::new(store);
-    let mut jobs = Some(jobs);
-    let notify = |event: Event| {
+    let mut jobs = Some(Jobs::new(store));
+    // What memory holds of a job is whole only while this collector alone has been handed the
+    // job's results: since its subscription began.
+    let mut subscription = 0;
+    let mut sweep = tokio::time::interval(SWEEP_EVERY);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let emit = |event: Event| {
+        record(&event);
         if let Some(events) = &events {
             let _ = events.send(event);
         }
@@ -96,6 +117,17 @@ pub async fn run<B: Broker>(
         let next = tokio::select! {
             biased;
             () = shutdown.requested() => break,
+            _ = sweep.tick() => {
+                let owned = jobs.take().expect("state is returned after each step");
+                let (returned, outcome) = with_jobs(owned, |jobs| jobs.sweep()).await?;
+                jobs = Some(returned);
+                match outcome {
+                    Ok(events) => events.into_iter().for_each(emit),
+                    // The next sweep tries again; nothing was lost.
+                    Err(e) => tracing::warn!(error = %e, "could not check the open jobs for cancellations"),
+                }
+                continue;
+            }
             next = consumer.next() => next?,
         };
         let Some(delivery) = next else { break };
@@ -108,41 +140,72 @@ pub async fn run<B: Broker>(
                 continue;
             }
         };
-        // Storage is blocking I/O: run it off the async threads, taking the state along.
-        let mut owned = jobs.take().expect("state is returned after each message");
+        let mut owned = jobs.take().expect("state is returned after each step");
+        if consumer.subscriptions() != subscription {
+            subscription = consumer.subscriptions();
+            owned.forget();
+        }
         let patience = Duration::from_secs(options.store_retry_secs);
-        let (returned, outcome, in_flight) = tokio::task::spawn_blocking(move || {
-            let outcome = with_retries(patience, || owned.handle(message.clone()));
-            let in_flight = owned.open_jobs();
-            (owned, outcome, in_flight)
+        let (returned, outcome) = with_jobs(owned, move |jobs| {
+            with_retries(patience, || jobs.handle(message.clone()))
         })
-        .await
-        .map_err(CollectorError::Task)?;
+        .await?;
         jobs = Some(returned);
         // On error the delivery is dropped unacknowledged: the broker hands it out again.
         let events = outcome?;
         // Stored durably (and, when complete, written): now the broker may forget it.
         settled(delivery.ack().await)?;
-        let m = metrics();
-        m.jobs_in_flight.set(in_flight as i64);
-        for event in events {
-            match &event {
-                Event::Stored { images, .. } => {
-                    m.results_stored.add(1);
-                    m.result_rows_stored.add(*images);
-                }
-                Event::Completed(summary) => {
-                    tracing::info!(job = %summary.job, "{}", summary.accuracy_line());
-                    m.jobs_completed.add(1);
-                    m.job_seconds.observe(summary.timings.wall_seconds);
-                }
-                Event::Cancelled { .. } => m.jobs_cancelled.add(1),
-            }
-            notify(event);
+        metrics()
+            .jobs_in_flight
+            .set(jobs.as_ref().map_or(0, Jobs::open_jobs) as i64);
+        events.into_iter().for_each(emit);
+        if jobs.as_ref().is_some_and(Jobs::has_completed) {
+            let owned = jobs.take().expect("state is returned after each step");
+            let (returned, events) = with_jobs(owned, Jobs::tidy_up_completed).await?;
+            jobs = Some(returned);
+            events.into_iter().for_each(emit);
         }
     }
     health().set_ready(false);
     Ok(())
+}
+
+/// Runs `step` on the jobs off the async threads (storage is blocking I/O), and hands them
+/// back with its outcome.
+async fn with_jobs<T: Send + 'static>(
+    mut jobs: Jobs,
+    step: impl FnOnce(&mut Jobs) -> T + Send + 'static,
+) -> Result<(Jobs, T), CollectorError> {
+    tokio::task::spawn_blocking(move || {
+        let outcome = step(&mut jobs);
+        (jobs, outcome)
+    })
+    .await
+    .map_err(CollectorError::Task)
+}
+
+/// Counts an event in the metrics, and logs a completed job's accuracy.
+fn record(event: &Event) {
+    let m = metrics();
+    match event {
+        Event::Stored { images, .. } => {
+            m.results_stored.add(1);
+            m.result_rows_stored.add(*images);
+        }
+        Event::Completed(summary) => {
+            tracing::info!(job = %summary.job, "{}", summary.accuracy_line());
+            m.jobs_completed.add(1);
+            m.job_seconds.observe(summary.timings.wall_seconds);
+        }
+        Event::Cancelled { .. } => m.jobs_cancelled.add(1),
+        Event::TidiedUp {
+            job,
+            blobs,
+            seconds,
+        } => {
+            tracing::debug!(%job, blobs, seconds, "deleted the job's intermediate blobs");
+        }
+    }
 }
 
 /// Runs `attempt` until it succeeds or `patience` is spent, backing off from 250 ms to 10 s.

@@ -50,7 +50,7 @@ async fn run(cli: Cli) -> Result<()> {
             let (job, outcome) = match event {
                 Event::Completed(summary) => (summary.job.clone(), summary.accuracy_line()),
                 Event::Cancelled { job, reason } => (job, format!("cancelled ({reason})")),
-                Event::Stored { .. } => continue,
+                Event::Stored { .. } | Event::TidiedUp { .. } => continue,
             };
             if json {
                 println!("{}", serde_json::json!({ "job": job, "outcome": outcome }));

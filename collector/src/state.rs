@@ -1,22 +1,68 @@
-//! Per-job state of the collector, kept durably in the container.
+//! Per-job state of the collector, and what it writes to the container.
+//!
+//! A collector takes a job in once: the first time it sees it (after it starts, or after its
+//! subscription to the results queue was renewed, when another collector may have stored
+//! results meanwhile) it reads the job's plan, its recorded seal and every partition stored so
+//! far. From then on a result costs the same few store operations whatever the job's size: its
+//! Parquet file, its block of `scores.csv` and its durable copy are written, and its counts go
+//! into the job's [`Tally`]. Nothing of its rows stays in memory.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::results::{self, report};
+use crate::results::{self, Tally, parquet, report, rows};
 use fleet_protocol::Summary;
-use fleet_protocol::job::{self, Manifest, files, now_ms};
+use fleet_protocol::job::{self, MAX_PARTITIONS, Manifest, Plan, files, now_ms};
 use fleet_protocol::message::{self, Cancelled, ResultMessage, Scored, Sealed};
 use fleet_spec::ModelSpec;
 use fleet_storage::{BlobStore, StoreError};
 
 use crate::Event;
 
+/// Deletions run at once when a job's intermediate blobs are tidied up.
+const DELETE_THREADS: usize = 8;
+
+/// Which partitions of a job are stored: one bit each.
 #[derive(Debug, Default)]
+struct Stored {
+    words: Vec<u64>,
+    count: u32,
+}
+
+impl Stored {
+    fn contains(&self, partition: u32) -> bool {
+        let (word, bit) = (partition as usize / 64, partition % 64);
+        self.words.get(word).is_some_and(|w| w & (1 << bit) != 0)
+    }
+
+    fn insert(&mut self, partition: u32) {
+        let (word, bit) = (partition as usize / 64, partition % 64);
+        if self.words.len() <= word {
+            self.words.resize(word + 1, 0);
+        }
+        if self.words[word] & (1 << bit) == 0 {
+            self.words[word] |= 1 << bit;
+            self.count += 1;
+        }
+    }
+
+    /// Whether the stored partitions are exactly `0..partitions`.
+    fn are_all_of(&self, partitions: u32) -> bool {
+        let highest = (self.words.iter().enumerate().rev())
+            .find(|(_, word)| **word != 0)
+            .map(|(i, word)| i as u32 * 64 + 63 - word.leading_zeros());
+        self.count == partitions && highest.is_none_or(|h| h < partitions)
+    }
+}
+
+/// What a collector holds of one open job.
+#[derive(Debug)]
 struct JobState {
-    partitions: BTreeMap<u32, Scored>,
+    plan: Plan,
+    stored: Stored,
     sealed: Option<Sealed>,
+    tally: Tally,
 }
 
 /// The jobs a collector holds open, and those it saw finish.
@@ -26,6 +72,8 @@ pub struct Jobs {
     open: HashMap<String, JobState>,
     /// Jobs completed or cancelled since this collector started.
     finished: HashSet<String>,
+    /// Jobs completed whose intermediate blobs are still to delete.
+    completed: Vec<String>,
 }
 
 impl Jobs {
@@ -35,6 +83,7 @@ impl Jobs {
             store,
             open: HashMap::new(),
             finished: HashSet::new(),
+            completed: Vec::new(),
         }
     }
 
@@ -43,51 +92,105 @@ impl Jobs {
         self.open.len()
     }
 
+    /// Forgets the open jobs: to be called when the subscription to the results queue was
+    /// renewed, since another collector may have stored results of them meanwhile. Each is
+    /// taken in again from the container when its next message comes.
+    pub fn forget(&mut self) {
+        if !self.open.is_empty() {
+            tracing::info!(
+                jobs = self.open.len(),
+                "subscription renewed: open jobs will be taken in again from the container"
+            );
+        }
+        self.open.clear();
+    }
+
     /// Applies one message. Returns only once everything it implies is stored; on error nothing
     /// in memory has changed and the same message can be applied again.
     pub fn handle(&mut self, message: ResultMessage) -> Result<Vec<Event>, StoreError> {
         let job = message.job().to_owned();
-        if self.is_finished(&job)? {
+        if !self.open.contains_key(&job) && self.is_finished(&job)? {
             tracing::debug!(%job, "result for a finished job: ignored");
             return Ok(vec![]);
         }
+        if let ResultMessage::Cancelled(Cancelled { job, reason }) = message {
+            tracing::warn!(%job, %reason, "job cancelled by its producer");
+            return Ok(vec![self.cancel(&job, reason)?]);
+        }
+        if !self.open.contains_key(&job) {
+            match self.take_in(&job)? {
+                Ok(state) => {
+                    self.open.insert(job.clone(), state);
+                }
+                Err(unreadable) => {
+                    // Its scores were acked long ago: no one will send them again. Say so,
+                    // once, where `producer --wait` looks, rather than wait for them forever.
+                    let reason = format!("{unreadable}; its scores are lost: submit the job again");
+                    tracing::error!(%job, %reason, "job cannot complete");
+                    return Ok(vec![self.cancel(&job, reason)?]);
+                }
+            }
+        }
         let mut events = Vec::new();
         match message {
-            ResultMessage::Scored(scored) => {
-                self.store.put(
-                    &job::partition_key(&job, scored.partition),
-                    &message::encode(&scored),
-                )?;
-                events.push(Event::Stored {
-                    job: job.clone(),
-                    images: scored.scores.len() as u64,
-                });
-                self.state(&job)?
-                    .partitions
-                    .insert(scored.partition, scored);
-            }
+            ResultMessage::Scored(scored) => events.extend(self.store_partition(scored)?),
             ResultMessage::Sealed(sealed) => {
                 self.store
                     .put(&job::sealed_key(&job), &message::encode(&sealed))?;
-                self.state(&job)?.sealed = Some(sealed);
+                self.open.get_mut(&job).expect("taken in above").sealed = Some(sealed);
             }
-            ResultMessage::Cancelled(Cancelled { job, reason }) => {
-                tracing::warn!(%job, %reason, "job cancelled by its producer");
-                return Ok(vec![self.cancel(&job, reason)?]);
-            }
-        }
-        if !self.complete_in_memory(&job)
-            && let Some(unreadable) = self.catch_up(&job)?
-        {
-            // Its scores were acked long ago: no one will send them again. Say so, once, where
-            // `producer --wait` looks, rather than wait for them forever.
-            let reason = format!("{unreadable}; its scores are lost: submit the job again");
-            tracing::error!(%job, %reason, "job cannot complete");
-            events.push(self.cancel(&job, reason)?);
-            return Ok(events);
+            ResultMessage::Cancelled(_) => unreachable!("handled above"),
         }
         if let Some(summary) = self.complete_if_ready(&job)? {
             events.push(Event::Completed(Box::new(summary)));
+        }
+        Ok(events)
+    }
+
+    /// Whether jobs completed since the last [`Jobs::tidy_up_completed`] wait for it.
+    pub fn has_completed(&self) -> bool {
+        !self.completed.is_empty()
+    }
+
+    /// Deletes the intermediate blobs of the jobs completed since the last call: one delete per
+    /// partition, run after the result that completed the job was acknowledged, so that its
+    /// results never wait on it. Failing loses nothing (the results are written): it is logged,
+    /// and those blobs stay.
+    pub fn tidy_up_completed(&mut self) -> Vec<Event> {
+        let mut events = Vec::new();
+        for job in std::mem::take(&mut self.completed) {
+            let started = Instant::now();
+            match self.tidy_up(&job, false) {
+                Ok(blobs) => events.push(Event::TidiedUp {
+                    job,
+                    blobs,
+                    seconds: started.elapsed().as_secs_f64(),
+                }),
+                Err(e) => {
+                    tracing::warn!(%job, error = %e, "could not delete the job's intermediate blobs")
+                }
+            }
+        }
+        events
+    }
+
+    /// Cancels the open jobs that their producer marked cancelled in the container alone (it
+    /// could not tell the collector: the broker was gone). No message of such a job may ever
+    /// come again, and without this its Parquet files and stored partitions would stay. One
+    /// read per open job, whatever the number of results.
+    pub fn sweep(&mut self) -> Result<Vec<Event>, StoreError> {
+        let open: Vec<String> = self.open.keys().cloned().collect();
+        let mut events = Vec::new();
+        for job in open {
+            match self.store.get(&job::cancelled_key(&job)) {
+                Ok(reason) => {
+                    let reason = String::from_utf8_lossy(&reason).into_owned();
+                    tracing::warn!(%job, %reason, "job marked cancelled by its producer");
+                    events.push(self.cancel(&job, reason)?);
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(events)
     }
@@ -101,27 +204,61 @@ impl Jobs {
         let finished = self.store.exists(&job::result_key(job, files::SUMMARY))?
             || self.store.exists(&job::cancelled_key(job))?;
         if finished {
-            self.open.remove(job);
             self.finished.insert(job.to_owned());
         }
         Ok(finished)
     }
 
-    fn complete_in_memory(&self, job: &str) -> bool {
-        self.open.get(job).is_some_and(|state| {
-            state
-                .sealed
-                .as_ref()
-                .is_some_and(|sealed| state.partitions.len() as u32 == sealed.partitions)
-        })
+    /// Writes the partition's rows (its Parquet file and its block of `scores.csv`), then its
+    /// durable copy, which marks it stored; then counts it. A partition already stored is a
+    /// redelivery, or a second worker's copy: it changes nothing.
+    fn store_partition(&mut self, scored: Scored) -> Result<Option<Event>, StoreError> {
+        let job = scored.job.clone();
+        let state = self.open.get_mut(&job).expect("taken in before");
+        let partition = scored.partition;
+        if partition >= MAX_PARTITIONS {
+            tracing::error!(%job, partition, "a partition number no producer publishes: ignored");
+            return Ok(None);
+        }
+        if state.stored.contains(partition) {
+            tracing::debug!(%job, partition, "partition already stored: ignored");
+            return Ok(None);
+        }
+        let part = parquet::part(&state.plan, &scored)
+            .expect("rows of any content are valid Parquet for the job's schema");
+        let rows = rows::rows(&state.plan, &scored);
+        // The two row files at once (one round trip to the store instead of two), then the
+        // durable copy, which says both are there.
+        let store = self.store.as_ref();
+        let (parquet_written, rows_staged) = std::thread::scope(|scope| {
+            let parquet = scope.spawn(|| store.put(&job::parquet_part_key(&job, partition), &part));
+            let staged = store.stage_block(
+                &job::result_key(&job, files::SCORES),
+                partition + 1,
+                rows.as_bytes(),
+            );
+            (parquet.join().expect("a store call does not panic"), staged)
+        });
+        parquet_written?;
+        rows_staged?;
+        self.store.put(
+            &job::partition_key(&job, partition),
+            &message::encode(&scored),
+        )?;
+        state.tally.add(&scored);
+        state.stored.insert(partition);
+        Ok(Some(Event::Stored {
+            job,
+            images: scored.scores.len() as u64,
+        }))
     }
 
     /// Drops the job: the reason where `producer --wait` and a restarted collector see it, its
-    /// stored partitions deleted, no result files.
+    /// stored partitions and Parquet files deleted, no result files.
     fn cancel(&mut self, job: &str, reason: String) -> Result<Event, StoreError> {
         self.store
             .put(&job::cancelled_key(job), reason.as_bytes())?;
-        self.delete_partitions(job)?;
+        self.tidy_up(job, true)?;
         self.open.remove(job);
         self.finished.insert(job.to_owned());
         Ok(Event::Cancelled {
@@ -130,59 +267,60 @@ impl Jobs {
         })
     }
 
-    /// Adds what the container holds and memory does not: the partitions stored before a
-    /// restart, or by another collector while this one was a standby or cut off, and the seal
-    /// one of them recorded. Without it a collector active again would wait for partitions acked
-    /// elsewhere. Returns what makes the job impossible to complete: a stored partition that
-    /// cannot be read.
-    fn catch_up(&mut self, job: &str) -> Result<Option<String>, StoreError> {
-        let keys = self.store.list(&job::partitions_prefix(job))?;
-        let sealed_missing = self.open.get(job).is_some_and(|s| s.sealed.is_none());
-        let sealed = if sealed_missing {
-            self.recorded_seal(job)?
-        } else {
-            None
+    /// Reads what the container holds of the job: its plan, the seal a collector recorded, and
+    /// every partition stored so far (before a restart, or by another collector while this one
+    /// was a standby or cut off), counted into a new tally one at a time. Returns what makes
+    /// the job impossible to complete instead: a plan or a stored partition that cannot be
+    /// read.
+    fn take_in(&self, job: &str) -> Result<Result<JobState, String>, StoreError> {
+        let plan_key = job::plan_key(job);
+        let plan = match self.store.get(&plan_key) {
+            Ok(bytes) => match serde_json::from_slice::<Plan>(&bytes) {
+                Ok(plan) => plan,
+                Err(e) => return Ok(Err(format!("its plan {plan_key} cannot be read ({e})"))),
+            },
+            Err(e) if e.is_not_found() => {
+                return Ok(Err(format!("its plan {plan_key} is missing")));
+            }
+            Err(e) => return Err(e),
         };
-        let known: HashSet<String> = self
-            .state(job)?
-            .partitions
-            .keys()
-            .map(|&n| job::partition_key(job, n))
-            .collect();
-        let mut found = Vec::new();
-        for key in keys.into_iter().filter(|k| !known.contains(k)) {
-            let bytes = match self.store.get(&key) {
+        let mut state = JobState {
+            tally: Tally::new(plan.classes.len()),
+            plan,
+            stored: Stored::default(),
+            sealed: self.recorded_seal(job)?,
+        };
+        let keys = self.store.list(&job::partitions_prefix(job))?;
+        for key in &keys {
+            let bytes = match self.store.get(key) {
                 Ok(bytes) => bytes,
                 // Deleted since the listing: the job was completed meanwhile.
                 Err(e) if e.is_not_found() => continue,
                 Err(e) => return Err(e),
             };
             match message::decode::<Scored>(&bytes) {
-                Ok(scored) if job::partition_key(job, scored.partition) == key => {
-                    found.push(scored)
+                Ok(scored)
+                    if scored.partition < MAX_PARTITIONS
+                        && job::partition_key(job, scored.partition) == *key =>
+                {
+                    if !state.stored.contains(scored.partition) {
+                        state.tally.add(&scored);
+                        state.stored.insert(scored.partition);
+                    }
                 }
                 Ok(scored) => {
-                    return Ok(Some(format!(
+                    return Ok(Err(format!(
                         "stored partition {key} holds partition {} of job {}",
                         scored.partition, scored.job
                     )));
                 }
-                Err(e) => {
-                    return Ok(Some(format!("stored partition {key} cannot be read ({e})")));
-                }
+                Err(e) => return Ok(Err(format!("stored partition {key} cannot be read ({e})"))),
             }
         }
-        if !found.is_empty() {
-            tracing::info!(%job, partitions = found.len(), "took in stored partitions (from before a restart, or another collector's)");
+        if !keys.is_empty() {
+            tracing::info!(%job, partitions = state.stored.count, "took in stored partitions (from before a restart, or another collector's)");
         }
-        let state = self.state(job)?;
-        if sealed.is_some() {
-            state.sealed = sealed;
-        }
-        for scored in found {
-            state.partitions.insert(scored.partition, scored);
-        }
-        Ok(None)
+        Ok(Ok(state))
     }
 
     /// The seal of a job as a collector recorded it on receipt (see [`job::sealed_key`]). The
@@ -205,19 +343,9 @@ impl Jobs {
         }
     }
 
-    /// The job's state; the first time it is seen, with its seal if a collector recorded it
-    /// (its partitions come in through [`Jobs::catch_up`]).
-    fn state(&mut self, job: &str) -> Result<&mut JobState, StoreError> {
-        if !self.open.contains_key(job) {
-            let state = JobState {
-                partitions: BTreeMap::new(),
-                sealed: self.recorded_seal(job)?,
-            };
-            self.open.insert(job.to_owned(), state);
-        }
-        Ok(self.open.get_mut(job).expect("inserted above"))
-    }
-
+    /// Writes the result files once every partition of the sealed job is stored: `scores.csv`
+    /// committed from its blocks, the confusion files, the report, and `summary.json` last.
+    /// Safe to repeat after a failure part-way.
     fn complete_if_ready(&mut self, job: &str) -> Result<Option<Summary>, StoreError> {
         let Some(state) = self.open.get(job) else {
             return Ok(None);
@@ -225,19 +353,20 @@ impl Jobs {
         let Some(sealed) = &state.sealed else {
             return Ok(None);
         };
-        let complete = state.partitions.len() as u32 == sealed.partitions
-            && state.partitions.keys().copied().eq(0..sealed.partitions);
-        if !complete {
+        if !state.stored.are_all_of(sealed.partitions) {
             return Ok(None);
         }
-        let partitions: Vec<&Scored> = state.partitions.values().collect();
         let writing = Instant::now();
-        let mut files = results::build(sealed, &partitions, now_ms());
+        let scores = job::result_key(job, files::SCORES);
+        self.store
+            .stage_block(&scores, 0, rows::header(&state.plan).as_bytes())?;
+        let blocks: Vec<u32> = (0..=sealed.partitions).collect();
+        self.store.commit_blocks(&scores, &blocks)?;
+        let mut files = results::finish(&state.tally, &state.plan, sealed, now_ms());
         if files.summary.images != sealed.images {
             tracing::error!(%job, expected = sealed.images, got = files.summary.images, "image count differs from the manifest");
         }
         let put = |name: &str, bytes: &[u8]| self.store.put(&job::result_key(job, name), bytes);
-        put(files::SCORES, files.scores_csv.as_bytes())?;
         if let Some(csv) = &files.confusion_csv {
             put(files::CONFUSION_CSV, csv.as_bytes())?;
         }
@@ -256,17 +385,16 @@ impl Jobs {
         files.summary.timings.writing_seconds = writing.elapsed().as_secs_f64();
         put(
             files::REPORT,
-            self.report(job, &files, &partitions)?.as_bytes(),
+            self.report(job, &files, &state.tally)?.as_bytes(),
         )?;
         let summary =
             serde_json::to_vec_pretty(&files.summary).expect("a summary always serializes");
         put(files::SUMMARY, &summary)?;
         self.open.remove(job);
         self.finished.insert(job.to_owned());
-        // The result files now hold these rows; failing to tidy up loses nothing.
-        if let Err(e) = self.delete_partitions(job) {
-            tracing::warn!(%job, error = %e, "could not delete the job's intermediate partitions");
-        }
+        // The result files now hold these rows: the intermediate blobs go once the message that
+        // completed the job is acknowledged (see `tidy_up_completed`).
+        self.completed.push(job.to_owned());
         Ok(Some(files.summary))
     }
 
@@ -275,8 +403,8 @@ impl Jobs {
     fn report(
         &self,
         job: &str,
-        files: &results::ResultFiles,
-        partitions: &[&Scored],
+        files: &results::Finished,
+        tally: &Tally,
     ) -> Result<String, StoreError> {
         let manifest = match self.store.get(&job::manifest_key(job)) {
             Ok(bytes) => serde_json::from_slice::<Manifest>(&bytes).ok(),
@@ -295,22 +423,34 @@ impl Jobs {
         };
         Ok(report::render(&report::Report {
             summary: &files.summary,
-            partitions,
+            tally,
             manifest: manifest.as_ref(),
             provenance: provenance.as_ref(),
-            confusion: files.confusion.as_ref(),
             confusion_png: files.confusion_png.as_deref(),
         }))
     }
 
-    /// Deletes the job's intermediate blobs: its stored partitions, its recorded seal and the
-    /// sample grid (a copy is in the results).
-    fn delete_partitions(&self, job: &str) -> Result<(), StoreError> {
-        for key in self.store.list(&job::partitions_prefix(job))? {
+    /// Deletes the job's intermediate blobs: its stored partitions, its recorded seal, its plan,
+    /// the sample grid (a copy is in the results) and what was staged of `scores.csv`; for a
+    /// cancelled job, its Parquet files too.
+    fn tidy_up(&self, job: &str, cancelled: bool) -> Result<u64, StoreError> {
+        let mut keys = self.store.list(&job::partitions_prefix(job))?;
+        if cancelled {
+            keys.extend(self.store.list(&job::parquet_prefix(job))?);
+        }
+        fleet_service::concurrent::try_for_each(keys.iter(), DELETE_THREADS, |key| {
+            self.store.delete(key)
+        })?;
+        self.store
+            .discard_blocks(&job::result_key(job, files::SCORES))?;
+        for key in [
+            job::sealed_key(job),
+            job::samples_key(job),
+            job::plan_key(job),
+        ] {
             self.store.delete(&key)?;
         }
-        self.store.delete(&job::sealed_key(job))?;
-        self.store.delete(&job::samples_key(job))
+        Ok(keys.len() as u64 + 3)
     }
 }
 
@@ -352,9 +492,7 @@ mod tests {
             job: "j".into(),
             partitions: 3,
             images: 6,
-            classes: vec!["zero".into(), "one".into()],
             labelled: true,
-            errors_column: false,
             submitted_at_ms: 0,
             published_at_ms: 1,
         })
@@ -373,7 +511,37 @@ mod tests {
         let store =
             || -> Arc<dyn BlobStore> { Arc::new(LocalStore::create(dir.path(), "ctr").unwrap()) };
         let (a, b) = (Jobs::new(store()), Jobs::new(store()));
+        // What the producer writes before it publishes a partition.
+        let plan = Plan {
+            job: "j".into(),
+            classes: vec!["zero".into(), "one".into()],
+            top_k: 1,
+            several_batches: false,
+        };
+        a.store
+            .put(&job::plan_key("j"), &serde_json::to_vec(&plan).unwrap())
+            .unwrap();
         (dir, a, b)
+    }
+
+    /// The job's rows as `scores.csv` has them, read back from the Parquet files.
+    fn parquet_rows(store: &dyn BlobStore) -> Vec<String> {
+        use ::parquet::file::reader::{FileReader, SerializedFileReader};
+        use ::parquet::record::RowAccessor;
+        let mut rows = Vec::new();
+        for key in store.list(&job::parquet_prefix("j")).unwrap() {
+            let bytes = bytes::Bytes::from(store.get(&key).unwrap());
+            let reader = SerializedFileReader::new(bytes).unwrap();
+            for row in reader.get_row_iter(None).unwrap() {
+                let row = row.unwrap();
+                rows.push(format!(
+                    "{},{}",
+                    row.get_long(0).unwrap(),
+                    row.get_string(1).unwrap()
+                ));
+            }
+        }
+        rows
     }
 
     #[test]
@@ -383,15 +551,89 @@ mod tests {
         a.handle(sealed()).unwrap();
         // A is cut off; B is active for one partition, then goes away.
         b.handle(scored(1)).unwrap();
-        // A is active again: the last partition completes the job with B's rows in it.
+        // A is active again, on a new subscription: the last partition completes the job with
+        // B's rows in it.
+        a.forget();
         let events = a.handle(scored(2)).unwrap();
         let summary = completed(&events).expect("the job completes");
         assert_eq!((summary.images, summary.partitions), (6, 3));
+        assert!(matches!(
+            a.tidy_up_completed()[..],
+            [Event::TidiedUp { blobs: 6, .. }]
+        ));
         let store = &a.store;
         let scores =
             String::from_utf8(store.get(&job::result_key("j", files::SCORES)).unwrap()).unwrap();
         assert_eq!(scores.lines().count(), 1 + 6, "{scores}");
+        let indices: Vec<&str> = scores
+            .lines()
+            .skip(1)
+            .map(|l| &l[..l.find(',').unwrap()])
+            .collect();
+        assert_eq!(indices, ["0", "1", "2", "3", "4", "5"]);
         assert!(store.list(&job::partitions_prefix("j")).unwrap().is_empty());
+        assert!(!store.exists(&job::plan_key("j")).unwrap());
+        assert_eq!(
+            parquet_rows(store.as_ref()),
+            [
+                "0,a.png", "1,b.png", "2,a.png", "3,b.png", "4,a.png", "5,b.png"
+            ]
+        );
+    }
+
+    #[test]
+    fn partitions_in_any_order_and_twice_give_each_row_once() {
+        let (_dir, mut a, _) = two_collectors();
+        for message in [scored(2), scored(0), scored(2), sealed(), scored(0)] {
+            assert!(completed(&a.handle(message).unwrap()).is_none());
+        }
+        let events = a.handle(scored(1)).unwrap();
+        let summary = completed(&events).expect("the job completes");
+        assert_eq!((summary.images, summary.partitions), (6, 3));
+        let scores =
+            String::from_utf8(a.store.get(&job::result_key("j", files::SCORES)).unwrap()).unwrap();
+        let indices: Vec<&str> = scores
+            .lines()
+            .skip(1)
+            .map(|l| &l[..l.find(',').unwrap()])
+            .collect();
+        assert_eq!(indices, ["0", "1", "2", "3", "4", "5"], "{scores}");
+        assert_eq!(parquet_rows(a.store.as_ref()).len(), 6);
+    }
+
+    #[test]
+    fn a_job_marked_cancelled_in_the_container_alone_is_dropped_by_the_sweep() {
+        let (_dir, mut a, _) = two_collectors();
+        a.handle(scored(0)).unwrap();
+        assert!(a.sweep().unwrap().is_empty(), "nothing to sweep yet");
+        assert!(!a.store.list(&job::parquet_prefix("j")).unwrap().is_empty());
+        a.store
+            .put(&job::cancelled_key("j"), b"the seal could not be published")
+            .unwrap();
+        let events = a.sweep().unwrap();
+        assert!(
+            matches!(&events[..], [Event::Cancelled { reason, .. }] if reason == "the seal could not be published"),
+            "{events:?}"
+        );
+        assert!(a.store.list(&job::result_key("j", "")).unwrap().is_empty());
+        assert!(
+            a.store
+                .list(&job::partitions_prefix("j"))
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(a.open_jobs(), 0);
+    }
+
+    #[test]
+    fn a_job_without_its_plan_is_cancelled_with_the_reason() {
+        let (_dir, mut a, _) = two_collectors();
+        a.store.delete(&job::plan_key("j")).unwrap();
+        let events = a.handle(scored(0)).unwrap();
+        assert!(
+            matches!(&events[..], [Event::Cancelled { reason, .. }] if reason.contains("jobs/j/plan.json is missing")),
+            "{events:?}"
+        );
     }
 
     #[test]
@@ -482,6 +724,8 @@ mod tests {
         let events = b.handle(scored(2)).unwrap();
         let summary = completed(&events).expect("the job completes");
         assert_eq!((summary.images, summary.partitions), (6, 3));
+        assert!(b.store.exists(&job::sealed_key("j")).unwrap());
+        b.tidy_up_completed();
         assert!(!b.store.exists(&job::sealed_key("j")).unwrap());
     }
 
@@ -494,7 +738,10 @@ mod tests {
         // B sees the seal (its own) and the two partitions A stored: it completes the job.
         let events = b.handle(scored(2)).unwrap();
         assert!(completed(&events).is_some());
-        // A redelivery reaching A afterwards changes nothing and stores nothing.
+        b.tidy_up_completed();
+        // A redelivery reaching A afterwards, on its new subscription, changes nothing and
+        // stores nothing.
+        a.forget();
         assert!(a.handle(scored(1)).unwrap().is_empty());
         assert!(
             a.store

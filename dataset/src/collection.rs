@@ -5,6 +5,7 @@
 //! of partitions, not with pixels.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::str::FromStr;
 
 use super::DatasetError;
@@ -40,27 +41,33 @@ impl Collection {
     /// What is said of the files under the prefix that are not scored (a few named, the rest
     /// counted), or `None` when every file is an image.
     pub fn not_images_note(&self) -> Option<String> {
-        const NAMED: usize = 5;
-        let count = self.not_images.len();
-        if count == 0 {
-            return None;
-        }
-        let mut named = self.not_images[..count.min(NAMED)].join(", ");
-        if count > NAMED {
-            named.push_str(&format!(" and {} more", count - NAMED));
-        }
-        let (files, are) = if count == 1 {
-            ("file", "is")
-        } else {
-            ("files", "are")
-        };
-        Some(format!(
-            "{count} {files} under {} {are} not scored, their names not those of images this \
-             product reads ({}; convert others, TIFF for instance, to PNG): {named}",
-            self.prefix,
-            IMAGE_EXTENSIONS.join(", ")
-        ))
+        strays_note(&self.prefix, &self.not_images, self.not_images.len())
     }
+}
+
+/// Files named in the note on files that are not scored; the rest are counted.
+const STRAYS_NAMED: usize = 5;
+
+/// The note on the `count` files under `prefix` that are not scored, the first of them
+/// `named`; `None` when there are none.
+fn strays_note(prefix: &str, named: &[String], count: usize) -> Option<String> {
+    if count == 0 {
+        return None;
+    }
+    let mut list = named[..named.len().min(STRAYS_NAMED)].join(", ");
+    if count > STRAYS_NAMED {
+        list.push_str(&format!(" and {} more", count - STRAYS_NAMED));
+    }
+    let (files, are) = if count == 1 {
+        ("file", "is")
+    } else {
+        ("files", "are")
+    };
+    Some(format!(
+        "{count} {files} under {prefix} {are} not scored, their names not those of images this \
+         product reads ({}; convert others, TIFF for instance, to PNG): {list}",
+        IMAGE_EXTENSIONS.join(", ")
+    ))
 }
 
 /// Normalises a user's prefix: no leading `./` or `/`, one trailing `/`.
@@ -582,6 +589,165 @@ fn quote_lines(lines: &[String]) -> String {
     out
 }
 
+/// Images of a collection, a page of its listing at a time, with their labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Page {
+    /// Image names relative to the prefix, in name order.
+    pub names: Vec<String>,
+    /// Each image's class index; `None` for an image without a label.
+    pub labels: Vec<Option<u32>>,
+}
+
+/// What listing a collection page by page came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// The prefix, ending in `/`.
+    pub prefix: String,
+    /// Images listed.
+    pub images: u64,
+    /// Images with a label.
+    pub labelled: u64,
+}
+
+/// Lists the image collection under `prefix` and resolves each image's label from `source`
+/// (the rule of [`labelled`]), handing the images to `each` a page of the listing at a time.
+///
+/// With no labels or folder labels nothing is held beyond one page, whatever the collection's
+/// size: a folder that is no class is found when its page is listed, after the pages before it
+/// went to `each`. A label file's entries are matched against the whole listing (an entry may
+/// name a file by its bare name, which must be one image's), so with one the listing is held
+/// and handed on once matched.
+pub fn for_each_page(
+    store: &dyn BlobStore,
+    dataset: &str,
+    source: &LabelSource,
+    classes: &Classes<'_>,
+    named: bool,
+    each: &mut dyn FnMut(Page) -> Result<(), DatasetError>,
+) -> Result<Listed, DatasetError> {
+    let resolved = match source {
+        LabelSource::Auto | LabelSource::None => ResolvedSource::None,
+        LabelSource::Folders if !named => return Err(folders_need_names()),
+        LabelSource::Folders => ResolvedSource::Folders,
+        LabelSource::File(_) => {
+            let Labelled { collection, labels } = labelled(store, dataset, source, classes, named)?;
+            let listed = Listed {
+                prefix: collection.prefix.clone(),
+                images: collection.names.len() as u64,
+                labelled: labels.iter().flatten().count() as u64,
+            };
+            let mut labels = labels.into_iter();
+            for names in collection.names.chunks(fleet_storage::LIST_PAGE) {
+                let labels = labels.by_ref().take(names.len()).collect();
+                each(Page {
+                    names: names.to_vec(),
+                    labels,
+                })?;
+            }
+            return Ok(listed);
+        }
+    };
+    let prefix = normalize_prefix(dataset);
+    let mut listed = Listed {
+        prefix: prefix.clone(),
+        images: 0,
+        labelled: 0,
+    };
+    let (mut strays, mut stray_count, mut blobs) = (Vec::new(), 0, 0);
+    let mut failure = None;
+    store
+        .list_pages(&prefix, &mut |page| {
+            blobs += page.len();
+            let mut names = Vec::with_capacity(page.len());
+            for (key, _) in page {
+                let relative = key[prefix.len()..].to_owned();
+                if is_image(&key) {
+                    names.push(relative);
+                } else if !file_name(&relative).starts_with('.') {
+                    stray_count += 1;
+                    if strays.len() < STRAYS_NAMED {
+                        strays.push(relative);
+                    }
+                }
+            }
+            if names.is_empty() {
+                return Ok(ControlFlow::Continue(()));
+            }
+            let outcome = resolve_labels(&names, &resolved, classes).and_then(|labels| {
+                listed.images += names.len() as u64;
+                listed.labelled += labels.iter().flatten().count() as u64;
+                each(Page { names, labels })
+            });
+            Ok(match outcome {
+                Ok(()) => ControlFlow::Continue(()),
+                Err(e) => {
+                    failure = Some(e);
+                    ControlFlow::Break(())
+                }
+            })
+        })
+        .map_err(DatasetError::Store)?;
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if let Some(note) = strays_note(&prefix, &strays, stray_count) {
+        tracing::warn!("{note}");
+    }
+    if listed.images == 0 {
+        return Err(DatasetError::NoImages {
+            store: store.describe(),
+            name: dataset.to_owned(),
+            prefix,
+            blobs,
+        });
+    }
+    Ok(listed)
+}
+
+/// Checks what can be checked of a collection before any of it is published, reading the
+/// listing only up to its first page with an image: the prefix, that folder labels have class
+/// names, that there is an image, and the labels of that page. A job labelled by a file is
+/// checked whole by [`labelled`] instead.
+pub fn check(
+    store: &dyn BlobStore,
+    dataset: &str,
+    source: &LabelSource,
+    classes: &Classes<'_>,
+    named: bool,
+) -> Result<(), DatasetError> {
+    let resolved = match source {
+        LabelSource::Auto | LabelSource::None => ResolvedSource::None,
+        LabelSource::Folders if !named => return Err(folders_need_names()),
+        LabelSource::Folders => ResolvedSource::Folders,
+        LabelSource::File(_) => return labelled(store, dataset, source, classes, named).map(drop),
+    };
+    let prefix = normalize_prefix(dataset);
+    let (mut blobs, mut found) = (0, None);
+    store
+        .list_pages(&prefix, &mut |page| {
+            blobs += page.len();
+            let names: Vec<String> = page
+                .into_iter()
+                .filter(|(key, _)| is_image(key))
+                .map(|(key, _)| key[prefix.len()..].to_owned())
+                .collect();
+            if names.is_empty() {
+                return Ok(ControlFlow::Continue(()));
+            }
+            found = Some(resolve_labels(&names, &resolved, classes).map(drop));
+            Ok(ControlFlow::Break(()))
+        })
+        .map_err(DatasetError::Store)?;
+    found.unwrap_or_else(|| {
+        Err(DatasetError::NoImages {
+            store: store.describe(),
+            name: dataset.to_owned(),
+            prefix,
+            blobs,
+        })
+    })
+}
+
 /// An image collection with its labels.
 #[derive(Debug)]
 pub struct Labelled {
@@ -612,14 +778,7 @@ pub fn labelled(
     }
     let resolved = match source {
         LabelSource::Auto | LabelSource::None => ResolvedSource::None,
-        LabelSource::Folders if !named => {
-            return Err(DatasetError::Labels {
-                source_name: "folders".into(),
-                detail: "folder labels need the model's class names: stage it with --classes \
-                         FILE (one name per line, in the model's output order)"
-                    .into(),
-            });
-        }
+        LabelSource::Folders if !named => return Err(folders_need_names()),
         LabelSource::Folders => ResolvedSource::Folders,
         LabelSource::File(name) => {
             ResolvedSource::File(read_label_file(store, &collection.prefix, name)?)
@@ -627,6 +786,16 @@ pub fn labelled(
     };
     let labels = resolve_labels(&collection.names, &resolved, classes)?;
     Ok(Labelled { collection, labels })
+}
+
+/// Why folder labels cannot be read for a model without class names.
+fn folders_need_names() -> DatasetError {
+    DatasetError::Labels {
+        source_name: "folders".into(),
+        detail: "folder labels need the model's class names: stage it with --classes FILE (one \
+                 name per line, in the model's output order)"
+            .into(),
+    }
 }
 
 /// A label file: beside the images, else a blob of that name, else a local file.

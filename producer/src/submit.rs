@@ -86,6 +86,15 @@ pub enum SubmitError {
     /// Labels that cannot go with this dataset or model.
     #[error("{0}")]
     Labels(String),
+    /// The job would have more partitions than its results can be written in.
+    #[error(
+        "the job would have more than {max} partitions of {partition_size} images; give a larger --partition-size (or score the dataset in several jobs)",
+        max = job::MAX_PARTITIONS
+    )]
+    TooManyPartitions {
+        /// Images per partition.
+        partition_size: u32,
+    },
     /// A submission task panicked or was cancelled.
     #[error("a submission task failed (reading the dataset or the store)")]
     Task(#[from] tokio::task::JoinError),
@@ -99,9 +108,15 @@ enum Dataset {
         /// CIFAR-10's labels are kept.
         labelled: bool,
     },
+    /// An image collection, listed and labelled as it is published.
     Images {
-        collection: collection::Collection,
-        labels: Vec<Option<u32>>,
+        /// The prefix as the user gave it.
+        prefix: String,
+        /// The model has class names (folder labels need them).
+        named: bool,
+        /// The whole listing with its labels, when a label file labels it (matching the file
+        /// needs every name); `None`: listed a page at a time as it is published.
+        held: Option<collection::Labelled>,
     },
 }
 
@@ -262,20 +277,126 @@ fn plan(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Plan, SubmitEr
         Some(names) => names,
         None => spec.class_names(),
     };
-    let collection::Labelled { collection, labels } = collection::labelled(
-        store,
-        &options.dataset,
-        &options.labels,
-        &collection::Classes::new(&classes, spec.class_ids.as_deref()),
-        named,
-    )?;
+    // Everything that can be refused is refused here, before anything is written.
+    let known = collection::Classes::new(&classes, spec.class_ids.as_deref());
+    let held = match &options.labels {
+        LabelSource::File(_) => Some(collection::labelled(
+            store,
+            &options.dataset,
+            &options.labels,
+            &known,
+            named,
+        )?),
+        _ => {
+            collection::check(store, &options.dataset, &options.labels, &known, named)?;
+            None
+        }
+    };
     Ok(Plan {
         model: model.clone(),
         labels: options.labels.to_string(),
         spec,
         classes,
-        dataset: Dataset::Images { collection, labels },
+        dataset: Dataset::Images {
+            prefix: options.dataset.clone(),
+            named,
+            held,
+        },
     })
+}
+
+/// Cuts a collection's images, as they are listed, into partitions of `size` and publishes
+/// each as soon as it is full.
+struct Cutter {
+    prefix: String,
+    size: usize,
+    names: Vec<String>,
+    labels: Vec<Option<u32>>,
+    partitions: u32,
+    published: u64,
+}
+
+impl Cutter {
+    fn new(prefix: &str, size: usize) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            size,
+            names: Vec::new(),
+            labels: Vec::new(),
+            partitions: 0,
+            published: 0,
+        }
+    }
+
+    /// Takes a page in, publishing every partition it fills.
+    async fn add<B: Broker>(
+        &mut self,
+        submission: &Submission<'_, B>,
+        page: collection::Page,
+        on_published: &mut impl FnMut(u64),
+    ) -> Result<(), SubmitError> {
+        self.names.extend(page.names);
+        self.labels.extend(page.labels);
+        while self.names.len() >= self.size {
+            let names = self.names.split_off(self.size);
+            let labels = self.labels.split_off(self.size);
+            let full = (
+                std::mem::replace(&mut self.names, names),
+                std::mem::replace(&mut self.labels, labels),
+            );
+            self.publish(submission, full, on_published).await?;
+        }
+        Ok(())
+    }
+
+    /// Publishes the last, partial partition; what was published.
+    async fn finish<B: Broker>(
+        mut self,
+        submission: &Submission<'_, B>,
+        labelled_images: u64,
+        on_published: &mut impl FnMut(u64),
+    ) -> Result<Published, SubmitError> {
+        if !self.names.is_empty() {
+            let last = (
+                std::mem::take(&mut self.names),
+                std::mem::take(&mut self.labels),
+            );
+            self.publish(submission, last, on_published).await?;
+        }
+        Ok(Published {
+            kind: DatasetKind::Images,
+            dataset: self.prefix.clone(),
+            batches: vec![BatchEntry {
+                name: self.prefix,
+                images: self.published as u32,
+                first_partition: 0,
+                partitions: self.partitions,
+            }],
+            labelled_images,
+            samples: None,
+        })
+    }
+
+    async fn publish<B: Broker>(
+        &mut self,
+        submission: &Submission<'_, B>,
+        images: (Vec<String>, Vec<Option<u32>>),
+        on_published: &mut impl FnMut(u64),
+    ) -> Result<(), SubmitError> {
+        let count = images.0.len() as u64;
+        submission
+            .publish_names(
+                &self.prefix,
+                self.partitions,
+                self.published,
+                images,
+                on_published,
+            )
+            .await?;
+        self.partitions += 1;
+        self.published += count;
+        Ok(())
+    }
 }
 
 /// One job being submitted: what its publishing steps share.
@@ -305,12 +426,20 @@ impl<B: Broker> Submission<'_, B> {
         submitted_at_ms: u64,
         on_published: &mut impl FnMut(u64),
     ) -> Result<Manifest, SubmitError> {
+        self.write_plan().await?;
         let published = match &self.plan.dataset {
             Dataset::Tarball { blob, labelled } => {
                 self.publish_tarball(blob, *labelled, on_published).await?
             }
-            Dataset::Images { collection, labels } => {
-                self.publish_collection(collection, labels, on_published)
+            Dataset::Images {
+                held: Some(held), ..
+            } => self.publish_held(held, on_published).await?,
+            Dataset::Images {
+                prefix,
+                named,
+                held: None,
+            } => {
+                self.publish_collection(prefix, *named, on_published)
                     .await?
             }
         };
@@ -324,6 +453,39 @@ impl<B: Broker> Submission<'_, B> {
             "job submitted"
         );
         Ok(manifest)
+    }
+
+    /// `plan.json`: how the collector writes the rows, before any partition can arrive.
+    async fn write_plan(&self) -> Result<(), SubmitError> {
+        let several_batches = match &self.plan.dataset {
+            Dataset::Tarball { .. } => match &self.options.batches {
+                BatchSelection::All => true,
+                BatchSelection::Named(names) => names.len() > 1,
+            },
+            Dataset::Images { .. } => false,
+        };
+        let plan = job::Plan {
+            job: self.job.into(),
+            classes: self.plan.classes.clone(),
+            top_k: self.options.top_k,
+            several_batches,
+        };
+        let json = serde_json::to_vec(&plan).expect("a plan always serializes");
+        let (store, key) = (self.store.clone(), job::plan_key(self.job));
+        tokio::task::spawn_blocking(move || store.put(&key, &json))
+            .await
+            .map_err(SubmitError::Task)??;
+        Ok(())
+    }
+
+    /// Refuses partition `partition` when the job would have more than its results can hold.
+    fn check_partition(&self, partition: u32) -> Result<(), SubmitError> {
+        if partition >= job::MAX_PARTITIONS {
+            return Err(SubmitError::TooManyPartitions {
+                partition_size: self.options.partition_size,
+            });
+        }
+        Ok(())
     }
 
     fn manifest(&self, published: &Published, submitted_at_ms: u64) -> Manifest {
@@ -374,9 +536,7 @@ impl<B: Broker> Submission<'_, B> {
             job: self.job.into(),
             partitions: manifest.partitions,
             images: manifest.images,
-            classes: self.plan.classes.clone(),
             labelled: manifest.labelled_images > 0,
-            errors_column: manifest.dataset_kind == DatasetKind::Images,
             submitted_at_ms: manifest.submitted_at_ms,
             published_at_ms: manifest.published_at_ms,
         });
@@ -386,53 +546,111 @@ impl<B: Broker> Submission<'_, B> {
         Ok(())
     }
 
-    /// Publishes partitions of blob names; the producer never reads an image.
+    /// Publishes partitions of blob names as the collection is listed, a page at a time; the
+    /// producer never reads an image, and holds one page of names (see
+    /// [`collection::for_each_page`] for a label file's exception).
     async fn publish_collection(
         &self,
-        collection: &collection::Collection,
-        labels: &[Option<u32>],
+        dataset: &str,
+        named: bool,
         on_published: &mut impl FnMut(u64),
     ) -> Result<Published, SubmitError> {
         let size = self.options.partition_size as usize;
-        let mut partitions = 0;
-        for (i, (names, labels)) in collection
+        let prefix = collection::normalize_prefix(dataset);
+        let (tx, mut rx) = mpsc::channel::<collection::Page>(2);
+        let lister = {
+            let (store, dataset, source) = (
+                self.store.clone(),
+                dataset.to_owned(),
+                self.options.labels.clone(),
+            );
+            let (classes, ids) = (self.plan.classes.clone(), self.plan.spec.class_ids.clone());
+            tokio::task::spawn_blocking(move || {
+                let classes = collection::Classes::new(&classes, ids.as_deref());
+                collection::for_each_page(
+                    store.as_ref(),
+                    &dataset,
+                    &source,
+                    &classes,
+                    named,
+                    &mut |page| {
+                        tx.blocking_send(page)
+                            .map_err(|_| DatasetError::Stopped("publishing stopped".into()))
+                    },
+                )
+            })
+        };
+        let mut cutter = Cutter::new(&prefix, size);
+        let mut outcome = Ok(());
+        while let Some(page) = rx.recv().await {
+            outcome = cutter.add(self, page, on_published).await;
+            if outcome.is_err() {
+                break;
+            }
+        }
+        // Dropping the receiver stops the listing at its next page.
+        drop(rx);
+        let listed = lister.await.map_err(SubmitError::Task)?;
+        outcome?;
+        let listed = listed?;
+        cutter.finish(self, listed.labelled, on_published).await
+    }
+
+    /// Publishes partitions of a collection listed whole (a label file labels it).
+    async fn publish_held(
+        &self,
+        held: &collection::Labelled,
+        on_published: &mut impl FnMut(u64),
+    ) -> Result<Published, SubmitError> {
+        let size = self.options.partition_size as usize;
+        let mut cutter = Cutter::new(&held.collection.prefix, size);
+        for (names, labels) in held
+            .collection
             .names
             .chunks(size)
-            .zip(labels.chunks(size))
-            .enumerate()
+            .zip(held.labels.chunks(size))
         {
-            let partition = Partition {
-                job: self.job.into(),
-                partition: i as u32,
-                model: self.plan.model.clone(),
-                batch: collection.prefix.clone(),
-                first_index: (i * size) as u64,
-                images: Images::Blobs {
-                    prefix: collection.prefix.clone(),
-                    names: names.to_vec(),
-                },
+            let page = collection::Page {
+                names: names.to_vec(),
                 labels: labels.to_vec(),
-                top_k: self.options.top_k,
-                published_at_ms: now_ms(),
             };
-            self.broker
-                .publish(Queue::Partitions, message::encode(&partition))
-                .await?;
-            on_published(names.len() as u64);
-            partitions += 1;
+            cutter.add(self, page, on_published).await?;
         }
-        Ok(Published {
-            kind: DatasetKind::Images,
-            dataset: collection.prefix.clone(),
-            batches: vec![BatchEntry {
-                name: collection.prefix.clone(),
-                images: collection.names.len() as u32,
-                first_partition: 0,
-                partitions,
-            }],
-            labelled_images: labels.iter().flatten().count() as u64,
-            samples: None,
-        })
+        let labelled = held.labels.iter().flatten().count() as u64;
+        cutter.finish(self, labelled, on_published).await
+    }
+
+    /// Publishes partition `partition` of a collection: `names` and their labels, the first
+    /// being the collection's image `first_index`.
+    async fn publish_names(
+        &self,
+        prefix: &str,
+        partition: u32,
+        first_index: u64,
+        (names, labels): (Vec<String>, Vec<Option<u32>>),
+        on_published: &mut impl FnMut(u64),
+    ) -> Result<(), SubmitError> {
+        self.check_partition(partition)?;
+        let images = names.len() as u64;
+        let partition = Partition {
+            job: self.job.into(),
+            partition,
+            model: self.plan.model.clone(),
+            batch: prefix.to_owned(),
+            first_index,
+            images: Images::Blobs {
+                prefix: prefix.to_owned(),
+                names,
+            },
+            labels,
+            top_k: self.options.top_k,
+            published_at_ms: now_ms(),
+        };
+        self.broker
+            .publish(Queue::Partitions, message::encode(&partition))
+            .await?;
+        on_published(images);
+        Ok(())
     }
 
     /// Publishes every partition of the chosen tarball batches, decoded on a blocking thread a
@@ -453,6 +671,11 @@ impl<B: Broker> Submission<'_, B> {
                     let image = pixels[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES].to_vec();
                     samples.push((image, names[i].clone()));
                 }
+            }
+            if let Err(e) = self.check_partition(partition.partition) {
+                drop(rx);
+                let _ = reader.await;
+                return Err(e);
             }
             let images = partition.len() as u64;
             partition.published_at_ms = now_ms();

@@ -1,13 +1,16 @@
 //! Jobs: their ids, their manifest, and where their blobs live in the container.
 //!
 //! Container layout:
-//! `cifar-10-python.tar.gz` (a tarball dataset) · `<prefix>/**/*.{jpg,png,...}` (an image
-//! collection) · `models/<name>.onnx` · `models/<name>.json` (its spec) ·
-//! `models/<name>.mean.xml` (its mean image, if any) · `jobs/<job>/manifest.json` ·
-//! `jobs/<job>/samples.png` (a tarball's first images, published with the results) ·
-//! `jobs/<job>/partitions/<n>.bin` (the collector's durable state) · `jobs/<job>/cancelled`
-//! (the reason) · `jobs/<job>/dead-letters/<n>` (why a worker dead-lettered partition n) · `results/<job>/{scores.csv,confusion.csv,confused_pairs.csv,confusion.png,
-//! samples.png,report.html,summary.json}`, written only when the job completes.
+//! - inputs: `cifar-10-python.tar.gz` (a tarball dataset), `<prefix>/**/*.{jpg,png,...}` (an
+//!   image collection), `models/<name>.onnx`, `models/<name>.json` (its spec),
+//!   `models/<name>.mean.xml` (its mean image, if any);
+//! - a job's working state: `jobs/<job>/plan.json` (the rows' columns), `manifest.json`,
+//!   `samples.png` (a tarball's first images, published with the results), `sealed.bin`,
+//!   `partitions/<n>.bin` (the collector's durable state), `cancelled` (the reason),
+//!   `dead-letters/<n>` (why a worker dead-lettered partition n);
+//! - its results: `results/<job>/scores.parquet/part-<n>.parquet`, written as each partition is
+//!   stored, then `scores.csv`, `confusion.csv`, `confused_pairs.csv`, `confusion.png`,
+//!   `samples.png`, `report.html` and last `summary.json`, written when the job completes.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -34,6 +37,11 @@ pub fn spec_key(model: &str) -> String {
 /// The model's mean image (OpenCV XML), when its spec subtracts one.
 pub fn mean_image_key(model: &str) -> String {
     format!("models/{model}.mean.xml")
+}
+
+/// The job's plan (see [`Plan`]), written before its first partition is published.
+pub fn plan_key(job: &str) -> String {
+    format!("jobs/{job}/plan.json")
 }
 
 /// The job's manifest, written once every partition is published.
@@ -87,6 +95,44 @@ pub fn result_key(job: &str, file: &str) -> String {
     format!("results/{job}/{file}")
 }
 
+/// The Parquet file of partition `partition`'s rows, written as soon as the partition is
+/// stored: the files under [`parquet_prefix`] read as one dataset.
+pub fn parquet_part_key(job: &str, partition: u32) -> String {
+    format!("{}part-{partition:06}.parquet", parquet_prefix(job))
+}
+
+/// The folder of the job's Parquet dataset: one file per partition.
+pub fn parquet_prefix(job: &str) -> String {
+    result_key(job, &format!("{}/", files::PARQUET))
+}
+
+/// Most partitions a job may have. `scores.csv` is committed as one block per partition plus
+/// its header, and an Azure block blob holds at most 50,000 blocks.
+pub const MAX_PARTITIONS: u32 = 49_999;
+
+/// What the collector needs to write each partition's rows as it arrives, before it knows how
+/// many partitions the job has: `jobs/<job>/plan.json`, written by the producer before it
+/// publishes the first partition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The job's id.
+    pub job: String,
+    /// Class names by model output index.
+    pub classes: Vec<String>,
+    /// Classes reported per image.
+    pub top_k: u8,
+    /// Whether several batches are scored (a tarball's `--batches all`): the rows then start
+    /// with the batch's name.
+    pub several_batches: bool,
+}
+
+impl Plan {
+    /// Classes each row reports: the job's top-k, or every class of a model with fewer.
+    pub fn columns_top_k(&self) -> usize {
+        usize::from(self.top_k).min(self.classes.len()).max(1)
+    }
+}
+
 /// Names of the result files, in the order the collector writes them: `summary.json` last, so
 /// its presence means the set is complete.
 pub mod files {
@@ -104,6 +150,9 @@ pub mod files {
     pub const SUMMARY: &str = "summary.json";
     /// The job to read in a browser.
     pub const REPORT: &str = "report.html";
+    /// The folder of the rows as Parquet, one file per partition, written as partitions
+    /// arrive (the only result written before the job completes).
+    pub const PARQUET: &str = "scores.parquet";
 }
 
 /// A batch of the job as submitted: a tarball's batch, or the one "batch" of an image

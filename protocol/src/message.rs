@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the message format written by this build.
-pub const MESSAGE_VERSION: u16 = 3;
+pub const MESSAGE_VERSION: u16 = 4;
 
 /// Largest message accepted. A partition of 1,000 CIFAR images is about 3 MB, one of 1,000
 /// blob names a few tens of kB; anything much larger is a mistake or an attack, and is refused
@@ -203,7 +203,8 @@ pub struct Thumbnail {
 }
 
 /// Sent by the producer after the last partition of a job: the collector knows the job is
-/// complete when it holds this many partitions.
+/// complete when it holds this many partitions. What the rows look like was said before the
+/// first partition, in the job's [`crate::job::Plan`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Sealed {
     /// The job's id.
@@ -212,13 +213,8 @@ pub struct Sealed {
     pub partitions: u32,
     /// Images in the job.
     pub images: u64,
-    /// Class names by model output index: the columns of the confusion matrix.
-    pub classes: Vec<String>,
     /// Whether the job's images carry true labels (accuracy is reported only then).
     pub labelled: bool,
-    /// Whether `scores.csv` has an `error` column (image collections, whose files may be
-    /// unreadable).
-    pub errors_column: bool,
     /// Unix time in milliseconds when the producer started the job.
     pub submitted_at_ms: u64,
     /// Unix time in milliseconds when its last partition was published.

@@ -10,6 +10,7 @@ pub mod local;
 
 use std::fmt::Debug;
 use std::io::Read;
+use std::ops::ControlFlow;
 use std::path::Path;
 
 /// Why a store operation failed. Each message names the store and the blob; [`StoreError::kind`]
@@ -139,7 +140,24 @@ pub trait BlobStore: Send + Sync + Debug {
     fn exists(&self, key: &str) -> Result<bool, StoreError>;
 
     /// Names and sizes (in bytes) of the blobs under `prefix`, sorted by name.
-    fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError>;
+    fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut all = Vec::new();
+        self.list_pages(prefix, &mut |page| {
+            all.extend(page);
+            Ok(ControlFlow::Continue(()))
+        })?;
+        Ok(all)
+    }
+
+    /// The names and sizes of the blobs under `prefix`, in name order, handed to `each` a page
+    /// (at most [`LIST_PAGE`] names) at a time as the listing goes: a caller that needs the
+    /// names one page at a time never holds the whole listing. `each` stops the listing by
+    /// breaking; an error from it stops the listing and is returned.
+    fn list_pages(
+        &self,
+        prefix: &str,
+        each: &mut dyn FnMut(Vec<(String, u64)>) -> Result<ControlFlow<()>, StoreError>,
+    ) -> Result<(), StoreError>;
 
     /// Names of the blobs under `prefix`, sorted.
     fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
@@ -153,12 +171,33 @@ pub trait BlobStore: Send + Sync + Debug {
     /// Deletes a blob; deleting a missing blob is not an error.
     fn delete(&self, key: &str) -> Result<(), StoreError>;
 
+    /// Stages `bytes` as block `block` of blob `key`, to be made part of it by
+    /// [`BlobStore::commit_blocks`]; until then the blob (if any) is unchanged. Staging the same
+    /// block again replaces it, so a retried or repeated call is harmless. This is how a large
+    /// blob is written a part at a time by a process that never holds all of it.
+    fn stage_block(&self, key: &str, block: u32, bytes: &[u8]) -> Result<(), StoreError>;
+
+    /// Writes blob `key` as the concatenation of its staged `blocks`, in that order, replacing
+    /// it atomically. Each block must have been staged. Committing the same blocks again gives
+    /// the same blob, until [`BlobStore::discard_blocks`]: a commit whose caller failed
+    /// afterwards can be retried.
+    fn commit_blocks(&self, key: &str, blocks: &[u32]) -> Result<(), StoreError>;
+
+    /// Drops what was staged for `key`; the blob itself, if committed, stays. On Azure a
+    /// commit already drops the blocks it leaves out, and blocks never committed are dropped
+    /// by the service after a week (it has no call to drop them sooner): there this does
+    /// nothing.
+    fn discard_blocks(&self, key: &str) -> Result<(), StoreError>;
+
     /// Where this is, for messages: a directory or a container URL.
     fn describe(&self) -> String;
 
     /// Where blob `key` opens from outside this program: a file path or the blob's URL.
     fn location(&self, key: &str) -> String;
 }
+
+/// Most names in one page of [`BlobStore::list_pages`]: Azure's page.
+pub const LIST_PAGE: usize = 5_000;
 
 /// Longest blob name Azure Blob Storage accepts.
 pub const MAX_KEY_BYTES: usize = 1024;

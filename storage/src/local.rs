@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::io::{Read, Write};
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use super::{BlobStore, StoreError, check_container, check_key, check_prefix};
@@ -47,6 +48,69 @@ impl LocalStore {
     fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
         check_key(key)?;
         Ok(self.dir.join(key))
+    }
+
+    /// Lists the directory of keys beginning with `dir` (empty, or ending in `/`) depth first,
+    /// each directory's entries in an order that makes the keys come out in name order: a
+    /// subdirectory sorts as its name followed by `/`. Keys beginning with `prefix` go into
+    /// `page`, handed to `each` whenever it is full, until `each` breaks.
+    fn walk(
+        &self,
+        dir: &str,
+        prefix: &str,
+        page: &mut Vec<(String, u64)>,
+        each: &mut dyn FnMut(Vec<(String, u64)>) -> Result<ControlFlow<()>, StoreError>,
+    ) -> Result<ControlFlow<()>, StoreError> {
+        let entries = match fs::read_dir(self.dir.join(dir)) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(ControlFlow::Continue(()));
+            }
+            Err(e) => return Err(self.io(prefix, e)),
+        };
+        let mut children = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| self.io(prefix, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue; // writes in progress, and staged blocks
+            }
+            let metadata = fs::metadata(entry.path()).map_err(|e| self.io(prefix, e))?;
+            if metadata.is_dir() {
+                children.push((format!("{dir}{name}/"), None));
+            } else if metadata.is_file() {
+                children.push((format!("{dir}{name}"), Some(metadata.len())));
+            }
+        }
+        children.sort();
+        for (key, size) in children {
+            let flow = match size {
+                // A directory that cannot hold a key with the prefix is not entered.
+                None if key.starts_with(prefix) || prefix.starts_with(&key) => {
+                    self.walk(&key, prefix, page, each)?
+                }
+                Some(size) if key.starts_with(prefix) => {
+                    page.push((key, size));
+                    if page.len() == super::LIST_PAGE {
+                        each(std::mem::take(page))?
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                }
+                _ => ControlFlow::Continue(()),
+            };
+            if flow.is_break() {
+                return Ok(flow);
+            }
+        }
+        Ok(ControlFlow::Continue(()))
+    }
+
+    /// Where the blocks staged for `key` wait: under a directory whose name no key can take
+    /// (a name starting with `.` is never listed).
+    fn blocks_dir(&self, key: &str) -> Result<PathBuf, StoreError> {
+        check_key(key)?;
+        Ok(self.dir.join(".blocks").join(key))
     }
 
     fn io(&self, key: &str, e: std::io::Error) -> StoreError {
@@ -130,45 +194,22 @@ impl BlobStore for LocalStore {
         Ok(self.path(key)?.is_file())
     }
 
-    fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+    fn list_pages(
+        &self,
+        prefix: &str,
+        each: &mut dyn FnMut(Vec<(String, u64)>) -> Result<ControlFlow<()>, StoreError>,
+    ) -> Result<(), StoreError> {
         check_prefix(prefix)?;
-        let mut keys = Vec::new();
-        // Walk only the directory the prefix names (`datasets/photos/` of `datasets/photos/x`),
-        // not the whole container.
         let start = match prefix.rfind('/') {
-            Some(i) => self.dir.join(&prefix[..i]),
-            None => self.dir.clone(),
+            Some(i) => &prefix[..=i],
+            None => "",
         };
-        let mut dirs = vec![start];
-        while let Some(dir) = dirs.pop() {
-            let entries = match fs::read_dir(&dir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(self.io(prefix, e)),
-            };
-            for entry in entries {
-                let entry = entry.map_err(|e| self.io(prefix, e))?;
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with('.') {
-                    continue; // temporary files of writes in progress
-                }
-                let path = entry.path();
-                let metadata = fs::metadata(&path).map_err(|e| self.io(prefix, e))?;
-                if metadata.is_dir() {
-                    dirs.push(path);
-                } else if !metadata.is_file() {
-                    // A FIFO, socket or device is no blob.
-                    continue;
-                } else if let Ok(relative) = path.strip_prefix(&self.dir) {
-                    let key = relative.to_string_lossy().replace('\\', "/");
-                    if key.starts_with(prefix) {
-                        keys.push((key, metadata.len()));
-                    }
-                }
-            }
+        let mut page = Vec::new();
+        if self.walk(start, prefix, &mut page, each)?.is_continue() && !page.is_empty() {
+            // The last page: whether the caller would stop after it makes no difference.
+            let _ = each(page)?;
         }
-        keys.sort();
-        Ok(keys)
+        Ok(())
     }
 
     fn delete(&self, key: &str) -> Result<(), StoreError> {
@@ -176,6 +217,62 @@ impl BlobStore for LocalStore {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(self.io(key, e)),
             _ => Ok(()),
         }
+    }
+
+    fn stage_block(&self, key: &str, block: u32, bytes: &[u8]) -> Result<(), StoreError> {
+        let dir = self.blocks_dir(key)?;
+        fs::create_dir_all(&dir).map_err(|e| self.io(key, e))?;
+        let path = dir.join(format!("{block:010}"));
+        let tmp = dir.join(format!("{block:010}.{}.tmp", std::process::id()));
+        let result = (|| {
+            let mut file = fs::File::create(&tmp)?;
+            file.write_all(bytes)?;
+            file.sync_data()?;
+            fs::rename(&tmp, &path)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map_err(|e| self.io(key, e))
+    }
+
+    fn commit_blocks(&self, key: &str, blocks: &[u32]) -> Result<(), StoreError> {
+        let dir = self.blocks_dir(key)?;
+        let missing = |block: u32| StoreError::Io {
+            store: self.describe(),
+            key: key.into(),
+            reason: format!("block {block} was never staged"),
+        };
+        self.write_atomically(key, |file| {
+            for &block in blocks {
+                let mut part = fs::File::open(dir.join(format!("{block:010}")))?;
+                std::io::copy(&mut part, file)?;
+            }
+            Ok(())
+        })
+        .map_err(|e| match e {
+            StoreError::NotFound { .. } => blocks
+                .iter()
+                .find(|&&b| !dir.join(format!("{b:010}")).is_file())
+                .map_or(e, |&b| missing(b)),
+            e => e,
+        })
+    }
+
+    fn discard_blocks(&self, key: &str) -> Result<(), StoreError> {
+        let dir = self.blocks_dir(key)?;
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(self.io(key, e)),
+            _ => {}
+        }
+        // The folders above it too, as far as they are empty: one per job otherwise stays.
+        let top = self.dir.join(".blocks");
+        for parent in dir.ancestors().skip(1).take_while(|p| p.starts_with(&top)) {
+            if fs::remove_dir(parent).is_err() {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn describe(&self) -> String {
@@ -212,6 +309,47 @@ mod tests {
             store.open("a/y.jpg"),
             Err(StoreError::NotABlob { .. })
         ));
+    }
+
+    #[test]
+    fn listing_comes_in_name_order_a_page_at_a_time() {
+        let root = tempfile::tempdir().unwrap();
+        let store = LocalStore::create(root.path(), "ctr").unwrap();
+        for key in [
+            "a0.jpg",
+            "a/x.jpg",
+            "a.jpg",
+            "b/c/d.png",
+            "ab/e.png",
+            ".hidden",
+        ] {
+            store.put(key, b"x").unwrap();
+        }
+        store.stage_block("a/staged.csv", 0, b"x").unwrap();
+        let mut keys = store.list("").unwrap();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+        assert_eq!(
+            keys,
+            ["a.jpg", "a/x.jpg", "a0.jpg", "ab/e.png", "b/c/d.png"]
+        );
+        keys = store.list("a").unwrap();
+        assert_eq!(keys, ["a.jpg", "a/x.jpg", "a0.jpg", "ab/e.png"]);
+        assert_eq!(store.list("a/").unwrap(), ["a/x.jpg"]);
+        assert_eq!(store.list("b/c/").unwrap(), ["b/c/d.png"]);
+
+        for i in 0..super::super::LIST_PAGE + 1 {
+            store.put(&format!("many/{i:05}.png"), b"x").unwrap();
+        }
+        let mut pages = Vec::new();
+        store
+            .list_pages("many/", &mut |page| {
+                pages.push(page.len());
+                Ok(ControlFlow::Continue(()))
+            })
+            .unwrap();
+        assert_eq!(pages, [super::super::LIST_PAGE, 1]);
     }
 
     #[test]

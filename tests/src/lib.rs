@@ -566,6 +566,13 @@ impl Fleet {
         .unwrap()
     }
 
+    /// Asserts that job `job`'s results hold each image once, with the reference's
+    /// predictions: in `scores.csv`, and in the Parquet files read back.
+    pub fn assert_matches_reference(&self, job: &str) {
+        assert_matches_reference(&self.scores(job));
+        assert_matches_reference(&parquet_as_csv(self.store().as_ref(), job));
+    }
+
     pub fn stage(&self) {
         let (dataset, model, mean) = (
             fixture("cifar-10-python.tar.gz"),
@@ -687,6 +694,55 @@ pub fn assert_matches_reference(csv: &str) {
             "row {index} differs"
         );
     }
+}
+
+/// The rows of job `job`'s Parquet files (`results/<job>/scores.parquet/`), read back with the
+/// Parquet crate's own reader and written out as `scores.csv`'s first seven columns: what
+/// [`rows`] and [`assert_matches_reference`] read. The files are read in name order, each
+/// row as it is stored.
+pub fn parquet_as_csv(store: &dyn fleet_storage::BlobStore, job: &str) -> String {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::Field;
+    let cell = |field: &Field| match field {
+        Field::Null => String::new(),
+        Field::Int(v) => v.to_string(),
+        Field::Long(v) => v.to_string(),
+        Field::Float(v) => format!("{v:.6}"),
+        Field::Str(v) => v.clone(),
+        other => panic!("unexpected Parquet value {other:?}"),
+    };
+    let mut csv = String::from(
+        "index,filename,true_label,predicted_label,true_class,predicted_class,confidence\n",
+    );
+    let parts = store
+        .list(&fleet_protocol::job::parquet_prefix(job))
+        .expect("the Parquet files are listed");
+    assert!(!parts.is_empty(), "job {job} has no Parquet file");
+    for key in parts {
+        let bytes = store.get(&key).expect("a Parquet file is read");
+        let reader = SerializedFileReader::new(bytes::Bytes::from(bytes))
+            .unwrap_or_else(|e| panic!("{key} is not a Parquet file: {e}"));
+        for row in reader.get_row_iter(None).unwrap() {
+            let row = row.unwrap_or_else(|e| panic!("{key}: {e}"));
+            let cells: std::collections::HashMap<&str, String> = row
+                .get_column_iter()
+                .map(|(name, field)| (name.as_str(), cell(field)))
+                .collect();
+            let columns = [
+                "index",
+                "filename",
+                "true_label",
+                "predicted_label",
+                "true_class",
+                "predicted_class",
+                "confidence",
+            ];
+            let line: Vec<&str> = columns.iter().map(|c| cells[c].as_str()).collect();
+            csv.push_str(&line.join(","));
+            csv.push('\n');
+        }
+    }
+    csv
 }
 
 /// Waits for a `producer --wait` started with [`spawn`]; returns its job id, after checking it

@@ -44,7 +44,9 @@ fn embedded_job_scores_every_test_image_once() {
     let mut lines = csv.lines();
     assert_eq!(
         lines.next(),
-        Some("index,filename,true_label,predicted_label,true_class,predicted_class,confidence")
+        Some(
+            "index,filename,true_label,predicted_label,true_class,predicted_class,confidence,error"
+        )
     );
     let mut indices = BTreeSet::new();
     let mut correct = 0u64;
@@ -63,7 +65,8 @@ fn embedded_job_scores_every_test_image_once() {
     ];
     for line in lines {
         let f: Vec<&str> = line.split(',').collect();
-        assert_eq!(f.len(), 7, "{line}");
+        assert_eq!(f.len(), 8, "{line}");
+        assert_eq!(f[7], "", "no image has an error: {line}");
         assert!(
             indices.insert(f[0].parse::<u32>().unwrap()),
             "index {} twice",
@@ -85,6 +88,15 @@ fn embedded_job_scores_every_test_image_once() {
         indices.iter().copied().collect::<Vec<_>>(),
         (0..10_000).collect::<Vec<_>>()
     );
+    // The Parquet files hold the same rows, typed: read back, they print as scores.csv does.
+    let local = fleet_storage::local::LocalStore::open(root.path(), "cifar").unwrap();
+    let parquet = fleet_tests::parquet_as_csv(&local, &job);
+    let first_seven = |csv: &str| -> Vec<String> {
+        csv.lines()
+            .map(|l| l.split(',').take(7).collect::<Vec<_>>().join(","))
+            .collect()
+    };
+    assert_eq!(first_seven(&parquet), first_seven(&csv));
 
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(results.join("summary.json")).unwrap()).unwrap();

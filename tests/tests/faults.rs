@@ -8,10 +8,7 @@ use std::time::{Duration, Instant};
 use fleet_broker::amqp::AmqpBroker;
 use fleet_broker::{Broker, Consumer, Delivery, Queue};
 use fleet_protocol::message::{self, Images, MAX_MESSAGE_BYTES, Partition};
-use fleet_tests::{
-    Fleet, PROCESS_DEADLINE, assert_matches_reference, finish, run_with, spawn, stop, terminate,
-    wait_output,
-};
+use fleet_tests::{Fleet, PROCESS_DEADLINE, finish, run_with, spawn, stop, terminate, wait_output};
 
 fn kill(child: &mut Child) {
     child.kill().expect("SIGKILL");
@@ -54,7 +51,7 @@ fn workers_killed_mid_partition_lose_nothing() {
         terminate(worker);
     }
     terminate(collector);
-    assert_matches_reference(&fleet.scores(&job));
+    fleet.assert_matches_reference(&job);
 }
 
 /// A worker whose host cannot score (no ONNX Runtime library; CUDA asked for where there is
@@ -96,7 +93,7 @@ fn workers_that_cannot_score_stop_at_start_up_and_take_nothing() {
     let job = finish(producer);
     terminate(worker);
     terminate(collector);
-    assert_matches_reference(&fleet.scores(&job));
+    fleet.assert_matches_reference(&job);
 }
 
 #[test]
@@ -116,7 +113,7 @@ fn a_collector_killed_mid_job_and_restarted_finishes_it() {
         terminate(worker);
     }
     terminate(collector);
-    assert_matches_reference(&fleet.scores(&job));
+    fleet.assert_matches_reference(&job);
 }
 
 /// Two collectors on one results queue: the broker makes one active and keeps the other as a
@@ -147,7 +144,7 @@ fn the_standby_collector_takes_over_from_a_killed_active_one() {
         "the standby did not complete the job:\n{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert_matches_reference(&fleet.scores(&job));
+    fleet.assert_matches_reference(&job);
 }
 
 /// A stored partition that cannot be read (a damaged blob: its scores were acked, no one will
@@ -158,12 +155,13 @@ fn an_unreadable_stored_partition_cancels_the_job_with_its_reason() {
     let fleet = Fleet::isolated();
     fleet.stage();
     let env = fleet.env();
-    let collector = spawn("collector", &[], &env);
     let mut producer = submit(&fleet);
     let job = job_of(&mut producer);
-    // The last partition's blob, damaged before any worker runs.
+    // The last partition's blob, damaged before any collector or worker runs: the collector
+    // finds it when it takes the job in, as one restarted mid-job would.
     let damaged = fleet_protocol::job::partition_key(&job, 39);
     fleet.store().put(&damaged, b"not a partition").unwrap();
+    let collector = spawn("collector", &[], &env);
     let worker = spawn("worker", &[], &env);
     let out = wait_output(producer, "producer --wait", PROCESS_DEADLINE);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -368,7 +366,7 @@ fn a_worker_stopped_with_sigterm_drains_and_exits() {
     let job = finish(producer);
     terminate(staying);
     terminate(collector);
-    assert_matches_reference(&fleet.scores(&job));
+    fleet.assert_matches_reference(&job);
 }
 
 #[test]
@@ -385,8 +383,8 @@ fn the_same_job_submitted_twice_gives_two_complete_result_sets() {
         terminate(worker);
     }
     terminate(collector);
-    assert_matches_reference(&fleet.scores(&a));
-    assert_matches_reference(&fleet.scores(&b));
+    fleet.assert_matches_reference(&a);
+    fleet.assert_matches_reference(&b);
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use fleet_broker::amqp::{AmqpArgs, AmqpBroker};
 use fleet_broker::{Broker, Queue, QueueNames};
-use fleet_tests::{Fleet, Services, assert_matches_reference, finish, spawn, terminate, unique};
+use fleet_tests::{Fleet, Services, finish, spawn, terminate, unique};
 
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
@@ -35,7 +35,7 @@ fn a_broker_restart_mid_job_loses_nothing() {
         status.success(),
         "the collector failed across the broker restart: {stderr}"
     );
-    assert_matches_reference(&fleet.scores(&job));
+    fleet.assert_matches_reference(&job);
 }
 
 #[test]
@@ -60,7 +60,7 @@ fn storage_away_during_the_final_write_is_waited_out() {
         status.success(),
         "the collector failed across the storage outage: {stderr}"
     );
-    assert_matches_reference(&fleet.scores(&job));
+    fleet.assert_matches_reference(&job);
 }
 
 #[test]
@@ -82,7 +82,7 @@ fn twenty_jobs_at_once_against_two_workers_all_complete() {
     let distinct: std::collections::BTreeSet<&String> = jobs.iter().collect();
     assert_eq!(distinct.len(), 20, "job ids must differ");
     for job in &jobs {
-        assert_matches_reference(&fleet.scores(job));
+        fleet.assert_matches_reference(job);
     }
 }
 

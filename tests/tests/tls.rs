@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use fleet_tests::{Fleet, assert_matches_reference, finish, free_port, run_with, spawn, terminate};
+use fleet_tests::{Fleet, finish, free_port, run_with, spawn, terminate};
 
 /// A RabbitMQ node listening for TLS only, stopped when dropped.
 struct TlsBroker {
@@ -200,5 +200,5 @@ fn the_fleet_runs_over_amqps_with_a_private_certificate_authority() {
     let job = finish(producer);
     terminate(worker);
     terminate(collector);
-    assert_matches_reference(&fleet.scores(&job));
+    fleet.assert_matches_reference(&job);
 }

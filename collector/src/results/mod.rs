@@ -1,23 +1,28 @@
-//! A job's result files: `scores.csv`, `summary.json`, `report.html`, and for labelled jobs
-//! `confusion.csv`, `confused_pairs.csv` and `confusion.png`.
+//! A job's result files. `scores.csv`'s rows and the Parquet files are written a partition at
+//! a time as partitions arrive ([`rows`], [`parquet`]); the counts behind `summary.json`, the
+//! confusion files and `report.html` are kept in a [`Tally`] and written when the job
+//! completes ([`finish`], [`report`]).
 //!
-//! Everything is sized by the job's classes (the model's output), never by a constant.
+//! Everything is sized by the job's classes (the model's output), never by a constant, and
+//! nothing held grows with the number of images.
 
 mod confusion;
+pub mod gallery;
+pub mod parquet;
 pub mod report;
+pub mod rows;
+mod tally;
 
 pub use confusion::Confusion;
+pub use tally::Tally;
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use fleet_protocol::message::{Score, Scored, Sealed};
-use fleet_protocol::summary::{ClassAccuracy, ClassCount, ConfusedPair, Summary, Timings, ratio};
+use fleet_protocol::job::Plan;
+use fleet_protocol::message::Sealed;
+use fleet_protocol::summary::{Summary, ratio};
 
-/// Header of `scores.csv` (top-1, no error column); several batches add a `batch` column first,
-/// top-k adds `top2_label,top2_class,top2_confidence,...`, image collections add `error`.
-pub const SCORES_HEADER: &str =
-    "index,filename,true_label,predicted_label,true_class,predicted_class,confidence";
+use rows::csv_field;
 
 /// Classes up to which the confusion matrix is drawn as a heat map.
 pub const MAX_HEAT_MAP_CLASSES: usize = 30;
@@ -26,328 +31,41 @@ pub const MAX_HEAT_MAP_CLASSES: usize = 30;
 /// row (a 21,843-class matrix would be 477 million cells).
 pub const MAX_MATRIX_CLASSES: usize = 1_000;
 
-/// Confused pairs listed in the summary.
-const SUMMARY_PAIRS: usize = 10;
-
-/// Everything written for a finished job.
+/// The files written when a job completes, beside `scores.csv` (committed from the blocks
+/// staged as partitions arrived) and `report.html`.
 #[derive(Debug)]
-pub struct ResultFiles {
-    /// One row per image.
-    pub scores_csv: String,
+pub struct Finished {
     /// Labelled jobs only.
     pub confusion_csv: Option<String>,
     /// Labelled jobs only: every off-diagonal cell, largest first.
     pub confused_pairs_csv: Option<String>,
     /// Labelled jobs of up to [`MAX_HEAT_MAP_CLASSES`] classes.
     pub confusion_png: Option<Vec<u8>>,
-    /// Labelled jobs only: the confusion matrix.
-    pub confusion: Option<Confusion>,
     /// `summary.json`'s content.
     pub summary: Summary,
 }
 
-/// Builds the result files of the sealed job from every partition's scores. `partitions` must
-/// hold each partition once, in job order (the collector keys them by partition number); they
-/// are borrowed, as a large job's scores are not to be held twice.
-pub fn build(sealed: &Sealed, partitions: &[&Scored], completed_at_ms: u64) -> ResultFiles {
-    let mut batches: Vec<String> = Vec::new();
-    for p in partitions {
-        if !batches.contains(&p.batch) {
-            batches.push(p.batch.clone());
-        }
-    }
-    let columns = Columns::of(sealed, partitions, batches.len() > 1);
-    let mut scores_csv = ScoresCsv::new(
-        columns,
-        &sealed.classes,
-        partitions.iter().map(|p| p.scores.len()).sum(),
-    );
-    let mut tally = Tally::new(sealed.classes.len());
-    for p in partitions {
-        scores_csv.partition(p);
-        tally.add(p);
-    }
-    let summary = tally.summary(sealed, batches, completed_at_ms);
-    let scores_csv = scores_csv.finish();
+/// The files of the sealed job whose every partition `tally` has counted.
+pub fn finish(tally: &Tally, plan: &Plan, sealed: &Sealed, completed_at_ms: u64) -> Finished {
+    let summary = tally.summary(plan, sealed, completed_at_ms);
     if !sealed.labelled {
-        return ResultFiles {
-            scores_csv,
+        return Finished {
             confusion_csv: None,
             confused_pairs_csv: None,
             confusion_png: None,
-            confusion: None,
             summary,
         };
     }
-    let classes = &sealed.classes;
-    let confusion = tally.confusion;
+    let classes = &plan.classes;
+    let confusion = &tally.confusion;
     let names: Vec<&str> = classes.iter().map(String::as_str).collect();
-    ResultFiles {
-        scores_csv,
-        confusion_csv: Some(confusion_csv(&confusion, classes)),
-        confused_pairs_csv: Some(confused_pairs_csv(&confusion, classes)),
+    Finished {
+        confusion_csv: Some(confusion_csv(confusion, classes)),
+        confused_pairs_csv: Some(confused_pairs_csv(confusion, classes)),
         confusion_png: (classes.len() <= MAX_HEAT_MAP_CLASSES)
             .then(|| fleet_figures::confusion_png(&confusion.dense(), &names)),
-        confusion: Some(confusion),
         summary,
     }
-}
-
-/// The columns of a job's `scores.csv` beyond the fixed ones.
-#[derive(Debug, Clone, Copy)]
-struct Columns {
-    /// A leading `batch` column: several tarball batches are scored.
-    batch: bool,
-    /// Classes reported per image.
-    top_k: usize,
-    /// A last `error` column: a collection's files may be unreadable, and any job's model may
-    /// return NaN for an image.
-    error: bool,
-}
-
-impl Columns {
-    fn of(sealed: &Sealed, partitions: &[&Scored], several_batches: bool) -> Self {
-        let scores = || partitions.iter().flat_map(|p| &p.scores);
-        Self {
-            batch: several_batches,
-            top_k: scores().map(|s| s.top.len()).max().unwrap_or(1).max(1),
-            error: sealed.errors_column || scores().any(|s| s.error.is_some()),
-        }
-    }
-}
-
-/// `scores.csv`, written a partition at a time.
-struct ScoresCsv<'a> {
-    text: String,
-    columns: Columns,
-    classes: &'a [String],
-}
-
-impl<'a> ScoresCsv<'a> {
-    /// The header, with room for `rows` rows.
-    fn new(columns: Columns, classes: &'a [String], rows: usize) -> Self {
-        let mut text = String::with_capacity(rows * 64);
-        if columns.batch {
-            text.push_str("batch,");
-        }
-        text.push_str(SCORES_HEADER);
-        for k in 2..=columns.top_k {
-            let _ = write!(text, ",top{k}_label,top{k}_class,top{k}_confidence");
-        }
-        if columns.error {
-            text.push_str(",error");
-        }
-        text.push('\n');
-        Self {
-            text,
-            columns,
-            classes,
-        }
-    }
-
-    fn class_name(&self, class: u32) -> &'a str {
-        self.classes.get(class as usize).map_or("?", String::as_str)
-    }
-
-    /// One row per image of the partition.
-    fn partition(&mut self, p: &Scored) {
-        let n = self.classes.len();
-        for (i, (score, filename)) in p.scores.iter().zip(&p.filenames).enumerate() {
-            if self.columns.batch {
-                let _ = write!(self.text, "{},", csv_field(&p.batch));
-            }
-            let _ = write!(
-                self.text,
-                "{},{},",
-                p.first_index + i as u64,
-                csv_field(filename)
-            );
-            let (label, best) = label_and_best(score, n);
-            let cell = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_default();
-            let name = |v: Option<u32>| v.map(|v| csv_field(self.class_name(v)).into_owned());
-            let _ = write!(
-                self.text,
-                "{},{},{},{},{}",
-                cell(label),
-                cell(best.map(|b| b.0)),
-                name(label).unwrap_or_default(),
-                name(best.map(|b| b.0)).unwrap_or_default(),
-                best.map(|b| format!("{:.6}", b.1)).unwrap_or_default()
-            );
-            for k in 1..self.columns.top_k {
-                match score.top.get(k) {
-                    Some(&(class, p)) => {
-                        let name = csv_field(self.class_name(class));
-                        let _ = write!(self.text, ",{class},{name},{p:.6}");
-                    }
-                    None => self.text.push_str(",,,"),
-                }
-            }
-            if self.columns.error {
-                let error = csv_field(score.error.as_deref().unwrap_or(""));
-                let _ = write!(self.text, ",{error}");
-            }
-            self.text.push('\n');
-        }
-    }
-
-    fn finish(self) -> String {
-        self.text
-    }
-}
-
-/// The running counts of a job, a partition at a time: what its summary and confusion files
-/// are made of. Its size follows the classes that occur, not the images.
-struct Tally {
-    classes: usize,
-    images: u64,
-    unreadable: u64,
-    predicted: Vec<u64>,
-    confusion: Confusion,
-    workers: BTreeMap<String, u64>,
-    inference_ms: f64,
-    preprocess_ms: f64,
-    partitions: u32,
-    first_taken_ms: Option<u64>,
-    last_scored_ms: Option<u64>,
-    queueing_seconds: f64,
-}
-
-impl Tally {
-    fn new(classes: usize) -> Self {
-        Self {
-            classes,
-            images: 0,
-            unreadable: 0,
-            predicted: vec![0; classes],
-            confusion: Confusion::new(classes),
-            workers: BTreeMap::new(),
-            inference_ms: 0.0,
-            preprocess_ms: 0.0,
-            partitions: 0,
-            first_taken_ms: None,
-            last_scored_ms: None,
-            queueing_seconds: 0.0,
-        }
-    }
-
-    fn add(&mut self, p: &Scored) {
-        let n = self.classes;
-        *self.workers.entry(p.worker.clone()).or_default() += p.scores.len() as u64;
-        self.inference_ms += p.inference_ms;
-        self.preprocess_ms += p.preprocess_ms;
-        self.partitions += 1;
-        self.first_taken_ms = Some(
-            self.first_taken_ms
-                .map_or(p.started_at_ms, |t| t.min(p.started_at_ms)),
-        );
-        self.last_scored_ms = Some(
-            self.last_scored_ms
-                .map_or(p.finished_at_ms, |t| t.max(p.finished_at_ms)),
-        );
-        self.queueing_seconds += seconds_between(p.published_at_ms, p.started_at_ms);
-        for score in &p.scores {
-            self.images += 1;
-            let (label, best) = label_and_best(score, n);
-            match best {
-                Some((class, _)) => {
-                    self.predicted[class as usize] += 1;
-                    if let Some(l) = label {
-                        self.confusion.add(l, class);
-                    }
-                }
-                None => self.unreadable += 1,
-            }
-        }
-    }
-
-    /// `summary.json` of the sealed job, `batches` being the batch names in job order.
-    fn summary(&self, sealed: &Sealed, batches: Vec<String>, completed_at_ms: u64) -> Summary {
-        let classes = &sealed.classes;
-        let confusion = &self.confusion;
-        let (labelled, correct) = (confusion.labelled(), confusion.correct());
-        // The classes with images (a class without any has no accuracy to state).
-        let per_class = confusion
-            .true_classes()
-            .map(|(c, images)| {
-                let correct = confusion.get(c, c);
-                ClassAccuracy {
-                    class: classes[c as usize].clone(),
-                    images,
-                    correct,
-                    accuracy: ratio(correct, images),
-                }
-            })
-            .collect();
-        let predicted = classes
-            .iter()
-            .zip(&self.predicted)
-            .filter(|(_, predicted)| **predicted > 0)
-            .map(|(class, &predicted)| ClassCount {
-                class: class.clone(),
-                predicted,
-            })
-            .collect();
-        let most_confused = confused(confusion)
-            .iter()
-            .take(SUMMARY_PAIRS)
-            .map(|&((t, p), images)| ConfusedPair {
-                true_class: classes[t as usize].clone(),
-                predicted_class: classes[p as usize].clone(),
-                images,
-            })
-            .collect();
-        Summary {
-            job: sealed.job.clone(),
-            images: self.images,
-            scored: self.images - self.unreadable,
-            unreadable: self.unreadable,
-            labelled,
-            correct,
-            accuracy: sealed.labelled.then(|| ratio(correct, labelled)),
-            classes: classes.clone(),
-            per_class,
-            predicted,
-            most_confused,
-            batches,
-            partitions: self.partitions,
-            workers: self.workers.clone(),
-            timings: self.timings(sealed, completed_at_ms),
-        }
-    }
-
-    fn timings(&self, sealed: &Sealed, completed_at_ms: u64) -> Timings {
-        let submitted_at_ms = sealed.submitted_at_ms;
-        let wall_seconds = seconds_between(submitted_at_ms, completed_at_ms);
-        Timings {
-            submitted_at_ms,
-            completed_at_ms,
-            wall_seconds,
-            images_per_second: if wall_seconds > 0.0 {
-                self.images as f64 / wall_seconds
-            } else {
-                0.0
-            },
-            inference_seconds: self.inference_ms / 1000.0,
-            preprocess_seconds: self.preprocess_ms / 1000.0,
-            staging_seconds: seconds_between(submitted_at_ms, sealed.published_at_ms),
-            queueing_seconds: self.queueing_seconds / f64::from(self.partitions.max(1)),
-            scoring_seconds: self
-                .first_taken_ms
-                .zip(self.last_scored_ms)
-                .map_or(0.0, |(from, to)| seconds_between(from, to)),
-            writing_seconds: 0.0,
-        }
-    }
-}
-
-/// A score's label and its best class with its confidence, each only when it is one of the
-/// job's `classes`. A label beyond the model's classes cannot be compared: the producer and the
-/// worker refuse such jobs, so it only shows up as an unlabelled row here.
-fn label_and_best(score: &Score, classes: usize) -> (Option<u32>, Option<(u32, f32)>) {
-    let label = score.label.filter(|&l| (l as usize) < classes);
-    let best = score.predicted().filter(|&(c, _)| (c as usize) < classes);
-    (label, best)
 }
 
 /// The off-diagonal cells, largest first; ties in class order, so the tables are stable.
@@ -404,49 +122,31 @@ fn confusion_csv(confusion: &Confusion, classes: &[String]) -> String {
     csv
 }
 
-/// Seconds from one Unix time in milliseconds to a later one; 0 if the clocks of two hosts
-/// put them the other way round.
-fn seconds_between(from_ms: u64, to_ms: u64) -> f64 {
-    to_ms.saturating_sub(from_ms) as f64 / 1000.0
-}
-
-/// A text field of a CSV file: quoted when it needs it (RFC 4180), and a field a spreadsheet
-/// would run as a formula (one beginning with `=`, `+`, `-`, `@`, a tab or a carriage return:
-/// a file or class named `=HYPERLINK(...)`) made plain text by a leading `'`, as OWASP
-/// recommends. Every name and message in the product's CSV files goes through here.
-fn csv_field(s: &str) -> std::borrow::Cow<'_, str> {
-    let s: std::borrow::Cow<'_, str> = if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("'{s}").into()
-    } else {
-        s.into()
-    };
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\"")).into()
-    } else {
-        s
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::rows::SCORES_HEADER;
     use super::*;
+    use fleet_protocol::message::{Score, Scored};
 
     fn cifar_classes() -> Vec<String> {
         fleet_dataset::CLASS_NAMES.map(String::from).to_vec()
     }
 
-    fn refs(parts: &[Scored]) -> Vec<&Scored> {
-        parts.iter().collect()
+    fn plan(classes: Vec<String>, top_k: u8, several_batches: bool) -> Plan {
+        Plan {
+            job: "j".into(),
+            classes,
+            top_k,
+            several_batches,
+        }
     }
 
-    fn sealed(classes: Vec<String>, labelled: bool, errors_column: bool) -> Sealed {
+    fn sealed(labelled: bool) -> Sealed {
         Sealed {
             job: "j".into(),
             partitions: 2,
             images: 3,
-            classes,
             labelled,
-            errors_column,
             submitted_at_ms: 1_000,
             published_at_ms: 1_500,
         }
@@ -478,13 +178,25 @@ mod tests {
         }
     }
 
+    /// `scores.csv` and the other files, as the collector writes them.
+    fn build(plan: &Plan, sealed: &Sealed, parts: &[Scored], at_ms: u64) -> (String, Finished) {
+        let mut csv = rows::header(plan);
+        let mut tally = Tally::new(plan.classes.len());
+        for p in parts {
+            csv.push_str(&rows::rows(plan, p));
+            tally.add(p);
+        }
+        (csv, finish(&tally, plan, sealed, at_ms))
+    }
+
     #[test]
     fn counts_accuracy_and_rows() {
         let parts = [
             scored(0, "test_batch", 0, &[(3, 3), (5, 3)]),
             scored(1, "test_batch", 2, &[(0, 0)]),
         ];
-        let files = build(&sealed(cifar_classes(), true, false), &refs(&parts), 3_000);
+        let plan = plan(cifar_classes(), 1, false);
+        let (csv, files) = build(&plan, &sealed(true), &parts, 3_000);
         assert_eq!(files.summary.images, 3);
         assert_eq!(files.summary.correct, 2);
         assert_eq!(
@@ -492,10 +204,10 @@ mod tests {
             "Correctly predicted 2 of 3 images (66.67%)"
         );
         assert_eq!(files.summary.timings.wall_seconds, 2.0);
-        let lines: Vec<&str> = files.scores_csv.lines().collect();
-        assert_eq!(lines[0], SCORES_HEADER);
-        assert_eq!(lines[2], "1,f1.png,5,3,dog,cat,0.500000");
-        assert_eq!(lines[3], "2,f0.png,0,0,airplane,airplane,0.500000");
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines[0], format!("{SCORES_HEADER},error"));
+        assert_eq!(lines[2], "1,f1.png,5,3,dog,cat,0.500000,");
+        assert_eq!(lines[3], "2,f0.png,0,0,airplane,airplane,0.500000,");
         let confusion = files.confusion_csv.unwrap();
         assert!(
             confusion
@@ -514,12 +226,19 @@ mod tests {
     #[test]
     fn several_batches_add_a_batch_column() {
         let parts = [
-            scored(0, "data_batch_1", 0, &[(1, 1)]),
             scored(1, "test_batch", 0, &[(2, 2)]),
+            scored(0, "data_batch_1", 0, &[(1, 1)]),
         ];
-        let files = build(&sealed(cifar_classes(), true, false), &refs(&parts), 1_000);
-        assert!(files.scores_csv.starts_with("batch,index,"));
-        assert!(files.scores_csv.contains("\ntest_batch,0,f0.png,2,2,"));
+        let (csv, files) = build(
+            &plan(cifar_classes(), 1, true),
+            &sealed(true),
+            &parts,
+            1_000,
+        );
+        assert!(csv.starts_with("batch,index,"));
+        assert!(csv.contains("\ntest_batch,0,f0.png,2,2,"));
+        // In job order, whatever order the partitions came in.
+        assert_eq!(files.summary.batches, ["data_batch_1", "test_batch"]);
     }
 
     #[test]
@@ -527,7 +246,7 @@ mod tests {
         // Class 57 of 100 is neither clamped nor counted as another class.
         let classes: Vec<String> = (0..100).map(|i| format!("c{i}")).collect();
         let parts = [scored(0, "p/", 0, &[(9, 57), (57, 57)])];
-        let files = build(&sealed(classes, true, false), &refs(&parts), 2_000);
+        let (csv, files) = build(&plan(classes, 1, false), &sealed(true), &parts, 2_000);
         assert_eq!(files.summary.correct, 1);
         // Only the classes predicted are listed.
         assert_eq!(files.summary.predicted.len(), 1);
@@ -544,7 +263,7 @@ mod tests {
             files.confusion_png.is_none(),
             "no heat map beyond 30 classes"
         );
-        assert!(files.scores_csv.contains("0,f0.png,9,57,c9,c57,"));
+        assert!(csv.contains("0,f0.png,9,57,c9,c57,"));
     }
 
     #[test]
@@ -559,16 +278,9 @@ mod tests {
             top: vec![],
             error: Some("not an image: \"bad\", truncated".into()),
         };
-        let files = build(
-            &sealed(
-                ["cat", "dog", "ship"].map(String::from).to_vec(),
-                false,
-                true,
-            ),
-            &[&part],
-            2_000,
-        );
-        let lines: Vec<&str> = files.scores_csv.lines().collect();
+        let plan = plan(["cat", "dog", "ship"].map(String::from).to_vec(), 2, false);
+        let (csv, files) = build(&plan, &sealed(false), &[part], 2_000);
+        let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(
             lines[0],
             format!("{SCORES_HEADER},top2_label,top2_class,top2_confidence,error")
@@ -589,25 +301,8 @@ mod tests {
     }
 
     #[test]
-    fn csv_fields_with_commas_are_quoted() {
-        assert_eq!(csv_field("a,b\"c"), "\"a,b\"\"c\"");
-        assert_eq!(csv_field("plain.png"), "plain.png");
-    }
-
-    #[test]
-    fn csv_fields_a_spreadsheet_would_run_are_plain_text() {
-        assert_eq!(
-            csv_field("=HYPERLINK(\"http:evil\",\"x\")"),
-            "\"'=HYPERLINK(\"\"http:evil\"\",\"\"x\"\")\""
-        );
-        for formula in ["+1", "-2+3", "@SUM(A1)", "\tx", "\rx"] {
-            let field = csv_field(formula);
-            assert!(
-                field.starts_with('\'') || field.starts_with("\"'"),
-                "{formula:?} -> {field}"
-            );
-        }
-        // Only the first character matters.
-        assert_eq!(csv_field("cat=dog.png"), "cat=dog.png");
+    fn a_model_with_fewer_classes_than_the_top_k_has_a_column_per_class() {
+        let plan = plan(["a", "b"].map(String::from).to_vec(), 5, false);
+        assert!(rows::header(&plan).ends_with(",top2_confidence,error\n"));
     }
 }

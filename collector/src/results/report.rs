@@ -10,19 +10,17 @@
 //! The collector never sees pixels: the thumbnails come with each partition's results, picked
 //! by the worker as `fleet_protocol::gallery` says.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use base64::Engine as _;
 
-use super::{ConfusedPair, Confusion, Summary};
-use fleet_protocol::gallery::{GALLERY_SIZE, SAMPLE_SIZE};
+use super::gallery::{Pictured, UNREADABLE_LISTED};
+use super::{Confusion, Tally};
 use fleet_protocol::job::{DatasetKind, Manifest};
-use fleet_protocol::message::{Score, Scored};
+use fleet_protocol::summary::{ConfusedPair, Summary};
 use fleet_spec::Provenance;
 
-/// Unreadable images listed by name; the rest are counted (`scores.csv` has them all).
-const UNREADABLE_LISTED: usize = 100;
 /// Confused class pairs read out in words.
 const PAIRS_IN_WORDS: usize = 3;
 
@@ -31,24 +29,25 @@ const PAIRS_IN_WORDS: usize = 3;
 pub struct Report<'a> {
     /// The job's summary.
     pub summary: &'a Summary,
-    /// Every partition's scores, in job order.
-    pub partitions: &'a [&'a Scored],
+    /// The job's running counts: its galleries, providers and confusion matrix.
+    pub tally: &'a Tally,
     /// The job's manifest (dataset, labels, model), when it could be read.
     pub manifest: Option<&'a Manifest>,
     /// Where the model came from, from its spec, when the spec still describes the model the
     /// job scored.
     pub provenance: Option<&'a Provenance>,
-    /// The confusion matrix of a labelled job.
-    pub confusion: Option<&'a Confusion>,
     /// `confusion.png`, when drawn.
     pub confusion_png: Option<&'a [u8]>,
 }
 
-/// One image shown in a gallery.
-struct Shown<'a> {
-    png: &'a [u8],
-    name: String,
-    score: &'a Score,
+impl Report<'_> {
+    /// The confusion matrix of a labelled job.
+    fn confusion(&self) -> Option<&Confusion> {
+        self.summary
+            .accuracy
+            .is_some()
+            .then_some(&self.tally.confusion)
+    }
 }
 
 /// The page.
@@ -71,12 +70,10 @@ pub fn render(report: &Report<'_>) -> String {
     );
     job_section(&mut html, report);
     timings_section(&mut html, summary);
-    let samples = thumbnails(report.partitions, |p, position| {
-        p.partition == 0 && position < SAMPLE_SIZE
-    });
+    let samples = &report.tally.gallery.samples;
     if !samples.is_empty() {
         html.push_str("<h2>Sample</h2>\n<p>The first images of the job: true class (where known), then the class the model gave.</p>\n");
-        gallery(&mut html, "samples", &samples, report);
+        gallery(&mut html, "samples", samples, report);
     }
     if summary.accuracy.is_some() {
         per_class_section(&mut html, summary);
@@ -123,14 +120,9 @@ fn job_section(html: &mut String, report: &Report<'_>) {
             "not known: the model's spec is gone or now describes another model".into(),
         ),
     }
-    let providers: BTreeSet<&str> = report
-        .partitions
-        .iter()
-        .map(|p| p.provider.as_str())
-        .collect();
     row(
         "execution provider",
-        providers.into_iter().collect::<Vec<_>>().join(", "),
+        report.tally.providers().collect::<Vec<_>>().join(", "),
     );
     row("images", summary.images.to_string());
     row("scored", summary.scored.to_string());
@@ -254,7 +246,7 @@ fn confusion_section(html: &mut String, report: &Report<'_>) {
             summary.classes.len()
         );
     }
-    if let Some(confusion) = report.confusion {
+    if let Some(confusion) = report.confusion() {
         let sentences = confused_in_words(confusion, &summary.classes);
         if sentences.is_empty() {
             html.push_str("<p id=\"reading\">The model confused no two classes.</p>\n");
@@ -330,18 +322,13 @@ pub fn confused_in_words(confusion: &Confusion, classes: &[String]) -> Vec<Strin
 }
 
 fn mistakes_section(html: &mut String, report: &Report<'_>) {
-    let mut mistakes = thumbnails(report.partitions, |p, position| {
-        let score = &p.scores[position];
-        matches!((score.label, score.predicted()), (Some(l), Some((c, _))) if l != c)
-    });
-    mistakes.sort_by(|a, b| confidence(b.score).total_cmp(&confidence(a.score)));
-    mistakes.truncate(GALLERY_SIZE);
+    let mistakes = &report.tally.gallery.mistakes;
     html.push_str("<h2>Most confident mistakes</h2>\n");
     if mistakes.is_empty() {
         html.push_str("<p>No labelled image was misclassified.</p>\n");
     } else {
         html.push_str("<p>Images the model got wrong while most sure of itself: true class, then what it said.</p>\n");
-        gallery(html, "mistakes", &mistakes, report);
+        gallery(html, "mistakes", mistakes, report);
     }
 }
 
@@ -392,90 +379,48 @@ fn distribution_section(html: &mut String, summary: &Summary) {
 }
 
 fn low_confidence_section(html: &mut String, report: &Report<'_>) {
-    let mut unsure = thumbnails(report.partitions, |p, position| {
-        let score = &p.scores[position];
-        score.label.is_none() && score.predicted().is_some()
-    });
-    unsure.sort_by(|a, b| confidence(a.score).total_cmp(&confidence(b.score)));
-    unsure.truncate(GALLERY_SIZE);
+    let unsure = &report.tally.gallery.unsure;
     if !unsure.is_empty() {
         html.push_str(
             "<h2>Least confident predictions</h2>\n<p>Images without a true label that the \
              model was least sure of: worth a look by a person.</p>\n",
         );
-        gallery(html, "low-confidence", &unsure, report);
+        gallery(html, "low-confidence", unsure, report);
     }
 }
 
 fn unreadable_section(html: &mut String, report: &Report<'_>) {
-    let unreadable: Vec<(String, &str)> = report
-        .partitions
-        .iter()
-        .flat_map(|p| {
-            p.scores
-                .iter()
-                .enumerate()
-                // A scored image may carry a note (a JPEG decoded despite corrupt data): it is
-                // not unreadable.
-                .filter(|(_, s)| s.predicted().is_none())
-                .filter_map(move |(i, s)| s.error.as_deref().map(|error| (image_name(p, i), error)))
-        })
-        .collect();
-    if unreadable.is_empty() {
+    let gallery = &report.tally.gallery;
+    let count = gallery.unreadable_count;
+    if count == 0 {
         return;
     }
     let _ = writeln!(
         html,
-        "<h2>Images that could not be scored</h2>\n<p>{} {}; each has its row in \
+        "<h2>Images that could not be scored</h2>\n<p>{count} {}; each has its row in \
          <code>scores.csv</code> with this error.</p>\n<table id=\"unreadable\">\
          <tr><th>image</th><th>error</th></tr>",
-        unreadable.len(),
-        if unreadable.len() == 1 {
-            "image"
-        } else {
-            "images"
-        }
+        if count == 1 { "image" } else { "images" }
     );
-    for (name, error) in unreadable.iter().take(UNREADABLE_LISTED) {
+    for unreadable in &gallery.unreadable {
         let _ = writeln!(
             html,
             "<tr><td>{}</td><td>{}</td></tr>",
-            escape(name),
-            escape(error)
+            escape(&unreadable.name),
+            escape(&unreadable.error)
         );
     }
     html.push_str("</table>\n");
-    if unreadable.len() > UNREADABLE_LISTED {
+    if count > UNREADABLE_LISTED as u64 {
         let _ = writeln!(
             html,
             "<p>and {} more.</p>",
-            unreadable.len() - UNREADABLE_LISTED
+            count - UNREADABLE_LISTED as u64
         );
     }
 }
 
-/// The images with a thumbnail for which `keep(partition, position)` holds, in job order.
-fn thumbnails<'a>(
-    partitions: &'a [&'a Scored],
-    keep: impl Fn(&Scored, usize) -> bool,
-) -> Vec<Shown<'a>> {
-    partitions
-        .iter()
-        .flat_map(|p| {
-            p.thumbnails
-                .iter()
-                .filter(|t| (t.position as usize) < p.scores.len())
-                .filter(|t| keep(p, t.position as usize))
-                .map(move |t| Shown {
-                    png: &t.png,
-                    name: image_name(p, t.position as usize),
-                    score: &p.scores[t.position as usize],
-                })
-        })
-        .collect()
-}
-
-fn gallery(html: &mut String, id: &str, images: &[Shown<'_>], report: &Report<'_>) {
+fn gallery(html: &mut String, id: &str, images: &[Pictured], report: &Report<'_>) {
     let classes = &report.summary.classes;
     let class = |c: u32| classes.get(c as usize).map_or("?", String::as_str);
     let _ = writeln!(html, "<div class=\"gallery\" id=\"{id}\">");
@@ -499,27 +444,11 @@ fn gallery(html: &mut String, id: &str, images: &[Shown<'_>], report: &Report<'_
             html,
             "<figure><img alt=\"{name}\" title=\"{name}\" src=\"{}\"><figcaption>{caption}<br>\
              <span class=\"name\">{name}</span></figcaption></figure>",
-            data_uri(shown.png),
+            data_uri(&shown.png),
             name = escape(&shown.name),
         );
     }
     html.push_str("</div>\n");
-}
-
-/// An image's name in the report: its file name, else its index in the batch.
-fn image_name(partition: &Scored, position: usize) -> String {
-    match partition.filenames.get(position) {
-        Some(name) if !name.is_empty() => name.clone(),
-        _ => format!(
-            "{} #{}",
-            partition.batch,
-            partition.first_index + position as u64
-        ),
-    }
-}
-
-fn confidence(score: &Score) -> f32 {
-    score.predicted().map_or(0.0, |p| p.1)
 }
 
 fn data_uri(png: &[u8]) -> String {
@@ -564,7 +493,8 @@ code{background:#f6f8fa;padding:0 .2em}";
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fleet_protocol::gallery::pick_thumbnails;
+    use fleet_protocol::gallery::{GALLERY_SIZE, pick_thumbnails};
+    use fleet_protocol::message::Score;
 
     fn score(label: Option<u32>, class: u32, confidence: f32) -> Score {
         Score {
@@ -594,15 +524,20 @@ mod tests {
 
     #[test]
     fn any_class_count_renders_without_a_heat_map_beyond_thirty() {
-        use fleet_protocol::message::{Sealed, Thumbnail};
+        use fleet_protocol::job::Plan;
+        use fleet_protocol::message::{Scored, Sealed, Thumbnail};
         let classes: Vec<String> = (0..40).map(|i| format!("species <{i}>")).collect();
+        let plan = Plan {
+            job: "j".into(),
+            classes: classes.clone(),
+            top_k: 1,
+            several_batches: false,
+        };
         let sealed = Sealed {
             job: "j".into(),
             partitions: 1,
             images: 40,
-            classes: classes.clone(),
             labelled: true,
-            errors_column: true,
             submitted_at_ms: 0,
             published_at_ms: 10,
         };
@@ -633,14 +568,15 @@ mod tests {
             provider: "CPU".into(),
             thumbnails,
         };
-        let files = super::super::build(&sealed, &[&partition], 50);
+        let mut tally = Tally::new(classes.len());
+        tally.add(&partition);
+        let files = super::super::finish(&tally, &plan, &sealed, 50);
         assert!(files.confusion_png.is_none());
         let html = render(&Report {
             summary: &files.summary,
-            partitions: &[&partition],
+            tally: &tally,
             manifest: None,
             provenance: None,
-            confusion: files.confusion.as_ref(),
             confusion_png: None,
         });
         assert!(html.contains("Correctly predicted 20 of 40 images (50.00%)"));

@@ -1,0 +1,190 @@
+//! A job's running counts, a partition at a time: what its summary, confusion files and
+//! report are made of. Its size follows the classes that occur and the report's bounded
+//! galleries, never the number of images.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use fleet_protocol::job::Plan;
+use fleet_protocol::message::{Scored, Sealed};
+use fleet_protocol::summary::{ClassAccuracy, ClassCount, ConfusedPair, Summary, Timings, ratio};
+
+use super::gallery::Gallery;
+use super::rows::label_and_best;
+use super::{Confusion, confused};
+
+/// Confused pairs listed in the summary.
+const SUMMARY_PAIRS: usize = 10;
+
+/// The running counts of one job.
+#[derive(Debug)]
+pub struct Tally {
+    classes: usize,
+    images: u64,
+    unreadable: u64,
+    predicted: Vec<u64>,
+    pub(super) confusion: Confusion,
+    workers: BTreeMap<String, u64>,
+    /// Each batch with the first partition it was seen in: the batches in job order.
+    batches: BTreeMap<String, u32>,
+    providers: BTreeSet<String>,
+    inference_ms: f64,
+    preprocess_ms: f64,
+    partitions: u32,
+    first_taken_ms: Option<u64>,
+    last_scored_ms: Option<u64>,
+    queueing_seconds: f64,
+    /// The report's pictures and lists.
+    pub gallery: Gallery,
+}
+
+impl Tally {
+    /// Nothing counted yet, for a model of `classes` classes.
+    pub fn new(classes: usize) -> Self {
+        Self {
+            classes,
+            images: 0,
+            unreadable: 0,
+            predicted: vec![0; classes],
+            confusion: Confusion::new(classes),
+            workers: BTreeMap::new(),
+            batches: BTreeMap::new(),
+            providers: BTreeSet::new(),
+            inference_ms: 0.0,
+            preprocess_ms: 0.0,
+            partitions: 0,
+            first_taken_ms: None,
+            last_scored_ms: None,
+            queueing_seconds: 0.0,
+            gallery: Gallery::default(),
+        }
+    }
+
+    /// Counts partition `p`; each partition must be counted once.
+    pub fn add(&mut self, p: &Scored) {
+        let n = self.classes;
+        *self.workers.entry(p.worker.clone()).or_default() += p.scores.len() as u64;
+        let first = self.batches.entry(p.batch.clone()).or_insert(p.partition);
+        *first = (*first).min(p.partition);
+        if !self.providers.contains(&p.provider) {
+            self.providers.insert(p.provider.clone());
+        }
+        self.inference_ms += p.inference_ms;
+        self.preprocess_ms += p.preprocess_ms;
+        self.partitions += 1;
+        self.first_taken_ms = Some(
+            self.first_taken_ms
+                .map_or(p.started_at_ms, |t| t.min(p.started_at_ms)),
+        );
+        self.last_scored_ms = Some(
+            self.last_scored_ms
+                .map_or(p.finished_at_ms, |t| t.max(p.finished_at_ms)),
+        );
+        self.queueing_seconds += seconds_between(p.published_at_ms, p.started_at_ms);
+        for score in &p.scores {
+            self.images += 1;
+            let (label, best) = label_and_best(score, n);
+            match best {
+                Some((class, _)) => {
+                    self.predicted[class as usize] += 1;
+                    if let Some(l) = label {
+                        self.confusion.add(l, class);
+                    }
+                }
+                None => self.unreadable += 1,
+            }
+        }
+        self.gallery.add(p);
+    }
+
+    /// The execution providers that scored the job's partitions.
+    pub fn providers(&self) -> impl Iterator<Item = &str> {
+        self.providers.iter().map(String::as_str)
+    }
+
+    /// `summary.json` of the sealed job.
+    pub fn summary(&self, plan: &Plan, sealed: &Sealed, completed_at_ms: u64) -> Summary {
+        let classes = &plan.classes;
+        let confusion = &self.confusion;
+        let (labelled, correct) = (confusion.labelled(), confusion.correct());
+        // The classes with images (a class without any has no accuracy to state).
+        let per_class = confusion
+            .true_classes()
+            .map(|(c, images)| {
+                let correct = confusion.get(c, c);
+                ClassAccuracy {
+                    class: classes[c as usize].clone(),
+                    images,
+                    correct,
+                    accuracy: ratio(correct, images),
+                }
+            })
+            .collect();
+        let predicted = classes
+            .iter()
+            .zip(&self.predicted)
+            .filter(|(_, predicted)| **predicted > 0)
+            .map(|(class, &predicted)| ClassCount {
+                class: class.clone(),
+                predicted,
+            })
+            .collect();
+        let most_confused = confused(confusion)
+            .iter()
+            .take(SUMMARY_PAIRS)
+            .map(|&((t, p), images)| ConfusedPair {
+                true_class: classes[t as usize].clone(),
+                predicted_class: classes[p as usize].clone(),
+                images,
+            })
+            .collect();
+        let mut batches: Vec<(&String, &u32)> = self.batches.iter().collect();
+        batches.sort_by_key(|&(_, first)| *first);
+        Summary {
+            job: sealed.job.clone(),
+            images: self.images,
+            scored: self.images - self.unreadable,
+            unreadable: self.unreadable,
+            labelled,
+            correct,
+            accuracy: sealed.labelled.then(|| ratio(correct, labelled)),
+            classes: classes.clone(),
+            per_class,
+            predicted,
+            most_confused,
+            batches: batches.into_iter().map(|(name, _)| name.clone()).collect(),
+            partitions: self.partitions,
+            workers: self.workers.clone(),
+            timings: self.timings(sealed, completed_at_ms),
+        }
+    }
+
+    fn timings(&self, sealed: &Sealed, completed_at_ms: u64) -> Timings {
+        let submitted_at_ms = sealed.submitted_at_ms;
+        let wall_seconds = seconds_between(submitted_at_ms, completed_at_ms);
+        Timings {
+            submitted_at_ms,
+            completed_at_ms,
+            wall_seconds,
+            images_per_second: if wall_seconds > 0.0 {
+                self.images as f64 / wall_seconds
+            } else {
+                0.0
+            },
+            inference_seconds: self.inference_ms / 1000.0,
+            preprocess_seconds: self.preprocess_ms / 1000.0,
+            staging_seconds: seconds_between(submitted_at_ms, sealed.published_at_ms),
+            queueing_seconds: self.queueing_seconds / f64::from(self.partitions.max(1)),
+            scoring_seconds: self
+                .first_taken_ms
+                .zip(self.last_scored_ms)
+                .map_or(0.0, |(from, to)| seconds_between(from, to)),
+            writing_seconds: 0.0,
+        }
+    }
+}
+
+/// Seconds from one Unix time in milliseconds to a later one; 0 if the clocks of two hosts
+/// put them the other way round.
+fn seconds_between(from_ms: u64, to_ms: u64) -> f64 {
+    to_ms.saturating_sub(from_ms) as f64 / 1000.0
+}
