@@ -7,10 +7,12 @@
 //!   published, manifest written, job sealed.
 //! - [`follow`]: waiting for a submitted job, by watching the container.
 //! - [`status`]: the container's jobs and where each stands.
+//! - [`control`]: cancelling a submitted job.
 //! - [`embedded`]: the whole fleet in one process, on the in-process broker.
 //! - [`models`]: which staged model a command means when it names none.
 //! - [`source`]: where staged inputs come from (a file or a URL).
 
+pub mod control;
 pub mod embedded;
 pub mod follow;
 pub mod models;

@@ -8,8 +8,10 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use fleet_broker::amqp::{AmqpArgs, AmqpBroker};
+use fleet_broker::{Broker, Queue};
 use fleet_inference::InferenceOptions;
 use fleet_protocol::job;
+use fleet_protocol::message::{self, Cancelled, ResultMessage};
 use fleet_service::logging::LogArgs;
 use fleet_storage::{BlobStore, StoreArgs};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -52,6 +54,22 @@ enum Command {
     /// List the container's jobs and where each stands (complete, running, stuck on
     /// dead-lettered partitions, cancelled), or everything known of one job.
     Status(StatusArgs),
+    /// Cancel a submitted job: workers drop its partitions unscored, the collector deletes
+    /// what it stored and writes no result; `producer status` says who cancelled it and when.
+    Cancel(CancelArgs),
+}
+
+#[derive(Debug, Args)]
+struct CancelArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    amqp: AmqpArgs,
+    /// The job's id.
+    job: String,
+    /// Why, recorded with the cancellation.
+    #[arg(long)]
+    reason: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -175,10 +193,42 @@ fn main() -> Result<()> {
         Some(Command::Stage(args)) => stage(*args),
         Some(Command::Convert(args)) => convert(args),
         Some(Command::Status(args)) => status(args),
+        Some(Command::Cancel(args)) => tokio::runtime::Runtime::new()
+            .context("starting the async runtime")?
+            .block_on(cancel(args)),
         None => tokio::runtime::Runtime::new()
             .context("starting the async runtime")?
             .block_on(run(cli.run)),
     }
+}
+
+/// Marks the job cancelled in the container, then tells the collector at once.
+async fn cancel(args: CancelArgs) -> Result<()> {
+    let store = args.store.open_async(false).await?;
+    let (job, reason) = (args.job.clone(), args.reason.clone());
+    let recorded = tokio::task::spawn_blocking(move || {
+        producer::control::cancel(
+            store.as_ref(),
+            &job,
+            &producer::control::caller(),
+            reason.as_deref(),
+        )
+    })
+    .await??;
+    println!("job {}: {recorded}", args.job);
+    // The marker is what counts; the message only spares the collector its next look.
+    let message = ResultMessage::Cancelled(Cancelled {
+        job: args.job.clone(),
+        reason: recorded,
+    });
+    match AmqpBroker::connect(args.amqp).await {
+        Ok(broker) => broker
+            .publish(Queue::Results, message::encode(&message))
+            .await
+            .context("the job is marked cancelled; telling the collector failed (it finds the marker within seconds)")?,
+        Err(e) => tracing::warn!(error = %e, "the job is marked cancelled; the collector finds the marker within seconds"),
+    }
+    Ok(())
 }
 
 fn status(args: StatusArgs) -> Result<()> {

@@ -239,6 +239,12 @@ pub fn new_job_id() -> String {
     )
 }
 
+/// A Unix time in milliseconds as UTC, to the second: `2026-11-30T17:30:00Z`.
+pub fn utc_timestamp(ms: u64) -> String {
+    let (y, mo, d, h, mi, s) = civil_time(ms / 1000);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
+}
+
 /// UTC calendar time of a Unix timestamp (Howard Hinnant's days-to-civil algorithm).
 fn civil_time(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
     let days = (secs / 86_400) as i64;

@@ -420,8 +420,8 @@ pub fn unique(prefix: &str) -> String {
 pub fn spawn(name: &str, args: &[&str], envs: &[(&str, &str)]) -> Child {
     Command::new(bin(name))
         .args(args)
-        .envs(envs.iter().copied())
         .env("RUST_LOG", "warn")
+        .envs(envs.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -743,6 +743,23 @@ pub fn parquet_as_csv(store: &dyn fleet_storage::BlobStore, job: &str) -> String
         }
     }
     csv
+}
+
+/// The job named by a running `producer --wait` started with [`spawn`], read from its output
+/// as it goes (the rest of its output is read and dropped).
+pub fn job_of(producer: &mut Child) -> String {
+    use std::io::BufRead;
+    let stdout = std::io::BufReader::new(producer.stdout.take().expect("a piped stdout"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if let Some(job) = line.trim().strip_prefix("job: ") {
+                let _ = tx.send(job.to_owned());
+            }
+        }
+    });
+    rx.recv_timeout(PROCESS_DEADLINE)
+        .expect("the producer did not name its job")
 }
 
 /// Waits for a `producer --wait` started with [`spawn`]; returns its job id, after checking it

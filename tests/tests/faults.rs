@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use fleet_broker::amqp::AmqpBroker;
 use fleet_broker::{Broker, Consumer, Delivery, Queue};
 use fleet_protocol::message::{self, Images, MAX_MESSAGE_BYTES, Partition};
-use fleet_tests::{Fleet, PROCESS_DEADLINE, finish, run_with, spawn, stop, terminate, wait_output};
+use fleet_tests::{
+    Fleet, PROCESS_DEADLINE, finish, job_of, run_with, spawn, stop, terminate, wait_output,
+};
 
 fn kill(child: &mut Child) {
     child.kill().expect("SIGKILL");
@@ -185,23 +187,6 @@ fn an_unreadable_stored_partition_cancels_the_job_with_its_reason() {
             .unwrap()
             .is_empty()
     );
-}
-
-/// The job named by a running `producer --wait`, read from its output as it goes (the rest of
-/// its output is read and dropped).
-fn job_of(producer: &mut Child) -> String {
-    use std::io::BufRead;
-    let stdout = std::io::BufReader::new(producer.stdout.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            if let Some(job) = line.trim().strip_prefix("job: ") {
-                let _ = tx.send(job.to_owned());
-            }
-        }
-    });
-    rx.recv_timeout(PROCESS_DEADLINE)
-        .expect("the producer did not name its job")
 }
 
 /// Checks that `producer --wait` (its output `out`, waited for since `started`) failed within a

@@ -14,8 +14,9 @@
 mod budget;
 pub mod scoring;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fleet_broker::{Broker, BrokerError, Consumer, Delivery, Queue, settled};
 use fleet_inference::InferenceOptions;
@@ -85,6 +86,8 @@ pub struct WorkerReport {
     pub images: u64,
     /// Partitions dead-lettered.
     pub dead_lettered: u64,
+    /// Partitions of cancelled jobs, acknowledged without being scored.
+    pub dropped: u64,
 }
 
 /// Consumes and scores partitions until shutdown, idle exit, or the broker closes.
@@ -115,6 +118,8 @@ pub async fn run<B: Broker>(
     let mut settler = Settler {
         broker,
         notes: store.clone(),
+        cancelled: HashSet::new(),
+        live: HashMap::new(),
         max_attempts: options.max_attempts,
         report: WorkerReport::default(),
         in_flight: None,
@@ -263,6 +268,9 @@ struct Settler<B> {
     report: WorkerReport,
     /// The previous partition's publish-and-ack, overlapped with the next one's work.
     in_flight: Option<JoinHandle<Result<(), BrokerError>>>,
+    /// Jobs found cancelled, and when each other job was last found not to be.
+    cancelled: HashSet<String>,
+    live: HashMap<String, Instant>,
 }
 
 impl<B: Broker> Settler<B> {
@@ -299,7 +307,47 @@ impl<B: Broker> Settler<B> {
             self.dead_letter(delivery, job, number, &reason).await?;
             return Ok(None);
         }
+        if self.is_cancelled(&partition.job).await {
+            tracing::debug!(job = %partition.job, partition = partition.partition, "the job is cancelled: dropping its partition unscored");
+            settled(delivery.ack().await)?;
+            self.report.dropped += 1;
+            return Ok(None);
+        }
         Ok(Some((delivery, partition)))
+    }
+
+    /// Whether `job` was cancelled (`producer cancel`, or a submission that failed), as the
+    /// container says; asked at most once a second a job, so that watching for it costs a read
+    /// a second at most, and the partitions delivered a second after it are dropped.
+    async fn is_cancelled(&mut self, job: &str) -> bool {
+        const RECHECK: Duration = Duration::from_secs(1);
+        if self.cancelled.contains(job) {
+            return true;
+        }
+        if self.live.get(job).is_some_and(|at| at.elapsed() < RECHECK) {
+            return false;
+        }
+        let (store, key) = (self.notes.clone(), job::cancelled_key(job));
+        match tokio::task::spawn_blocking(move || store.exists(&key)).await {
+            Ok(Ok(true)) => {
+                tracing::info!(%job, "job cancelled: its partitions are dropped unscored");
+                self.cancelled.insert(job.to_owned());
+                true
+            }
+            Ok(Ok(false)) => {
+                self.live.insert(job.to_owned(), Instant::now());
+                false
+            }
+            // Unknown: score it. A cancelled job's scores are dropped by the collector.
+            Ok(Err(e)) => {
+                tracing::warn!(%job, error = %e, "cannot tell whether the job is cancelled; scoring its partition");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(%job, error = %e, "cannot tell whether the job is cancelled; scoring its partition");
+                false
+            }
+        }
     }
 
     /// Publishes a scored partition's results and acks it; hands a failed one back for a

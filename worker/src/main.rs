@@ -60,6 +60,7 @@ async fn run(cli: Cli) -> Result<()> {
         partitions = report.partitions,
         images = report.images,
         dead_lettered = report.dead_lettered,
+        dropped = report.dropped,
         "worker stopped"
     );
     Ok(())
