@@ -909,6 +909,62 @@ mod tests {
     }
 
     #[test]
+    fn pages_come_labelled_and_a_folder_that_is_no_class_stops_them_where_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = fleet_storage::local::LocalStore::create(dir.path(), "ctr").unwrap();
+        let classes = class_names();
+        let (first, second) = (&classes[0], &classes[1]);
+        // A full page of the first class, then the second class, then a folder of no class.
+        for i in 0..fleet_storage::LIST_PAGE {
+            store.put(&format!("p/{first}/{i:05}.png"), b"x").unwrap();
+        }
+        store.put(&format!("p/{second}/0.png"), b"x").unwrap();
+        store.put("p/notes.txt", b"x").unwrap();
+        let known = Classes::new(&classes, None);
+        let mut pages = Vec::new();
+        let listed = for_each_page(
+            &store,
+            "p",
+            &LabelSource::Folders,
+            &known,
+            true,
+            &mut |page| {
+                pages.push(page);
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!((listed.images, listed.labelled), (5_001, 5_001));
+        assert_eq!(pages.len(), 2);
+        assert_eq!(pages[0].names.len(), fleet_storage::LIST_PAGE);
+        assert!(pages[0].labels.iter().all(|l| *l == Some(0)));
+        assert_eq!(pages[1].labels, [Some(1)]);
+        // The same, with a folder of no class after the first page: checked up front as far
+        // as the first page goes, refused when its page comes.
+        store.put("p/zebra-crossing/0.png", b"x").unwrap();
+        check(&store, "p", &LabelSource::Folders, &known, true).unwrap();
+        let mut handed = 0;
+        let error = for_each_page(
+            &store,
+            "p",
+            &LabelSource::Folders,
+            &known,
+            true,
+            &mut |page| {
+                handed += page.names.len();
+                Ok(())
+            },
+        )
+        .unwrap_err();
+        assert_eq!(handed, fleet_storage::LIST_PAGE);
+        assert!(error.to_string().contains("zebra-crossing"), "{error}");
+        assert!(matches!(
+            check(&store, "q", &LabelSource::None, &known, true),
+            Err(DatasetError::NoImages { .. })
+        ));
+    }
+
+    #[test]
     fn folder_labels_name_classes() {
         let n = names(&["cat/1.jpg", "x/dog/2.jpg", "top.jpg"]);
         let got = resolve_labels(
