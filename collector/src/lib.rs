@@ -132,7 +132,11 @@ pub async fn run<B: Broker>(
         };
         let Some(delivery) = next else { break };
         let _busy = health().busy();
-        let message = match message::decode::<ResultMessage>(delivery.payload()) {
+        let decoded = message::decode::<ResultMessage>(delivery.payload()).and_then(|m| match &m {
+            ResultMessage::Scored(scored) => scored.validate().map(|()| m),
+            _ => Ok(m),
+        });
+        let message = match decoded {
             Ok(message) => message,
             Err(e) => {
                 tracing::error!(error = %e, "poison message on the results queue: dead-lettering it");

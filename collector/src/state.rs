@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use crate::results::{self, Tally, parquet, report, rows};
 use fleet_protocol::Summary;
-use fleet_protocol::job::{self, MAX_PARTITIONS, Manifest, Plan, files, now_ms};
+use fleet_protocol::job::{self, Manifest, Plan, files, now_ms};
 use fleet_protocol::message::{self, Cancelled, ResultMessage, Scored, Sealed};
 use fleet_spec::ModelSpec;
 use fleet_storage::{BlobStore, StoreError};
@@ -215,17 +215,15 @@ impl Jobs {
     fn store_partition(&mut self, scored: Scored) -> Result<Option<Event>, StoreError> {
         let job = scored.job.clone();
         let state = self.open.get_mut(&job).expect("taken in before");
+        // Checked on receipt (`Scored::validate`): a name per score, a partition number below
+        // MAX_PARTITIONS.
         let partition = scored.partition;
-        if partition >= MAX_PARTITIONS {
-            tracing::error!(%job, partition, "a partition number no producer publishes: ignored");
-            return Ok(None);
-        }
         if state.stored.contains(partition) {
             tracing::debug!(%job, partition, "partition already stored: ignored");
             return Ok(None);
         }
         let part = parquet::part(&state.plan, &scored)
-            .expect("rows of any content are valid Parquet for the job's schema");
+            .expect("a validated partition's rows are valid Parquet for the job's schema");
         let rows = rows::rows(&state.plan, &scored);
         // The two row files at once (one round trip to the store instead of two), then the
         // durable copy, which says both are there.
@@ -298,11 +296,8 @@ impl Jobs {
                 Err(e) if e.is_not_found() => continue,
                 Err(e) => return Err(e),
             };
-            match message::decode::<Scored>(&bytes) {
-                Ok(scored)
-                    if scored.partition < MAX_PARTITIONS
-                        && job::partition_key(job, scored.partition) == *key =>
-                {
+            match message::decode::<Scored>(&bytes).and_then(|s| s.validate().map(|()| s)) {
+                Ok(scored) if job::partition_key(job, scored.partition) == *key => {
                     if !state.stored.contains(scored.partition) {
                         state.tally.add(&scored);
                         state.stored.insert(scored.partition);

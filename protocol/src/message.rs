@@ -192,6 +192,45 @@ pub struct Scored {
     pub thumbnails: Vec<Thumbnail>,
 }
 
+impl Scored {
+    /// Checks what the collector relies on: a name per score, a partition number a job can
+    /// have, thumbnails of images the partition holds.
+    pub fn validate(&self) -> Result<(), MessageError> {
+        let bad = |what: String| {
+            Err(MessageError::Invalid(format!(
+                "scores of partition {} of job {}: {what}",
+                self.partition, self.job
+            )))
+        };
+        if self.filenames.len() != self.scores.len() {
+            return bad(format!(
+                "{} file names for {} scores",
+                self.filenames.len(),
+                self.scores.len()
+            ));
+        }
+        if self.partition >= crate::job::MAX_PARTITIONS {
+            return bad(format!(
+                "partition number {} is beyond the {} a job may have",
+                self.partition,
+                crate::job::MAX_PARTITIONS
+            ));
+        }
+        if let Some(t) = self
+            .thumbnails
+            .iter()
+            .find(|t| t.position as usize >= self.scores.len())
+        {
+            return bad(format!(
+                "a thumbnail of image {} of {}",
+                t.position,
+                self.scores.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A small PNG copy of one image of a partition, for the job report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Thumbnail {
@@ -375,6 +414,45 @@ mod tests {
             decode::<Partition>(&bytes),
             Err(MessageError::Undecodable(_))
         ));
+    }
+
+    #[test]
+    fn scores_the_collector_cannot_write_are_invalid() {
+        let scored = Scored {
+            job: "j".into(),
+            partition: 0,
+            batch: "b".into(),
+            first_index: 0,
+            filenames: vec!["a.png".into()],
+            scores: vec![Score {
+                label: None,
+                top: vec![(0, 1.0)],
+                error: None,
+            }],
+            worker: "w".into(),
+            inference_ms: 0.0,
+            preprocess_ms: 0.0,
+            published_at_ms: 0,
+            started_at_ms: 0,
+            finished_at_ms: 0,
+            provider: "CPU".into(),
+            thumbnails: Vec::new(),
+        };
+        assert!(scored.validate().is_ok());
+        let invalid = |change: fn(&mut Scored)| {
+            let mut s = scored.clone();
+            change(&mut s);
+            s.validate().unwrap_err().to_string()
+        };
+        assert!(invalid(|s| s.filenames.clear()).contains("0 file names for 1 scores"));
+        assert!(invalid(|s| s.partition = crate::job::MAX_PARTITIONS).contains("beyond"));
+        assert!(
+            invalid(|s| s.thumbnails.push(Thumbnail {
+                position: 1,
+                png: vec![]
+            }))
+            .contains("a thumbnail of image 1 of 1")
+        );
     }
 
     #[test]
