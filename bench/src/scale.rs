@@ -120,6 +120,7 @@ async fn one_job<B: Broker + Clone>(
         classes: (0..CLASSES).map(|c| format!("class {c:04}")).collect(),
         top_k: 1,
         several_batches: false,
+        max_failed_partitions: 0,
     };
     store.put(&job::plan_key(&job), &serde_json::to_vec(&plan)?)?;
     let counted = Arc::new(Counted {
@@ -263,6 +264,7 @@ fn synthetic(job: &str, partition: u32, images: u32) -> Scored {
         finished_at_ms: now_ms(),
         provider: "CPU".into(),
         thumbnails,
+        failed: None,
     }
 }
 

@@ -351,6 +351,11 @@ impl Jobs {
         if !state.stored.are_all_of(sealed.partitions) {
             return Ok(None);
         }
+        // Over its error budget a job does not complete: it stays as `producer status` shows
+        // it, stuck on its dead-lettered partitions, its Parquet files readable.
+        if state.tally.failed_partitions() > state.plan.max_failed_partitions {
+            return Ok(None);
+        }
         let writing = Instant::now();
         let scores = job::result_key(job, files::SCORES);
         self.store
@@ -479,6 +484,7 @@ mod tests {
             finished_at_ms: 3,
             provider: "CPU".into(),
             thumbnails: Vec::new(),
+            failed: None,
         })
     }
 
@@ -512,6 +518,7 @@ mod tests {
             classes: vec!["zero".into(), "one".into()],
             top_k: 1,
             several_batches: false,
+            max_failed_partitions: 0,
         };
         a.store
             .put(&job::plan_key("j"), &serde_json::to_vec(&plan).unwrap())
@@ -618,6 +625,77 @@ mod tests {
                 .is_empty()
         );
         assert_eq!(a.open_jobs(), 0);
+    }
+
+    /// Partition 1 as a worker sends it when it gave up on it.
+    fn failed() -> ResultMessage {
+        let ResultMessage::Scored(mut scored) = scored(1) else {
+            unreachable!()
+        };
+        scored.failed = Some("the blob store refused it".into());
+        for score in &mut scored.scores {
+            score.top.clear();
+            score.error = Some("partition not scored: the blob store refused it".into());
+        }
+        ResultMessage::Scored(scored)
+    }
+
+    #[test]
+    fn failed_partitions_within_the_budget_complete_the_job_partial() {
+        for budget in [0, 1] {
+            let (_dir, mut a, _) = two_collectors();
+            let plan = Plan {
+                job: "j".into(),
+                classes: vec!["zero".into(), "one".into()],
+                top_k: 1,
+                several_batches: false,
+                max_failed_partitions: budget,
+            };
+            a.store
+                .put(&job::plan_key("j"), &serde_json::to_vec(&plan).unwrap())
+                .unwrap();
+            for message in [scored(0), failed(), sealed()] {
+                assert!(completed(&a.handle(message).unwrap()).is_none());
+            }
+            let events = a.handle(scored(2)).unwrap();
+            if budget == 0 {
+                assert!(completed(&events).is_none(), "completed over its budget");
+                assert!(
+                    !a.store
+                        .exists(&job::result_key("j", files::SCORES))
+                        .unwrap()
+                );
+                // What was scored can be read meanwhile.
+                assert_eq!(parquet_rows(a.store.as_ref()).len(), 6);
+                continue;
+            }
+            let summary = completed(&events).expect("the job completes partial");
+            let partial = summary.partial.as_ref().expect("partial");
+            assert_eq!((partial.failed_partitions, partial.images), (1, 2));
+            assert_eq!(partial.reasons, ["the blob store refused it"]);
+            assert_eq!(
+                (summary.images, summary.scored, summary.unreadable),
+                (6, 4, 2)
+            );
+            assert!(
+                summary
+                    .accuracy_line()
+                    .contains("partial: 2 images in 1 failed partitions")
+            );
+            let scores =
+                String::from_utf8(a.store.get(&job::result_key("j", files::SCORES)).unwrap())
+                    .unwrap();
+            let failed_rows: Vec<&str> = scores
+                .lines()
+                .filter(|l| l.ends_with("partition not scored: the blob store refused it"))
+                .collect();
+            assert_eq!(failed_rows.len(), 2, "{scores}");
+            assert!(failed_rows[0].starts_with("2,a.png,0,,zero,,,"), "{scores}");
+            let report =
+                String::from_utf8(a.store.get(&job::result_key("j", files::REPORT)).unwrap())
+                    .unwrap();
+            assert!(report.contains("id=\"partial\""));
+        }
     }
 
     #[test]

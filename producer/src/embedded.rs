@@ -106,6 +106,7 @@ pub async fn run(
         .expect("the template is valid"),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
+    let mut dead_lettered = Vec::new();
     let submission = submit(&broker, store.clone(), options, job, |images| {
         bar.inc_length(images)
     });
@@ -125,11 +126,13 @@ pub async fn run(
                 Some(_) => {}
                 None => break Err(EmbeddedError::Incomplete),
             },
-            // A dead-lettered partition means the job can never complete: stop waiting.
+            // Dead-lettered partitions beyond the error budget mean the job can never
+            // complete: stop waiting.
             () = tokio::time::sleep(Duration::from_millis(250)) => {
-                let dead = broker.drain_dead_letters();
-                if let Some(first) = dead.first() {
-                    break Err(EmbeddedError::DeadLettered(dead.len(), first.reason.clone()));
+                dead_lettered.extend(broker.drain_dead_letters());
+                if dead_lettered.len() > options.max_failed_partitions as usize {
+                    let first = dead_lettered[0].reason.clone();
+                    break Err(EmbeddedError::DeadLettered(dead_lettered.len(), first));
                 }
             }
             Some(done) = fleet.join_next() => match done {

@@ -67,6 +67,7 @@ pub async fn follow(
     store: Arc<dyn BlobStore>,
     manifest: &Manifest,
     timeout: Duration,
+    max_failed_partitions: u32,
 ) -> Result<Summary, FollowError> {
     let bar = ProgressBar::new(u64::from(manifest.partitions)).with_style(
         ProgressStyle::with_template(
@@ -85,10 +86,11 @@ pub async fn follow(
         let look_around = tick.is_multiple_of(LOOK_AROUND_EVERY);
         tick += 1;
         let (store, job_id) = (store.clone(), job.clone());
-        let status =
-            tokio::task::spawn_blocking(move || read_status(store.as_ref(), &job_id, look_around))
-                .await
-                .map_err(FollowError::Task)?;
+        let status = tokio::task::spawn_blocking(move || {
+            read_status(store.as_ref(), &job_id, look_around, max_failed_partitions)
+        })
+        .await
+        .map_err(FollowError::Task)?;
         // Storage may be away for a while: keep watching until the deadline.
         let status = match status {
             Ok(status) => {
@@ -147,7 +149,12 @@ pub async fn follow(
 
 /// Where job `job` stands, from the container: done (its summary), else, when `look_around`,
 /// cancelled, stuck on dead-lettered partitions, or running with so many partitions stored.
-fn read_status(store: &dyn BlobStore, job: &str, look_around: bool) -> Result<Status, StoreError> {
+fn read_status(
+    store: &dyn BlobStore,
+    job: &str,
+    look_around: bool,
+    max_failed_partitions: u32,
+) -> Result<Status, StoreError> {
     match store.get(&job::result_key(job, files::SUMMARY)) {
         Ok(bytes) => return Ok(Status::Done(bytes)),
         Err(e) if !e.is_not_found() => return Err(e),
@@ -166,7 +173,7 @@ fn read_status(store: &dyn BlobStore, job: &str, look_around: bool) -> Result<St
         Err(_) => {}
     }
     let dead_letters = crate::status::dead_letters(store, job)?;
-    if !dead_letters.is_empty() {
+    if dead_letters.len() > max_failed_partitions as usize {
         return Ok(Status::DeadLettered(by_reason(dead_letters)));
     }
     Ok(Status::Running(Some(

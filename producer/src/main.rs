@@ -196,9 +196,46 @@ fn main() -> Result<()> {
         Some(Command::Cancel(args)) => tokio::runtime::Runtime::new()
             .context("starting the async runtime")?
             .block_on(cancel(args)),
-        None => tokio::runtime::Runtime::new()
-            .context("starting the async runtime")?
-            .block_on(run(cli.run)),
+        None => {
+            let completed = tokio::runtime::Runtime::new()
+                .context("starting the async runtime")?
+                .block_on(run(cli.run))?;
+            if completed == Completed::Partial {
+                std::process::exit(PARTIAL_EXIT);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Exit status of a job that completed partial, within its error budget (`--max-failed-
+/// partitions`): results written, some partitions without scores.
+const PARTIAL_EXIT: i32 = 3;
+
+/// How a job run by `producer` ended, when it did not fail.
+#[derive(Debug, PartialEq, Eq)]
+enum Completed {
+    /// Every partition scored, or not waited for.
+    Whole,
+    /// Some partitions failed within the error budget.
+    Partial,
+}
+
+impl Completed {
+    fn of(summary: &fleet_protocol::Summary) -> Self {
+        match &summary.partial {
+            Some(partial) => {
+                eprintln!(
+                    "job {} completed partial: {} images in {} partitions could not be scored ({}); their rows in scores.csv carry the reason",
+                    summary.job,
+                    partial.images,
+                    partial.failed_partitions,
+                    partial.reasons.join("; ")
+                );
+                Completed::Partial
+            }
+            None => Completed::Whole,
+        }
     }
 }
 
@@ -395,7 +432,7 @@ fn convert(args: ConvertArgs) -> Result<()> {
     Ok(())
 }
 
-async fn run(args: RunArgs) -> Result<()> {
+async fn run(args: RunArgs) -> Result<Completed> {
     let store = args.store.open_async(false).await?;
     let job = job::new_job_id();
     if args.embedded {
@@ -409,7 +446,7 @@ async fn run(args: RunArgs) -> Result<()> {
         }
         println!("job: {}", run.job);
         print_report(store.as_ref(), &run.job);
-        return Ok(());
+        return Ok(Completed::of(&run.summary));
     }
     let broker = AmqpBroker::connect(args.amqp).await?;
     let bar = ProgressBar::new(0).with_style(
@@ -431,12 +468,14 @@ async fn run(args: RunArgs) -> Result<()> {
             store.clone(),
             &manifest,
             Duration::from_secs(args.wait_timeout_secs),
+            args.submit.max_failed_partitions,
         )
         .await?;
         print_summary(&summary);
         print_report(store.as_ref(), &job);
+        return Ok(Completed::of(&summary));
     }
-    Ok(())
+    Ok(Completed::Whole)
 }
 
 /// Where the job's report is: a path or a blob URL to open in a browser.

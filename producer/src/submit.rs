@@ -51,6 +51,15 @@ pub struct SubmitOptions {
     /// Classes reported per image in `scores.csv`, best first.
     #[arg(long = "top-k", env = "TOP_K", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=MAX_TOP_K as i64))]
     pub top_k: u8,
+    /// Partitions that may fail (dead-lettered: no worker could score them) with the job still
+    /// completing, as partial: their images get rows with the reason, the summary and report
+    /// say partial, and `--wait` exits with status 3. Beyond it the job cannot complete.
+    #[arg(
+        long = "max-failed-partitions",
+        env = "MAX_FAILED_PARTITIONS",
+        default_value_t = 0
+    )]
+    pub max_failed_partitions: u32,
 }
 
 /// Why a job cannot be submitted.
@@ -469,6 +478,7 @@ impl<B: Broker> Submission<'_, B> {
             classes: self.plan.classes.clone(),
             top_k: self.options.top_k,
             several_batches,
+            max_failed_partitions: self.options.max_failed_partitions,
         };
         let json = serde_json::to_vec(&plan).expect("a plan always serializes");
         let (store, key) = (self.store.clone(), job::plan_key(self.job));

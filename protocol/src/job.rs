@@ -124,6 +124,9 @@ pub struct Plan {
     /// Whether several batches are scored (a tarball's `--batches all`): the rows then start
     /// with the batch's name.
     pub several_batches: bool,
+    /// Partitions that may fail with the job still completing, as partial.
+    #[serde(default)]
+    pub max_failed_partitions: u32,
 }
 
 impl Plan {

@@ -190,6 +190,9 @@ pub struct Scored {
     /// Small copies of the images the job report may show (see
     /// [`crate::gallery::pick_thumbnails`]).
     pub thumbnails: Vec<Thumbnail>,
+    /// Why the partition could not be scored at all, when a worker gave up on it: every score
+    /// then carries this reason, and the job counts it against its error budget.
+    pub failed: Option<String>,
 }
 
 impl Scored {
@@ -437,6 +440,7 @@ mod tests {
             finished_at_ms: 0,
             provider: "CPU".into(),
             thumbnails: Vec::new(),
+            failed: None,
         };
         assert!(scored.validate().is_ok());
         let invalid = |change: fn(&mut Scored)| {

@@ -103,6 +103,21 @@ pub struct Summary {
     pub workers: BTreeMap<String, u64>,
     /// Where the time went.
     pub timings: Timings,
+    /// Set when partitions failed within the job's error budget: the job completed without
+    /// their scores (their images have rows with the reason as error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial: Option<Partial>,
+}
+
+/// What a partial job lacks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Partial {
+    /// Partitions that could not be scored.
+    pub failed_partitions: u32,
+    /// Images in them.
+    pub images: u64,
+    /// Why, each distinct reason once (at most ten).
+    pub reasons: Vec<String>,
 }
 
 impl Summary {
@@ -119,6 +134,15 @@ impl Summary {
                 line,
                 "; {} of {} images could not be scored (see the error column of scores.csv)",
                 self.unreadable, self.images
+            );
+        }
+        if let Some(partial) = &self.partial {
+            let _ = write!(
+                line,
+                "; partial: {} images in {} failed partitions ({})",
+                partial.images,
+                partial.failed_partitions,
+                partial.reasons.join("; ")
             );
         }
         line

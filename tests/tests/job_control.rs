@@ -1,12 +1,20 @@
-//! Controlling a running job over RabbitMQ and Azurite: `producer cancel`.
+//! Controlling a job: `producer cancel` over RabbitMQ and Azurite, and the error budget
+//! (`--max-failed-partitions`) of an embedded job.
 
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use fleet_broker::Broker;
 use fleet_broker::Queue;
 use fleet_broker::amqp::AmqpBroker;
+use fleet_dataset::collection::LabelSource;
 use fleet_protocol::job;
-use fleet_tests::{Fleet, PROCESS_DEADLINE, job_of, run_with, spawn, terminate, wait_output};
+use fleet_storage::local::LocalStore;
+use fleet_storage::{BlobStore, StoreError};
+use fleet_tests::{
+    Fleet, PROCESS_DEADLINE, Producer, fixture, job_of, run_with, spawn, terminate, wait_output,
+};
+use producer::submit::SubmitOptions;
 
 /// Polls `done` every 100 ms until it holds or `within` passes; whether it held.
 fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -116,5 +124,159 @@ fn a_job_cancelled_mid_way_leaves_no_partition_and_no_result() {
         String::from_utf8_lossy(&again.stderr).contains("is cancelled already"),
         "{}",
         String::from_utf8_lossy(&again.stderr)
+    );
+}
+
+/// The real local store, but one blob cannot be read: the store answers as an outage would,
+/// every time. The partition holding it is retried, then dead-lettered.
+#[derive(Debug)]
+struct OneBlobAway {
+    inner: std::sync::Arc<dyn BlobStore>,
+    away: String,
+}
+
+impl BlobStore for OneBlobAway {
+    fn open(&self, key: &str) -> Result<Box<dyn std::io::Read + Send>, StoreError> {
+        if key == self.away {
+            return Err(StoreError::Io {
+                store: self.inner.describe(),
+                key: key.into(),
+                reason: "injected outage of this blob".into(),
+            });
+        }
+        self.inner.open(key)
+    }
+
+    fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        self.inner.put(key, bytes)
+    }
+
+    fn put_file(&self, key: &str, path: &std::path::Path) -> Result<(), StoreError> {
+        self.inner.put_file(key, path)
+    }
+
+    fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        self.inner.exists(key)
+    }
+
+    fn list_pages(
+        &self,
+        prefix: &str,
+        each: &mut dyn FnMut(Vec<(String, u64)>) -> Result<ControlFlow<()>, StoreError>,
+    ) -> Result<(), StoreError> {
+        self.inner.list_pages(prefix, each)
+    }
+
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.delete(key)
+    }
+
+    fn stage_block(&self, key: &str, block: u32, bytes: &[u8]) -> Result<(), StoreError> {
+        self.inner.stage_block(key, block, bytes)
+    }
+
+    fn commit_blocks(&self, key: &str, blocks: &[u32]) -> Result<(), StoreError> {
+        self.inner.commit_blocks(key, blocks)
+    }
+
+    fn discard_blocks(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.discard_blocks(key)
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn location(&self, key: &str) -> String {
+        self.inner.location(key)
+    }
+}
+
+/// A partition that can never be scored: with an error budget of one the job completes
+/// partial, every image in `scores.csv` (the failed partition's with the reason); with none it
+/// fails, as before the budget existed.
+#[test]
+fn a_failed_partition_within_the_budget_completes_the_job_partial() {
+    let root = tempfile::tempdir().unwrap();
+    let digits = fixture("cntk-models/mnist-digits");
+    let classes = root.path().join("digits.txt");
+    std::fs::write(
+        &classes,
+        (0..10).map(|d| format!("{d}\n")).collect::<String>(),
+    )
+    .unwrap();
+    Producer::stage(root.path(), "ctr")
+        .args(&[
+            "--images",
+            digits.to_str().unwrap(),
+            "--prefix",
+            "mnist",
+            "--model",
+            fixture("cntk-models/MNISTConvolution.model")
+                .to_str()
+                .unwrap(),
+            "--model-name",
+            "mnist",
+            "--classes",
+            classes.to_str().unwrap(),
+        ])
+        .ok();
+    let store: std::sync::Arc<dyn BlobStore> = std::sync::Arc::new(OneBlobAway {
+        inner: std::sync::Arc::new(LocalStore::open(root.path(), "ctr").unwrap()),
+        away: "mnist/digit_3.png".into(),
+    });
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let job = |budget: u32| {
+        let options = SubmitOptions {
+            dataset: "mnist".into(),
+            model: Some("mnist".into()),
+            labels: LabelSource::None,
+            partition_size: 2,
+            max_failed_partitions: budget,
+            ..fleet_service::cli::defaults().unwrap()
+        };
+        let worker = fleet_service::cli::defaults::<worker::WorkerOptions>().unwrap();
+        let id = fleet_protocol::job::new_job_id();
+        let run = runtime.block_on(producer::embedded::run(
+            store.clone(),
+            &options,
+            1,
+            worker,
+            &id,
+        ));
+        (id, run)
+    };
+
+    let (id, run) = job(1);
+    let summary = run.expect("the job completes partial").summary;
+    let partial = summary.partial.as_ref().expect("a partial job");
+    assert_eq!((partial.failed_partitions, partial.images), (1, 2));
+    assert!(
+        partial.reasons[0].contains("injected outage of this blob"),
+        "{partial:?}"
+    );
+    assert_eq!((summary.images, summary.scored), (10, 8));
+    let csv = String::from_utf8(
+        store
+            .get(&fleet_protocol::job::result_key(&id, "scores.csv"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(csv.lines().count(), 1 + 10, "{csv}");
+    let failed: Vec<&str> = csv
+        .lines()
+        .filter(|l| l.contains("partition not scored: "))
+        .collect();
+    assert_eq!(failed.len(), 2, "{csv}");
+    assert!(
+        failed[0].starts_with("2,digit_2.png,") && failed[1].starts_with("3,digit_3.png,"),
+        "{csv}"
+    );
+
+    let (_, run) = job(0);
+    let error = run.expect_err("over its budget the job fails").to_string();
+    assert!(
+        error.contains("1 partitions could not be scored") && error.contains("injected outage"),
+        "{error}"
     );
 }

@@ -450,6 +450,15 @@ impl<B: Broker> Settler<B> {
         number: u32,
         reason: &str,
     ) -> Result<(), WorkerError> {
+        // Its images get rows with the reason, so that a job with an error budget can complete
+        // without it (a poison message names no images: it gets none).
+        if let Ok(partition) = message::decode::<Partition>(delivery.payload()) {
+            self.flush().await?;
+            let failed = ResultMessage::Scored(scoring::failed(&partition, reason));
+            self.broker
+                .publish(Queue::Results, message::encode(&failed))
+                .await?;
+        }
         note_dead_letter(&self.notes, job, number, reason).await;
         settled(delivery.dead_letter(reason).await)?;
         self.report.dead_lettered += 1;

@@ -365,7 +365,39 @@ impl Prepared {
             finished_at_ms: now_ms(),
             provider: model.provider.to_owned(),
             thumbnails,
+            failed: None,
         }
+    }
+}
+
+/// The scores of a partition no worker could score: every image with `reason` as its error.
+/// The collector writes its rows and counts it against the job's error budget.
+pub fn failed(partition: &Partition, reason: &str) -> Scored {
+    let now = now_ms();
+    Scored {
+        job: partition.job.clone(),
+        partition: partition.partition,
+        batch: partition.batch.clone(),
+        first_index: partition.first_index,
+        filenames: partition.images.names().to_vec(),
+        scores: partition
+            .labels
+            .iter()
+            .map(|&label| Score {
+                label,
+                top: Vec::new(),
+                error: Some(format!("partition not scored: {reason}")),
+            })
+            .collect(),
+        worker: String::new(),
+        inference_ms: 0.0,
+        preprocess_ms: 0.0,
+        published_at_ms: partition.published_at_ms,
+        started_at_ms: now,
+        finished_at_ms: now,
+        provider: String::new(),
+        thumbnails: Vec::new(),
+        failed: Some(reason.to_owned()),
     }
 }
 

@@ -167,6 +167,7 @@ mod tests {
                     png: vec![1],
                 })
                 .collect(),
+            failed: None,
         }
     }
 

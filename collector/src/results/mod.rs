@@ -138,6 +138,7 @@ mod tests {
             classes,
             top_k,
             several_batches,
+            max_failed_partitions: 0,
         }
     }
 
@@ -175,6 +176,7 @@ mod tests {
             finished_at_ms: 1_800 + u64::from(partition) * 100,
             provider: "CPU".into(),
             thumbnails: Vec::new(),
+            failed: None,
         }
     }
 

@@ -68,6 +68,16 @@ pub fn render(report: &Report<'_>) -> String {
         "<p class=\"accuracy\" id=\"accuracy\">{}</p>",
         escape(&summary.accuracy_line())
     );
+    if let Some(partial) = &summary.partial {
+        let _ = writeln!(
+            html,
+            "<p class=\"partial\" id=\"partial\">Partial: {} images in {} partitions that \
+             could not be scored ({}); their rows in <code>scores.csv</code> carry the reason.</p>",
+            partial.images,
+            partial.failed_partitions,
+            escape(&partial.reasons.join("; "))
+        );
+    }
     job_section(&mut html, report);
     timings_section(&mut html, summary);
     let samples = &report.tally.gallery.samples;
@@ -479,6 +489,7 @@ body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;m
 padding:0 1em;color:#1b1f24;background:#fff}\
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.8em;border-bottom:1px solid #d0d7de}\
 .accuracy{font-size:1.3em;font-weight:600;background:#eef5ff;padding:.6em .8em;border-radius:6px}\
+.partial{background:#fff4e5;padding:.6em .8em;border-radius:6px}\
 table{border-collapse:collapse;margin:.5em 0}th,td{padding:.2em .8em;text-align:left;\
 border-bottom:1px solid #eaeef2;vertical-align:top}.facts th{font-weight:500;color:#57606a}\
 .note{color:#57606a;font-size:.9em}.bar{display:inline-block;height:.8em;background:#2f6fbd}\
@@ -532,6 +543,7 @@ mod tests {
             classes: classes.clone(),
             top_k: 1,
             several_batches: false,
+            max_failed_partitions: 0,
         };
         let sealed = Sealed {
             job: "j".into(),
@@ -567,6 +579,7 @@ mod tests {
             finished_at_ms: 40,
             provider: "CPU".into(),
             thumbnails,
+            failed: None,
         };
         let mut tally = Tally::new(classes.len());
         tally.add(&partition);

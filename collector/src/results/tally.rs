@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use fleet_protocol::job::Plan;
 use fleet_protocol::message::{Scored, Sealed};
-use fleet_protocol::summary::{ClassAccuracy, ClassCount, ConfusedPair, Summary, Timings, ratio};
+use fleet_protocol::summary::{
+    ClassAccuracy, ClassCount, ConfusedPair, Partial, Summary, Timings, ratio,
+};
 
 use super::gallery::Gallery;
 use super::rows::label_and_best;
@@ -14,6 +16,9 @@ use super::{Confusion, confused};
 
 /// Confused pairs listed in the summary.
 const SUMMARY_PAIRS: usize = 10;
+
+/// Distinct reasons of failed partitions kept for the summary.
+const MAX_REASONS: usize = 10;
 
 /// The running counts of one job.
 #[derive(Debug)]
@@ -27,6 +32,10 @@ pub struct Tally {
     /// Each batch with the first partition it was seen in: the batches in job order.
     batches: BTreeMap<String, u32>,
     providers: BTreeSet<String>,
+    /// Partitions no worker could score, their images, and their distinct reasons.
+    failed_partitions: u32,
+    failed_images: u64,
+    failed_reasons: BTreeSet<String>,
     inference_ms: f64,
     preprocess_ms: f64,
     partitions: u32,
@@ -49,6 +58,9 @@ impl Tally {
             workers: BTreeMap::new(),
             batches: BTreeMap::new(),
             providers: BTreeSet::new(),
+            failed_partitions: 0,
+            failed_images: 0,
+            failed_reasons: BTreeSet::new(),
             inference_ms: 0.0,
             preprocess_ms: 0.0,
             partitions: 0,
@@ -62,10 +74,19 @@ impl Tally {
     /// Counts partition `p`; each partition must be counted once.
     pub fn add(&mut self, p: &Scored) {
         let n = self.classes;
-        *self.workers.entry(p.worker.clone()).or_default() += p.scores.len() as u64;
+        if let Some(reason) = &p.failed {
+            self.failed_partitions += 1;
+            self.failed_images += p.scores.len() as u64;
+            if self.failed_reasons.len() < MAX_REASONS {
+                self.failed_reasons.insert(reason.clone());
+            }
+        }
+        if p.failed.is_none() {
+            *self.workers.entry(p.worker.clone()).or_default() += p.scores.len() as u64;
+        }
         let first = self.batches.entry(p.batch.clone()).or_insert(p.partition);
         *first = (*first).min(p.partition);
-        if !self.providers.contains(&p.provider) {
+        if !p.provider.is_empty() && !self.providers.contains(&p.provider) {
             self.providers.insert(p.provider.clone());
         }
         self.inference_ms += p.inference_ms;
@@ -94,6 +115,11 @@ impl Tally {
             }
         }
         self.gallery.add(p);
+    }
+
+    /// Partitions no worker could score.
+    pub fn failed_partitions(&self) -> u32 {
+        self.failed_partitions
     }
 
     /// The execution providers that scored the job's partitions.
@@ -155,6 +181,11 @@ impl Tally {
             partitions: self.partitions,
             workers: self.workers.clone(),
             timings: self.timings(sealed, completed_at_ms),
+            partial: (self.failed_partitions > 0).then(|| Partial {
+                failed_partitions: self.failed_partitions,
+                images: self.failed_images,
+                reasons: self.failed_reasons.iter().cloned().collect(),
+            }),
         }
     }
 
