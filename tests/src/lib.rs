@@ -210,6 +210,11 @@ impl Producer {
         self.args.iter().map(String::as_str).collect()
     }
 
+    /// Runs it, whatever its exit status.
+    pub fn output(&self) -> Output {
+        run("producer", &self.argv())
+    }
+
     /// Runs it; it must succeed. Its standard output.
     pub fn ok(&self) -> String {
         run_ok("producer", &self.argv())

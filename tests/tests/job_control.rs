@@ -280,3 +280,59 @@ fn a_failed_partition_within_the_budget_completes_the_job_partial() {
         "{error}"
     );
 }
+
+/// The same through the binary, over a local container where one image is a link to a file
+/// that cannot be read (`/proc/self/mem` fails every read at its start): `producer --embedded`
+/// exits with status 3 and says the job completed partial, and why.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_partial_job_exits_with_status_3() {
+    let root = tempfile::tempdir().unwrap();
+    let digits = fixture("cntk-models/mnist-digits");
+    let classes = root.path().join("digits.txt");
+    std::fs::write(
+        &classes,
+        (0..10).map(|d| format!("{d}\n")).collect::<String>(),
+    )
+    .unwrap();
+    Producer::stage(root.path(), "ctr")
+        .args(&[
+            "--images",
+            digits.to_str().unwrap(),
+            "--prefix",
+            "mnist",
+            "--model",
+            fixture("cntk-models/MNISTConvolution.model")
+                .to_str()
+                .unwrap(),
+            "--model-name",
+            "mnist",
+            "--classes",
+            classes.to_str().unwrap(),
+        ])
+        .ok();
+    let unreadable = root.path().join("ctr/mnist/digit_3.png");
+    std::fs::remove_file(&unreadable).unwrap();
+    std::os::unix::fs::symlink("/proc/self/mem", &unreadable).unwrap();
+    let args = [
+        "--dataset",
+        "mnist",
+        "--labels",
+        "none",
+        "--partition-size",
+        "2",
+        "--max-failed-partitions",
+        "1",
+    ];
+    let out = Producer::embedded(root.path(), "ctr").args(&args).output();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("partial: 2 images in 1 failed partitions"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("completed partial"), "{stderr}");
+}
