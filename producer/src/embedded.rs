@@ -37,8 +37,17 @@ pub enum EmbeddedError {
         reason: String,
     },
     /// Partitions were dead-lettered: the job cannot complete.
-    #[error("{0} partitions could not be scored and were dead-lettered: {1}")]
-    DeadLettered(usize, String),
+    #[error(
+        "{count} partitions could not be scored and were dead-lettered: {reason} (allow failed partitions with --max-failed-partitions; the rows scored so far are in {scored})"
+    )]
+    DeadLettered {
+        /// Partitions dead-lettered.
+        count: usize,
+        /// The first one's reason.
+        reason: String,
+        /// Where the rows scored so far are: the job's Parquet folder.
+        scored: String,
+    },
     /// The fleet stopped before the job's results were written.
     #[error("the fleet stopped before the job completed")]
     Incomplete,
@@ -131,8 +140,11 @@ pub async fn run(
             () = tokio::time::sleep(Duration::from_millis(250)) => {
                 dead_lettered.extend(broker.drain_dead_letters());
                 if dead_lettered.len() > options.max_failed_partitions as usize {
-                    let first = dead_lettered[0].reason.clone();
-                    break Err(EmbeddedError::DeadLettered(dead_lettered.len(), first));
+                    break Err(EmbeddedError::DeadLettered {
+                        count: dead_lettered.len(),
+                        reason: dead_lettered[0].reason.clone(),
+                        scored: store.location(&fleet_protocol::job::parquet_prefix(job)),
+                    });
                 }
             }
             Some(done) = fleet.join_next() => match done {

@@ -26,7 +26,7 @@ pub enum FollowError {
     },
     /// Partitions were dead-lettered: the job cannot complete.
     #[error(
-        "job {job} cannot complete: partitions were dead-lettered ({}). Fix the cause, then submit the job again; the dead-letter queue holds the partitions",
+        "job {job} cannot complete: partitions were dead-lettered ({}). Fix the cause, then submit the job again (or allow failed partitions with --max-failed-partitions); the dead-letter queue holds the partitions, and the rows scored so far are in {scored}",
         reasons.join("; ")
     )]
     DeadLettered {
@@ -34,6 +34,8 @@ pub enum FollowError {
         job: String,
         /// One line per distinct reason, with its partitions.
         reasons: Vec<String>,
+        /// Where the rows scored so far are: the job's Parquet folder.
+        scored: String,
     },
     /// The job did not complete in time.
     #[error(
@@ -85,9 +87,9 @@ pub async fn follow(
         // done (a missing blob is one cheap request); progress and cancellation less often.
         let look_around = tick.is_multiple_of(LOOK_AROUND_EVERY);
         tick += 1;
-        let (store, job_id) = (store.clone(), job.clone());
+        let (reader, job_id) = (store.clone(), job.clone());
         let status = tokio::task::spawn_blocking(move || {
-            read_status(store.as_ref(), &job_id, look_around, max_failed_partitions)
+            read_status(reader.as_ref(), &job_id, look_around, max_failed_partitions)
         })
         .await
         .map_err(FollowError::Task)?;
@@ -126,7 +128,12 @@ pub async fn follow(
             }
             Status::DeadLettered(reasons) => {
                 bar.finish_and_clear();
-                return Err(FollowError::DeadLettered { job, reasons });
+                let scored = store.location(&job::parquet_prefix(&job));
+                return Err(FollowError::DeadLettered {
+                    job,
+                    reasons,
+                    scored,
+                });
             }
             Status::Running(done) => {
                 if let Some(done) = done {

@@ -209,7 +209,7 @@ fn assert_wait_failed_on_dead_letters(
     assert!(
         stderr.contains(&format!(
             "job {job} cannot complete: partitions were dead-lettered"
-        )),
+        )) && stderr.contains("the rows scored so far are in http://"),
         "{stderr}"
     );
     stderr

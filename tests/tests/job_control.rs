@@ -279,6 +279,11 @@ fn a_failed_partition_within_the_budget_completes_the_job_partial() {
         error.contains("1 partitions could not be scored") && error.contains("injected outage"),
         "{error}"
     );
+    // What was scored is there to read, and the message says where.
+    assert!(
+        error.contains("the rows scored so far are in") && error.contains("scores.parquet/"),
+        "{error}"
+    );
 }
 
 /// The same through the binary, over a local container where one image is a link to a file
