@@ -936,3 +936,94 @@ pub mod real_photos {
         val
     }
 }
+
+/// What a test's fault may stand in for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreCall {
+    /// Reading a blob.
+    Open,
+    /// Writing a blob.
+    Put,
+}
+
+/// A fault: the error a call on a key gets instead of the real store's answer, if any.
+pub type Fault = dyn Fn(StoreCall, &str) -> Option<fleet_storage::StoreError> + Send + Sync;
+
+/// The real store, with faults injected: reads and writes ask `fault` first, and get its error
+/// when it has one; every other call goes to the real store.
+pub struct InjectedStore {
+    /// The real store.
+    pub inner: std::sync::Arc<dyn fleet_storage::BlobStore>,
+    /// Which calls fail, and how.
+    pub fault: Box<Fault>,
+}
+
+impl std::fmt::Debug for InjectedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "InjectedStore({:?})", self.inner)
+    }
+}
+
+impl fleet_storage::BlobStore for InjectedStore {
+    fn open(&self, key: &str) -> Result<Box<dyn Read + Send>, fleet_storage::StoreError> {
+        match (self.fault)(StoreCall::Open, key) {
+            Some(e) => Err(e),
+            None => self.inner.open(key),
+        }
+    }
+
+    fn put(&self, key: &str, bytes: &[u8]) -> Result<(), fleet_storage::StoreError> {
+        match (self.fault)(StoreCall::Put, key) {
+            Some(e) => Err(e),
+            None => self.inner.put(key, bytes),
+        }
+    }
+
+    fn put_file(&self, key: &str, path: &Path) -> Result<(), fleet_storage::StoreError> {
+        self.inner.put_file(key, path)
+    }
+
+    fn exists(&self, key: &str) -> Result<bool, fleet_storage::StoreError> {
+        self.inner.exists(key)
+    }
+
+    fn list_pages(
+        &self,
+        prefix: &str,
+        each: &mut dyn FnMut(
+            Vec<(String, u64)>,
+        )
+            -> Result<std::ops::ControlFlow<()>, fleet_storage::StoreError>,
+    ) -> Result<(), fleet_storage::StoreError> {
+        self.inner.list_pages(prefix, each)
+    }
+
+    fn delete(&self, key: &str) -> Result<(), fleet_storage::StoreError> {
+        self.inner.delete(key)
+    }
+
+    fn stage_block(
+        &self,
+        key: &str,
+        block: u32,
+        bytes: &[u8],
+    ) -> Result<(), fleet_storage::StoreError> {
+        self.inner.stage_block(key, block, bytes)
+    }
+
+    fn commit_blocks(&self, key: &str, blocks: &[u32]) -> Result<(), fleet_storage::StoreError> {
+        self.inner.commit_blocks(key, blocks)
+    }
+
+    fn discard_blocks(&self, key: &str) -> Result<(), fleet_storage::StoreError> {
+        self.inner.discard_blocks(key)
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn location(&self, key: &str) -> String {
+        self.inner.location(key)
+    }
+}

@@ -1,7 +1,6 @@
 //! Controlling a job: `producer cancel` over RabbitMQ and Azurite, and the error budget
 //! (`--max-failed-partitions`) of an embedded job.
 
-use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use fleet_broker::Broker;
@@ -12,7 +11,8 @@ use fleet_protocol::job;
 use fleet_storage::local::LocalStore;
 use fleet_storage::{BlobStore, StoreError};
 use fleet_tests::{
-    Fleet, PROCESS_DEADLINE, Producer, fixture, job_of, run_with, spawn, terminate, wait_output,
+    Fleet, InjectedStore, PROCESS_DEADLINE, Producer, StoreCall, fixture, job_of, run_with, spawn,
+    terminate, wait_output,
 };
 use producer::submit::SubmitOptions;
 
@@ -127,88 +127,19 @@ fn a_job_cancelled_mid_way_leaves_no_partition_and_no_result() {
     );
 }
 
-/// The real local store, but one blob cannot be read: the store answers as an outage would,
-/// every time. The partition holding it is retried, then dead-lettered.
-#[derive(Debug)]
-struct OneBlobAway {
-    inner: std::sync::Arc<dyn BlobStore>,
-    away: String,
-}
-
-impl BlobStore for OneBlobAway {
-    fn open(&self, key: &str) -> Result<Box<dyn std::io::Read + Send>, StoreError> {
-        if key == self.away {
-            return Err(StoreError::Io {
-                store: self.inner.describe(),
-                key: key.into(),
-                reason: "injected outage of this blob".into(),
-            });
-        }
-        self.inner.open(key)
-    }
-
-    fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        self.inner.put(key, bytes)
-    }
-
-    fn put_file(&self, key: &str, path: &std::path::Path) -> Result<(), StoreError> {
-        self.inner.put_file(key, path)
-    }
-
-    fn exists(&self, key: &str) -> Result<bool, StoreError> {
-        self.inner.exists(key)
-    }
-
-    fn list_pages(
-        &self,
-        prefix: &str,
-        each: &mut dyn FnMut(Vec<(String, u64)>) -> Result<ControlFlow<()>, StoreError>,
-    ) -> Result<(), StoreError> {
-        self.inner.list_pages(prefix, each)
-    }
-
-    fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.delete(key)
-    }
-
-    fn stage_block(&self, key: &str, block: u32, bytes: &[u8]) -> Result<(), StoreError> {
-        self.inner.stage_block(key, block, bytes)
-    }
-
-    fn commit_blocks(&self, key: &str, blocks: &[u32]) -> Result<(), StoreError> {
-        self.inner.commit_blocks(key, blocks)
-    }
-
-    fn discard_blocks(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.discard_blocks(key)
-    }
-
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-
-    fn location(&self, key: &str) -> String {
-        self.inner.location(key)
-    }
-}
-
-/// A partition that can never be scored: with an error budget of one the job completes
-/// partial, every image in `scores.csv` (the failed partition's with the reason); with none it
-/// fails, as before the budget existed.
-#[test]
-fn a_failed_partition_within_the_budget_completes_the_job_partial() {
-    let root = tempfile::tempdir().unwrap();
-    let digits = fixture("cntk-models/mnist-digits");
-    let classes = root.path().join("digits.txt");
+/// Stages the fixture's MNIST digits under `mnist/` in container `ctr` of `root`, with the
+/// fixture's MNIST model (as `mnist`) and the class names 0 to 9.
+fn stage_digits(root: &std::path::Path) {
+    let classes = root.join("digits.txt");
     std::fs::write(
         &classes,
         (0..10).map(|d| format!("{d}\n")).collect::<String>(),
     )
     .unwrap();
-    Producer::stage(root.path(), "ctr")
+    Producer::stage(root, "ctr")
         .args(&[
             "--images",
-            digits.to_str().unwrap(),
+            fixture("cntk-models/mnist-digits").to_str().unwrap(),
             "--prefix",
             "mnist",
             "--model",
@@ -221,9 +152,29 @@ fn a_failed_partition_within_the_budget_completes_the_job_partial() {
             classes.to_str().unwrap(),
         ])
         .ok();
-    let store: std::sync::Arc<dyn BlobStore> = std::sync::Arc::new(OneBlobAway {
-        inner: std::sync::Arc::new(LocalStore::open(root.path(), "ctr").unwrap()),
-        away: "mnist/digit_3.png".into(),
+}
+
+/// A partition that can never be scored: with an error budget of one the job completes
+/// partial, every image in `scores.csv` (the failed partition's with the reason); with none it
+/// fails, as before the budget existed.
+#[test]
+fn a_failed_partition_within_the_budget_completes_the_job_partial() {
+    let root = tempfile::tempdir().unwrap();
+    stage_digits(root.path());
+    // One blob cannot be read: the store answers as an outage would, every time. The
+    // partition holding it is retried, then dead-lettered.
+    let inner: std::sync::Arc<dyn BlobStore> =
+        std::sync::Arc::new(LocalStore::open(root.path(), "ctr").unwrap());
+    let local = inner.describe();
+    let store: std::sync::Arc<dyn BlobStore> = std::sync::Arc::new(InjectedStore {
+        inner,
+        fault: Box::new(move |call, key| {
+            (call == StoreCall::Open && key == "mnist/digit_3.png").then(|| StoreError::Io {
+                store: local.clone(),
+                key: key.into(),
+                reason: "injected outage of this blob".into(),
+            })
+        }),
     });
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let job = |budget: u32| {
@@ -293,29 +244,7 @@ fn a_failed_partition_within_the_budget_completes_the_job_partial() {
 #[test]
 fn a_partial_job_exits_with_status_3() {
     let root = tempfile::tempdir().unwrap();
-    let digits = fixture("cntk-models/mnist-digits");
-    let classes = root.path().join("digits.txt");
-    std::fs::write(
-        &classes,
-        (0..10).map(|d| format!("{d}\n")).collect::<String>(),
-    )
-    .unwrap();
-    Producer::stage(root.path(), "ctr")
-        .args(&[
-            "--images",
-            digits.to_str().unwrap(),
-            "--prefix",
-            "mnist",
-            "--model",
-            fixture("cntk-models/MNISTConvolution.model")
-                .to_str()
-                .unwrap(),
-            "--model-name",
-            "mnist",
-            "--classes",
-            classes.to_str().unwrap(),
-        ])
-        .ok();
+    stage_digits(root.path());
     let unreadable = root.path().join("ctr/mnist/digit_3.png");
     std::fs::remove_file(&unreadable).unwrap();
     std::os::unix::fs::symlink("/proc/self/mem", &unreadable).unwrap();

@@ -12,7 +12,6 @@
 //! collector has every partition of the job in. A collector that took the manifest for the
 //! seal would complete the job meanwhile.
 
-use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -22,7 +21,7 @@ use fleet_broker::{Broker, BrokerError, Queue};
 use fleet_protocol::job;
 use fleet_protocol::message::{self, ResultMessage};
 use fleet_storage::{BlobStore, StoreError};
-use fleet_tests::{Fleet, finish, run_with, spawn, terminate};
+use fleet_tests::{Fleet, InjectedStore, StoreCall, finish, run_with, spawn, terminate};
 use producer::submit::{SubmitOptions, submit};
 
 /// Where the submission fails.
@@ -124,75 +123,6 @@ impl Broker for FaultyBroker {
     }
 }
 
-/// The real store, with one failure injected: writing the blob whose name ends in `fail_put`.
-#[derive(Debug)]
-struct FaultyStore {
-    inner: Arc<dyn BlobStore>,
-    fail_put: Option<&'static str>,
-    job: String,
-}
-
-impl BlobStore for FaultyStore {
-    fn open(&self, key: &str) -> Result<Box<dyn std::io::Read + Send>, StoreError> {
-        self.inner.open(key)
-    }
-
-    fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        if self.fail_put.is_some_and(|suffix| key.ends_with(suffix)) {
-            // The sample grid is written after the manifest.
-            if key == job::samples_key(&self.job) {
-                until_taken_in(self.inner.as_ref(), &self.job);
-            }
-            return Err(StoreError::Io {
-                store: self.inner.describe(),
-                key: key.into(),
-                reason: "injected failure".into(),
-            });
-        }
-        self.inner.put(key, bytes)
-    }
-
-    fn put_file(&self, key: &str, path: &std::path::Path) -> Result<(), StoreError> {
-        self.inner.put_file(key, path)
-    }
-
-    fn exists(&self, key: &str) -> Result<bool, StoreError> {
-        self.inner.exists(key)
-    }
-
-    fn list_pages(
-        &self,
-        prefix: &str,
-        each: &mut dyn FnMut(Vec<(String, u64)>) -> Result<ControlFlow<()>, StoreError>,
-    ) -> Result<(), StoreError> {
-        self.inner.list_pages(prefix, each)
-    }
-
-    fn delete(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.delete(key)
-    }
-
-    fn stage_block(&self, key: &str, block: u32, bytes: &[u8]) -> Result<(), StoreError> {
-        self.inner.stage_block(key, block, bytes)
-    }
-
-    fn commit_blocks(&self, key: &str, blocks: &[u32]) -> Result<(), StoreError> {
-        self.inner.commit_blocks(key, blocks)
-    }
-
-    fn discard_blocks(&self, key: &str) -> Result<(), StoreError> {
-        self.inner.discard_blocks(key)
-    }
-
-    fn describe(&self) -> String {
-        self.inner.describe()
-    }
-
-    fn location(&self, key: &str) -> String {
-        self.inner.location(key)
-    }
-}
-
 #[test]
 fn a_failure_at_any_submission_step_cancels_the_job_and_writes_no_results() {
     let fleet = Fleet::isolated();
@@ -223,14 +153,29 @@ fn a_failure_at_any_submission_step_cancels_the_job_and_writes_no_results() {
             store: fleet.store(),
             job: job.clone(),
         };
-        let store = Arc::new(FaultyStore {
+        // Writing the blob whose name ends in `fail_put` fails.
+        let fail_put = match step {
+            Step::Samples => Some("/samples.png"),
+            Step::Manifest => Some("/manifest.json"),
+            _ => None,
+        };
+        let (inner, failing_job) = (fleet.store(), job.clone());
+        let store = Arc::new(InjectedStore {
             inner: fleet.store(),
-            fail_put: match step {
-                Step::Samples => Some("/samples.png"),
-                Step::Manifest => Some("/manifest.json"),
-                _ => None,
-            },
-            job: job.clone(),
+            fault: Box::new(move |call, key| {
+                if call != StoreCall::Put || !fail_put.is_some_and(|s| key.ends_with(s)) {
+                    return None;
+                }
+                // The sample grid is written after the manifest.
+                if key == job::samples_key(&failing_job) {
+                    until_taken_in(inner.as_ref(), &failing_job);
+                }
+                Some(StoreError::Io {
+                    store: inner.describe(),
+                    key: key.into(),
+                    reason: "injected failure".into(),
+                })
+            }),
         });
         let mut published = 0;
         let outcome = runtime.block_on(submit(&broker, store, &options, &job, |_| published += 1));
