@@ -60,10 +60,13 @@ pub enum CollectorError {
 /// What the collector tells its caller as it goes.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// A partition's scores were stored.
+    /// A partition's rows were stored: its scores, or (a failed partition) the reason it has
+    /// none. Once for each partition, and once more for a failed one whose retry was scored.
     Stored {
         /// The job's id.
         job: String,
+        /// The partition.
+        partition: u32,
         /// Images in the partition.
         images: u64,
     },

@@ -47,6 +47,22 @@ impl Stored {
         }
     }
 
+    fn remove(&mut self, partition: u32) {
+        if self.contains(partition) {
+            self.words[partition as usize / 64] &= !(1 << (partition % 64));
+            self.count -= 1;
+        }
+    }
+
+    /// The partitions held, in order.
+    fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.words.iter().enumerate().flat_map(|(i, &word)| {
+            (0..64)
+                .filter(move |bit| word & (1 << bit) != 0)
+                .map(move |bit| i as u32 * 64 + bit)
+        })
+    }
+
     /// Whether the stored partitions are exactly `0..partitions`.
     fn are_all_of(&self, partitions: u32) -> bool {
         let highest = (self.words.iter().enumerate().rev())
@@ -60,8 +76,14 @@ impl Stored {
 #[derive(Debug)]
 struct JobState {
     plan: Plan,
+    /// Every partition stored, scored or failed.
     stored: Stored,
+    /// The stored partitions that failed (dead-lettered: rows with the reason, no scores).
+    /// A scored copy replaces a failed one (`producer retry`), so they are counted only when
+    /// the job completes, read back then: at most the job's error budget of them.
+    failed: Stored,
     sealed: Option<Sealed>,
+    /// The scored partitions' counts.
     tally: Tally,
 }
 
@@ -211,14 +233,16 @@ impl Jobs {
 
     /// Writes the partition's rows (its Parquet file and its block of `scores.csv`), then its
     /// durable copy, which marks it stored; then counts it. A partition already stored is a
-    /// redelivery, or a second worker's copy: it changes nothing.
+    /// redelivery, or a second worker's copy: it changes nothing, unless it was stored failed
+    /// and this copy is scored (the partition was retried): then this copy replaces it.
     fn store_partition(&mut self, scored: Scored) -> Result<Option<Event>, StoreError> {
         let job = scored.job.clone();
         let state = self.open.get_mut(&job).expect("taken in before");
         // Checked on receipt (`Scored::validate`): a name per score, a partition number below
         // MAX_PARTITIONS.
         let partition = scored.partition;
-        if state.stored.contains(partition) {
+        let replaces_failed = state.failed.contains(partition) && scored.failed.is_none();
+        if state.stored.contains(partition) && !replaces_failed {
             tracing::debug!(%job, partition, "partition already stored: ignored");
             return Ok(None);
         }
@@ -239,14 +263,28 @@ impl Jobs {
         });
         parquet_written?;
         rows_staged?;
+        let failed_key = job::failed_key(&job, partition);
+        if let Some(reason) = &scored.failed {
+            // Before the durable copy: every partition stored failed is marked, for `retry`.
+            self.store.put(&failed_key, reason.as_bytes())?;
+        }
         self.store.put(
             &job::partition_key(&job, partition),
             &message::encode(&scored),
         )?;
-        state.tally.add(&scored);
+        if replaces_failed {
+            tracing::info!(%job, partition, "a failed partition, retried, is scored");
+            self.store.delete(&failed_key)?;
+            state.failed.remove(partition);
+        }
+        match scored.failed {
+            Some(_) => state.failed.insert(partition),
+            None => state.tally.add(&scored),
+        }
         state.stored.insert(partition);
         Ok(Some(Event::Stored {
             job,
+            partition,
             images: scored.scores.len() as u64,
         }))
     }
@@ -286,6 +324,7 @@ impl Jobs {
             tally: Tally::new(plan.classes.len()),
             plan,
             stored: Stored::default(),
+            failed: Stored::default(),
             sealed: self.recorded_seal(job)?,
         };
         let keys = self.store.list(&job::partitions_prefix(job))?;
@@ -299,7 +338,10 @@ impl Jobs {
             match message::decode::<Scored>(&bytes).and_then(|s| s.validate().map(|()| s)) {
                 Ok(scored) if job::partition_key(job, scored.partition) == *key => {
                     if !state.stored.contains(scored.partition) {
-                        state.tally.add(&scored);
+                        match scored.failed {
+                            Some(_) => state.failed.insert(scored.partition),
+                            None => state.tally.add(&scored),
+                        }
                         state.stored.insert(scored.partition);
                     }
                 }
@@ -352,17 +394,25 @@ impl Jobs {
             return Ok(None);
         }
         // Over its error budget a job does not complete: it stays as `producer status` shows
-        // it, stuck on its dead-lettered partitions, its Parquet files readable.
-        if state.tally.failed_partitions() > state.plan.max_failed_partitions {
+        // it, stuck on its dead-lettered partitions, its Parquet files readable, until they are
+        // retried.
+        if state.failed.count > state.plan.max_failed_partitions {
             return Ok(None);
         }
+        let with_failed;
+        let tally = if state.failed.count == 0 {
+            &state.tally
+        } else {
+            with_failed = self.with_failed(job, state)?;
+            &with_failed
+        };
         let writing = Instant::now();
         let scores = job::result_key(job, files::SCORES);
         self.store
             .stage_block(&scores, 0, rows::header(&state.plan).as_bytes())?;
         let blocks: Vec<u32> = (0..=sealed.partitions).collect();
         self.store.commit_blocks(&scores, &blocks)?;
-        let mut files = results::finish(&state.tally, &state.plan, sealed, now_ms());
+        let mut files = results::finish(tally, &state.plan, sealed, now_ms());
         if files.summary.images != sealed.images {
             tracing::error!(%job, expected = sealed.images, got = files.summary.images, "image count differs from the manifest");
         }
@@ -383,10 +433,7 @@ impl Jobs {
             Err(e) => return Err(e),
         }
         files.summary.timings.writing_seconds = writing.elapsed().as_secs_f64();
-        put(
-            files::REPORT,
-            self.report(job, &files, &state.tally)?.as_bytes(),
-        )?;
+        put(files::REPORT, self.report(job, &files, tally)?.as_bytes())?;
         let summary =
             serde_json::to_vec_pretty(&files.summary).expect("a summary always serializes");
         put(files::SUMMARY, &summary)?;
@@ -396,6 +443,23 @@ impl Jobs {
         // completed the job is acknowledged (see `tidy_up_completed`).
         self.completed.push(job.to_owned());
         Ok(Some(files.summary))
+    }
+
+    /// The job's tally with its failed partitions counted in, read back from the container.
+    fn with_failed(&self, job: &str, state: &JobState) -> Result<Tally, StoreError> {
+        let mut tally = state.tally.clone();
+        for partition in state.failed.iter() {
+            let key = job::partition_key(job, partition);
+            // It was read or written by this collector when the job was taken in.
+            let scored =
+                message::decode::<Scored>(&self.store.get(&key)?).map_err(|e| StoreError::Io {
+                    store: self.store.describe(),
+                    key: key.clone(),
+                    reason: format!("the stored partition cannot be read back: {e}"),
+                })?;
+            tally.add(&scored);
+        }
+        Ok(tally)
     }
 
     /// The job's `report.html`. The manifest and the model's spec add to it; either may be
@@ -435,6 +499,7 @@ impl Jobs {
     /// cancelled job, its Parquet files too.
     fn tidy_up(&self, job: &str, cancelled: bool) -> Result<u64, StoreError> {
         let mut keys = self.store.list(&job::partitions_prefix(job))?;
+        keys.extend(self.store.list(&job::failed_prefix(job))?);
         if cancelled {
             keys.extend(self.store.list(&job::parquet_prefix(job))?);
         }
@@ -696,6 +761,35 @@ mod tests {
                     .unwrap();
             assert!(report.contains("id=\"partial\""));
         }
+    }
+
+    #[test]
+    fn a_retried_partition_scored_replaces_its_failed_copy() {
+        let (_dir, mut a, mut b) = two_collectors();
+        for message in [scored(0), failed(), sealed(), scored(2)] {
+            assert!(completed(&a.handle(message).unwrap()).is_none());
+        }
+        // Marked for `producer retry`, and stuck over its budget of none.
+        assert!(a.store.exists(&job::failed_key("j", 1)).unwrap());
+        // Another collector takes the job in, failed partition included: a second failed
+        // copy changes nothing.
+        assert!(b.handle(failed()).unwrap().is_empty());
+        // The partition retried and scored: the job completes whole.
+        let events = b.handle(scored(1)).unwrap();
+        let summary = completed(&events).expect("the job completes");
+        assert!(summary.partial.is_none(), "{:?}", summary.partial);
+        assert_eq!(
+            (summary.images, summary.scored, summary.unreadable),
+            (6, 6, 0)
+        );
+        let scores =
+            String::from_utf8(b.store.get(&job::result_key("j", files::SCORES)).unwrap()).unwrap();
+        assert!(!scores.contains("partition not scored"), "{scores}");
+        assert_eq!(scores.lines().count(), 1 + 6, "{scores}");
+        assert_eq!(parquet_rows(b.store.as_ref()).len(), 6);
+        assert!(!b.store.exists(&job::failed_key("j", 1)).unwrap());
+        // A failed copy arriving late (another worker's) changes nothing either.
+        assert!(b.handle(failed()).unwrap().is_empty());
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! The embedded default: producer, workers and collector in one process, over the in-process
 //! broker and the given store, through the same code that runs as separate processes.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use collector::{CollectorOptions, Event};
 use fleet_broker::memory::MemoryBroker;
 use fleet_protocol::Summary;
+use fleet_protocol::message::{self, Partition};
 use fleet_service::shutdown::Shutdown;
 use fleet_storage::BlobStore;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -14,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use worker::WorkerOptions;
 
+use crate::retry::{Retry, RetryError};
 use crate::submit::{SubmitError, SubmitOptions, submit};
 
 /// Why an embedded run failed.
@@ -22,6 +25,9 @@ pub enum EmbeddedError {
     /// The job could not be submitted.
     #[error(transparent)]
     Submit(#[from] SubmitError),
+    /// The job's failed partitions could not be published again.
+    #[error(transparent)]
+    Retry(#[from] RetryError),
     /// A worker stopped.
     #[error("worker failed")]
     Worker(#[from] worker::WorkerError),
@@ -38,9 +44,11 @@ pub enum EmbeddedError {
     },
     /// Partitions were dead-lettered: the job cannot complete.
     #[error(
-        "{count} partitions could not be scored and were dead-lettered: {reason} (allow failed partitions with --max-failed-partitions; the rows scored so far are in {scored})"
+        "{count} partitions of job {job} could not be scored and were dead-lettered: {reason}. Fix the cause, then `producer retry {job} --embedded` scores them again (or allow failed partitions with --max-failed-partitions); the rows scored so far are in {scored}"
     )]
     DeadLettered {
+        /// The job's id.
+        job: String,
         /// Partitions dead-lettered.
         count: usize,
         /// The first one's reason.
@@ -70,8 +78,60 @@ pub async fn run(
     store: Arc<dyn BlobStore>,
     options: &SubmitOptions,
     workers: usize,
+    worker_options: WorkerOptions,
+    job: &str,
+) -> Result<EmbeddedRun, EmbeddedError> {
+    let submission = async |broker: &MemoryBroker, on_published: &mut dyn FnMut(u64)| {
+        let manifest = submit(broker, store.clone(), options, job, on_published).await?;
+        Ok(manifest.partitions)
+    };
+    let budget = options.max_failed_partitions;
+    run_fleet(
+        store.clone(),
+        workers,
+        worker_options,
+        job,
+        budget,
+        submission,
+    )
+    .await
+}
+
+/// Publishes the failed partitions of `retry`'s job again (`producer retry --embedded`), with
+/// `workers` workers, and waits for the job's results.
+pub async fn retry(
+    store: Arc<dyn BlobStore>,
+    retry: &Retry,
+    workers: usize,
+    worker_options: WorkerOptions,
+) -> Result<EmbeddedRun, EmbeddedError> {
+    let publishing = async |broker: &MemoryBroker, on_published: &mut dyn FnMut(u64)| {
+        Ok(retry
+            .publish(broker, store.clone(), &mut &mut *on_published)
+            .await?)
+    };
+    let (job, budget) = (&retry.job, retry.max_failed_partitions);
+    run_fleet(
+        store.clone(),
+        workers,
+        worker_options,
+        job,
+        budget,
+        publishing,
+    )
+    .await
+}
+
+/// Runs a collector and `workers` workers in this process while `publish` publishes
+/// partitions of `job` (returning how many), and waits until the job completes, or until every
+/// partition published is settled with more than `budget` of them dead-lettered.
+async fn run_fleet(
+    store: Arc<dyn BlobStore>,
+    workers: usize,
     mut worker_options: WorkerOptions,
     job: &str,
+    budget: u32,
+    publish: impl AsyncFnOnce(&MemoryBroker, &mut dyn FnMut(u64)) -> Result<u32, EmbeddedError>,
 ) -> Result<EmbeddedRun, EmbeddedError> {
     let broker = MemoryBroker::default();
     let (shutdown, trigger) = Shutdown::manual();
@@ -116,31 +176,43 @@ pub async fn run(
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     let mut dead_lettered = Vec::new();
-    let submission = submit(&broker, store.clone(), options, job, |images| {
-        bar.inc_length(images)
-    });
-    tokio::pin!(submission);
-    let mut submitted = false;
-    // Submit while the fleet scores, and wait for this job's completion.
+    // Partitions stored (scored, or failed) or dead-lettered, and how many were published.
+    let mut settled = HashSet::new();
+    let mut published: Option<u32> = None;
+    let mut grow = |images| bar.inc_length(images);
+    let publishing = publish(&broker, &mut grow);
+    tokio::pin!(publishing);
+    // Publish while the fleet scores, and wait for this job's completion.
     let outcome = loop {
         tokio::select! {
-            result = &mut submission, if !submitted => match result {
-                Ok(_) => submitted = true,
-                Err(e) => break Err(e.into()),
+            result = &mut publishing, if published.is_none() => match result {
+                Ok(partitions) => published = Some(partitions),
+                Err(e) => break Err(e),
             },
             event = events.recv() => match event {
-                Some(Event::Stored { job: j, images }) if j == job => bar.inc(images),
+                Some(Event::Stored { job: j, partition, images }) if j == job => {
+                    settled.insert(partition);
+                    bar.inc(images);
+                }
                 Some(Event::Completed(summary)) if summary.job == job => break Ok(*summary),
                 Some(Event::Cancelled { job: j, reason }) if j == job => break Err(EmbeddedError::Cancelled { job: j, reason }),
                 Some(_) => {}
                 None => break Err(EmbeddedError::Incomplete),
             },
-            // Dead-lettered partitions beyond the error budget mean the job can never
-            // complete: stop waiting.
+            // Dead-lettered partitions beyond the error budget mean the job cannot complete:
+            // stop waiting once every other partition is scored, so that a retry has only the
+            // failed ones to score.
             () = tokio::time::sleep(Duration::from_millis(250)) => {
-                dead_lettered.extend(broker.drain_dead_letters());
-                if dead_lettered.len() > options.max_failed_partitions as usize {
+                for dead in broker.drain_dead_letters() {
+                    if let Ok(partition) = message::decode::<Partition>(&dead.payload) {
+                        settled.insert(partition.partition);
+                    }
+                    dead_lettered.push(dead);
+                }
+                let all_settled = published.is_some_and(|n| settled.len() >= n as usize);
+                if dead_lettered.len() > budget as usize && all_settled {
                     break Err(EmbeddedError::DeadLettered {
+                        job: job.to_owned(),
                         count: dead_lettered.len(),
                         reason: dead_lettered[0].reason.clone(),
                         scored: store.location(&fleet_protocol::job::parquet_prefix(job)),

@@ -26,7 +26,7 @@ pub enum FollowError {
     },
     /// Partitions were dead-lettered: the job cannot complete.
     #[error(
-        "job {job} cannot complete: partitions were dead-lettered ({}). Fix the cause, then submit the job again (or allow failed partitions with --max-failed-partitions); the dead-letter queue holds the partitions, and the rows scored so far are in {scored}",
+        "job {job} cannot complete: partitions were dead-lettered ({}). Fix the cause, then `producer retry {job}` scores them again (or submit the job again allowing failed partitions with --max-failed-partitions); the rows scored so far are in {scored}",
         reasons.join("; ")
     )]
     DeadLettered {

@@ -8,6 +8,7 @@
 //! - [`follow`]: waiting for a submitted job, by watching the container.
 //! - [`status`]: the container's jobs and where each stands.
 //! - [`control`]: cancelling a submitted job.
+//! - [`retry`]: publishing a job's failed partitions again.
 //! - [`embedded`]: the whole fleet in one process, on the in-process broker.
 //! - [`models`]: which staged model a command means when it names none.
 //! - [`source`]: where staged inputs come from (a file or a URL).
@@ -16,6 +17,7 @@ pub mod control;
 pub mod embedded;
 pub mod follow;
 pub mod models;
+pub mod retry;
 pub mod source;
 pub mod stage;
 pub mod status;

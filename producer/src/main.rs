@@ -57,6 +57,20 @@ enum Command {
     /// Cancel a submitted job: workers drop its partitions unscored, the collector deletes
     /// what it stored and writes no result; `producer status` says who cancelled it and when.
     Cancel(CancelArgs),
+    /// Score a job's failed (dead-lettered) partitions again, once their cause is fixed, so
+    /// that the same job completes: over the fleet, or with --embedded in this process.
+    /// Refused for a complete or cancelled job, or one whose model was restaged with another.
+    Retry(RetryArgs),
+}
+
+#[derive(Debug, Args)]
+struct RetryArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// The job's id.
+    job: String,
+    #[command(flatten)]
+    fleet: FleetArgs,
 }
 
 #[derive(Debug, Args)]
@@ -84,6 +98,15 @@ struct StatusArgs {
 struct RunArgs {
     #[command(flatten)]
     store: StoreArgs,
+    #[command(flatten)]
+    fleet: FleetArgs,
+    #[command(flatten)]
+    submit: SubmitOptions,
+}
+
+/// Where a job's partitions are scored, and whether to wait for its end.
+#[derive(Debug, Args)]
+struct FleetArgs {
     /// Run producer, workers and collector in this process (no broker needed).
     #[arg(long)]
     embedded: bool,
@@ -107,8 +130,6 @@ struct RunArgs {
         requires = "embedded"
     )]
     workers: usize,
-    #[command(flatten)]
-    submit: SubmitOptions,
     #[command(flatten)]
     worker: WorkerOptions,
 }
@@ -196,16 +217,25 @@ fn main() -> Result<()> {
         Some(Command::Cancel(args)) => tokio::runtime::Runtime::new()
             .context("starting the async runtime")?
             .block_on(cancel(args)),
-        None => {
-            let completed = tokio::runtime::Runtime::new()
+        Some(Command::Retry(args)) => exit_as(
+            tokio::runtime::Runtime::new()
                 .context("starting the async runtime")?
-                .block_on(run(cli.run))?;
-            if completed == Completed::Partial {
-                std::process::exit(PARTIAL_EXIT);
-            }
-            Ok(())
-        }
+                .block_on(retry(args))?,
+        ),
+        None => exit_as(
+            tokio::runtime::Runtime::new()
+                .context("starting the async runtime")?
+                .block_on(run(cli.run))?,
+        ),
     }
+}
+
+/// Exits with [`PARTIAL_EXIT`] for a job that completed partial.
+fn exit_as(completed: Completed) -> Result<()> {
+    if completed == Completed::Partial {
+        std::process::exit(PARTIAL_EXIT);
+    }
+    Ok(())
 }
 
 /// Exit status of a job that completed partial, within its error budget (`--max-failed-
@@ -435,20 +465,19 @@ fn convert(args: ConvertArgs) -> Result<()> {
 async fn run(args: RunArgs) -> Result<Completed> {
     let store = args.store.open_async(false).await?;
     let job = job::new_job_id();
-    if args.embedded {
-        let run =
-            producer::embedded::run(store.clone(), &args.submit, args.workers, args.worker, &job)
-                .await?;
-        print_summary(&run.summary);
-        if let Some(peak) = peak_memory_mb() {
-            // Every role ran in this process: its peak is the job's.
-            println!("peak memory: {peak} MB");
-        }
-        println!("job: {}", run.job);
-        print_report(store.as_ref(), &run.job);
-        return Ok(Completed::of(&run.summary));
+    let fleet = args.fleet;
+    if fleet.embedded {
+        let run = producer::embedded::run(
+            store.clone(),
+            &args.submit,
+            fleet.workers,
+            fleet.worker,
+            &job,
+        )
+        .await?;
+        return Ok(embedded_done(store.as_ref(), &run));
     }
-    let broker = AmqpBroker::connect(args.amqp).await?;
+    let broker = AmqpBroker::connect(fleet.amqp).await?;
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template("{spinner} publishing {pos} images ({per_sec}, {elapsed})")
             .expect("the template is valid"),
@@ -463,19 +492,73 @@ async fn run(args: RunArgs) -> Result<Completed> {
         manifest.images, manifest.partitions
     );
     println!("job: {job}");
-    if args.wait {
-        let summary = producer::follow::follow(
-            store.clone(),
-            &manifest,
-            Duration::from_secs(args.wait_timeout_secs),
-            args.submit.max_failed_partitions,
-        )
-        .await?;
-        print_summary(&summary);
-        print_report(store.as_ref(), &job);
-        return Ok(Completed::of(&summary));
+    if fleet.wait {
+        let budget = args.submit.max_failed_partitions;
+        return wait(store, &manifest, fleet.wait_timeout_secs, budget).await;
     }
     Ok(Completed::Whole)
+}
+
+/// Publishes a job's failed partitions again, over the fleet or in this process.
+async fn retry(args: RetryArgs) -> Result<Completed> {
+    let store = args.store.open_async(false).await?;
+    let (found_in, job) = (store.clone(), args.job.clone());
+    let retry =
+        tokio::task::spawn_blocking(move || producer::retry::prepare(found_in.as_ref(), &job))
+            .await??;
+    if !retry.waiting.is_empty() {
+        tracing::warn!(
+            job = %retry.job,
+            partitions = ?retry.waiting,
+            "dead-lettered partitions whose rows the collector has not stored yet are left out: retry again once it has"
+        );
+    }
+    println!(
+        "job {}: scoring {} failed partitions again",
+        retry.job,
+        retry.partitions.len()
+    );
+    let fleet = args.fleet;
+    if fleet.embedded {
+        let run =
+            producer::embedded::retry(store.clone(), &retry, fleet.workers, fleet.worker).await?;
+        return Ok(embedded_done(store.as_ref(), &run));
+    }
+    let broker = AmqpBroker::connect(fleet.amqp).await?;
+    let published = retry.publish(&broker, store.clone(), &mut |_| {}).await?;
+    println!("published {published} partitions");
+    if fleet.wait {
+        let budget = retry.max_failed_partitions;
+        return wait(store, &retry.manifest, fleet.wait_timeout_secs, budget).await;
+    }
+    Ok(Completed::Whole)
+}
+
+/// What an embedded run prints once its job is complete.
+fn embedded_done(store: &dyn BlobStore, run: &producer::embedded::EmbeddedRun) -> Completed {
+    print_summary(&run.summary);
+    if let Some(peak) = peak_memory_mb() {
+        // Every role ran in this process: its peak is the job's.
+        println!("peak memory: {peak} MB");
+    }
+    println!("job: {}", run.job);
+    print_report(store, &run.job);
+    Completed::of(&run.summary)
+}
+
+/// Follows a job submitted to the fleet to its end, and prints its accuracy.
+async fn wait(
+    store: std::sync::Arc<dyn BlobStore>,
+    manifest: &job::Manifest,
+    timeout_secs: u64,
+    max_failed_partitions: u32,
+) -> Result<Completed> {
+    let timeout = Duration::from_secs(timeout_secs);
+    let summary =
+        producer::follow::follow(store.clone(), manifest, timeout, max_failed_partitions).await?;
+    print_summary(&summary);
+    print_report(store.as_ref(), &manifest.job);
+    Ok(Completed::of(&summary))
 }
 
 /// Where the job's report is: a path or a blob URL to open in a browser.

@@ -16,7 +16,8 @@ pub enum State {
     Complete(Box<Summary>),
     /// Dropped without results, with the reason.
     Cancelled(String),
-    /// Some partitions were dead-lettered: it cannot complete. The reasons.
+    /// More partitions were dead-lettered than its error budget allows: it cannot complete
+    /// until they are retried (`producer retry`). The reasons.
     Stuck(Vec<String>),
     /// Partitions are being scored (or waiting for a worker or a collector).
     Running,
@@ -104,13 +105,18 @@ fn status(store: &dyn BlobStore, job: &str, blobs: &[String]) -> Result<JobStatu
         .iter()
         .filter(|b| b.starts_with("dead-letters/"))
         .collect();
+    // Dead letters within the job's error budget do not stop it (its plan is gone once the
+    // job is complete, when the budget no longer matters).
+    let budget = get(&job::plan_key(job))?
+        .and_then(|bytes| serde_json::from_slice::<job::Plan>(&bytes).ok())
+        .map_or(0, |plan| plan.max_failed_partitions as usize);
     let state = if let Some(summary) = get(&job::result_key(job, files::SUMMARY))?
         .and_then(|bytes| serde_json::from_slice::<Summary>(&bytes).ok())
     {
         State::Complete(Box::new(summary))
     } else if let Some(reason) = get(&job::cancelled_key(job))? {
         State::Cancelled(String::from_utf8_lossy(&reason).into_owned())
-    } else if !dead.is_empty() {
+    } else if dead.len() > budget {
         State::Stuck(
             dead_letters(store, job)?
                 .into_iter()
@@ -203,6 +209,11 @@ impl JobStatus {
                 for reason in reasons {
                     let _ = writeln!(out, "dead-lettered {reason}");
                 }
+                let _ = writeln!(
+                    out,
+                    "once the cause is fixed, `producer retry {}` scores those partitions again",
+                    self.job
+                );
             }
             State::Running | State::Submitting => {}
         }

@@ -90,6 +90,23 @@ pub fn dead_letters_prefix(job: &str) -> String {
     format!("jobs/{job}/dead-letters/")
 }
 
+/// Where the collector marks a partition it stored as failed (dead-lettered: its images have
+/// rows with the reason, no scores), holding the reason. `producer retry` finds the partitions
+/// to publish again here; the collector removes the marker when a scored copy replaces it.
+pub fn failed_key(job: &str, partition: u32) -> String {
+    format!("{}{partition:06}", failed_prefix(job))
+}
+
+/// Where the markers of the job's failed partitions are.
+pub fn failed_prefix(job: &str) -> String {
+    format!("jobs/{job}/failed/")
+}
+
+/// The partition number in a key made by [`failed_key`] or [`dead_letter_key`].
+pub fn partition_of(key: &str) -> Option<u32> {
+    key.rsplit('/').next()?.parse().ok()
+}
+
 /// One of the job's result files (see [`files`]).
 pub fn result_key(job: &str, file: &str) -> String {
     format!("results/{job}/{file}")

@@ -1,6 +1,8 @@
-//! Controlling a job: `producer cancel` over RabbitMQ and Azurite, and the error budget
-//! (`--max-failed-partitions`) of an embedded job.
+//! Controlling a job: `producer cancel`, the error budget (`--max-failed-partitions`) and
+//! `producer retry`, embedded and over RabbitMQ and Azurite.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use fleet_broker::Broker;
@@ -14,6 +16,7 @@ use fleet_tests::{
     Fleet, InjectedStore, PROCESS_DEADLINE, Producer, StoreCall, fixture, job_of, run_with, spawn,
     terminate, wait_output,
 };
+use producer::embedded::{EmbeddedError, EmbeddedRun};
 use producer::submit::SubmitOptions;
 
 /// Polls `done` every 100 ms until it holds or `within` passes; whether it held.
@@ -154,6 +157,63 @@ fn stage_digits(root: &std::path::Path) {
         .ok();
 }
 
+/// The digits' container in `root` with an outage of one blob while `outage` holds: the store
+/// answers every read of `mnist/digit_3.png` as an outage would, so the partition holding it is
+/// retried, then dead-lettered.
+fn digits_with_outage(root: &std::path::Path, outage: Arc<AtomicBool>) -> Arc<dyn BlobStore> {
+    let inner: Arc<dyn BlobStore> = Arc::new(LocalStore::open(root, "ctr").unwrap());
+    let local = inner.describe();
+    Arc::new(InjectedStore {
+        inner,
+        fault: Box::new(move |call, key| {
+            (outage.load(Ordering::SeqCst) && call == StoreCall::Open && key == "mnist/digit_3.png")
+                .then(|| StoreError::Io {
+                    store: local.clone(),
+                    key: key.into(),
+                    reason: "injected outage of this blob".into(),
+                })
+        }),
+    })
+}
+
+/// An embedded job over the digits in partitions of two, with an error budget of `budget`.
+fn digits_job(
+    runtime: &tokio::runtime::Runtime,
+    store: &Arc<dyn BlobStore>,
+    budget: u32,
+) -> (String, Result<EmbeddedRun, EmbeddedError>) {
+    let options = SubmitOptions {
+        dataset: "mnist".into(),
+        model: Some("mnist".into()),
+        labels: LabelSource::None,
+        partition_size: 2,
+        max_failed_partitions: budget,
+        ..fleet_service::cli::defaults().unwrap()
+    };
+    let id = job::new_job_id();
+    let run = runtime.block_on(producer::embedded::run(
+        store.clone(),
+        &options,
+        1,
+        worker_defaults(),
+        &id,
+    ));
+    (id, run)
+}
+
+fn worker_defaults() -> worker::WorkerOptions {
+    fleet_service::cli::defaults().unwrap()
+}
+
+fn scores_csv(store: &dyn BlobStore, job: &str) -> String {
+    String::from_utf8(
+        store
+            .get(&job::result_key(job, job::files::SCORES))
+            .unwrap(),
+    )
+    .unwrap()
+}
+
 /// A partition that can never be scored: with an error budget of one the job completes
 /// partial, every image in `scores.csv` (the failed partition's with the reason); with none it
 /// fails, as before the budget existed.
@@ -161,44 +221,10 @@ fn stage_digits(root: &std::path::Path) {
 fn a_failed_partition_within_the_budget_completes_the_job_partial() {
     let root = tempfile::tempdir().unwrap();
     stage_digits(root.path());
-    // One blob cannot be read: the store answers as an outage would, every time. The
-    // partition holding it is retried, then dead-lettered.
-    let inner: std::sync::Arc<dyn BlobStore> =
-        std::sync::Arc::new(LocalStore::open(root.path(), "ctr").unwrap());
-    let local = inner.describe();
-    let store: std::sync::Arc<dyn BlobStore> = std::sync::Arc::new(InjectedStore {
-        inner,
-        fault: Box::new(move |call, key| {
-            (call == StoreCall::Open && key == "mnist/digit_3.png").then(|| StoreError::Io {
-                store: local.clone(),
-                key: key.into(),
-                reason: "injected outage of this blob".into(),
-            })
-        }),
-    });
+    let store = digits_with_outage(root.path(), Arc::new(AtomicBool::new(true)));
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let job = |budget: u32| {
-        let options = SubmitOptions {
-            dataset: "mnist".into(),
-            model: Some("mnist".into()),
-            labels: LabelSource::None,
-            partition_size: 2,
-            max_failed_partitions: budget,
-            ..fleet_service::cli::defaults().unwrap()
-        };
-        let worker = fleet_service::cli::defaults::<worker::WorkerOptions>().unwrap();
-        let id = fleet_protocol::job::new_job_id();
-        let run = runtime.block_on(producer::embedded::run(
-            store.clone(),
-            &options,
-            1,
-            worker,
-            &id,
-        ));
-        (id, run)
-    };
 
-    let (id, run) = job(1);
+    let (id, run) = digits_job(&runtime, &store, 1);
     let summary = run.expect("the job completes partial").summary;
     let partial = summary.partial.as_ref().expect("a partial job");
     assert_eq!((partial.failed_partitions, partial.images), (1, 2));
@@ -207,12 +233,7 @@ fn a_failed_partition_within_the_budget_completes_the_job_partial() {
         "{partial:?}"
     );
     assert_eq!((summary.images, summary.scored), (10, 8));
-    let csv = String::from_utf8(
-        store
-            .get(&fleet_protocol::job::result_key(&id, "scores.csv"))
-            .unwrap(),
-    )
-    .unwrap();
+    let csv = scores_csv(store.as_ref(), &id);
     assert_eq!(csv.lines().count(), 1 + 10, "{csv}");
     let failed: Vec<&str> = csv
         .lines()
@@ -224,10 +245,10 @@ fn a_failed_partition_within_the_budget_completes_the_job_partial() {
         "{csv}"
     );
 
-    let (_, run) = job(0);
+    let (_, run) = digits_job(&runtime, &store, 0);
     let error = run.expect_err("over its budget the job fails").to_string();
     assert!(
-        error.contains("1 partitions could not be scored") && error.contains("injected outage"),
+        error.contains("1 partitions of job") && error.contains("injected outage"),
         "{error}"
     );
     // What was scored is there to read, and the message says where.
@@ -235,6 +256,67 @@ fn a_failed_partition_within_the_budget_completes_the_job_partial() {
         error.contains("the rows scored so far are in") && error.contains("scores.parquet/"),
         "{error}"
     );
+}
+
+/// A job stuck on a failed partition: retried while the cause lasts it stays stuck (and can
+/// be retried again); retried once the cause is gone, the same job completes whole, its rows
+/// those of a job that never failed. A complete job is not retried.
+#[test]
+fn a_stuck_job_retried_after_the_fix_completes_whole() {
+    let root = tempfile::tempdir().unwrap();
+    stage_digits(root.path());
+    let outage = Arc::new(AtomicBool::new(true));
+    let store = digits_with_outage(root.path(), outage.clone());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+
+    let (id, run) = digits_job(&runtime, &store, 0);
+    let error = run.expect_err("over its budget the job fails").to_string();
+    assert!(
+        error.contains(&format!("`producer retry {id} --embedded`")),
+        "{error}"
+    );
+    let status = producer::status::one(store.as_ref(), &id).unwrap().unwrap();
+    assert_eq!(status.state_name(), "stuck", "{status:?}");
+    // Every other partition was scored before the job stopped: a retry has one to score.
+    assert_eq!(status.stored, 5, "{status:?}");
+
+    let retry = |store: &Arc<dyn BlobStore>| {
+        let retry = producer::retry::prepare(store.as_ref(), &id).unwrap();
+        assert_eq!(
+            (retry.partitions.as_slice(), retry.waiting.len()),
+            (&[1][..], 0)
+        );
+        runtime.block_on(producer::embedded::retry(
+            store.clone(),
+            &retry,
+            1,
+            worker_defaults(),
+        ))
+    };
+    let error = retry(&store).expect_err("the outage lasts").to_string();
+    assert!(error.contains("injected outage"), "{error}");
+
+    outage.store(false, Ordering::SeqCst);
+    let summary = retry(&store).expect("the retried job completes").summary;
+    assert!(summary.partial.is_none(), "{:?}", summary.partial);
+    assert_eq!(
+        (summary.images, summary.scored, summary.partitions),
+        (10, 10, 5)
+    );
+    let (clean, run) = digits_job(&runtime, &store, 0);
+    run.expect("a job without the outage completes");
+    assert_eq!(
+        scores_csv(store.as_ref(), &id),
+        scores_csv(store.as_ref(), &clean)
+    );
+    assert!(
+        store.list(&job::failed_prefix(&id)).unwrap().is_empty()
+            && store.list(&job::partitions_prefix(&id)).unwrap().is_empty()
+    );
+    assert!(matches!(
+        producer::retry::prepare(store.as_ref(), &id),
+        Err(producer::retry::RetryError::Complete { .. })
+    ));
 }
 
 /// The same through the binary, over a local container where one image is a link to a file
@@ -269,4 +351,107 @@ fn a_partial_job_exits_with_status_3() {
         "{stdout}"
     );
     assert!(stderr.contains("completed partial"), "{stderr}");
+}
+
+/// Over RabbitMQ and Azurite, with a model deleted before any worker loads it, so that every
+/// partition is dead-lettered: within an error budget that covers them the job completes
+/// partial (`--wait` exits 3), every image in `scores.csv` with the reason; without one `--wait`
+/// fails and names the retry. Once the same model is staged again, `producer retry --wait`
+/// completes that job whole with the reference's predictions, and a second retry is refused.
+#[test]
+fn a_job_stuck_on_a_deleted_model_completes_whole_after_a_retry() {
+    let fleet = Fleet::isolated();
+    fleet.stage();
+    let env = fleet.env();
+    let store = fleet.store();
+    let collector = spawn("collector", &[], &env);
+    let submit = |budget: &str| {
+        let args = [
+            "--wait",
+            "--partition-size",
+            "2500",
+            "--max-failed-partitions",
+            budget,
+        ];
+        let mut producer = spawn("producer", &args, &env);
+        let job = job_of(&mut producer);
+        (producer, job)
+    };
+    // Submitted (the producer checks the model is staged), then the model goes.
+    let ((within, partial), (over, stuck)) = (submit("4"), submit("0"));
+    let model_key = job::model_key("resnet20");
+    let model = store.get(&model_key).unwrap();
+    store.delete(&model_key).unwrap();
+    let worker = spawn("worker", &[], &env);
+    let producer = |args: &[&str]| {
+        let out = run_with("producer", args, &env);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        (out.status.code(), stdout, stderr)
+    };
+
+    let out = wait_output(within, "producer --wait", PROCESS_DEADLINE);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("completed partial"), "{stderr}");
+    let scores = fleet.scores(&partial);
+    assert_eq!(scores.lines().count(), 1 + 10_000);
+    assert!(
+        scores
+            .lines()
+            .skip(1)
+            .all(|l| l.contains("partition not scored: model resnet20: ")),
+        "{}",
+        &scores[..scores.len().min(2000)]
+    );
+
+    let out = wait_output(over, "producer --wait", PROCESS_DEADLINE);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot complete") && stderr.contains(&format!("producer retry {stuck}")),
+        "{stderr}"
+    );
+    // `--wait` saw the first dead letter: the collector stores the rest meanwhile.
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            store.list(&job::failed_prefix(&stuck)).unwrap().len() == 4
+        }),
+        "the failed partitions were not all stored"
+    );
+    let (_, details, _) = producer(&["status", &stuck]);
+    assert!(
+        details.contains("state: stuck") && details.contains("producer retry"),
+        "{details}"
+    );
+
+    // The cause fixed: the same model staged again.
+    store.put(&model_key, &model).unwrap();
+    let (code, stdout, stderr) = producer(&["retry", &stuck, "--wait"]);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("job {stuck}: scoring 4 failed partitions again")),
+        "{stdout}"
+    );
+    fleet.assert_matches_reference(&stuck);
+    let summary = fleet
+        .store()
+        .get(&job::result_key(&stuck, job::files::SUMMARY))
+        .unwrap();
+    let summary: fleet_protocol::Summary = serde_json::from_slice(&summary).unwrap();
+    assert!(summary.partial.is_none(), "{:?}", summary.partial);
+
+    let (code, _, stderr) = producer(&["retry", &stuck]);
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains(&format!("job {stuck} is complete")),
+        "{stderr}"
+    );
+    let (code, _, stderr) = producer(&["retry", &partial]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("is complete"), "{stderr}");
+    terminate(worker);
+    terminate(collector);
 }

@@ -34,7 +34,7 @@ pub struct Unreadable {
 }
 
 /// The report's galleries so far.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Gallery {
     /// The first images of the job's first partition, in order.
     pub samples: Vec<Pictured>,

@@ -21,7 +21,7 @@ const SUMMARY_PAIRS: usize = 10;
 const MAX_REASONS: usize = 10;
 
 /// The running counts of one job.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Tally {
     classes: usize,
     images: u64,
@@ -115,11 +115,6 @@ impl Tally {
             }
         }
         self.gallery.add(p);
-    }
-
-    /// Partitions no worker could score.
-    pub fn failed_partitions(&self) -> u32 {
-        self.failed_partitions
     }
 
     /// The execution providers that scored the job's partitions.
