@@ -325,7 +325,7 @@ impl BlobStore for Counted {
     fn list_pages(
         &self,
         prefix: &str,
-        each: &mut dyn FnMut(Vec<(String, u64)>) -> Result<ControlFlow<()>, StoreError>,
+        each: &mut dyn FnMut(Vec<fleet_storage::Listed>) -> Result<ControlFlow<()>, StoreError>,
     ) -> Result<(), StoreError> {
         // Counted as one request per page, as Azure lists.
         let mut pages = 0;

@@ -413,6 +413,8 @@ impl Jobs {
         let blocks: Vec<u32> = (0..=sealed.partitions).collect();
         self.store.commit_blocks(&scores, &blocks)?;
         let mut files = results::finish(tally, &state.plan, sealed, now_ms());
+        let manifest = self.manifest(job)?;
+        files.summary.incremental = manifest.as_ref().and_then(|m| m.incremental.clone());
         if files.summary.images != sealed.images {
             tracing::error!(%job, expected = sealed.images, got = files.summary.images, "image count differs from the manifest");
         }
@@ -433,7 +435,8 @@ impl Jobs {
             Err(e) => return Err(e),
         }
         files.summary.timings.writing_seconds = writing.elapsed().as_secs_f64();
-        put(files::REPORT, self.report(job, &files, tally)?.as_bytes())?;
+        let report = self.report(manifest.as_ref(), &files, tally)?;
+        put(files::REPORT, report.as_bytes())?;
         let summary =
             serde_json::to_vec_pretty(&files.summary).expect("a summary always serializes");
         put(files::SUMMARY, &summary)?;
@@ -443,6 +446,15 @@ impl Jobs {
         // completed the job is acknowledged (see `tidy_up_completed`).
         self.completed.push(job.to_owned());
         Ok(Some(files.summary))
+    }
+
+    /// The job's manifest; `None` when it is gone or unreadable (a job from an older release).
+    fn manifest(&self, job: &str) -> Result<Option<Manifest>, StoreError> {
+        match self.store.get(&job::manifest_key(job)) {
+            Ok(bytes) => Ok(serde_json::from_slice::<Manifest>(&bytes).ok()),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// The job's tally with its failed partitions counted in, read back from the container.
@@ -466,16 +478,11 @@ impl Jobs {
     /// gone (a job from an older release, a model deleted since) without failing the job.
     fn report(
         &self,
-        job: &str,
+        manifest: Option<&Manifest>,
         files: &results::Finished,
         tally: &Tally,
     ) -> Result<String, StoreError> {
-        let manifest = match self.store.get(&job::manifest_key(job)) {
-            Ok(bytes) => serde_json::from_slice::<Manifest>(&bytes).ok(),
-            Err(e) if e.is_not_found() => None,
-            Err(e) => return Err(e),
-        };
-        let provenance = match &manifest {
+        let provenance = match manifest {
             Some(manifest) => match self.store.get(&job::spec_key(&manifest.model)) {
                 Ok(bytes) => ModelSpec::provenance_from_json(&bytes)
                     // Restaged since with another model: its provenance is not this job's.
@@ -488,7 +495,7 @@ impl Jobs {
         Ok(report::render(&report::Report {
             summary: &files.summary,
             tally,
-            manifest: manifest.as_ref(),
+            manifest,
             provenance: provenance.as_ref(),
             confusion_png: files.confusion_png.as_deref(),
         }))
@@ -856,6 +863,7 @@ mod tests {
             batches: Vec::new(),
             submitted_at_ms: 0,
             published_at_ms: 1,
+            incremental: None,
         };
         a.store
             .put(

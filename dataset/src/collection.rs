@@ -596,6 +596,9 @@ pub struct Page {
     pub names: Vec<String>,
     /// Each image's class index; `None` for an image without a label.
     pub labels: Vec<Option<u32>>,
+    /// Each image's size and version as listed (see [`fleet_storage::Listed`]); empty when a
+    /// label file labels the collection (it is matched against names alone).
+    pub versions: Vec<(u64, String)>,
 }
 
 /// What listing a collection page by page came to.
@@ -642,6 +645,7 @@ pub fn for_each_page(
                 each(Page {
                     names: names.to_vec(),
                     labels,
+                    versions: Vec::new(),
                 })?;
             }
             return Ok(listed);
@@ -659,10 +663,12 @@ pub fn for_each_page(
         .list_pages(&prefix, &mut |page| {
             blobs += page.len();
             let mut names = Vec::with_capacity(page.len());
-            for (key, _) in page {
+            let mut versions = Vec::with_capacity(page.len());
+            for fleet_storage::Listed { key, size, version } in page {
                 let relative = key[prefix.len()..].to_owned();
                 if is_image(&key) {
                     names.push(relative);
+                    versions.push((size, version));
                 } else if !file_name(&relative).starts_with('.') {
                     stray_count += 1;
                     if strays.len() < STRAYS_NAMED {
@@ -676,7 +682,11 @@ pub fn for_each_page(
             let outcome = resolve_labels(&names, &resolved, classes).and_then(|labels| {
                 listed.images += names.len() as u64;
                 listed.labelled += labels.iter().flatten().count() as u64;
-                each(Page { names, labels })
+                each(Page {
+                    names,
+                    labels,
+                    versions,
+                })
             });
             Ok(match outcome {
                 Ok(()) => ControlFlow::Continue(()),
@@ -728,8 +738,8 @@ pub fn check(
             blobs += page.len();
             let names: Vec<String> = page
                 .into_iter()
-                .filter(|(key, _)| is_image(key))
-                .map(|(key, _)| key[prefix.len()..].to_owned())
+                .filter(|listed| is_image(&listed.key))
+                .map(|listed| listed.key[prefix.len()..].to_owned())
                 .collect();
             if names.is_empty() {
                 return Ok(ControlFlow::Continue(()));

@@ -6,6 +6,7 @@
 //! - [`submit`]: a job from a tarball or an image collection in the container: partitions
 //!   published, manifest written, job sealed.
 //! - [`follow`]: waiting for a submitted job, by watching the container.
+//! - [`incremental`]: which images of a collection earlier jobs scored as they are now.
 //! - [`status`]: the container's jobs and where each stands.
 //! - [`control`]: cancelling a submitted job.
 //! - [`retry`]: publishing a job's failed partitions again.
@@ -16,6 +17,7 @@
 pub mod control;
 pub mod embedded;
 pub mod follow;
+pub mod incremental;
 pub mod models;
 pub mod retry;
 pub mod source;

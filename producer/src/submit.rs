@@ -21,6 +21,8 @@ use fleet_spec::ModelSpec;
 use fleet_storage::{BlobStore, StoreError};
 use tokio::sync::mpsc;
 
+use crate::incremental::{self, Coverage};
+
 /// Images shown in `samples.png`.
 const SAMPLES: usize = 16;
 
@@ -60,6 +62,11 @@ pub struct SubmitOptions {
         default_value_t = 0
     )]
     pub max_failed_partitions: u32,
+    /// Score only the images of the collection that no complete job of the same model (its
+    /// ONNX sha256 and spec) and top-k scored at their present size and version; the job's
+    /// results name the earlier jobs whose rows cover the rest.
+    #[arg(long, env = "INCREMENTAL")]
+    pub incremental: bool,
 }
 
 /// Why a job cannot be submitted.
@@ -95,6 +102,11 @@ pub enum SubmitError {
     /// Labels that cannot go with this dataset or model.
     #[error("{0}")]
     Labels(String),
+    /// `--incremental` with a dataset it cannot narrow.
+    #[error(
+        "--incremental scores the new images of a collection listed with --labels none or folders; {0}"
+    )]
+    Incremental(String),
     /// The job would have more partitions than its results can be written in.
     #[error(
         "the job would have more than {max} partitions of {partition_size} images; give a larger --partition-size (or score the dataset in several jobs)",
@@ -138,6 +150,10 @@ struct Plan {
     classes: Vec<String>,
     dataset: Dataset,
     labels: String,
+    /// The scope of a collection listed page by page (see [`incremental::scope`]).
+    scope: Option<String>,
+    /// The earlier jobs of the scope, for an incremental job.
+    coverage: Option<Coverage>,
 }
 
 /// Submits job `job` and returns its manifest once every partition is published and the job
@@ -152,9 +168,10 @@ pub async fn submit<B: Broker>(
     mut on_published: impl FnMut(u64),
 ) -> Result<Manifest, SubmitError> {
     let (plan_store, plan_options) = (store.clone(), options.clone());
-    let plan = tokio::task::spawn_blocking(move || plan(plan_store.as_ref(), &plan_options))
+    let mut plan = tokio::task::spawn_blocking(move || plan(plan_store.as_ref(), &plan_options))
         .await
         .map_err(SubmitError::Task)??;
+    let coverage = std::sync::Mutex::new(plan.coverage.take());
     // A worker holds a partition's images until the model takes them: a model with a large
     // input gets partitions it can hold.
     let most = plan.spec.max_partition_images();
@@ -178,6 +195,7 @@ pub async fn submit<B: Broker>(
         options,
         job,
         plan: &plan,
+        coverage,
     };
     let outcome = submission.publish(submitted_at_ms, &mut on_published).await;
     if let Err(e) = &outcome {
@@ -216,8 +234,8 @@ pub async fn submit<B: Broker>(
 fn plan(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Plan, SubmitError> {
     let model = &crate::models::chosen(store, options.model.as_deref())?;
     let spec_key = job::spec_key(model);
-    let mut spec = match store.get(&spec_key) {
-        Ok(bytes) => ModelSpec::from_json(&bytes, &spec_key)?,
+    let spec_json = match store.get(&spec_key) {
+        Ok(bytes) => bytes,
         Err(e) if e.is_not_found() => {
             return Err(SubmitError::NotStaged {
                 model: model.clone(),
@@ -227,6 +245,7 @@ fn plan(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Plan, SubmitEr
         }
         Err(e) => return Err(e.into()),
     };
+    let mut spec = ModelSpec::from_json(&spec_json, &spec_key)?;
     let model_key = job::model_key(model);
     if !store.exists(&model_key)? {
         return Err(SubmitError::NotStaged {
@@ -241,6 +260,12 @@ fn plan(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Plan, SubmitEr
         Err(StoreError::BadKey(_)) => false,
         Err(e) => return Err(e.into()),
     };
+    if tarball && options.incremental {
+        return Err(SubmitError::Incremental(format!(
+            "{} is a tarball, scored whole",
+            options.dataset
+        )));
+    }
     if tarball {
         // A tarball: its labels are CIFAR-10's classes, and so are its names when the model
         // has none of its own.
@@ -278,6 +303,8 @@ fn plan(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Plan, SubmitEr
                 blob: options.dataset.clone(),
                 labelled,
             },
+            scope: None,
+            coverage: None,
         });
     }
     let named = spec.classes.is_some();
@@ -289,6 +316,11 @@ fn plan(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Plan, SubmitEr
     // Everything that can be refused is refused here, before anything is written.
     let known = collection::Classes::new(&classes, spec.class_ids.as_deref());
     let held = match &options.labels {
+        LabelSource::File(file) if options.incremental => {
+            return Err(SubmitError::Incremental(format!(
+                "a label file ({file}) labels images by name alone"
+            )));
+        }
         LabelSource::File(_) => Some(collection::labelled(
             store,
             &options.dataset,
@@ -301,6 +333,15 @@ fn plan(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Plan, SubmitEr
             None
         }
     };
+    // A collection listed page by page records its listing, so that later incremental jobs
+    // of its scope can build on it.
+    let scope = held
+        .is_none()
+        .then(|| incremental::scope(&spec_json, options.top_k));
+    let coverage = match &scope {
+        Some(scope) if options.incremental => Some(Coverage::find(store, scope)?),
+        _ => None,
+    };
     Ok(Plan {
         model: model.clone(),
         labels: options.labels.to_string(),
@@ -311,7 +352,40 @@ fn plan(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Plan, SubmitEr
             named,
             held,
         },
+        scope,
+        coverage,
     })
+}
+
+/// What listing a collection for a job came to.
+#[derive(Debug, Default)]
+struct Listing {
+    /// Images published with a label.
+    labelled: u64,
+    /// Images left out as unchanged (an incremental job).
+    unchanged: u64,
+    /// Blocks of the job's listing staged.
+    blocks: u32,
+    /// The earlier jobs covering the unchanged images (an incremental job).
+    since: Option<Vec<String>>,
+}
+
+/// Leaves out of `page` the images `coverage` covers; how many.
+fn narrow(coverage: &mut Coverage, prefix: &str, page: &mut collection::Page) -> u64 {
+    let keep: Vec<bool> = (page.names.iter().zip(&page.versions))
+        .map(|(name, (size, version))| !coverage.covers(&format!("{prefix}{name}"), *size, version))
+        .collect();
+    let before = page.names.len();
+    let mut kept = keep.iter();
+    page.names
+        .retain(|_| *kept.next().expect("one flag an image"));
+    let mut kept = keep.iter();
+    page.labels
+        .retain(|_| *kept.next().expect("one flag an image"));
+    let mut kept = keep.iter();
+    page.versions
+        .retain(|_| *kept.next().expect("one flag an image"));
+    (before - page.names.len()) as u64
 }
 
 /// Cuts a collection's images, as they are listed, into partitions of `size` and publishes
@@ -383,6 +457,7 @@ impl Cutter {
             }],
             labelled_images,
             samples: None,
+            incremental: None,
         })
     }
 
@@ -415,6 +490,8 @@ struct Submission<'a, B> {
     options: &'a SubmitOptions,
     job: &'a str,
     plan: &'a Plan,
+    /// The plan's coverage, taken by the collection's lister.
+    coverage: std::sync::Mutex<Option<Coverage>>,
 }
 
 /// What publishing a dataset's partitions came to.
@@ -426,6 +503,8 @@ struct Published {
     labelled_images: u64,
     /// The sample grid PNG (tarballs).
     samples: Option<Vec<u8>>,
+    /// What an incremental job left to earlier ones.
+    incremental: Option<job::Incremental>,
 }
 
 impl<B: Broker> Submission<'_, B> {
@@ -482,9 +561,17 @@ impl<B: Broker> Submission<'_, B> {
         };
         let json = serde_json::to_vec(&plan).expect("a plan always serializes");
         let (store, key) = (self.store.clone(), job::plan_key(self.job));
-        tokio::task::spawn_blocking(move || store.put(&key, &json))
-            .await
-            .map_err(SubmitError::Task)??;
+        let index = (self.plan.scope.as_ref()).map(|scope| job::index_key(scope, self.job));
+        tokio::task::spawn_blocking(move || {
+            store.put(&key, &json)?;
+            // The job counts for later incremental jobs only once it is complete.
+            match index {
+                Some(index) => store.put(&index, b""),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(SubmitError::Task)??;
         Ok(())
     }
 
@@ -516,6 +603,7 @@ impl<B: Broker> Submission<'_, B> {
             batches: batches.clone(),
             submitted_at_ms,
             published_at_ms: now_ms(),
+            incremental: published.incremental.clone(),
         }
     }
 
@@ -575,19 +663,40 @@ impl<B: Broker> Submission<'_, B> {
                 self.options.labels.clone(),
             );
             let (classes, ids) = (self.plan.classes.clone(), self.plan.spec.class_ids.clone());
-            tokio::task::spawn_blocking(move || {
+            let mut coverage = self.coverage.lock().expect("never poisoned").take();
+            let (prefix, listing) = (prefix.clone(), job::listing_key(self.job));
+            tokio::task::spawn_blocking(move || -> Result<Listing, SubmitError> {
                 let classes = collection::Classes::new(&classes, ids.as_deref());
+                let mut outcome = Listing::default();
                 collection::for_each_page(
                     store.as_ref(),
                     &dataset,
                     &source,
                     &classes,
                     named,
-                    &mut |page| {
+                    &mut |mut page| {
+                        if let Some(coverage) = &mut coverage {
+                            outcome.unchanged += narrow(coverage, &prefix, &mut page);
+                        }
+                        if page.names.is_empty() {
+                            return Ok(());
+                        }
+                        outcome.labelled += page.labels.iter().flatten().count() as u64;
+                        let lines =
+                            incremental::listing_lines(&prefix, &page.names, &page.versions);
+                        store
+                            .stage_block(&listing, outcome.blocks, lines.as_bytes())
+                            .map_err(DatasetError::Store)?;
+                        outcome.blocks += 1;
                         tx.blocking_send(page)
                             .map_err(|_| DatasetError::Stopped("publishing stopped".into()))
                     },
-                )
+                )?;
+                let blocks: Vec<u32> = (0..outcome.blocks).collect();
+                store.commit_blocks(&listing, &blocks)?;
+                store.discard_blocks(&listing)?;
+                outcome.since = coverage.map(|c| c.jobs().to_vec());
+                Ok(outcome)
             })
         };
         let mut cutter = Cutter::new(&prefix, size);
@@ -603,7 +712,16 @@ impl<B: Broker> Submission<'_, B> {
         let listed = lister.await.map_err(SubmitError::Task)?;
         outcome?;
         let listed = listed?;
-        cutter.finish(self, listed.labelled, on_published).await
+        let mut published = cutter.finish(self, listed.labelled, on_published).await?;
+        if let (Some(since), Some(scope)) = (listed.since, &self.plan.scope) {
+            tracing::info!(job = %self.job, unchanged = listed.unchanged, since = ?since, "incremental: unchanged images left to earlier jobs");
+            published.incremental = Some(job::Incremental {
+                scope: scope.clone(),
+                since,
+                unchanged: listed.unchanged,
+            });
+        }
+        Ok(published)
     }
 
     /// Publishes partitions of a collection listed whole (a label file labels it).
@@ -623,6 +741,7 @@ impl<B: Broker> Submission<'_, B> {
             let page = collection::Page {
                 names: names.to_vec(),
                 labels: labels.to_vec(),
+                versions: Vec::new(),
             };
             cutter.add(self, page, on_published).await?;
         }
@@ -726,6 +845,7 @@ impl<B: Broker> Submission<'_, B> {
             batches,
             labelled_images,
             samples: Some(sample_grid_png(&grid, 8)),
+            incremental: None,
         })
     }
 

@@ -107,6 +107,37 @@ pub fn partition_of(key: &str) -> Option<u32> {
     key.rsplit('/').next()?.parse().ok()
 }
 
+/// What a collection job was scored from: a line per image published, `key<TAB>size<TAB>version`
+/// (see `fleet_storage::Listed`), in name order, which is the order of its rows. An incremental
+/// job reads it back from the earlier jobs of its scope.
+pub fn listing_key(job: &str) -> String {
+    format!("jobs/{job}/listing.tsv")
+}
+
+/// Where the collection jobs of one scope (see [`Incremental::scope`]) are named, a blob each:
+/// those complete are what an incremental job of the scope builds on.
+pub fn index_prefix(scope: &str) -> String {
+    format!("index/{scope}/")
+}
+
+/// Job `job`'s entry under [`index_prefix`].
+pub fn index_key(scope: &str, job: &str) -> String {
+    format!("{}{job}", index_prefix(scope))
+}
+
+/// What an incremental job (`producer --incremental`) left to earlier jobs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Incremental {
+    /// The model (its ONNX sha256 and spec) and top-k of the job: jobs of one scope give the
+    /// same row for the same image.
+    pub scope: String,
+    /// The earlier complete jobs of the scope whose rows cover the images not scored here,
+    /// oldest first.
+    pub since: Vec<String>,
+    /// Images listed that an earlier job scored at the same size and version: left out.
+    pub unchanged: u64,
+}
+
 /// One of the job's result files (see [`files`]).
 pub fn result_key(job: &str, file: &str) -> String {
     format!("results/{job}/{file}")
@@ -235,6 +266,9 @@ pub struct Manifest {
     /// When the last partition was published (absent in manifests of older releases).
     #[serde(default)]
     pub published_at_ms: u64,
+    /// Set for an incremental job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<Incremental>,
 }
 
 /// Milliseconds since the Unix epoch.

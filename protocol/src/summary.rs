@@ -107,6 +107,10 @@ pub struct Summary {
     /// their scores (their images have rows with the reason as error).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partial: Option<Partial>,
+    /// Set for an incremental job (`--incremental`): its rows are the images new or changed
+    /// since the earlier jobs named here, whose rows cover the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incremental: Option<crate::job::Incremental>,
 }
 
 /// What a partial job lacks.
@@ -134,6 +138,14 @@ impl Summary {
                 line,
                 "; {} of {} images could not be scored (see the error column of scores.csv)",
                 self.unreadable, self.images
+            );
+        }
+        if let Some(incremental) = self.incremental.as_ref().filter(|i| !i.since.is_empty()) {
+            let _ = write!(
+                line,
+                "; incremental: {} unchanged images are in the rows of job {}",
+                incremental.unchanged,
+                incremental.since.join(", ")
             );
         }
         if let Some(partial) = &self.partial {

@@ -25,7 +25,7 @@ use futures::StreamExt;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::{BlobStore, LIST_PAGE, StoreError, check_container, check_key, check_prefix};
+use super::{BlobStore, LIST_PAGE, Listed, StoreError, check_container, check_key, check_prefix};
 
 /// Azurite's well-known development account.
 const DEV_ACCOUNT: &str = "devstoreaccount1";
@@ -435,14 +435,13 @@ impl BlobStore for AzureStore {
     fn list_pages(
         &self,
         prefix: &str,
-        each: &mut dyn FnMut(Vec<(String, u64)>) -> Result<ControlFlow<()>, StoreError>,
+        each: &mut dyn FnMut(Vec<Listed>) -> Result<ControlFlow<()>, StoreError>,
     ) -> Result<(), StoreError> {
         check_prefix(prefix)?;
         let client = self.client()?;
         let prefix_owned = prefix.to_owned();
         // The SDK lists on its runtime; pages come here as they arrive, one waiting at most.
-        let (tx, rx) =
-            std::sync::mpsc::sync_channel::<Result<Vec<(String, u64)>, azure_core::Error>>(1);
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Listed>, azure_core::Error>>(1);
         runtime().spawn(async move {
             let options = BlobContainerClientListBlobsOptions {
                 prefix: Some(prefix_owned),
@@ -464,9 +463,13 @@ impl BlobStore for AzureStore {
                         return;
                     }
                 };
-                if let Some(name) = item.name {
-                    let size = item.properties.and_then(|p| p.content_length);
-                    page.push((name, size.unwrap_or(0)));
+                if let Some(key) = item.name {
+                    let properties = item.properties.unwrap_or_default();
+                    page.push(Listed {
+                        key,
+                        size: properties.content_length.unwrap_or(0),
+                        version: properties.etag.map(|e| e.to_string()).unwrap_or_default(),
+                    });
                 }
                 if page.len() == LIST_PAGE && tx.send(Ok(std::mem::take(&mut page))).is_err() {
                     return; // the caller stopped

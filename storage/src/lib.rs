@@ -143,20 +143,20 @@ pub trait BlobStore: Send + Sync + Debug {
     fn list_sized(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
         let mut all = Vec::new();
         self.list_pages(prefix, &mut |page| {
-            all.extend(page);
+            all.extend(page.into_iter().map(|listed| (listed.key, listed.size)));
             Ok(ControlFlow::Continue(()))
         })?;
         Ok(all)
     }
 
-    /// The names and sizes of the blobs under `prefix`, in name order, handed to `each` a page
+    /// The blobs under `prefix` (name, size, version), in name order, handed to `each` a page
     /// (at most [`LIST_PAGE`] names) at a time as the listing goes: a caller that needs the
     /// names one page at a time never holds the whole listing. `each` stops the listing by
     /// breaking; an error from it stops the listing and is returned.
     fn list_pages(
         &self,
         prefix: &str,
-        each: &mut dyn FnMut(Vec<(String, u64)>) -> Result<ControlFlow<()>, StoreError>,
+        each: &mut dyn FnMut(Vec<Listed>) -> Result<ControlFlow<()>, StoreError>,
     ) -> Result<(), StoreError>;
 
     /// Names of the blobs under `prefix`, sorted.
@@ -194,6 +194,18 @@ pub trait BlobStore: Send + Sync + Debug {
 
     /// Where blob `key` opens from outside this program: a file path or the blob's URL.
     fn location(&self, key: &str) -> String;
+}
+
+/// A blob as a listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Listed {
+    /// Its name.
+    pub key: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// A value that changes whenever its content is written: Azure's ETag; on a local disk,
+    /// the file's inode and modification time (a write replaces the file).
+    pub version: String,
 }
 
 /// Most names in one page of [`BlobStore::list_pages`]: Azure's page.

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
-use super::{BlobStore, StoreError, check_container, check_key, check_prefix};
+use super::{BlobStore, Listed, StoreError, check_container, check_key, check_prefix};
 
 /// A container as a directory under a root: blobs are files, names are relative paths, and a
 /// write is a temporary file renamed into place.
@@ -58,8 +58,8 @@ impl LocalStore {
         &self,
         dir: &str,
         prefix: &str,
-        page: &mut Vec<(String, u64)>,
-        each: &mut dyn FnMut(Vec<(String, u64)>) -> Result<ControlFlow<()>, StoreError>,
+        page: &mut Vec<Listed>,
+        each: &mut dyn FnMut(Vec<Listed>) -> Result<ControlFlow<()>, StoreError>,
     ) -> Result<ControlFlow<()>, StoreError> {
         let entries = match fs::read_dir(self.dir.join(dir)) {
             Ok(entries) => entries,
@@ -79,18 +79,22 @@ impl LocalStore {
             if metadata.is_dir() {
                 children.push((format!("{dir}{name}/"), None));
             } else if metadata.is_file() {
-                children.push((format!("{dir}{name}"), Some(metadata.len())));
+                children.push((format!("{dir}{name}"), Some(metadata)));
             }
         }
-        children.sort();
-        for (key, size) in children {
-            let flow = match size {
+        children.sort_by(|a, b| a.0.cmp(&b.0));
+        for (key, metadata) in children {
+            let flow = match metadata {
                 // A directory that cannot hold a key with the prefix is not entered.
                 None if key.starts_with(prefix) || prefix.starts_with(&key) => {
                     self.walk(&key, prefix, page, each)?
                 }
-                Some(size) if key.starts_with(prefix) => {
-                    page.push((key, size));
+                Some(metadata) if key.starts_with(prefix) => {
+                    page.push(Listed {
+                        version: version(&metadata),
+                        size: metadata.len(),
+                        key,
+                    });
                     if page.len() == super::LIST_PAGE {
                         each(std::mem::take(page))?
                     } else {
@@ -197,7 +201,7 @@ impl BlobStore for LocalStore {
     fn list_pages(
         &self,
         prefix: &str,
-        each: &mut dyn FnMut(Vec<(String, u64)>) -> Result<ControlFlow<()>, StoreError>,
+        each: &mut dyn FnMut(Vec<Listed>) -> Result<ControlFlow<()>, StoreError>,
     ) -> Result<(), StoreError> {
         check_prefix(prefix)?;
         let start = match prefix.rfind('/') {
@@ -285,6 +289,25 @@ impl BlobStore for LocalStore {
             .unwrap_or(path)
             .display()
             .to_string()
+    }
+}
+
+/// A file's version: its modification time (to the nanosecond) and, on Unix, its inode, which
+/// changes whenever a write replaces the file (every write of this store does).
+fn version(metadata: &fs::Metadata) -> String {
+    let modified = metadata
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        format!("{:x}-{modified:x}", metadata.ino())
+    }
+    #[cfg(not(unix))]
+    {
+        format!("{modified:x}")
     }
 }
 

@@ -991,7 +991,7 @@ impl fleet_storage::BlobStore for InjectedStore {
         &self,
         prefix: &str,
         each: &mut dyn FnMut(
-            Vec<(String, u64)>,
+            Vec<fleet_storage::Listed>,
         )
             -> Result<std::ops::ControlFlow<()>, fleet_storage::StoreError>,
     ) -> Result<(), fleet_storage::StoreError> {

@@ -63,7 +63,11 @@ fn listings_come_in_name_order(store: &dyn BlobStore) {
     let mut pages = Vec::new();
     store
         .list_pages("photos/", &mut |page| {
-            pages.push(page.into_iter().map(|(key, _)| key).collect::<Vec<_>>());
+            pages.push(
+                page.into_iter()
+                    .map(|listed| listed.key)
+                    .collect::<Vec<_>>(),
+            );
             Ok(ControlFlow::Break(()))
         })
         .unwrap();
@@ -80,12 +84,38 @@ fn listings_come_in_name_order(store: &dyn BlobStore) {
     );
 }
 
+/// A listing tells a blob rewritten with other bytes of the same size from the one before it
+/// (what an incremental job relies on), and an untouched blob keeps its version.
+fn versions_change_with_every_write(store: &dyn BlobStore) {
+    let listed = |key: &str| {
+        let mut found = None;
+        store
+            .list_pages(key, &mut |page| {
+                found = page.into_iter().find(|listed| listed.key == key);
+                Ok(ControlFlow::Break(()))
+            })
+            .unwrap();
+        found.unwrap_or_else(|| panic!("{key} is not listed in {}", store.describe()))
+    };
+    store.put("v/a.png", b"first").unwrap();
+    store.put("v/b.png", b"other").unwrap();
+    let (a, b) = (listed("v/a.png"), listed("v/b.png"));
+    assert_eq!(a.size, 5);
+    assert!(!a.version.is_empty(), "{}", store.describe());
+    store.put("v/a.png", b"again").unwrap();
+    let rewritten = listed("v/a.png");
+    assert_eq!(rewritten.size, 5);
+    assert_ne!(a.version, rewritten.version, "{}", store.describe());
+    assert_eq!(listed("v/b.png"), b, "{}", store.describe());
+}
+
 #[test]
 fn the_local_store_keeps_the_contract() {
     let root = tempfile::tempdir().unwrap();
     let store = LocalStore::create(root.path(), "ctr").unwrap();
     blocks_build_one_blob(&store);
     listings_come_in_name_order(&store);
+    versions_change_with_every_write(&store);
 }
 
 #[test]
@@ -102,6 +132,7 @@ fn the_azure_store_keeps_the_contract() {
     .expect("the test container");
     blocks_build_one_blob(store.as_ref());
     listings_come_in_name_order(store.as_ref());
+    versions_change_with_every_write(store.as_ref());
     for key in store.list("").unwrap() {
         store.delete(&key).unwrap();
     }

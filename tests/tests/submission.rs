@@ -138,6 +138,7 @@ fn a_failure_at_any_submission_step_cancels_the_job_and_writes_no_results() {
         partition_size: PARTITION_SIZE.parse().unwrap(),
         top_k: 1,
         max_failed_partitions: 0,
+        incremental: false,
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let broker = runtime

@@ -78,6 +78,22 @@ pub fn render(report: &Report<'_>) -> String {
             escape(&partial.reasons.join("; "))
         );
     }
+    if let Some(incremental) = summary.incremental.as_ref().filter(|i| !i.since.is_empty()) {
+        let _ = writeln!(
+            html,
+            "<p class=\"partial\" id=\"incremental\">Incremental: this job scored the {} \
+             images new or changed since job {}; the rows of the {} unchanged images are in \
+             {}.</p>",
+            summary.images,
+            escape(&incremental.since.join(", ")),
+            incremental.unchanged,
+            if incremental.since.len() == 1 {
+                "that job's results"
+            } else {
+                "those jobs' results (the newest row of an image is its own)"
+            }
+        );
+    }
     job_section(&mut html, report);
     timings_section(&mut html, summary);
     let samples = &report.tally.gallery.samples;

@@ -181,6 +181,8 @@ impl Tally {
                 images: self.failed_images,
                 reasons: self.failed_reasons.iter().cloned().collect(),
             }),
+            // From the manifest, which the collector reads when the job completes.
+            incremental: None,
         }
     }
 

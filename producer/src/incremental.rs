@@ -1,0 +1,290 @@
+//! `--incremental`: scoring only the images of a collection that no earlier job of the same
+//! model has scored as they are now.
+//!
+//! Every collection job (incremental or not) records what it was scored from: its listing,
+//! `jobs/<job>/listing.tsv` (each image published with its size and version, in name order,
+//! which is the order of its rows in `scores.csv`), and its name under
+//! `index/<scope>/`, where the scope names the model (its ONNX sha256 and its spec) and the
+//! job's top-k: jobs of one scope give the same row for the same image. An incremental job
+//! finds the complete jobs of its scope there, and reads each one's listing and `scores.csv`
+//! side by side, a line at a time, as its own listing goes: both are in name order, so the
+//! whole costs one sequential read of each, never a read per image, and holds one line of each.
+//! An image is left out when one of them scored it (a row with a prediction: a failed
+//! partition's or an unreadable image's is scored again) at the same size and version.
+
+use std::io::{BufRead, BufReader, Read};
+
+use fleet_protocol::Summary;
+use fleet_protocol::job::{self, files};
+use fleet_spec::sha256_hex;
+use fleet_storage::{BlobStore, StoreError};
+
+/// The scope of a job: the model's spec as staged (which holds the ONNX file's sha256, how
+/// images are prepared, and the class names) and the top-k its rows report.
+pub fn scope(spec_json: &[u8], top_k: u8) -> String {
+    // Parsed and written again: one spelling of the same spec, keys in order. Where and when
+    // it was staged (the provenance, but for the model's sha256) is not part of it.
+    let mut spec: serde_json::Value = serde_json::from_slice(spec_json).unwrap_or_default();
+    let sha = spec
+        .pointer("/provenance/onnx_sha256")
+        .cloned()
+        .unwrap_or_default();
+    if let Some(fields) = spec.as_object_mut() {
+        fields.remove("provenance");
+        fields.insert("onnx_sha256".into(), sha);
+        fields.insert("top_k".into(), top_k.into());
+    }
+    sha256_hex(spec.to_string().as_bytes())[..32].to_owned()
+}
+
+/// The images the earlier complete jobs of a scope scored, read as a listing goes.
+pub struct Coverage {
+    /// The jobs, oldest first.
+    jobs: Vec<String>,
+    earlier: Vec<Earlier>,
+}
+
+impl std::fmt::Debug for Coverage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Coverage")
+            .field("jobs", &self.jobs)
+            .finish()
+    }
+}
+
+impl Coverage {
+    /// The complete jobs of `scope` in `store`, each ready to be read. A job whose listing or
+    /// rows cannot be opened covers nothing (its images are scored again), with a warning.
+    pub fn find(store: &dyn BlobStore, scope: &str) -> Result<Self, StoreError> {
+        let prefix = job::index_prefix(scope);
+        let mut coverage = Coverage {
+            jobs: Vec::new(),
+            earlier: Vec::new(),
+        };
+        // Complete jobs, in the order they were submitted (ids name the second alone).
+        let mut complete = Vec::new();
+        for key in store.list(&prefix)? {
+            let job = &key[prefix.len()..];
+            let summary = match store.get(&job::result_key(job, files::SUMMARY)) {
+                Ok(bytes) => serde_json::from_slice::<Summary>(&bytes).ok(),
+                // Running, stuck or cancelled: it covers nothing yet.
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            };
+            let submitted = summary.map_or(0, |s| s.timings.submitted_at_ms);
+            complete.push((submitted, job.to_owned()));
+        }
+        complete.sort();
+        for (_, job) in complete {
+            match Earlier::open(store, &job) {
+                Ok(earlier) => {
+                    coverage.jobs.push(job);
+                    coverage.earlier.push(earlier);
+                }
+                Err(e) => {
+                    tracing::warn!(%job, error = %e, "an earlier job's listing or rows cannot be read: its images are scored again");
+                }
+            }
+        }
+        Ok(coverage)
+    }
+
+    /// The earlier jobs, oldest first.
+    pub fn jobs(&self) -> &[String] {
+        &self.jobs
+    }
+
+    /// Whether an earlier job scored blob `key` at this size and version. Keys must come in
+    /// name order: each job's lines are read up to `key` and never again.
+    pub fn covers(&mut self, key: &str, size: u64, version: &str) -> bool {
+        let mut covered = false;
+        for earlier in &mut self.earlier {
+            covered |= earlier.covers(key, size, version);
+        }
+        covered
+    }
+}
+
+/// One earlier job's listing and rows, read in step.
+struct Earlier {
+    job: String,
+    listing: BufReader<Box<dyn Read + Send>>,
+    rows: BufReader<Box<dyn Read + Send>>,
+    /// Columns of `scores.csv`: `index` and `predicted_label`.
+    index: usize,
+    predicted: usize,
+    /// Lines read so far.
+    read: u64,
+    /// The line last read, not yet passed by the listing: key, size, version, scored.
+    current: Option<(String, u64, String, bool)>,
+    done: bool,
+}
+
+impl Earlier {
+    fn open(store: &dyn BlobStore, job: &str) -> Result<Self, StoreError> {
+        let listing = BufReader::new(store.open(&job::listing_key(job))?);
+        let mut rows = BufReader::new(store.open(&job::result_key(job, files::SCORES))?);
+        let bad = |reason: &str| StoreError::Io {
+            store: store.describe(),
+            key: job::result_key(job, files::SCORES),
+            reason: reason.to_owned(),
+        };
+        let header = read_record(&mut rows)
+            .map_err(|e| bad(&e.to_string()))?
+            .ok_or_else(|| bad("empty"))?;
+        let column = |name: &str| {
+            header
+                .iter()
+                .position(|c| c == name)
+                .ok_or_else(|| bad(&format!("no {name} column")))
+        };
+        Ok(Self {
+            job: job.to_owned(),
+            index: column("index")?,
+            predicted: column("predicted_label")?,
+            listing,
+            rows,
+            read: 0,
+            current: None,
+            done: false,
+        })
+    }
+
+    fn covers(&mut self, key: &str, size: u64, version: &str) -> bool {
+        loop {
+            if self.current.is_none() && !self.done {
+                self.current = self.next();
+                self.done = self.current.is_none();
+            }
+            match &self.current {
+                Some((listed, ..)) if listed.as_str() < key => self.current = None,
+                Some((listed, listed_size, listed_version, scored)) => {
+                    return listed == key
+                        && *listed_size == size
+                        && listed_version == version
+                        && *scored;
+                }
+                None => return false,
+            }
+        }
+    }
+
+    /// The next line of the listing with its row; `None` at the end, or where the two stop
+    /// agreeing (then the rest is scored again, with a warning).
+    fn next(&mut self) -> Option<(String, u64, String, bool)> {
+        let mut line = String::new();
+        let read = self.listing.read_line(&mut line);
+        let row = read_record(&mut self.rows);
+        let stop = |reason: String| {
+            tracing::warn!(job = %self.job, %reason, "an earlier job's listing is read no further: the images after it are scored again");
+            None
+        };
+        let (line, row) = match (read, row) {
+            (Ok(0), _) => return None,
+            (Ok(_), Ok(Some(row))) => (line, row),
+            (Ok(_), Ok(None)) => return stop("its rows end before its listing".into()),
+            (Err(e), _) | (_, Err(e)) => return stop(e.to_string()),
+        };
+        let mut fields = line.trim_end_matches('\n').splitn(3, '\t');
+        let (Some(key), Some(size), Some(version)) = (fields.next(), fields.next(), fields.next())
+        else {
+            return stop(format!(
+                "line {} of its listing is malformed",
+                self.read + 1
+            ));
+        };
+        let Ok(size) = size.parse::<u64>() else {
+            return stop(format!(
+                "line {} of its listing is malformed",
+                self.read + 1
+            ));
+        };
+        if row.get(self.index).map(String::as_str) != Some(&self.read.to_string()) {
+            return stop(format!("row {} of scores.csv is not its image", self.read));
+        }
+        let scored = row.get(self.predicted).is_some_and(|p| !p.is_empty());
+        self.read += 1;
+        Some((key.to_owned(), size, version.to_owned(), scored))
+    }
+}
+
+/// The next record of a CSV file as the collector writes it (a field holding a comma, a quote
+/// or a line break is quoted, quotes doubled); `None` at the end.
+fn read_record(reader: &mut impl BufRead) -> std::io::Result<Option<Vec<String>>> {
+    let mut record = String::new();
+    // A record runs on while a quoted field is open: an odd count of quotes so far.
+    loop {
+        let read = reader.read_line(&mut record)?;
+        if read == 0 || record.matches('"').count().is_multiple_of(2) {
+            break;
+        }
+    }
+    if record.is_empty() {
+        return Ok(None);
+    }
+    let record = record.trim_end_matches(['\n', '\r']);
+    let (mut fields, mut field, mut quoted) = (Vec::new(), String::new(), false);
+    let mut chars = record.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                field.push('"');
+                chars.next();
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => fields.push(std::mem::take(&mut field)),
+            (c, _) => field.push(c),
+        }
+    }
+    fields.push(field);
+    Ok(Some(fields))
+}
+
+/// The lines of a job's listing for these images of the collection under `prefix`: `names`
+/// with their `(size, version)`.
+pub fn listing_lines(prefix: &str, names: &[String], versions: &[(u64, String)]) -> String {
+    let mut lines = String::new();
+    for (name, (size, version)) in names.iter().zip(versions) {
+        lines.push_str(&format!("{prefix}{name}\t{size}\t{version}\n"));
+    }
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_records_with_quotes_commas_and_line_breaks_read_back() {
+        let csv = "index,filename,predicted_label,error\n0,\"a,b.png\",3,\n1,c.png,,\"bad \"\"x\"\"\nmore\"\n";
+        let mut reader = std::io::Cursor::new(csv);
+        let mut records = Vec::new();
+        while let Some(record) = read_record(&mut reader).unwrap() {
+            records.push(record);
+        }
+        assert_eq!(
+            records,
+            [
+                vec!["index", "filename", "predicted_label", "error"],
+                vec!["0", "a,b.png", "3", ""],
+                vec!["1", "c.png", "", "bad \"x\"\nmore"],
+            ]
+        );
+    }
+
+    #[test]
+    fn the_scope_ignores_where_a_spec_was_staged_but_not_the_model_or_top_k() {
+        let spec = |sha: &str, staged: &str, scale: f32| {
+            serde_json::json!({
+                "scale": scale,
+                "provenance": {"onnx_sha256": sha, "source": staged},
+            })
+            .to_string()
+        };
+        let a = scope(spec("aa", "/tmp/x.onnx", 1.0).as_bytes(), 1);
+        assert_eq!(a, scope(spec("aa", "https://e/x.onnx", 1.0).as_bytes(), 1));
+        assert_ne!(a, scope(spec("bb", "/tmp/x.onnx", 1.0).as_bytes(), 1));
+        assert_ne!(a, scope(spec("aa", "/tmp/x.onnx", 0.5).as_bytes(), 1));
+        assert_ne!(a, scope(spec("aa", "/tmp/x.onnx", 1.0).as_bytes(), 3));
+    }
+}
