@@ -231,7 +231,8 @@ impl Retry {
 
     /// Publishes each failed partition again, rebuilt from its stored copy, after removing its
     /// dead-letter note; `on_published` gets each one's image count. Returns how many were
-    /// published (a partition scored since it was found failed is left out).
+    /// published (a partition scored since it was found failed is left out); none is an
+    /// error.
     pub async fn publish<B: Broker>(
         &self,
         broker: &B,
@@ -270,6 +271,13 @@ impl Retry {
                     .await?;
                 published += 1;
             }
+        }
+        if published == 0 {
+            // Nothing is in flight: no result would ever complete the job.
+            return Err(RetryError::NothingFailed {
+                job: self.job.clone(),
+                waiting: ": each partition marked failed was scored since".into(),
+            });
         }
         Ok(published)
     }
