@@ -450,11 +450,8 @@ impl Jobs {
 
     /// The job's manifest; `None` when it is gone or unreadable (a job from an older release).
     fn manifest(&self, job: &str) -> Result<Option<Manifest>, StoreError> {
-        match self.store.get(&job::manifest_key(job)) {
-            Ok(bytes) => Ok(serde_json::from_slice::<Manifest>(&bytes).ok()),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e),
-        }
+        let bytes = self.store.get_if_exists(&job::manifest_key(job))?;
+        Ok(bytes.and_then(|bytes| serde_json::from_slice::<Manifest>(&bytes).ok()))
     }
 
     /// The job's tally with its failed partitions counted in, read back from the container.

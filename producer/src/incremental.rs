@@ -65,12 +65,11 @@ impl Coverage {
         let mut complete = Vec::new();
         for key in store.list(&prefix)? {
             let job = &key[prefix.len()..];
-            let summary = match store.get(&job::result_key(job, files::SUMMARY)) {
-                Ok(bytes) => serde_json::from_slice::<Summary>(&bytes).ok(),
-                // Running, stuck or cancelled: it covers nothing yet.
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e),
+            // Running, stuck or cancelled: it covers nothing yet.
+            let Some(summary) = store.get_if_exists(&job::result_key(job, files::SUMMARY))? else {
+                continue;
             };
+            let summary = serde_json::from_slice::<Summary>(&summary).ok();
             let submitted = summary.map_or(0, |s| s.timings.submitted_at_ms);
             complete.push((submitted, job.to_owned()));
         }

@@ -111,11 +111,7 @@ pub struct Retry {
 /// Finds what of `job` can be retried, and checks it can be: the job is sealed, neither
 /// complete nor cancelled, and its model is staged as it was when the job was submitted.
 pub fn prepare(store: &dyn BlobStore, job: &str) -> Result<Retry, RetryError> {
-    let get = |key: &str| match store.get(key) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e),
-    };
+    let get = |key: &str| store.get_if_exists(key);
     if store.exists(&job::result_key(job, files::SUMMARY))? {
         return Err(RetryError::Complete {
             job: job.to_owned(),
@@ -381,11 +377,9 @@ fn stored_failed(
     partition: u32,
 ) -> Result<Option<Scored>, RetryError> {
     let key = job::partition_key(job, partition);
-    let bytes = match store.get(&key) {
-        Ok(bytes) => bytes,
-        // Marked, not yet stored: the collector stores it (its result was not acked).
-        Err(e) if e.is_not_found() => return Ok(None),
-        Err(e) => return Err(e.into()),
+    // Marked, not yet stored: the collector stores it (its result was not acked).
+    let Some(bytes) = store.get_if_exists(&key)? else {
+        return Ok(None);
     };
     let scored = message::decode::<Scored>(&bytes).map_err(|e| StoreError::Io {
         store: store.describe(),

@@ -80,9 +80,7 @@ pub fn dead_letters(store: &dyn BlobStore, job: &str) -> Result<Vec<(String, Str
             Err(e) => return Err(e),
         };
         let name = key.strip_prefix(&prefix).unwrap_or(&key);
-        let partition = name
-            .parse::<u32>()
-            .map_or(name.to_owned(), |n| n.to_string());
+        let partition = job::partition_of(&key).map_or(name.to_owned(), |n| n.to_string());
         notes.push((partition, reason));
     }
     Ok(notes)
@@ -90,11 +88,7 @@ pub fn dead_letters(store: &dyn BlobStore, job: &str) -> Result<Vec<(String, Str
 
 /// A job's status from the names of its blobs under `jobs/<job>/`.
 fn status(store: &dyn BlobStore, job: &str, blobs: &[String]) -> Result<JobStatus, StoreError> {
-    let get = |key: &str| match store.get(key) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e),
-    };
+    let get = |key: &str| store.get_if_exists(key);
     let manifest = get(&job::manifest_key(job))?
         .and_then(|bytes| serde_json::from_slice::<Manifest>(&bytes).ok());
     let stored = blobs

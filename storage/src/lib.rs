@@ -126,6 +126,15 @@ pub trait BlobStore: Send + Sync + Debug {
         Ok(bytes)
     }
 
+    /// Reads a whole blob, or `None` when it is not there.
+    fn get_if_exists(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.get(key) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Streams a blob.
     fn open(&self, key: &str) -> Result<Box<dyn Read + Send>, StoreError>;
 
