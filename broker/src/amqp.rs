@@ -95,27 +95,33 @@ fn redact(url: &str) -> String {
     }
 }
 
-fn classify(url: &str, e: &lapin::Error) -> BrokerError {
+fn classify(url: &str, e: lapin::Error) -> BrokerError {
     let text = e.to_string();
     if text.contains("ACCESS_REFUSED")
         || text.contains("ACCESS-REFUSED")
         || text.to_lowercase().contains("auth")
     {
         BrokerError::Credentials { url: redact(url) }
-    } else if text.contains("certificate") {
-        BrokerError::Connect {
-            url: redact(url),
-            reason: format!(
-                "{text}. The broker's TLS certificate is not trusted: if it is signed by a \
-                 private or self-signed authority, pass that authority's PEM with \
-                 --amqp-ca-cert (AMQP_CA_CERT)"
-            ),
-        }
     } else {
+        let hint = if text.contains("certificate") {
+            "; the broker's TLS certificate is not trusted: if it is signed by a private or \
+             self-signed authority, pass that authority's PEM with --amqp-ca-cert (AMQP_CA_CERT)"
+        } else {
+            ""
+        };
         BrokerError::Connect {
             url: redact(url),
-            reason: text,
+            hint,
+            source: e.into(),
         }
+    }
+}
+
+/// A lost connection, met while `doing` something.
+fn lost(doing: &str, e: lapin::Error) -> BrokerError {
+    BrokerError::Lost {
+        detail: format!(" while {doing}"),
+        source: Some(e.into()),
     }
 }
 
@@ -168,12 +174,24 @@ impl AmqpBroker {
                     *guard = Some(link.clone());
                     return Ok(link);
                 }
-                Err(e @ BrokerError::Other(_)) => return Err(e),
+                Err(e @ BrokerError::Other { .. }) => return Err(e),
                 Err(e) if Instant::now() + delay < deadline => {
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "message broker unreachable");
+                    tracing::warn!(
+                        error = &e as &dyn std::error::Error,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "message broker unreachable"
+                    );
                     tokio::time::sleep(delay).await;
                 }
-                Err(e) => return Err(BrokerError::Lost(format!("gave up reconnecting: {e}"))),
+                Err(e) => {
+                    return Err(BrokerError::Lost {
+                        detail: format!(
+                            "; gave up reconnecting after {}s",
+                            self.inner.args.reconnect_secs
+                        ),
+                        source: Some(e.into()),
+                    });
+                }
             }
         }
     }
@@ -224,13 +242,18 @@ impl AmqpBroker {
                 Ok(other) => {
                     return Err(BrokerError::NotConfirmed {
                         queue: queue_name.into(),
-                        reason: format!("{other:?} after {nacks} retries"),
+                        detail: format!(": {other:?} after {nacks} retries"),
+                        source: None,
                     });
                 }
                 // The connection went away before the confirm: publish again on a new one.
                 // (The broker may hold the first copy too; consumers tolerate duplicates.)
                 Err(e) if attempts < 1000 => {
-                    tracing::warn!(error = %e, queue = queue_name, "publish interrupted; retrying");
+                    tracing::warn!(
+                        error = &e as &dyn std::error::Error,
+                        queue = queue_name,
+                        "publish interrupted; retrying"
+                    );
                     if link.is_open() {
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
@@ -238,7 +261,8 @@ impl AmqpBroker {
                 Err(e) => {
                     return Err(BrokerError::NotConfirmed {
                         queue: queue_name.into(),
-                        reason: e.to_string(),
+                        detail: String::new(),
+                        source: Some(e.into()),
                     });
                 }
             }
@@ -269,7 +293,10 @@ async fn open_and_declare(args: &AmqpArgs) -> Result<Link, BrokerError> {
     let link = open_link(args).await?;
     match declare_topology(&link.publisher, args).await {
         Ok(()) => Ok(link),
-        Err(e) if !link.connection.status().connected() => Err(BrokerError::Lost(e.to_string())),
+        Err(e) if !link.connection.status().connected() => Err(BrokerError::Lost {
+            detail: " while declaring the queues".into(),
+            source: Some(e.into()),
+        }),
         Err(e) => Err(e),
     }
 }
@@ -280,27 +307,30 @@ async fn open_link(args: &AmqpArgs) -> Result<Link, BrokerError> {
     let tls = OwnedTLSConfig {
         identity: None,
         cert_chain: match &args.ca_cert {
-            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
-                BrokerError::Other(format!(
-                    "cannot read the broker's CA certificates {} (--amqp-ca-cert): {e}",
-                    path.display()
-                ))
-            })?),
+            Some(path) => Some(
+                std::fs::read_to_string(path).map_err(|e| BrokerError::Other {
+                    message: format!(
+                        "cannot read the broker's CA certificates {} (--amqp-ca-cert)",
+                        path.display()
+                    ),
+                    source: e.into(),
+                })?,
+            ),
             None => None,
         },
     };
-    let runtime = lapin::runtime::default_runtime().map_err(|e| classify(&args.url, &e))?;
+    let runtime = lapin::runtime::default_runtime().map_err(|e| classify(&args.url, e))?;
     let connection = Connection::connect_with_config(&args.url, properties, tls, runtime)
         .await
-        .map_err(|e| classify(&args.url, &e))?;
+        .map_err(|e| classify(&args.url, e))?;
     let publisher = connection
         .create_channel()
         .await
-        .map_err(|e| BrokerError::Lost(e.to_string()))?;
+        .map_err(|e| lost("opening a channel", e))?;
     publisher
         .confirm_select(ConfirmSelectOptions::default())
         .await
-        .map_err(|e| BrokerError::Lost(e.to_string()))?;
+        .map_err(|e| lost("asking for publisher confirms", e))?;
     Ok(Link {
         connection: Arc::new(connection),
         publisher,
@@ -347,11 +377,16 @@ async fn declare_topology(channel: &Channel, args: &AmqpArgs) -> Result<(), Brok
         (&names.partitions, work),
         (&names.results, results),
     ] {
-        channel.queue_declare(ShortString::from(name.as_str()), durable, arguments).await.map_err(|e| {
-            BrokerError::Other(format!(
-                "cannot declare queue {name}: {e}. If it exists with other settings, delete it or choose other queue names"
-            ))
-        })?;
+        channel
+            .queue_declare(ShortString::from(name.as_str()), durable, arguments)
+            .await
+            .map_err(|e| BrokerError::Other {
+                message: format!(
+                    "cannot declare queue {name} (if it exists with other settings, delete it \
+                     or choose other queue names)"
+                ),
+                source: e.into(),
+            })?;
     }
     Ok(())
 }
@@ -400,7 +435,10 @@ impl Broker for AmqpBroker {
             .publisher
             .queue_declare(ShortString::from(name), options, FieldTable::default())
             .await
-            .map_err(|e| BrokerError::Other(format!("cannot inspect queue {name}: {e}")))?;
+            .map_err(|e| BrokerError::Other {
+                message: format!("cannot inspect queue {name}"),
+                source: e.into(),
+            })?;
         Ok(u64::from(declared.message_count()))
     }
 }
@@ -419,7 +457,7 @@ pub struct AmqpConsumer {
 impl AmqpConsumer {
     async fn subscribe(&mut self) -> Result<(), BrokerError> {
         let link = self.broker.link().await?;
-        let lost = |e: lapin::Error| BrokerError::Lost(e.to_string());
+        let lost = |e| lost("subscribing", e);
         let channel = link.connection.create_channel().await.map_err(lost)?;
         channel
             .basic_qos(self.prefetch.max(1), BasicQosOptions::default())
@@ -463,7 +501,7 @@ impl Consumer for AmqpConsumer {
                 }
                 // The stream ends or fails when the channel or connection goes away.
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, queue = %self.queue, "consumer lost its connection; resubscribing")
+                    tracing::warn!(error = &e as &dyn std::error::Error, queue = %self.queue, "consumer lost its connection; resubscribing")
                 }
                 None => {
                     tracing::warn!(queue = %self.queue, "consumer cancelled by the broker; resubscribing")
@@ -491,9 +529,10 @@ pub struct AmqpDelivery {
 impl AmqpDelivery {
     fn settle_error(&self, e: lapin::Error) -> BrokerError {
         // The channel it came on is gone: the broker will deliver the message again.
-        BrokerError::Lost(format!(
-            "cannot settle a delivery ({e}); it will be redelivered"
-        ))
+        BrokerError::Lost {
+            detail: " while settling a delivery: it will be delivered again".into(),
+            source: Some(e.into()),
+        }
     }
 }
 

@@ -62,16 +62,23 @@ impl QueueNames {
     }
 }
 
+/// A cause kept with a [`BrokerError`]: the AMQP client's error, an `io::Error`.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Why a broker operation failed; [`BrokerError::is_transient`] says whether to try again.
+/// The client's error is kept as the source, never flattened into the message.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     /// The broker could not be reached.
-    #[error("cannot connect to the message broker at {url}: {reason}")]
+    #[error("cannot connect to the message broker at {url}{hint}")]
     Connect {
         /// The broker's URL, its password left out.
         url: String,
+        /// What to check, where it is known (empty, or starting with `; `).
+        hint: &'static str,
         /// What failed.
-        reason: String,
+        #[source]
+        source: Cause,
     },
     /// The broker refused the user name or password: trying again will not help.
     #[error(
@@ -82,19 +89,34 @@ pub enum BrokerError {
         url: String,
     },
     /// An open connection went away.
-    #[error("the message broker connection was lost: {0}")]
-    Lost(String),
+    #[error("the message broker connection was lost{detail}")]
+    Lost {
+        /// What was being done, or what is known (empty, or starting with `: ` or `; `).
+        detail: String,
+        /// What failed, if anything said.
+        #[source]
+        source: Option<Cause>,
+    },
     /// The broker did not take a published message.
-    #[error("the message broker did not confirm a message to {queue}: {reason}")]
+    #[error("the message broker did not confirm a message to {queue}{detail}")]
     NotConfirmed {
         /// The queue published to.
         queue: String,
-        /// What the broker said.
-        reason: String,
+        /// What the broker answered, if it answered (empty, or starting with `: `).
+        detail: String,
+        /// What failed, if the publish failed.
+        #[source]
+        source: Option<Cause>,
     },
-    /// Anything else the broker reported.
-    #[error("message broker error: {0}")]
-    Other(String),
+    /// Anything else the broker reported: a setting that cannot work.
+    #[error("{message}")]
+    Other {
+        /// What failed, and what to do.
+        message: String,
+        /// What the broker or the system said.
+        #[source]
+        source: Cause,
+    },
 }
 
 impl BrokerError {
@@ -102,8 +124,16 @@ impl BrokerError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            BrokerError::Lost(_) | BrokerError::NotConfirmed { .. }
+            BrokerError::Lost { .. } | BrokerError::NotConfirmed { .. }
         )
+    }
+
+    /// A lost connection, said in `detail` alone (empty, or starting with `: `).
+    pub fn lost(detail: impl Into<String>) -> Self {
+        BrokerError::Lost {
+            detail: detail.into(),
+            source: None,
+        }
     }
 }
 
@@ -112,8 +142,11 @@ impl BrokerError {
 /// (the collector keeps one row set per job and partition). Other errors stay errors.
 pub fn settled(result: Result<(), BrokerError>) -> Result<(), BrokerError> {
     match result {
-        Err(BrokerError::Lost(reason)) => {
-            tracing::warn!(%reason, "delivery not settled; the broker will deliver it again");
+        Err(e @ BrokerError::Lost { .. }) => {
+            tracing::warn!(
+                error = &e as &dyn std::error::Error,
+                "delivery not settled; the broker will deliver it again"
+            );
             Ok(())
         }
         other => other,

@@ -154,7 +154,7 @@ impl MemoryBroker {
 }
 
 fn closed() -> BrokerError {
-    BrokerError::Lost("the in-process broker has shut down".into())
+    BrokerError::lost(": the in-process broker has shut down")
 }
 
 impl Broker for MemoryBroker {

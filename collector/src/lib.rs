@@ -7,7 +7,8 @@
 //!   it stored); a collector restarted at any point rebuilds its state from there and finishes
 //!   the job.
 //! - One row set per (job, partition): the first copy stored is the one counted and written; a
-//!   redelivered or twice-scored partition changes nothing.
+//!   redelivered or twice-scored partition changes nothing. The one exception is a partition
+//!   stored failed and published again by `producer retry`: the retry's copy replaces it.
 //! - Store operations per result are constant: the container is read for a job only when a
 //!   collector first sees it, or sees it again after its subscription was renewed (another
 //!   collector may have stored results in between). Memory per job is bounded by its classes.
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant};
 use fleet_broker::{Broker, BrokerError, Consumer, Delivery, Queue, settled};
 use fleet_protocol::Summary;
 use fleet_protocol::message::{self, ResultMessage};
+use fleet_service::errors::Chain;
 use fleet_service::metrics::metrics;
 use fleet_service::ops::health;
 use fleet_service::shutdown::Shutdown;
@@ -69,6 +71,8 @@ pub enum Event {
         partition: u32,
         /// Images in the partition.
         images: u64,
+        /// Why the partition has no scores, for a failed one (its rows carry the reason).
+        failed: Option<String>,
     },
     /// A job's result files were written.
     Completed(Box<Summary>),
@@ -127,7 +131,7 @@ pub async fn run<B: Broker>(
                 match outcome {
                     Ok(events) => events.into_iter().for_each(emit),
                     // The next sweep tries again; nothing was lost.
-                    Err(e) => tracing::warn!(error = %e, "could not check the open jobs for cancellations"),
+                    Err(e) => tracing::warn!(error = %Chain(&e), "could not check the open jobs for cancellations"),
                 }
                 continue;
             }
@@ -142,8 +146,9 @@ pub async fn run<B: Broker>(
         let message = match decoded {
             Ok(message) => message,
             Err(e) => {
-                tracing::error!(error = %e, "poison message on the results queue: dead-lettering it");
-                settled(delivery.dead_letter(&e.to_string()).await)?;
+                let reason = Chain(&e).to_string();
+                tracing::error!(%reason, "poison message on the results queue: dead-lettering it");
+                settled(delivery.dead_letter(&reason).await)?;
                 continue;
             }
         };
@@ -215,9 +220,12 @@ fn record(event: &Event) {
     }
 }
 
-/// Runs `attempt` until it succeeds or `patience` is spent, backing off from 250 ms to 10 s.
-/// Storage outages are waited out here, holding the delivery, rather than by requeueing it:
-/// a requeue would count against the message's delivery limit.
+/// Runs `attempt` until it succeeds or `patience` is spent, backing off from 250 ms to 10 s,
+/// while it fails in a way that may pass ([`ErrorKind::Transient`](fleet_storage::ErrorKind)):
+/// any other failure (a corrupt blob, a store set up wrong, a full disk) is returned at once,
+/// since trying again gives the same answer. Storage outages are waited out here, holding the
+/// delivery, rather than by requeueing it: a requeue would count against the message's
+/// delivery limit.
 fn with_retries<T>(
     patience: Duration,
     mut attempt: impl FnMut() -> Result<T, StoreError>,
@@ -227,12 +235,124 @@ fn with_retries<T>(
     loop {
         match attempt() {
             Ok(value) => return Ok(value),
-            Err(e) if Instant::now() + delay < deadline => {
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "storage failed; retrying");
+            Err(e) if e.kind().is_transient() && Instant::now() + delay < deadline => {
+                tracing::warn!(error = %Chain(&e), retry_in_ms = delay.as_millis() as u64, "storage failed; retrying");
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_broker::memory::MemoryBroker;
+    use fleet_ledger::Ledger;
+    use fleet_protocol::job::{self, Plan};
+    use fleet_protocol::message::{Score, Scored, Sealed};
+    use fleet_storage::local::LocalStore;
+
+    fn scored(partition: u32, failed: Option<&str>) -> Vec<u8> {
+        message::encode(&ResultMessage::Scored(Scored {
+            job: "j".into(),
+            partition,
+            batch: "b".into(),
+            first_index: u64::from(partition),
+            filenames: vec!["a.png".into()],
+            scores: vec![Score {
+                label: None,
+                top: if failed.is_some() {
+                    Vec::new()
+                } else {
+                    vec![(0, 0.9)]
+                },
+                error: failed.map(|reason| format!("partition not scored: {reason}")),
+            }],
+            worker: "w".into(),
+            inference_ms: 1.0,
+            preprocess_ms: 1.0,
+            published_at_ms: 1,
+            started_at_ms: 2,
+            finished_at_ms: 3,
+            provider: "CPU".into(),
+            thumbnails: Vec::new(),
+            failed: failed.map(str::to_owned),
+        }))
+    }
+
+    /// A blob that reads but does not decode is not waited on: retrying reads the same bytes.
+    /// The job it belongs to cannot complete, and says so at once, not after the 300 s a
+    /// storage outage is given.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_corrupt_stored_partition_is_not_retried_for_the_storage_patience() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn BlobStore> = Arc::new(LocalStore::create(dir.path(), "ctr").unwrap());
+        let plan = Plan {
+            job: "j".into(),
+            classes: vec!["zero".into()],
+            top_k: 1,
+            several_batches: false,
+            max_failed_partitions: 1,
+        };
+        Ledger::new(store.as_ref(), "j").write_plan(&plan).unwrap();
+        let broker = MemoryBroker::default();
+        let (shutdown, trigger) = Shutdown::manual();
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let options = CollectorOptions {
+            prefetch: 8,
+            store_retry_secs: 300,
+        };
+        let collector = tokio::spawn(run(
+            broker.clone(),
+            store.clone(),
+            options,
+            shutdown,
+            Some(events_tx),
+        ));
+        let publish = |payload| broker.publish(Queue::Results, payload);
+        publish(scored(0, None)).await.unwrap();
+        publish(scored(1, Some("the model is gone"))).await.unwrap();
+        let sealed = Sealed {
+            job: "j".into(),
+            partitions: 3,
+            images: 3,
+            labelled: false,
+            submitted_at_ms: 0,
+            published_at_ms: 1,
+        };
+        publish(message::encode(&ResultMessage::Sealed(sealed)))
+            .await
+            .unwrap();
+        // The failed partition's copy, read back when the job completes, is damaged.
+        while !store.exists(&job::partition_key("j", 1)).unwrap() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        store.put(&job::partition_key("j", 1), b"damaged").unwrap();
+        let started = Instant::now();
+        publish(scored(2, None)).await.unwrap();
+        let reason = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match events.recv().await.expect("the collector runs") {
+                    Event::Cancelled { reason, .. } => break reason,
+                    Event::Completed(_) => panic!("completed from a damaged partition"),
+                    _ => {}
+                }
+            }
+        })
+        .await
+        .expect("the job is given up within seconds, not retried for 300 s");
+        assert!(started.elapsed() < Duration::from_secs(30));
+        assert!(
+            reason.contains("stored partition jobs/j/partitions/000001.bin cannot be read")
+                && reason.contains("submit the job again"),
+            "{reason}"
+        );
+        let cancelled = Ledger::new(store.as_ref(), "j").cancellation().unwrap();
+        assert_eq!(cancelled.as_deref(), Some(reason.as_str()));
+        trigger.fire();
+        broker.close();
+        collector.await.unwrap().unwrap();
     }
 }

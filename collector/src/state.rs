@@ -3,20 +3,23 @@
 //! A collector takes a job in once: the first time it sees it (after it starts, or after its
 //! subscription to the results queue was renewed, when another collector may have stored
 //! results meanwhile) it reads the job's plan, its recorded seal and every partition stored so
-//! far. From then on a result costs the same few store operations whatever the job's size: its
-//! Parquet file, its block of `scores.csv` and its durable copy are written, and its counts go
-//! into the job's [`Tally`]. Nothing of its rows stays in memory.
+//! far, through the job's [`Ledger`]. From then on a result costs the same few store operations
+//! whatever the job's size: its Parquet file, its block of `scores.csv` and its durable copy
+//! are written, and its counts go into the job's [`Tally`]. Nothing of its rows stays in
+//! memory.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::results::{self, Tally, parquet, report, rows};
+use fleet_ledger::{ErrorBudget, Ledger};
 use fleet_protocol::Summary;
 use fleet_protocol::job::{self, Manifest, Plan, files, now_ms};
-use fleet_protocol::message::{self, Cancelled, ResultMessage, Scored, Sealed};
+use fleet_protocol::message::{Cancelled, ResultMessage, Scored, Sealed};
+use fleet_service::errors::Chain;
 use fleet_spec::ModelSpec;
-use fleet_storage::{BlobStore, StoreError};
+use fleet_storage::{BlobStore, ErrorKind, StoreError};
 
 use crate::Event;
 
@@ -74,7 +77,7 @@ impl Stored {
 
 /// What a collector holds of one open job.
 #[derive(Debug)]
-struct JobState {
+struct OpenJob {
     plan: Plan,
     /// Every partition stored, scored or failed.
     stored: Stored,
@@ -87,11 +90,37 @@ struct JobState {
     tally: Tally,
 }
 
+impl OpenJob {
+    /// Counts a stored copy in.
+    fn count(&mut self, scored: &Scored) {
+        match scored.failed {
+            Some(_) => self.failed.insert(scored.partition),
+            None => self.tally.add(scored),
+        }
+        self.stored.insert(scored.partition);
+    }
+}
+
+/// What a copy of a partition arriving does to the job.
+enum Arrival {
+    /// The partition's first copy.
+    First,
+    /// A scored copy of a partition stored failed: it was retried, and replaces the failed
+    /// copy.
+    Scored,
+    /// A failed copy of a partition stored failed, from the retry published since: its
+    /// reason is the partition's now.
+    FailedAgain,
+    /// Another copy of a partition stored: a redelivery, or a second worker's. It changes
+    /// nothing.
+    Again,
+}
+
 /// The jobs a collector holds open, and those it saw finish.
 #[derive(Debug)]
 pub struct Jobs {
     store: Arc<dyn BlobStore>,
-    open: HashMap<String, JobState>,
+    open: HashMap<String, OpenJob>,
     /// Jobs completed or cancelled since this collector started.
     finished: HashSet<String>,
     /// Jobs completed whose intermediate blobs are still to delete.
@@ -107,6 +136,10 @@ impl Jobs {
             finished: HashSet::new(),
             completed: Vec::new(),
         }
+    }
+
+    fn ledger<'a>(&'a self, job: &'a str) -> Ledger<'a> {
+        Ledger::new(self.store.as_ref(), job)
     }
 
     /// Jobs held open (seen, neither complete nor cancelled).
@@ -128,8 +161,33 @@ impl Jobs {
     }
 
     /// Applies one message. Returns only once everything it implies is stored; on error nothing
-    /// in memory has changed and the same message can be applied again.
+    /// in memory has changed and the same message can be applied again. A job whose own state
+    /// in the container cannot be read (a plan missing or corrupt, a stored partition that
+    /// does not decode) can never complete: its scores were acknowledged long ago, and no one
+    /// will send them again. It is cancelled with the reason, where `producer --wait` looks,
+    /// rather than waited for forever.
     pub fn handle(&mut self, message: ResultMessage) -> Result<Vec<Event>, StoreError> {
+        let job = message.job().to_owned();
+        match self.apply(message) {
+            Err(Unusable::Store(e)) if e.kind() == ErrorKind::Corrupt => {
+                self.open.remove(&job);
+                self.cannot_complete(&job, Chain(&e).to_string())
+            }
+            Err(Unusable::Store(e)) => Err(e),
+            Err(Unusable::NoPlan(key)) => {
+                self.cannot_complete(&job, format!("its plan {key} is missing"))
+            }
+            Ok(events) => Ok(events),
+        }
+    }
+
+    fn cannot_complete(&mut self, job: &str, why: String) -> Result<Vec<Event>, StoreError> {
+        let reason = format!("{why}; its scores are lost: submit the job again");
+        tracing::error!(%job, %reason, "job cannot complete");
+        Ok(vec![self.cancel(job, reason)?])
+    }
+
+    fn apply(&mut self, message: ResultMessage) -> Result<Vec<Event>, Unusable> {
         let job = message.job().to_owned();
         if !self.open.contains_key(&job) && self.is_finished(&job)? {
             tracing::debug!(%job, "result for a finished job: ignored");
@@ -140,25 +198,14 @@ impl Jobs {
             return Ok(vec![self.cancel(&job, reason)?]);
         }
         if !self.open.contains_key(&job) {
-            match self.take_in(&job)? {
-                Ok(state) => {
-                    self.open.insert(job.clone(), state);
-                }
-                Err(unreadable) => {
-                    // Its scores were acked long ago: no one will send them again. Say so,
-                    // once, where `producer --wait` looks, rather than wait for them forever.
-                    let reason = format!("{unreadable}; its scores are lost: submit the job again");
-                    tracing::error!(%job, %reason, "job cannot complete");
-                    return Ok(vec![self.cancel(&job, reason)?]);
-                }
-            }
+            let state = self.take_in(&job)?;
+            self.open.insert(job.clone(), state);
         }
         let mut events = Vec::new();
         match message {
             ResultMessage::Scored(scored) => events.extend(self.store_partition(scored)?),
             ResultMessage::Sealed(sealed) => {
-                self.store
-                    .put(&job::sealed_key(&job), &message::encode(&sealed))?;
+                self.ledger(&job).record_seal(&sealed)?;
                 self.open.get_mut(&job).expect("taken in above").sealed = Some(sealed);
             }
             ResultMessage::Cancelled(_) => unreachable!("handled above"),
@@ -189,7 +236,7 @@ impl Jobs {
                     seconds: started.elapsed().as_secs_f64(),
                 }),
                 Err(e) => {
-                    tracing::warn!(%job, error = %e, "could not delete the job's intermediate blobs")
+                    tracing::warn!(%job, error = %Chain(&e), "could not delete the job's intermediate blobs")
                 }
             }
         }
@@ -204,14 +251,9 @@ impl Jobs {
         let open: Vec<String> = self.open.keys().cloned().collect();
         let mut events = Vec::new();
         for job in open {
-            match self.store.get(&job::cancelled_key(&job)) {
-                Ok(reason) => {
-                    let reason = String::from_utf8_lossy(&reason).into_owned();
-                    tracing::warn!(%job, %reason, "job marked cancelled by its producer");
-                    events.push(self.cancel(&job, reason)?);
-                }
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e),
+            if let Some(reason) = self.ledger(&job).cancellation()? {
+                tracing::warn!(%job, %reason, "job marked cancelled by its producer");
+                events.push(self.cancel(&job, reason)?);
             }
         }
         Ok(events)
@@ -223,26 +265,47 @@ impl Jobs {
         if self.finished.contains(job) {
             return Ok(true);
         }
-        let finished = self.store.exists(&job::result_key(job, files::SUMMARY))?
-            || self.store.exists(&job::cancelled_key(job))?;
+        let finished = self.ledger(job).is_finished()?;
         if finished {
             self.finished.insert(job.to_owned());
         }
         Ok(finished)
     }
 
+    /// What a copy of partition `scored` does to the job: only a failed partition's copies
+    /// need a look at the container (at most the job's budget of them, and their retries).
+    fn arrival(&self, state: &OpenJob, scored: &Scored) -> Result<Arrival, StoreError> {
+        let partition = scored.partition;
+        if !state.stored.contains(partition) {
+            return Ok(Arrival::First);
+        }
+        if !state.failed.contains(partition) {
+            return Ok(Arrival::Again);
+        }
+        if scored.failed.is_none() {
+            return Ok(Arrival::Scored);
+        }
+        // A failed copy replaces the failed one only when it comes from the retry marked
+        // since: a redelivery of the first failure must not end the retry.
+        let retried = self.ledger(&scored.job).retrying_since(partition)?;
+        Ok(match retried {
+            Some(since) if scored.published_at_ms >= since => Arrival::FailedAgain,
+            _ => Arrival::Again,
+        })
+    }
+
     /// Writes the partition's rows (its Parquet file and its block of `scores.csv`), then its
     /// durable copy, which marks it stored; then counts it. A partition already stored is a
     /// redelivery, or a second worker's copy: it changes nothing, unless it was stored failed
-    /// and this copy is scored (the partition was retried): then this copy replaces it.
+    /// and this copy comes from a retry: then this copy replaces it.
     fn store_partition(&mut self, scored: Scored) -> Result<Option<Event>, StoreError> {
         let job = scored.job.clone();
-        let state = self.open.get_mut(&job).expect("taken in before");
         // Checked on receipt (`Scored::validate`): a name per score, a partition number below
         // MAX_PARTITIONS.
         let partition = scored.partition;
-        let replaces_failed = state.failed.contains(partition) && scored.failed.is_none();
-        if state.stored.contains(partition) && !replaces_failed {
+        let state = self.open.get(&job).expect("taken in before");
+        let arrival = self.arrival(state, &scored)?;
+        if let Arrival::Again = arrival {
             tracing::debug!(%job, partition, "partition already stored: ignored");
             return Ok(None);
         }
@@ -263,37 +326,37 @@ impl Jobs {
         });
         parquet_written?;
         rows_staged?;
-        let failed_key = job::failed_key(&job, partition);
-        if let Some(reason) = &scored.failed {
-            // Before the durable copy: every partition stored failed is marked, for `retry`.
-            self.store.put(&failed_key, reason.as_bytes())?;
+        let ledger = Ledger::new(store, &job);
+        ledger.store_partition(&scored)?;
+        let state = self.open.get_mut(&job).expect("taken in before");
+        match arrival {
+            Arrival::Scored => {
+                tracing::info!(%job, partition, "a failed partition, retried, is scored");
+                ledger.clear_failed(partition)?;
+                state.failed.remove(partition);
+            }
+            Arrival::FailedAgain => {
+                let reason = scored.failed.as_deref().unwrap_or_default();
+                tracing::warn!(%job, partition, %reason, "a failed partition, retried, failed again");
+                ledger.retry_failed(partition, reason)?;
+            }
+            Arrival::First | Arrival::Again => {}
         }
-        self.store.put(
-            &job::partition_key(&job, partition),
-            &message::encode(&scored),
-        )?;
-        if replaces_failed {
-            tracing::info!(%job, partition, "a failed partition, retried, is scored");
-            self.store.delete(&failed_key)?;
-            state.failed.remove(partition);
+        if !matches!(arrival, Arrival::FailedAgain) {
+            state.count(&scored);
         }
-        match scored.failed {
-            Some(_) => state.failed.insert(partition),
-            None => state.tally.add(&scored),
-        }
-        state.stored.insert(partition);
         Ok(Some(Event::Stored {
             job,
             partition,
             images: scored.scores.len() as u64,
+            failed: scored.failed,
         }))
     }
 
     /// Drops the job: the reason where `producer --wait` and a restarted collector see it, its
     /// stored partitions and Parquet files deleted, no result files.
     fn cancel(&mut self, job: &str, reason: String) -> Result<Event, StoreError> {
-        self.store
-            .put(&job::cancelled_key(job), reason.as_bytes())?;
+        self.ledger(job).mark_cancelled(&reason)?;
         self.tidy_up(job, true)?;
         self.open.remove(job);
         self.finished.insert(job.to_owned());
@@ -305,79 +368,24 @@ impl Jobs {
 
     /// Reads what the container holds of the job: its plan, the seal a collector recorded, and
     /// every partition stored so far (before a restart, or by another collector while this one
-    /// was a standby or cut off), counted into a new tally one at a time. Returns what makes
-    /// the job impossible to complete instead: a plan or a stored partition that cannot be
-    /// read.
-    fn take_in(&self, job: &str) -> Result<Result<JobState, String>, StoreError> {
-        let plan_key = job::plan_key(job);
-        let plan = match self.store.get(&plan_key) {
-            Ok(bytes) => match serde_json::from_slice::<Plan>(&bytes) {
-                Ok(plan) => plan,
-                Err(e) => return Ok(Err(format!("its plan {plan_key} cannot be read ({e})"))),
-            },
-            Err(e) if e.is_not_found() => {
-                return Ok(Err(format!("its plan {plan_key} is missing")));
-            }
-            Err(e) => return Err(e),
-        };
-        let mut state = JobState {
+    /// was a standby or cut off), counted into a new tally one at a time.
+    fn take_in(&self, job: &str) -> Result<OpenJob, Unusable> {
+        let ledger = self.ledger(job);
+        let plan = ledger
+            .plan()?
+            .ok_or_else(|| Unusable::NoPlan(job::plan_key(job)))?;
+        let mut state = OpenJob {
             tally: Tally::new(plan.classes.len()),
             plan,
             stored: Stored::default(),
             failed: Stored::default(),
-            sealed: self.recorded_seal(job)?,
+            sealed: ledger.seal()?,
         };
-        let keys = self.store.list(&job::partitions_prefix(job))?;
-        for key in &keys {
-            let bytes = match self.store.get(key) {
-                Ok(bytes) => bytes,
-                // Deleted since the listing: the job was completed meanwhile.
-                Err(e) if e.is_not_found() => continue,
-                Err(e) => return Err(e),
-            };
-            match message::decode::<Scored>(&bytes).and_then(|s| s.validate().map(|()| s)) {
-                Ok(scored) if job::partition_key(job, scored.partition) == *key => {
-                    if !state.stored.contains(scored.partition) {
-                        match scored.failed {
-                            Some(_) => state.failed.insert(scored.partition),
-                            None => state.tally.add(&scored),
-                        }
-                        state.stored.insert(scored.partition);
-                    }
-                }
-                Ok(scored) => {
-                    return Ok(Err(format!(
-                        "stored partition {key} holds partition {} of job {}",
-                        scored.partition, scored.job
-                    )));
-                }
-                Err(e) => return Ok(Err(format!("stored partition {key} cannot be read ({e})"))),
-            }
-        }
-        if !keys.is_empty() {
+        let read = ledger.for_each_stored(|scored| state.count(&scored))?;
+        if read > 0 {
             tracing::info!(%job, partitions = state.stored.count, "took in stored partitions (from before a restart, or another collector's)");
         }
-        Ok(Ok(state))
-    }
-
-    /// The seal of a job as a collector recorded it on receipt (see [`job::sealed_key`]). The
-    /// manifest is not a seal: it is written before the `Sealed` message is published, and a
-    /// job whose seal could not be published is cancelled.
-    fn recorded_seal(&self, job: &str) -> Result<Option<Sealed>, StoreError> {
-        let bytes = match self.store.get(&job::sealed_key(job)) {
-            Ok(bytes) => bytes,
-            Err(e) if e.is_not_found() => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        // Written by a collector of another message format: the next `Sealed` redelivery or
-        // the stored partitions cannot help either, so say so rather than wait silently.
-        match message::decode::<Sealed>(&bytes) {
-            Ok(sealed) => Ok(Some(sealed)),
-            Err(e) => {
-                tracing::warn!(%job, error = %e, "the recorded seal cannot be read; waiting for the producer's");
-                Ok(None)
-            }
-        }
+        Ok(state)
     }
 
     /// Writes the result files once every partition of the sealed job is stored: `scores.csv`
@@ -394,9 +402,9 @@ impl Jobs {
             return Ok(None);
         }
         // Over its error budget a job does not complete: it stays as `producer status` shows
-        // it, stuck on its dead-lettered partitions, its Parquet files readable, until they are
+        // it, stuck on its failed partitions, its Parquet files readable, until they are
         // retried.
-        if state.failed.count > state.plan.max_failed_partitions {
+        if !ErrorBudget::of(&state.plan).allows(state.failed.count as usize) {
             return Ok(None);
         }
         let with_failed;
@@ -413,7 +421,8 @@ impl Jobs {
         let blocks: Vec<u32> = (0..=sealed.partitions).collect();
         self.store.commit_blocks(&scores, &blocks)?;
         let mut files = results::finish(tally, &state.plan, sealed, now_ms());
-        let manifest = self.manifest(job)?;
+        let ledger = self.ledger(job);
+        let manifest = self.manifest(&ledger)?;
         files.summary.incremental = manifest.as_ref().and_then(|m| m.incremental.clone());
         if files.summary.images != sealed.images {
             tracing::error!(%job, expected = sealed.images, got = files.summary.images, "image count differs from the manifest");
@@ -429,10 +438,8 @@ impl Jobs {
             put(files::CONFUSION_PNG, png)?;
         }
         // The producer drew the sample grid while reading the tarball; it joins the results now.
-        match self.store.get(&job::samples_key(job)) {
-            Ok(png) => put(files::SAMPLES_PNG, &png)?,
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e),
+        if let Some(png) = ledger.samples()? {
+            put(files::SAMPLES_PNG, &png)?;
         }
         files.summary.timings.writing_seconds = writing.elapsed().as_secs_f64();
         let report = self.report(manifest.as_ref(), &files, tally)?;
@@ -448,24 +455,32 @@ impl Jobs {
         Ok(Some(files.summary))
     }
 
-    /// The job's manifest; `None` when it is gone or unreadable (a job from an older release).
-    fn manifest(&self, job: &str) -> Result<Option<Manifest>, StoreError> {
-        let bytes = self.store.get_if_exists(&job::manifest_key(job))?;
-        Ok(bytes.and_then(|bytes| serde_json::from_slice::<Manifest>(&bytes).ok()))
+    /// The job's manifest, which adds to the report; `None` when it is gone or unreadable (a
+    /// job from an older release): the job completes without it.
+    fn manifest(&self, ledger: &Ledger<'_>) -> Result<Option<Manifest>, StoreError> {
+        match ledger.manifest() {
+            Err(e) if e.kind() == ErrorKind::Corrupt => {
+                tracing::warn!(job = ledger.job(), error = %Chain(&e), "the report goes without the job's manifest");
+                Ok(None)
+            }
+            read => read,
+        }
     }
 
     /// The job's tally with its failed partitions counted in, read back from the container.
-    fn with_failed(&self, job: &str, state: &JobState) -> Result<Tally, StoreError> {
+    fn with_failed(&self, job: &str, state: &OpenJob) -> Result<Tally, StoreError> {
         let mut tally = state.tally.clone();
+        let ledger = self.ledger(job);
         for partition in state.failed.iter() {
-            let key = job::partition_key(job, partition);
             // It was read or written by this collector when the job was taken in.
-            let scored =
-                message::decode::<Scored>(&self.store.get(&key)?).map_err(|e| StoreError::Io {
-                    store: self.store.describe(),
-                    key: key.clone(),
-                    reason: format!("the stored partition cannot be read back: {e}"),
-                })?;
+            let scored = ledger.stored_partition(partition)?.ok_or_else(|| {
+                StoreError::corrupt(
+                    self.store.as_ref(),
+                    &job::partition_key(job, partition),
+                    "stored partition",
+                    "it was stored, and is gone",
+                )
+            })?;
             tally.add(&scored);
         }
         Ok(tally)
@@ -480,13 +495,12 @@ impl Jobs {
         tally: &Tally,
     ) -> Result<String, StoreError> {
         let provenance = match manifest {
-            Some(manifest) => match self.store.get(&job::spec_key(&manifest.model)) {
-                Ok(bytes) => ModelSpec::provenance_from_json(&bytes)
-                    // Restaged since with another model: its provenance is not this job's.
-                    .filter(|provenance| provenance.onnx_sha256 == manifest.model_sha256),
-                Err(e) if e.is_not_found() => None,
-                Err(e) => return Err(e),
-            },
+            Some(manifest) => self
+                .store
+                .get_if_exists(&job::spec_key(&manifest.model))?
+                .and_then(|bytes| ModelSpec::provenance_from_json(&bytes))
+                // Restaged since with another model: its provenance is not this job's.
+                .filter(|provenance| provenance.onnx_sha256 == manifest.model_sha256),
             None => None,
         };
         Ok(report::render(&report::Report {
@@ -498,12 +512,10 @@ impl Jobs {
         }))
     }
 
-    /// Deletes the job's intermediate blobs: its stored partitions, its recorded seal, its plan,
-    /// the sample grid (a copy is in the results) and what was staged of `scores.csv`; for a
-    /// cancelled job, its Parquet files too.
+    /// Deletes the job's intermediate blobs (see [`Ledger::intermediate_blobs`]) and what was
+    /// staged of `scores.csv`; for a cancelled job, its Parquet files too.
     fn tidy_up(&self, job: &str, cancelled: bool) -> Result<u64, StoreError> {
-        let mut keys = self.store.list(&job::partitions_prefix(job))?;
-        keys.extend(self.store.list(&job::failed_prefix(job))?);
+        let mut keys = self.ledger(job).intermediate_blobs()?;
         if cancelled {
             keys.extend(self.store.list(&job::parquet_prefix(job))?);
         }
@@ -512,14 +524,22 @@ impl Jobs {
         })?;
         self.store
             .discard_blocks(&job::result_key(job, files::SCORES))?;
-        for key in [
-            job::sealed_key(job),
-            job::samples_key(job),
-            job::plan_key(job),
-        ] {
-            self.store.delete(&key)?;
-        }
-        Ok(keys.len() as u64 + 3)
+        Ok(keys.len() as u64)
+    }
+}
+
+/// Why a job's message cannot be applied.
+#[derive(Debug)]
+enum Unusable {
+    /// The store failed, or holds something of the job that does not read.
+    Store(StoreError),
+    /// The job has no plan: its producer never wrote one, or it was deleted.
+    NoPlan(String),
+}
+
+impl From<StoreError> for Unusable {
+    fn from(e: StoreError) -> Self {
+        Unusable::Store(e)
     }
 }
 
@@ -794,6 +814,48 @@ mod tests {
         assert!(!b.store.exists(&job::failed_key("j", 1)).unwrap());
         // A failed copy arriving late (another worker's) changes nothing either.
         assert!(b.handle(failed()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_retry_failing_again_replaces_the_failed_copy_and_a_late_first_failure_does_not() {
+        let (_dir, mut a, _) = two_collectors();
+        for message in [scored(0), failed(), sealed(), scored(2)] {
+            assert!(completed(&a.handle(message).unwrap()).is_none());
+        }
+        let store = a.store.clone();
+        let ledger = Ledger::new(store.as_ref(), "j");
+        // `producer retry` marks the partition, then publishes it again.
+        let since = ledger.mark_retrying(1).unwrap();
+        // A redelivery of the first failure, published before the retry, ends nothing.
+        assert!(a.handle(failed()).unwrap().is_empty());
+        assert_eq!(ledger.retrying_since(1).unwrap(), Some(since));
+        // The retry's copy fails again: it replaces the first, with its own reason.
+        let ResultMessage::Scored(mut again) = failed() else {
+            unreachable!()
+        };
+        again.published_at_ms = since;
+        again.failed = Some("the disk is still away".into());
+        for score in &mut again.scores {
+            score.error = Some("partition not scored: the disk is still away".into());
+        }
+        let events = a.handle(ResultMessage::Scored(again)).unwrap();
+        assert!(
+            matches!(&events[..], [Event::Stored { failed: Some(reason), .. }] if reason == "the disk is still away"),
+            "{events:?}"
+        );
+        assert_eq!(ledger.retrying_since(1).unwrap(), None);
+        let standing = ledger.standing().unwrap().unwrap();
+        assert_eq!(standing.state, fleet_ledger::JobState::Stuck);
+        assert_eq!(
+            standing.failures.reasons,
+            [(1, "the disk is still away".to_owned())]
+        );
+        let copy = ledger.stored_partition(1).unwrap().unwrap();
+        assert_eq!(copy.failed.as_deref(), Some("the disk is still away"));
+        assert!(
+            parquet_rows(a.store.as_ref()).len() == 6,
+            "the rows were replaced, not added"
+        );
     }
 
     #[test]

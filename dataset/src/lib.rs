@@ -114,16 +114,20 @@ impl BatchSelection {
 /// Why a dataset cannot be read or labelled.
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
-    /// The tarball does not decompress or unpack.
+    /// The tarball does not decompress or unpack, or holds fewer images than it did.
     #[error(
-        "{source_name} is corrupt or truncated ({detail}); download it again (it should be the \
+        "{source_name} is corrupt or truncated{detail}; download it again (it should be the \
          CIFAR-10 python or binary tarball)"
     )]
     Corrupt {
         /// The tarball's name.
         source_name: String,
-        /// What failed.
+        /// What is wrong, where more is known than the cause says (empty, or starting with
+        /// `: `).
         detail: String,
+        /// What the decompressor or the reader said.
+        #[source]
+        source: Option<std::io::Error>,
     },
     /// A batch of the tarball is not what CIFAR-10's batches are.
     #[error("{source_name}: batch {batch} is malformed: {detail}")]
@@ -180,9 +184,9 @@ pub enum DatasetError {
     /// The store could not be read.
     #[error(transparent)]
     Store(#[from] fleet_storage::StoreError),
-    /// The consumer of the batches stopped reading.
+    /// The consumer of the batches or pages stopped taking them (its own error says why).
     #[error("reading stopped: {0}")]
-    Stopped(String),
+    Stopped(&'static str),
 }
 
 /// Streams the tarball from `reader` and calls `visit` with each chosen batch, in tarball order.
@@ -195,7 +199,8 @@ pub fn read_tarball(
 ) -> Result<Vec<String>, DatasetError> {
     let corrupt = |e: std::io::Error| DatasetError::Corrupt {
         source_name: source_name.into(),
-        detail: e.to_string(),
+        detail: String::new(),
+        source: Some(e),
     };
     let mut buffered = BufReader::with_capacity(1 << 20, reader);
     let gzipped = buffered

@@ -51,7 +51,7 @@ pub struct DecodeLimits {
 }
 
 /// Why an image could not be decoded. The message goes into the image's row of `scores.csv`.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     /// The file has no bytes.
     #[error("empty file")]
@@ -93,9 +93,12 @@ pub enum DecodeError {
         /// The most scans a JPEG may have.
         max: u32,
     },
-    /// The decoder failed: what it said.
+    /// libjpeg failed: what it said.
     #[error("corrupt or truncated image: {0}")]
     Corrupt(String),
+    /// The decoder of another format failed.
+    #[error("corrupt or truncated image")]
+    Malformed(#[source] image::ImageError),
 }
 
 /// Decodes `bytes` (format found from the content, not the name), turned upright as its EXIF
@@ -242,16 +245,14 @@ fn decode_other(bytes: &[u8], limits: DecodeLimits) -> Result<Image, DecodeError
     let reader = || {
         ImageReader::new(Cursor::new(bytes))
             .with_guessed_format()
-            .map_err(|e| DecodeError::Corrupt(e.to_string()))
+            .map_err(|e| DecodeError::Malformed(e.into()))
     };
     let probe = reader()?;
     if probe.format().is_none() {
         return Err(DecodeError::Unsupported);
     }
     // The header alone says how large the image claims to be: refuse before allocating.
-    let (width, height) = probe
-        .into_dimensions()
-        .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    let (width, height) = probe.into_dimensions().map_err(DecodeError::Malformed)?;
     if u64::from(width) * u64::from(height) > limits.max_pixels {
         return Err(DecodeError::TooLarge {
             width,
@@ -274,7 +275,7 @@ fn decode_other(bytes: &[u8], limits: DecodeLimits) -> Result<Image, DecodeError
             height,
             max: limits.max_pixels,
         },
-        other => DecodeError::Corrupt(other.to_string()),
+        other => DecodeError::Malformed(other),
     };
     let mut decoder = reader.into_decoder().map_err(failed)?;
     // Metadata that cannot be read leaves the image as stored: its pixels are still good.
@@ -513,17 +514,19 @@ pub(crate) mod tests {
 
     #[test]
     fn bad_bytes_are_errors_of_the_image() {
-        assert_eq!(decode(b"", LIMITS), Err(DecodeError::Empty));
-        assert_eq!(
+        assert!(matches!(decode(b"", LIMITS), Err(DecodeError::Empty)));
+        assert!(matches!(
             decode(b"just some text, named .jpg", LIMITS),
             Err(DecodeError::Unsupported)
-        );
+        ));
         let whole = png(4, 4, png::ColorType::Rgb, &[9; 48]);
         let truncated = &whole[..whole.len() - 20];
-        assert!(matches!(
-            decode(truncated, LIMITS),
-            Err(DecodeError::Corrupt(_))
-        ));
+        let Err(e) = decode(truncated, LIMITS) else {
+            panic!("a truncated PNG decoded")
+        };
+        assert!(matches!(e, DecodeError::Malformed(_)), "{e:?}");
+        // The decoder's own words are kept, as the error's source.
+        assert!(std::error::Error::source(&e).is_some());
     }
 
     #[test]

@@ -23,15 +23,22 @@ use ort::value::{TensorElementType, TensorRef, ValueType};
 pub enum InferenceError {
     /// This host cannot run models: the library is missing, or the provider asked for is not
     /// there. Not the model's fault.
-    #[error("{0}")]
-    Host(String),
+    #[error("{message}")]
+    Host {
+        /// What is missing, and what to do.
+        message: String,
+        /// What ONNX Runtime said, where it said something.
+        #[source]
+        source: Option<ort::Error>,
+    },
     /// ONNX Runtime refused the model.
-    #[error("model {model} could not be loaded by ONNX Runtime: {reason}")]
+    #[error("model {model} could not be loaded by ONNX Runtime")]
     InvalidModel {
         /// The model's name.
         model: String,
         /// What ONNX Runtime said.
-        reason: String,
+        #[source]
+        source: ort::Error,
     },
     /// The model is not an image classifier of a shape this product scores.
     #[error(
@@ -85,8 +92,33 @@ pub enum InferenceError {
         outputs: String,
     },
     /// A model call failed.
-    #[error("scoring failed: {0}")]
-    Run(String),
+    #[error("scoring failed{detail}")]
+    Run {
+        /// What was wrong with the call's output, if that was it (empty, or starting with
+        /// `: `).
+        detail: String,
+        /// What ONNX Runtime said, if it failed.
+        #[source]
+        source: Option<ort::Error>,
+    },
+}
+
+impl InferenceError {
+    /// A fault of the host, said in `message` alone.
+    pub fn host(message: impl Into<String>) -> Self {
+        InferenceError::Host {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A fault of the host: `message`, because ONNX Runtime said `source`.
+    fn host_from(message: &str, source: ort::Error) -> Self {
+        InferenceError::Host {
+            message: message.into(),
+            source: Some(source),
+        }
+    }
 }
 
 /// The height and width fed to a model whose input leaves them free (`224x224`).
@@ -245,7 +277,7 @@ impl Scorer {
     /// sessions will run on.
     pub fn check_host(options: &InferenceOptions) -> Result<&'static str, InferenceError> {
         let builder = Session::builder(runtime::environment()?)
-            .map_err(|e| InferenceError::Host(e.to_string()))?;
+            .map_err(|e| InferenceError::host_from("ONNX Runtime cannot make a session", e))?;
         let (_, provider) = providers::register(builder, options.provider)?;
         Ok(provider)
     }
@@ -404,7 +436,7 @@ fn session(
     options: &InferenceOptions,
     threads: Option<usize>,
 ) -> Result<(Session, &'static str), InferenceError> {
-    let host = |e: ort::Error| InferenceError::Host(e.to_string());
+    let host = |e: ort::Error| InferenceError::host_from("ONNX Runtime cannot make a session", e);
     let mut builder = Session::builder(runtime::environment()?)
         .and_then(|b| {
             b.with_optimization_level(GraphOptimizationLevel::All)
@@ -414,14 +446,14 @@ fn session(
     if let Some(threads) = threads {
         builder = builder
             .with_intra_threads(threads)
-            .map_err(|e| InferenceError::Host(e.to_string()))?;
+            .map_err(|e| host(e.into()))?;
     }
     let (mut builder, provider) = providers::register(builder, options.provider)?;
     let session = builder
         .commit_from_memory(model)
         .map_err(|e| InferenceError::InvalidModel {
             model: model_name.into(),
-            reason: e.to_string(),
+            source: e,
         })?;
     Ok((session, provider))
 }
@@ -456,7 +488,10 @@ impl Run {
         images: usize,
         out: &mut [f32],
     ) -> Result<(), InferenceError> {
-        let run = |e: ort::Error| InferenceError::Run(e.to_string());
+        let run = |e: ort::Error| InferenceError::Run {
+            detail: String::new(),
+            source: Some(e),
+        };
         let shape = signature.shape(images);
         let result = match signature.input_precision {
             Precision::Float32 => {
@@ -498,9 +533,10 @@ impl Run {
             }
         };
         if returned != expected {
-            return Err(InferenceError::Run(format!(
-                "model returned shape {shape:?} for {images} images"
-            )));
+            return Err(InferenceError::Run {
+                detail: format!(": the model returned shape {shape:?} for {images} images"),
+                source: None,
+            });
         }
         Ok(())
     }
@@ -695,7 +731,7 @@ mod providers {
             }
         };
         if wanted == Provider::Cuda {
-            return Err(InferenceError::Host(format!(
+            return Err(InferenceError::host(format!(
                 "the CUDA provider was asked for, but {why_not}"
             )));
         }
@@ -714,8 +750,8 @@ mod providers {
         wanted: Provider,
     ) -> Result<(SessionBuilder, &'static str), InferenceError> {
         if wanted == Provider::Cuda {
-            return Err(InferenceError::Host(
-                "the CUDA provider was asked for, but this build was compiled without the `cuda` feature".into(),
+            return Err(InferenceError::host(
+                "the CUDA provider was asked for, but this build was compiled without the `cuda` feature",
             ));
         }
         Ok((builder, "CPU"))

@@ -59,7 +59,7 @@ pub fn environment() -> Result<&'static ort::environment::Environment, Inference
                 .map_err(|e| format!("could not start ONNX Runtime from {}: {e}", path.display()))
         })
         .as_ref()
-        .map_err(|message| InferenceError::Host(message.clone()))
+        .map_err(InferenceError::host)
 }
 
 /// Where the library is, or an error that says how to install it.
@@ -69,7 +69,7 @@ pub fn locate() -> Result<PathBuf, InferenceError> {
         return if path.is_file() {
             Ok(path)
         } else {
-            Err(InferenceError::Host(format!(
+            Err(InferenceError::host(format!(
                 "{DYLIB_ENV} is set to {}, which is not a file; point it at {LIB_NAME} or unset it",
                 path.display()
             )))
@@ -96,7 +96,7 @@ pub fn locate() -> Result<PathBuf, InferenceError> {
             return Ok(candidate);
         }
     }
-    Err(InferenceError::Host(format!(
+    Err(InferenceError::host(format!(
         "the ONNX Runtime library ({LIB_NAME}) was not found. Install it with \
          `scripts/install-onnxruntime.sh` (unpacks it from the onnxruntime wheel on PyPI into \
          {LOCAL_DIR}/), or set {DYLIB_ENV} to the path of a {LIB_NAME}, version 1.22 or newer. \

@@ -1,13 +1,16 @@
 //! Controlling a job once it is submitted: `producer cancel`.
 //!
-//! A cancellation is a marker in the container, `jobs/<job>/cancelled`, holding who cancelled
-//! the job, when, and why. Everything reads it there: workers drop the job's partitions
-//! unscored (acknowledged, not dead-lettered), the collector deletes what it stored of the job
-//! and writes no result, and `producer status` and `--wait` say cancelled. The `Cancelled`
-//! message the caller publishes after the marker only makes the collector act at once.
+//! A cancellation is a marker in the container (see [`fleet_ledger::cancel()`]) holding who
+//! cancelled the job, when, and why. Everything reads it there: workers drop the job's
+//! partitions unscored (acknowledged, not dead-lettered), the collector deletes what it stored
+//! of the job and writes no result, and `producer status` and `--wait` say cancelled.
 
-use fleet_protocol::job::{self, files, now_ms, utc_timestamp};
-use fleet_storage::{BlobStore, StoreError};
+use fleet_broker::amqp::{AmqpArgs, AmqpBroker};
+use fleet_ledger::cancel::CancelError;
+use fleet_ledger::{JobState, Ledger};
+use fleet_protocol::job;
+use fleet_service::errors::Chain;
+use fleet_storage::{BlobStore, StoreArgs, StoreError};
 
 /// Why a job cannot be cancelled.
 #[derive(Debug, thiserror::Error)]
@@ -39,44 +42,75 @@ pub enum ControlError {
     /// The container cannot be read or written.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The job could not be marked cancelled.
+    #[error(transparent)]
+    Cancel(#[from] CancelError),
+    /// A storage task panicked or was cancelled.
+    #[error("a storage task failed")]
+    Task(#[from] tokio::task::JoinError),
 }
 
-/// Marks `job` cancelled in the container, by `who`, with an optional `why`. Returns the
-/// reason recorded, for the `Cancelled` message.
-pub fn cancel(
-    store: &dyn BlobStore,
-    job: &str,
-    who: &str,
-    why: Option<&str>,
-) -> Result<String, ControlError> {
-    if store.exists(&job::result_key(job, files::SUMMARY))? {
-        return Err(ControlError::Complete {
-            job: job.to_owned(),
-            results: store.location(&job::result_key(job, "")),
-        });
-    }
-    match store.get(&job::cancelled_key(job)) {
-        Ok(reason) => {
-            return Err(ControlError::Cancelled {
-                job: job.to_owned(),
-                reason: String::from_utf8_lossy(&reason).into_owned(),
-            });
+/// What `producer cancel` cancels, and why.
+#[derive(Debug, clap::Args)]
+pub struct CancelArgs {
+    /// Where the container is.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The broker.
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    /// The job's id.
+    pub job: String,
+    /// Why, recorded with the cancellation.
+    #[arg(long)]
+    pub reason: Option<String>,
+}
+
+/// `producer cancel`: marks the job cancelled in the container, then tells the collector at
+/// once; prints the reason recorded.
+pub async fn run(args: CancelArgs) -> Result<(), ControlError> {
+    let store = args.store.open_async(false).await?;
+    let (checked, job) = (store.clone(), args.job.clone());
+    tokio::task::spawn_blocking(move || check(checked.as_ref(), &job)).await??;
+    let reason = fleet_ledger::cancel::reason(&caller(), args.reason.as_deref());
+    match AmqpBroker::connect(args.amqp).await {
+        Ok(broker) => match fleet_ledger::cancel(store, &broker, &args.job, &reason).await {
+            // The marker is what counts; the message only spares the collector its next look.
+            Err(e @ CancelError::Message { .. }) => tracing::warn!(error = %Chain(&e)),
+            outcome => outcome?,
+        },
+        Err(e) => {
+            let (marker, job, why) = (store.clone(), args.job.clone(), reason.clone());
+            tokio::task::spawn_blocking(move || {
+                Ledger::new(marker.as_ref(), &job).mark_cancelled(&why)
+            })
+            .await??;
+            tracing::warn!(error = %Chain(&e), "the job is marked cancelled; the collector finds the marker within seconds");
         }
-        Err(e) if e.is_not_found() => {}
-        Err(e) => return Err(e.into()),
     }
-    if !store.exists(&job::plan_key(job))? && !store.exists(&job::manifest_key(job))? {
-        return Err(ControlError::NoSuchJob {
+    println!("job {}: {reason}", args.job);
+    Ok(())
+}
+
+/// Checks that `job` can be cancelled: it is submitted (or being submitted), neither complete
+/// nor cancelled already. The cancellation itself is [`fleet_ledger::cancel()`].
+pub fn check(store: &dyn BlobStore, job: &str) -> Result<(), ControlError> {
+    let standing = Ledger::new(store, job).standing()?;
+    match standing.map(|s| s.state) {
+        None => Err(ControlError::NoSuchJob {
             store: store.describe(),
             job: job.to_owned(),
-        });
+        }),
+        Some(JobState::Complete(_) | JobState::Partial(_)) => Err(ControlError::Complete {
+            job: job.to_owned(),
+            results: store.location(&job::result_key(job, "")),
+        }),
+        Some(JobState::Cancelled(reason)) => Err(ControlError::Cancelled {
+            job: job.to_owned(),
+            reason,
+        }),
+        Some(JobState::Submitting | JobState::Running | JobState::Stuck) => Ok(()),
     }
-    let mut reason = format!("cancelled by {who} at {}", utc_timestamp(now_ms()));
-    if let Some(why) = why {
-        reason.push_str(&format!(": {why}"));
-    }
-    store.put(&job::cancelled_key(job), reason.as_bytes())?;
-    Ok(reason)
 }
 
 /// Who runs this command, as a cancellation records it: `user@host`.
@@ -94,36 +128,45 @@ pub fn caller() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fleet_protocol::job::files;
     use fleet_storage::local::LocalStore;
 
     #[test]
-    fn only_a_running_job_is_cancelled_and_says_by_whom() {
+    fn only_a_job_not_finished_can_be_cancelled() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::create(dir.path(), "ctr").unwrap();
         assert!(matches!(
-            cancel(&store, "j", "ann@box", None),
+            check(&store, "j"),
             Err(ControlError::NoSuchJob { .. })
         ));
-        store.put(&job::plan_key("j"), b"{}").unwrap();
-        let reason = cancel(&store, "j", "ann@box", Some("wrong model")).unwrap();
+        let plan = |job: &str| {
+            let plan =
+                format!(r#"{{"job":"{job}","classes":[],"top_k":1,"several_batches":false}}"#);
+            store.put(&job::plan_key(job), plan.as_bytes()).unwrap();
+        };
+        plan("j");
+        assert!(check(&store, "j").is_ok());
+        let reason = fleet_ledger::cancel::reason("ann@box", Some("wrong model"));
         assert!(
             reason.starts_with("cancelled by ann@box at 20") && reason.ends_with("Z: wrong model"),
             "{reason}"
         );
-        assert_eq!(
-            store.get(&job::cancelled_key("j")).unwrap(),
-            reason.as_bytes()
-        );
+        Ledger::new(&store, "j").mark_cancelled(&reason).unwrap();
         assert!(matches!(
-            cancel(&store, "j", "bob@box", None),
-            Err(ControlError::Cancelled { .. })
+            check(&store, "j"),
+            Err(ControlError::Cancelled { reason: r, .. }) if r == reason
         ));
-        store.put(&job::plan_key("k"), b"{}").unwrap();
+        plan("k");
+        let summary = r#"{"job":"k","images":0,"scored":0,"unreadable":0,"labelled":0,
+            "correct":0,"accuracy":null,"classes":[],"per_class":[],"predicted":[],
+            "most_confused":[],"batches":[],"partitions":0,"workers":{},
+            "timings":{"submitted_at_ms":0,"completed_at_ms":0,"wall_seconds":0,
+            "images_per_second":0,"inference_seconds":0,"preprocess_seconds":0}}"#;
         store
-            .put(&job::result_key("k", files::SUMMARY), b"{}")
+            .put(&job::result_key("k", files::SUMMARY), summary.as_bytes())
             .unwrap();
         assert!(matches!(
-            cancel(&store, "k", "ann@box", None),
+            check(&store, "k"),
             Err(ControlError::Complete { .. })
         ));
     }

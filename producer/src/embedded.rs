@@ -1,12 +1,13 @@
 //! The embedded default: producer, workers and collector in one process, over the in-process
 //! broker and the given store, through the same code that runs as separate processes.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use collector::{CollectorOptions, Event};
 use fleet_broker::memory::MemoryBroker;
+use fleet_ledger::{ErrorBudget, Ledger};
 use fleet_protocol::Summary;
 use fleet_protocol::message::{self, Partition};
 use fleet_service::shutdown::Shutdown;
@@ -60,8 +61,23 @@ pub enum EmbeddedError {
     #[error("the fleet stopped before the job completed")]
     Incomplete,
     /// The in-process fleet's defaults do not parse.
-    #[error("invalid collector configuration: {0}")]
-    Config(String),
+    #[error("invalid collector configuration")]
+    Config(#[source] clap::Error),
+    /// The job's plan cannot be read.
+    #[error("reading the job's plan failed")]
+    Plan(#[source] fleet_storage::StoreError),
+    /// A storage task panicked or was cancelled.
+    #[error("a storage task failed")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// The job's error budget, from its plan.
+async fn read_budget(store: &Arc<dyn BlobStore>, job: &str) -> Result<ErrorBudget, EmbeddedError> {
+    let (store, job) = (store.clone(), job.to_owned());
+    let plan = tokio::task::spawn_blocking(move || Ledger::new(store.as_ref(), &job).plan())
+        .await?
+        .map_err(EmbeddedError::Plan)?;
+    Ok(plan.as_ref().map(ErrorBudget::of).unwrap_or_default())
 }
 
 /// The outcome of an embedded run.
@@ -85,16 +101,7 @@ pub async fn run(
         let manifest = submit(broker, store.clone(), options, job, on_published).await?;
         Ok(manifest.partitions)
     };
-    let budget = options.max_failed_partitions;
-    run_fleet(
-        store.clone(),
-        workers,
-        worker_options,
-        job,
-        budget,
-        submission,
-    )
-    .await
+    run_fleet(store.clone(), workers, worker_options, job, submission).await
 }
 
 /// Publishes the failed partitions of `retry`'s job again (`producer retry --embedded`), with
@@ -110,13 +117,11 @@ pub async fn retry(
             .publish(broker, store.clone(), &mut &mut *on_published)
             .await?)
     };
-    let (job, budget) = (&retry.job, retry.max_failed_partitions);
     run_fleet(
         store.clone(),
         workers,
         worker_options,
-        job,
-        budget,
+        &retry.job,
         publishing,
     )
     .await
@@ -124,13 +129,13 @@ pub async fn retry(
 
 /// Runs a collector and `workers` workers in this process while `publish` publishes
 /// partitions of `job` (returning how many), and waits until the job completes, or until every
-/// partition published is settled with more than `budget` of them dead-lettered.
+/// partition published is settled with more of them failed than the job's error budget (its
+/// plan's, as the ledger reads it) allows.
 async fn run_fleet(
     store: Arc<dyn BlobStore>,
     workers: usize,
     mut worker_options: WorkerOptions,
     job: &str,
-    budget: u32,
     publish: impl AsyncFnOnce(&MemoryBroker, &mut dyn FnMut(u64)) -> Result<u32, EmbeddedError>,
 ) -> Result<EmbeddedRun, EmbeddedError> {
     let broker = MemoryBroker::default();
@@ -144,7 +149,7 @@ async fn run_fleet(
     }
 
     let collector_options: CollectorOptions =
-        fleet_service::cli::defaults().map_err(|e| EmbeddedError::Config(e.to_string()))?;
+        fleet_service::cli::defaults().map_err(EmbeddedError::Config)?;
     let mut fleet: JoinSet<Result<(), EmbeddedError>> = JoinSet::new();
     {
         let (broker, store, shutdown) = (broker.clone(), store.clone(), shutdown.clone());
@@ -175,10 +180,11 @@ async fn run_fleet(
         .expect("the template is valid"),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
-    let mut dead_lettered = Vec::new();
-    // Partitions stored (scored, or failed) or dead-lettered, and how many were published.
+    // Partitions stored (scored, or failed) or dead-lettered by the broker itself, and how
+    // many were published; those failed now, each with its reason.
     let mut settled = HashSet::new();
-    let mut published: Option<u32> = None;
+    let mut failed: BTreeMap<u32, String> = BTreeMap::new();
+    let mut published: Option<(u32, ErrorBudget)> = None;
     let mut grow = |images| bar.inc_length(images);
     let publishing = publish(&broker, &mut grow);
     tokio::pin!(publishing);
@@ -186,35 +192,49 @@ async fn run_fleet(
     let outcome = loop {
         tokio::select! {
             result = &mut publishing, if published.is_none() => match result {
-                Ok(partitions) => published = Some(partitions),
+                // The plan is written: its budget is the job's.
+                Ok(partitions) => match read_budget(&store, job).await {
+                    Ok(budget) => published = Some((partitions, budget)),
+                    Err(e) => break Err(e),
+                },
                 Err(e) => break Err(e),
             },
             event = events.recv() => match event {
-                Some(Event::Stored { job: j, partition, images }) if j == job => {
-                    settled.insert(partition);
-                    bar.inc(images);
+                Some(Event::Stored { job: j, partition, images, failed: reason }) if j == job => {
+                    if settled.insert(partition) {
+                        bar.inc(images);
+                    }
+                    match reason {
+                        Some(reason) => failed.insert(partition, reason),
+                        // A retry's scored copy replaced a failed one.
+                        None => failed.remove(&partition),
+                    };
                 }
                 Some(Event::Completed(summary)) if summary.job == job => break Ok(*summary),
                 Some(Event::Cancelled { job: j, reason }) if j == job => break Err(EmbeddedError::Cancelled { job: j, reason }),
                 Some(_) => {}
                 None => break Err(EmbeddedError::Incomplete),
             },
-            // Dead-lettered partitions beyond the error budget mean the job cannot complete:
-            // stop waiting once every other partition is scored, so that a retry has only the
+            // Failed partitions beyond the error budget mean the job cannot complete: stop
+            // waiting once every other partition is scored, so that a retry has only the
             // failed ones to score.
             () = tokio::time::sleep(Duration::from_millis(250)) => {
+                // A partition the broker dead-lettered on its own (past its delivery limit)
+                // has no rows at the collector: it is settled, and failed, here.
                 for dead in broker.drain_dead_letters() {
-                    if let Ok(partition) = message::decode::<Partition>(&dead.payload) {
-                        settled.insert(partition.partition);
+                    if let Ok(partition) = message::decode::<Partition>(&dead.payload)
+                        && settled.insert(partition.partition)
+                    {
+                        failed.insert(partition.partition, dead.reason);
                     }
-                    dead_lettered.push(dead);
                 }
-                let all_settled = published.is_some_and(|n| settled.len() >= n as usize);
-                if dead_lettered.len() > budget as usize && all_settled {
+                let Some((partitions, budget)) = published else { continue };
+                if settled.len() >= partitions as usize && !budget.allows(failed.len()) {
+                    let (_, reason) = failed.first_key_value().expect("over a budget, some failed");
                     break Err(EmbeddedError::DeadLettered {
                         job: job.to_owned(),
-                        count: dead_lettered.len(),
-                        reason: dead_lettered[0].reason.clone(),
+                        count: failed.len(),
+                        reason: reason.clone(),
                         scored: store.location(&fleet_protocol::job::parquet_prefix(job)),
                     });
                 }

@@ -1,13 +1,16 @@
-//! Following a submitted job to its end from the outside, by watching the container: the
-//! collector's stored partitions show progress, `summary.json` marks completion, a cancellation
-//! marker or a worker's dead-letter notes mark a job that can no longer complete.
+//! Following a submitted job to its end from the outside, by watching its ledger in the
+//! container: the collector's stored partitions show progress, `summary.json` marks
+//! completion, a cancellation or failures over the error budget mark a job that can no longer
+//! complete.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use fleet_ledger::{JobState, Ledger, Standing};
 use fleet_protocol::Summary;
-use fleet_protocol::job::{self, Manifest, files};
-use fleet_storage::{BlobStore, ErrorKind, StoreError};
+use fleet_protocol::job::{self, Manifest};
+use fleet_service::errors::Chain;
+use fleet_storage::{BlobStore, StoreError};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Why following a job ended without its results.
@@ -24,7 +27,7 @@ pub enum FollowError {
         /// Why.
         reason: String,
     },
-    /// Partitions were dead-lettered: the job cannot complete.
+    /// More partitions failed than the job's error budget allows: it cannot complete.
     #[error(
         "job {job} cannot complete: partitions were dead-lettered ({}). Fix the cause, then `producer retry {job}` scores them again (or submit the job again allowing failed partitions with --max-failed-partitions); the rows scored so far are in {scored}",
         reasons.join("; ")
@@ -51,25 +54,18 @@ pub enum FollowError {
         /// Partitions in the job.
         total: u32,
     },
-    /// The job completed, but its summary does not parse.
-    #[error("summary.json of job {job} is unreadable: {reason}")]
-    BadSummary {
-        /// The job's id.
-        job: String,
-        /// Why it does not parse.
-        reason: String,
-    },
     /// A storage task panicked or was cancelled.
     #[error("a storage task failed")]
     Task(#[from] tokio::task::JoinError),
 }
 
 /// Waits until the job's `summary.json` is written, showing partitions stored as progress.
+/// Whether the job was cancelled or is stuck over its error budget is the ledger's to say
+/// ([`Ledger::standing`]), from the container.
 pub async fn follow(
     store: Arc<dyn BlobStore>,
     manifest: &Manifest,
     timeout: Duration,
-    max_failed_partitions: u32,
 ) -> Result<Summary, FollowError> {
     let bar = ProgressBar::new(u64::from(manifest.partitions)).with_style(
         ProgressStyle::with_template(
@@ -84,12 +80,17 @@ pub async fn follow(
     let mut unreachable = false;
     loop {
         // The summary is looked for often, so that the command returns as soon as the job is
-        // done (a missing blob is one cheap request); progress and cancellation less often.
+        // done (a missing blob is one cheap request); the rest of the ledger less often.
         let look_around = tick.is_multiple_of(LOOK_AROUND_EVERY);
         tick += 1;
         let (reader, job_id) = (store.clone(), job.clone());
         let status = tokio::task::spawn_blocking(move || {
-            read_status(reader.as_ref(), &job_id, look_around, max_failed_partitions)
+            let ledger = Ledger::new(reader.as_ref(), &job_id);
+            match ledger.summary()? {
+                Some(summary) => Ok(Look::Done(Box::new(summary))),
+                None if look_around => ledger.standing().map(|s| Look::Around(s.map(Box::new))),
+                None => Ok(Look::Around(None)),
+            }
         })
         .await
         .map_err(FollowError::Task)?;
@@ -102,126 +103,64 @@ pub async fn follow(
                 }
                 status
             }
-            Err(e) if matches!(e.kind(), ErrorKind::Setup | ErrorKind::Blob) => {
-                return Err(e.into());
-            }
+            Err(e) if !e.kind().is_transient() => return Err(e.into()),
             Err(e) => {
                 // Once per outage, not once per poll.
                 if !unreachable {
-                    tracing::warn!(error = %e, "cannot read the job's progress; retrying");
+                    tracing::warn!(error = %Chain(&e), "cannot read the job's progress; retrying");
                 }
                 unreachable = true;
-                Status::Running(None)
+                Look::Around(None)
             }
         };
-        match status {
-            Status::Done(bytes) => {
+        let standing = match status {
+            Look::Done(summary) => {
                 bar.finish_and_clear();
-                return serde_json::from_slice(&bytes).map_err(|e| FollowError::BadSummary {
-                    job,
-                    reason: e.to_string(),
-                });
+                return Ok(*summary);
             }
-            Status::Cancelled(reason) => {
-                bar.finish_and_clear();
-                return Err(FollowError::Cancelled { job, reason });
-            }
-            Status::DeadLettered(reasons) => {
-                bar.finish_and_clear();
-                let scored = store.location(&job::parquet_prefix(&job));
-                return Err(FollowError::DeadLettered {
-                    job,
-                    reasons,
-                    scored,
-                });
-            }
-            Status::Running(done) => {
-                if let Some(done) = done {
-                    bar.set_position(done as u64);
-                }
-                if Instant::now() > deadline {
+            Look::Around(standing) => standing,
+        };
+        if let Some(standing) = standing {
+            match standing.state {
+                JobState::Cancelled(reason) => {
                     bar.finish_and_clear();
-                    return Err(FollowError::TimedOut {
+                    return Err(FollowError::Cancelled { job, reason });
+                }
+                JobState::Stuck => {
+                    bar.finish_and_clear();
+                    let scored = store.location(&job::parquet_prefix(&job));
+                    return Err(FollowError::DeadLettered {
                         job,
-                        seconds: timeout.as_secs(),
-                        done: bar.position() as usize,
-                        total: manifest.partitions,
+                        reasons: standing.failures.by_reason(),
+                        scored,
                     });
                 }
+                // Completed between the two reads: the next poll reads its summary.
+                _ => bar.set_position(standing.stored as u64),
             }
+        }
+        if Instant::now() > deadline {
+            bar.finish_and_clear();
+            return Err(FollowError::TimedOut {
+                job,
+                seconds: timeout.as_secs(),
+                done: bar.position() as usize,
+                total: manifest.partitions,
+            });
         }
         tokio::time::sleep(POLL).await;
     }
 }
 
-/// Where job `job` stands, from the container: done (its summary), else, when `look_around`,
-/// cancelled, stuck on dead-lettered partitions, or running with so many partitions stored.
-fn read_status(
-    store: &dyn BlobStore,
-    job: &str,
-    look_around: bool,
-    max_failed_partitions: u32,
-) -> Result<Status, StoreError> {
-    match store.get(&job::result_key(job, files::SUMMARY)) {
-        Ok(bytes) => return Ok(Status::Done(bytes)),
-        Err(e) if !e.is_not_found() => return Err(e),
-        Err(_) => {}
-    }
-    if !look_around {
-        return Ok(Status::Running(None));
-    }
-    match store.get(&job::cancelled_key(job)) {
-        Ok(reason) => {
-            return Ok(Status::Cancelled(
-                String::from_utf8_lossy(&reason).into_owned(),
-            ));
-        }
-        Err(e) if !e.is_not_found() => return Err(e),
-        Err(_) => {}
-    }
-    let dead_letters = crate::status::dead_letters(store, job)?;
-    if dead_letters.len() > max_failed_partitions as usize {
-        return Ok(Status::DeadLettered(by_reason(dead_letters)));
-    }
-    Ok(Status::Running(Some(
-        store.list(&job::partitions_prefix(job))?.len(),
-    )))
-}
-
-/// One line per distinct reason of the dead-lettered `(partition, reason)`s: a model that
-/// cannot load fails every partition the same way.
-fn by_reason(dead_letters: Vec<(String, String)>) -> Vec<String> {
-    let mut by_reason: std::collections::BTreeMap<String, Vec<String>> =
-        std::collections::BTreeMap::new();
-    for (partition, reason) in dead_letters {
-        by_reason.entry(reason).or_default().push(partition);
-    }
-    by_reason
-        .into_iter()
-        .map(|(reason, partitions)| format!("partition {}: {reason}", abbreviate(&partitions)))
-        .collect()
-}
-
-/// Partition numbers for a message: all of a few, the first few of many.
-fn abbreviate(partitions: &[String]) -> String {
-    const SHOWN: usize = 5;
-    let mut text = partitions[..partitions.len().min(SHOWN)].join(", ");
-    if partitions.len() > SHOWN {
-        text.push_str(&format!(" and {} more", partitions.len() - SHOWN));
-    }
-    text
-}
-
 /// How often `summary.json` is looked for.
 const POLL: Duration = Duration::from_millis(100);
-/// Every how many polls the stored partitions are counted and cancellation is checked.
+/// Every how many polls the rest of the ledger is read: progress, cancellation, failures.
 const LOOK_AROUND_EVERY: u64 = 5;
 
-enum Status {
-    Done(Vec<u8>),
-    Cancelled(String),
-    /// Why each dead-lettered partition was.
-    DeadLettered(Vec<String>),
-    /// Partitions stored, when they were counted.
-    Running(Option<usize>),
+/// What one poll found.
+enum Look {
+    /// The job is complete.
+    Done(Box<Summary>),
+    /// Where it stands, when the ledger was read whole this time.
+    Around(Option<Box<Standing>>),
 }

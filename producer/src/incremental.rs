@@ -14,10 +14,10 @@
 
 use std::io::{BufRead, BufReader, Read};
 
-use fleet_protocol::Summary;
+use fleet_ledger::Ledger;
 use fleet_protocol::job::{self, files};
 use fleet_spec::sha256_hex;
-use fleet_storage::{BlobStore, StoreError};
+use fleet_storage::{BlobStore, ErrorKind, StoreError};
 
 /// The scope of a job: the model's spec as staged (which holds the ONNX file's sha256, how
 /// images are prepared, and the class names) and the top-k its rows report.
@@ -65,12 +65,14 @@ impl Coverage {
         let mut complete = Vec::new();
         for key in store.list(&prefix)? {
             let job = &key[prefix.len()..];
-            // Running, stuck or cancelled: it covers nothing yet.
-            let Some(summary) = store.get_if_exists(&job::result_key(job, files::SUMMARY))? else {
-                continue;
+            let submitted = match Ledger::new(store, job).summary() {
+                Ok(Some(summary)) => summary.timings.submitted_at_ms,
+                // Running, stuck or cancelled: it covers nothing yet.
+                Ok(None) => continue,
+                // Complete, from a release that summed up otherwise: its rows still count.
+                Err(e) if e.kind() == ErrorKind::Corrupt => 0,
+                Err(e) => return Err(e),
             };
-            let summary = serde_json::from_slice::<Summary>(&summary).ok();
-            let submitted = summary.map_or(0, |s| s.timings.submitted_at_ms);
             complete.push((submitted, job.to_owned()));
         }
         complete.sort();
@@ -123,19 +125,15 @@ impl Earlier {
     fn open(store: &dyn BlobStore, job: &str) -> Result<Self, StoreError> {
         let listing = BufReader::new(store.open(&job::listing_key(job))?);
         let mut rows = BufReader::new(store.open(&job::result_key(job, files::SCORES))?);
-        let bad = |reason: &str| StoreError::Io {
-            store: store.describe(),
-            key: job::result_key(job, files::SCORES),
-            reason: reason.to_owned(),
-        };
+        let scores = job::result_key(job, files::SCORES);
         let header = read_record(&mut rows)
-            .map_err(|e| bad(&e.to_string()))?
-            .ok_or_else(|| bad("empty"))?;
+            .map_err(|e| StoreError::from_io(store.describe(), "reading", &scores, e))?
+            .ok_or_else(|| StoreError::corrupt(store, &scores, "scores table", "it is empty"))?;
         let column = |name: &str| {
-            header
-                .iter()
-                .position(|c| c == name)
-                .ok_or_else(|| bad(&format!("no {name} column")))
+            header.iter().position(|c| c == name).ok_or_else(|| {
+                let missing = format!("it has no {name} column");
+                StoreError::corrupt(store, &scores, "scores table", missing)
+            })
         };
         Ok(Self {
             job: job.to_owned(),

@@ -12,12 +12,62 @@
 
 use std::sync::Arc;
 
+use fleet_broker::amqp::AmqpBroker;
 use fleet_broker::{Broker, BrokerError, Queue};
 use fleet_dataset::{self as dataset, BatchSelection, DatasetError, HEIGHT, IMAGE_BYTES, WIDTH};
-use fleet_protocol::job::{self, DatasetKind, Manifest, Plan, files, now_ms};
+use fleet_ledger::{ErrorBudget, JobState, Ledger};
+use fleet_protocol::job::{self, DatasetKind, Manifest, now_ms};
 use fleet_protocol::message::{self, Images, Partition, Scored};
 use fleet_spec::ModelSpec;
-use fleet_storage::{BlobStore, StoreError};
+use fleet_storage::{BlobStore, StoreArgs, StoreError};
+
+use crate::run::{self, Completed, FleetArgs, RunError};
+
+/// What `producer retry` retries, and where.
+#[derive(Debug, clap::Args)]
+pub struct RetryArgs {
+    /// Where the container is.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The job's id.
+    pub job: String,
+    /// Where the job runs.
+    /// Where the partitions are scored.
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+/// Publishes a job's failed partitions again, over the fleet or in this process.
+pub async fn run(args: RetryArgs) -> Result<Completed, RunError> {
+    let store = args.store.open_async(false).await?;
+    let (found_in, job) = (store.clone(), args.job.clone());
+    let retry = tokio::task::spawn_blocking(move || prepare(found_in.as_ref(), &job)).await??;
+    if !retry.waiting.is_empty() {
+        tracing::warn!(
+            job = %retry.job,
+            partitions = ?retry.waiting,
+            "dead-lettered partitions whose rows the collector has not stored yet are left out: retry again once it has"
+        );
+    }
+    println!(
+        "job {}: scoring {} failed partitions again",
+        retry.job,
+        retry.partitions.len()
+    );
+    let fleet = args.fleet;
+    if fleet.embedded {
+        let done =
+            crate::embedded::retry(store.clone(), &retry, fleet.workers, fleet.worker).await?;
+        return Ok(run::embedded_done(store.as_ref(), &done));
+    }
+    let broker = AmqpBroker::connect(fleet.amqp).await?;
+    let published = retry.publish(&broker, store.clone(), &mut |_| {}).await?;
+    println!("published {published} partitions");
+    if fleet.wait {
+        return run::wait(store, &retry.manifest, fleet.wait_timeout_secs).await;
+    }
+    Ok(Completed::Whole)
+}
 
 /// Why a job's failed partitions cannot be retried.
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +150,7 @@ pub struct Retry {
     /// Its manifest.
     pub manifest: Manifest,
     /// Its error budget (`--max-failed-partitions` when it was submitted).
-    pub max_failed_partitions: u32,
+    pub budget: ErrorBudget,
     /// The partitions stored failed, in order.
     pub partitions: Vec<u32>,
     /// Partitions dead-lettered whose failed rows the collector has not stored yet: not
@@ -111,56 +161,43 @@ pub struct Retry {
 /// Finds what of `job` can be retried, and checks it can be: the job is sealed, neither
 /// complete nor cancelled, and its model is staged as it was when the job was submitted.
 pub fn prepare(store: &dyn BlobStore, job: &str) -> Result<Retry, RetryError> {
-    let get = |key: &str| store.get_if_exists(key);
-    if store.exists(&job::result_key(job, files::SUMMARY))? {
-        return Err(RetryError::Complete {
-            job: job.to_owned(),
-            results: store.location(&job::result_key(job, "")),
-        });
-    }
-    if let Some(reason) = get(&job::cancelled_key(job))? {
-        return Err(RetryError::Cancelled {
-            job: job.to_owned(),
-            reason: String::from_utf8_lossy(&reason).into_owned(),
-        });
-    }
-    let plan = get(&job::plan_key(job))?;
-    let Some(manifest) = get(&job::manifest_key(job))? else {
-        return Err(match plan {
-            Some(_) => RetryError::Submitting {
+    let ledger = Ledger::new(store, job);
+    let no_such_job = || RetryError::NoSuchJob {
+        store: store.describe(),
+        job: job.to_owned(),
+    };
+    let standing = ledger.standing()?.ok_or_else(no_such_job)?;
+    match standing.state {
+        JobState::Complete(_) | JobState::Partial(_) => {
+            return Err(RetryError::Complete {
                 job: job.to_owned(),
-            },
-            None => RetryError::NoSuchJob {
-                store: store.describe(),
+                results: store.location(&job::result_key(job, "")),
+            });
+        }
+        JobState::Cancelled(reason) => {
+            return Err(RetryError::Cancelled {
                 job: job.to_owned(),
-            },
+                reason,
+            });
+        }
+        JobState::Submitting | JobState::Running | JobState::Stuck => {}
+    }
+    let Some(manifest) = standing.manifest else {
+        return Err(RetryError::Submitting {
+            job: job.to_owned(),
         });
     };
-    let manifest: Manifest = serde_json::from_slice(&manifest).map_err(|e| StoreError::Io {
-        store: store.describe(),
-        key: job::manifest_key(job),
-        reason: format!("the manifest cannot be read: {e}"),
-    })?;
-    let max_failed_partitions = plan
-        .and_then(|bytes| serde_json::from_slice::<Plan>(&bytes).ok())
-        .map_or(0, |plan| plan.max_failed_partitions);
     check_model(store, &manifest)?;
 
-    let partitions: Vec<u32> = (store.list(&job::failed_prefix(job))?.iter())
-        .filter_map(|key| job::partition_of(key))
-        .collect();
+    let partitions = ledger.failed_partitions()?;
     let mut waiting = Vec::new();
-    for key in store.list(&job::dead_letters_prefix(job))? {
-        let Some(partition) = job::partition_of(&key) else {
-            continue;
-        };
+    for partition in ledger.dead_letter_notes()? {
         if partitions.binary_search(&partition).is_ok() {
             continue;
         }
-        if store.exists(&job::partition_key(job, partition))? {
-            // Stored scored after all (another delivery of it was): the note is stale, and
-            // would keep `--wait` from seeing the job complete.
-            store.delete(&key)?;
+        if ledger.is_stored(partition)? {
+            // Stored scored after all (another delivery of it was): the note is stale.
+            ledger.drop_dead_letter_note(partition)?;
         } else {
             waiting.push(partition);
         }
@@ -181,7 +218,7 @@ pub fn prepare(store: &dyn BlobStore, job: &str) -> Result<Retry, RetryError> {
     Ok(Retry {
         job: job.to_owned(),
         manifest,
-        max_failed_partitions,
+        budget: standing.budget,
         partitions,
         waiting,
     })
@@ -239,7 +276,9 @@ impl Retry {
         let mut tarball = Vec::new();
         for &number in &self.partitions {
             let (reader, job) = (store.clone(), self.job.clone());
-            let read = tokio::task::spawn_blocking(move || stored_failed(&*reader, &job, number));
+            let read = tokio::task::spawn_blocking(move || {
+                stored_failed(&Ledger::new(reader.as_ref(), &job), number)
+            });
             let Some(failed) = read.await?? else {
                 continue;
             };
@@ -293,8 +332,9 @@ impl Retry {
         }
     }
 
-    /// Removes the partition's dead-letter note, then publishes it: a note the retry's own
-    /// failure writes comes after, and stays.
+    /// Marks the partition as being retried and removes its dead-letter note, then publishes
+    /// it: until its new outcome is stored it is not counted as failed, and a note the retry's
+    /// own failure writes comes after, and stays.
     async fn publish_one<B: Broker>(
         &self,
         broker: &B,
@@ -302,11 +342,14 @@ impl Retry {
         mut partition: Partition,
         on_published: &mut impl FnMut(u64),
     ) -> Result<(), RetryError> {
-        let (notes, key) = (
-            store.clone(),
-            job::dead_letter_key(&self.job, partition.partition),
-        );
-        tokio::task::spawn_blocking(move || notes.delete(&key)).await??;
+        let (ledger_store, job, number) = (store.clone(), self.job.clone(), partition.partition);
+        tokio::task::spawn_blocking(move || {
+            let ledger = Ledger::new(ledger_store.as_ref(), &job);
+            ledger.mark_retrying(number)?;
+            ledger.drop_dead_letter_note(number)
+        })
+        .await??;
+        // Never older than the mark: the collector takes the retry's copy by it.
         partition.published_at_ms = now_ms();
         let images = partition.len() as u64;
         broker
@@ -353,10 +396,11 @@ impl Retry {
                         return Err(DatasetError::Corrupt {
                             source_name: blob.clone(),
                             detail: format!(
-                                "batch {} has {} images, fewer than when the job was submitted",
+                                ": batch {} has {} images, fewer than when the job was submitted",
                                 batch.name,
                                 batch.len()
                             ),
+                            source: None,
                         });
                     };
                     pixels.extend_from_slice(slice);
@@ -371,23 +415,13 @@ impl Retry {
 
 /// The stored copy of a partition marked failed, or `None` when a scored copy replaced it
 /// since (its marker is stale: it goes).
-fn stored_failed(
-    store: &dyn BlobStore,
-    job: &str,
-    partition: u32,
-) -> Result<Option<Scored>, RetryError> {
-    let key = job::partition_key(job, partition);
+fn stored_failed(ledger: &Ledger<'_>, partition: u32) -> Result<Option<Scored>, RetryError> {
     // Marked, not yet stored: the collector stores it (its result was not acked).
-    let Some(bytes) = store.get_if_exists(&key)? else {
+    let Some(scored) = ledger.stored_partition(partition)? else {
         return Ok(None);
     };
-    let scored = message::decode::<Scored>(&bytes).map_err(|e| StoreError::Io {
-        store: store.describe(),
-        key: key.clone(),
-        reason: format!("the stored partition cannot be read: {e}"),
-    })?;
     if scored.failed.is_none() {
-        store.delete(&job::failed_key(job, partition))?;
+        ledger.clear_failed(partition)?;
         return Ok(None);
     }
     Ok(Some(scored))

@@ -39,20 +39,22 @@ impl fmt::Display for Source {
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// A local file cannot be read.
-    #[error("cannot read {path}: {reason}")]
+    #[error("cannot read {path}")]
     File {
         /// The file.
         path: String,
         /// What failed.
-        reason: String,
+        #[source]
+        source: std::io::Error,
     },
     /// A URL cannot be downloaded.
-    #[error("cannot download {url}: {reason}")]
+    #[error("cannot download {url}")]
     Download {
         /// The URL.
         url: String,
-        /// What failed.
-        reason: String,
+        /// What failed: the HTTP client's error, or the connection's while reading.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -72,7 +74,7 @@ impl Source {
             Source::File(path) => {
                 let fail = |e: std::io::Error| SourceError::File {
                     path: path.display().to_string(),
-                    reason: e.to_string(),
+                    source: e,
                 };
                 let file = std::fs::File::open(path).map_err(fail)?;
                 let size = file.metadata().map_err(fail)?.len();
@@ -81,7 +83,7 @@ impl Source {
             Source::Url(url) => {
                 let fail = |e: ureq::Error| SourceError::Download {
                     url: url.clone(),
-                    reason: e.to_string(),
+                    source: e.into(),
                 };
                 let response = ureq::get(url).call().map_err(fail)?;
                 let size = response
@@ -97,17 +99,24 @@ impl Source {
     pub fn read_all(&self) -> Result<Vec<u8>, SourceError> {
         let (mut reader, size) = self.open()?;
         let mut bytes = Vec::with_capacity(size.unwrap_or(0) as usize);
-        reader.read_to_end(&mut bytes).map_err(|e| match self {
+        reader
+            .read_to_end(&mut bytes)
+            .map_err(|e| self.failed_reading(e))?;
+        Ok(bytes)
+    }
+
+    /// The error of reading this input failing with `e` once it was opened.
+    pub fn failed_reading(&self, e: std::io::Error) -> SourceError {
+        match self {
             Source::File(p) => SourceError::File {
                 path: p.display().to_string(),
-                reason: e.to_string(),
+                source: e,
             },
             Source::Url(u) => SourceError::Download {
                 url: u.clone(),
-                reason: e.to_string(),
+                source: e.into(),
             },
-        })?;
-        Ok(bytes)
+        }
     }
 }
 

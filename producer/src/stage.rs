@@ -20,7 +20,7 @@ use fleet_spec::{
     ChannelOrder, ClassList, Filter, ModelSpec, Normalize, Preset, Provenance, Recipe, Resize,
     SPEC_VERSION, SpecError, parse_class_list, plain_recipe, sha256_hex, shorter_side_for,
 };
-use fleet_storage::{BlobStore, StoreError, check_key};
+use fleet_storage::{BlobStore, StoreArgs, StoreError, check_key};
 use indicatif::{ProgressBar, ProgressStyle};
 use model_tools::import::{ImportError, ImportedModel, SourceFormat, import};
 use model_tools::quantize::{CALIBRATION_IMAGES, QuantizeError, quantize};
@@ -32,12 +32,170 @@ pub const DEFAULT_MODEL_URL: &str = "https://github.com/Azure-Samples/hdinsight-
 /// The walkthrough's mean image, subtracted from every input of its model.
 pub const DEFAULT_MEAN_IMAGE_URL: &str = "https://raw.githubusercontent.com/Azure-Samples/hdinsight-pyspark-cntk-integration/master/CIFAR-10_mean.xml";
 
+/// What `producer stage` puts into a container.
+#[derive(Debug, clap::Args)]
+pub struct StageArgs {
+    /// Where the container is.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// CIFAR-10 tarball: a file or an http(s) URL, staged as --tarball-blob.
+    #[arg(long)]
+    pub tarball: Option<Source>,
+    /// A local folder of images (sub-folders kept, e.g. one per class), uploaded under --prefix.
+    #[arg(long, requires = "prefix")]
+    pub images: Option<PathBuf>,
+    /// Where --images go in the container; score them with `--dataset <prefix>`.
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Files uploaded at once with --images.
+    #[arg(
+        long = "upload-concurrency",
+        env = "UPLOAD_CONCURRENCY",
+        default_value_t = 16
+    )]
+    pub upload_concurrency: usize,
+    /// Upload every file of --images, even those already in the container with the same
+    /// size (a file edited in place keeps its size: without this its old bytes stay).
+    #[arg(long, requires = "images")]
+    pub force: bool,
+    /// Model: ONNX, or CNTK (v2, or v1 from BrainScript: `.dnn`, `.model`, `.cmf`), a file or
+    /// an http(s) URL.
+    #[arg(long)]
+    pub model: Option<Source>,
+    /// Name the model is staged under (`models/<name>.onnx`, `models/<name>.json`) [default:
+    /// --model's file name without its extension; with only --mean-image or --quantize, the
+    /// container's only staged model].
+    #[arg(long = "model-name", env = "MODEL_NAME")]
+    pub model_name: Option<String>,
+    /// How the model's images are prepared.
+    #[command(flatten)]
+    pub spec: SpecArgs,
+    /// Blob name of the tarball in the container (what a job's `--dataset` names).
+    #[arg(long = "tarball-blob", env = "TARBALL_BLOB", default_value = job::DATASET_BLOB)]
+    pub tarball_blob: String,
+    /// Also stage an int8 version of the model as `<name>-int8`, calibrated on the staged
+    /// tarball (faster on CPUs with integer dot products; check its accuracy on your data).
+    #[arg(long)]
+    pub quantize: bool,
+    /// Stage only these of the walkthrough's inputs, from their public URLs unless given.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    pub only: Vec<Input>,
+    /// How the model is loaded, to check it.
+    #[command(flatten)]
+    pub inference: InferenceOptions,
+}
+
+/// One of the walkthrough's inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Input {
+    /// The CIFAR-10 tarball.
+    Tarball,
+    /// The ResNet-20 model.
+    Model,
+    /// Its mean image.
+    MeanImage,
+}
+
+/// `producer stage`: stages what `args` names (the walkthrough's inputs when it names
+/// nothing), printing a line for each input staged.
+pub fn run(mut args: StageArgs) -> Result<(), StageError> {
+    let store = args.store.open(true)?;
+    let named = args.tarball.is_some()
+        || args.images.is_some()
+        || args.model.is_some()
+        || args.spec.mean_image.is_some();
+    // The walkthrough's inputs: all three when nothing is named, or those --only lists.
+    let defaults: Vec<Input> = if !args.only.is_empty() {
+        args.only.clone()
+    } else if !named && !args.quantize {
+        vec![Input::Tarball, Input::Model, Input::MeanImage]
+    } else {
+        Vec::new()
+    };
+    let url = |url: &str| Source::from_str(url).expect("the walkthrough's URLs parse");
+    for input in defaults {
+        match input {
+            Input::Tarball => {
+                args.tarball.get_or_insert_with(|| url(DEFAULT_DATASET_URL));
+            }
+            Input::Model => {
+                args.model.get_or_insert_with(|| url(DEFAULT_MODEL_URL));
+            }
+            Input::MeanImage => {
+                args.spec
+                    .mean_image
+                    .get_or_insert_with(|| url(DEFAULT_MEAN_IMAGE_URL));
+            }
+        }
+    }
+    if let Some(tarball) = &args.tarball {
+        println!(
+            "{}",
+            stage_dataset(store.as_ref(), tarball, &args.tarball_blob)?
+        );
+    }
+    if let (Some(images), Some(prefix)) = (&args.images, &args.prefix) {
+        println!(
+            "{}",
+            stage_images(
+                store.as_ref(),
+                images,
+                prefix,
+                args.upload_concurrency,
+                args.force
+            )?
+        );
+    }
+    let mut model_name = match &args.model {
+        Some(model) => Some(
+            args.model_name
+                .clone()
+                .unwrap_or_else(|| crate::models::name_from_file(&model.file_name())),
+        ),
+        None => args.model_name.clone(),
+    };
+    let mut chosen_name = || -> Result<String, StageError> {
+        let name = crate::models::chosen(store.as_ref(), model_name.as_deref())?;
+        Ok(model_name.insert(name).clone())
+    };
+    match (&args.model, &args.spec.mean_image) {
+        (Some(model), _) => println!(
+            "{}",
+            stage_model(
+                store.as_ref(),
+                model,
+                &chosen_name()?,
+                &args.spec,
+                &args.inference
+            )?
+        ),
+        (None, Some(mean)) => println!(
+            "{}",
+            stage_mean_image(store.as_ref(), mean, &chosen_name()?)?
+        ),
+        (None, None) => {}
+    }
+    if args.quantize {
+        let staged = stage_quantized(
+            store.as_ref(),
+            &chosen_name()?,
+            &args.tarball_blob,
+            &args.inference,
+        )?;
+        println!("{staged}");
+    }
+    Ok(())
+}
+
 /// Why an input cannot be staged.
 #[derive(Debug, thiserror::Error)]
 pub enum StageError {
     /// An input cannot be read.
     #[error(transparent)]
     Source(#[from] SourceError),
+    /// No model is named and the container holds none or several.
+    #[error(transparent)]
+    Choice(#[from] crate::models::ChoiceError),
     /// The container cannot be written.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -188,10 +346,7 @@ pub fn stage_dataset(
         Source::Url(_) => {
             let (mut reader, _) = source.open()?;
             let mut file = tempfile::NamedTempFile::new().map_err(StageError::Temp)?;
-            std::io::copy(&mut reader, &mut file).map_err(|e| SourceError::Download {
-                url: source.to_string(),
-                reason: e.to_string(),
-            })?;
+            std::io::copy(&mut reader, &mut file).map_err(|e| source.failed_reading(e))?;
             file.flush().map_err(StageError::Temp)?;
             let path = file.path().to_path_buf();
             _download = Some(file);
@@ -200,7 +355,7 @@ pub fn stage_dataset(
     };
     let file = std::fs::File::open(&path).map_err(|e| SourceError::File {
         path: path.display().to_string(),
-        reason: e.to_string(),
+        source: e,
     })?;
     let mut images = 0;
     let batches =
@@ -639,7 +794,7 @@ pub fn stage_quantized(
             let n = batch.len().min(CALIBRATION_IMAGES);
             pixels = batch.pixels[..n * IMAGE_BYTES].to_vec();
             // One batch is enough: stop reading the tarball.
-            Err(DatasetError::Stopped("calibration images read".into()))
+            Err(DatasetError::Stopped("calibration images read"))
         },
     );
     match result {

@@ -13,10 +13,10 @@ use fleet_dataset::{
     self as dataset, BatchSelection, CLASS_NAMES, DatasetError, HEIGHT, IMAGE_BYTES, WIDTH,
 };
 use fleet_figures::{Sample, sample_grid_png};
+use fleet_ledger::Ledger;
 use fleet_protocol::job::{self, BatchEntry, DatasetKind, Manifest, now_ms};
-use fleet_protocol::message::{
-    self, Cancelled, Images, MAX_TOP_K, Partition, ResultMessage, Sealed,
-};
+use fleet_protocol::message::{self, Images, MAX_TOP_K, Partition, ResultMessage, Sealed};
+use fleet_service::errors::Chain;
 use fleet_spec::ModelSpec;
 use fleet_storage::{BlobStore, StoreError};
 use tokio::sync::mpsc;
@@ -202,29 +202,9 @@ pub async fn submit<B: Broker>(
         // Anything published so far must not complete into results. The marker in the
         // container stops a collector even when the broker is what failed; the message tells
         // the active collector at once.
-        let reason = e.to_string();
-        let (marker_store, marker_job, marker_reason) = (store, job.to_owned(), reason.clone());
-        let marked = tokio::task::spawn_blocking(move || {
-            marker_store.put(&job::cancelled_key(&marker_job), marker_reason.as_bytes())
-        })
-        .await;
-        let failure = match marked {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.to_string()),
-            Err(e) => Some(e.to_string()),
-        };
-        if let Some(error) = failure {
-            tracing::error!(%job, %error, "could not mark the job cancelled in the container");
-        }
-        let cancel = ResultMessage::Cancelled(Cancelled {
-            job: job.into(),
-            reason,
-        });
-        if let Err(cancel_error) = broker
-            .publish(Queue::Results, message::encode(&cancel))
-            .await
-        {
-            tracing::error!(%job, error = %cancel_error, "could not cancel the job after a failed submission");
+        let reason = Chain(e).to_string();
+        if let Err(cancel_error) = fleet_ledger::cancel(store, broker, job, &reason).await {
+            tracing::error!(%job, error = %Chain(&cancel_error), "could not cancel the job after a failed submission");
         }
     }
     outcome
@@ -559,11 +539,10 @@ impl<B: Broker> Submission<'_, B> {
             several_batches,
             max_failed_partitions: self.options.max_failed_partitions,
         };
-        let json = serde_json::to_vec(&plan).expect("a plan always serializes");
-        let (store, key) = (self.store.clone(), job::plan_key(self.job));
+        let (store, job) = (self.store.clone(), self.job.to_owned());
         let index = (self.plan.scope.as_ref()).map(|scope| job::index_key(scope, self.job));
         tokio::task::spawn_blocking(move || {
-            store.put(&key, &json)?;
+            Ledger::new(store.as_ref(), &job).write_plan(&plan)?;
             // The job counts for later incremental jobs only once it is complete.
             match index {
                 Some(index) => store.put(&index, b""),
@@ -613,13 +592,12 @@ impl<B: Broker> Submission<'_, B> {
         manifest: &Manifest,
         samples: Option<Vec<u8>>,
     ) -> Result<(), SubmitError> {
-        let manifest_json =
-            serde_json::to_vec_pretty(manifest).expect("a manifest always serializes");
-        let (store, job) = (self.store.clone(), self.job.to_owned());
+        let (store, job, manifest) = (self.store.clone(), self.job.to_owned(), manifest.clone());
         tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
-            store.put(&job::manifest_key(&job), &manifest_json)?;
+            let ledger = Ledger::new(store.as_ref(), &job);
+            ledger.write_manifest(&manifest)?;
             if let Some(samples) = samples {
-                store.put(&job::samples_key(&job), &samples)?;
+                ledger.write_samples(&samples)?;
             }
             Ok(())
         })
@@ -689,7 +667,7 @@ impl<B: Broker> Submission<'_, B> {
                             .map_err(DatasetError::Store)?;
                         outcome.blocks += 1;
                         tx.blocking_send(page)
-                            .map_err(|_| DatasetError::Stopped("publishing stopped".into()))
+                            .map_err(|_| DatasetError::Stopped("publishing stopped"))
                     },
                 )?;
                 let blocks: Vec<u32> = (0..outcome.blocks).collect();
@@ -896,7 +874,7 @@ impl<B: Broker> Submission<'_, B> {
                     };
                     next_partition += 1;
                     tx.blocking_send(partition)
-                        .map_err(|_| DatasetError::Stopped("publishing stopped".into()))?;
+                        .map_err(|_| DatasetError::Stopped("publishing stopped"))?;
                 }
                 entries.push(BatchEntry {
                     name: batch.name.clone(),

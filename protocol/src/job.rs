@@ -6,8 +6,11 @@
 //!   `models/<name>.mean.xml` (its mean image, if any);
 //! - a job's working state: `jobs/<job>/plan.json` (the rows' columns), `manifest.json`,
 //!   `samples.png` (a tarball's first images, published with the results), `sealed.bin`,
-//!   `partitions/<n>.bin` (the collector's durable state), `cancelled` (the reason),
-//!   `dead-letters/<n>` (why a worker dead-lettered partition n);
+//!   `partitions/<n>.bin` (the collector's durable state), `failed/<n>` (partition n stored
+//!   failed), `retrying/<n>` (published again by `producer retry`), `cancelled` (the reason),
+//!   `dead-letters/<n>` (why a worker dead-lettered partition n), `listing.tsv` (what a
+//!   collection job was scored from); `index/<scope>/<job>` names the job for incremental jobs.
+//!   What each means is `fleet-ledger`'s to say: the keys are here, the reading is there;
 //! - its results: `results/<job>/scores.parquet/part-<n>.parquet`, written as each partition is
 //!   stored, then `scores.csv`, `confusion.csv`, `confused_pairs.csv`, `confusion.png`,
 //!   `samples.png`, `report.html` and last `summary.json`, written when the job completes.
@@ -37,6 +40,14 @@ pub fn spec_key(model: &str) -> String {
 /// The model's mean image (OpenCV XML), when its spec subtracts one.
 pub fn mean_image_key(model: &str) -> String {
     format!("models/{model}.mean.xml")
+}
+
+/// Where every job's working state is: `jobs/<job>/...`.
+pub const JOBS_PREFIX: &str = "jobs/";
+
+/// Where job `job`'s working state is.
+pub fn job_prefix(job: &str) -> String {
+    format!("{JOBS_PREFIX}{job}/")
 }
 
 /// The job's plan (see [`Plan`]), written before its first partition is published.
@@ -102,7 +113,20 @@ pub fn failed_prefix(job: &str) -> String {
     format!("jobs/{job}/failed/")
 }
 
-/// The partition number in a key made by [`failed_key`] or [`dead_letter_key`].
+/// Where `producer retry` marks a failed partition it published again, holding when (Unix
+/// ms): the collector lets the retry's outcome replace the failed copy, and until it does the
+/// partition is not counted as failed.
+pub fn retrying_key(job: &str, partition: u32) -> String {
+    format!("{}{partition:06}", retrying_prefix(job))
+}
+
+/// Where the job's retry marks are.
+pub fn retrying_prefix(job: &str) -> String {
+    format!("jobs/{job}/retrying/")
+}
+
+/// The partition number in a key made by [`failed_key`], [`retrying_key`] or
+/// [`dead_letter_key`].
 pub fn partition_of(key: &str) -> Option<u32> {
     key.rsplit('/').next()?.parse().ok()
 }

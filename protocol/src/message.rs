@@ -307,8 +307,14 @@ pub enum MessageError {
     /// Written by a build with another format version.
     UnknownVersion(u16),
     /// The bytes are not a message of this format.
-    #[error("undecodable message: {0}")]
-    Undecodable(String),
+    #[error("undecodable message: {detail}")]
+    Undecodable {
+        /// What of it does not decode.
+        detail: String,
+        /// The decoder's error, where there is one.
+        #[source]
+        source: Option<postcard::Error>,
+    },
     /// A message that decodes but cannot be right (e.g. its lengths disagree).
     #[error("invalid message: {0}")]
     Invalid(String),
@@ -326,18 +332,23 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, MessageError
     if bytes.len() > MAX_MESSAGE_BYTES {
         return Err(MessageError::Oversized(bytes.len()));
     }
-    let (version, body) = postcard::take_from_bytes::<u16>(bytes)
-        .map_err(|e| MessageError::Undecodable(format!("no version header: {e}")))?;
+    let (version, body) =
+        postcard::take_from_bytes::<u16>(bytes).map_err(|e| MessageError::Undecodable {
+            detail: "no version header".into(),
+            source: Some(e),
+        })?;
     if version != MESSAGE_VERSION {
         return Err(MessageError::UnknownVersion(version));
     }
-    let (value, rest) =
-        postcard::take_from_bytes(body).map_err(|e| MessageError::Undecodable(e.to_string()))?;
+    let (value, rest) = postcard::take_from_bytes(body).map_err(|e| MessageError::Undecodable {
+        detail: "the body is not a message of this kind".into(),
+        source: Some(e),
+    })?;
     if !rest.is_empty() {
-        return Err(MessageError::Undecodable(format!(
-            "{} bytes left over after the message",
-            rest.len()
-        )));
+        return Err(MessageError::Undecodable {
+            detail: format!("{} bytes left over after the message", rest.len()),
+            source: None,
+        });
     }
     Ok(value)
 }
@@ -405,7 +416,7 @@ mod tests {
         // This build's version (a varint below 128 is one byte), then no partition.
         assert!(matches!(
             decode::<Partition>(&[MESSAGE_VERSION as u8, 0xff, 0xff]),
-            Err(MessageError::Undecodable(_))
+            Err(MessageError::Undecodable { .. })
         ));
         assert!(matches!(
             decode::<Partition>(&vec![1; MAX_MESSAGE_BYTES + 1]),
@@ -415,7 +426,7 @@ mod tests {
         bytes.push(0);
         assert!(matches!(
             decode::<Partition>(&bytes),
-            Err(MessageError::Undecodable(_))
+            Err(MessageError::Undecodable { .. })
         ));
     }
 

@@ -8,9 +8,11 @@
 //! - [`logging`]: the binaries' log output, text or JSON lines.
 //! - [`cli`]: a role's options at their defaults, as clap would parse an empty command line.
 //! - [`concurrent`]: blocking work on a few threads at once, stopping at the first error.
+//! - [`errors`]: an error and its causes as one line of text, each cause once.
 
 pub mod cli;
 pub mod concurrent;
+pub mod errors;
 pub mod logging;
 pub mod metrics;
 pub mod ops;

@@ -167,7 +167,7 @@ impl AzureStore {
             Ok(false) if create => {
                 let client = store.client()?;
                 block_on(async move { client.create(None).await })
-                    .map_err(|e| store.error("", e))?;
+                    .map_err(|e| store.error("creating", "the container", e))?;
             }
             Ok(false) => {
                 return Err(StoreError::NoContainer {
@@ -175,7 +175,7 @@ impl AzureStore {
                     location,
                 });
             }
-            Err(e) => return Err(store.error("", e)),
+            Err(e) => return Err(store.error("opening", "the container", e)),
         }
         Ok(store)
     }
@@ -191,7 +191,7 @@ impl AzureStore {
         Ok(guard.0.clone())
     }
 
-    fn error(&self, key: &str, e: azure_core::Error) -> StoreError {
+    fn error(&self, operation: &'static str, key: &str, e: azure_core::Error) -> StoreError {
         let store = self.describe();
         match e.http_status() {
             Some(StatusCode::NotFound) if e.to_string().contains("ContainerNotFound") => {
@@ -213,21 +213,32 @@ impl AzureStore {
             Some(StatusCode::Forbidden) | Some(StatusCode::Unauthorized) => StoreError::Denied {
                 store,
                 key: key.into(),
-                reason: format!(
-                    "{e}. Check the account key, or the identity's Storage Blob Data role"
-                ),
+                hint: "; check the account key, or the identity's Storage Blob Data role",
+                source: e.into(),
             },
             _ => StoreError::Io {
                 store,
+                operation,
                 key: key.into(),
-                reason: e.to_string(),
+                source: e.into(),
             },
         }
     }
 }
 
 fn config_error(reason: String) -> StoreError {
-    StoreError::Config(format!("Azure storage configuration: {reason}"))
+    StoreError::config(format!("Azure storage configuration: {reason}"))
+}
+
+/// A configuration error for `reason`, caused by `source`.
+fn config_error_from(
+    reason: String,
+    source: impl std::error::Error + Send + Sync + 'static,
+) -> StoreError {
+    StoreError::Config {
+        message: format!("Azure storage configuration: {reason}"),
+        source: Some(source.into()),
+    }
 }
 
 /// The service URL and how to authenticate: a blob service URL means a managed identity
@@ -235,7 +246,7 @@ fn config_error(reason: String) -> StoreError {
 fn parse_spec(spec: &str, client_id: Option<&str>) -> Result<(Url, Auth), StoreError> {
     if spec.starts_with("https://") || spec.starts_with("http://") {
         let url =
-            Url::parse(spec).map_err(|e| config_error(format!("{spec} is not a URL: {e}")))?;
+            Url::parse(spec).map_err(|e| config_error_from(format!("{spec} is not a URL"), e))?;
         let client_id = managed_identity(client_id);
         // The credential builds its HTTP client now, and rustls needs its provider first.
         install_tls_provider();
@@ -247,7 +258,7 @@ fn parse_spec(spec: &str, client_id: Option<&str>) -> Result<(Url, Auth), StoreE
                 ..Default::default()
             },
         ))
-        .map_err(|e| config_error(format!("managed identity unavailable: {e}")))?;
+        .map_err(|e| config_error_from("managed identity unavailable".into(), e))?;
         return Ok((
             url,
             Auth::ManagedIdentity {
@@ -294,7 +305,7 @@ fn parse_spec(spec: &str, client_id: Option<&str>) -> Result<(Url, Auth), StoreE
         }
     };
     let url = Url::parse(&endpoint)
-        .map_err(|e| config_error(format!("BlobEndpoint {endpoint} is not a URL: {e}")))?;
+        .map_err(|e| config_error_from(format!("BlobEndpoint {endpoint} is not a URL"), e))?;
     Ok((url, Auth::Key { account, key }))
 }
 
@@ -304,7 +315,7 @@ fn make_client(
 ) -> Result<(Arc<BlobContainerClient>, Option<SystemTime>), StoreError> {
     install_tls_provider();
     let fail = |e: azure_core::Error| {
-        config_error(format!("cannot create a client for {container_url}: {e}"))
+        config_error_from(format!("cannot create a client for {container_url}"), e)
     };
     match auth {
         Auth::Key { account, key } => {
@@ -388,8 +399,8 @@ impl BlobStore for AzureStore {
     fn open(&self, key: &str) -> Result<Box<dyn Read + Send>, StoreError> {
         check_key(key)?;
         let blob = self.client()?.blob_client(key);
-        let response =
-            block_on(async move { blob.download(None).await }).map_err(|e| self.error(key, e))?;
+        let response = block_on(async move { blob.download(None).await })
+            .map_err(|e| self.error("reading", key, e))?;
         let (tx, rx) = std::sync::mpsc::sync_channel(8);
         runtime().spawn(async move {
             let mut body = response.body;
@@ -414,14 +425,13 @@ impl BlobStore for AzureStore {
         // The SDK uploads large content as staged blocks and commits them at once.
         block_on(async move { blob.upload(content, None).await })
             .map(drop)
-            .map_err(|e| self.error(key, e))
+            .map_err(|e| self.error("writing", key, e))
     }
 
     fn put_file(&self, key: &str, path: &Path) -> Result<(), StoreError> {
-        let bytes = std::fs::read(path).map_err(|e| StoreError::Io {
-            store: path.display().to_string(),
-            key: key.into(),
-            reason: format!("cannot read {}: {e}", path.display()),
+        let bytes = std::fs::read(path).map_err(|e| StoreError::LocalFile {
+            path: path.to_owned(),
+            source: e,
         })?;
         self.put(key, &bytes)
     }
@@ -429,7 +439,7 @@ impl BlobStore for AzureStore {
     fn exists(&self, key: &str) -> Result<bool, StoreError> {
         check_key(key)?;
         let blob = self.client()?.blob_client(key);
-        block_on(async move { blob.exists().await }).map_err(|e| self.error(key, e))
+        block_on(async move { blob.exists().await }).map_err(|e| self.error("looking for", key, e))
     }
 
     fn list_pages(
@@ -482,7 +492,7 @@ impl BlobStore for AzureStore {
         // The service lists in name order; a page is sorted all the same, as the contract
         // says, whatever an emulator does.
         for page in rx {
-            let mut page = page.map_err(|e| self.error(prefix, e))?;
+            let mut page = page.map_err(|e| self.error("listing", prefix, e))?;
             page.sort();
             if each(page)?.is_break() {
                 break; // dropping the receiver stops the listing
@@ -497,7 +507,7 @@ impl BlobStore for AzureStore {
         match block_on(async move { blob.delete(None).await }) {
             Ok(_) => Ok(()),
             Err(e) if e.http_status() == Some(StatusCode::NotFound) => Ok(()),
-            Err(e) => Err(self.error(key, e)),
+            Err(e) => Err(self.error("deleting", key, e)),
         }
     }
 
@@ -508,7 +518,7 @@ impl BlobStore for AzureStore {
         let content = RequestContent::from(bytes.to_vec());
         block_on(async move { blob.stage_block(&id, length, content, None).await })
             .map(drop)
-            .map_err(|e| self.error(key, e))
+            .map_err(|e| self.error("staging a block of", key, e))
     }
 
     fn commit_blocks(&self, key: &str, blocks: &[u32]) -> Result<(), StoreError> {
@@ -520,7 +530,7 @@ impl BlobStore for AzureStore {
         };
         block_on(async move { blob.commit_block_list(list.try_into()?, None).await })
             .map(drop)
-            .map_err(|e| self.error(key, e))
+            .map_err(|e| self.error("committing the blocks of", key, e))
     }
 
     fn discard_blocks(&self, _key: &str) -> Result<(), StoreError> {

@@ -13,8 +13,12 @@ use std::io::Read;
 use std::ops::ControlFlow;
 use std::path::Path;
 
+/// A cause kept with a [`StoreError`]: an `io::Error`, the Azure SDK's error, a parse error.
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Why a store operation failed. Each message names the store and the blob; [`StoreError::kind`]
-/// says what a caller can do about it.
+/// says what a caller can do about it, and the cause (an `io::Error`, the SDK's error) is kept
+/// as the error's source, never flattened into its message.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The blob is not there.
@@ -36,19 +40,28 @@ pub enum StoreError {
         location: String,
     },
     /// The store refused access to the blob.
-    #[error("{store}: access denied to {key}: {reason}")]
+    #[error("{store}: access denied to {key}{hint}")]
     Denied {
         /// The store, as [`BlobStore::describe`] says it.
         store: String,
         /// The blob's name.
         key: String,
+        /// What to check, where the store knows (empty, or starting with `; `).
+        hint: &'static str,
         /// What the store said.
-        reason: String,
+        #[source]
+        source: Cause,
     },
     /// The store is not configured so that it can be opened (no store given, a connection
     /// string that does not parse, a container name Azure would refuse).
-    #[error("{0}")]
-    Config(String),
+    #[error("{message}")]
+    Config {
+        /// What is wrong, and what to do.
+        message: String,
+        /// What failed underneath, if anything did.
+        #[source]
+        source: Option<Cause>,
+    },
     /// A name that is in the store but is no blob: a FIFO, socket or device in a local
     /// store (reading a FIFO would wait for a writer forever).
     #[error("{store}: {key} is not a regular file")]
@@ -59,14 +72,55 @@ pub enum StoreError {
         key: String,
     },
     /// The store failed or could not be reached.
-    #[error("{store}: {key}: {reason}")]
+    #[error("{store}: {operation} {key} failed")]
     Io {
+        /// The store, as [`BlobStore::describe`] says it.
+        store: String,
+        /// What was being done: `reading`, `writing`, `listing`, ...
+        operation: &'static str,
+        /// The blob's name.
+        key: String,
+        /// What failed.
+        #[source]
+        source: Cause,
+    },
+    /// The store cannot keep what it is given, and will not until a person acts: the disk is
+    /// full or read-only, or a path the store needs as a directory is a file.
+    #[error("{store}: {operation} {key} failed, and will until the store is mended")]
+    Persistent {
+        /// The store, as [`BlobStore::describe`] says it.
+        store: String,
+        /// What was being done.
+        operation: &'static str,
+        /// The blob's name.
+        key: String,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A local file to upload cannot be read.
+    #[error("cannot read {}", path.display())]
+    LocalFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A blob that was read whole but does not hold what its name says it holds (a job's plan
+    /// that is not JSON, a stored partition that does not decode). Reading it again gives the
+    /// same bytes: no retry mends it.
+    #[error("{store}: {what} {key} cannot be read")]
+    Corrupt {
         /// The store, as [`BlobStore::describe`] says it.
         store: String,
         /// The blob's name.
         key: String,
-        /// What failed.
-        reason: String,
+        /// What it should hold: `job plan`, `stored partition`, ...
+        what: &'static str,
+        /// Why it does not parse.
+        #[source]
+        source: Cause,
     },
     /// A blob name that could reach outside the container or mean different things to the
     /// two stores (see [`check_key`]).
@@ -85,11 +139,21 @@ pub enum ErrorKind {
     /// This one blob cannot be used: its name is refused, access to it is denied, or it is
     /// no regular blob. Other blobs may be fine; retrying this one changes nothing.
     Blob,
-    /// The store as set up: a missing container or a configuration that cannot work. Nothing
-    /// succeeds until a person fixes it.
+    /// The blob was read, and its content is not what it should be. Retrying changes
+    /// nothing; what depends on it cannot go on.
+    Corrupt,
+    /// The store as set up: a missing container, a configuration that cannot work, a disk
+    /// that is full. Nothing succeeds until a person fixes it.
     Setup,
     /// The store failed or could not be reached: the same call may succeed later.
     Transient,
+}
+
+impl ErrorKind {
+    /// Whether the same call may succeed later: the only kind a retry loop waits on.
+    pub fn is_transient(self) -> bool {
+        self == ErrorKind::Transient
+    }
 }
 
 impl StoreError {
@@ -100,7 +164,11 @@ impl StoreError {
             StoreError::Denied { .. } | StoreError::NotABlob { .. } | StoreError::BadKey(_) => {
                 ErrorKind::Blob
             }
-            StoreError::NoContainer { .. } | StoreError::Config(_) => ErrorKind::Setup,
+            StoreError::Corrupt { .. } => ErrorKind::Corrupt,
+            StoreError::NoContainer { .. }
+            | StoreError::Config { .. }
+            | StoreError::Persistent { .. }
+            | StoreError::LocalFile { .. } => ErrorKind::Setup,
             StoreError::Io { .. } => ErrorKind::Transient,
         }
     }
@@ -108,6 +176,63 @@ impl StoreError {
     /// Whether the blob is not there.
     pub fn is_not_found(&self) -> bool {
         self.kind() == ErrorKind::NotFound
+    }
+
+    /// A configuration that cannot work, said in `message` alone.
+    pub fn config(message: impl Into<String>) -> Self {
+        StoreError::Config {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Blob `key` of `store` read whole, but not `what` it should hold, for `source`.
+    pub fn corrupt(
+        store: &dyn BlobStore,
+        key: &str,
+        what: &'static str,
+        source: impl Into<Cause>,
+    ) -> Self {
+        StoreError::Corrupt {
+            store: store.describe(),
+            key: key.to_owned(),
+            what,
+            source: source.into(),
+        }
+    }
+
+    /// An `io::Error` of the local file system met while `operation` on `key` of `store`, by
+    /// its kind: not found, denied, persistent (a full or read-only disk, a file where a
+    /// directory must be), or else transient.
+    pub fn from_io(store: String, operation: &'static str, key: &str, e: std::io::Error) -> Self {
+        use std::io::ErrorKind as Io;
+        let key = key.to_owned();
+        match e.kind() {
+            Io::NotFound => StoreError::NotFound { store, key },
+            Io::PermissionDenied => StoreError::Denied {
+                store,
+                key,
+                hint: "",
+                source: e.into(),
+            },
+            Io::StorageFull
+            | Io::ReadOnlyFilesystem
+            | Io::NotADirectory
+            | Io::IsADirectory
+            | Io::QuotaExceeded
+            | Io::FileTooLarge => StoreError::Persistent {
+                store,
+                operation,
+                key,
+                source: e,
+            },
+            _ => StoreError::Io {
+                store,
+                operation,
+                key,
+                source: e.into(),
+            },
+        }
     }
 }
 
@@ -118,11 +243,7 @@ pub trait BlobStore: Send + Sync + Debug {
         let mut bytes = Vec::new();
         self.open(key)?
             .read_to_end(&mut bytes)
-            .map_err(|e| StoreError::Io {
-                store: self.describe(),
-                key: key.into(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| StoreError::from_io(self.describe(), "reading", key, e))?;
         Ok(bytes)
     }
 
@@ -287,28 +408,39 @@ mod tests {
     #[test]
     fn each_error_has_the_kind_a_retry_policy_reads() {
         let (store, key) = (String::from("s"), String::from("k"));
-        let io = StoreError::Io {
-            store: store.clone(),
-            key: key.clone(),
-            reason: "connection reset".into(),
-        };
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let io = StoreError::from_io(store.clone(), "reading", &key, reset);
         assert_eq!(io.kind(), ErrorKind::Transient);
+        // The cause is kept, not flattened into the message.
+        assert_eq!(io.to_string(), "s: reading k failed");
+        let cause = std::error::Error::source(&io).expect("the io::Error is its source");
+        assert_eq!(cause.to_string(), "connection reset");
+        for persistent in [
+            std::io::ErrorKind::StorageFull,
+            std::io::ErrorKind::NotADirectory,
+            std::io::ErrorKind::ReadOnlyFilesystem,
+        ] {
+            let e = StoreError::from_io(store.clone(), "writing", &key, persistent.into());
+            assert_eq!(e.kind(), ErrorKind::Setup, "{persistent:?}");
+        }
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let denied = StoreError::from_io(store.clone(), "reading", &key, denied);
+        assert_eq!(denied.kind(), ErrorKind::Blob);
         let gone = StoreError::NotFound {
             store: store.clone(),
             key: key.clone(),
         };
         assert!(gone.is_not_found());
-        let denied = StoreError::Denied {
+        assert_eq!(StoreError::BadKey("../x".into()).kind(), ErrorKind::Blob);
+        assert_eq!(StoreError::config("no store").kind(), ErrorKind::Setup);
+        let corrupt = StoreError::Corrupt {
             store,
             key,
-            reason: "403".into(),
+            what: "job plan",
+            source: "expected value at line 1 column 1".into(),
         };
-        assert_eq!(denied.kind(), ErrorKind::Blob);
-        assert_eq!(StoreError::BadKey("../x".into()).kind(), ErrorKind::Blob);
-        assert_eq!(
-            StoreError::Config("no store".into()).kind(),
-            ErrorKind::Setup
-        );
+        assert_eq!(corrupt.kind(), ErrorKind::Corrupt);
+        assert!(!corrupt.kind().is_transient());
     }
 
     #[test]
@@ -399,7 +531,10 @@ impl StoreArgs {
         let args = self.clone();
         tokio::task::spawn_blocking(move || args.open(create))
             .await
-            .map_err(|e| StoreError::Config(format!("opening the store failed: {e}")))?
+            .map_err(|e| StoreError::Config {
+                message: "opening the store failed".into(),
+                source: Some(e.into()),
+            })?
     }
 
     /// Opens the container; with `create`, makes it if it does not exist. Blocking (it may
@@ -410,10 +545,9 @@ impl StoreArgs {
             .as_deref()
             .or(self.connection_string.as_deref())
             .ok_or_else(|| {
-                StoreError::Config(
+                StoreError::config(
                     "no store given: pass --store DIR for a local store, or an Azure connection \
-                 string (--store or AZURE_STORAGE_CONNECTION_STRING)"
-                        .into(),
+                     string (--store or AZURE_STORAGE_CONNECTION_STRING)",
                 )
             })?;
         if azure::is_azure(spec) {

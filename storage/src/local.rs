@@ -18,10 +18,8 @@ impl LocalStore {
     /// The container `container` under `root`, created if missing.
     pub fn create(root: &Path, container: &str) -> Result<Self, StoreError> {
         let dir = Self::container_dir(root, container)?;
-        fs::create_dir_all(&dir).map_err(|e| StoreError::Io {
-            store: dir.display().to_string(),
-            key: String::new(),
-            reason: e.to_string(),
+        fs::create_dir_all(&dir).map_err(|e| {
+            StoreError::from_io(dir.display().to_string(), "creating", "the container", e)
         })?;
         Ok(Self { dir })
     }
@@ -41,7 +39,7 @@ impl LocalStore {
     /// The directory of `container` under `root`: a name Azure accepts, which never reaches
     /// outside the root.
     fn container_dir(root: &Path, container: &str) -> Result<PathBuf, StoreError> {
-        check_container(container).map_err(StoreError::Config)?;
+        check_container(container).map_err(StoreError::config)?;
         Ok(root.join(container))
     }
 
@@ -66,16 +64,16 @@ impl LocalStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(ControlFlow::Continue(()));
             }
-            Err(e) => return Err(self.io(prefix, e)),
+            Err(e) => return Err(self.io("listing", prefix, e)),
         };
         let mut children = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|e| self.io(prefix, e))?;
+            let entry = entry.map_err(|e| self.io("listing", prefix, e))?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') {
                 continue; // writes in progress, and staged blocks
             }
-            let metadata = fs::metadata(entry.path()).map_err(|e| self.io(prefix, e))?;
+            let metadata = fs::metadata(entry.path()).map_err(|e| self.io("listing", prefix, e))?;
             if metadata.is_dir() {
                 children.push((format!("{dir}{name}/"), None));
             } else if metadata.is_file() {
@@ -117,23 +115,8 @@ impl LocalStore {
         Ok(self.dir.join(".blocks").join(key))
     }
 
-    fn io(&self, key: &str, e: std::io::Error) -> StoreError {
-        match e.kind() {
-            std::io::ErrorKind::NotFound => StoreError::NotFound {
-                store: self.describe(),
-                key: key.into(),
-            },
-            std::io::ErrorKind::PermissionDenied => StoreError::Denied {
-                store: self.describe(),
-                key: key.into(),
-                reason: e.to_string(),
-            },
-            _ => StoreError::Io {
-                store: self.describe(),
-                key: key.into(),
-                reason: e.to_string(),
-            },
-        }
+    fn io(&self, operation: &'static str, key: &str, e: std::io::Error) -> StoreError {
+        StoreError::from_io(self.describe(), operation, key, e)
     }
 
     /// Writes through a temporary file and renames it, so a crash never leaves half a blob.
@@ -144,7 +127,7 @@ impl LocalStore {
     ) -> Result<(), StoreError> {
         let path = self.path(key)?;
         let parent = path.parent().expect("keys are relative to the container");
-        fs::create_dir_all(parent).map_err(|e| self.io(key, e))?;
+        fs::create_dir_all(parent).map_err(|e| self.io("writing", key, e))?;
         // Short whatever the blob's name (a 255-byte name is the file system's limit), and
         // unique among this process's writes; hidden, so listings leave it out.
         static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -162,7 +145,7 @@ impl LocalStore {
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
-        result.map_err(|e| self.io(key, e))
+        result.map_err(|e| self.io("writing", key, e))
     }
 }
 
@@ -170,14 +153,14 @@ impl BlobStore for LocalStore {
     fn open(&self, key: &str) -> Result<Box<dyn Read + Send>, StoreError> {
         let path = self.path(key)?;
         // Only regular files are blobs: opening a FIFO would wait for a writer forever.
-        let metadata = fs::metadata(&path).map_err(|e| self.io(key, e))?;
+        let metadata = fs::metadata(&path).map_err(|e| self.io("reading", key, e))?;
         if !metadata.is_file() {
             return Err(StoreError::NotABlob {
                 store: self.describe(),
                 key: key.into(),
             });
         }
-        let file = fs::File::open(&path).map_err(|e| self.io(key, e))?;
+        let file = fs::File::open(&path).map_err(|e| self.io("reading", key, e))?;
         Ok(Box::new(file))
     }
 
@@ -186,10 +169,9 @@ impl BlobStore for LocalStore {
     }
 
     fn put_file(&self, key: &str, source: &Path) -> Result<(), StoreError> {
-        let mut input = fs::File::open(source).map_err(|e| StoreError::Io {
-            store: source.display().to_string(),
-            key: key.into(),
-            reason: format!("cannot read {}: {e}", source.display()),
+        let mut input = fs::File::open(source).map_err(|e| StoreError::LocalFile {
+            path: source.to_owned(),
+            source: e,
         })?;
         self.write_atomically(key, |file| std::io::copy(&mut input, file).map(drop))
     }
@@ -218,14 +200,14 @@ impl BlobStore for LocalStore {
 
     fn delete(&self, key: &str) -> Result<(), StoreError> {
         match fs::remove_file(self.path(key)?) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(self.io(key, e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(self.io("deleting", key, e)),
             _ => Ok(()),
         }
     }
 
     fn stage_block(&self, key: &str, block: u32, bytes: &[u8]) -> Result<(), StoreError> {
         let dir = self.blocks_dir(key)?;
-        fs::create_dir_all(&dir).map_err(|e| self.io(key, e))?;
+        fs::create_dir_all(&dir).map_err(|e| self.io("staging a block of", key, e))?;
         let path = dir.join(format!("{block:010}"));
         let tmp = dir.join(format!("{block:010}.{}.tmp", std::process::id()));
         let result = (|| {
@@ -237,15 +219,16 @@ impl BlobStore for LocalStore {
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
-        result.map_err(|e| self.io(key, e))
+        result.map_err(|e| self.io("staging a block of", key, e))
     }
 
     fn commit_blocks(&self, key: &str, blocks: &[u32]) -> Result<(), StoreError> {
         let dir = self.blocks_dir(key)?;
         let missing = |block: u32| StoreError::Io {
             store: self.describe(),
+            operation: "committing the blocks of",
             key: key.into(),
-            reason: format!("block {block} was never staged"),
+            source: format!("block {block} was never staged").into(),
         };
         self.write_atomically(key, |file| {
             for &block in blocks {
@@ -266,7 +249,9 @@ impl BlobStore for LocalStore {
     fn discard_blocks(&self, key: &str) -> Result<(), StoreError> {
         let dir = self.blocks_dir(key)?;
         match fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(self.io(key, e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(self.io("discarding the blocks of", key, e));
+            }
             _ => {}
         }
         // The folders above it too, as far as they are empty: one per job otherwise stays.

@@ -130,7 +130,8 @@ fn a_failing_command_says_what_went_wrong_each_cause_once() {
                 "--tarball",
                 "/nonexistent.tar.gz",
             ],
-            "Error: cannot read /nonexistent.tar.gz: No such file or directory (os error 2)\n",
+            "Error: cannot read /nonexistent.tar.gz\n\nCaused by:\n    No such file or directory \
+             (os error 2)\n",
         ),
         (
             &["--container", "ctr", "--embedded"],
@@ -163,5 +164,114 @@ fn a_failing_command_says_what_went_wrong_each_cause_once() {
     ];
     for (args, expected) in cases {
         assert_eq!(producer_error(args, &store), expected, "producer {args:?}");
+    }
+}
+
+/// Each flag a `--help` of `name args` lists (`--store`), with the environment variable it
+/// falls back to, if any; `--help` and `--version` left out.
+fn flags_in_help(name: &str, args: &[&str]) -> Vec<(String, Option<String>)> {
+    let text = help(name, args);
+    let mut flags: Vec<(String, Option<String>)> = Vec::new();
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        // A flag's own line starts with it, indented less than its prose (`      --store
+        // <DIR>`, `  -o, --output <OUTPUT>`); the prose may name other flags, and does not
+        // count.
+        let indent = line.len() - trimmed.len();
+        let flag = match trimmed.split_once("--") {
+            Some((short, rest)) if indent <= 6 && (short.is_empty() || short.len() == 4) => {
+                rest.split([' ', '<']).next().map(|f| format!("--{f}"))
+            }
+            _ => None,
+        };
+        if let Some(flag) = flag.filter(|f| f != "--help" && f != "--version") {
+            flags.push((flag, None));
+        } else if let Some(env) = trimmed.strip_prefix("[env: ")
+            && let Some(last) = flags.last_mut()
+        {
+            let env = env.trim_end_matches(']');
+            last.1 = Some(env.split('=').next().unwrap_or(env).to_owned());
+        }
+    }
+    flags
+}
+
+/// The flags the README's option tables (the rows of its "Options" section) name, each with
+/// the environment variables its rows give.
+fn flags_in_readme() -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"),
+    )
+    .unwrap();
+    let options = readme
+        .split_once("\n### Options\n")
+        .expect("the README has an Options section")
+        .1;
+    let options = options.split("\n## ").next().unwrap();
+    let options = options.split("\n### ").next().unwrap();
+    let mut flags: std::collections::BTreeMap<_, std::collections::BTreeSet<String>> =
+        Default::default();
+    for row in options.lines().filter(|l| l.starts_with("| `--")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).skip(1).collect();
+        let ticked = |cell: &str| -> Vec<String> {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_owned)
+                .collect()
+        };
+        let envs = ticked(cells.get(1).copied().unwrap_or_default());
+        for flag in ticked(cells[0]) {
+            flags.entry(flag).or_default().extend(envs.iter().cloned());
+        }
+    }
+    flags
+}
+
+/// The README's option tables and the binaries' `--help` list the same flags, with the same
+/// environment variables: a flag added to a binary is documented, and a documented flag exists.
+#[test]
+fn the_readme_lists_every_flag_of_every_binary_and_no_other() {
+    let mut in_help: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        Default::default();
+    let binaries: [(&str, &[&str]); 8] = [
+        ("producer", &["--help"]),
+        ("producer", &["stage", "--help"]),
+        ("producer", &["convert", "--help"]),
+        ("producer", &["status", "--help"]),
+        ("producer", &["cancel", "--help"]),
+        ("producer", &["retry", "--help"]),
+        ("worker", &["--help"]),
+        ("collector", &["--help"]),
+    ];
+    for (name, args) in binaries {
+        for (flag, env) in flags_in_help(name, args) {
+            in_help.entry(flag).or_default().extend(env);
+        }
+    }
+    // What this test reads of help, it reads right.
+    assert!(
+        in_help["--store"].contains("FLEET_STORE") && in_help.contains_key("--output"),
+        "{in_help:?}"
+    );
+    let in_readme = flags_in_readme();
+    let undocumented: Vec<&String> = in_help
+        .keys()
+        .filter(|f| !in_readme.contains_key(*f))
+        .collect();
+    let unknown: Vec<&String> = in_readme
+        .keys()
+        .filter(|f| !in_help.contains_key(*f))
+        .collect();
+    assert!(
+        undocumented.is_empty() && unknown.is_empty(),
+        "flags in --help but not in the README's options: {undocumented:?}; in the README but \
+         in no --help: {unknown:?}"
+    );
+    for (flag, envs) in &in_help {
+        assert_eq!(
+            envs, &in_readme[flag],
+            "{flag}: --help and the README name other environment variables"
+        );
     }
 }

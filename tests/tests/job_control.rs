@@ -169,8 +169,9 @@ fn digits_with_outage(root: &std::path::Path, outage: Arc<AtomicBool>) -> Arc<dy
             (outage.load(Ordering::SeqCst) && call == StoreCall::Open && key == "mnist/digit_3.png")
                 .then(|| StoreError::Io {
                     store: local.clone(),
+                    operation: "reading",
                     key: key.into(),
-                    reason: "injected outage of this blob".into(),
+                    source: "injected outage of this blob".into(),
                 })
         }),
     })
@@ -275,8 +276,11 @@ fn a_stuck_job_retried_after_the_fix_completes_whole() {
         error.contains(&format!("`producer retry {id} --embedded`")),
         "{error}"
     );
-    let status = producer::status::one(store.as_ref(), &id).unwrap().unwrap();
-    assert_eq!(status.state_name(), "stuck", "{status:?}");
+    let status = fleet_ledger::Ledger::new(store.as_ref(), &id)
+        .standing()
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.state.name(), "stuck", "{status:?}");
     // Every other partition was scored before the job stopped: a retry has one to score.
     assert_eq!(status.stored, 5, "{status:?}");
 

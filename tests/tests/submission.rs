@@ -106,8 +106,8 @@ impl Broker for FaultyBroker {
                     .await
                     .unwrap();
             }
-            return Err(BrokerError::Lost(format!(
-                "injected failure at {:?}",
+            return Err(BrokerError::lost(format!(
+                ": injected failure at {:?}",
                 self.step
             )));
         }
@@ -173,14 +173,17 @@ fn a_failure_at_any_submission_step_cancels_the_job_and_writes_no_results() {
                 }
                 Some(StoreError::Io {
                     store: inner.describe(),
+                    operation: "writing",
                     key: key.into(),
-                    reason: "injected failure".into(),
+                    source: "injected failure".into(),
                 })
             }),
         });
         let mut published = 0;
         let outcome = runtime.block_on(submit(&broker, store, &options, &job, |_| published += 1));
-        let error = outcome.expect_err("the submission fails").to_string();
+        let error = outcome.expect_err("the submission fails");
+        // The reason recorded is the error with its causes, as one line.
+        let error = fleet_service::errors::chain(&error);
         assert!(
             published > 0,
             "{step:?}: the failure came before any publish"

@@ -20,8 +20,9 @@ use std::time::{Duration, Instant};
 
 use fleet_broker::{Broker, BrokerError, Consumer, Delivery, Queue, settled};
 use fleet_inference::InferenceOptions;
-use fleet_protocol::job;
+use fleet_ledger::Ledger;
 use fleet_protocol::message::{self, Partition, ResultMessage, Scored};
+use fleet_service::errors::Chain;
 use fleet_service::metrics::metrics;
 use fleet_service::ops::{Busy, health};
 use fleet_service::shutdown::Shutdown;
@@ -70,7 +71,8 @@ pub enum WorkerError {
     /// A task of the worker panicked or was cancelled.
     #[error("a scoring task failed")]
     Task(#[from] tokio::task::JoinError),
-    /// This host cannot run models (no ONNX Runtime, no GPU where one was asked for).
+    /// This host cannot run models (no ONNX Runtime, no GPU where one was asked for): the
+    /// reason, with its causes.
     #[error(
         "this worker cannot score on this host, and stopped (partitions stay in the queue for other workers): {0}"
     )]
@@ -106,7 +108,7 @@ pub async fn run<B: Broker>(
 ) -> Result<WorkerReport, WorkerError> {
     // A host that cannot score stops before it takes a partition.
     let provider = fleet_inference::Scorer::check_host(&options.inference)
-        .map_err(|e| WorkerError::Host(e.to_string()))?;
+        .map_err(|e| WorkerError::Host(Chain(&e).to_string()))?;
     tracing::info!(provider, "this host can score");
     let partitions_per_call = usize::from(options.partitions_per_call.max(1));
     // One batch the model runs and one gathering: both held unacknowledged.
@@ -285,8 +287,9 @@ impl<B: Broker> Settler<B> {
         {
             Ok(partition) => partition,
             Err(e) => {
-                tracing::error!(error = %e, "poison message on the partitions queue: dead-lettering it");
-                settled(delivery.dead_letter(&e.to_string()).await)?;
+                let reason = Chain(&e).to_string();
+                tracing::error!(%reason, "poison message on the partitions queue: dead-lettering it");
+                settled(delivery.dead_letter(&reason).await)?;
                 self.report.dead_lettered += 1;
                 metrics().dead_letters.add(1);
                 return Ok(None);
@@ -327,8 +330,10 @@ impl<B: Broker> Settler<B> {
         if self.live.get(job).is_some_and(|at| at.elapsed() < RECHECK) {
             return false;
         }
-        let (store, key) = (self.notes.clone(), job::cancelled_key(job));
-        match tokio::task::spawn_blocking(move || store.exists(&key)).await {
+        let (store, owned) = (self.notes.clone(), job.to_owned());
+        let asked =
+            tokio::task::spawn_blocking(move || Ledger::new(store.as_ref(), &owned).is_cancelled());
+        match asked.await {
             Ok(Ok(true)) => {
                 tracing::info!(%job, "job cancelled: its partitions are dropped unscored");
                 self.cancelled.insert(job.to_owned());
@@ -340,11 +345,11 @@ impl<B: Broker> Settler<B> {
             }
             // Unknown: score it. A cancelled job's scores are dropped by the collector.
             Ok(Err(e)) => {
-                tracing::warn!(%job, error = %e, "cannot tell whether the job is cancelled; scoring its partition");
+                tracing::warn!(%job, error = %Chain(&e), "cannot tell whether the job is cancelled; scoring its partition");
                 false
             }
             Err(e) => {
-                tracing::warn!(%job, error = %e, "cannot tell whether the job is cancelled; scoring its partition");
+                tracing::warn!(%job, error = %Chain(&e), "cannot tell whether the job is cancelled; scoring its partition");
                 false
             }
         }
@@ -478,19 +483,18 @@ impl<B: Broker> Settler<B> {
 /// Notes in the container that partition `number` of `job` is dead-lettered, and why, for
 /// `producer --wait`. Best effort: the dead-letter queue keeps the partition either way.
 async fn note_dead_letter(store: &Arc<dyn BlobStore>, job: &str, number: u32, reason: &str) {
-    let (store, key, reason) = (
-        store.clone(),
-        job::dead_letter_key(job, number),
-        reason.to_owned(),
-    );
-    let noted = tokio::task::spawn_blocking(move || store.put(&key, reason.as_bytes())).await;
+    let (store, owned, reason) = (store.clone(), job.to_owned(), reason.to_owned());
+    let noted = tokio::task::spawn_blocking(move || {
+        Ledger::new(store.as_ref(), &owned).note_dead_letter(number, &reason)
+    })
+    .await;
     match noted {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            tracing::warn!(%job, partition = number, error = %e, "could not note the dead letter in the container")
+            tracing::warn!(%job, partition = number, error = %Chain(&e), "could not note the dead letter in the container")
         }
         Err(e) => {
-            tracing::warn!(%job, partition = number, error = %e, "could not note the dead letter in the container")
+            tracing::warn!(%job, partition = number, error = %Chain(&e), "could not note the dead letter in the container")
         }
     }
 }
@@ -563,7 +567,9 @@ mod tests {
             dead[0].reason
         );
         // Untried: a try would have failed on the missing model and said so instead.
-        let note = store.get(&job::dead_letter_key("job-1", 3)).unwrap();
+        let note = store
+            .get(&fleet_protocol::job::dead_letter_key("job-1", 3))
+            .unwrap();
         assert_eq!(String::from_utf8(note).unwrap(), dead[0].reason);
     }
 }

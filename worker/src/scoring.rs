@@ -19,6 +19,7 @@ use fleet_protocol::gallery;
 use fleet_protocol::job::{self, now_ms};
 use fleet_protocol::message::{Images, Partition, Score, Scored, Thumbnail};
 use fleet_service::concurrent;
+use fleet_service::errors::chain;
 use fleet_spec::{ModelSpec, Outputs, sha256_hex};
 use fleet_storage::{BlobStore, ErrorKind};
 
@@ -56,7 +57,9 @@ pub struct ImageOptions {
     pub max_jpeg_scans: u32,
 }
 
-/// Why a partition was not scored.
+/// Why a partition was not scored. Each holds the reason as it travels (a dead-letter note,
+/// the error cell of the partition's rows): the error and its causes, written once
+/// ([`fleet_service::errors::Chain`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum ScoreError {
     /// Will fail every time (the model is missing or unusable, the partition is invalid for
@@ -457,7 +460,7 @@ pub fn score_together(batch: Vec<Prepared>, worker: &str) -> Vec<Result<Scored, 
                 );
                 Ok(())
             })
-            .map_err(|e: InferenceError| ScoreError::Transient(e.to_string()));
+            .map_err(|e: InferenceError| ScoreError::Transient(chain(&e)));
         lock(&model.spare).values.push(input);
         result
     } else {
@@ -512,15 +515,18 @@ fn load(
 ) -> Result<Loaded, ScoreError> {
     let fetch = |key: &str| {
         store.get(key).map_err(|e| match e.kind() {
-            ErrorKind::Transient => ScoreError::Transient(e.to_string()),
-            ErrorKind::NotFound | ErrorKind::Blob | ErrorKind::Setup => ScoreError::Permanent(
-                format!("model {model}: {e}; stage it with `producer stage`"),
-            ),
+            ErrorKind::Transient => ScoreError::Transient(chain(&e)),
+            ErrorKind::NotFound | ErrorKind::Blob | ErrorKind::Corrupt | ErrorKind::Setup => {
+                ScoreError::Permanent(format!(
+                    "model {model}: {}; stage it with `producer stage`",
+                    chain(&e)
+                ))
+            }
         })
     };
     let spec_key = job::spec_key(model);
     let mut spec = ModelSpec::from_json(&fetch(&spec_key)?, &spec_key)
-        .map_err(|e| ScoreError::Permanent(e.to_string()))?;
+        .map_err(|e| ScoreError::Permanent(chain(&e)))?;
     // Scores name classes by index: a worker holds no names (a million of them are ~50 MB).
     (spec.classes, spec.class_ids) = (None, None);
     let onnx = fetch(&job::model_key(model))?;
@@ -531,8 +537,8 @@ fn load(
         )));
     }
     let mean = spec.mean_image_key().map(fetch).transpose()?;
-    let preprocessor = Preprocessor::new(&spec, mean.as_deref())
-        .map_err(|e| ScoreError::Permanent(e.to_string()))?;
+    let preprocessor =
+        Preprocessor::new(&spec, mean.as_deref()).map_err(|e| ScoreError::Permanent(chain(&e)))?;
     // The spec's size (what a model that leaves it free is fed, and what one that fixes it
     // must agree with) and its choice of output.
     let fit = Fit {
@@ -543,9 +549,9 @@ fn load(
         output: spec.output.clone(),
     };
     let scorer = Scorer::load_fitted(&onnx, model, options, &fit).map_err(|e| match e {
-        InferenceError::Host(reason) => ScoreError::Host(reason),
-        InferenceError::Run(reason) => ScoreError::Transient(reason),
-        other => ScoreError::Permanent(other.to_string()),
+        InferenceError::Host { .. } => ScoreError::Host(chain(&e)),
+        InferenceError::Run { .. } => ScoreError::Transient(chain(&e)),
+        _ => ScoreError::Permanent(chain(&e)),
     })?;
     let signature = scorer.signature();
     let expected = (
@@ -684,9 +690,7 @@ fn read_images(
                             .hold(decoding_bytes(bytes).unwrap_or(u64::MAX))
                     });
                     let decoded = bytes.and_then(|bytes| {
-                        preprocessor
-                            .decode(&bytes, limits)
-                            .map_err(|e| e.to_string())
+                        preprocessor.decode(&bytes, limits).map_err(|e| chain(&e))
                     });
                     // The thumbnail is made now, while the pixels are at hand; which ones the
                     // report wants is known only once the partition is scored.
@@ -712,7 +716,7 @@ fn read_images(
     }
 }
 
-/// Why a blob was not read.
+/// Why a blob was not read, as the reason travels (see [`ScoreError`]).
 enum Fetch {
     /// The image's own fault: missing, too large.
     Image(String),
@@ -725,8 +729,8 @@ fn fetch(store: &dyn BlobStore, key: &str, max_bytes: u64) -> Result<Vec<u8>, Fe
     let reader = store.open(key).map_err(|e| match e.kind() {
         ErrorKind::NotFound => Fetch::Image("the blob no longer exists".into()),
         // This blob, not the store: the others are read, and retrying changes nothing.
-        ErrorKind::Blob => Fetch::Image(e.to_string()),
-        ErrorKind::Setup | ErrorKind::Transient => Fetch::Store(e.to_string()),
+        ErrorKind::Blob | ErrorKind::Corrupt => Fetch::Image(chain(&e)),
+        ErrorKind::Setup | ErrorKind::Transient => Fetch::Store(chain(&e)),
     })?;
     let mut bytes = Vec::new();
     reader

@@ -1,0 +1,204 @@
+//! `producer` without a subcommand: submit a job and, embedded or with `--wait`, see it to its
+//! end; and what every command that runs a job prints once it is over.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_broker::BrokerError;
+use fleet_broker::amqp::{AmqpArgs, AmqpBroker};
+use fleet_protocol::Summary;
+use fleet_protocol::job::{self, Manifest};
+use fleet_storage::{BlobStore, StoreArgs, StoreError};
+use indicatif::{ProgressBar, ProgressStyle};
+use worker::WorkerOptions;
+
+use crate::embedded::{EmbeddedError, EmbeddedRun};
+use crate::follow::FollowError;
+use crate::retry::RetryError;
+use crate::submit::{SubmitError, SubmitOptions};
+
+/// A job, and where it runs: `producer` without a subcommand.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Where the container is.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Where the job runs.
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+    /// What to score.
+    #[command(flatten)]
+    pub submit: SubmitOptions,
+}
+
+/// Where a job's partitions are scored, and whether to wait for its end.
+#[derive(Debug, clap::Args)]
+pub struct FleetArgs {
+    /// Run producer, workers and collector in this process (no broker needed).
+    #[arg(long)]
+    pub embedded: bool,
+    /// After submitting, follow the job to its end and print the accuracy.
+    #[arg(long, conflicts_with = "embedded")]
+    pub wait: bool,
+    /// Give up waiting after this many seconds.
+    #[arg(
+        long = "wait-timeout-secs",
+        env = "WAIT_TIMEOUT_SECS",
+        default_value_t = 3600
+    )]
+    pub wait_timeout_secs: u64,
+    /// The broker.
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    /// Workers in the embedded run.
+    #[arg(
+        long,
+        env = "EMBEDDED_WORKERS",
+        default_value_t = 1,
+        requires = "embedded"
+    )]
+    pub workers: usize,
+    /// The embedded run's workers.
+    #[command(flatten)]
+    pub worker: WorkerOptions,
+}
+
+/// Why a job did not run to its end.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The container cannot be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The broker cannot be reached.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The job cannot be submitted.
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    /// The job's failed partitions cannot be published again.
+    #[error(transparent)]
+    Retry(#[from] RetryError),
+    /// The embedded run failed.
+    #[error(transparent)]
+    Embedded(#[from] EmbeddedError),
+    /// The job, followed, did not complete.
+    #[error(transparent)]
+    Follow(#[from] FollowError),
+    /// A storage task panicked or was cancelled.
+    #[error("a storage task failed")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// How a job run by `producer` ended, when it did not fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completed {
+    /// Every partition scored, or not waited for.
+    Whole,
+    /// Some partitions failed within the error budget.
+    Partial,
+}
+
+impl Completed {
+    /// How the job of `summary` ended; a partial one is said on standard error.
+    pub fn of(summary: &Summary) -> Self {
+        match &summary.partial {
+            Some(partial) => {
+                eprintln!(
+                    "job {} completed partial: {} images in {} partitions could not be scored ({}); their rows in scores.csv carry the reason",
+                    summary.job,
+                    partial.images,
+                    partial.failed_partitions,
+                    partial.reasons.join("; ")
+                );
+                Completed::Partial
+            }
+            None => Completed::Whole,
+        }
+    }
+}
+
+/// Submits the job `args` describe and, embedded or with `--wait`, sees it to its end.
+pub async fn run(args: RunArgs) -> Result<Completed, RunError> {
+    let store = args.store.open_async(false).await?;
+    let job = job::new_job_id();
+    let fleet = args.fleet;
+    if fleet.embedded {
+        let run = crate::embedded::run(
+            store.clone(),
+            &args.submit,
+            fleet.workers,
+            fleet.worker,
+            &job,
+        )
+        .await?;
+        return Ok(embedded_done(store.as_ref(), &run));
+    }
+    let broker = AmqpBroker::connect(fleet.amqp).await?;
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{spinner} publishing {pos} images ({per_sec}, {elapsed})")
+            .expect("the template is valid"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let manifest =
+        crate::submit::submit(&broker, store.clone(), &args.submit, &job, |n| bar.inc(n)).await;
+    bar.finish_and_clear();
+    let manifest = manifest?;
+    println!(
+        "submitted {} images in {} partitions",
+        manifest.images, manifest.partitions
+    );
+    println!("job: {job}");
+    if fleet.wait {
+        return wait(store, &manifest, fleet.wait_timeout_secs).await;
+    }
+    Ok(Completed::Whole)
+}
+
+/// What an embedded run prints once its job is complete.
+pub fn embedded_done(store: &dyn BlobStore, run: &EmbeddedRun) -> Completed {
+    print_summary(&run.summary);
+    if let Some(peak) = peak_memory_mb() {
+        // Every role ran in this process: its peak is the job's.
+        println!("peak memory: {peak} MB");
+    }
+    println!("job: {}", run.job);
+    print_report(store, &run.job);
+    Completed::of(&run.summary)
+}
+
+/// Follows a job submitted to the fleet to its end, and prints its accuracy.
+pub async fn wait(
+    store: Arc<dyn BlobStore>,
+    manifest: &Manifest,
+    timeout_secs: u64,
+) -> Result<Completed, RunError> {
+    let timeout = Duration::from_secs(timeout_secs);
+    let summary = crate::follow::follow(store.clone(), manifest, timeout).await?;
+    print_summary(&summary);
+    print_report(store.as_ref(), &manifest.job);
+    Ok(Completed::of(&summary))
+}
+
+/// Where the job's report is: a path or a blob URL to open in a browser.
+fn print_report(store: &dyn BlobStore, job: &str) {
+    println!(
+        "report: {}",
+        store.location(&job::result_key(job, job::files::REPORT))
+    );
+}
+
+/// This process's peak resident memory, in MB (Linux's `VmHWM`; `None` elsewhere).
+fn peak_memory_mb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024)
+}
+
+fn print_summary(summary: &Summary) {
+    println!("{}", summary.accuracy_line());
+    println!(
+        "scored {} images in {:.2}s ({:.0} images/s)",
+        summary.scored, summary.timings.wall_seconds, summary.timings.images_per_second
+    );
+}
