@@ -150,7 +150,7 @@ impl std::fmt::Display for LabelSource {
 
 /// One line of a label file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Entry {
+struct LabelLine {
     path: String,
     label: String,
     line: usize,
@@ -160,7 +160,7 @@ struct Entry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LabelFile {
     name: String,
-    entries: Vec<Entry>,
+    entries: Vec<LabelLine>,
 }
 
 impl LabelFile {
@@ -201,7 +201,7 @@ impl LabelFile {
                     ),
                 });
             };
-            entries.push(Entry {
+            entries.push(LabelLine {
                 path: normalize_path(path),
                 label: label.trim().to_owned(),
                 line: i + 1,
@@ -472,7 +472,7 @@ fn match_entries<'f>(
     names: &[String],
     file: &'f LabelFile,
     classes: &Classes<'_>,
-) -> Result<Vec<Option<&'f Entry>>, DatasetError> {
+) -> Result<Vec<Option<&'f LabelLine>>, DatasetError> {
     let error = |detail: String| DatasetError::Labels {
         source_name: file.name.clone(),
         detail,
@@ -485,7 +485,7 @@ fn match_entries<'f>(
         .entries
         .iter()
         .filter(|e| !header.is_some_and(|h| std::ptr::eq(h, *e)));
-    let mut by_path: HashMap<&str, &Entry> = HashMap::new();
+    let mut by_path: HashMap<&str, &LabelLine> = HashMap::new();
     let mut conflicts: Vec<String> = Vec::new();
     for entry in entries {
         if let Some(first) = by_path.insert(entry.path.as_str(), entry)
@@ -506,7 +506,7 @@ fn match_entries<'f>(
     let in_dataset: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
     // An entry naming no image of the dataset (another machine's path, `/data/cat/0001.png`)
     // labels the image its longest ending names (`cat/0001.png`), if any.
-    let mut by_ending: HashMap<&str, &Entry> = HashMap::new();
+    let mut by_ending: HashMap<&str, &LabelLine> = HashMap::new();
     for (&path, &entry) in by_path.iter().filter(|(p, _)| !in_dataset.contains(**p)) {
         let Some(image) = path
             .match_indices('/')
@@ -589,16 +589,16 @@ fn quote_lines(lines: &[String]) -> String {
     out
 }
 
-/// Images of a collection, a page of its listing at a time, with their labels.
+/// One image of a collection, as a page of its listing hands it on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Page {
-    /// Image names relative to the prefix, in name order.
-    pub names: Vec<String>,
-    /// Each image's class index; `None` for an image without a label.
-    pub labels: Vec<Option<u32>>,
-    /// Each image's size and version as listed (see [`fleet_storage::Listed`]); empty when a
-    /// label file labels the collection (it is matched against names alone).
-    pub versions: Vec<(u64, String)>,
+pub struct Entry {
+    /// Its name relative to the prefix.
+    pub name: String,
+    /// Its class index; `None` without a label.
+    pub label: Option<u32>,
+    /// Its size and version as listed (see [`fleet_storage::Listed`]); `None` when a label
+    /// file labels the collection (it is matched against names alone).
+    pub listed: Option<(u64, String)>,
 }
 
 /// What listing a collection page by page came to.
@@ -626,7 +626,7 @@ pub fn for_each_page(
     source: &LabelSource,
     classes: &Classes<'_>,
     named: bool,
-    each: &mut dyn FnMut(Page) -> Result<(), DatasetError>,
+    each: &mut dyn FnMut(Vec<Entry>) -> Result<(), DatasetError>,
 ) -> Result<Listed, DatasetError> {
     let resolved = match source {
         LabelSource::Auto | LabelSource::None => ResolvedSource::None,
@@ -639,16 +639,19 @@ pub fn for_each_page(
                 images: collection.names.len() as u64,
                 labelled: labels.iter().flatten().count() as u64,
             };
-            let mut labels = labels.into_iter();
-            for names in collection.names.chunks(fleet_storage::LIST_PAGE) {
-                let labels = labels.by_ref().take(names.len()).collect();
-                each(Page {
-                    names: names.to_vec(),
-                    labels,
-                    versions: Vec::new(),
-                })?;
+            let mut entries =
+                (collection.names.into_iter().zip(labels)).map(|(name, label)| Entry {
+                    name,
+                    label,
+                    listed: None,
+                });
+            loop {
+                let page: Vec<Entry> = entries.by_ref().take(fleet_storage::LIST_PAGE).collect();
+                if page.is_empty() {
+                    return Ok(listed);
+                }
+                each(page)?;
             }
-            return Ok(listed);
         }
     };
     let prefix = normalize_prefix(dataset);
@@ -682,11 +685,16 @@ pub fn for_each_page(
             let outcome = resolve_labels(&names, &resolved, classes).and_then(|labels| {
                 listed.images += names.len() as u64;
                 listed.labelled += labels.iter().flatten().count() as u64;
-                each(Page {
-                    names,
-                    labels,
-                    versions,
-                })
+                let entries = names.into_iter().zip(labels).zip(versions);
+                each(
+                    entries
+                        .map(|((name, label), listed)| Entry {
+                            name,
+                            label,
+                            listed: Some(listed),
+                        })
+                        .collect(),
+                )
             });
             Ok(match outcome {
                 Ok(()) => ControlFlow::Continue(()),
@@ -946,9 +954,10 @@ mod tests {
         .unwrap();
         assert_eq!((listed.images, listed.labelled), (5_001, 5_001));
         assert_eq!(pages.len(), 2);
-        assert_eq!(pages[0].names.len(), fleet_storage::LIST_PAGE);
-        assert!(pages[0].labels.iter().all(|l| *l == Some(0)));
-        assert_eq!(pages[1].labels, [Some(1)]);
+        assert_eq!(pages[0].len(), fleet_storage::LIST_PAGE);
+        assert!(pages[0].iter().all(|e| e.label == Some(0)));
+        let labels: Vec<Option<u32>> = pages[1].iter().map(|e| e.label).collect();
+        assert_eq!(labels, [Some(1)]);
         // The same, with a folder of no class after the first page: checked up front as far
         // as the first page goes, refused when its page comes.
         store.put("p/zebra-crossing/0.png", b"x").unwrap();
@@ -961,7 +970,7 @@ mod tests {
             &known,
             true,
             &mut |page| {
-                handed += page.names.len();
+                handed += page.len();
                 Ok(())
             },
         )

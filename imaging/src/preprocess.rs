@@ -11,7 +11,7 @@ use fleet_spec::{ChannelOrder, Filter, Layout, ModelSpec, Normalize, Resize};
 
 use crate::decode::{DecodeError, DecodeLimits, Image, decode_reduced, decode_with_warning};
 use crate::mean_image::{MeanImage, MeanImageError};
-use crate::resize::{self, Plan, Sampler};
+use crate::resize::{self, Geometry, Sampler};
 
 /// One model's preprocessing.
 #[derive(Debug, Clone)]
@@ -99,7 +99,7 @@ impl Preprocessor {
             return decode_with_warning(bytes, limits);
         }
         let at_least = |source| {
-            Plan::new(
+            Geometry::new(
                 source,
                 (self.height, self.width),
                 self.resize,
@@ -134,8 +134,8 @@ impl Preprocessor {
             self.write_from_pixels(&pixels, out);
             return;
         }
-        let (source, plan) = self.plan(image);
-        Sampler::new(&plan).sample(&source.data, source.width, self.channels, |y, x, c, v| {
+        let (source, geometry) = self.geometry(image);
+        Sampler::new(&geometry).sample(&source.data, source.width, self.channels, |y, x, c, v| {
             self.put(out, y, x, c, v)
         });
     }
@@ -192,20 +192,20 @@ impl Preprocessor {
     }
 
     /// `image` with the model's channel count (converted only when it differs), and where it
-    /// goes: its resize plan to the model's input.
-    fn plan<'a>(&self, image: &'a Image) -> (Cow<'a, Image>, Plan) {
+    /// goes: its resize geometry to the model's input.
+    fn geometry<'a>(&self, image: &'a Image) -> (Cow<'a, Image>, Geometry) {
         let source = if image.channels == self.channels {
             Cow::Borrowed(image)
         } else {
             Cow::Owned(convert_channels(image, self.channels))
         };
-        let plan = Plan::new(
+        let geometry = Geometry::new(
             (source.height, source.width),
             (self.height, self.width),
             self.resize,
             self.shorter_side,
         );
-        (source, plan)
+        (source, geometry)
     }
 
     /// The 8-bit crop the model's filter makes of `image` (HWC, the model's channel count,
@@ -215,11 +215,11 @@ impl Preprocessor {
         if self.filter == Filter::FloatLinear {
             return None;
         }
-        let (source, plan) = self.plan(image);
+        let (source, geometry) = self.geometry(image);
         Some(resize::resize_u8(
             &source.data,
             self.channels,
-            &plan,
+            &geometry,
             self.filter,
         ))
     }

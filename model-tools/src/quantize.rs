@@ -5,7 +5,7 @@
 //! first convolution to the pooling; a float pass between two integer kernels would cost more
 //! than the integer arithmetic saves.
 //! 1. every BatchNormalization that follows a Conv is folded into the Conv's weights and bias;
-//! 2. the plan picks the values to quantize: every activation read or written by a Conv, a
+//! 2. the rewrites pick the values to quantize: every activation read or written by a Conv, a
 //!    residual Add (two activations), an AveragePool or a Relu, except one whose only reader is
 //!    a Relu: there the Relu's output is quantized instead, with zero point 0, and the Relu is
 //!    dropped, because quantizing to `[0, 255]` around zero point 0 already clamps below zero;
@@ -85,10 +85,10 @@ pub fn quantize(
     graph.initializer = weights.into_values().collect();
     graph.initializer.sort_by(|a, b| a.name.cmp(&b.name));
 
-    let plan = Plan::new(graph);
-    let ranges = calibrate(&proto, &plan.quantized, calibration, image_shape)?;
+    let rewrites = Rewrites::new(graph);
+    let ranges = calibrate(&proto, &rewrites.quantized, calibration, image_shape)?;
     let graph = proto.graph.as_mut().expect("checked above");
-    rewrite(graph, &plan, &ranges)?;
+    rewrite(graph, &rewrites, &ranges)?;
     Ok(proto.encode_to_vec())
 }
 
@@ -250,14 +250,14 @@ fn calibrate(
 }
 
 /// Which values get quantized, and which Relus that makes redundant.
-struct Plan {
+struct Rewrites {
     /// Activations to quantize, in graph order.
     quantized: Vec<String>,
     /// Relu output -> Relu input, for each Relu dropped: its output is quantized from its input.
     dropped_relus: HashMap<String, String>,
 }
 
-impl Plan {
+impl Rewrites {
     fn new(graph: &GraphProto) -> Self {
         let constants: HashSet<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
         let is_activation = |name: &String| !name.is_empty() && !constants.contains(name.as_str());
@@ -357,7 +357,7 @@ fn node(
 
 fn rewrite(
     graph: &mut GraphProto,
-    plan: &Plan,
+    rewrites: &Rewrites,
     ranges: &HashMap<String, (f32, f32)>,
 ) -> Result<(), QuantizeError> {
     let mut weights: HashMap<String, TensorProto> = graph
@@ -366,13 +366,13 @@ fn rewrite(
         .map(|t| (t.name.clone(), t))
         .collect();
     let mut params: HashMap<&str, (f32, u8)> = HashMap::new();
-    for value in &plan.quantized {
+    for value in &rewrites.quantized {
         let range = *ranges
             .get(value)
             .ok_or_else(|| fail(format!("no calibrated range for {value}")))?;
         params.insert(value, activation_params(range));
     }
-    for relu_output in plan.dropped_relus.keys() {
+    for relu_output in rewrites.dropped_relus.keys() {
         if params[relu_output.as_str()].1 != 0 {
             return Err(fail(format!(
                 "{relu_output} has a negative calibrated range, so its Relu cannot be dropped"
@@ -397,7 +397,7 @@ fn rewrite(
     for mut original in graph.node.drain(..) {
         // A dropped Relu: its output is quantized straight from its input.
         if original.op_type == "Relu"
-            && let Some(source) = plan.dropped_relus.get(&original.output[0])
+            && let Some(source) = rewrites.dropped_relus.get(&original.output[0])
         {
             let value = &original.output[0];
             let dq = quantize_value(

@@ -14,6 +14,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 
+use fleet_dataset::collection::Entry;
 use fleet_ledger::Ledger;
 use fleet_protocol::job::{self, files};
 use fleet_spec::sha256_hex;
@@ -237,12 +238,14 @@ fn read_record(reader: &mut impl BufRead) -> std::io::Result<Option<Vec<String>>
     Ok(Some(fields))
 }
 
-/// The lines of a job's listing for these images of the collection under `prefix`: `names`
-/// with their `(size, version)`.
-pub fn listing_lines(prefix: &str, names: &[String], versions: &[(u64, String)]) -> String {
+/// The lines of a job's listing for these images of the collection under `prefix`: each one's
+/// key with its size and version as listed.
+pub fn listing_lines(prefix: &str, entries: &[Entry]) -> String {
     let mut lines = String::new();
-    for (name, (size, version)) in names.iter().zip(versions) {
-        lines.push_str(&format!("{prefix}{name}\t{size}\t{version}\n"));
+    for entry in entries {
+        if let Some((size, version)) = &entry.listed {
+            lines.push_str(&format!("{prefix}{}\t{size}\t{version}\n", entry.name));
+        }
     }
     lines
 }

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use fleet_broker::{Broker, BrokerError, Queue};
-use fleet_dataset::collection::{self, LabelSource};
+use fleet_dataset::collection::{self, Entry, LabelSource};
 use fleet_dataset::{
     self as dataset, BatchSelection, CLASS_NAMES, DatasetError, HEIGHT, IMAGE_BYTES, WIDTH,
 };
@@ -143,7 +143,7 @@ enum Dataset {
 
 /// What the job needs to know before anything is published.
 #[derive(Debug)]
-struct Plan {
+struct Inputs {
     /// The model named, or the container's only one.
     model: String,
     spec: ModelSpec,
@@ -167,23 +167,24 @@ pub async fn submit<B: Broker>(
     job: &str,
     mut on_published: impl FnMut(u64),
 ) -> Result<Manifest, SubmitError> {
-    let (plan_store, plan_options) = (store.clone(), options.clone());
-    let mut plan = tokio::task::spawn_blocking(move || plan(plan_store.as_ref(), &plan_options))
-        .await
-        .map_err(SubmitError::Task)??;
-    let coverage = std::sync::Mutex::new(plan.coverage.take());
+    let (inputs_store, inputs_options) = (store.clone(), options.clone());
+    let mut inputs =
+        tokio::task::spawn_blocking(move || find_inputs(inputs_store.as_ref(), &inputs_options))
+            .await
+            .map_err(SubmitError::Task)??;
+    let coverage = std::sync::Mutex::new(inputs.coverage.take());
     // A worker holds a partition's images until the model takes them: a model with a large
     // input gets partitions it can hold.
-    let most = plan.spec.max_partition_images();
+    let most = inputs.spec.max_partition_images();
     let mut options = options.clone();
-    options.model = Some(plan.model.clone());
+    options.model = Some(inputs.model.clone());
     if options.partition_size > most {
         tracing::warn!(
             requested = options.partition_size,
             partition_size = most,
             "model {}'s input is {} bytes an image: partitions cut to {most} images, which a worker can hold",
-            plan.model,
-            plan.spec.waiting_bytes()
+            inputs.model,
+            inputs.spec.waiting_bytes()
         );
         options.partition_size = most;
     }
@@ -194,7 +195,7 @@ pub async fn submit<B: Broker>(
         store: store.clone(),
         options,
         job,
-        plan: &plan,
+        inputs: &inputs,
         coverage,
     };
     let outcome = submission.publish(submitted_at_ms, &mut on_published).await;
@@ -211,7 +212,7 @@ pub async fn submit<B: Broker>(
 }
 
 /// Reads the model's spec, finds the dataset and resolves the labels.
-fn plan(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Plan, SubmitError> {
+fn find_inputs(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Inputs, SubmitError> {
     let model = &crate::models::chosen(store, options.model.as_deref())?;
     let spec_key = job::spec_key(model);
     let spec_json = match store.get(&spec_key) {
@@ -274,7 +275,7 @@ fn plan(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Plan, SubmitEr
             (None, true) => CLASS_NAMES.map(String::from).to_vec(),
             (None, false) => spec.class_names(),
         };
-        return Ok(Plan {
+        return Ok(Inputs {
             model: model.clone(),
             labels: if labelled { "tarball" } else { "none" }.into(),
             spec,
@@ -322,7 +323,7 @@ fn plan(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Plan, SubmitEr
         Some(scope) if options.incremental => Some(Coverage::find(store, scope)?),
         _ => None,
     };
-    Ok(Plan {
+    Ok(Inputs {
         model: model.clone(),
         labels: options.labels.to_string(),
         spec,
@@ -351,21 +352,16 @@ struct Listing {
 }
 
 /// Leaves out of `page` the images `coverage` covers; how many.
-fn narrow(coverage: &mut Coverage, prefix: &str, page: &mut collection::Page) -> u64 {
-    let keep: Vec<bool> = (page.names.iter().zip(&page.versions))
-        .map(|(name, (size, version))| !coverage.covers(&format!("{prefix}{name}"), *size, version))
-        .collect();
-    let before = page.names.len();
-    let mut kept = keep.iter();
-    page.names
-        .retain(|_| *kept.next().expect("one flag an image"));
-    let mut kept = keep.iter();
-    page.labels
-        .retain(|_| *kept.next().expect("one flag an image"));
-    let mut kept = keep.iter();
-    page.versions
-        .retain(|_| *kept.next().expect("one flag an image"));
-    (before - page.names.len()) as u64
+fn narrow(coverage: &mut Coverage, prefix: &str, page: &mut Vec<Entry>) -> u64 {
+    let before = page.len();
+    page.retain(|entry| match &entry.listed {
+        Some((size, version)) => {
+            !coverage.covers(&format!("{prefix}{}", entry.name), *size, version)
+        }
+        // Never left out unless its version says it is unchanged.
+        None => true,
+    });
+    (before - page.len()) as u64
 }
 
 /// Cuts a collection's images, as they are listed, into partitions of `size` and publishes
@@ -373,8 +369,7 @@ fn narrow(coverage: &mut Coverage, prefix: &str, page: &mut collection::Page) ->
 struct Cutter {
     prefix: String,
     size: usize,
-    names: Vec<String>,
-    labels: Vec<Option<u32>>,
+    waiting: Vec<Entry>,
     partitions: u32,
     published: u64,
 }
@@ -384,8 +379,7 @@ impl Cutter {
         Self {
             prefix: prefix.to_owned(),
             size,
-            names: Vec::new(),
-            labels: Vec::new(),
+            waiting: Vec::new(),
             partitions: 0,
             published: 0,
         }
@@ -395,18 +389,13 @@ impl Cutter {
     async fn add<B: Broker>(
         &mut self,
         submission: &Submission<'_, B>,
-        page: collection::Page,
+        page: Vec<Entry>,
         on_published: &mut impl FnMut(u64),
     ) -> Result<(), SubmitError> {
-        self.names.extend(page.names);
-        self.labels.extend(page.labels);
-        while self.names.len() >= self.size {
-            let names = self.names.split_off(self.size);
-            let labels = self.labels.split_off(self.size);
-            let full = (
-                std::mem::replace(&mut self.names, names),
-                std::mem::replace(&mut self.labels, labels),
-            );
+        self.waiting.extend(page);
+        while self.waiting.len() >= self.size {
+            let rest = self.waiting.split_off(self.size);
+            let full = std::mem::replace(&mut self.waiting, rest);
             self.publish(submission, full, on_published).await?;
         }
         Ok(())
@@ -419,11 +408,8 @@ impl Cutter {
         labelled_images: u64,
         on_published: &mut impl FnMut(u64),
     ) -> Result<Published, SubmitError> {
-        if !self.names.is_empty() {
-            let last = (
-                std::mem::take(&mut self.names),
-                std::mem::take(&mut self.labels),
-            );
+        if !self.waiting.is_empty() {
+            let last = std::mem::take(&mut self.waiting);
             self.publish(submission, last, on_published).await?;
         }
         Ok(Published {
@@ -444,10 +430,11 @@ impl Cutter {
     async fn publish<B: Broker>(
         &mut self,
         submission: &Submission<'_, B>,
-        images: (Vec<String>, Vec<Option<u32>>),
+        entries: Vec<Entry>,
         on_published: &mut impl FnMut(u64),
     ) -> Result<(), SubmitError> {
-        let count = images.0.len() as u64;
+        let count = entries.len() as u64;
+        let images = entries.into_iter().map(|e| (e.name, e.label)).unzip();
         submission
             .publish_names(
                 &self.prefix,
@@ -469,8 +456,8 @@ struct Submission<'a, B> {
     store: Arc<dyn BlobStore>,
     options: &'a SubmitOptions,
     job: &'a str,
-    plan: &'a Plan,
-    /// The plan's coverage, taken by the collection's lister.
+    inputs: &'a Inputs,
+    /// The inputs' coverage, taken by the collection's lister.
     coverage: std::sync::Mutex<Option<Coverage>>,
 }
 
@@ -495,7 +482,7 @@ impl<B: Broker> Submission<'_, B> {
         on_published: &mut impl FnMut(u64),
     ) -> Result<Manifest, SubmitError> {
         self.write_plan().await?;
-        let published = match &self.plan.dataset {
+        let published = match &self.inputs.dataset {
             Dataset::Tarball { blob, labelled } => {
                 self.publish_tarball(blob, *labelled, on_published).await?
             }
@@ -525,7 +512,7 @@ impl<B: Broker> Submission<'_, B> {
 
     /// `plan.json`: how the collector writes the rows, before any partition can arrive.
     async fn write_plan(&self) -> Result<(), SubmitError> {
-        let several_batches = match &self.plan.dataset {
+        let several_batches = match &self.inputs.dataset {
             Dataset::Tarball { .. } => match &self.options.batches {
                 BatchSelection::All => true,
                 BatchSelection::Named(names) => names.len() > 1,
@@ -534,13 +521,13 @@ impl<B: Broker> Submission<'_, B> {
         };
         let plan = job::Plan {
             job: self.job.into(),
-            classes: self.plan.classes.clone(),
+            classes: self.inputs.classes.clone(),
             top_k: self.options.top_k,
             several_batches,
             max_failed_partitions: self.options.max_failed_partitions,
         };
         let (store, job) = (self.store.clone(), self.job.to_owned());
-        let index = (self.plan.scope.as_ref()).map(|scope| job::index_key(scope, self.job));
+        let index = (self.inputs.scope.as_ref()).map(|scope| job::index_key(scope, self.job));
         tokio::task::spawn_blocking(move || {
             Ledger::new(store.as_ref(), &job).write_plan(&plan)?;
             // The job counts for later incremental jobs only once it is complete.
@@ -570,11 +557,11 @@ impl<B: Broker> Submission<'_, B> {
             job: self.job.into(),
             dataset: published.dataset.clone(),
             dataset_kind: published.kind,
-            labels: self.plan.labels.clone(),
+            labels: self.inputs.labels.clone(),
             labelled_images: published.labelled_images,
-            model: self.plan.model.clone(),
-            model_sha256: self.plan.spec.provenance.onnx_sha256.clone(),
-            classes: self.plan.classes.clone(),
+            model: self.inputs.model.clone(),
+            model_sha256: self.inputs.spec.provenance.onnx_sha256.clone(),
+            classes: self.inputs.classes.clone(),
             top_k: self.options.top_k,
             partition_size: self.options.partition_size,
             partitions: batches.iter().map(|b| b.partitions).sum(),
@@ -633,14 +620,17 @@ impl<B: Broker> Submission<'_, B> {
     ) -> Result<Published, SubmitError> {
         let size = self.options.partition_size as usize;
         let prefix = collection::normalize_prefix(dataset);
-        let (tx, mut rx) = mpsc::channel::<collection::Page>(2);
+        let (tx, mut rx) = mpsc::channel::<Vec<Entry>>(2);
         let lister = {
             let (store, dataset, source) = (
                 self.store.clone(),
                 dataset.to_owned(),
                 self.options.labels.clone(),
             );
-            let (classes, ids) = (self.plan.classes.clone(), self.plan.spec.class_ids.clone());
+            let (classes, ids) = (
+                self.inputs.classes.clone(),
+                self.inputs.spec.class_ids.clone(),
+            );
             let mut coverage = self.coverage.lock().expect("never poisoned").take();
             let (prefix, listing) = (prefix.clone(), job::listing_key(self.job));
             tokio::task::spawn_blocking(move || -> Result<Listing, SubmitError> {
@@ -656,12 +646,12 @@ impl<B: Broker> Submission<'_, B> {
                         if let Some(coverage) = &mut coverage {
                             outcome.unchanged += narrow(coverage, &prefix, &mut page);
                         }
-                        if page.names.is_empty() {
+                        if page.is_empty() {
                             return Ok(());
                         }
-                        outcome.labelled += page.labels.iter().flatten().count() as u64;
-                        let lines =
-                            incremental::listing_lines(&prefix, &page.names, &page.versions);
+                        outcome.labelled +=
+                            page.iter().filter(|e| e.label.is_some()).count() as u64;
+                        let lines = incremental::listing_lines(&prefix, &page);
                         store
                             .stage_block(&listing, outcome.blocks, lines.as_bytes())
                             .map_err(DatasetError::Store)?;
@@ -691,7 +681,7 @@ impl<B: Broker> Submission<'_, B> {
         outcome?;
         let listed = listed?;
         let mut published = cutter.finish(self, listed.labelled, on_published).await?;
-        if let (Some(since), Some(scope)) = (listed.since, &self.plan.scope) {
+        if let (Some(since), Some(scope)) = (listed.since, &self.inputs.scope) {
             tracing::info!(job = %self.job, unchanged = listed.unchanged, since = ?since, "incremental: unchanged images left to earlier jobs");
             published.incremental = Some(job::Incremental {
                 scope: scope.clone(),
@@ -716,11 +706,13 @@ impl<B: Broker> Submission<'_, B> {
             .chunks(size)
             .zip(held.labels.chunks(size))
         {
-            let page = collection::Page {
-                names: names.to_vec(),
-                labels: labels.to_vec(),
-                versions: Vec::new(),
-            };
+            let page = (names.iter().zip(labels))
+                .map(|(name, &label)| Entry {
+                    name: name.clone(),
+                    label,
+                    listed: None,
+                })
+                .collect();
             cutter.add(self, page, on_published).await?;
         }
         let labelled = held.labels.iter().flatten().count() as u64;
@@ -742,7 +734,7 @@ impl<B: Broker> Submission<'_, B> {
         let partition = Partition {
             job: self.job.into(),
             partition,
-            model: self.plan.model.clone(),
+            model: self.inputs.model.clone(),
             batch: prefix.to_owned(),
             first_index,
             images: Images::Blobs {
@@ -840,7 +832,7 @@ impl<B: Broker> Submission<'_, B> {
             blob.to_owned(),
             self.options.batches.clone(),
             self.options.partition_size as usize,
-            self.plan.model.clone(),
+            self.inputs.model.clone(),
             self.job.to_owned(),
             self.options.top_k,
         );

@@ -2,7 +2,7 @@
 //! float image, which is how CNTK's `Scale` transform resizes (it converts to float first).
 //! Pixel centres aligned, edges clamped, no antialiasing when shrinking.
 
-use super::Plan;
+use super::Geometry;
 
 /// Where output pixel `(y, x)` samples the source, for one axis: a virtual resized length and
 /// an offset into it (the crop).
@@ -36,19 +36,19 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// Taps for the crop `plan` describes.
-    pub fn new(plan: &Plan) -> Self {
-        let (source_h, source_w) = plan.source;
-        let (target_h, target_w) = plan.target;
-        let identity = plan.source == plan.target && plan.resized == plan.source;
+    /// Taps for the crop `geometry` describes.
+    pub fn new(geometry: &Geometry) -> Self {
+        let (source_h, source_w) = geometry.source;
+        let (target_h, target_w) = geometry.target;
+        let identity = geometry.source == geometry.target && geometry.resized == geometry.source;
         let axis = |source: usize, virtual_len: usize, offset: usize| Axis {
             step: source as f32 / virtual_len as f32,
             offset,
             source_len: source,
         };
         let (ay, ax) = (
-            axis(source_h, plan.resized.0, plan.offset.0),
-            axis(source_w, plan.resized.1, plan.offset.1),
+            axis(source_h, geometry.resized.0, geometry.offset.0),
+            axis(source_w, geometry.resized.1, geometry.offset.1),
         );
         if identity {
             return Self {
@@ -101,7 +101,7 @@ mod tests {
     use fleet_spec::Resize;
 
     fn sampler(source: (usize, usize), target: (usize, usize), resize: Resize) -> Sampler {
-        Sampler::new(&Plan::new(source, target, resize, None))
+        Sampler::new(&Geometry::new(source, target, resize, None))
     }
 
     fn run(sampler: &Sampler, data: &[u8], width: usize, h: usize, w: usize) -> Vec<f32> {

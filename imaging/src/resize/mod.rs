@@ -1,10 +1,10 @@
 //! Resizing to the model's input, as the pipeline the model came from resizes.
 //!
-//! Two questions, answered apart: the geometry ([`Plan`]: the size the image is resized to and
-//! the crop of it the model sees, from the spec's [`Resize`] and shorter side), and how pixels
-//! are sampled (the spec's [`Filter`]). Pipelines disagree on both, and a model's answer moves
-//! with them: torchvision's and OpenCV's bilinear crops of the same photo agree on about half
-//! of their 8-bit values. So each filter here is its library's algorithm to the value: Pillow's
+//! Two questions, answered apart: the geometry ([`Geometry`]: the size the image is resized to
+//! and the crop of it the model sees, from the spec's [`Resize`] and shorter side), and how
+//! pixels are sampled (the spec's [`Filter`]). Pipelines disagree on both, and a model's answer
+//! moves with them: torchvision's and OpenCV's bilinear crops of the same photo agree on about
+//! half of their 8-bit values. So each filter here is its library's algorithm to the value: Pillow's
 //! fixed-point separable convolution ([`pillow`]), OpenCV's fixed-point and area resamplers
 //! ([`opencv`]), each rounding to 8 bits between passes where its library does.
 //!
@@ -23,7 +23,7 @@ pub use float_linear::Sampler;
 /// Where an image of one size goes: the size it is resized to, and the part of that the model
 /// sees. Sizes are (height, width).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Plan {
+pub struct Geometry {
     /// The decoded image's size.
     pub source: (usize, usize),
     /// The size the whole image is resized to (virtually: only the crop is computed).
@@ -34,8 +34,8 @@ pub struct Plan {
     pub target: (usize, usize),
 }
 
-impl Plan {
-    /// The plan for a `source` image fed to a model taking `target`, by `resize`, the shorter
+impl Geometry {
+    /// The geometry for a `source` image fed to a model taking `target`, by `resize`, the shorter
     /// side scaled to `shorter_side` first when given (center-crop only).
     pub fn new(
         source: (usize, usize),
@@ -98,31 +98,33 @@ fn half_to_even(difference: usize) -> usize {
     }
 }
 
-/// The crop `plan` describes of the HWC image `data` (`channels` per pixel), resized by the
+/// The crop `geometry` describes of the HWC image `data` (`channels` per pixel), resized by the
 /// 8-bit `filter` as its library does: `target` height x width x `channels` values.
 ///
 /// # Panics
 /// For [`Filter::FloatLinear`], which never rounds to 8 bits: use [`Sampler`].
-pub fn resize_u8(data: &[u8], channels: usize, plan: &Plan, filter: Filter) -> Vec<u8> {
-    debug_assert_eq!(data.len(), plan.source.0 * plan.source.1 * channels);
-    if plan.resized == plan.source {
-        return crop(data, channels, plan);
+pub fn resize_u8(data: &[u8], channels: usize, geometry: &Geometry, filter: Filter) -> Vec<u8> {
+    debug_assert_eq!(data.len(), geometry.source.0 * geometry.source.1 * channels);
+    if geometry.resized == geometry.source {
+        return crop(data, channels, geometry);
     }
     match filter {
-        Filter::PillowBilinear => pillow::resize(data, channels, plan, pillow::Kernel::Bilinear),
-        Filter::PillowBicubic => pillow::resize(data, channels, plan, pillow::Kernel::Bicubic),
-        Filter::OpencvLinear => opencv::linear(data, channels, plan),
-        Filter::OpencvArea => opencv::area(data, channels, plan),
-        Filter::OpencvNearest => opencv::nearest(data, channels, plan),
+        Filter::PillowBilinear => {
+            pillow::resize(data, channels, geometry, pillow::Kernel::Bilinear)
+        }
+        Filter::PillowBicubic => pillow::resize(data, channels, geometry, pillow::Kernel::Bicubic),
+        Filter::OpencvLinear => opencv::linear(data, channels, geometry),
+        Filter::OpencvArea => opencv::area(data, channels, geometry),
+        Filter::OpencvNearest => opencv::nearest(data, channels, geometry),
         Filter::FloatLinear => panic!("float-linear never rounds to 8 bits: use Sampler"),
     }
 }
 
 /// The crop of an image that needs no resizing.
-fn crop(data: &[u8], channels: usize, plan: &Plan) -> Vec<u8> {
-    let (top, left) = plan.offset;
-    let (height, width) = plan.target;
-    let stride = plan.source.1 * channels;
+fn crop(data: &[u8], channels: usize, geometry: &Geometry) -> Vec<u8> {
+    let (top, left) = geometry.offset;
+    let (height, width) = geometry.target;
+    let stride = geometry.source.1 * channels;
     let mut out = Vec::with_capacity(height * width * channels);
     for row in data.chunks_exact(stride).skip(top).take(height) {
         out.extend_from_slice(&row[left * channels..(left + width) * channels]);
@@ -137,30 +139,30 @@ mod tests {
     #[test]
     fn torchvision_geometry_truncates_the_long_side_and_rounds_offsets_to_even() {
         // 1000x667 (w x h) -> 383x256, as the fixtures' README works it out.
-        let plan = Plan::new((667, 1000), (224, 224), Resize::CenterCrop, Some(256));
-        assert_eq!(plan.resized, (256, 383));
+        let geometry = Geometry::new((667, 1000), (224, 224), Resize::CenterCrop, Some(256));
+        assert_eq!(geometry.resized, (256, 383));
         // (383 - 224) / 2 = 79.5 -> 80 (even); (256 - 224) / 2 = 16.
-        assert_eq!(plan.offset, (16, 80));
-        let portrait = Plan::new((1000, 667), (224, 224), Resize::CenterCrop, Some(256));
+        assert_eq!(geometry.offset, (16, 80));
+        let portrait = Geometry::new((1000, 667), (224, 224), Resize::CenterCrop, Some(256));
         assert_eq!(portrait.resized, (383, 256));
         // 58.5 -> 58, 59.5 -> 60, 148.5 -> 148.
         assert_eq!([117, 119, 297].map(half_to_even), [58, 60, 148]);
-        let square = Plan::new((500, 500), (224, 224), Resize::CenterCrop, Some(256));
+        let square = Geometry::new((500, 500), (224, 224), Resize::CenterCrop, Some(256));
         assert_eq!((square.resized, square.offset), ((256, 256), (16, 16)));
     }
 
     #[test]
     fn stretch_and_the_cover_crop_keep_their_geometry() {
-        let stretch = Plan::new((30, 70), (32, 32), Resize::Stretch, None);
+        let stretch = Geometry::new((30, 70), (32, 32), Resize::Stretch, None);
         assert_eq!((stretch.resized, stretch.offset), ((32, 32), (0, 0)));
-        let cover = Plan::new((30, 60), (10, 10), Resize::CenterCrop, None);
+        let cover = Geometry::new((30, 60), (10, 10), Resize::CenterCrop, None);
         assert_eq!((cover.resized, cover.offset), ((10, 20), (0, 5)));
     }
 
     #[test]
     fn an_image_of_the_resized_size_is_only_cropped() {
         let data: Vec<u8> = (0..4 * 6).map(|v| v as u8).collect();
-        let plan = Plan {
+        let geometry = Geometry {
             source: (4, 6),
             resized: (4, 6),
             offset: (1, 2),
@@ -168,7 +170,7 @@ mod tests {
         };
         for filter in [Filter::PillowBilinear, Filter::OpencvArea] {
             assert_eq!(
-                resize_u8(&data, 1, &plan, filter),
+                resize_u8(&data, 1, &geometry, filter),
                 vec![8, 9, 10, 14, 15, 16]
             );
         }

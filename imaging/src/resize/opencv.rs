@@ -10,7 +10,7 @@
 //! shortcut, and when an axis grows it is a bilinear variant. A shrink by exactly 2 on both
 //! axes turns `INTER_LINEAR` into `INTER_AREA`, as in OpenCV.
 
-use super::Plan;
+use super::Geometry;
 
 /// Fraction bits of the fixed-point weights.
 const COEF_BITS: u32 = 11;
@@ -28,9 +28,9 @@ fn fixed(weight: f32) -> i32 {
 }
 
 /// Whether both axes shrink by a whole factor (OpenCV's `is_area_fast`), and the factors.
-fn whole_factors(plan: &Plan) -> Option<(usize, usize)> {
-    let (sy, _) = scales(plan.source.0, plan.resized.0);
-    let (sx, _) = scales(plan.source.1, plan.resized.1);
+fn whole_factors(geometry: &Geometry) -> Option<(usize, usize)> {
+    let (sy, _) = scales(geometry.source.0, geometry.resized.0);
+    let (sx, _) = scales(geometry.source.1, geometry.resized.1);
     let whole = |s: f64| ((s - s.round()).abs() < f64::EPSILON).then_some(s.round() as usize);
     Some((whole(sy)?, whole(sx)?))
 }
@@ -109,20 +109,20 @@ fn row_taps(source: usize, resized: usize, first: usize, count: usize, mode: Mod
 }
 
 /// `INTER_LINEAR` on 8-bit pixels.
-pub(super) fn linear(data: &[u8], channels: usize, plan: &Plan) -> Vec<u8> {
-    if whole_factors(plan) == Some((2, 2)) {
-        return area(data, channels, plan);
+pub(super) fn linear(data: &[u8], channels: usize, geometry: &Geometry) -> Vec<u8> {
+    if whole_factors(geometry) == Some((2, 2)) {
+        return area(data, channels, geometry);
     }
-    two_tap(data, channels, plan, Mode::Linear)
+    two_tap(data, channels, geometry, Mode::Linear)
 }
 
 /// The fixed-point two-tap resampler shared by `INTER_LINEAR` and growing `INTER_AREA`.
-fn two_tap(data: &[u8], channels: usize, plan: &Plan, mode: Mode) -> Vec<u8> {
-    let (top, left) = plan.offset;
-    let (crop_h, crop_w) = plan.target;
-    let columns = column_taps(plan.source.1, plan.resized.1, left, crop_w, mode);
-    let rows = row_taps(plan.source.0, plan.resized.0, top, crop_h, mode);
-    let stride = plan.source.1 * channels;
+fn two_tap(data: &[u8], channels: usize, geometry: &Geometry, mode: Mode) -> Vec<u8> {
+    let (top, left) = geometry.offset;
+    let (crop_h, crop_w) = geometry.target;
+    let columns = column_taps(geometry.source.1, geometry.resized.1, left, crop_w, mode);
+    let rows = row_taps(geometry.source.0, geometry.resized.0, top, crop_h, mode);
+    let stride = geometry.source.1 * channels;
     let width = crop_w * channels;
     // The horizontal pass of one source row: exact integers (values times 2^11).
     let horizontal = |row: usize, out: &mut Vec<i32>| {
@@ -157,21 +157,31 @@ fn two_tap(data: &[u8], channels: usize, plan: &Plan, mode: Mode) -> Vec<u8> {
 }
 
 /// `INTER_AREA` on 8-bit pixels.
-pub(super) fn area(data: &[u8], channels: usize, plan: &Plan) -> Vec<u8> {
-    let (scale_y, _) = scales(plan.source.0, plan.resized.0);
-    let (scale_x, _) = scales(plan.source.1, plan.resized.1);
+pub(super) fn area(data: &[u8], channels: usize, geometry: &Geometry) -> Vec<u8> {
+    let (scale_y, _) = scales(geometry.source.0, geometry.resized.0);
+    let (scale_x, _) = scales(geometry.source.1, geometry.resized.1);
     if scale_x < 1.0 || scale_y < 1.0 {
         // An axis grows: OpenCV falls back to a bilinear variant.
-        return two_tap(data, channels, plan, Mode::Area);
+        return two_tap(data, channels, geometry, Mode::Area);
     }
-    if let Some(factors) = whole_factors(plan) {
-        return area_whole(data, channels, plan, factors);
+    if let Some(factors) = whole_factors(geometry) {
+        return area_whole(data, channels, geometry, factors);
     }
-    let columns = area_weights(plan.source.1, scale_x, plan.offset.1, plan.target.1);
-    let rows = area_weights(plan.source.0, scale_y, plan.offset.0, plan.target.0);
-    let stride = plan.source.1 * channels;
-    let width = plan.target.1 * channels;
-    let mut out = Vec::with_capacity(plan.target.0 * width);
+    let columns = area_weights(
+        geometry.source.1,
+        scale_x,
+        geometry.offset.1,
+        geometry.target.1,
+    );
+    let rows = area_weights(
+        geometry.source.0,
+        scale_y,
+        geometry.offset.0,
+        geometry.target.0,
+    );
+    let stride = geometry.source.1 * channels;
+    let width = geometry.target.1 * channels;
+    let mut out = Vec::with_capacity(geometry.target.0 * width);
     let mut line = vec![0f32; width];
     let mut sum = vec![0f32; width];
     for cells in &rows {
@@ -232,10 +242,15 @@ fn area_weights(source: usize, scale: f64, first: usize, count: usize) -> Vec<Ve
 
 /// `INTER_AREA` for whole shrink factors: plain averages (rounded up at halves for 2x2, as
 /// OpenCV's vector code does; to even otherwise).
-fn area_whole(data: &[u8], channels: usize, plan: &Plan, (fy, fx): (usize, usize)) -> Vec<u8> {
-    let (top, left) = plan.offset;
-    let (crop_h, crop_w) = plan.target;
-    let stride = plan.source.1 * channels;
+fn area_whole(
+    data: &[u8],
+    channels: usize,
+    geometry: &Geometry,
+    (fy, fx): (usize, usize),
+) -> Vec<u8> {
+    let (top, left) = geometry.offset;
+    let (crop_h, crop_w) = geometry.target;
+    let stride = geometry.source.1 * channels;
     let scale = 1.0 / (fx * fy) as f32;
     let mut out = Vec::with_capacity(crop_h * crop_w * channels);
     for y in top..top + crop_h {
@@ -261,19 +276,19 @@ fn area_whole(data: &[u8], channels: usize, plan: &Plan, (fy, fx): (usize, usize
 }
 
 /// `INTER_NEAREST`: the source pixel at `floor(d * scale)`, clamped.
-pub(super) fn nearest(data: &[u8], channels: usize, plan: &Plan) -> Vec<u8> {
-    let (scale_y, _) = scales(plan.source.0, plan.resized.0);
-    let (scale_x, _) = scales(plan.source.1, plan.resized.1);
-    let (top, left) = plan.offset;
-    let (crop_h, crop_w) = plan.target;
-    let stride = plan.source.1 * channels;
+pub(super) fn nearest(data: &[u8], channels: usize, geometry: &Geometry) -> Vec<u8> {
+    let (scale_y, _) = scales(geometry.source.0, geometry.resized.0);
+    let (scale_x, _) = scales(geometry.source.1, geometry.resized.1);
+    let (top, left) = geometry.offset;
+    let (crop_h, crop_w) = geometry.target;
+    let stride = geometry.source.1 * channels;
     let index =
         |d: usize, scale: f64, len: usize| ((d as f64 * scale).floor() as usize).min(len - 1);
     let mut out = Vec::with_capacity(crop_h * crop_w * channels);
     for y in top..top + crop_h {
-        let row = &data[index(y, scale_y, plan.source.0) * stride..][..stride];
+        let row = &data[index(y, scale_y, geometry.source.0) * stride..][..stride];
         for x in left..left + crop_w {
-            let sx = index(x, scale_x, plan.source.1);
+            let sx = index(x, scale_x, geometry.source.1);
             out.extend_from_slice(&row[sx * channels..][..channels]);
         }
     }

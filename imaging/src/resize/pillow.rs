@@ -9,7 +9,7 @@
 //! since Pillow 13, when the height shrinks by more than twice as many pixels as the width, the
 //! vertical pass runs first.
 
-use super::Plan;
+use super::Geometry;
 
 /// Fraction bits of the fixed-point weights: 32 bits less 8 for the value and 2 for the
 /// overshoot of filters with negative lobes.
@@ -113,17 +113,17 @@ fn clip8(sum: i32) -> u8 {
     (sum >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// The crop of `plan` from the HWC image `data`, resized by Pillow's `kernel`.
-pub(super) fn resize(data: &[u8], channels: usize, plan: &Plan, kernel: Kernel) -> Vec<u8> {
-    let (in_h, in_w) = plan.source;
-    let (out_h, out_w) = plan.resized;
+/// The crop of `geometry` from the HWC image `data`, resized by Pillow's `kernel`.
+pub(super) fn resize(data: &[u8], channels: usize, geometry: &Geometry, kernel: Kernel) -> Vec<u8> {
+    let (in_h, in_w) = geometry.source;
+    let (out_h, out_w) = geometry.resized;
     if out_h < in_h && in_h - out_h > 2 * in_w.saturating_sub(out_w) && out_w != in_w {
         // Vertical first: the same passes on the transposed image, transposed back.
-        let transposed = Plan {
+        let transposed = Geometry {
             source: (in_w, in_h),
             resized: (out_w, out_h),
-            offset: (plan.offset.1, plan.offset.0),
-            target: (plan.target.1, plan.target.0),
+            offset: (geometry.offset.1, geometry.offset.0),
+            target: (geometry.target.1, geometry.target.0),
         };
         let out = horizontal_first(
             &transpose(data, in_h, in_w, channels),
@@ -131,9 +131,9 @@ pub(super) fn resize(data: &[u8], channels: usize, plan: &Plan, kernel: Kernel) 
             &transposed,
             kernel,
         );
-        return transpose(&out, plan.target.1, plan.target.0, channels);
+        return transpose(&out, geometry.target.1, geometry.target.0, channels);
     }
-    horizontal_first(data, channels, plan, kernel)
+    horizontal_first(data, channels, geometry, kernel)
 }
 
 /// `data`, `height` rows of `width` pixels, with rows and columns swapped.
@@ -150,11 +150,11 @@ fn transpose(data: &[u8], height: usize, width: usize, channels: usize) -> Vec<u
 }
 
 /// Pillow's two passes, horizontal first.
-fn horizontal_first(data: &[u8], channels: usize, plan: &Plan, kernel: Kernel) -> Vec<u8> {
-    let (in_h, in_w) = plan.source;
-    let (out_h, out_w) = plan.resized;
-    let (top, left) = plan.offset;
-    let (crop_h, crop_w) = plan.target;
+fn horizontal_first(data: &[u8], channels: usize, geometry: &Geometry, kernel: Kernel) -> Vec<u8> {
+    let (in_h, in_w) = geometry.source;
+    let (out_h, out_w) = geometry.resized;
+    let (top, left) = geometry.offset;
+    let (crop_h, crop_w) = geometry.target;
     let half = 1i32 << (PRECISION_BITS - 1);
 
     // Rows of the source the vertical pass reads, and its taps.
@@ -251,8 +251,8 @@ mod tests {
         (oh, ow): (usize, usize),
         kernel: Kernel,
     ) -> Vec<u8> {
-        let plan = Plan::new((h, w), (oh, ow), Resize::Stretch, None);
-        resize(data, 1, &plan, kernel)
+        let geometry = Geometry::new((h, w), (oh, ow), Resize::Stretch, None);
+        resize(data, 1, &geometry, kernel)
     }
 
     #[test]
@@ -265,9 +265,12 @@ mod tests {
             50, 208, 78, 28, 64, 166, 121,
         ];
         let pillow = [155, 139, 165, 145, 140, 108, 124, 76, 76, 69, 93, 153];
-        let plan = Plan::new((9, 5), (3, 4), Resize::Stretch, None);
-        assert_eq!(resize(&data, 1, &plan, Kernel::Bilinear), pillow);
-        assert_ne!(horizontal_first(&data, 1, &plan, Kernel::Bilinear), pillow);
+        let geometry = Geometry::new((9, 5), (3, 4), Resize::Stretch, None);
+        assert_eq!(resize(&data, 1, &geometry, Kernel::Bilinear), pillow);
+        assert_ne!(
+            horizontal_first(&data, 1, &geometry, Kernel::Bilinear),
+            pillow
+        );
     }
 
     #[test]
