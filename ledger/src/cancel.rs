@@ -12,7 +12,7 @@ use fleet_protocol::job::{now_ms, utc_timestamp};
 use fleet_protocol::message::{self, Cancelled, ResultMessage};
 use fleet_storage::{BlobStore, StoreError};
 
-use crate::Ledger;
+use crate::blobs::Ledger;
 
 /// What of a cancellation failed.
 #[derive(Debug, thiserror::Error)]

@@ -18,10 +18,11 @@
 use std::collections::BTreeSet;
 
 use fleet_protocol::Summary;
-use fleet_protocol::job::Manifest;
-use fleet_storage::StoreError;
+use fleet_protocol::job::{self, Manifest};
+use fleet_storage::{BlobStore, StoreError};
 
-use crate::{ErrorBudget, Ledger};
+use crate::blobs::Ledger;
+use crate::budget::ErrorBudget;
 
 /// Reasons read for a job's failures, at most: a model that cannot load fails every partition
 /// the same way, and its thousands of notes need not all be read to say so.
@@ -205,4 +206,40 @@ impl Standing {
             (None, None) => format!("{}/?", self.stored),
         }
     }
+}
+
+impl Ledger<'_> {
+    /// Where the job stands, read from its blobs; `None` when the container has nothing of it.
+    pub fn standing(&self) -> Result<Option<Standing>, StoreError> {
+        let prefix = job::job_prefix(self.job());
+        let names: Vec<String> = self
+            .store()
+            .list(&prefix)?
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned))
+            .collect();
+        if names.is_empty() {
+            return Ok(None);
+        }
+        read(self, &names).map(Some)
+    }
+}
+
+/// Where every job of the container stands, oldest first (job ids sort by submission time):
+/// one listing of `jobs/`, then each job's few blobs.
+pub fn all(store: &dyn BlobStore) -> Result<Vec<Standing>, StoreError> {
+    let mut jobs: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for key in store.list(job::JOBS_PREFIX)? {
+        if let Some((job, rest)) = key
+            .strip_prefix(job::JOBS_PREFIX)
+            .and_then(|k| k.split_once('/'))
+        {
+            jobs.entry(job.to_owned())
+                .or_default()
+                .push(rest.to_owned());
+        }
+    }
+    jobs.iter()
+        .map(|(job, names)| read(&Ledger::new(store, job), names))
+        .collect()
 }

@@ -1,10 +1,11 @@
 //! The ledger's reading of a job, case by case, over a local container.
 
 use super::*;
-use fleet_protocol::job::{DatasetKind, Manifest};
-use fleet_protocol::message::Score;
-use fleet_storage::ErrorKind;
+use fleet_protocol::Summary;
+use fleet_protocol::job::{self, DatasetKind, Manifest, Plan, files};
+use fleet_protocol::message::{self, Score, Scored};
 use fleet_storage::local::LocalStore;
+use fleet_storage::{BlobStore, ErrorKind};
 
 fn container() -> (tempfile::TempDir, LocalStore) {
     let dir = tempfile::tempdir().unwrap();
@@ -240,7 +241,7 @@ fn unreadable_state_is_corrupt_and_never_transient() {
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     assert!(
         e.to_string()
-            .ends_with("jobs/j/plan.json cannot be read as a job plan"),
+            .ends_with(": job plan jobs/j/plan.json cannot be read"),
         "{e}"
     );
     assert!(

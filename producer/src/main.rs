@@ -5,8 +5,7 @@ use clap::{Parser, Subcommand};
 use fleet_service::logging::LogArgs;
 use producer::control::CancelArgs;
 use producer::convert::ConvertArgs;
-use producer::retry::RetryArgs;
-use producer::run::{Completed, RunArgs};
+use producer::run::{Completed, RetryArgs, RunArgs};
 use producer::stage::StageArgs;
 use producer::status::StatusArgs;
 
@@ -65,7 +64,7 @@ fn main() -> Result<()> {
         Some(Command::Cancel(args)) => runtime()?
             .block_on(producer::control::run(args))
             .map(|()| Completed::Whole)?,
-        Some(Command::Retry(args)) => runtime()?.block_on(producer::retry::run(args))?,
+        Some(Command::Retry(args)) => runtime()?.block_on(producer::run::retry(args))?,
         None => runtime()?.block_on(producer::run::run(cli.run))?,
     };
     if completed == Completed::Partial {

@@ -12,62 +12,13 @@
 
 use std::sync::Arc;
 
-use fleet_broker::amqp::AmqpBroker;
 use fleet_broker::{Broker, BrokerError, Queue};
 use fleet_dataset::{self as dataset, BatchSelection, DatasetError, HEIGHT, IMAGE_BYTES, WIDTH};
 use fleet_ledger::{ErrorBudget, JobState, Ledger};
 use fleet_protocol::job::{self, DatasetKind, Manifest, now_ms};
 use fleet_protocol::message::{self, Images, Partition, Scored};
 use fleet_spec::ModelSpec;
-use fleet_storage::{BlobStore, StoreArgs, StoreError};
-
-use crate::run::{self, Completed, FleetArgs, RunError};
-
-/// What `producer retry` retries, and where.
-#[derive(Debug, clap::Args)]
-pub struct RetryArgs {
-    /// Where the container is.
-    #[command(flatten)]
-    pub store: StoreArgs,
-    /// The job's id.
-    pub job: String,
-    /// Where the job runs.
-    /// Where the partitions are scored.
-    #[command(flatten)]
-    pub fleet: FleetArgs,
-}
-
-/// Publishes a job's failed partitions again, over the fleet or in this process.
-pub async fn run(args: RetryArgs) -> Result<Completed, RunError> {
-    let store = args.store.open_async(false).await?;
-    let (found_in, job) = (store.clone(), args.job.clone());
-    let retry = tokio::task::spawn_blocking(move || prepare(found_in.as_ref(), &job)).await??;
-    if !retry.waiting.is_empty() {
-        tracing::warn!(
-            job = %retry.job,
-            partitions = ?retry.waiting,
-            "dead-lettered partitions whose rows the collector has not stored yet are left out: retry again once it has"
-        );
-    }
-    println!(
-        "job {}: scoring {} failed partitions again",
-        retry.job,
-        retry.partitions.len()
-    );
-    let fleet = args.fleet;
-    if fleet.embedded {
-        let done =
-            crate::embedded::retry(store.clone(), &retry, fleet.workers, fleet.worker).await?;
-        return Ok(run::embedded_done(store.as_ref(), &done));
-    }
-    let broker = AmqpBroker::connect(fleet.amqp).await?;
-    let published = retry.publish(&broker, store.clone(), &mut |_| {}).await?;
-    println!("published {published} partitions");
-    if fleet.wait {
-        return run::wait(store, &retry.manifest, fleet.wait_timeout_secs).await;
-    }
-    Ok(Completed::Whole)
-}
+use fleet_storage::{BlobStore, StoreError};
 
 /// Why a job's failed partitions cannot be retried.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,6 @@
-//! `producer` without a subcommand: submit a job and, embedded or with `--wait`, see it to its
-//! end; and what every command that runs a job prints once it is over.
+//! Running a job to its end: `producer` without a subcommand (a job submitted and, embedded or
+//! with `--wait`, followed) and `producer retry` (a stuck job's failed partitions published
+//! again), and what both print once the job is over.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,6 +151,53 @@ pub async fn run(args: RunArgs) -> Result<Completed, RunError> {
     println!("job: {job}");
     if fleet.wait {
         return wait(store, &manifest, fleet.wait_timeout_secs).await;
+    }
+    Ok(Completed::Whole)
+}
+
+/// What `producer retry` retries, and where.
+#[derive(Debug, clap::Args)]
+pub struct RetryArgs {
+    /// Where the container is.
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The job's id.
+    pub job: String,
+    /// Where the job runs.
+    /// Where the partitions are scored.
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+}
+
+/// Publishes a job's failed partitions again, over the fleet or in this process.
+pub async fn retry(args: RetryArgs) -> Result<Completed, RunError> {
+    let store = args.store.open_async(false).await?;
+    let (found_in, job) = (store.clone(), args.job.clone());
+    let retry = tokio::task::spawn_blocking(move || crate::retry::prepare(found_in.as_ref(), &job))
+        .await??;
+    if !retry.waiting.is_empty() {
+        tracing::warn!(
+            job = %retry.job,
+            partitions = ?retry.waiting,
+            "dead-lettered partitions whose rows the collector has not stored yet are left out: retry again once it has"
+        );
+    }
+    println!(
+        "job {}: scoring {} failed partitions again",
+        retry.job,
+        retry.partitions.len()
+    );
+    let fleet = args.fleet;
+    if fleet.embedded {
+        let done =
+            crate::embedded::retry(store.clone(), &retry, fleet.workers, fleet.worker).await?;
+        return Ok(embedded_done(store.as_ref(), &done));
+    }
+    let broker = AmqpBroker::connect(fleet.amqp).await?;
+    let published = retry.publish(&broker, store.clone(), &mut |_| {}).await?;
+    println!("published {published} partitions");
+    if fleet.wait {
+        return wait(store, &retry.manifest, fleet.wait_timeout_secs).await;
     }
     Ok(Completed::Whole)
 }
