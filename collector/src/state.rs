@@ -169,9 +169,13 @@ impl Jobs {
     pub fn handle(&mut self, message: ResultMessage) -> Result<Vec<Event>, StoreError> {
         let job = message.job().to_owned();
         match self.apply(message) {
-            Err(Unusable::Store(e)) if e.kind() == ErrorKind::Corrupt => {
+            Err(Unusable::Store(StoreError::Corrupt {
+                what, key, source, ..
+            })) => {
                 self.open.remove(&job);
-                self.cannot_complete(&job, Chain(&e).to_string())
+                // Recorded in the job's own container: naming the container adds nothing.
+                let why = format!("{what} {key} cannot be read: {}", Chain(source.as_ref()));
+                self.cannot_complete(&job, why)
             }
             Err(Unusable::Store(e)) => Err(e),
             Err(Unusable::NoPlan(key)) => {

@@ -47,8 +47,8 @@ pub enum QuantizeError {
     #[error("it cannot be quantized: {0}")]
     Unsupported(String),
     /// Running the model on the calibration images failed.
-    #[error("calibrating it failed: {0}")]
-    Calibration(String),
+    #[error("calibrating it failed")]
+    Calibration(#[source] ort::Error),
     /// ONNX Runtime is missing on this host.
     #[error(transparent)]
     Host(#[from] InferenceError),
@@ -218,13 +218,13 @@ fn calibrate(
             }),
         }));
     let environment = runtime::environment()?;
-    let run = |e: ort::Error| QuantizeError::Calibration(e.to_string());
+    let run = QuantizeError::Calibration;
     let mut session = Session::builder(environment)
         .map_err(run)?
         .with_optimization_level(GraphOptimizationLevel::Level1)
-        .map_err(|e| QuantizeError::Calibration(e.to_string()))?
+        .map_err(|e| run(e.into()))?
         .commit_from_memory(&exposed.encode_to_vec())
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(run)?;
     let input = session.inputs()[0].name().to_owned();
     let mut ranges: HashMap<String, (f32, f32)> = HashMap::new();
     let image_len: usize = image_shape.iter().product();
