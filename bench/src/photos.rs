@@ -86,6 +86,7 @@ fn spec(resize: Resize, shorter_side: Option<u32>, filter: Filter, fast_jpeg: bo
         class_count: 1000,
         classes: None,
         class_ids: None,
+        embeddings: Vec::new(),
         provenance: Provenance {
             source: "bench".into(),
             format: "onnx".into(),

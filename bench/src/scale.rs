@@ -121,6 +121,7 @@ async fn one_job<B: Broker + Clone>(
         top_k: 1,
         several_batches: false,
         max_failed_partitions: 0,
+        vectors: Vec::new(),
     };
     store.put(&job::plan_key(&job), &serde_json::to_vec(&plan)?)?;
     let counted = Arc::new(Counted {
@@ -236,6 +237,7 @@ fn synthetic(job: &str, partition: u32, images: u32) -> Scored {
                 label: Some(label),
                 top: vec![(predicted, 0.5 + (index % 50) as f32 / 100.0)],
                 error: None,
+                scored: true,
             }
         })
         .collect();
@@ -265,6 +267,7 @@ fn synthetic(job: &str, partition: u32, images: u32) -> Scored {
         provider: "CPU".into(),
         thumbnails,
         failed: None,
+        vectors: false,
     }
 }
 

@@ -269,6 +269,7 @@ mod tests {
                     vec![(0, 0.9)]
                 },
                 error: failed.map(|reason| format!("partition not scored: {reason}")),
+                scored: failed.is_none(),
             }],
             worker: "w".into(),
             inference_ms: 1.0,
@@ -279,6 +280,7 @@ mod tests {
             provider: "CPU".into(),
             thumbnails: Vec::new(),
             failed: failed.map(str::to_owned),
+            vectors: false,
         }))
     }
 
@@ -295,6 +297,7 @@ mod tests {
             top_k: 1,
             several_batches: false,
             max_failed_partitions: 1,
+            vectors: Vec::new(),
         };
         Ledger::new(store.as_ref(), "j").write_plan(&plan).unwrap();
         let broker = MemoryBroker::default();

@@ -91,13 +91,27 @@ struct OpenJob {
 }
 
 impl OpenJob {
-    /// Counts a stored copy in.
-    fn count(&mut self, scored: &Scored) {
+    /// Counts a stored copy in, with its vectors blob when it has one.
+    fn count(&mut self, scored: &Scored, vectors: Option<&[u8]>) {
         match scored.failed {
             Some(_) => self.failed.insert(scored.partition),
-            None => self.tally.add(scored),
+            None => self.tally.add(scored, vectors),
         }
         self.stored.insert(scored.partition);
+    }
+
+    /// The vectors blob of stored copy `scored`, when the job's rows carry vectors and the
+    /// worker wrote them.
+    fn vectors(&self, ledger: &Ledger<'_>, scored: &Scored) -> Result<Option<Vec<u8>>, StoreError> {
+        if self.plan.vectors.is_empty() || !scored.vectors {
+            return Ok(None);
+        }
+        let blob = ledger.vectors(
+            scored.partition,
+            scored.scores.len(),
+            self.plan.vector_bytes(),
+        )?;
+        Ok(Some(blob))
     }
 }
 
@@ -313,7 +327,9 @@ impl Jobs {
             tracing::debug!(%job, partition, "partition already stored: ignored");
             return Ok(None);
         }
-        let part = parquet::part(&state.plan, &scored)
+        // Its vectors, which travel through the store, go into its Parquet file.
+        let vectors = state.vectors(&self.ledger(&job), &scored)?;
+        let part = parquet::part(&state.plan, &scored, vectors.as_deref())
             .expect("a validated partition's rows are valid Parquet for the job's schema");
         let rows = rows::rows(&state.plan, &scored);
         // The two row files at once (one round trip to the store instead of two), then the
@@ -347,7 +363,7 @@ impl Jobs {
             Arrival::First | Arrival::Again => {}
         }
         if !matches!(arrival, Arrival::FailedAgain) {
-            state.count(&scored);
+            state.count(&scored, vectors.as_deref());
         }
         Ok(Some(Event::Stored {
             job,
@@ -379,13 +395,19 @@ impl Jobs {
             .plan()?
             .ok_or_else(|| Unusable::NoPlan(job::plan_key(job)))?;
         let mut state = OpenJob {
-            tally: Tally::new(plan.classes.len()),
+            tally: Tally::new(&plan),
             plan,
             stored: Stored::default(),
             failed: Stored::default(),
             sealed: ledger.seal()?,
         };
-        let read = ledger.for_each_stored(|scored| state.count(&scored))?;
+        // Each stored partition is read once, its vectors too (the report's projection samples
+        // them).
+        let read = ledger.for_each_stored(|scored| {
+            let vectors = state.vectors(&ledger, &scored)?;
+            state.count(&scored, vectors.as_deref());
+            Ok(())
+        })?;
         if read > 0 {
             tracing::info!(%job, partitions = state.stored.count, "took in stored partitions (from before a restart, or another collector's)");
         }
@@ -485,7 +507,7 @@ impl Jobs {
                     "it was stored, and is gone",
                 )
             })?;
-            tally.add(&scored);
+            tally.add(&scored, None);
         }
         Ok(tally)
     }
@@ -567,6 +589,7 @@ mod tests {
                     label: Some(i),
                     top: vec![(0, 0.9)],
                     error: None,
+                    scored: true,
                 })
                 .collect(),
             worker: "w".into(),
@@ -578,6 +601,7 @@ mod tests {
             provider: "CPU".into(),
             thumbnails: Vec::new(),
             failed: None,
+            vectors: false,
         })
     }
 
@@ -612,6 +636,7 @@ mod tests {
             top_k: 1,
             several_batches: false,
             max_failed_partitions: 0,
+            vectors: Vec::new(),
         };
         a.store
             .put(&job::plan_key("j"), &serde_json::to_vec(&plan).unwrap())
@@ -743,6 +768,7 @@ mod tests {
                 top_k: 1,
                 several_batches: false,
                 max_failed_partitions: budget,
+                vectors: Vec::new(),
             };
             a.store
                 .put(&job::plan_key("j"), &serde_json::to_vec(&plan).unwrap())

@@ -275,6 +275,7 @@ mod tests {
             class_count: 10,
             classes: None,
             class_ids: None,
+            embeddings: Vec::new(),
             provenance: Provenance {
                 source: "m".into(),
                 format: "onnx".into(),

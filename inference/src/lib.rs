@@ -149,13 +149,36 @@ impl std::fmt::Display for InputSize {
 }
 
 /// What a model leaves open, settled by its spec: the size fed to an input whose height and
-/// width are free, and which output is the classifier's when there are several.
+/// width are free, which output is the classifier's when there are several, and which are
+/// read as embeddings.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Fit {
     /// Where the model fixes its input size, this must agree when given.
     pub size: Option<InputSize>,
-    /// An output of the model, by name.
+    /// The classifier's output, by name; `None`: the model's only output.
     pub output: Option<String>,
+    /// The model has no classifier: only its embeddings are read (with none named, its only
+    /// output is the embedding).
+    pub no_classes: bool,
+    /// Outputs read as vectors, by name, each flattened after the batch axis: a pooled
+    /// feature map `[N, 2048, 1, 1]` is 2,048 values an image.
+    pub embeddings: Vec<String>,
+}
+
+impl Fit {
+    /// What `spec` settles of its model: the size its images are prepared at, its classifier's
+    /// output, and its embeddings.
+    pub fn of(spec: &fleet_spec::ModelSpec) -> Self {
+        Self {
+            size: Some(InputSize {
+                height: spec.height as usize,
+                width: spec.width as usize,
+            }),
+            output: spec.output.clone(),
+            no_classes: !spec.has_classes(),
+            embeddings: spec.embeddings.iter().map(|e| e.tensor.clone()).collect(),
+        }
+    }
 }
 
 /// Which execution provider runs the model.
@@ -197,13 +220,22 @@ fn at_most<const MAX: usize>(value: &str) -> Result<usize, String> {
     }
 }
 
+/// One output a call reads, per image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputSignature {
+    /// Its name in the model.
+    pub name: String,
+    /// Values per image: its dimensions after the batch axis, multiplied.
+    pub len: usize,
+    /// The element type it holds (float16 values are widened).
+    pub precision: Precision,
+}
+
 /// What a model takes and returns, read from the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signature {
     /// Name of the image input.
     pub input: String,
-    /// Name of the output that is the classifier's.
-    pub output: String,
     /// Where the channel axis is in the input.
     pub layout: Layout,
     /// 1 or 3.
@@ -212,15 +244,15 @@ pub struct Signature {
     pub height: usize,
     /// Input width, in pixels.
     pub width: usize,
-    /// Length of the output row.
-    pub classes: usize,
+    /// The classifier's output (its length is the class count), unless the model has none.
+    pub classifier: Option<OutputSignature>,
+    /// The outputs read as vectors, in the order asked for.
+    pub embeddings: Vec<OutputSignature>,
     /// The images per call the model was exported for, when its batch dimension is fixed
     /// (`torch.onnx.export` without dynamic axes leaves 1); `None` when it takes any number.
     pub fixed_batch: Option<usize>,
     /// The element type of the image input.
     pub input_precision: Precision,
-    /// The element type of the classifier's output.
-    pub output_precision: Precision,
 }
 
 /// The float element types a model's input and output may hold. Preprocessing always makes
@@ -238,6 +270,22 @@ impl Signature {
     /// Values in one input image.
     pub fn input_len(&self) -> usize {
         self.channels * self.height * self.width
+    }
+
+    /// The model's classes: the classifier's length, 0 without one.
+    pub fn classes(&self) -> usize {
+        self.classifier.as_ref().map_or(0, |c| c.len)
+    }
+
+    /// The outputs a call reads, in the order of an image's row: the classifier's first.
+    pub fn outputs(&self) -> impl Iterator<Item = &OutputSignature> {
+        self.classifier.iter().chain(&self.embeddings)
+    }
+
+    /// Values of one image's row of outputs ([`Scorer::score`]): its class scores, then each
+    /// embedding.
+    pub fn row_len(&self) -> usize {
+        self.outputs().map(|o| o.len).sum()
     }
 
     /// The input tensor's shape for `images` images.
@@ -311,9 +359,11 @@ impl Scorer {
             _ => Some((cores / runs).max(1)),
         };
         let asked = options.model_runs.max(1);
-        let (first, provider) = session(model, model_name, options, threads(asked))?;
+        let (mut first, provider) = session(model, model_name, options, threads(asked))?;
         let signature = read_signature(&first, model_name, fit)?;
-        tracing::info!(model = model_name, provider, classes = signature.classes, input = ?signature.shape(1), "model loaded");
+        let mut signature = signature;
+        settle_lengths(&mut first, &mut signature, model_name)?;
+        tracing::info!(model = model_name, provider, classes = signature.classes(), embeddings = ?signature.embeddings.iter().map(|e| (&e.name, e.len)).collect::<Vec<_>>(), input = ?signature.shape(1), "model loaded");
         let runs = match options.model_runs {
             0 if provider == "CPU" && signature.fixed_batch.is_some() => {
                 cores.min(RUN_COPIES_BYTES / model.len().max(1)).max(1)
@@ -356,9 +406,9 @@ impl Scorer {
         &self.signature
     }
 
-    /// Number of classes the model scores.
+    /// Number of classes the model scores (0 for a model with no classifier).
     pub fn classes(&self) -> usize {
-        self.signature.classes
+        self.signature.classes()
     }
 
     /// The execution provider the session runs on.
@@ -372,9 +422,10 @@ impl Scorer {
     }
 
     /// Scores `images` preprocessed images laid out as the signature says in `input`, and
-    /// writes `images * classes` outputs to `outputs` (cleared first). A model with a fixed
-    /// batch size is run as often as it takes, its runs at once, the last call filled up with
-    /// blank images whose outputs are dropped.
+    /// writes each image's row of outputs ([`Signature::row_len`] values: its class scores,
+    /// then each embedding) to `outputs` (cleared first). A model with a fixed batch size is
+    /// run as often as it takes, its runs at once, the last call filled up with blank images
+    /// whose outputs are dropped.
     pub fn score(
         &mut self,
         input: &[f32],
@@ -384,14 +435,15 @@ impl Scorer {
         let signature = &self.signature;
         let image_len = signature.input_len();
         assert_eq!(input.len(), images * image_len, "{images} images of input");
+        let row = signature.row_len();
         outputs.clear();
-        outputs.resize(images * signature.classes, 0.0);
+        outputs.resize(images * row, 0.0);
         let Some(fixed) = signature.fixed_batch.filter(|&fixed| fixed != images) else {
             return self.runs[0].run(signature, input, images, outputs);
         };
         let batches: Vec<(&[f32], &mut [f32])> = input
             .chunks(fixed * image_len)
-            .zip(outputs.chunks_mut(fixed * signature.classes))
+            .zip(outputs.chunks_mut(fixed * row))
             .collect();
         if self.runs.len() == 1 || batches.len() == 1 {
             return batches.into_iter().try_for_each(|(input, out)| {
@@ -474,7 +526,7 @@ impl Run {
         }
         let mut padded = input.to_vec();
         padded.resize(fixed * signature.input_len(), 0.0);
-        let mut padded_out = vec![0.0; fixed * signature.classes];
+        let mut padded_out = vec![0.0; fixed * signature.row_len()];
         self.run(signature, &padded, fixed, &mut padded_out)?;
         out.copy_from_slice(&padded_out[..out.len()]);
         Ok(())
@@ -511,35 +563,104 @@ impl Run {
                     .map_err(run)?
             }
         };
-        let output = &result[signature.output.as_str()];
-        let expected = images * signature.classes;
-        debug_assert_eq!(out.len(), expected);
-        let (shape, returned) = match signature.output_precision {
-            Precision::Float32 => {
-                let (shape, values) = output.try_extract_tensor::<f32>().map_err(run)?;
-                if values.len() == expected {
-                    out.copy_from_slice(values);
+        // Each output's values go to their place in each image's row.
+        let row = signature.row_len();
+        debug_assert_eq!(out.len(), images * row);
+        let mut offset = 0;
+        for output in signature.outputs() {
+            let value = &result[output.name.as_str()];
+            let scatter = |out: &mut [f32], values: &[f32]| {
+                for (image, values) in values.chunks_exact(output.len).enumerate() {
+                    out[image * row + offset..][..output.len].copy_from_slice(values);
                 }
-                (shape.to_vec(), values.len())
-            }
-            Precision::Float16 => {
-                let (shape, values) = output.try_extract_tensor::<f16>().map_err(run)?;
-                if values.len() == expected {
-                    for (o, v) in out.iter_mut().zip(values) {
-                        *o = v.to_f32();
+            };
+            let (shape, returned) = match output.precision {
+                Precision::Float32 => {
+                    let (shape, values) = value.try_extract_tensor::<f32>().map_err(run)?;
+                    if values.len() == images * output.len {
+                        scatter(out, values);
                     }
+                    (shape.to_vec(), values.len())
                 }
-                (shape.to_vec(), values.len())
+                Precision::Float16 => {
+                    let (shape, values) = value.try_extract_tensor::<f16>().map_err(run)?;
+                    if values.len() == images * output.len {
+                        let wide: Vec<f32> = values.iter().map(|v| v.to_f32()).collect();
+                        scatter(out, &wide);
+                    }
+                    (shape.to_vec(), values.len())
+                }
+            };
+            if returned != images * output.len {
+                return Err(InferenceError::Run {
+                    detail: format!(
+                        ": the model returned shape {shape:?} at {} for {images} images",
+                        output.name
+                    ),
+                    source: None,
+                });
             }
-        };
-        if returned != expected {
-            return Err(InferenceError::Run {
-                detail: format!(": the model returned shape {shape:?} for {images} images"),
-                source: None,
-            });
+            offset += output.len;
         }
         Ok(())
     }
+}
+
+/// Settles the lengths of the outputs `signature` reads whose shapes the model leaves open
+/// (an intermediate tensor exposed as an output often has no shape in the model): one run of
+/// blank images on `session` says them.
+fn settle_lengths(
+    session: &mut Session,
+    signature: &mut Signature,
+    model: &str,
+) -> Result<(), InferenceError> {
+    if signature.outputs().all(|o| o.len > 0) {
+        return Ok(());
+    }
+    let images = signature.fixed_batch.unwrap_or(1);
+    let input = vec![0.0; images * signature.input_len()];
+    let shape = signature.shape(images);
+    let run = |e: ort::Error| InferenceError::Run {
+        detail: " (a blank image, to learn an output's shape)".into(),
+        source: Some(e),
+    };
+    let result = match signature.input_precision {
+        Precision::Float32 => {
+            let tensor = TensorRef::from_array_view((shape, input.as_slice())).map_err(run)?;
+            session.run(ort::inputs![signature.input.as_str() => tensor])
+        }
+        Precision::Float16 => {
+            let half: Vec<f16> = input.iter().map(|&v| f16::from_f32(v)).collect();
+            let tensor = TensorRef::from_array_view((shape, half.as_slice())).map_err(run)?;
+            session.run(ort::inputs![signature.input.as_str() => tensor])
+        }
+    }
+    .map_err(run)?;
+    let outputs = signature
+        .classifier
+        .iter_mut()
+        .chain(&mut signature.embeddings);
+    for output in outputs.filter(|o| o.len == 0) {
+        let dims: Vec<i64> = result[output.name.as_str()]
+            .shape()
+            .iter()
+            .copied()
+            .collect();
+        let len: i64 = dims.iter().skip(1).product();
+        output.len = match dims.first() {
+            Some(&n) if n == images as i64 && len > 0 => len as usize,
+            _ => {
+                return Err(InferenceError::DoesNotFit {
+                    model: model.into(),
+                    reason: format!(
+                        "its output {} has shape {dims:?} for {images} images, not one row an image",
+                        output.name
+                    ),
+                });
+            }
+        };
+    }
+    Ok(())
 }
 
 /// The model's signature, with what `fit` settles, or why it cannot be scored.
@@ -556,8 +677,8 @@ fn read_signature(session: &Session, model: &str, fit: &Fit) -> Result<Signature
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let output = match (&fit.output, outputs) {
-        (Some(name), _) => outputs
+    let position = |name: &str| {
+        outputs
             .iter()
             .position(|o| o.name() == name)
             .ok_or_else(|| {
@@ -565,18 +686,29 @@ fn read_signature(session: &Session, model: &str, fit: &Fit) -> Result<Signature
                     "it has no output {name} (its outputs: {})",
                     names()
                 ))
-            })?,
-        (None, [_]) => 0,
-        (None, []) => return Err(does_not_fit("it has no outputs".into())),
-        (None, _) => {
-            return Err(InferenceError::NeedsOutput {
-                model: model.into(),
-                outputs: names(),
-            });
-        }
+            })
+    };
+    let only = || match outputs {
+        [_] => Ok(0),
+        [] => Err(does_not_fit("it has no outputs".into())),
+        _ => Err(InferenceError::NeedsOutput {
+            model: model.into(),
+            outputs: names(),
+        }),
+    };
+    let classifier = match (&fit.output, fit.no_classes) {
+        (_, true) => None,
+        (Some(name), false) => Some(position(name)?),
+        (None, false) => Some(only()?),
+    };
+    let embeddings = match (fit.no_classes, fit.embeddings.is_empty()) {
+        (true, true) => vec![only()?],
+        _ => (fit.embeddings.iter())
+            .map(|name| position(name))
+            .collect::<Result<Vec<_>, _>>()?,
     };
     let size = fit.size;
-    let shape = classifier_shape(session, output).map_err(does_not_fit)?;
+    let shape = shape(session, classifier, &embeddings).map_err(does_not_fit)?;
     let mut signature = shape.signature;
     let (model_height, model_width) = shape.height_width;
     if let Some(asked) = size {
@@ -607,7 +739,7 @@ fn read_signature(session: &Session, model: &str, fit: &Fit) -> Result<Signature
     }
 }
 
-/// What [`classifier_shape`] reads: the signature with the height and width still to be
+/// What [`shape`] reads: the signature with the height and width still to be
 /// settled, and the model's own (`None` where it leaves them free).
 struct InputShape {
     signature: Signature,
@@ -615,8 +747,14 @@ struct InputShape {
     dims: Vec<i64>,
 }
 
-/// The model's input and output as an image classifier's, or why they are not.
-fn classifier_shape(session: &Session, output: usize) -> Result<InputShape, String> {
+/// The model's input as an image model's, its classifier output (at `classifier`) as
+/// `[N, classes]`, and its outputs at `embeddings` as one row of values an image, or why they
+/// are not.
+fn shape(
+    session: &Session,
+    classifier: Option<usize>,
+    embeddings: &[usize],
+) -> Result<InputShape, String> {
     let [input] = session.inputs() else {
         return Err(format!(
             "it has {} inputs ({})",
@@ -629,7 +767,6 @@ fn classifier_shape(session: &Session, output: usize) -> Result<InputShape, Stri
                 .join(", ")
         ));
     };
-    let output = &session.outputs()[output];
     let expect_float = |what: &str, name: &str, ty: &ValueType| match ty {
         ValueType::Tensor {
             ty: TensorElementType::Float32,
@@ -662,34 +799,63 @@ fn classifier_shape(session: &Session, output: usize) -> Result<InputShape, Stri
             ));
         }
     };
-    let (output_shape, output_precision) = expect_float("output", output.name(), output.dtype())?;
-    // [N, classes], or [N, classes, 1, 1] as some converters leave it.
-    let classes = match output_shape.as_slice() {
-        [_, rest @ ..] if !rest.is_empty() && rest.iter().all(|&d| d > 0) => {
-            let classes: i64 = rest.iter().product();
-            (rest.iter().filter(|&&d| d > 1).count() <= 1).then_some(classes as usize)
-        }
-        _ => None,
-    }
-    .ok_or_else(|| {
-        format!(
-            "its output {} has shape {output_shape:?}, not [N, classes]",
-            output.name()
-        )
-    })?;
+    let classifier = classifier
+        .map(|at| {
+            let output = &session.outputs()[at];
+            let (shape, precision) = expect_float("output", output.name(), output.dtype())?;
+            // [N, classes], or [N, classes, 1, 1] as some converters leave it.
+            let classes = match shape.as_slice() {
+                [_, rest @ ..] if !rest.is_empty() && rest.iter().all(|&d| d > 0) => {
+                    let classes: i64 = rest.iter().product();
+                    (rest.iter().filter(|&&d| d > 1).count() <= 1).then_some(classes as usize)
+                }
+                _ => None,
+            }
+            .ok_or_else(|| {
+                format!(
+                    "its output {} has shape {shape:?}, not [N, classes]",
+                    output.name()
+                )
+            })?;
+            Ok::<_, String>(OutputSignature {
+                name: output.name().to_owned(),
+                len: classes,
+                precision,
+            })
+        })
+        .transpose()?;
+    let embeddings = embeddings
+        .iter()
+        .map(|&at| {
+            let output = &session.outputs()[at];
+            let (shape, precision) = expect_float("output", output.name(), output.dtype())?;
+            // Every value after the batch axis, when the model says how many; 0 (settled by a
+            // run) where it leaves them open.
+            let known = shape.iter().skip(1).all(|&d| d > 0);
+            let len = if known && shape.len() > 1 {
+                shape.iter().skip(1).product::<i64>() as usize
+            } else {
+                0
+            };
+            Ok::<_, String>(OutputSignature {
+                name: output.name().to_owned(),
+                len,
+                precision,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(InputShape {
         signature: Signature {
             input: input.name().to_owned(),
-            output: output.name().to_owned(),
             layout,
             channels: channels as usize,
             // Settled by the caller: the model's, or the size asked for.
             height: 0,
             width: 0,
-            classes,
+            classifier,
+            embeddings,
             fixed_batch,
             input_precision,
-            output_precision,
         },
         height_width: (fixed(height), fixed(width)),
         dims: shape,

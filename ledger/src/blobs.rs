@@ -128,10 +128,13 @@ impl<'a> Ledger<'a> {
         self.store.exists(&job::partition_key(self.job, partition))
     }
 
-    /// Hands every stored partition to `each`, in order; how many there were. A copy that
-    /// does not decode, or holds another partition than its name says, is
+    /// Hands every stored partition to `each`, in order, until it fails; how many there were.
+    /// A copy that does not decode, or holds another partition than its name says, is
     /// [`StoreError::Corrupt`]: the job cannot complete from it.
-    pub fn for_each_stored(&self, mut each: impl FnMut(Scored)) -> Result<usize, StoreError> {
+    pub fn for_each_stored(
+        &self,
+        mut each: impl FnMut(Scored) -> Result<(), StoreError>,
+    ) -> Result<usize, StoreError> {
         let keys = self.store.list(&job::partitions_prefix(self.job))?;
         let mut read = 0;
         for key in &keys {
@@ -139,7 +142,7 @@ impl<'a> Ledger<'a> {
             let Some(bytes) = self.store.get_if_exists(key)? else {
                 continue;
             };
-            each(self.decode_partition(key, &bytes)?);
+            each(self.decode_partition(key, &bytes)?)?;
             read += 1;
         }
         Ok(read)
@@ -161,6 +164,38 @@ impl<'a> Ledger<'a> {
             ));
         }
         Ok(scored)
+    }
+
+    /// The vectors the worker that scored partition `partition` wrote, checked to hold
+    /// `bytes_per_image` for each of its `images`: a blob of another size, or none, is
+    /// [`StoreError::Corrupt`].
+    pub fn vectors(
+        &self,
+        partition: u32,
+        images: usize,
+        bytes_per_image: usize,
+    ) -> Result<Vec<u8>, StoreError> {
+        let key = job::vectors_key(self.job, partition);
+        // The worker writes it before it sends the scores: gone, it is lost.
+        let bytes = self.store.get(&key).map_err(|e| match e {
+            StoreError::NotFound { .. } => {
+                StoreError::corrupt(self.store, &key, "vectors blob", "it is gone")
+            }
+            e => e,
+        })?;
+        if bytes.len() != images * bytes_per_image {
+            let reason = format!(
+                "it holds {} bytes, not {images} images of {bytes_per_image}",
+                bytes.len()
+            );
+            return Err(StoreError::corrupt(
+                self.store,
+                &key,
+                "vectors blob",
+                reason,
+            ));
+        }
+        Ok(bytes)
     }
 
     /// The partitions the collector stored failed, in order.
@@ -266,13 +301,14 @@ impl<'a> Ledger<'a> {
     }
 
     /// The job's blobs that only serve it while it runs, for the collector to delete once it
-    /// is complete or cancelled: stored partitions, failed markers and retry marks, the
-    /// recorded seal, the sample grid and the plan. The manifest, the listing and the
+    /// is complete or cancelled: stored partitions, failed markers and retry marks, vectors
+    /// blobs, the recorded seal, the sample grid and the plan. The manifest, the listing and the
     /// cancellation marker stay, as the job's record.
     pub fn intermediate_blobs(&self) -> Result<Vec<String>, StoreError> {
         let mut keys = self.store.list(&job::partitions_prefix(self.job))?;
         keys.extend(self.store.list(&job::failed_prefix(self.job))?);
         keys.extend(self.store.list(&job::retrying_prefix(self.job))?);
+        keys.extend(self.store.list(&job::vectors_prefix(self.job))?);
         keys.extend([
             job::sealed_key(self.job),
             job::samples_key(self.job),

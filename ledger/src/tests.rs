@@ -20,6 +20,7 @@ fn plan(budget: u32) -> Plan {
         top_k: 1,
         several_batches: false,
         max_failed_partitions: budget,
+        vectors: Vec::new(),
     }
 }
 
@@ -60,6 +61,7 @@ fn scored(partition: u32, failed: Option<&str>) -> Scored {
                 vec![(0, 0.9)]
             },
             error: failed.map(|reason| format!("partition not scored: {reason}")),
+            scored: failed.is_none(),
         }],
         worker: "w".into(),
         inference_ms: 1.0,
@@ -70,6 +72,7 @@ fn scored(partition: u32, failed: Option<&str>) -> Scored {
         provider: "CPU".into(),
         thumbnails: Vec::new(),
         failed: failed.map(str::to_owned),
+        vectors: false,
     }
 }
 
@@ -254,7 +257,7 @@ fn unreadable_state_is_corrupt_and_never_transient() {
     store
         .put(&job::partition_key("j", 1), b"not a partition")
         .unwrap();
-    let e = ledger.for_each_stored(|_| {}).unwrap_err();
+    let e = ledger.for_each_stored(|_| Ok(())).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     // A copy of one partition stored under another's name.
     store

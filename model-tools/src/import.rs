@@ -60,8 +60,6 @@ pub struct ImportedModel {
     pub source_sha256: String,
     /// SHA-256 of the ONNX model.
     pub onnx_sha256: String,
-    /// Whether the graph ends in a softmax.
-    pub outputs: Outputs,
     /// How it was obtained, for the user (`converted from CNTK v2: 120 nodes, ...`).
     pub description: String,
 }
@@ -103,7 +101,6 @@ pub fn import(
     };
     Ok(ImportedModel {
         onnx_sha256: sha256_hex(&onnx),
-        outputs: outputs_of(&onnx),
         onnx,
         format,
         source_sha256,
@@ -120,21 +117,19 @@ fn onnx_problem(bytes: &[u8]) -> String {
     }
 }
 
-/// Probabilities when the graph's first output is made by a Softmax node, else logits.
-fn outputs_of(onnx: &[u8]) -> Outputs {
+/// What the model's output `output` holds: probabilities when a Softmax node makes it, else
+/// logits.
+pub fn outputs_of(onnx: &[u8], output: &str) -> Outputs {
     let Ok(model) = ModelProto::decode(onnx) else {
         return Outputs::Logits;
     };
     let Some(graph) = model.graph else {
         return Outputs::Logits;
     };
-    let Some(output) = graph.output.first() else {
-        return Outputs::Logits;
-    };
     let softmax = graph
         .node
         .iter()
-        .find(|n| n.output.contains(&output.name))
+        .find(|n| n.output.iter().any(|o| o == output))
         .is_some_and(|n| n.op_type == "Softmax");
     if softmax {
         Outputs::Probabilities

@@ -112,14 +112,23 @@ struct Earlier {
     job: String,
     listing: BufReader<Box<dyn Read + Send>>,
     rows: BufReader<Box<dyn Read + Send>>,
-    /// Columns of `scores.csv`: `index` and `predicted_label`.
+    /// Columns of `scores.csv`: `index`, and what says an image was scored.
     index: usize,
-    predicted: usize,
+    scored: ScoredColumn,
     /// Lines read so far.
     read: u64,
     /// The line last read, not yet passed by the listing: key, size, version, scored.
     current: Option<(String, u64, String, bool)>,
     done: bool,
+}
+
+/// The column of `scores.csv` that says whether an image was scored.
+enum ScoredColumn {
+    /// A classifier's `predicted_label`: not empty.
+    Predicted(usize),
+    /// A model with no classes has no predictions: its `error` is empty, or names a fault
+    /// the image was scored despite.
+    Error(usize),
 }
 
 impl Earlier {
@@ -139,7 +148,10 @@ impl Earlier {
         Ok(Self {
             job: job.to_owned(),
             index: column("index")?,
-            predicted: column("predicted_label")?,
+            scored: match column("predicted_label") {
+                Ok(at) => ScoredColumn::Predicted(at),
+                Err(_) => ScoredColumn::Error(column("error")?),
+            },
             listing,
             rows,
             read: 0,
@@ -200,7 +212,12 @@ impl Earlier {
         if row.get(self.index).map(String::as_str) != Some(&self.read.to_string()) {
             return stop(format!("row {} of scores.csv is not its image", self.read));
         }
-        let scored = row.get(self.predicted).is_some_and(|p| !p.is_empty());
+        let scored = match self.scored {
+            ScoredColumn::Predicted(at) => row.get(at).is_some_and(|p| !p.is_empty()),
+            ScoredColumn::Error(at) => row
+                .get(at)
+                .is_some_and(|e| e.is_empty() || e.starts_with("scored despite")),
+        };
         self.read += 1;
         Some((key.to_owned(), size, version.to_owned(), scored))
     }

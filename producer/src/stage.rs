@@ -15,14 +15,17 @@ use fleet_imaging::Preprocessor;
 use fleet_imaging::mean_image::{MeanImage, MeanImageError};
 use fleet_inference::{Fit, InferenceError, InferenceOptions, InputSize, Scorer, Signature};
 use fleet_protocol::job;
+use fleet_protocol::job::{VectorColumn, VectorPrecision};
 use fleet_service::concurrent;
 use fleet_spec::{
-    ChannelOrder, ClassList, Filter, ModelSpec, Normalize, Preset, Provenance, Recipe, Resize,
-    SPEC_VERSION, SpecError, parse_class_list, plain_recipe, sha256_hex, shorter_side_for,
+    ChannelOrder, ClassList, Embedding, Filter, ModelSpec, Normalize, Outputs, Preset, Provenance,
+    Recipe, Resize, SPEC_VERSION, SpecError, parse_class_list, plain_recipe, sha256_hex,
+    shorter_side_for,
 };
 use fleet_storage::{BlobStore, StoreArgs, StoreError, check_key};
 use indicatif::{ProgressBar, ProgressStyle};
-use model_tools::import::{ImportError, ImportedModel, SourceFormat, import};
+use model_tools::expose::{ExposeError, expose};
+use model_tools::import::{ImportError, ImportedModel, SourceFormat, import, outputs_of};
 use model_tools::quantize::{CALIBRATION_IMAGES, QuantizeError, quantize};
 
 /// The walkthrough's inputs, staged when no input is named.
@@ -208,6 +211,9 @@ pub enum StageError {
     /// The model file cannot be imported.
     #[error(transparent)]
     Import(#[from] ImportError),
+    /// A tensor asked for as an embedding is not in the model.
+    #[error(transparent)]
+    Expose(#[from] ExposeError),
     /// ONNX Runtime refuses the model, or it is no image classifier.
     #[error(transparent)]
     Model(#[from] InferenceError),
@@ -331,6 +337,89 @@ pub struct SpecArgs {
     /// nodes, or its first output that is not a loss or metric].
     #[arg(long = "output-node", value_name = "NAME")]
     pub output_node: Option<String>,
+    /// A tensor of the model written as a vector an image (an embedding), a column of the
+    /// Parquet results: one of its outputs, or any tensor inside its graph (made an output as
+    /// the model is staged). Repeat it for several; NAME=TENSOR names the column [default
+    /// column: `embedding`, or the tensor's name beside others].
+    #[arg(long = "embedding", value_name = "[NAME=]TENSOR")]
+    pub embeddings: Vec<String>,
+    /// The model is no classifier (a CLIP or DINOv2 image encoder, say): its rows carry no
+    /// predictions, only its embeddings; with no --embedding, its only output is the
+    /// embedding.
+    #[arg(long = "embedding-only")]
+    pub embedding_only: bool,
+    /// How embeddings are written: float32, or float16 (half the bytes, about three
+    /// significant digits).
+    #[arg(long = "embedding-precision", value_name = "float32|float16", value_parser = precision, default_value = "float32")]
+    pub embedding_precision: VectorPrecision,
+    /// Scale each embedding to length 1 (L2) before it is written: cosine similarity is then a
+    /// dot product.
+    #[arg(long = "normalize-embeddings")]
+    pub normalize_embeddings: bool,
+}
+
+/// `--embedding-precision`'s parser.
+fn precision(value: &str) -> Result<VectorPrecision, String> {
+    match value {
+        "float32" => Ok(VectorPrecision::Float32),
+        "float16" => Ok(VectorPrecision::Float16),
+        other => Err(format!("`{other}` is not float32 or float16")),
+    }
+}
+
+impl SpecArgs {
+    /// The embeddings asked for: each column's name and its tensor.
+    fn embedding_columns(&self) -> Result<Vec<(String, String)>, StageError> {
+        let several = self.embeddings.len() > 1;
+        let columns: Vec<(String, String)> = self
+            .embeddings
+            .iter()
+            .map(|arg| match arg.split_once('=') {
+                Some((name, tensor)) => (name.to_owned(), tensor.to_owned()),
+                None if several => (column_name(arg), arg.clone()),
+                None => ("embedding".to_owned(), arg.clone()),
+            })
+            .collect();
+        for (name, _) in &columns {
+            let valid = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid || RESERVED_COLUMNS.contains(&name.as_str()) {
+                return Err(StageError::Invalid(format!(
+                    "`{name}` cannot name an embedding column: use letters, digits and `_`, \
+                     starting with a letter, and none of {}",
+                    RESERVED_COLUMNS.join(", ")
+                )));
+            }
+        }
+        Ok(columns)
+    }
+}
+
+/// Columns the results have of their own: an embedding cannot take their names.
+const RESERVED_COLUMNS: [&str; 8] = [
+    "batch",
+    "index",
+    "filename",
+    "true_label",
+    "predicted_label",
+    "true_class",
+    "predicted_class",
+    "error",
+];
+
+/// A column name made of a tensor's name: `pool5/7x7_s1` becomes `pool5_7x7_s1`.
+fn column_name(tensor: &str) -> String {
+    let name: String = tensor
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    match name.chars().next() {
+        Some(c) if c.is_ascii_alphabetic() || c == '_' => name,
+        _ => format!("embedding_{name}"),
+    }
 }
 
 /// Stages the dataset as `blob`, after checking that it reads as a CIFAR-10 tarball.
@@ -511,10 +600,35 @@ pub fn stage_model(
     })?;
     let file_name = source.file_name();
     let (imported, signature, output) = import_and_load(source, spec_args, inference)?;
-    let classes = match &spec_args.classes {
-        Some(classes) => Some(class_list(classes, signature.classes, &file_name)?),
-        None => None,
+    let classes = match (&spec_args.classes, spec_args.embedding_only) {
+        (Some(_), true) => {
+            return Err(StageError::Invalid(
+                "--classes names the classes of a classifier, and --embedding-only says the \
+                 model is none: give one or the other"
+                    .into(),
+            ));
+        }
+        (Some(classes), false) => Some(class_list(classes, signature.classes(), &file_name)?),
+        (None, _) => None,
     };
+    let columns = spec_args.embedding_columns()?;
+    let embeddings = (signature.embeddings.iter())
+        .zip(
+            columns
+                .iter()
+                .map(|(name, _)| name.clone())
+                .chain(std::iter::repeat("embedding".to_owned())),
+        )
+        .map(|(output, name)| Embedding {
+            tensor: output.name.clone(),
+            column: VectorColumn {
+                name,
+                dim: output.len as u32,
+                precision: spec_args.embedding_precision,
+                normalized: spec_args.normalize_embeddings,
+            },
+        })
+        .collect();
     let recipe = match (spec_args.preset, imported.format) {
         (Some(preset), _) => preset.recipe(),
         (None, SourceFormat::CntkV1 | SourceFormat::CntkV2) => Preset::Cntk.recipe(),
@@ -552,10 +666,14 @@ pub fn stage_model(
         fast_jpeg: spec_args.fast_jpeg,
         scale: preparation.scale,
         normalize,
-        outputs: imported.outputs,
-        class_count: signature.classes as u32,
+        outputs: match &signature.classifier {
+            Some(classifier) => outputs_of(&imported.onnx, &classifier.name),
+            None => Outputs::Logits,
+        },
+        class_count: signature.classes() as u32,
         class_ids: classes.as_ref().and_then(|list| list.ids.clone()),
         classes: classes.map(|list| list.names),
+        embeddings,
         provenance: Provenance {
             source: source.to_string(),
             format: imported.format.as_str().into(),
@@ -597,18 +715,37 @@ fn staged_model_line(
         || "the default".to_owned(),
         |p| format!("--preset {}", p.name()),
     );
-    format!(
-        "model {source} -> {} ({description}; input {}x{}x{} {:?}, {} classes, {:?})\n  images \
-         prepared as {preset}: {}",
+    let mut line = format!(
+        "model {source} -> {} ({description}; input {}x{}x{} {:?}, {})\n  images prepared as \
+         {preset}: {}",
         job::model_key(name),
         spec.channels,
         spec.height,
         spec.width,
         spec.layout,
-        spec.class_count,
-        spec.outputs,
+        match spec.class_count {
+            0 => "no classes".to_owned(),
+            n => format!("{n} classes, {:?}", spec.outputs),
+        },
         spec.preparation()
-    )
+    );
+    for embedding in &spec.embeddings {
+        let column = &embedding.column;
+        let _ = write!(
+            line,
+            "\n  embedding {} <- {}: {} values an image, {}{}",
+            column.name,
+            embedding.tensor,
+            column.dim,
+            column.precision.name(),
+            if column.normalized {
+                ", L2-normalised"
+            } else {
+                ""
+            }
+        );
+    }
+    line
 }
 
 /// The model file as ONNX (a CNTK model converted), loaded by ONNX Runtime as the flags fit
@@ -622,16 +759,39 @@ fn import_and_load(
     let options = cntk_onnx::Options {
         output: spec_args.output_node.clone(),
     };
-    let imported = import(source.read_all()?, &file_name, &options)?;
+    let mut imported = import(source.read_all()?, &file_name, &options)?;
     // The importer chose a CNTK model's output (the ONNX it writes has one); an ONNX model's
     // is chosen when it is run.
-    let output = match imported.format {
+    let mut output = match imported.format {
         SourceFormat::Onnx => spec_args.output_node.clone(),
         SourceFormat::CntkV1 | SourceFormat::CntkV2 => None,
     };
+    // Tensors inside the graph asked for as embeddings become outputs of the staged model.
+    let tensors: Vec<String> = (spec_args.embedding_columns()?.into_iter())
+        .map(|(_, tensor)| tensor)
+        .collect();
+    let exposed = expose(&imported.onnx, &tensors)?;
+    if !exposed.added.is_empty() {
+        // The classifier of a model with one output is still that one.
+        if let ([only], None, false) = (
+            exposed.outputs.as_slice(),
+            &output,
+            spec_args.embedding_only,
+        ) {
+            output = Some(only.clone());
+        }
+        imported.onnx_sha256 = sha256_hex(&exposed.onnx);
+        imported.onnx = exposed.onnx;
+        imported.description.push_str(&format!(
+            "; {} made an output for its embedding",
+            exposed.added.join(", ")
+        ));
+    }
     let fit = Fit {
         size: spec_args.input_size,
         output: output.clone(),
+        no_classes: spec_args.embedding_only,
+        embeddings: tensors,
     };
     let scorer = Scorer::load_fitted(&imported.onnx, &file_name, inference, &fit)?;
     let signature = scorer.signature().clone();
@@ -818,14 +978,7 @@ pub fn stage_quantized(
         source,
     })?;
     let int8_name = format!("{name}-int8");
-    let fit = Fit {
-        size: Some(InputSize {
-            height: h,
-            width: w,
-        }),
-        output: spec.output.clone(),
-    };
-    Scorer::load_fitted(&quantized, &int8_name, inference, &fit)?;
+    Scorer::load_fitted(&quantized, &int8_name, inference, &Fit::of(&spec))?;
     let mut int8_spec = spec.clone();
     int8_spec.provenance.onnx_sha256 = sha256_hex(&quantized);
     int8_spec.provenance.format = format!("{} (int8)", spec.provenance.format);

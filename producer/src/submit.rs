@@ -247,11 +247,18 @@ fn find_inputs(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Inputs,
             options.dataset
         )));
     }
+    if !spec.has_classes() && !matches!(options.labels, LabelSource::Auto | LabelSource::None) {
+        return Err(SubmitError::Labels(format!(
+            "model {model} has no classes (it is staged for its embeddings alone): its jobs \
+             take no labels; leave out --labels {}",
+            options.labels
+        )));
+    }
     if tarball {
         // A tarball: its labels are CIFAR-10's classes, and so are its names when the model
-        // has none of its own.
+        // has none of its own. A model with no classes takes none.
         let labelled = match &options.labels {
-            LabelSource::Auto => true,
+            LabelSource::Auto => spec.has_classes(),
             LabelSource::None => false,
             other => {
                 return Err(SubmitError::Labels(format!(
@@ -525,6 +532,7 @@ impl<B: Broker> Submission<'_, B> {
             top_k: self.options.top_k,
             several_batches,
             max_failed_partitions: self.options.max_failed_partitions,
+            vectors: self.inputs.spec.vector_columns(),
         };
         let (store, job) = (self.store.clone(), self.job.to_owned());
         let index = (self.inputs.scope.as_ref()).map(|scope| job::index_key(scope, self.job));

@@ -15,7 +15,7 @@ pub const SAMPLE_SIZE: usize = 16;
 /// Longest side of a thumbnail, in pixels.
 pub const THUMBNAIL_SIDE: usize = 64;
 /// Positions of the images of partition `partition` whose thumbnails the report may show: the
-/// first [`SAMPLE_SIZE`] readable images of the job's first partition, the partition's
+/// first [`SAMPLE_SIZE`] images the model scored in the job's first partition, the partition's
 /// [`GALLERY_SIZE`] most confident mistakes, and its [`GALLERY_SIZE`] least confident
 /// predictions of images without a label. Sorted, each once.
 pub fn pick_thumbnails(partition: u32, scores: &[Score]) -> Vec<usize> {
@@ -25,7 +25,7 @@ pub fn pick_thumbnails(partition: u32, scores: &[Score]) -> Vec<usize> {
             scores
                 .iter()
                 .enumerate()
-                .filter(|(_, s)| s.predicted().is_some())
+                .filter(|(_, s)| s.scored)
                 .map(|(i, _)| i)
                 .take(SAMPLE_SIZE),
         );
@@ -58,6 +58,7 @@ mod tests {
             label,
             top: vec![(class, confidence)],
             error: None,
+            scored: true,
         }
     }
 
@@ -91,6 +92,7 @@ mod tests {
             label: None,
             top: vec![],
             error: Some("corrupt".into()),
+            scored: false,
         };
         assert_eq!(pick_thumbnails(1, &scores), (1..13).collect::<Vec<_>>());
     }

@@ -125,6 +125,19 @@ pub fn retrying_prefix(job: &str) -> String {
     format!("jobs/{job}/retrying/")
 }
 
+/// The vectors (embeddings) of partition `partition`'s images, written by the worker that
+/// scored it (see [`VectorColumn`] for the layout), read by the collector into the partition's
+/// Parquet file: large outputs travel through the store, and the message only says they are
+/// there.
+pub fn vectors_key(job: &str, partition: u32) -> String {
+    format!("{}{partition:06}.bin", vectors_prefix(job))
+}
+
+/// Where the job's vectors blobs are.
+pub fn vectors_prefix(job: &str) -> String {
+    format!("jobs/{job}/vectors/")
+}
+
 /// The partition number in a key made by [`failed_key`], [`retrying_key`] or
 /// [`dead_letter_key`].
 pub fn partition_of(key: &str) -> Option<u32> {
@@ -199,12 +212,82 @@ pub struct Plan {
     /// Partitions that may fail with the job still completing, as partial.
     #[serde(default)]
     pub max_failed_partitions: u32,
+    /// The vectors each row carries in the Parquet results (the model's embeddings), in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vectors: Vec<VectorColumn>,
 }
 
 impl Plan {
-    /// Classes each row reports: the job's top-k, or every class of a model with fewer.
+    /// Classes each row reports: the job's top-k, or every class of a model with fewer; none
+    /// for a model with no classes (an embedding model).
     pub fn columns_top_k(&self) -> usize {
+        if self.classes.is_empty() {
+            return 0;
+        }
         usize::from(self.top_k).min(self.classes.len()).max(1)
+    }
+
+    /// Whether the job's model is a classifier: its rows have predictions.
+    pub fn has_classes(&self) -> bool {
+        !self.classes.is_empty()
+    }
+
+    /// Bytes of one image's vectors in a partition's vectors blob.
+    pub fn vector_bytes(&self) -> usize {
+        self.vectors.iter().map(VectorColumn::bytes).sum()
+    }
+}
+
+/// One vector column of a job's results: an embedding, `dim` values an image.
+///
+/// A partition's vectors blob ([`vectors_key`]) holds, for each image in order, each column's
+/// values one after another, little-endian, in the column's precision; an image the model did
+/// not score has zeros there, and no vector in the results.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VectorColumn {
+    /// The column's name in the results.
+    pub name: String,
+    /// Values an image.
+    pub dim: u32,
+    /// How each value is written.
+    pub precision: VectorPrecision,
+    /// Whether each vector was scaled to length 1 (L2) before it was written.
+    pub normalized: bool,
+}
+
+impl VectorColumn {
+    /// Bytes of one image's vector.
+    pub fn bytes(&self) -> usize {
+        self.dim as usize * self.precision.bytes()
+    }
+}
+
+/// How a vector's values are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum VectorPrecision {
+    /// 32-bit floats.
+    #[default]
+    Float32,
+    /// 16-bit floats (IEEE half precision): half the bytes, about three significant digits.
+    Float16,
+}
+
+impl VectorPrecision {
+    /// Bytes of one value.
+    pub fn bytes(self) -> usize {
+        match self {
+            VectorPrecision::Float32 => 4,
+            VectorPrecision::Float16 => 2,
+        }
+    }
+
+    /// The name used on the command line and in specs.
+    pub fn name(self) -> &'static str {
+        match self {
+            VectorPrecision::Float32 => "float32",
+            VectorPrecision::Float16 => "float16",
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the message format written by this build.
-pub const MESSAGE_VERSION: u16 = 4;
+pub const MESSAGE_VERSION: u16 = 5;
 
 /// Largest message accepted. A partition of 1,000 CIFAR images is about 3 MB, one of 1,000
 /// blob names a few tens of kB; anything much larger is a mistake or an attack, and is refused
@@ -149,6 +149,9 @@ pub struct Score {
     /// Why the image could not be scored (unreadable, unsupported, too large, ...), or, beside
     /// a prediction, what was wrong with an image scored all the same ("scored despite: ...").
     pub error: Option<String>,
+    /// Whether the model ran on the image: its vectors (the job's [`crate::job::Plan::vectors`],
+    /// if any) are in the partition's vectors blob.
+    pub scored: bool,
 }
 
 impl Score {
@@ -193,6 +196,10 @@ pub struct Scored {
     /// Why the partition could not be scored at all, when a worker gave up on it: every score
     /// then carries this reason, and the job counts it against its error budget.
     pub failed: Option<String>,
+    /// Whether the worker wrote the partition's vectors to the store
+    /// ([`crate::job::vectors_key`]): a job whose plan has vectors gets them there, never in
+    /// the message, so that a message stays small whatever the vectors' size.
+    pub vectors: bool,
 }
 
 impl Scored {
@@ -442,6 +449,7 @@ mod tests {
                 label: None,
                 top: vec![(0, 1.0)],
                 error: None,
+                scored: true,
             }],
             worker: "w".into(),
             inference_ms: 0.0,
@@ -452,6 +460,7 @@ mod tests {
             provider: "CPU".into(),
             thumbnails: Vec::new(),
             failed: None,
+            vectors: false,
         };
         assert!(scored.validate().is_ok());
         let invalid = |change: fn(&mut Scored)| {

@@ -111,6 +111,19 @@ pub struct Summary {
     /// since the earlier jobs named here, whose rows cover the rest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incremental: Option<crate::job::Incremental>,
+    /// The vectors (embeddings) the job's rows carry in its Parquet results.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub embeddings: Vec<Embeddings>,
+}
+
+/// One vector column of a job's results, and how many images have a vector in it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Embeddings {
+    /// The column: its name, dimension and precision.
+    #[serde(flatten)]
+    pub column: crate::job::VectorColumn,
+    /// Images with a vector (those the model scored).
+    pub images: u64,
 }
 
 /// What a partial job lacks.
@@ -130,9 +143,18 @@ impl Summary {
     pub fn accuracy_line(&self) -> String {
         let mut line = if self.accuracy.is_some() {
             accuracy_line(self.correct, self.labelled)
+        } else if self.classes.is_empty() {
+            format!("Scored {} images (no classes)", self.scored)
         } else {
             format!("Scored {} images (no true labels)", self.scored)
         };
+        for embeddings in &self.embeddings {
+            let _ = write!(
+                line,
+                "; {} vectors of {} values in column {}",
+                embeddings.images, embeddings.column.dim, embeddings.column.name
+            );
+        }
         if self.unreadable > 0 {
             let _ = write!(
                 line,

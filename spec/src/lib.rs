@@ -13,12 +13,14 @@
 //! then subtract a mean image, or a per-channel mean and divide by a per-channel std
 //! ([`Normalize`]); lay the result out as the model's input ([`Layout`]).
 
+use fleet_protocol::job::VectorColumn;
 use serde::{Deserialize, Serialize};
 
 /// Version of the spec format written by this build. Version 2 added [`ModelSpec::filter`] and
-/// [`ModelSpec::shorter_side`]: a build that reads only version 1 would ignore them and prepare
-/// images another way, so it must refuse the spec instead.
-pub const SPEC_VERSION: u32 = 2;
+/// [`ModelSpec::shorter_side`], version 3 [`ModelSpec::embeddings`] (and models with no
+/// classes): a build that reads an older version would ignore them and prepare images another
+/// way, or write other results, so it must refuse the spec instead.
+pub const SPEC_VERSION: u32 = 3;
 
 /// The oldest spec format this build reads: a version-1 spec is read with the filter and
 /// geometry every model had then ([`Filter::FloatLinear`], shorter side to the crop).
@@ -308,7 +310,8 @@ pub struct ModelSpec {
     pub normalize: Normalize,
     /// Whether the output row is logits or probabilities.
     pub outputs: Outputs,
-    /// Number of classes: the length of the model's output row.
+    /// Number of classes: the length of the model's output row; 0 for a model staged as an
+    /// embedding model only (no classifier: its rows have no predictions).
     pub class_count: u32,
     /// Class names by output index, when the user gave them (`--classes`). Two classes may
     /// share a name (ImageNet's "crane" and "maillot"): labels then name them by id or index.
@@ -319,7 +322,31 @@ pub struct ModelSpec {
     pub class_ids: Option<Vec<String>>,
     /// Where the model came from, and the sha256 of the ONNX file this spec describes.
     pub provenance: Provenance,
+    /// The model's tensors written as vectors (embeddings), a column each in the Parquet
+    /// results, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub embeddings: Vec<Embedding>,
 }
+
+/// A tensor of the model written as a vector an image: the pooled features before a
+/// classifier, or the whole output of an embedding model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Embedding {
+    /// The model's output it is read from: one of its own, or an intermediate tensor of the
+    /// graph made an output when the model was staged.
+    pub tensor: String,
+    /// Its column in the results, and what it is written as.
+    #[serde(flatten)]
+    pub column: VectorColumn,
+}
+
+/// Most values of one image's vectors, over all its embeddings: 4 MiB of float32 values.
+pub const MAX_VECTOR_VALUES: u64 = 1 << 20;
+
+/// The most bytes of vectors one partition may carry: the worker writes them as one blob, and
+/// the collector reads it whole into the partition's Parquet file. Partitions of a model with
+/// large vectors are cut smaller to fit.
+pub const MAX_PARTITION_VECTOR_BYTES: u64 = 64 << 20;
 
 /// The most memory one image's model input may take, as float32 values: a model that takes
 /// more is refused at staging (a worker could not score even one image at a time).
@@ -376,11 +403,31 @@ impl ModelSpec {
     }
 
     /// The most images of this model one partition may hold: as many as
-    /// [`MAX_PARTITION_WAITING_BYTES`] holds (at least one), so that a model with a large
-    /// input is scored in smaller partitions instead of exhausting a worker's memory.
+    /// [`MAX_PARTITION_WAITING_BYTES`] holds, and as many vectors as
+    /// [`MAX_PARTITION_VECTOR_BYTES`] (at least one), so that a model with a large input or
+    /// large embeddings is scored in smaller partitions instead of exhausting a worker's or the
+    /// collector's memory.
     pub fn max_partition_images(&self) -> u32 {
-        let images = MAX_PARTITION_WAITING_BYTES / self.waiting_bytes().max(1);
-        u32::try_from(images).unwrap_or(u32::MAX).max(1)
+        let waiting = MAX_PARTITION_WAITING_BYTES / self.waiting_bytes().max(1);
+        let vectors = MAX_PARTITION_VECTOR_BYTES / (self.vector_bytes() as u64).max(1);
+        u32::try_from(waiting.min(vectors))
+            .unwrap_or(u32::MAX)
+            .max(1)
+    }
+
+    /// Bytes of one image's vectors, over all its embeddings.
+    pub fn vector_bytes(&self) -> usize {
+        self.embeddings.iter().map(|e| e.column.bytes()).sum()
+    }
+
+    /// The columns of the vectors the model's rows carry.
+    pub fn vector_columns(&self) -> Vec<VectorColumn> {
+        self.embeddings.iter().map(|e| e.column.clone()).collect()
+    }
+
+    /// Whether the model is a classifier: its rows have predictions.
+    pub fn has_classes(&self) -> bool {
+        self.class_count > 0
     }
 
     /// The provenance of the spec in `bytes`, read without the rest (a spec may list a
@@ -409,8 +456,31 @@ impl ModelSpec {
                 self.height, self.width
             ));
         }
-        if self.class_count == 0 {
-            return Err("the model has no classes".into());
+        if self.class_count == 0 && self.embeddings.is_empty() {
+            return Err("the model has no classes and writes no embeddings".into());
+        }
+        let values: u64 = self
+            .embeddings
+            .iter()
+            .map(|e| u64::from(e.column.dim))
+            .sum();
+        if values > MAX_VECTOR_VALUES {
+            return Err(format!(
+                "its embeddings hold {values} values an image, more than the {MAX_VECTOR_VALUES} \
+                 a row may carry: choose a smaller tensor (a pooled one)"
+            ));
+        }
+        if let Some(e) = self.embeddings.iter().find(|e| e.column.dim == 0) {
+            return Err(format!("embedding {} has no values", e.column.name));
+        }
+        let mut names: Vec<&str> = self
+            .embeddings
+            .iter()
+            .map(|e| e.column.name.as_str())
+            .collect();
+        names.sort_unstable();
+        if let Some(twice) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("two embeddings are named {}", twice[0]));
         }
         let input_bytes =
             4 * u64::from(self.channels) * u64::from(self.height) * u64::from(self.width);
@@ -548,7 +618,8 @@ impl ModelSpec {
         (self.channels * self.height * self.width) as usize
     }
 
-    /// Class names by output index: the given names, or `class_0`, `class_1`, ...
+    /// Class names by output index: the given names, or `class_0`, `class_1`, ... (none for
+    /// a model with no classes).
     pub fn class_names(&self) -> Vec<String> {
         match &self.classes {
             Some(names) => names.clone(),
@@ -650,6 +721,7 @@ mod tests {
             class_count: 10,
             classes: None,
             class_ids: None,
+            embeddings: Vec::new(),
             provenance: Provenance {
                 source: "m.dnn".into(),
                 format: "cntk-v2".into(),

@@ -729,10 +729,6 @@ pub fn parquet_as_csv(store: &dyn fleet_storage::BlobStore, job: &str) -> String
             .unwrap_or_else(|e| panic!("{key} is not a Parquet file: {e}"));
         for row in reader.get_row_iter(None).unwrap() {
             let row = row.unwrap_or_else(|e| panic!("{key}: {e}"));
-            let cells: std::collections::HashMap<&str, String> = row
-                .get_column_iter()
-                .map(|(name, field)| (name.as_str(), cell(field)))
-                .collect();
             let columns = [
                 "index",
                 "filename",
@@ -742,12 +738,59 @@ pub fn parquet_as_csv(store: &dyn fleet_storage::BlobStore, job: &str) -> String
                 "predicted_class",
                 "confidence",
             ];
+            let cells: std::collections::HashMap<&str, String> = row
+                .get_column_iter()
+                .filter(|(name, _)| columns.contains(&name.as_str()))
+                .map(|(name, field)| (name.as_str(), cell(field)))
+                .collect();
             let line: Vec<&str> = columns.iter().map(|c| cells[c].as_str()).collect();
             csv.push_str(&line.join(","));
             csv.push('\n');
         }
     }
     csv
+}
+
+/// The vector column `column` of job `job`'s Parquet files, read back with the Parquet crate's
+/// own reader: each row's file name with its vector (`None` for a null), in row order.
+pub fn parquet_vectors(
+    store: &dyn fleet_storage::BlobStore,
+    job: &str,
+    column: &str,
+) -> Vec<(String, Option<Vec<f32>>)> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::{Field, ListAccessor, RowAccessor};
+    let mut rows = Vec::new();
+    for key in store
+        .list(&fleet_protocol::job::parquet_prefix(job))
+        .expect("the Parquet files are listed")
+    {
+        let bytes = store.get(&key).expect("a Parquet file is read");
+        let reader = SerializedFileReader::new(bytes::Bytes::from(bytes)).unwrap();
+        for row in reader.get_row_iter(None).unwrap() {
+            let row = row.unwrap();
+            let mut name = None;
+            let mut vector = None;
+            for (at, (field_name, field)) in row.get_column_iter().enumerate() {
+                if field_name == "filename" {
+                    name = Some(row.get_string(at).unwrap().clone());
+                }
+                if field_name == column {
+                    vector = match field {
+                        Field::Null => None,
+                        Field::ListInternal(list) => Some(
+                            (0..list.len())
+                                .map(|i| list.get_float(i).unwrap())
+                                .collect(),
+                        ),
+                        other => panic!("{column} holds {other:?}, not a list"),
+                    };
+                }
+            }
+            rows.push((name.expect("a filename column"), vector));
+        }
+    }
+    rows
 }
 
 /// The job named by a running `producer --wait` started with [`spawn`], read from its output

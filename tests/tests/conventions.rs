@@ -80,6 +80,7 @@ fn spec(convention: &Convention) -> ModelSpec {
         class_count: 1000,
         classes: None,
         class_ids: None,
+        embeddings: Vec::new(),
         provenance: Provenance {
             source: "conventions".into(),
             format: "onnx".into(),

@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use fleet_imaging::{DecodeLimits, Image, Preprocessor, decoding_bytes, thumbnail};
-use fleet_inference::{Fit, InferenceError, InferenceOptions, InputSize, Scorer};
+use fleet_inference::{Fit, InferenceError, InferenceOptions, Scorer};
 use fleet_protocol::gallery;
-use fleet_protocol::job::{self, now_ms};
+use fleet_protocol::job::{self, VectorPrecision, now_ms};
 use fleet_protocol::message::{Images, Partition, Score, Scored, Thumbnail};
 use fleet_service::concurrent;
 use fleet_service::errors::chain;
@@ -87,6 +87,8 @@ struct Loaded {
     spare: Mutex<Spare>,
     /// Images per model call: as many as `--max-call-mb` holds.
     call_images: usize,
+    /// Where the partitions' vectors are written, for a model with embeddings.
+    store: Arc<dyn BlobStore>,
 }
 
 /// Buffers kept for reuse.
@@ -219,7 +221,7 @@ impl Models {
     fn load(&mut self, model: &str) -> Result<Arc<Loaded>, ScoreError> {
         if !self.loaded.contains_key(model) {
             let call_bytes = (self.images.max_call_mb as usize).saturating_mul(1 << 20);
-            let loaded = load(self.store.as_ref(), model, &self.inference, call_bytes)?;
+            let loaded = load(&self.store, model, &self.inference, call_bytes)?;
             self.loaded.insert(model.to_owned(), Arc::new(loaded));
         }
         Ok(self.loaded[model].clone())
@@ -286,8 +288,14 @@ impl Prepared {
     }
 
     /// The partition's result from its images' rankings (none when no image of the
-    /// partition could be read).
-    fn into_scored(self, ranked: Vec<Ranked>, inference_ms: f64, worker: &str) -> Scored {
+    /// partition could be read); `vectors` says whether its vectors blob was written.
+    fn into_scored(
+        self,
+        ranked: Vec<Ranked>,
+        inference_ms: f64,
+        worker: &str,
+        vectors: bool,
+    ) -> Scored {
         let Self {
             partition,
             model,
@@ -315,6 +323,7 @@ impl Prepared {
                         label,
                         top: Vec::new(),
                         error: Some(error),
+                        scored: false,
                     },
                     (None, Some(Ok(mut top))) => {
                         top.truncate(k);
@@ -322,6 +331,7 @@ impl Prepared {
                             label,
                             top,
                             error: note.map(|note| format!("scored despite: {note}")),
+                            scored: true,
                         }
                     }
                     (None, None) => unreachable!("a readable image has its ranking"),
@@ -369,6 +379,7 @@ impl Prepared {
             provider: model.provider.to_owned(),
             thumbnails,
             failed: None,
+            vectors,
         }
     }
 }
@@ -390,6 +401,7 @@ pub fn failed(partition: &Partition, reason: &str) -> Scored {
                 label,
                 top: Vec::new(),
                 error: Some(format!("partition not scored: {reason}")),
+                scored: false,
             })
             .collect(),
         worker: String::new(),
@@ -401,6 +413,7 @@ pub fn failed(partition: &Partition, reason: &str) -> Scored {
         provider: String::new(),
         thumbnails: Vec::new(),
         failed: Some(reason.to_owned()),
+        vectors: false,
     }
 }
 
@@ -430,12 +443,25 @@ pub fn score_together(batch: Vec<Prepared>, worker: &str) -> Vec<Result<Scored, 
         .collect();
     let image_len = model.preprocessor.input_len();
     let classes = model.spec.class_count as usize;
+    let row_len = classes
+        + model
+            .spec
+            .embeddings
+            .iter()
+            .map(|e| e.column.dim as usize)
+            .sum::<usize>();
     let k = batch
         .iter()
         .map(|p| usize::from(p.partition.top_k))
         .max()
         .unwrap_or(1);
     let probabilities = model.spec.outputs == Outputs::Probabilities;
+    let vector_bytes = model.spec.vector_bytes();
+    // Each partition's vectors blob, filled as its images' rows come.
+    let mut vectors: Vec<Vec<u8>> = batch
+        .iter()
+        .map(|p| vec![0; p.len() * vector_bytes])
+        .collect();
     let started = Instant::now();
     // Each call's outputs are ranked as they come: a partition of a many-class model would
     // otherwise hold images x classes values (2 GB for 500 images of 1,000,000 classes).
@@ -453,11 +479,15 @@ pub fn score_together(batch: Vec<Prepared>, worker: &str) -> Vec<Result<Scored, 
                     batch[p].input.write(i, &model.preprocessor, slot);
                 }
                 scorer.score(&input, chunk.len(), &mut call_outputs)?;
-                ranked.extend(
-                    call_outputs
-                        .chunks_exact(classes)
-                        .map(|row| rank(row, k, probabilities)),
-                );
+                for (&(p, i), row) in chunk.iter().zip(call_outputs.chunks_exact(row_len)) {
+                    let (class_row, vector_row) = row.split_at(classes);
+                    ranked.push(match classes {
+                        0 => Ok(Vec::new()),
+                        _ => rank(class_row, k, probabilities),
+                    });
+                    let out = &mut vectors[p][i * vector_bytes..][..vector_bytes];
+                    write_vectors(&model.spec.embeddings, vector_row, out);
+                }
                 Ok(())
             })
             .map_err(|e: InferenceError| ScoreError::Transient(chain(&e)));
@@ -470,17 +500,59 @@ pub fn score_together(batch: Vec<Prepared>, worker: &str) -> Vec<Result<Scored, 
     let mut ranked = ranked.into_iter();
     batch
         .into_iter()
-        .map(|prepared| {
+        .zip(vectors)
+        .map(|(prepared, vectors)| {
             let n = prepared.len();
             let rankings: Vec<Ranked> = ranked.by_ref().take(n).collect();
-            call.clone().map(|()| {
-                // Each partition is charged its images' share of the calls, so that the job's
-                // summed model time stays the time the model ran.
-                let inference_ms = call_ms * n as f64 / total.max(1) as f64;
-                prepared.into_scored(rankings, inference_ms, worker)
-            })
+            call.clone()?;
+            // Large outputs travel through the store: the message only says they are there.
+            let wrote = vector_bytes > 0;
+            if wrote {
+                let key = job::vectors_key(&prepared.partition.job, prepared.partition.partition);
+                model
+                    .store
+                    .put(&key, &vectors)
+                    .map_err(|e| match e.kind() {
+                        ErrorKind::Transient => ScoreError::Transient(chain(&e)),
+                        _ => ScoreError::Permanent(chain(&e)),
+                    })?;
+            }
+            // Each partition is charged its images' share of the calls, so that the job's
+            // summed model time stays the time the model ran.
+            let inference_ms = call_ms * n as f64 / total.max(1) as f64;
+            Ok(prepared.into_scored(rankings, inference_ms, worker, wrote))
         })
         .collect()
+}
+
+/// Writes one image's `values` (its embeddings, one after another) into `out` as the
+/// embeddings' columns say: each scaled to length 1 if asked, in its precision, little-endian.
+fn write_vectors(embeddings: &[fleet_spec::Embedding], values: &[f32], out: &mut [u8]) {
+    let (mut values, mut out) = (values, out);
+    for embedding in embeddings {
+        let column = &embedding.column;
+        let (vector, rest) = values.split_at(column.dim as usize);
+        let (bytes, rest_out) = out.split_at_mut(column.bytes());
+        let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let scale = if column.normalized && norm > 0.0 {
+            1.0 / norm
+        } else {
+            1.0
+        };
+        match column.precision {
+            VectorPrecision::Float32 => {
+                for (v, b) in vector.iter().zip(bytes.chunks_exact_mut(4)) {
+                    b.copy_from_slice(&(v * scale).to_le_bytes());
+                }
+            }
+            VectorPrecision::Float16 => {
+                for (v, b) in vector.iter().zip(bytes.chunks_exact_mut(2)) {
+                    b.copy_from_slice(&half::f16::from_f32(v * scale).to_le_bytes());
+                }
+            }
+        }
+        (values, out) = (rest, rest_out);
+    }
 }
 
 /// One image's ranking: its top classes with their probabilities, or why it has none.
@@ -508,7 +580,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Loads model `model`: its spec, the ONNX model (checked against the spec), its mean image,
 /// and a session.
 fn load(
-    store: &dyn BlobStore,
+    store: &Arc<dyn BlobStore>,
     model: &str,
     options: &InferenceOptions,
     call_bytes: usize,
@@ -541,18 +613,12 @@ fn load(
         Preprocessor::new(&spec, mean.as_deref()).map_err(|e| ScoreError::Permanent(chain(&e)))?;
     // The spec's size (what a model that leaves it free is fed, and what one that fixes it
     // must agree with) and its choice of output.
-    let fit = Fit {
-        size: Some(InputSize {
-            height: spec.height as usize,
-            width: spec.width as usize,
-        }),
-        output: spec.output.clone(),
-    };
-    let scorer = Scorer::load_fitted(&onnx, model, options, &fit).map_err(|e| match e {
-        InferenceError::Host { .. } => ScoreError::Host(chain(&e)),
-        InferenceError::Run { .. } => ScoreError::Transient(chain(&e)),
-        _ => ScoreError::Permanent(chain(&e)),
-    })?;
+    let scorer =
+        Scorer::load_fitted(&onnx, model, options, &Fit::of(&spec)).map_err(|e| match e {
+            InferenceError::Host { .. } => ScoreError::Host(chain(&e)),
+            InferenceError::Run { .. } => ScoreError::Transient(chain(&e)),
+            _ => ScoreError::Permanent(chain(&e)),
+        })?;
     let signature = scorer.signature();
     let expected = (
         spec.input.as_str(),
@@ -561,6 +627,10 @@ fn load(
         spec.height as usize,
         spec.width as usize,
         spec.class_count as usize,
+        spec.embeddings
+            .iter()
+            .map(|e| e.column.dim as usize)
+            .collect::<Vec<_>>(),
     );
     let actual = (
         signature.input.as_str(),
@@ -568,7 +638,12 @@ fn load(
         signature.channels,
         signature.height,
         signature.width,
-        signature.classes,
+        signature.classes(),
+        signature
+            .embeddings
+            .iter()
+            .map(|e| e.len)
+            .collect::<Vec<_>>(),
     );
     if expected != actual {
         return Err(ScoreError::Permanent(format!(
@@ -576,9 +651,9 @@ fn load(
         )));
     }
     // The model's values are float32 (made so even for a float16 model, converted at the call).
-    // A call holds each image's input and its output row (a many-class model's rows are
-    // the larger).
-    let image_bytes = (preprocessor.input_len() + spec.class_count as usize) * 4;
+    // A call holds each image's input and its row of outputs (a many-class model's rows, or a
+    // large embedding's, are the larger).
+    let image_bytes = (preprocessor.input_len() + signature.row_len()) * 4;
     let budget = (call_bytes / image_bytes).max(1);
     // A model with a fixed batch runs it again and again, its runs at once: a call of a few
     // batches per run keeps them busy, and a longer one would only hold more memory.
@@ -595,6 +670,7 @@ fn load(
         scorer: Mutex::new(scorer),
         spec,
         preprocessor,
+        store: store.clone(),
     })
 }
 

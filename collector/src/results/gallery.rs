@@ -88,7 +88,7 @@ impl Gallery {
         for (i, score) in p.scores.iter().enumerate() {
             // A scored image may carry a note (a JPEG decoded despite corrupt data): it is
             // not unreadable.
-            let (None, Some(error)) = (score.predicted(), &score.error) else {
+            let (false, Some(error)) = (score.scored, &score.error) else {
                 continue;
             };
             self.unreadable_count += 1;
@@ -152,6 +152,7 @@ mod tests {
                     label: Some(0),
                     top: vec![(1, c)],
                     error: None,
+                    scored: true,
                 })
                 .collect(),
             worker: "w".into(),
@@ -168,6 +169,7 @@ mod tests {
                 })
                 .collect(),
             failed: None,
+            vectors: false,
         }
     }
 

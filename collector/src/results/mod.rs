@@ -9,6 +9,7 @@
 mod confusion;
 pub mod gallery;
 pub mod parquet;
+pub mod projection;
 pub mod report;
 pub mod rows;
 mod tally;
@@ -139,6 +140,7 @@ mod tests {
             top_k,
             several_batches,
             max_failed_partitions: 0,
+            vectors: Vec::new(),
         }
     }
 
@@ -166,6 +168,7 @@ mod tests {
                     label: Some(label),
                     top: vec![(predicted, 0.5)],
                     error: None,
+                    scored: true,
                 })
                 .collect(),
             worker: "w1".into(),
@@ -177,16 +180,17 @@ mod tests {
             provider: "CPU".into(),
             thumbnails: Vec::new(),
             failed: None,
+            vectors: false,
         }
     }
 
     /// `scores.csv` and the other files, as the collector writes them.
     fn build(plan: &Plan, sealed: &Sealed, parts: &[Scored], at_ms: u64) -> (String, Finished) {
         let mut csv = rows::header(plan);
-        let mut tally = Tally::new(plan.classes.len());
+        let mut tally = Tally::new(plan);
         for p in parts {
             csv.push_str(&rows::rows(plan, p));
-            tally.add(p);
+            tally.add(p, None);
         }
         (csv, finish(&tally, plan, sealed, at_ms))
     }
@@ -279,6 +283,7 @@ mod tests {
             label: None,
             top: vec![],
             error: Some("not an image: \"bad\", truncated".into()),
+            scored: false,
         };
         let plan = plan(["cat", "dog", "ship"].map(String::from).to_vec(), 2, false);
         let (csv, files) = build(&plan, &sealed(false), &[part], 2_000);

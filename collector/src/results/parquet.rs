@@ -5,15 +5,23 @@
 //! The columns are `scores.csv`'s, typed: `batch` (several batches only), `index` (int64),
 //! `filename`, `true_label` and `predicted_label` (int32), `true_class` and `predicted_class`,
 //! `confidence` (float), `top<k>_label`, `top<k>_class` and `top<k>_confidence` for k from 2 to
-//! the job's top-k, and `error`. Every column but `index` and `filename` may be null: a cell
-//! that is empty in `scores.csv` is null here. Pages are Snappy-compressed.
+//! the job's top-k, and `error`; a job whose model has no classes has `index`, `filename` and
+//! `error` alone. Every column but `index` and `filename` may be null: a cell that is empty in
+//! `scores.csv` is null here. Then one column per vector of the job's plan (its embeddings),
+//! which `scores.csv` does not have: a list of `dim` floats (float32, or float16 when asked)
+//! for each image the model scored, null for the others. Every list of a column has the same
+//! length, so DuckDB can cast it to a fixed-size array (`embedding::FLOAT[512]`). Pages are
+//! Snappy-compressed.
 
 use std::sync::Arc;
 
-use fleet_protocol::job::Plan;
+use fleet_protocol::job::{Plan, VectorColumn, VectorPrecision};
 use fleet_protocol::message::Scored;
 use parquet::basic::{Compression, LogicalType, Repetition, Type as Physical};
-use parquet::data_type::{ByteArray, ByteArrayType, FloatType, Int32Type, Int64Type};
+use parquet::data_type::{
+    ByteArray, ByteArrayType, FixedLenByteArray, FixedLenByteArrayType, FloatType, Int32Type,
+    Int64Type,
+};
 use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
@@ -27,6 +35,15 @@ enum Cells {
     Int(Vec<i32>, Vec<i16>),
     Float(Vec<f32>, Vec<i16>),
     Text(Vec<ByteArray>, Vec<i16>, Repetition),
+    /// A list of floats per row, or null: the values, and each value's (or null row's)
+    /// definition and repetition levels.
+    Vector(Values, Vec<i16>, Vec<i16>),
+}
+
+/// A vector column's values, in its precision.
+enum Values {
+    Float32(Vec<f32>),
+    Float16(Vec<FixedLenByteArray>),
 }
 
 impl Cells {
@@ -45,7 +62,72 @@ impl Cells {
         Cells::Text(values, defined, Repetition::OPTIONAL)
     }
 
+    /// One row's vector for each image of `p` that has one, else null, from the partition's
+    /// vectors blob `blob` (the `at`-th column of the plan's, `column`).
+    fn vectors(p: &Scored, blob: Option<&[u8]>, plan: &Plan, at: usize) -> Self {
+        let column = &plan.vectors[at];
+        let stride = plan.vector_bytes();
+        let offset: usize = plan.vectors[..at].iter().map(VectorColumn::bytes).sum();
+        let (mut defined, mut repeated) = (Vec::new(), Vec::new());
+        let mut f32s = Vec::new();
+        let mut f16s = Vec::new();
+        for (i, score) in p.scores.iter().enumerate() {
+            let Some(blob) = blob.filter(|_| score.scored) else {
+                defined.push(0);
+                repeated.push(0);
+                continue;
+            };
+            let bytes = &blob[i * stride + offset..][..column.bytes()];
+            for v in 0..column.dim as usize {
+                defined.push(2);
+                repeated.push(i16::from(v > 0));
+            }
+            match column.precision {
+                VectorPrecision::Float32 => f32s.extend(
+                    bytes
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                ),
+                VectorPrecision::Float16 => f16s.extend(
+                    bytes
+                        .chunks_exact(2)
+                        .map(|b| FixedLenByteArray::from(b.to_vec())),
+                ),
+            }
+        }
+        let values = match column.precision {
+            VectorPrecision::Float32 => Values::Float32(f32s),
+            VectorPrecision::Float16 => Values::Float16(f16s),
+        };
+        Cells::Vector(values, defined, repeated)
+    }
+
     fn field(&self, name: &str) -> Result<Arc<Type>, ParquetError> {
+        if let Cells::Vector(values, ..) = self {
+            // The LIST layout of the Parquet format: an optional group of a repeated group of
+            // one required element.
+            let element = match values {
+                Values::Float32(_) => Type::primitive_type_builder("element", Physical::FLOAT),
+                Values::Float16(_) => {
+                    Type::primitive_type_builder("element", Physical::FIXED_LEN_BYTE_ARRAY)
+                        .with_length(2)
+                        .with_logical_type(Some(LogicalType::Float16))
+                }
+            }
+            .with_repetition(Repetition::REQUIRED)
+            .build()?;
+            let list = Type::group_type_builder("list")
+                .with_repetition(Repetition::REPEATED)
+                .with_fields(vec![Arc::new(element)])
+                .build()?;
+            return Ok(Arc::new(
+                Type::group_type_builder(name)
+                    .with_repetition(Repetition::OPTIONAL)
+                    .with_logical_type(Some(LogicalType::List))
+                    .with_fields(vec![Arc::new(list)])
+                    .build()?,
+            ));
+        }
         let (physical, repetition, logical) = match self {
             Cells::Long(_) => (Physical::INT64, Repetition::REQUIRED, None),
             Cells::Int(..) => (Physical::INT32, Repetition::OPTIONAL, None),
@@ -53,6 +135,7 @@ impl Cells {
             Cells::Text(_, _, repetition) => {
                 (Physical::BYTE_ARRAY, *repetition, Some(LogicalType::String))
             }
+            Cells::Vector(..) => unreachable!("a group, built above"),
         };
         Ok(Arc::new(
             Type::primitive_type_builder(name, physical)
@@ -74,9 +157,10 @@ fn nullable<T>(cells: impl Iterator<Item = Option<T>>) -> (Vec<T>, Vec<i16>) {
     (values, defined)
 }
 
-/// Partition `p`'s rows as a Parquet file.
-pub fn part(plan: &Plan, p: &Scored) -> Result<Vec<u8>, ParquetError> {
-    let columns = columns(plan, p);
+/// Partition `p`'s rows as a Parquet file, with its vectors from the blob `vectors` (the
+/// partition's vectors blob, when its plan has vectors and the worker wrote them).
+pub fn part(plan: &Plan, p: &Scored, vectors: Option<&[u8]>) -> Result<Vec<u8>, ParquetError> {
+    let columns = columns(plan, p, vectors);
     let fields = columns
         .iter()
         .map(|(name, cells)| cells.field(name))
@@ -119,6 +203,18 @@ pub fn part(plan: &Plan, p: &Scored) -> Result<Vec<u8>, ParquetError> {
                     .typed::<ByteArrayType>()
                     .write_batch(values, defined, None)?;
             }
+            Cells::Vector(Values::Float32(values), defined, repeated) => {
+                column
+                    .typed::<FloatType>()
+                    .write_batch(values, Some(defined), Some(repeated))?;
+            }
+            Cells::Vector(Values::Float16(values), defined, repeated) => {
+                column.typed::<FixedLenByteArrayType>().write_batch(
+                    values,
+                    Some(defined),
+                    Some(repeated),
+                )?;
+            }
         }
         column.close()?;
     }
@@ -126,17 +222,8 @@ pub fn part(plan: &Plan, p: &Scored) -> Result<Vec<u8>, ParquetError> {
     writer.into_inner()
 }
 
-/// The partition's columns, named, in `scores.csv`'s order.
-fn columns(plan: &Plan, p: &Scored) -> Vec<(String, Cells)> {
-    let classes = &plan.classes;
-    let class_name = |class: u32| classes.get(class as usize).map(String::as_str);
-    let judged: Vec<_> = p
-        .scores
-        .iter()
-        .map(|s| label_and_best(s, classes.len()))
-        .collect();
-    let labels = || judged.iter().map(|j| j.0);
-    let best = || judged.iter().map(|j| j.1);
+/// The partition's columns, named, in `scores.csv`'s order, then its vectors.
+fn columns(plan: &Plan, p: &Scored, vectors: Option<&[u8]>) -> Vec<(String, Cells)> {
     let mut columns = Vec::new();
     if plan.several_batches {
         let batches = p.scores.iter().map(|_| ByteArray::from(p.batch.as_str()));
@@ -153,6 +240,30 @@ fn columns(plan: &Plan, p: &Scored) -> Vec<(String, Cells)> {
         "filename".into(),
         Cells::Text(names.collect(), Vec::new(), Repetition::REQUIRED),
     ));
+    if plan.has_classes() {
+        predictions(plan, p, &mut columns);
+    }
+    columns.push((
+        "error".into(),
+        Cells::texts(p.scores.iter().map(|s| s.error.as_deref())),
+    ));
+    for (at, column) in plan.vectors.iter().enumerate() {
+        columns.push((column.name.clone(), Cells::vectors(p, vectors, plan, at)));
+    }
+    columns
+}
+
+/// The columns of a classifier's labels and predictions, in `scores.csv`'s order.
+fn predictions(plan: &Plan, p: &Scored, columns: &mut Vec<(String, Cells)>) {
+    let classes = &plan.classes;
+    let class_name = |class: u32| classes.get(class as usize).map(String::as_str);
+    let judged: Vec<_> = p
+        .scores
+        .iter()
+        .map(|s| label_and_best(s, classes.len()))
+        .collect();
+    let labels = || judged.iter().map(|j| j.0);
+    let best = || judged.iter().map(|j| j.1);
     columns.push(("true_label".into(), Cells::ints(labels())));
     columns.push((
         "predicted_label".into(),
@@ -186,9 +297,102 @@ fn columns(plan: &Plan, p: &Scored) -> Vec<(String, Cells)> {
             Cells::floats(kth().map(|t| t.map(|t| t.1))),
         ));
     }
-    columns.push((
-        "error".into(),
-        Cells::texts(p.scores.iter().map(|s| s.error.as_deref())),
-    ));
-    columns
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fleet_protocol::message::Score;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::{Field, ListAccessor};
+
+    #[test]
+    fn vectors_are_lists_of_their_precision_and_null_where_an_image_was_not_scored() {
+        let column = |name: &str, dim, precision| VectorColumn {
+            name: name.into(),
+            dim,
+            precision,
+            normalized: false,
+        };
+        let plan = Plan {
+            job: "j".into(),
+            classes: Vec::new(),
+            top_k: 1,
+            several_batches: false,
+            max_failed_partitions: 0,
+            vectors: vec![
+                column("wide", 3, VectorPrecision::Float32),
+                column("half", 2, VectorPrecision::Float16),
+            ],
+        };
+        let score = |scored: bool| Score {
+            label: None,
+            top: Vec::new(),
+            error: (!scored).then(|| "not an image".to_owned()),
+            scored,
+        };
+        let scored = Scored {
+            job: "j".into(),
+            partition: 0,
+            batch: "b/".into(),
+            first_index: 0,
+            filenames: vec!["a.png".into(), "b.png".into()],
+            scores: vec![score(true), score(false)],
+            worker: "w".into(),
+            inference_ms: 1.0,
+            preprocess_ms: 1.0,
+            published_at_ms: 0,
+            started_at_ms: 0,
+            finished_at_ms: 0,
+            provider: "CPU".into(),
+            thumbnails: Vec::new(),
+            failed: None,
+            vectors: true,
+        };
+        // Image by image: three float32 values, then two float16 ones.
+        let mut blob = Vec::new();
+        for image in 0..2 {
+            for v in [1.5f32, -2.0, 3.25] {
+                blob.extend((v + image as f32).to_le_bytes());
+            }
+            for v in [0.5f32, 4.0] {
+                blob.extend(half::f16::from_f32(v).to_le_bytes());
+            }
+        }
+        assert_eq!(blob.len(), 2 * plan.vector_bytes());
+        let file = part(&plan, &scored, Some(&blob)).unwrap();
+        let reader = SerializedFileReader::new(bytes::Bytes::from(file)).unwrap();
+        let rows: Vec<_> = reader
+            .get_row_iter(None)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        let names: Vec<&str> = rows[0]
+            .get_column_iter()
+            .map(|(name, _)| name.as_str())
+            .collect();
+        assert_eq!(names, ["index", "filename", "error", "wide", "half"]);
+        let cells: Vec<&Field> = rows[0].get_column_iter().map(|(_, f)| f).collect();
+        let Field::ListInternal(wide) = cells[3] else {
+            panic!("{:?}", cells[3])
+        };
+        let wide: Vec<f32> = (0..wide.len())
+            .map(|i| wide.get_float(i).unwrap())
+            .collect();
+        assert_eq!(wide, [1.5, -2.0, 3.25]);
+        let Field::ListInternal(narrow) = cells[4] else {
+            panic!("{:?}", cells[4])
+        };
+        let narrow: Vec<Field> = narrow.elements().to_vec();
+        assert_eq!(
+            narrow,
+            [
+                Field::Float16(half::f16::from_f32(0.5)),
+                Field::Float16(half::f16::from_f32(4.0))
+            ]
+        );
+        // The unreadable image has no vectors.
+        let cells: Vec<&Field> = rows[1].get_column_iter().map(|(_, f)| f).collect();
+        assert_eq!((cells[3], cells[4]), (&Field::Null, &Field::Null));
+    }
 }

@@ -98,7 +98,11 @@ pub fn render(report: &Report<'_>) -> String {
     timings_section(&mut html, summary);
     let samples = &report.tally.gallery.samples;
     if !samples.is_empty() {
-        html.push_str("<h2>Sample</h2>\n<p>The first images of the job: true class (where known), then the class the model gave.</p>\n");
+        html.push_str(if summary.classes.is_empty() {
+            "<h2>Sample</h2>\n<p>The first images of the job.</p>\n"
+        } else {
+            "<h2>Sample</h2>\n<p>The first images of the job: true class (where known), then the class the model gave.</p>\n"
+        });
         gallery(&mut html, "samples", samples, report);
     }
     if summary.accuracy.is_some() {
@@ -106,13 +110,65 @@ pub fn render(report: &Report<'_>) -> String {
         confusion_section(&mut html, report);
         mistakes_section(&mut html, report);
     }
-    if summary.scored > summary.labelled {
+    if summary.scored > summary.labelled && !summary.classes.is_empty() {
         distribution_section(&mut html, summary);
         low_confidence_section(&mut html, report);
     }
+    embeddings_section(&mut html, report);
     unreadable_section(&mut html, report);
     html.push_str("</body></html>\n");
     html
+}
+
+/// The job's vectors: what they are, and a picture of a sample of them.
+fn embeddings_section(html: &mut String, report: &Report<'_>) {
+    let summary = report.summary;
+    if summary.embeddings.is_empty() {
+        return;
+    }
+    html.push_str("<h2 id=\"embeddings\">Embeddings</h2>\n<ul>");
+    for embeddings in &summary.embeddings {
+        let column = &embeddings.column;
+        let _ = write!(
+            html,
+            "<li>column <code>{}</code> of <code>scores.parquet</code>: a vector of {} values \
+             ({}{}) for each of {} images</li>",
+            escape(&column.name),
+            column.dim,
+            column.precision.name(),
+            if column.normalized {
+                ", scaled to length 1"
+            } else {
+                ""
+            },
+            embeddings.images
+        );
+    }
+    html.push_str("</ul>\n");
+    let Some(projection) = report.tally.projection.as_ref().filter(|p| p.len() > 2) else {
+        return;
+    };
+    let coloured = if summary.accuracy.is_some() {
+        "Colours are their true classes"
+    } else if summary.classes.is_empty() {
+        "The model has no classes: the points are of one colour"
+    } else {
+        "Colours are the classes the model gave them"
+    };
+    let _ = writeln!(
+        html,
+        "<p>{} of the images placed by their <code>{}</code> vectors along the two directions \
+         in which the vectors vary most (principal components): images near each other have \
+         similar vectors. {coloured}; some points are drawn as their image.</p>",
+        projection.len(),
+        escape(projection.column())
+    );
+    html.push_str(&super::projection::svg(
+        &projection.project(),
+        &summary.classes,
+        data_uri,
+    ));
+    html.push('\n');
 }
 
 fn job_section(html: &mut String, report: &Report<'_>) {
@@ -477,7 +533,7 @@ fn gallery(html: &mut String, id: &str, images: &[Pictured], report: &Report<'_>
     html.push_str("</div>\n");
 }
 
-fn data_uri(png: &[u8]) -> String {
+pub(super) fn data_uri(png: &[u8]) -> String {
     format!(
         "data:image/png;base64,{}",
         base64::engine::general_purpose::STANDARD.encode(png)
@@ -485,7 +541,7 @@ fn data_uri(png: &[u8]) -> String {
 }
 
 /// Text for HTML element content and quoted attribute values.
-fn escape(text: &str) -> String {
+pub(super) fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
@@ -528,6 +584,7 @@ mod tests {
             label,
             top: vec![(class, confidence)],
             error: None,
+            scored: true,
         }
     }
 
@@ -560,6 +617,7 @@ mod tests {
             top_k: 1,
             several_batches: false,
             max_failed_partitions: 0,
+            vectors: Vec::new(),
         };
         let sealed = Sealed {
             job: "j".into(),
@@ -596,9 +654,10 @@ mod tests {
             provider: "CPU".into(),
             thumbnails,
             failed: None,
+            vectors: false,
         };
-        let mut tally = Tally::new(classes.len());
-        tally.add(&partition);
+        let mut tally = Tally::new(&plan);
+        tally.add(&partition, None);
         let files = super::super::finish(&tally, &plan, &sealed, 50);
         assert!(files.confusion_png.is_none());
         let html = render(&Report {

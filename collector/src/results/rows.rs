@@ -14,6 +14,10 @@ use fleet_protocol::message::{Score, Scored};
 pub const SCORES_HEADER: &str =
     "index,filename,true_label,predicted_label,true_class,predicted_class,confidence";
 
+/// The header of a job whose model has no classes (an embedding model): its rows say which
+/// images were scored, and its vectors are in the Parquet results.
+pub const UNCLASSED_HEADER: &str = "index,filename";
+
 /// The header line of the job's `scores.csv`, newline included. Its columns follow from the
 /// plan alone, as the rows are written before the job's last partition is known.
 pub fn header(plan: &Plan) -> String {
@@ -21,7 +25,11 @@ pub fn header(plan: &Plan) -> String {
     if plan.several_batches {
         text.push_str("batch,");
     }
-    text.push_str(SCORES_HEADER);
+    text.push_str(if plan.has_classes() {
+        SCORES_HEADER
+    } else {
+        UNCLASSED_HEADER
+    });
     for k in 2..=plan.columns_top_k() {
         let _ = write!(text, ",top{k}_label,top{k}_class,top{k}_confidence");
     }
@@ -46,6 +54,10 @@ pub fn rows(plan: &Plan, p: &Scored) -> String {
             p.first_index + i as u64,
             csv_field(filename)
         );
+        if !plan.has_classes() {
+            let _ = writeln!(text, "{}", csv_field(score.error.as_deref().unwrap_or("")));
+            continue;
+        }
         let (label, best) = label_and_best(score, classes.len());
         let cell = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_default();
         let name = |v: Option<u32>| v.map(|v| csv_field(class_name(v)).into_owned());

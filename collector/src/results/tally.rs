@@ -7,10 +7,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use fleet_protocol::job::Plan;
 use fleet_protocol::message::{Scored, Sealed};
 use fleet_protocol::summary::{
-    ClassAccuracy, ClassCount, ConfusedPair, Partial, Summary, Timings, ratio,
+    ClassAccuracy, ClassCount, ConfusedPair, Embeddings, Partial, Summary, Timings, ratio,
 };
 
 use super::gallery::Gallery;
+use super::projection::Projection;
 use super::rows::label_and_best;
 use super::{Confusion, confused};
 
@@ -44,11 +45,14 @@ pub struct Tally {
     queueing_seconds: f64,
     /// The report's pictures and lists.
     pub gallery: Gallery,
+    /// The report's picture of the embeddings, for a job with vectors.
+    pub projection: Option<Projection>,
 }
 
 impl Tally {
-    /// Nothing counted yet, for a model of `classes` classes.
-    pub fn new(classes: usize) -> Self {
+    /// Nothing counted yet, for the job of `plan`.
+    pub fn new(plan: &Plan) -> Self {
+        let classes = plan.classes.len();
         Self {
             classes,
             images: 0,
@@ -68,11 +72,16 @@ impl Tally {
             last_scored_ms: None,
             queueing_seconds: 0.0,
             gallery: Gallery::default(),
+            projection: Projection::new(plan),
         }
     }
 
-    /// Counts partition `p`; each partition must be counted once.
-    pub fn add(&mut self, p: &Scored) {
+    /// Counts partition `p`, with its vectors blob when it has one; each partition must be
+    /// counted once.
+    pub fn add(&mut self, p: &Scored, vectors: Option<&[u8]>) {
+        if let (Some(projection), Some(blob)) = (&mut self.projection, vectors) {
+            projection.add(p, blob);
+        }
         let n = self.classes;
         if let Some(reason) = &p.failed {
             self.failed_partitions += 1;
@@ -104,14 +113,16 @@ impl Tally {
         for score in &p.scores {
             self.images += 1;
             let (label, best) = label_and_best(score, n);
-            match best {
-                Some((class, _)) => {
+            match (best, score.scored) {
+                (Some((class, _)), _) => {
                     self.predicted[class as usize] += 1;
                     if let Some(l) = label {
                         self.confusion.add(l, class);
                     }
                 }
-                None => self.unreadable += 1,
+                // A model with no classes scored it: its vectors are its result.
+                (None, true) if n == 0 => {}
+                (None, _) => self.unreadable += 1,
             }
         }
         self.gallery.add(p);
@@ -183,6 +194,12 @@ impl Tally {
             }),
             // From the manifest, which the collector reads when the job completes.
             incremental: None,
+            embeddings: (plan.vectors.iter())
+                .map(|column| Embeddings {
+                    column: column.clone(),
+                    images: self.images - self.unreadable,
+                })
+                .collect(),
         }
     }
 
