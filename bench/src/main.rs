@@ -47,6 +47,7 @@ use fleet_spec::{ModelSpec, Normalize, Resize};
 use producer::submit::SubmitOptions;
 use worker::WorkerOptions;
 
+mod embeddings;
 mod many;
 mod photos;
 mod scale;
@@ -96,6 +97,10 @@ struct Args {
     /// the photos).
     #[arg(long)]
     only_photos: bool,
+    /// Run only the embedding rows: the real-photo job classifying only, then also writing one
+    /// and two 1,000-float embeddings, in turn.
+    #[arg(long)]
+    only_embeddings: bool,
     /// Run only the collector at scale, at these partition counts (comma-separated): synthetic
     /// results through the real collector, over the in-process broker and a local directory,
     /// and (unless --skip-fleet) over RabbitMQ and Azurite up to --scale-fleet-max.
@@ -148,6 +153,11 @@ fn main() -> Result<()> {
                 bin_dir.join(name).display()
             );
         }
+    }
+    if args.only_embeddings {
+        let rows = embeddings::rows(&args.fixtures, &bin_dir, args.runs)?;
+        print_table(&rows, args.runs, "");
+        return Ok(());
     }
     if let Some(images) = args.embedded_images {
         let rows = many::rows(&args.fixtures, &bin_dir, images)?;

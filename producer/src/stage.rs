@@ -651,7 +651,7 @@ pub fn stage_model(
         ),
         None => (preparation.normalize, None),
     };
-    let spec = ModelSpec {
+    let mut spec = ModelSpec {
         version: SPEC_VERSION,
         input: signature.input.clone(),
         output,
@@ -681,6 +681,9 @@ pub fn stage_model(
             onnx_sha256: imported.onnx_sha256.clone(),
         },
     };
+    // The oldest format that says it all: a fleet of an earlier release still reads a plain
+    // classifier's spec.
+    spec.version = spec.oldest_version();
     spec.validate()
         .map_err(|reason| StageError::Invalid(format!("model {name}: {reason}")))?;
     if let Some((xml, file_name)) = &mean_xml {

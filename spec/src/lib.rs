@@ -415,6 +415,16 @@ impl ModelSpec {
             .max(1)
     }
 
+    /// The oldest spec format that holds everything this spec says: version 3 for a model with
+    /// embeddings or without classes, else 2.
+    pub fn oldest_version(&self) -> u32 {
+        if self.embeddings.is_empty() && self.has_classes() {
+            2
+        } else {
+            SPEC_VERSION
+        }
+    }
+
     /// Bytes of one image's vectors, over all its embeddings.
     pub fn vector_bytes(&self) -> usize {
         self.embeddings.iter().map(|e| e.column.bytes()).sum()
