@@ -759,7 +759,7 @@ pub fn parquet_vectors(
     column: &str,
 ) -> Vec<(String, Option<Vec<f32>>)> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
-    use parquet::record::{Field, ListAccessor, RowAccessor};
+    use parquet::record::{Field, RowAccessor};
     let mut rows = Vec::new();
     for key in store
         .list(&fleet_protocol::job::parquet_prefix(job))
@@ -779,8 +779,13 @@ pub fn parquet_vectors(
                     vector = match field {
                         Field::Null => None,
                         Field::ListInternal(list) => Some(
-                            (0..list.len())
-                                .map(|i| list.get_float(i).unwrap())
+                            list.elements()
+                                .iter()
+                                .map(|value| match value {
+                                    Field::Float(v) => *v,
+                                    Field::Float16(v) => v.to_f32(),
+                                    other => panic!("{column} holds {other:?}"),
+                                })
                                 .collect(),
                         ),
                         other => panic!("{column} holds {other:?}, not a list"),

@@ -314,3 +314,76 @@ fn an_embedding_model_with_large_vectors_runs_over_the_fleet() {
             .is_empty()
     );
 }
+
+/// An embedding model's jobs build on each other as a classifier's do: an incremental job
+/// scores only the images added since, and the earlier job's vectors stand for the rest.
+#[test]
+fn an_incremental_embedding_job_scores_only_what_is_new() {
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join("store");
+    let store = store.to_str().unwrap();
+    let images = root.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    let copy = |from: usize, to: usize| {
+        for i in from..to {
+            let name = format!("dog-{i:04}.jpg");
+            let source = fixture(&format!("cifar-10-test-jpeg/dog/{i:04}.jpg"));
+            std::fs::copy(source, images.join(name)).unwrap();
+        }
+    };
+    copy(0, 20);
+    let model = root.path().join("fourfold.onnx");
+    std::fs::write(&model, fourfold_model()).unwrap();
+    let stage_images = || {
+        Producer::stage(store, "pets")
+            .args(&["--images", images.to_str().unwrap(), "--prefix", "dogs"])
+            .ok()
+    };
+    stage_images();
+    Producer::stage(store, "pets")
+        .args(&[
+            "--model",
+            model.to_str().unwrap(),
+            "--model-name",
+            "fourfold",
+            "--embedding-only",
+            "--embedding-precision",
+            "float16",
+        ])
+        .ok();
+    let run = || {
+        Producer::embedded(store, "pets")
+            .args(&["--dataset", "dogs", "--incremental"])
+            .ok()
+    };
+    let first = run();
+    assert!(first.contains("Scored 20 images (no classes)"), "{first}");
+    copy(20, 25);
+    stage_images();
+    let second = run();
+    assert!(
+        second.contains("Scored 5 images (no classes)")
+            && second.contains(&format!(
+                "incremental: 20 unchanged images are in the rows of job {}",
+                field(&first, "job")
+            )),
+        "{second}"
+    );
+    let container = fleet_storage::local::LocalStore::open(Path::new(store), "pets").unwrap();
+    let rows = parquet_vectors(&container, &field(&second, "job"), "embedding");
+    let names: Vec<&str> = rows.iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "dog-0020.jpg",
+            "dog-0021.jpg",
+            "dog-0022.jpg",
+            "dog-0023.jpg",
+            "dog-0024.jpg"
+        ]
+    );
+    assert!(
+        rows.iter()
+            .all(|(_, v)| v.as_ref().is_some_and(|v| v.len() == 4 * 3072))
+    );
+}
