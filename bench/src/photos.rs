@@ -87,6 +87,7 @@ fn spec(resize: Resize, shorter_side: Option<u32>, filter: Filter, fast_jpeg: bo
         classes: None,
         class_ids: None,
         embeddings: Vec::new(),
+        multi_label: None,
         provenance: Provenance {
             source: "bench".into(),
             format: "onnx".into(),

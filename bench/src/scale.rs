@@ -122,6 +122,7 @@ async fn one_job<B: Broker + Clone>(
         several_batches: false,
         max_failed_partitions: 0,
         vectors: Vec::new(),
+        multi_label: None,
     };
     store.put(&job::plan_key(&job), &serde_json::to_vec(&plan)?)?;
     let counted = Arc::new(Counted {
@@ -238,6 +239,8 @@ fn synthetic(job: &str, partition: u32, images: u32) -> Scored {
                 top: vec![(predicted, 0.5 + (index % 50) as f32 / 100.0)],
                 error: None,
                 scored: true,
+                tags: Vec::new(),
+                true_tags: None,
             }
         })
         .collect();

@@ -270,6 +270,8 @@ mod tests {
                 },
                 error: failed.map(|reason| format!("partition not scored: {reason}")),
                 scored: failed.is_none(),
+                tags: Vec::new(),
+                true_tags: None,
             }],
             worker: "w".into(),
             inference_ms: 1.0,
@@ -298,6 +300,7 @@ mod tests {
             several_batches: false,
             max_failed_partitions: 1,
             vectors: Vec::new(),
+            multi_label: None,
         };
         Ledger::new(store.as_ref(), "j").write_plan(&plan).unwrap();
         let broker = MemoryBroker::default();

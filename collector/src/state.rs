@@ -590,6 +590,8 @@ mod tests {
                     top: vec![(0, 0.9)],
                     error: None,
                     scored: true,
+                    tags: Vec::new(),
+                    true_tags: None,
                 })
                 .collect(),
             worker: "w".into(),
@@ -637,6 +639,7 @@ mod tests {
             several_batches: false,
             max_failed_partitions: 0,
             vectors: Vec::new(),
+            multi_label: None,
         };
         a.store
             .put(&job::plan_key("j"), &serde_json::to_vec(&plan).unwrap())
@@ -769,6 +772,7 @@ mod tests {
                 several_batches: false,
                 max_failed_partitions: budget,
                 vectors: Vec::new(),
+                multi_label: None,
             };
             a.store
                 .put(&job::plan_key("j"), &serde_json::to_vec(&plan).unwrap())

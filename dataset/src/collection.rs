@@ -254,6 +254,8 @@ fn file_name(path: &str) -> &str {
 #[derive(Debug, Clone)]
 pub struct Classes<'a> {
     names: &'a [String],
+    /// A multi-label model's: an image's label may name several classes (`dog;grass`).
+    multi: bool,
     by_id: HashMap<&'a str, u32>,
     by_name: HashMap<&'a str, u32>,
     /// Names several classes share, with all of them.
@@ -294,10 +296,23 @@ impl<'a> Classes<'a> {
             .collect();
         Self {
             names,
+            multi: false,
             by_id,
             by_name,
             shared,
         }
+    }
+
+    /// The classes of a multi-label model: an image's label in a label file may name several
+    /// of them, separated by `;` (`dog;grass`), or none (an empty label: no tag).
+    pub fn multi_label(mut self, multi: bool) -> Self {
+        self.multi = multi;
+        self
+    }
+
+    /// Whether they are a multi-label model's.
+    pub fn is_multi_label(&self) -> bool {
+        self.multi
     }
 
     fn find(&self, label: &str) -> Found {
@@ -348,6 +363,30 @@ pub fn resolve_labels(
     labels: &ResolvedSource,
     classes: &Classes<'_>,
 ) -> Result<Vec<Option<u32>>, DatasetError> {
+    let resolved = resolve(names, labels, &classes.clone().multi_label(false))?;
+    Ok(resolved
+        .into_iter()
+        .map(|classes| classes.and_then(|c| c.first().copied()))
+        .collect())
+}
+
+/// Resolves the true classes of each image of a multi-label job (its tags) as
+/// [`resolve_labels`] resolves one label: a label file's label may name several classes,
+/// separated by `;`, or none; a folder names one.
+pub fn resolve_tags(
+    names: &[String],
+    labels: &ResolvedSource,
+    classes: &Classes<'_>,
+) -> Result<Vec<Option<Vec<u32>>>, DatasetError> {
+    resolve(names, labels, &classes.clone().multi_label(true))
+}
+
+/// Each image's true classes: one (`classes` of a single-label model), or any number.
+fn resolve(
+    names: &[String],
+    labels: &ResolvedSource,
+    classes: &Classes<'_>,
+) -> Result<Vec<Option<Vec<u32>>>, DatasetError> {
     match labels {
         ResolvedSource::None => Ok(vec![None; names.len()]),
         ResolvedSource::Folders => {
@@ -359,7 +398,7 @@ pub fn resolve_labels(
                     let folder = name.rsplit_once('/')?.0;
                     let folder = file_name(folder);
                     match classes.find(folder) {
-                        Found::Class(i) => Some(i),
+                        Found::Class(i) => Some(vec![i]),
                         Found::Ambiguous(indices) => {
                             let why = ambiguous(folder, &indices);
                             if !shared.contains(&why) {
@@ -406,31 +445,66 @@ pub fn resolve_labels(
             let entry_of = match_entries(names, file, classes)?;
             let mut bad: Vec<String> = Vec::new();
             let mut shared: Vec<String> = Vec::new();
+            let mut several: Option<String> = None;
             let resolved = entry_of
                 .iter()
                 .map(|entry| {
                     let entry = (*entry)?;
-                    match classes.find(&entry.label) {
-                        Found::Class(i) => Some(i),
-                        Found::Ambiguous(indices) => {
-                            if shared.len() < 5 {
-                                shared.push(format!(
-                                    "line {}: {}",
-                                    entry.line,
-                                    ambiguous(&entry.label, &indices)
-                                ));
+                    // A multi-label job's label names any number of classes.
+                    let parts: Vec<&str> = match classes.multi {
+                        true => entry
+                            .label
+                            .split(';')
+                            .map(str::trim)
+                            .filter(|p| !p.is_empty())
+                            .collect(),
+                        false => vec![entry.label.as_str()],
+                    };
+                    let is_several = |label: &str| {
+                        label.contains(';')
+                            && classes.find(label) == Found::Unknown
+                            && label
+                                .split(';')
+                                .all(|p| classes.find(p.trim()) != Found::Unknown)
+                    };
+                    if !classes.multi && several.is_none() && is_several(&entry.label) {
+                        several = Some(format!("line {}: {:?}", entry.line, entry.label));
+                        return None;
+                    }
+                    let mut found = Vec::with_capacity(parts.len());
+                    for part in parts {
+                        match classes.find(part) {
+                            Found::Class(i) => found.push(i),
+                            Found::Ambiguous(indices) => {
+                                if shared.len() < 5 {
+                                    shared.push(format!(
+                                        "line {}: {}",
+                                        entry.line,
+                                        ambiguous(part, &indices)
+                                    ));
+                                }
                             }
-                            None
-                        }
-                        Found::Unknown => {
-                            if bad.len() < 5 {
-                                bad.push(format!("line {}: {:?}", entry.line, entry.label));
+                            Found::Unknown => {
+                                if bad.len() < 5 {
+                                    bad.push(format!("line {}: {:?}", entry.line, part));
+                                }
                             }
-                            None
                         }
                     }
+                    found.sort_unstable();
+                    found.dedup();
+                    Some(found)
                 })
                 .collect();
+            if let Some(line) = several {
+                return Err(DatasetError::Labels {
+                    source_name: file.name.clone(),
+                    detail: format!(
+                        "{line} names several classes, but the model is a single-label \
+                         classifier: stage it with --multi-label if an image may have several"
+                    ),
+                });
+            }
             if !shared.is_empty() {
                 return Err(DatasetError::Labels {
                     source_name: file.name.clone(),
@@ -594,11 +668,35 @@ fn quote_lines(lines: &[String]) -> String {
 pub struct Entry {
     /// Its name relative to the prefix.
     pub name: String,
-    /// Its class index; `None` without a label.
+    /// Its class index; `None` without a label (or in a multi-label job).
     pub label: Option<u32>,
+    /// A multi-label job's: its true classes, if it has a label (none, one or several).
+    pub tags: Option<Vec<u32>>,
     /// Its size and version as listed (see [`fleet_storage::Listed`]); `None` when a label
     /// file labels the collection (it is matched against names alone).
     pub listed: Option<(u64, String)>,
+}
+
+impl Entry {
+    /// Image `name` with its true classes `truth` (one, unless `classes` are a multi-label
+    /// model's), and how it was listed.
+    fn new(
+        name: String,
+        truth: Option<Vec<u32>>,
+        classes: &Classes<'_>,
+        listed: Option<(u64, String)>,
+    ) -> Self {
+        let (label, tags) = match classes.multi {
+            true => (None, truth),
+            false => (truth.and_then(|t| t.first().copied()), None),
+        };
+        Entry {
+            name,
+            label,
+            tags,
+            listed,
+        }
+    }
 }
 
 /// What listing a collection page by page came to.
@@ -633,16 +731,22 @@ pub fn for_each_page(
         LabelSource::Folders if !named => return Err(folders_need_names()),
         LabelSource::Folders => ResolvedSource::Folders,
         LabelSource::File(_) => {
-            let Labelled { collection, labels } = labelled(store, dataset, source, classes, named)?;
+            let Labelled {
+                collection,
+                labels,
+                tags,
+            } = labelled(store, dataset, source, classes, named)?;
             let listed = Listed {
                 prefix: collection.prefix.clone(),
                 images: collection.names.len() as u64,
-                labelled: labels.iter().flatten().count() as u64,
+                labelled: (labels.iter().flatten().count() + tags.iter().flatten().count()) as u64,
             };
+            let mut tags = tags.into_iter();
             let mut entries =
                 (collection.names.into_iter().zip(labels)).map(|(name, label)| Entry {
                     name,
                     label,
+                    tags: tags.next().flatten(),
                     listed: None,
                 });
             loop {
@@ -682,16 +786,14 @@ pub fn for_each_page(
             if names.is_empty() {
                 return Ok(ControlFlow::Continue(()));
             }
-            let outcome = resolve_labels(&names, &resolved, classes).and_then(|labels| {
+            let outcome = resolve(&names, &resolved, classes).and_then(|truths| {
                 listed.images += names.len() as u64;
-                listed.labelled += labels.iter().flatten().count() as u64;
-                let entries = names.into_iter().zip(labels).zip(versions);
+                listed.labelled += truths.iter().flatten().count() as u64;
+                let entries = names.into_iter().zip(truths).zip(versions);
                 each(
                     entries
-                        .map(|((name, label), listed)| Entry {
-                            name,
-                            label,
-                            listed: Some(listed),
+                        .map(|((name, truth), listed)| {
+                            Entry::new(name, truth, classes, Some(listed))
                         })
                         .collect(),
                 )
@@ -752,7 +854,7 @@ pub fn check(
             if names.is_empty() {
                 return Ok(ControlFlow::Continue(()));
             }
-            found = Some(resolve_labels(&names, &resolved, classes).map(drop));
+            found = Some(resolve(&names, &resolved, classes).map(drop));
             Ok(ControlFlow::Break(()))
         })
         .map_err(DatasetError::Store)?;
@@ -772,8 +874,11 @@ pub struct Labelled {
     /// The images.
     pub collection: Collection,
     /// Each image's class index, in the order of `collection.names`; `None` for an image
-    /// without a label.
+    /// without a label (every image of a multi-label job).
     pub labels: Vec<Option<u32>>,
+    /// A multi-label job's: each image's true classes, in the same order; `None` for an image
+    /// without a label. Empty for a single-label job.
+    pub tags: Vec<Option<Vec<u32>>>,
 }
 
 /// Lists the image collection under `prefix` and resolves its labels from `source`, the whole
@@ -802,8 +907,22 @@ pub fn labelled(
             ResolvedSource::File(read_label_file(store, &collection.prefix, name)?)
         }
     };
-    let labels = resolve_labels(&collection.names, &resolved, classes)?;
-    Ok(Labelled { collection, labels })
+    let truths = resolve(&collection.names, &resolved, classes)?;
+    let (labels, tags) = match classes.multi {
+        true => (vec![None; truths.len()], truths),
+        false => (
+            truths
+                .into_iter()
+                .map(|t| t.and_then(|t| t.first().copied()))
+                .collect(),
+            Vec::new(),
+        ),
+    };
+    Ok(Labelled {
+        collection,
+        labels,
+        tags,
+    })
 }
 
 /// Why folder labels cannot be read for a model without class names.

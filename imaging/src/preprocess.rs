@@ -276,6 +276,7 @@ mod tests {
             classes: None,
             class_ids: None,
             embeddings: Vec::new(),
+            multi_label: None,
             provenance: Provenance {
                 source: "m".into(),
                 format: "onnx".into(),

@@ -21,6 +21,7 @@ fn plan(budget: u32) -> Plan {
         several_batches: false,
         max_failed_partitions: budget,
         vectors: Vec::new(),
+        multi_label: None,
     }
 }
 
@@ -62,6 +63,8 @@ fn scored(partition: u32, failed: Option<&str>) -> Scored {
             },
             error: failed.map(|reason| format!("partition not scored: {reason}")),
             scored: failed.is_none(),
+            tags: Vec::new(),
+            true_tags: None,
         }],
         worker: "w".into(),
         inference_ms: 1.0,

@@ -117,23 +117,43 @@ fn onnx_problem(bytes: &[u8]) -> String {
     }
 }
 
-/// What the model's output `output` holds: probabilities when a Softmax node makes it, else
-/// logits.
-pub fn outputs_of(onnx: &[u8], output: &str) -> Outputs {
+/// What makes a model's classifier output, as far as its scores go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// A Softmax node: a probability distribution over the classes.
+    Softmax,
+    /// A Sigmoid node: each class's probability on its own (a multi-label classifier).
+    Sigmoid,
+    /// Anything else: logits.
+    Logits,
+}
+
+impl Head {
+    /// What the output row holds, for the spec.
+    pub fn outputs(self) -> Outputs {
+        match self {
+            Head::Softmax | Head::Sigmoid => Outputs::Probabilities,
+            Head::Logits => Outputs::Logits,
+        }
+    }
+}
+
+/// What node makes the model's output `output`.
+pub fn head_of(onnx: &[u8], output: &str) -> Head {
     let Ok(model) = ModelProto::decode(onnx) else {
-        return Outputs::Logits;
+        return Head::Logits;
     };
     let Some(graph) = model.graph else {
-        return Outputs::Logits;
+        return Head::Logits;
     };
-    let softmax = graph
+    let op = graph
         .node
         .iter()
         .find(|n| n.output.iter().any(|o| o == output))
-        .is_some_and(|n| n.op_type == "Softmax");
-    if softmax {
-        Outputs::Probabilities
-    } else {
-        Outputs::Logits
+        .map(|n| n.op_type.as_str());
+    match op {
+        Some("Softmax") => Head::Softmax,
+        Some("Sigmoid") => Head::Sigmoid,
+        _ => Head::Logits,
     }
 }

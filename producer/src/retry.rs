@@ -278,6 +278,13 @@ impl Retry {
             first_index: failed.first_index,
             images,
             labels: failed.scores.iter().map(|score| score.label).collect(),
+            // A multi-label job's true classes, where its images have them.
+            tags: match failed.scores.iter().any(|score| score.true_tags.is_some()) {
+                true => (failed.scores.iter())
+                    .map(|score| score.true_tags.clone())
+                    .collect(),
+                false => Vec::new(),
+            },
             top_k: self.manifest.top_k,
             published_at_ms: 0,
         }

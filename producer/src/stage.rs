@@ -15,7 +15,7 @@ use fleet_imaging::Preprocessor;
 use fleet_imaging::mean_image::{MeanImage, MeanImageError};
 use fleet_inference::{Fit, InferenceError, InferenceOptions, InputSize, Scorer, Signature};
 use fleet_protocol::job;
-use fleet_protocol::job::{VectorColumn, VectorPrecision};
+use fleet_protocol::job::{Thresholds, VectorColumn, VectorPrecision};
 use fleet_service::concurrent;
 use fleet_spec::{
     ChannelOrder, ClassList, Embedding, Filter, ModelSpec, Normalize, Outputs, Preset, Provenance,
@@ -25,7 +25,7 @@ use fleet_spec::{
 use fleet_storage::{BlobStore, StoreArgs, StoreError, check_key};
 use indicatif::{ProgressBar, ProgressStyle};
 use model_tools::expose::{ExposeError, expose};
-use model_tools::import::{ImportError, ImportedModel, SourceFormat, import, outputs_of};
+use model_tools::import::{Head, ImportError, ImportedModel, SourceFormat, head_of, import};
 use model_tools::quantize::{CALIBRATION_IMAGES, QuantizeError, quantize};
 
 /// The walkthrough's inputs, staged when no input is named.
@@ -356,6 +356,19 @@ pub struct SpecArgs {
     /// dot product.
     #[arg(long = "normalize-embeddings")]
     pub normalize_embeddings: bool,
+    /// The model is a multi-label classifier (independent sigmoids: a photo is "dog" and
+    /// "grass" and "outdoor"): each image gets every class whose score reaches its threshold,
+    /// and jobs report precision, recall, F1 and average precision per class. A model whose
+    /// graph ends in a Sigmoid is one without this flag.
+    #[arg(long = "multi-label")]
+    pub multi_label: bool,
+    /// The score (0 to 1) a class needs to be a multi-label image's tag [default: 0.5].
+    #[arg(long, conflicts_with = "thresholds")]
+    pub threshold: Option<f32>,
+    /// A file of each class's threshold, one score a line in the model's class order (a file
+    /// or URL), for a multi-label model.
+    #[arg(long, value_name = "FILE")]
+    pub thresholds: Option<Source>,
 }
 
 /// `--embedding-precision`'s parser.
@@ -367,7 +380,71 @@ fn precision(value: &str) -> Result<VectorPrecision, String> {
     }
 }
 
+/// A multi-label model's threshold when none is given: a class is a tag when it is more likely
+/// than not.
+pub const DEFAULT_THRESHOLD: f32 = 0.5;
+
 impl SpecArgs {
+    /// A multi-label model's thresholds (for one whose classifier output is made by `head`,
+    /// of `classes` classes), or `None` for a single-label model.
+    fn multi_label(&self, head: Head, classes: usize) -> Result<Option<Thresholds>, StageError> {
+        let asked = self.multi_label || self.threshold.is_some() || self.thresholds.is_some();
+        match head {
+            Head::Sigmoid => {}
+            Head::Softmax if asked => {
+                return Err(StageError::Invalid(
+                    "the model's classifier output is made by a Softmax, whose scores compete \
+                     for one class: it is no multi-label model (leave out --multi-label and \
+                     the thresholds)"
+                        .into(),
+                ));
+            }
+            Head::Softmax | Head::Logits if !asked => return Ok(None),
+            Head::Logits if !self.multi_label => {
+                return Err(StageError::Invalid(
+                    "thresholds are for a multi-label model: give --multi-label too (its scores \
+                     are then the sigmoid of its outputs)"
+                        .into(),
+                ));
+            }
+            Head::Softmax | Head::Logits => {}
+        }
+        if classes == 0 {
+            return Err(StageError::Invalid(
+                "--multi-label is for a classifier, and the model has no classes".into(),
+            ));
+        }
+        let thresholds = match &self.thresholds {
+            Some(file) => {
+                let text = String::from_utf8_lossy(&file.read_all()?).into_owned();
+                let values: Vec<f32> = text
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .enumerate()
+                    .map(|(i, line)| {
+                        line.trim().parse::<f32>().map_err(|_| {
+                            StageError::Invalid(format!(
+                                "{file}: line {} ({:?}) is not a number",
+                                i + 1,
+                                line.trim()
+                            ))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+                if values.len() != classes {
+                    return Err(StageError::Invalid(format!(
+                        "{file} holds {} thresholds, but the model has {classes} classes: give \
+                         one a line, in class order",
+                        values.len()
+                    )));
+                }
+                values
+            }
+            None => vec![self.threshold.unwrap_or(DEFAULT_THRESHOLD)],
+        };
+        Ok(Some(Thresholds(thresholds)))
+    }
+
     /// The embeddings asked for: each column's name and its tensor.
     fn embedding_columns(&self) -> Result<Vec<(String, String)>, StageError> {
         let several = self.embeddings.len() > 1;
@@ -641,6 +718,11 @@ pub fn stage_model(
         (signature.height as u32, signature.width as u32),
     )
     .map_err(|reason| StageError::Invalid(format!("model {name}: {reason}")))?;
+    let head = match &signature.classifier {
+        Some(classifier) => head_of(&imported.onnx, &classifier.name),
+        None => Head::Logits,
+    };
+    let multi_label = spec_args.multi_label(head, signature.classes())?;
     let mean_key = job::mean_image_key(name);
     let (normalize, mean_xml) = match &spec_args.mean_image {
         Some(mean) => (
@@ -666,14 +748,12 @@ pub fn stage_model(
         fast_jpeg: spec_args.fast_jpeg,
         scale: preparation.scale,
         normalize,
-        outputs: match &signature.classifier {
-            Some(classifier) => outputs_of(&imported.onnx, &classifier.name),
-            None => Outputs::Logits,
-        },
+        outputs: head.outputs(),
         class_count: signature.classes() as u32,
         class_ids: classes.as_ref().and_then(|list| list.ids.clone()),
         classes: classes.map(|list| list.names),
         embeddings,
+        multi_label,
         provenance: Provenance {
             source: source.to_string(),
             format: imported.format.as_str().into(),
@@ -726,9 +806,24 @@ fn staged_model_line(
         spec.height,
         spec.width,
         spec.layout,
-        match spec.class_count {
-            0 => "no classes".to_owned(),
-            n => format!("{n} classes, {:?}", spec.outputs),
+        match (spec.class_count, &spec.multi_label) {
+            (0, _) => "no classes".to_owned(),
+            (n, None) => format!("{n} classes, {:?}", spec.outputs),
+            (n, Some(Thresholds(thresholds))) => format!(
+                "{n} classes, multi-label ({}), {}",
+                match spec.outputs {
+                    Outputs::Logits => "sigmoid of its outputs",
+                    Outputs::Probabilities => "its outputs are the scores",
+                },
+                match thresholds.as_slice() {
+                    [one] => format!("threshold {one}"),
+                    each => format!(
+                        "a threshold per class ({} to {})",
+                        each.iter().copied().fold(f32::INFINITY, f32::min),
+                        each.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+                    ),
+                }
+            ),
         },
         spec.preparation()
     );

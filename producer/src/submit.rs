@@ -302,7 +302,8 @@ fn find_inputs(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Inputs,
         None => spec.class_names(),
     };
     // Everything that can be refused is refused here, before anything is written.
-    let known = collection::Classes::new(&classes, spec.class_ids.as_deref());
+    let known = collection::Classes::new(&classes, spec.class_ids.as_deref())
+        .multi_label(spec.multi_label.is_some());
     let held = match &options.labels {
         LabelSource::File(file) if options.incremental => {
             return Err(SubmitError::Incremental(format!(
@@ -441,13 +442,12 @@ impl Cutter {
         on_published: &mut impl FnMut(u64),
     ) -> Result<(), SubmitError> {
         let count = entries.len() as u64;
-        let images = entries.into_iter().map(|e| (e.name, e.label)).unzip();
         submission
             .publish_names(
                 &self.prefix,
                 self.partitions,
                 self.published,
-                images,
+                entries,
                 on_published,
             )
             .await?;
@@ -533,6 +533,7 @@ impl<B: Broker> Submission<'_, B> {
             several_batches,
             max_failed_partitions: self.options.max_failed_partitions,
             vectors: self.inputs.spec.vector_columns(),
+            multi_label: self.inputs.spec.multi_label.clone(),
         };
         let (store, job) = (self.store.clone(), self.job.to_owned());
         let index = (self.inputs.scope.as_ref()).map(|scope| job::index_key(scope, self.job));
@@ -635,14 +636,15 @@ impl<B: Broker> Submission<'_, B> {
                 dataset.to_owned(),
                 self.options.labels.clone(),
             );
-            let (classes, ids) = (
+            let (classes, ids, multi) = (
                 self.inputs.classes.clone(),
                 self.inputs.spec.class_ids.clone(),
+                self.inputs.spec.multi_label.is_some(),
             );
             let mut coverage = self.coverage.lock().expect("never poisoned").take();
             let (prefix, listing) = (prefix.clone(), job::listing_key(self.job));
             tokio::task::spawn_blocking(move || -> Result<Listing, SubmitError> {
-                let classes = collection::Classes::new(&classes, ids.as_deref());
+                let classes = collection::Classes::new(&classes, ids.as_deref()).multi_label(multi);
                 let mut outcome = Listing::default();
                 collection::for_each_page(
                     store.as_ref(),
@@ -657,8 +659,10 @@ impl<B: Broker> Submission<'_, B> {
                         if page.is_empty() {
                             return Ok(());
                         }
-                        outcome.labelled +=
-                            page.iter().filter(|e| e.label.is_some()).count() as u64;
+                        outcome.labelled += page
+                            .iter()
+                            .filter(|e| e.label.is_some() || e.tags.is_some())
+                            .count() as u64;
                         let lines = incremental::listing_lines(&prefix, &page);
                         store
                             .stage_block(&listing, outcome.blocks, lines.as_bytes())
@@ -708,37 +712,51 @@ impl<B: Broker> Submission<'_, B> {
     ) -> Result<Published, SubmitError> {
         let size = self.options.partition_size as usize;
         let mut cutter = Cutter::new(&held.collection.prefix, size);
+        let mut page_start = 0;
         for (names, labels) in held
             .collection
             .names
             .chunks(size)
             .zip(held.labels.chunks(size))
         {
-            let page = (names.iter().zip(labels))
-                .map(|(name, &label)| Entry {
+            let first = page_start;
+            page_start += names.len();
+            let page = (names.iter().zip(labels).enumerate())
+                .map(|(i, (name, &label))| Entry {
                     name: name.clone(),
                     label,
+                    tags: held.tags.get(first + i).cloned().flatten(),
                     listed: None,
                 })
                 .collect();
             cutter.add(self, page, on_published).await?;
         }
-        let labelled = held.labels.iter().flatten().count() as u64;
+        let labelled =
+            (held.labels.iter().flatten().count() + held.tags.iter().flatten().count()) as u64;
         cutter.finish(self, labelled, on_published).await
     }
 
-    /// Publishes partition `partition` of a collection: `names` and their labels, the first
-    /// being the collection's image `first_index`.
+    /// Publishes partition `partition` of a collection: `entries`, images with their labels,
+    /// the first being the collection's image `first_index`.
     async fn publish_names(
         &self,
         prefix: &str,
         partition: u32,
         first_index: u64,
-        (names, labels): (Vec<String>, Vec<Option<u32>>),
+        entries: Vec<Entry>,
         on_published: &mut impl FnMut(u64),
     ) -> Result<(), SubmitError> {
         self.check_partition(partition)?;
-        let images = names.len() as u64;
+        let images = entries.len() as u64;
+        let multi = self.inputs.spec.multi_label.is_some();
+        let (mut names, mut labels, mut tags) = (Vec::new(), Vec::new(), Vec::new());
+        for entry in entries {
+            names.push(entry.name);
+            labels.push(entry.label);
+            if multi {
+                tags.push(entry.tags);
+            }
+        }
         let partition = Partition {
             job: self.job.into(),
             partition,
@@ -750,6 +768,7 @@ impl<B: Broker> Submission<'_, B> {
                 names,
             },
             labels,
+            tags,
             top_k: self.options.top_k,
             published_at_ms: now_ms(),
         };
@@ -844,6 +863,8 @@ impl<B: Broker> Submission<'_, B> {
             self.job.to_owned(),
             self.options.top_k,
         );
+        // A multi-label model's true classes are tags: CIFAR-10's one label, as a set.
+        let multi = self.inputs.spec.multi_label.is_some();
         tokio::task::spawn_blocking(move || -> Result<Vec<BatchEntry>, SubmitError> {
             let source = store.open(&dataset)?;
             let mut entries = Vec::new();
@@ -866,8 +887,15 @@ impl<B: Broker> Submission<'_, B> {
                         },
                         labels: batch.labels[start..end]
                             .iter()
-                            .map(|&l| labelled.then_some(u32::from(l)))
+                            .map(|&l| (labelled && !multi).then_some(u32::from(l)))
                             .collect(),
+                        tags: match multi {
+                            true => batch.labels[start..end]
+                                .iter()
+                                .map(|&l| labelled.then(|| vec![u32::from(l)]))
+                                .collect(),
+                            false => Vec::new(),
+                        },
                         top_k,
                         // Set when it is published.
                         published_at_ms: 0,

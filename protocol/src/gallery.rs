@@ -59,6 +59,8 @@ mod tests {
             top: vec![(class, confidence)],
             error: None,
             scored: true,
+            tags: Vec::new(),
+            true_tags: None,
         }
     }
 
@@ -93,6 +95,8 @@ mod tests {
             top: vec![],
             error: Some("corrupt".into()),
             scored: false,
+            tags: Vec::new(),
+            true_tags: None,
         };
         assert_eq!(pick_thumbnails(1, &scores), (1..13).collect::<Vec<_>>());
     }

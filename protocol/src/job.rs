@@ -212,10 +212,34 @@ pub struct Plan {
     /// Partitions that may fail with the job still completing, as partial.
     #[serde(default)]
     pub max_failed_partitions: u32,
-    /// The vectors each row carries in the Parquet results (the model's embeddings), in order.
+    /// The vectors each row carries in the Parquet results (the model's embeddings, and a
+    /// multi-label model's class scores), in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vectors: Vec<VectorColumn>,
+    /// For a multi-label model (independent sigmoids): each class's threshold (one for all, or
+    /// one per class). Its rows list every class over its threshold; its summary gives
+    /// precision, recall, F1 and average precision per class instead of accuracy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multi_label: Option<Thresholds>,
 }
+
+/// The scores a class needs to be an image's tag: one for every class, or one per class.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Thresholds(pub Vec<f32>);
+
+impl Thresholds {
+    /// Class `class`'s threshold.
+    pub fn of(&self, class: usize) -> f32 {
+        match self.0.as_slice() {
+            [one] => *one,
+            each => each.get(class).copied().unwrap_or(f32::INFINITY),
+        }
+    }
+}
+
+/// The name of the vector column that holds a multi-label model's class scores (one per
+/// class, after the sigmoid): what a user re-thresholds, and what average precision is made of.
+pub const CLASS_SCORES_COLUMN: &str = "class_scores";
 
 impl Plan {
     /// Classes each row reports: the job's top-k, or every class of a model with fewer; none

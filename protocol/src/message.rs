@@ -83,6 +83,9 @@ pub struct Partition {
     pub images: Images,
     /// True label of each image (an index into the model's classes), if known.
     pub labels: Vec<Option<u32>>,
+    /// For a multi-label job, the true classes of each image (its tags), if known: an image
+    /// may have several, or none. Empty for a single-label job.
+    pub tags: Vec<Option<Vec<u32>>>,
     /// Classes to report per image, best first.
     pub top_k: u8,
     /// Unix time in milliseconds when the producer published it (the report's queueing time).
@@ -115,6 +118,9 @@ impl Partition {
         }
         if self.labels.len() != n {
             return bad(format!("{} labels for {n} images", self.labels.len()));
+        }
+        if !self.tags.is_empty() && self.tags.len() != n {
+            return bad(format!("{} tag sets for {n} images", self.tags.len()));
         }
         if self.top_k == 0 || self.top_k > MAX_TOP_K {
             return bad(format!("top-k {} is not in 1..={MAX_TOP_K}", self.top_k));
@@ -152,6 +158,11 @@ pub struct Score {
     /// Whether the model ran on the image: its vectors (the job's [`crate::job::Plan::vectors`],
     /// if any) are in the partition's vectors blob.
     pub scored: bool,
+    /// For a multi-label job: every class whose score reached its threshold, with its score,
+    /// best first (the image's predicted tags).
+    pub tags: Vec<(u32, f32)>,
+    /// For a multi-label job: the image's true classes, if known.
+    pub true_tags: Option<Vec<u32>>,
 }
 
 impl Score {
@@ -378,6 +389,7 @@ mod tests {
                 pixels: (0..2 * 3072).map(|i| i as u8).collect(),
             },
             labels: vec![Some(1), None],
+            tags: Vec::new(),
             top_k: 1,
             published_at_ms: 0,
         }
@@ -450,6 +462,8 @@ mod tests {
                 top: vec![(0, 1.0)],
                 error: None,
                 scored: true,
+                tags: Vec::new(),
+                true_tags: None,
             }],
             worker: "w".into(),
             inference_ms: 0.0,

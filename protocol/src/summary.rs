@@ -114,6 +114,56 @@ pub struct Summary {
     /// The vectors (embeddings) the job's rows carry in its Parquet results.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub embeddings: Vec<Embeddings>,
+    /// A multi-label job's measures, instead of accuracy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multi_label: Option<MultiLabel>,
+}
+
+/// What a multi-label job came to, over its labelled images the model scored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MultiLabel {
+    /// Each class's threshold (one for all, or one per class).
+    pub thresholds: Vec<f32>,
+    /// Labelled images the model scored: what the measures are over.
+    pub labelled: u64,
+    /// The mean of the classes' average precision (mAP), over the classes some labelled image
+    /// has.
+    pub mean_average_precision: Option<f64>,
+    /// Tags right over tags given, over every class.
+    pub micro_precision: Option<f64>,
+    /// Tags right over true tags, over every class.
+    pub micro_recall: Option<f64>,
+    /// The harmonic mean of the two.
+    pub micro_f1: Option<f64>,
+    /// What average precision ranked: `every score`, or (a job past the exact limit) scores
+    /// counted in bins.
+    pub average_precision_over: String,
+    /// The classes with the lowest average precision, lowest first.
+    pub worst: Vec<String>,
+    /// Each class some labelled image has or was given, in class order.
+    pub per_class: Vec<ClassMetrics>,
+}
+
+/// One class of a multi-label job, at its threshold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassMetrics {
+    /// The class.
+    pub class: String,
+    /// Labelled images with it as a true tag.
+    pub positives: u64,
+    /// Labelled images given it as a tag.
+    pub predicted: u64,
+    /// Both.
+    pub hits: u64,
+    /// `hits / predicted`; absent when none was given it.
+    pub precision: Option<f64>,
+    /// `hits / positives`; absent when no image has it.
+    pub recall: Option<f64>,
+    /// The harmonic mean of precision and recall.
+    pub f1: Option<f64>,
+    /// Average precision over the labelled images ranked by the class's score; absent when no
+    /// image has it.
+    pub average_precision: Option<f64>,
 }
 
 /// One vector column of a job's results, and how many images have a vector in it.
@@ -141,7 +191,17 @@ impl Summary {
     /// The walkthrough's closing line, or what stands for it in a job without labels; images
     /// that could not be read are named.
     pub fn accuracy_line(&self) -> String {
-        let mut line = if self.accuracy.is_some() {
+        let mut line = if let Some(m) = self.multi_label.as_ref().filter(|m| m.labelled > 0) {
+            let value = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
+            format!(
+                "mAP {} over {} labelled images (micro precision {}, recall {}, F1 {})",
+                value(m.mean_average_precision),
+                m.labelled,
+                value(m.micro_precision),
+                value(m.micro_recall),
+                value(m.micro_f1)
+            )
+        } else if self.accuracy.is_some() {
             accuracy_line(self.correct, self.labelled)
         } else if self.classes.is_empty() {
             format!("Scored {} images (no classes)", self.scored)

@@ -13,7 +13,7 @@
 //! then subtract a mean image, or a per-channel mean and divide by a per-channel std
 //! ([`Normalize`]); lay the result out as the model's input ([`Layout`]).
 
-use fleet_protocol::job::VectorColumn;
+use fleet_protocol::job::{CLASS_SCORES_COLUMN, Thresholds, VectorColumn, VectorPrecision};
 use serde::{Deserialize, Serialize};
 
 /// Version of the spec format written by this build. Version 2 added [`ModelSpec::filter`] and
@@ -326,6 +326,12 @@ pub struct ModelSpec {
     /// results, in order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub embeddings: Vec<Embedding>,
+    /// For a multi-label classifier (independent sigmoids: an image is "dog" and "grass" and
+    /// "outdoor"): the score each class needs to be an image's tag. Its scores are the
+    /// sigmoid of its outputs ([`Outputs::Logits`]) or the outputs themselves
+    /// ([`Outputs::Probabilities`], a graph that ends in a sigmoid), never a softmax.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multi_label: Option<Thresholds>,
 }
 
 /// A tensor of the model written as a vector an image: the pooled features before a
@@ -416,23 +422,32 @@ impl ModelSpec {
     }
 
     /// The oldest spec format that holds everything this spec says: version 3 for a model with
-    /// embeddings or without classes, else 2.
+    /// embeddings, without classes, or multi-label, else 2.
     pub fn oldest_version(&self) -> u32 {
-        if self.embeddings.is_empty() && self.has_classes() {
+        if self.embeddings.is_empty() && self.has_classes() && self.multi_label.is_none() {
             2
         } else {
             SPEC_VERSION
         }
     }
 
-    /// Bytes of one image's vectors, over all its embeddings.
+    /// Bytes of one image's vectors, over all its vector columns.
     pub fn vector_bytes(&self) -> usize {
-        self.embeddings.iter().map(|e| e.column.bytes()).sum()
+        self.vector_columns().iter().map(VectorColumn::bytes).sum()
     }
 
-    /// The columns of the vectors the model's rows carry.
+    /// The columns of the vectors the model's rows carry: a multi-label model's class scores
+    /// first, then its embeddings.
     pub fn vector_columns(&self) -> Vec<VectorColumn> {
-        self.embeddings.iter().map(|e| e.column.clone()).collect()
+        let scores = self.multi_label.as_ref().map(|_| VectorColumn {
+            name: CLASS_SCORES_COLUMN.into(),
+            dim: self.class_count,
+            precision: VectorPrecision::Float32,
+            normalized: false,
+        });
+        (scores.into_iter())
+            .chain(self.embeddings.iter().map(|e| e.column.clone()))
+            .collect()
     }
 
     /// Whether the model is a classifier: its rows have predictions.
@@ -479,6 +494,21 @@ impl ModelSpec {
                 "its embeddings hold {values} values an image, more than the {MAX_VECTOR_VALUES} \
                  a row may carry: choose a smaller tensor (a pooled one)"
             ));
+        }
+        if let Some(Thresholds(thresholds)) = &self.multi_label {
+            if self.class_count == 0 {
+                return Err("a multi-label model needs classes".into());
+            }
+            if thresholds.len() != 1 && thresholds.len() != self.class_count as usize {
+                return Err(format!(
+                    "{} thresholds for a model with {} classes: give one, or one per class",
+                    thresholds.len(),
+                    self.class_count
+                ));
+            }
+            if let Some(bad) = thresholds.iter().find(|t| !(0.0..=1.0).contains(*t)) {
+                return Err(format!("threshold {bad} is not a score between 0 and 1"));
+            }
         }
         if let Some(e) = self.embeddings.iter().find(|e| e.column.dim == 0) {
             return Err(format!("embedding {} has no values", e.column.name));
@@ -732,6 +762,7 @@ mod tests {
             classes: None,
             class_ids: None,
             embeddings: Vec::new(),
+            multi_label: None,
             provenance: Provenance {
                 source: "m.dnn".into(),
                 format: "cntk-v2".into(),

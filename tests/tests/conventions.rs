@@ -81,6 +81,7 @@ fn spec(convention: &Convention) -> ModelSpec {
         classes: None,
         class_ids: None,
         embeddings: Vec::new(),
+        multi_label: None,
         provenance: Provenance {
             source: "conventions".into(),
             format: "onnx".into(),

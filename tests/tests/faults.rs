@@ -397,6 +397,7 @@ fn poison_messages_end_in_the_dead_letter_queue_with_their_reason() {
                 pixels: vec![0; 100],
             },
             labels: vec![Some(1)],
+            tags: Vec::new(),
             top_k: 1,
             published_at_ms: 0,
         });

@@ -532,6 +532,7 @@ mod tests {
                 pixels: vec![0; 3 * 32 * 32],
             },
             labels: vec![Some(1)],
+            tags: Vec::new(),
             top_k: 1,
             published_at_ms: 0,
         };

@@ -16,7 +16,7 @@ use std::time::Instant;
 use fleet_imaging::{DecodeLimits, Image, Preprocessor, decoding_bytes, thumbnail};
 use fleet_inference::{Fit, InferenceError, InferenceOptions, Scorer};
 use fleet_protocol::gallery;
-use fleet_protocol::job::{self, VectorPrecision, now_ms};
+use fleet_protocol::job::{self, Thresholds, VectorColumn, VectorPrecision, now_ms};
 use fleet_protocol::message::{Images, Partition, Score, Scored, Thumbnail};
 use fleet_service::concurrent;
 use fleet_service::errors::chain;
@@ -232,7 +232,14 @@ impl Models {
     pub fn prepare(&mut self, partition: Partition) -> Result<Prepared, ScoreError> {
         let model = self.load(&partition.model)?;
         let classes = model.spec.class_count;
-        if let Some(label) = partition.labels.iter().flatten().find(|&&l| l >= classes) {
+        let tags = partition.tags.iter().flatten().flatten();
+        if let Some(label) = partition
+            .labels
+            .iter()
+            .flatten()
+            .chain(tags)
+            .find(|&&l| l >= classes)
+        {
             return Err(ScoreError::Permanent(format!(
                 "partition {} of job {}: label {label} is beyond model {}'s {classes} classes",
                 partition.partition, partition.job, partition.model
@@ -316,22 +323,28 @@ impl Prepared {
             .into_iter()
             .zip(notes)
             .zip(&partition.labels)
-            .map(|((error, note), &label)| {
+            .enumerate()
+            .map(|(i, ((error, note), &label))| {
                 let ranking = ranked.next();
+                let true_tags = partition.tags.get(i).cloned().flatten();
                 match (error, ranking) {
                     (Some(error), _) | (None, Some(Err(error))) => Score {
                         label,
                         top: Vec::new(),
                         error: Some(error),
                         scored: false,
+                        tags: Vec::new(),
+                        true_tags,
                     },
-                    (None, Some(Ok(mut top))) => {
+                    (None, Some(Ok(Ranking { mut top, tags }))) => {
                         top.truncate(k);
                         Score {
                             label,
                             top,
                             error: note.map(|note| format!("scored despite: {note}")),
                             scored: true,
+                            tags,
+                            true_tags,
                         }
                     }
                     (None, None) => unreachable!("a readable image has its ranking"),
@@ -397,11 +410,14 @@ pub fn failed(partition: &Partition, reason: &str) -> Scored {
         scores: partition
             .labels
             .iter()
-            .map(|&label| Score {
+            .enumerate()
+            .map(|(i, &label)| Score {
                 label,
                 top: Vec::new(),
                 error: Some(format!("partition not scored: {reason}")),
                 scored: false,
+                tags: Vec::new(),
+                true_tags: partition.tags.get(i).cloned().flatten(),
             })
             .collect(),
         worker: String::new(),
@@ -456,6 +472,8 @@ pub fn score_together(batch: Vec<Prepared>, worker: &str) -> Vec<Result<Scored, 
         .max()
         .unwrap_or(1);
     let probabilities = model.spec.outputs == Outputs::Probabilities;
+    let multi_label = model.spec.multi_label.as_ref();
+    let columns = model.spec.vector_columns();
     let vector_bytes = model.spec.vector_bytes();
     // Each partition's vectors blob, filled as its images' rows come.
     let mut vectors: Vec<Vec<u8>> = batch
@@ -479,14 +497,26 @@ pub fn score_together(batch: Vec<Prepared>, worker: &str) -> Vec<Result<Scored, 
                     batch[p].input.write(i, &model.preprocessor, slot);
                 }
                 scorer.score(&input, chunk.len(), &mut call_outputs)?;
+                let mut values = Vec::new();
                 for (&(p, i), row) in chunk.iter().zip(call_outputs.chunks_exact(row_len)) {
-                    let (class_row, vector_row) = row.split_at(classes);
-                    ranked.push(match classes {
-                        0 => Ok(Vec::new()),
-                        _ => rank(class_row, k, probabilities),
+                    let (class_row, embedding_row) = row.split_at(classes);
+                    values.clear();
+                    ranked.push(match (classes, multi_label) {
+                        (0, _) => Ok(Ranking::default()),
+                        (_, None) => rank(class_row, k, probabilities),
+                        (_, Some(thresholds)) => {
+                            // Each class on its own: its sigmoid, kept as the row's
+                            // class scores.
+                            values.extend(class_row.iter().map(|&x| match probabilities {
+                                true => x,
+                                false => sigmoid(x),
+                            }));
+                            rank_tags(&values, k, thresholds)
+                        }
                     });
+                    values.extend_from_slice(embedding_row);
                     let out = &mut vectors[p][i * vector_bytes..][..vector_bytes];
-                    write_vectors(&model.spec.embeddings, vector_row, out);
+                    write_vectors(&columns, &values, out);
                 }
                 Ok(())
             })
@@ -525,12 +555,11 @@ pub fn score_together(batch: Vec<Prepared>, worker: &str) -> Vec<Result<Scored, 
         .collect()
 }
 
-/// Writes one image's `values` (its embeddings, one after another) into `out` as the
-/// embeddings' columns say: each scaled to length 1 if asked, in its precision, little-endian.
-fn write_vectors(embeddings: &[fleet_spec::Embedding], values: &[f32], out: &mut [u8]) {
+/// Writes one image's `values` (its vectors, one after another) into `out` as the job's vector
+/// `columns` say: each scaled to length 1 if asked, in its precision, little-endian.
+fn write_vectors(columns: &[VectorColumn], values: &[f32], out: &mut [u8]) {
     let (mut values, mut out) = (values, out);
-    for embedding in embeddings {
-        let column = &embedding.column;
+    for column in columns {
         let (vector, rest) = values.split_at(column.dim as usize);
         let (bytes, rest_out) = out.split_at_mut(column.bytes());
         let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
@@ -555,19 +584,59 @@ fn write_vectors(embeddings: &[fleet_spec::Embedding], values: &[f32], out: &mut
     }
 }
 
-/// One image's ranking: its top classes with their probabilities, or why it has none.
-type Ranked = Result<Vec<(u32, f32)>, String>;
+/// One image's ranking: its top classes with their scores and (a multi-label model's) its
+/// tags, or why it has none.
+type Ranked = Result<Ranking, String>;
 
-/// The ranking of one output row: [`top_k`], unless the model's output is not a number (a
-/// ranking of NaN would report an arbitrary class).
+/// What the model's scores say of one image.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Ranking {
+    /// The best classes, best first.
+    top: Vec<(u32, f32)>,
+    /// A multi-label model's: every class over its threshold, best first.
+    tags: Vec<(u32, f32)>,
+}
+
+/// Why a row that is not all numbers has no ranking: a NaN would report an arbitrary class.
+fn not_a_number(row: &[f32]) -> Option<String> {
+    let bad = row.iter().find(|v| !v.is_finite())?;
+    Some(format!(
+        "the model's output is not a number ({bad}): a fault of the model or its preparation \
+         (--scale, --mean, --std), not of the image"
+    ))
+}
+
+/// The ranking of one output row of a single-label model: [`top_k`].
 fn rank(row: &[f32], k: usize, probabilities: bool) -> Ranked {
-    match row.iter().find(|v| !v.is_finite()) {
-        Some(bad) => Err(format!(
-            "the model's output is not a number ({bad}): a fault of the model or its \
-             preparation (--scale, --mean, --std), not of the image"
-        )),
-        None => Ok(top_k(row, k, probabilities)),
+    match not_a_number(row) {
+        Some(why) => Err(why),
+        None => Ok(Ranking {
+            top: top_k(row, k, probabilities),
+            tags: Vec::new(),
+        }),
     }
+}
+
+/// The ranking of a multi-label model's class `scores` (each already a probability): the
+/// `k` best, and every class at or over its threshold, best first.
+fn rank_tags(scores: &[f32], k: usize, thresholds: &Thresholds) -> Ranked {
+    if let Some(why) = not_a_number(scores) {
+        return Err(why);
+    }
+    let mut tags: Vec<(u32, f32)> = (scores.iter().enumerate())
+        .filter(|&(c, &p)| p >= thresholds.of(c))
+        .map(|(c, &p)| (c as u32, p))
+        .collect();
+    tags.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    Ok(Ranking {
+        top: top_k(scores, k, true),
+        tags,
+    })
+}
+
+/// The logistic function, as ONNX's Sigmoid computes it.
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
 }
 
 /// Locks `mutex`, whatever panicked while holding it: a session and a buffer stay usable.

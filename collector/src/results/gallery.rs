@@ -153,6 +153,8 @@ mod tests {
                     top: vec![(1, c)],
                     error: None,
                     scored: true,
+                    tags: Vec::new(),
+                    true_tags: None,
                 })
                 .collect(),
             worker: "w".into(),

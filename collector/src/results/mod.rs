@@ -8,6 +8,7 @@
 
 mod confusion;
 pub mod gallery;
+pub mod multilabel;
 pub mod parquet;
 pub mod projection;
 pub mod report;
@@ -49,7 +50,8 @@ pub struct Finished {
 /// The files of the sealed job whose every partition `tally` has counted.
 pub fn finish(tally: &Tally, plan: &Plan, sealed: &Sealed, completed_at_ms: u64) -> Finished {
     let summary = tally.summary(plan, sealed, completed_at_ms);
-    if !sealed.labelled {
+    // A multi-label job has no one true class an image: its measures are per class.
+    if !sealed.labelled || plan.multi_label.is_some() {
         return Finished {
             confusion_csv: None,
             confused_pairs_csv: None,
@@ -141,6 +143,7 @@ mod tests {
             several_batches,
             max_failed_partitions: 0,
             vectors: Vec::new(),
+            multi_label: None,
         }
     }
 
@@ -169,6 +172,8 @@ mod tests {
                     top: vec![(predicted, 0.5)],
                     error: None,
                     scored: true,
+                    tags: Vec::new(),
+                    true_tags: None,
                 })
                 .collect(),
             worker: "w1".into(),
@@ -284,6 +289,8 @@ mod tests {
             top: vec![],
             error: Some("not an image: \"bad\", truncated".into()),
             scored: false,
+            tags: Vec::new(),
+            true_tags: None,
         };
         let plan = plan(["cat", "dog", "ship"].map(String::from).to_vec(), 2, false);
         let (csv, files) = build(&plan, &sealed(false), &[part], 2_000);

@@ -40,10 +40,38 @@ enum Cells {
     Vector(Values, Vec<i16>, Vec<i16>),
 }
 
-/// A vector column's values, in its precision.
+/// A list column's values.
 enum Values {
     Float32(Vec<f32>),
     Float16(Vec<FixedLenByteArray>),
+    Text(Vec<ByteArray>),
+}
+
+/// The definition and repetition levels of list cells, and their values, as they are added.
+#[derive(Default)]
+struct Lists {
+    defined: Vec<i16>,
+    repeated: Vec<i16>,
+}
+
+impl Lists {
+    /// A null cell.
+    fn null(&mut self) {
+        self.defined.push(0);
+        self.repeated.push(0);
+    }
+
+    /// A cell of `len` values (an empty list when 0).
+    fn list(&mut self, len: usize) {
+        if len == 0 {
+            self.defined.push(1);
+            self.repeated.push(0);
+        }
+        for v in 0..len {
+            self.defined.push(2);
+            self.repeated.push(i16::from(v > 0));
+        }
+    }
 }
 
 impl Cells {
@@ -68,20 +96,16 @@ impl Cells {
         let column = &plan.vectors[at];
         let stride = plan.vector_bytes();
         let offset: usize = plan.vectors[..at].iter().map(VectorColumn::bytes).sum();
-        let (mut defined, mut repeated) = (Vec::new(), Vec::new());
+        let mut lists = Lists::default();
         let mut f32s = Vec::new();
         let mut f16s = Vec::new();
         for (i, score) in p.scores.iter().enumerate() {
             let Some(blob) = blob.filter(|_| score.scored) else {
-                defined.push(0);
-                repeated.push(0);
+                lists.null();
                 continue;
             };
             let bytes = &blob[i * stride + offset..][..column.bytes()];
-            for v in 0..column.dim as usize {
-                defined.push(2);
-                repeated.push(i16::from(v > 0));
-            }
+            lists.list(column.dim as usize);
             match column.precision {
                 VectorPrecision::Float32 => f32s.extend(
                     bytes
@@ -99,7 +123,32 @@ impl Cells {
             VectorPrecision::Float32 => Values::Float32(f32s),
             VectorPrecision::Float16 => Values::Float16(f16s),
         };
-        Cells::Vector(values, defined, repeated)
+        Cells::Vector(values, lists.defined, lists.repeated)
+    }
+
+    /// A list of class names per row, or null.
+    fn names<'a>(cells: impl Iterator<Item = Option<Vec<&'a str>>>) -> Self {
+        let (mut lists, mut values) = (Lists::default(), Vec::new());
+        for cell in cells {
+            match cell {
+                Some(names) => {
+                    lists.list(names.len());
+                    values.extend(names.into_iter().map(ByteArray::from));
+                }
+                None => lists.null(),
+            }
+        }
+        Cells::Vector(Values::Text(values), lists.defined, lists.repeated)
+    }
+
+    /// A list of floats per row (never null).
+    fn float_lists(cells: impl Iterator<Item = Vec<f32>>) -> Self {
+        let (mut lists, mut values) = (Lists::default(), Vec::new());
+        for cell in cells {
+            lists.list(cell.len());
+            values.extend(cell);
+        }
+        Cells::Vector(Values::Float32(values), lists.defined, lists.repeated)
     }
 
     fn field(&self, name: &str) -> Result<Arc<Type>, ParquetError> {
@@ -113,6 +162,8 @@ impl Cells {
                         .with_length(2)
                         .with_logical_type(Some(LogicalType::Float16))
                 }
+                Values::Text(_) => Type::primitive_type_builder("element", Physical::BYTE_ARRAY)
+                    .with_logical_type(Some(LogicalType::String)),
             }
             .with_repetition(Repetition::REQUIRED)
             .build()?;
@@ -215,6 +266,13 @@ pub fn part(plan: &Plan, p: &Scored, vectors: Option<&[u8]>) -> Result<Vec<u8>, 
                     Some(repeated),
                 )?;
             }
+            Cells::Vector(Values::Text(values), defined, repeated) => {
+                column.typed::<ByteArrayType>().write_batch(
+                    values,
+                    Some(defined),
+                    Some(repeated),
+                )?;
+            }
         }
         column.close()?;
     }
@@ -241,6 +299,9 @@ fn columns(plan: &Plan, p: &Scored, vectors: Option<&[u8]>) -> Vec<(String, Cell
         Cells::Text(names.collect(), Vec::new(), Repetition::REQUIRED),
     ));
     if plan.has_classes() {
+        if plan.multi_label.is_some() {
+            tags(plan, p, &mut columns);
+        }
         predictions(plan, p, &mut columns);
     }
     columns.push((
@@ -253,7 +314,38 @@ fn columns(plan: &Plan, p: &Scored, vectors: Option<&[u8]>) -> Vec<(String, Cell
     columns
 }
 
-/// The columns of a classifier's labels and predictions, in `scores.csv`'s order.
+/// A multi-label job's tag columns: each image's true classes (null when it has no label) and
+/// the classes over their thresholds, by name, with their scores.
+fn tags(plan: &Plan, p: &Scored, columns: &mut Vec<(String, Cells)>) {
+    let name = |class: u32| plan.classes.get(class as usize).map_or("?", String::as_str);
+    columns.push((
+        "true_tags".into(),
+        Cells::names(
+            p.scores
+                .iter()
+                .map(|s| (s.true_tags.as_ref()).map(|t| t.iter().map(|&c| name(c)).collect())),
+        ),
+    ));
+    columns.push((
+        "predicted_tags".into(),
+        Cells::names(
+            p.scores
+                .iter()
+                .map(|s| Some(s.tags.iter().map(|&(c, _)| name(c)).collect())),
+        ),
+    ));
+    columns.push((
+        "tag_scores".into(),
+        Cells::float_lists(
+            p.scores
+                .iter()
+                .map(|s| s.tags.iter().map(|t| t.1).collect()),
+        ),
+    ));
+}
+
+/// The columns of a classifier's labels and predictions, in `scores.csv`'s order (a
+/// multi-label job has no single true label: its tags come before).
 fn predictions(plan: &Plan, p: &Scored, columns: &mut Vec<(String, Cells)>) {
     let classes = &plan.classes;
     let class_name = |class: u32| classes.get(class as usize).map(String::as_str);
@@ -264,15 +356,20 @@ fn predictions(plan: &Plan, p: &Scored, columns: &mut Vec<(String, Cells)>) {
         .collect();
     let labels = || judged.iter().map(|j| j.0);
     let best = || judged.iter().map(|j| j.1);
-    columns.push(("true_label".into(), Cells::ints(labels())));
+    let single = plan.multi_label.is_none();
+    if single {
+        columns.push(("true_label".into(), Cells::ints(labels())));
+    }
     columns.push((
         "predicted_label".into(),
         Cells::ints(best().map(|b| b.map(|b| b.0))),
     ));
-    columns.push((
-        "true_class".into(),
-        Cells::texts(labels().map(|l| l.and_then(class_name))),
-    ));
+    if single {
+        columns.push((
+            "true_class".into(),
+            Cells::texts(labels().map(|l| l.and_then(class_name))),
+        ));
+    }
     columns.push((
         "predicted_class".into(),
         Cells::texts(best().map(|b| b.and_then(|b| class_name(b.0)))),
@@ -324,12 +421,15 @@ mod tests {
                 column("wide", 3, VectorPrecision::Float32),
                 column("half", 2, VectorPrecision::Float16),
             ],
+            multi_label: None,
         };
         let score = |scored: bool| Score {
             label: None,
             top: Vec::new(),
             error: (!scored).then(|| "not an image".to_owned()),
             scored,
+            tags: Vec::new(),
+            true_tags: None,
         };
         let scored = Scored {
             job: "j".into(),

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use fleet_protocol::job::{Plan, VectorColumn, VectorPrecision};
+use fleet_protocol::job::{CLASS_SCORES_COLUMN, Plan, VectorColumn, VectorPrecision};
 use fleet_protocol::message::Scored;
 
 /// Images in the sample, at most.
@@ -36,7 +36,9 @@ struct Point {
 #[derive(Debug, Clone)]
 pub struct Projection {
     column: VectorColumn,
-    /// Bytes of an image's vectors in a vectors blob.
+    /// Where its values are in an image's vectors, and the bytes of an image's vectors in a
+    /// vectors blob.
+    offset: usize,
     stride: usize,
     capacity: usize,
     /// By (rank, place): a thumbnailed image of the first partition ranks before any other;
@@ -60,12 +62,19 @@ pub struct Placed {
 }
 
 impl Projection {
-    /// An empty sample for a job of `plan`; `None` when its rows carry no vectors.
+    /// An empty sample of the first embedding of a job of `plan`; `None` when its rows carry
+    /// none (a multi-label model's class scores are no embedding).
     pub fn new(plan: &Plan) -> Option<Self> {
-        let column = plan.vectors.first()?;
+        let at = plan
+            .vectors
+            .iter()
+            .position(|c| plan.multi_label.is_none() || c.name != CLASS_SCORES_COLUMN)?;
+        let column = &plan.vectors[at];
+        let offset = plan.vectors[..at].iter().map(VectorColumn::bytes).sum();
         let per_image = column.dim as usize * 4;
         Some(Self {
             column: column.clone(),
+            offset,
             stride: plan.vector_bytes(),
             capacity: (SAMPLE_BYTES / per_image.max(1)).clamp(1, SAMPLE_IMAGES),
             points: BTreeMap::new(),
@@ -90,7 +99,7 @@ impl Projection {
     /// Takes in partition `p`'s images that belong to the sample, their vectors read from the
     /// partition's vectors blob `blob`.
     pub fn add(&mut self, p: &Scored, blob: &[u8]) {
-        let (column, stride) = (&self.column, self.stride);
+        let (column, offset, stride) = (&self.column, self.offset, self.stride);
         for (i, score) in p.scores.iter().enumerate() {
             if !score.scored {
                 continue;
@@ -115,7 +124,7 @@ impl Projection {
                     _ => continue,
                 }
             }
-            let bytes = &blob[i * stride..][..column.bytes()];
+            let bytes = &blob[i * stride + offset..][..column.bytes()];
             let vector = match column.precision {
                 VectorPrecision::Float32 => bytes
                     .chunks_exact(4)

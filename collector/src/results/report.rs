@@ -110,6 +110,9 @@ pub fn render(report: &Report<'_>) -> String {
         confusion_section(&mut html, report);
         mistakes_section(&mut html, report);
     }
+    if let Some(multi) = &summary.multi_label {
+        multi_label_section(&mut html, multi);
+    }
     if summary.scored > summary.labelled && !summary.classes.is_empty() {
         distribution_section(&mut html, summary);
         low_confidence_section(&mut html, report);
@@ -118,6 +121,64 @@ pub fn render(report: &Report<'_>) -> String {
     unreadable_section(&mut html, report);
     html.push_str("</body></html>\n");
     html
+}
+
+/// Rows of the per-class table of a multi-label job.
+const MULTI_LABEL_ROWS: usize = 50;
+
+/// A multi-label job's measures: per class, worst average precision first.
+fn multi_label_section(html: &mut String, multi: &fleet_protocol::summary::MultiLabel) {
+    let value = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
+    let thresholds = match multi.thresholds.as_slice() {
+        [one] => format!("the threshold {one}"),
+        _ => "each class's threshold".to_owned(),
+    };
+    let _ = writeln!(
+        html,
+        "<h2 id=\"tags\">Tags</h2>\n<p>Each image is given every class whose score reaches \
+         {thresholds}. Over the {} labelled images: mean average precision (mAP) {}, and over \
+         all classes precision {}, recall {}, F1 {}. Average precision ranks the images by each \
+         class's score ({}); precision, recall and F1 are at the threshold.</p>",
+        multi.labelled,
+        value(multi.mean_average_precision),
+        value(multi.micro_precision),
+        value(multi.micro_recall),
+        value(multi.micro_f1),
+        escape(&multi.average_precision_over)
+    );
+    let mut rows: Vec<&fleet_protocol::summary::ClassMetrics> = multi.per_class.iter().collect();
+    rows.sort_by(|a, b| {
+        (a.average_precision.unwrap_or(f64::INFINITY))
+            .total_cmp(&b.average_precision.unwrap_or(f64::INFINITY))
+            .then(a.class.cmp(&b.class))
+    });
+    html.push_str(
+        "<table id=\"per-tag\"><tr><th>class</th><th>images with it</th><th>given it</th>\
+         <th>right</th><th>precision</th><th>recall</th><th>F1</th><th>AP</th></tr>\n",
+    );
+    for m in rows.iter().take(MULTI_LABEL_ROWS) {
+        let _ = writeln!(
+            html,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td></tr>",
+            escape(&m.class),
+            m.positives,
+            m.predicted,
+            m.hits,
+            value(m.precision),
+            value(m.recall),
+            value(m.f1),
+            value(m.average_precision)
+        );
+    }
+    html.push_str("</table>\n");
+    if rows.len() > MULTI_LABEL_ROWS {
+        let _ = writeln!(
+            html,
+            "<p>{} more classes in <code>summary.json</code>.</p>",
+            rows.len() - MULTI_LABEL_ROWS
+        );
+    }
 }
 
 /// The job's vectors: what they are, and a picture of a sample of them.
@@ -585,6 +646,8 @@ mod tests {
             top: vec![(class, confidence)],
             error: None,
             scored: true,
+            tags: Vec::new(),
+            true_tags: None,
         }
     }
 
@@ -618,6 +681,7 @@ mod tests {
             several_batches: false,
             max_failed_partitions: 0,
             vectors: Vec::new(),
+            multi_label: None,
         };
         let sealed = Sealed {
             job: "j".into(),

@@ -14,6 +14,12 @@ use fleet_protocol::message::{Score, Scored};
 pub const SCORES_HEADER: &str =
     "index,filename,true_label,predicted_label,true_class,predicted_class,confidence";
 
+/// The header of a multi-label job up to the confidence of its best class: each image's true
+/// classes and the classes over their thresholds (names separated by `;`), with those classes'
+/// scores; top-k and `error` follow as for a single-label job.
+pub const MULTI_LABEL_HEADER: &str =
+    "index,filename,true_tags,predicted_tags,tag_scores,predicted_label,predicted_class,confidence";
+
 /// The header of a job whose model has no classes (an embedding model): its rows say which
 /// images were scored, and its vectors are in the Parquet results.
 pub const UNCLASSED_HEADER: &str = "index,filename";
@@ -25,10 +31,10 @@ pub fn header(plan: &Plan) -> String {
     if plan.several_batches {
         text.push_str("batch,");
     }
-    text.push_str(if plan.has_classes() {
-        SCORES_HEADER
-    } else {
-        UNCLASSED_HEADER
+    text.push_str(match (plan.has_classes(), &plan.multi_label) {
+        (false, _) => UNCLASSED_HEADER,
+        (true, None) => SCORES_HEADER,
+        (true, Some(_)) => MULTI_LABEL_HEADER,
     });
     for k in 2..=plan.columns_top_k() {
         let _ = write!(text, ",top{k}_label,top{k}_class,top{k}_confidence");
@@ -58,6 +64,32 @@ pub fn rows(plan: &Plan, p: &Scored) -> String {
             let _ = writeln!(text, "{}", csv_field(score.error.as_deref().unwrap_or("")));
             continue;
         }
+        if plan.multi_label.is_some() {
+            let names = |tags: &mut dyn Iterator<Item = u32>| {
+                tags.map(class_name).collect::<Vec<_>>().join(";")
+            };
+            let truth = (score.true_tags.iter().flatten().copied()).collect::<Vec<_>>();
+            let scores: Vec<String> = score.tags.iter().map(|t| format!("{:.6}", t.1)).collect();
+            let _ = write!(
+                text,
+                "{},{},{},",
+                csv_field(&names(&mut truth.into_iter())),
+                csv_field(&names(&mut score.tags.iter().map(|t| t.0))),
+                scores.join(";")
+            );
+            let best = score.predicted();
+            let _ = write!(
+                text,
+                "{},{},{}",
+                best.map(|b| b.0.to_string()).unwrap_or_default(),
+                best.map(|b| csv_field(class_name(b.0)).into_owned())
+                    .unwrap_or_default(),
+                best.map(|b| format!("{:.6}", b.1)).unwrap_or_default()
+            );
+            top_columns(&mut text, score, top_k, &class_name);
+            let _ = writeln!(text, ",{}", csv_field(score.error.as_deref().unwrap_or("")));
+            continue;
+        }
         let (label, best) = label_and_best(score, classes.len());
         let cell = |v: Option<u32>| v.map(|v| v.to_string()).unwrap_or_default();
         let name = |v: Option<u32>| v.map(|v| csv_field(class_name(v)).into_owned());
@@ -70,18 +102,28 @@ pub fn rows(plan: &Plan, p: &Scored) -> String {
             name(best.map(|b| b.0)).unwrap_or_default(),
             best.map(|b| format!("{:.6}", b.1)).unwrap_or_default()
         );
-        for k in 1..top_k {
-            match score.top.get(k) {
-                Some(&(class, p)) => {
-                    let name = csv_field(class_name(class));
-                    let _ = write!(text, ",{class},{name},{p:.6}");
-                }
-                None => text.push_str(",,,"),
-            }
-        }
+        top_columns(&mut text, score, top_k, &class_name);
         let _ = writeln!(text, ",{}", csv_field(score.error.as_deref().unwrap_or("")));
     }
     text
+}
+
+/// A row's `topN_label,topN_class,topN_confidence` for N from 2 to `top_k`.
+fn top_columns<'a>(
+    text: &mut String,
+    score: &Score,
+    top_k: usize,
+    class_name: &dyn Fn(u32) -> &'a str,
+) {
+    for k in 1..top_k {
+        match score.top.get(k) {
+            Some(&(class, p)) => {
+                let name = csv_field(class_name(class));
+                let _ = write!(text, ",{class},{name},{p:.6}");
+            }
+            None => text.push_str(",,,"),
+        }
+    }
 }
 
 /// A score's label and its best class with its confidence, each only when it is one of the

@@ -4,13 +4,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use fleet_protocol::job::Plan;
+use fleet_protocol::job::{CLASS_SCORES_COLUMN, Plan};
 use fleet_protocol::message::{Scored, Sealed};
 use fleet_protocol::summary::{
     ClassAccuracy, ClassCount, ConfusedPair, Embeddings, Partial, Summary, Timings, ratio,
 };
 
 use super::gallery::Gallery;
+use super::multilabel::MultiLabelTally;
 use super::projection::Projection;
 use super::rows::label_and_best;
 use super::{Confusion, confused};
@@ -47,6 +48,8 @@ pub struct Tally {
     pub gallery: Gallery,
     /// The report's picture of the embeddings, for a job with vectors.
     pub projection: Option<Projection>,
+    /// A multi-label job's counts.
+    multi_label: Option<MultiLabelTally>,
 }
 
 impl Tally {
@@ -73,6 +76,8 @@ impl Tally {
             queueing_seconds: 0.0,
             gallery: Gallery::default(),
             projection: Projection::new(plan),
+            multi_label: (plan.multi_label.clone())
+                .map(|thresholds| MultiLabelTally::new(classes, thresholds)),
         }
     }
 
@@ -81,6 +86,23 @@ impl Tally {
     pub fn add(&mut self, p: &Scored, vectors: Option<&[u8]>) {
         if let (Some(projection), Some(blob)) = (&mut self.projection, vectors) {
             projection.add(p, blob);
+        }
+        if let Some(multi) = &mut self.multi_label {
+            // The class scores are the first vector column of a multi-label job.
+            let stride = vectors.map(|blob| blob.len() / p.scores.len().max(1));
+            let mut values = Vec::new();
+            for (i, score) in p.scores.iter().enumerate() {
+                let class_scores = vectors.zip(stride).map(|(blob, stride)| {
+                    values.clear();
+                    values.extend(
+                        blob[i * stride..][..4 * self.classes]
+                            .chunks_exact(4)
+                            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                    );
+                    values.as_slice()
+                });
+                multi.add(score, class_scores);
+            }
         }
         let n = self.classes;
         if let Some(reason) = &p.failed {
@@ -113,7 +135,14 @@ impl Tally {
         for score in &p.scores {
             self.images += 1;
             let (label, best) = label_and_best(score, n);
+            // A multi-label job's distribution is of its tags.
+            if self.multi_label.is_some() {
+                for &(class, _) in score.tags.iter().filter(|&&(c, _)| (c as usize) < n) {
+                    self.predicted[class as usize] += 1;
+                }
+            }
             match (best, score.scored) {
+                (Some(_), _) if self.multi_label.is_some() => {}
                 (Some((class, _)), _) => {
                     self.predicted[class as usize] += 1;
                     if let Some(l) = label {
@@ -137,7 +166,10 @@ impl Tally {
     pub fn summary(&self, plan: &Plan, sealed: &Sealed, completed_at_ms: u64) -> Summary {
         let classes = &plan.classes;
         let confusion = &self.confusion;
-        let (labelled, correct) = (confusion.labelled(), confusion.correct());
+        let (mut labelled, correct) = (confusion.labelled(), confusion.correct());
+        if let Some(multi) = &self.multi_label {
+            labelled = multi.labelled();
+        }
         // The classes with images (a class without any has no accuracy to state).
         let per_class = confusion
             .true_classes()
@@ -178,7 +210,8 @@ impl Tally {
             unreadable: self.unreadable,
             labelled,
             correct,
-            accuracy: sealed.labelled.then(|| ratio(correct, labelled)),
+            accuracy: (sealed.labelled && plan.multi_label.is_none())
+                .then(|| ratio(correct, labelled)),
             classes: classes.clone(),
             per_class,
             predicted,
@@ -194,7 +227,9 @@ impl Tally {
             }),
             // From the manifest, which the collector reads when the job completes.
             incremental: None,
+            multi_label: self.multi_label.as_ref().map(|m| m.summary(classes)),
             embeddings: (plan.vectors.iter())
+                .filter(|column| column.name != CLASS_SCORES_COLUMN || plan.multi_label.is_none())
                 .map(|column| Embeddings {
                     column: column.clone(),
                     images: self.images - self.unreadable,
