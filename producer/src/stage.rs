@@ -831,7 +831,7 @@ fn staged_model_line(
         let column = &embedding.column;
         let _ = write!(
             line,
-            "\n  embedding {} <- {}: {} values an image, {}{}",
+            "\n  column {} <- tensor {}: {} values an image, {}{}",
             column.name,
             embedding.tensor,
             column.dim,

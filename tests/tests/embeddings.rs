@@ -97,7 +97,8 @@ fn an_intermediate_tensor_of_a_real_classifier_is_what_onnx_runtime_gives() {
     let staged = stage("features", &["--embedding", "pool10_1"]);
     assert!(
         staged.contains("pool10_1 made an output")
-            && staged.contains("embedding embedding <- pool10_1: 1000 values an image, float32"),
+            && staged
+                .contains("column embedding <- tensor pool10_1: 1000 values an image, float32"),
         "{staged}"
     );
     let job = |model: &str| {
