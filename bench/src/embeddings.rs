@@ -34,16 +34,7 @@ pub fn rows(fixtures: &Path, bin_dir: &Path, runs: usize) -> Result<Vec<Row>> {
     let model = fixtures.join("real-photos/model/SqueezeNet_fp16.onnx");
     let work = tempfile::tempdir()?;
     let folder = work.path().join("photos");
-    std::fs::create_dir(&folder)?;
-    let mut images = 0u64;
-    for entry in std::fs::read_dir(&photos)? {
-        let path = entry?.path();
-        let name = path.file_name().context("a file name")?.to_string_lossy();
-        for copy in 0..COPIES {
-            std::fs::copy(&path, folder.join(format!("{copy}-{name}")))?;
-            images += 1;
-        }
-    }
+    let images = copy_photos(&photos, &folder)?;
     let store = work.path().join("store");
     let producer = bin_dir.join("producer");
     let base = ["--store", store.to_str().unwrap(), "--container", "photos"];
@@ -87,11 +78,6 @@ pub fn rows(fixtures: &Path, bin_dir: &Path, runs: usize) -> Result<Vec<Row>> {
             *parquet = folder_bytes(&store.join(format!("photos/results/{job}/scores.parquet")))?;
         }
     }
-    let median = |seconds: &[f64]| {
-        let mut sorted = seconds.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        sorted[sorted.len() / 2]
-    };
     let plain = median(&measured[0].0);
     Ok(VARIANTS
         .iter()
@@ -111,6 +97,29 @@ pub fn rows(fixtures: &Path, bin_dir: &Path, runs: usize) -> Result<Vec<Row>> {
             }
         })
         .collect())
+}
+
+/// Copies each photo of `photos` [`COPIES`] times into a new folder `folder`; how many images
+/// it holds.
+pub fn copy_photos(photos: &Path, folder: &Path) -> Result<u64> {
+    std::fs::create_dir(folder)?;
+    let mut images = 0u64;
+    for entry in std::fs::read_dir(photos)? {
+        let path = entry?.path();
+        let name = path.file_name().context("a file name")?.to_string_lossy();
+        for copy in 0..COPIES {
+            std::fs::copy(&path, folder.join(format!("{copy}-{name}")))?;
+            images += 1;
+        }
+    }
+    Ok(images)
+}
+
+/// The median of `values` (the upper one of an even count).
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted[sorted.len() / 2]
 }
 
 /// Bytes of the files in `dir`.

@@ -49,6 +49,7 @@ use worker::WorkerOptions;
 
 mod embeddings;
 mod many;
+mod models;
 mod photos;
 mod scale;
 
@@ -101,6 +102,10 @@ struct Args {
     /// and two 1,000-float embeddings, in turn.
     #[arg(long)]
     only_embeddings: bool,
+    /// Run only the rows of several models: the real-photo job with one 224x224 model, with
+    /// another, and with both in one pass, in turn.
+    #[arg(long)]
+    only_models: bool,
     /// Run only the collector at scale, at these partition counts (comma-separated): synthetic
     /// results through the real collector, over the in-process broker and a local directory,
     /// and (unless --skip-fleet) over RabbitMQ and Azurite up to --scale-fleet-max.
@@ -156,6 +161,11 @@ fn main() -> Result<()> {
     }
     if args.only_embeddings {
         let rows = embeddings::rows(&args.fixtures, &bin_dir, args.runs)?;
+        print_table(&rows, args.runs, "");
+        return Ok(());
+    }
+    if args.only_models {
+        let rows = models::rows(&args.fixtures, &bin_dir, args.runs)?;
         print_table(&rows, args.runs, "");
         return Ok(());
     }

@@ -102,7 +102,7 @@ fn submission_row(root: &Path, images: u64) -> Result<Row> {
     let store = fleet_storage::local::LocalStore::open(root, "many")?;
     let options = SubmitOptions {
         dataset: "digits".into(),
-        model: Some("mnist".into()),
+        models: vec!["mnist".into()],
         labels: collection::LabelSource::Folders,
         ..fleet_service::cli::defaults::<SubmitOptions>()?
     };

@@ -123,6 +123,7 @@ async fn one_job<B: Broker + Clone>(
         max_failed_partitions: 0,
         vectors: Vec::new(),
         multi_label: None,
+        models: Vec::new(),
     };
     store.put(&job::plan_key(&job), &serde_json::to_vec(&plan)?)?;
     let counted = Arc::new(Counted {
@@ -151,7 +152,7 @@ async fn one_job<B: Broker + Clone>(
                 broker
                     .publish(
                         Queue::Results,
-                        message::encode(&ResultMessage::Scored(scored)),
+                        message::encode(&ResultMessage::Scored(Box::new(scored))),
                     )
                     .await?;
             }
@@ -245,7 +246,7 @@ fn synthetic(job: &str, partition: u32, images: u32) -> Scored {
         })
         .collect();
     let png = fleet_figures::rgb_png(8, 8, &[90; 8 * 8 * 3]);
-    let thumbnails = pick_thumbnails(partition, &scores)
+    let thumbnails = pick_thumbnails(partition, &scores, &[])
         .into_iter()
         .map(|position| Thumbnail {
             position: position as u32,
@@ -261,8 +262,10 @@ fn synthetic(job: &str, partition: u32, images: u32) -> Scored {
             .map(|i| format!("camera-{:03}/IMG_{:08}.jpg", (first + i) % 997, first + i))
             .collect(),
         scores,
+        more: Vec::new(),
         worker: format!("worker-{}", partition % 4),
         inference_ms: 100.0,
+        model_ms: Vec::new(),
         preprocess_ms: 50.0,
         published_at_ms: now_ms(),
         started_at_ms: now_ms(),

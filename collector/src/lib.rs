@@ -255,7 +255,9 @@ mod tests {
     use fleet_storage::local::LocalStore;
 
     fn scored(partition: u32, failed: Option<&str>) -> Vec<u8> {
-        message::encode(&ResultMessage::Scored(Scored {
+        message::encode(&ResultMessage::Scored(Box::new(Scored {
+            more: Vec::new(),
+            model_ms: Vec::new(),
             job: "j".into(),
             partition,
             batch: "b".into(),
@@ -283,7 +285,7 @@ mod tests {
             thumbnails: Vec::new(),
             failed: failed.map(str::to_owned),
             vectors: false,
-        }))
+        })))
     }
 
     /// A blob that reads but does not decode is not waited on: retrying reads the same bytes.
@@ -294,6 +296,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn BlobStore> = Arc::new(LocalStore::create(dir.path(), "ctr").unwrap());
         let plan = Plan {
+            models: Vec::new(),
             job: "j".into(),
             classes: vec!["zero".into()],
             top_k: 1,

@@ -115,6 +115,34 @@ impl OpenJob {
     }
 }
 
+/// `scored` as the job's plan has it: scored by each of its models. One scored by another
+/// number of models (a worker of another release) cannot be written in the job's columns: it
+/// stands as a failed partition, with the reason, for the error budget and `producer retry`.
+fn of_the_plan(plan: &Plan, mut scored: Scored) -> Scored {
+    let models = scored.more.len() + 1;
+    if models == plan.model_count() {
+        return scored;
+    }
+    let reason = format!(
+        "the worker's result holds the scores of {models} models, and the job has {}: a worker \
+         of another release? Upgrade the fleet to one release and run `producer retry`",
+        plan.model_count()
+    );
+    tracing::error!(job = %scored.job, partition = scored.partition, %reason, "result not of the job's plan");
+    for score in &mut scored.scores {
+        score.top.clear();
+        score.tags.clear();
+        score.scored = false;
+        score.error = Some(format!("partition not scored: {reason}"));
+    }
+    scored.more = vec![scored.scores.clone(); plan.model_count() - 1];
+    scored.model_ms.clear();
+    scored.thumbnails.clear();
+    scored.vectors = false;
+    scored.failed = Some(reason);
+    scored
+}
+
 /// What a copy of a partition arriving does to the job.
 enum Arrival {
     /// The partition's first copy.
@@ -221,7 +249,7 @@ impl Jobs {
         }
         let mut events = Vec::new();
         match message {
-            ResultMessage::Scored(scored) => events.extend(self.store_partition(scored)?),
+            ResultMessage::Scored(scored) => events.extend(self.store_partition(*scored)?),
             ResultMessage::Sealed(sealed) => {
                 self.ledger(&job).record_seal(&sealed)?;
                 self.open.get_mut(&job).expect("taken in above").sealed = Some(sealed);
@@ -322,6 +350,7 @@ impl Jobs {
         // MAX_PARTITIONS.
         let partition = scored.partition;
         let state = self.open.get(&job).expect("taken in before");
+        let scored = of_the_plan(&state.plan, scored);
         let arrival = self.arrival(state, &scored)?;
         if let Arrival::Again = arrival {
             tracing::debug!(%job, partition, "partition already stored: ignored");
@@ -463,6 +492,9 @@ impl Jobs {
         if let Some(png) = &files.confusion_png {
             put(files::CONFUSION_PNG, png)?;
         }
+        for (name, csv) in &files.agreement_csvs {
+            put(name, csv.as_bytes())?;
+        }
         // The producer drew the sample grid while reading the tarball; it joins the results now.
         if let Some(png) = ledger.samples()? {
             put(files::SAMPLES_PNG, &png)?;
@@ -578,7 +610,9 @@ mod tests {
     use fleet_storage::local::LocalStore;
 
     fn scored(partition: u32) -> ResultMessage {
-        ResultMessage::Scored(Scored {
+        ResultMessage::Scored(Box::new(Scored {
+            more: Vec::new(),
+            model_ms: Vec::new(),
             job: "j".into(),
             partition,
             batch: "b".into(),
@@ -604,7 +638,7 @@ mod tests {
             thumbnails: Vec::new(),
             failed: None,
             vectors: false,
-        })
+        }))
     }
 
     fn sealed() -> ResultMessage {
@@ -633,6 +667,7 @@ mod tests {
         let (a, b) = (Jobs::new(store()), Jobs::new(store()));
         // What the producer writes before it publishes a partition.
         let plan = Plan {
+            models: Vec::new(),
             job: "j".into(),
             classes: vec!["zero".into(), "one".into()],
             top_k: 1,
@@ -766,6 +801,7 @@ mod tests {
         for budget in [0, 1] {
             let (_dir, mut a, _) = two_collectors();
             let plan = Plan {
+                models: Vec::new(),
                 job: "j".into(),
                 classes: vec!["zero".into(), "one".into()],
                 top_k: 1,
@@ -941,6 +977,7 @@ mod tests {
         // The producer wrote its manifest, then failed to publish the seal: it cancels the job,
         // and until the cancellation arrives every partition in changes nothing.
         let manifest = Manifest {
+            more_models: Vec::new(),
             job: "j".into(),
             dataset: "d".into(),
             dataset_kind: DatasetKind::Images,

@@ -95,17 +95,28 @@ impl Preprocessor {
         bytes: &[u8],
         limits: DecodeLimits,
     ) -> Result<(Image, Option<String>), DecodeError> {
-        if !self.fast_jpeg {
+        Self::decode_for(std::slice::from_ref(&self), bytes, limits)
+    }
+
+    /// Decodes `bytes` once for every model of `preprocessors`, each of which resizes the same
+    /// pixels: whole, unless every one asks for `fast_jpeg`, and then reduced only as far as
+    /// the largest of their resized sizes allows, so that no model gets fewer pixels than it
+    /// would alone.
+    pub fn decode_for(
+        preprocessors: &[&Preprocessor],
+        bytes: &[u8],
+        limits: DecodeLimits,
+    ) -> Result<(Image, Option<String>), DecodeError> {
+        if preprocessors.is_empty() || !preprocessors.iter().all(|p| p.fast_jpeg) {
             return decode_with_warning(bytes, limits);
         }
         let at_least = |source| {
-            Geometry::new(
-                source,
-                (self.height, self.width),
-                self.resize,
-                self.shorter_side,
-            )
-            .resized
+            preprocessors
+                .iter()
+                .map(|p| {
+                    Geometry::new(source, (p.height, p.width), p.resize, p.shorter_side).resized
+                })
+                .fold((0, 0), |(h, w), (ph, pw)| (h.max(ph), w.max(pw)))
         };
         decode_reduced(bytes, limits, Some(&at_least))
     }

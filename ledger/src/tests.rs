@@ -15,6 +15,7 @@ fn container() -> (tempfile::TempDir, LocalStore) {
 
 fn plan(budget: u32) -> Plan {
     Plan {
+        models: Vec::new(),
         job: "j".into(),
         classes: vec!["zero".into(), "one".into()],
         top_k: 1,
@@ -27,6 +28,7 @@ fn plan(budget: u32) -> Plan {
 
 fn manifest() -> Manifest {
     Manifest {
+        more_models: Vec::new(),
         job: "j".into(),
         dataset: "d/".into(),
         dataset_kind: DatasetKind::Images,
@@ -49,6 +51,8 @@ fn manifest() -> Manifest {
 /// Partition `partition` as the collector stores it: scored, or failed for `failed`.
 fn scored(partition: u32, failed: Option<&str>) -> Scored {
     Scored {
+        more: Vec::new(),
+        model_ms: Vec::new(),
         job: "j".into(),
         partition,
         batch: "d/".into(),

@@ -20,22 +20,44 @@ use fleet_protocol::job::{self, files};
 use fleet_spec::sha256_hex;
 use fleet_storage::{BlobStore, ErrorKind, StoreError};
 
-/// The scope of a job: the model's spec as staged (which holds the ONNX file's sha256, how
-/// images are prepared, and the class names) and the top-k its rows report.
-pub fn scope(spec_json: &[u8], top_k: u8) -> String {
+/// The scope of a job: its models' specs as staged (each holds the ONNX file's sha256, how
+/// images are prepared, and the class names) and the top-k its rows report; for a job of
+/// several models, their names too (its columns bear them), in order. `models` holds each
+/// model's name and staged spec.
+pub fn scope(models: &[(&str, &[u8])], top_k: u8) -> String {
     // Parsed and written again: one spelling of the same spec, keys in order. Where and when
     // it was staged (the provenance, but for the model's sha256) is not part of it.
-    let mut spec: serde_json::Value = serde_json::from_slice(spec_json).unwrap_or_default();
-    let sha = spec
-        .pointer("/provenance/onnx_sha256")
-        .cloned()
-        .unwrap_or_default();
-    if let Some(fields) = spec.as_object_mut() {
-        fields.remove("provenance");
-        fields.insert("onnx_sha256".into(), sha);
-        fields.insert("top_k".into(), top_k.into());
-    }
-    sha256_hex(spec.to_string().as_bytes())[..32].to_owned()
+    let normal = |spec_json: &[u8]| {
+        let mut spec: serde_json::Value = serde_json::from_slice(spec_json).unwrap_or_default();
+        let sha = spec
+            .pointer("/provenance/onnx_sha256")
+            .cloned()
+            .unwrap_or_default();
+        if let Some(fields) = spec.as_object_mut() {
+            fields.remove("provenance");
+            fields.insert("onnx_sha256".into(), sha);
+        }
+        spec
+    };
+    let text = match models {
+        // A job of one model keeps the scope it always had.
+        [(_, spec_json)] => {
+            let mut spec = normal(spec_json);
+            if let Some(fields) = spec.as_object_mut() {
+                fields.insert("top_k".into(), top_k.into());
+            }
+            spec.to_string()
+        }
+        several => serde_json::json!({
+            "models": several
+                .iter()
+                .map(|(name, spec_json)| serde_json::json!({"name": name, "spec": normal(spec_json)}))
+                .collect::<Vec<_>>(),
+            "top_k": top_k,
+        })
+        .to_string(),
+    };
+    sha256_hex(text.as_bytes())[..32].to_owned()
 }
 
 /// The images the earlier complete jobs of a scope scored, read as a listing goes.
@@ -298,10 +320,21 @@ mod tests {
             })
             .to_string()
         };
-        let a = scope(spec("aa", "/tmp/x.onnx", 1.0).as_bytes(), 1);
-        assert_eq!(a, scope(spec("aa", "https://e/x.onnx", 1.0).as_bytes(), 1));
-        assert_ne!(a, scope(spec("bb", "/tmp/x.onnx", 1.0).as_bytes(), 1));
-        assert_ne!(a, scope(spec("aa", "/tmp/x.onnx", 0.5).as_bytes(), 1));
-        assert_ne!(a, scope(spec("aa", "/tmp/x.onnx", 1.0).as_bytes(), 3));
+        let one = |spec: String, top_k| scope(&[("m", spec.as_bytes())], top_k);
+        let a = one(spec("aa", "/tmp/x.onnx", 1.0), 1);
+        assert_eq!(a, one(spec("aa", "https://e/x.onnx", 1.0), 1));
+        assert_ne!(a, one(spec("bb", "/tmp/x.onnx", 1.0), 1));
+        assert_ne!(a, one(spec("aa", "/tmp/x.onnx", 0.5), 1));
+        assert_ne!(a, one(spec("aa", "/tmp/x.onnx", 1.0), 3));
+        // Several models: their set, their order and their names make the scope.
+        let (x, y) = (
+            spec("aa", "/tmp/x.onnx", 1.0),
+            spec("bb", "/tmp/y.onnx", 1.0),
+        );
+        let both = scope(&[("x", x.as_bytes()), ("y", y.as_bytes())], 1);
+        assert_ne!(both, a);
+        assert_ne!(both, scope(&[("y", y.as_bytes()), ("x", x.as_bytes())], 1));
+        assert_ne!(both, scope(&[("x", x.as_bytes()), ("z", y.as_bytes())], 1));
+        assert_eq!(both, scope(&[("x", x.as_bytes()), ("y", y.as_bytes())], 1));
     }
 }

@@ -138,7 +138,7 @@ pub fn prepare(store: &dyn BlobStore, job: &str) -> Result<Retry, RetryError> {
             job: job.to_owned(),
         });
     };
-    check_model(store, &manifest)?;
+    check_models(store, &manifest)?;
 
     let partitions = ledger.failed_partitions()?;
     let mut waiting = Vec::new();
@@ -175,34 +175,35 @@ pub fn prepare(store: &dyn BlobStore, job: &str) -> Result<Retry, RetryError> {
     })
 }
 
-/// The job's model must be the one it was scored with: rows of two models in one job would
-/// not be one job's results.
-fn check_model(store: &dyn BlobStore, manifest: &Manifest) -> Result<(), RetryError> {
-    let model = &manifest.model;
-    let changed = |now: String| RetryError::ModelChanged {
-        job: manifest.job.clone(),
-        model: model.clone(),
-        was: manifest.model_sha256.clone(),
-        now,
-    };
-    let spec_key = job::spec_key(model);
-    let staged = match store.get(&spec_key) {
-        Ok(bytes) => ModelSpec::provenance_from_json(&bytes).map(|p| p.onnx_sha256),
-        Err(e) if e.is_not_found() => {
-            return Err(changed(format!("it is not staged now (no {spec_key})")));
+/// The job's models must be the ones it was scored with: rows of two versions of a model in
+/// one job would not be one job's results.
+fn check_models(store: &dyn BlobStore, manifest: &Manifest) -> Result<(), RetryError> {
+    for model in manifest.models() {
+        let changed = |now: String| RetryError::ModelChanged {
+            job: manifest.job.clone(),
+            model: model.name.clone(),
+            was: model.sha256.clone(),
+            now,
+        };
+        let spec_key = job::spec_key(&model.name);
+        let staged = match store.get(&spec_key) {
+            Ok(bytes) => ModelSpec::provenance_from_json(&bytes).map(|p| p.onnx_sha256),
+            Err(e) if e.is_not_found() => {
+                return Err(changed(format!("it is not staged now (no {spec_key})")));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match staged {
+            Some(sha) if sha == model.sha256 => {}
+            Some(sha) => return Err(changed(format!("the model staged now is sha256 {sha}"))),
+            None => return Err(changed(format!("{spec_key} cannot be read"))),
         }
-        Err(e) => return Err(e.into()),
-    };
-    match staged {
-        Some(sha) if sha == manifest.model_sha256 => {}
-        Some(sha) => return Err(changed(format!("the model staged now is sha256 {sha}"))),
-        None => return Err(changed(format!("{spec_key} cannot be read"))),
-    }
-    if !store.exists(&job::model_key(model))? {
-        return Err(changed(format!(
-            "its spec is staged without the model ({} is missing)",
-            job::model_key(model)
-        )));
+        if !store.exists(&job::model_key(&model.name))? {
+            return Err(changed(format!(
+                "its spec is staged without the model ({} is missing)",
+                job::model_key(&model.name)
+            )));
+        }
     }
     Ok(())
 }
@@ -273,7 +274,7 @@ impl Retry {
         Partition {
             job: self.job.clone(),
             partition: failed.partition,
-            model: self.manifest.model.clone(),
+            models: self.manifest.models().into_iter().map(|m| m.name).collect(),
             batch: failed.batch.clone(),
             first_index: failed.first_index,
             images,

@@ -703,6 +703,7 @@ pub fn stage_model(
                 dim: output.len as u32,
                 precision: spec_args.embedding_precision,
                 normalized: spec_args.normalize_embeddings,
+                model: 0,
             },
         })
         .collect();

@@ -91,7 +91,9 @@ pub fn details(standing: &Standing, store: &dyn BlobStore) -> String {
     let _ = writeln!(out, "state: {}", standing.state.name());
     if let Some(m) = &standing.manifest {
         let _ = writeln!(out, "dataset: {}", m.dataset);
-        let _ = writeln!(out, "model: {} (sha256 {})", m.model, m.model_sha256);
+        for model in m.models() {
+            let _ = writeln!(out, "model: {} (sha256 {})", model.name, model.sha256);
+        }
         let _ = writeln!(out, "images: {}", m.images);
     }
     let _ = writeln!(out, "partitions in: {}", standing.progress());

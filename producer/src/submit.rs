@@ -15,7 +15,9 @@ use fleet_dataset::{
 use fleet_figures::{Sample, sample_grid_png};
 use fleet_ledger::Ledger;
 use fleet_protocol::job::{self, BatchEntry, DatasetKind, Manifest, now_ms};
-use fleet_protocol::message::{self, Images, MAX_TOP_K, Partition, ResultMessage, Sealed};
+use fleet_protocol::message::{
+    self, Images, MAX_MODELS, MAX_TOP_K, Partition, ResultMessage, Sealed,
+};
 use fleet_service::errors::Chain;
 use fleet_spec::ModelSpec;
 use fleet_storage::{BlobStore, StoreError};
@@ -34,9 +36,11 @@ pub struct SubmitOptions {
     #[arg(long, env = "DATASET", default_value = job::DATASET_BLOB)]
     pub dataset: String,
     /// Model to score with: `models/<name>.onnx` and its spec `models/<name>.json` [default:
-    /// the container's only staged model].
-    #[arg(long = "model-name", env = "MODEL_NAME")]
-    pub model: Option<String>,
+    /// the container's only staged model]. Several, comma-separated (`resnet50,resnet50-v2`),
+    /// score each image in one pass, read once and prepared for each by its own spec, and are
+    /// compared: the first with each other, every pair.
+    #[arg(long = "model-name", env = "MODEL_NAME", value_delimiter = ',')]
+    pub models: Vec<String>,
     /// True labels: `auto` (a tarball's own; none for images), `none`, `folders` (each
     /// image's folder names its class), or a label file in the container beside the images
     /// (or a local file): a CNTK map file (`path<TAB>label index`) or a `.csv`
@@ -87,6 +91,9 @@ pub enum SubmitError {
     /// No model is named and the container holds none or several.
     #[error(transparent)]
     Model(#[from] crate::models::ChoiceError),
+    /// Models that cannot be scored in one job.
+    #[error("{0}")]
+    Models(String),
     /// The model's spec cannot be read.
     #[error(transparent)]
     Spec(#[from] fleet_spec::SpecError),
@@ -144,9 +151,11 @@ enum Dataset {
 /// What the job needs to know before anything is published.
 #[derive(Debug)]
 struct Inputs {
-    /// The model named, or the container's only one.
+    /// The model named first, or the container's only one.
     model: String,
     spec: ModelSpec,
+    /// In a job of several models, the others, in order, each with its spec.
+    more: Vec<(String, ModelSpec)>,
     classes: Vec<String>,
     dataset: Dataset,
     labels: String,
@@ -173,18 +182,27 @@ pub async fn submit<B: Broker>(
             .await
             .map_err(SubmitError::Task)??;
     let coverage = std::sync::Mutex::new(inputs.coverage.take());
-    // A worker holds a partition's images until the model takes them: a model with a large
-    // input gets partitions it can hold.
-    let most = inputs.spec.max_partition_images();
+    // A worker holds a partition's images until the models take them: models with a large
+    // input get partitions a worker can hold.
+    let specs: Vec<ModelSpec> = std::iter::once(&inputs.spec)
+        .chain(inputs.more.iter().map(|(_, spec)| spec))
+        .cloned()
+        .map(|mut spec| {
+            // Only the sizes count here, and a model may have a million class names.
+            (spec.classes, spec.class_ids) = (None, None);
+            spec
+        })
+        .collect();
+    let most = fleet_spec::max_partition_images(&specs);
     let mut options = options.clone();
-    options.model = Some(inputs.model.clone());
+    options.models = inputs.names();
     if options.partition_size > most {
         tracing::warn!(
             requested = options.partition_size,
             partition_size = most,
-            "model {}'s input is {} bytes an image: partitions cut to {most} images, which a worker can hold",
-            inputs.model,
-            inputs.spec.waiting_bytes()
+            "the input of {} is {} bytes an image: partitions cut to {most} images, which a worker can hold",
+            options.models.join(" and "),
+            specs.iter().map(ModelSpec::waiting_bytes).sum::<u64>()
         );
         options.partition_size = most;
     }
@@ -211,30 +229,110 @@ pub async fn submit<B: Broker>(
     outcome
 }
 
-/// Reads the model's spec, finds the dataset and resolves the labels.
-fn find_inputs(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Inputs, SubmitError> {
-    let model = &crate::models::chosen(store, options.model.as_deref())?;
+impl Inputs {
+    /// The job's models, in order.
+    fn names(&self) -> Vec<String> {
+        std::iter::once(&self.model)
+            .chain(self.more.iter().map(|(name, _)| name))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Model `model`'s spec, as staged and as read, once its ONNX file is found beside it.
+fn staged_spec(store: &dyn BlobStore, model: &str) -> Result<(Vec<u8>, ModelSpec), SubmitError> {
+    let not_staged = |key: String| SubmitError::NotStaged {
+        model: model.to_owned(),
+        store: store.describe(),
+        key,
+    };
     let spec_key = job::spec_key(model);
     let spec_json = match store.get(&spec_key) {
         Ok(bytes) => bytes,
-        Err(e) if e.is_not_found() => {
-            return Err(SubmitError::NotStaged {
-                model: model.clone(),
-                store: store.describe(),
-                key: spec_key,
-            });
-        }
+        Err(e) if e.is_not_found() => return Err(not_staged(spec_key)),
         Err(e) => return Err(e.into()),
     };
-    let mut spec = ModelSpec::from_json(&spec_json, &spec_key)?;
+    let spec = ModelSpec::from_json(&spec_json, &spec_key)?;
     let model_key = job::model_key(model);
     if !store.exists(&model_key)? {
-        return Err(SubmitError::NotStaged {
-            model: model.clone(),
-            store: store.describe(),
-            key: model_key,
-        });
+        return Err(not_staged(model_key));
     }
+    Ok((spec_json, spec))
+}
+
+/// Refuses models that cannot be scored in one job: more than a job holds, one named twice, a
+/// multi-label one (its measures are its own), or models of other classes than the first's
+/// (their predictions could not be compared, nor share the job's labels).
+fn check_together(models: &[(String, Vec<u8>, ModelSpec)]) -> Result<(), SubmitError> {
+    let refuse = |why: String| Err(SubmitError::Models(why));
+    if models.len() > MAX_MODELS {
+        return refuse(format!(
+            "{} models named, and a job scores each image with {MAX_MODELS} at most",
+            models.len()
+        ));
+    }
+    let Some(((first, _, spec), rest)) = models.split_first() else {
+        return Ok(());
+    };
+    for (i, (name, _, other)) in rest.iter().enumerate() {
+        if models[..=i].iter().any(|(earlier, ..)| earlier == name) {
+            return refuse(format!("model {name} is named twice in --model-name"));
+        }
+        for (name, spec) in [(first, spec), (name, other)] {
+            if spec.multi_label.is_some() {
+                return refuse(format!(
+                    "model {name} is multi-label: a job of several models compares single-label \
+                     classifiers (or embedding models); score it in a job of its own"
+                ));
+            }
+        }
+        let (ours, theirs) = (spec.class_names(), other.class_names());
+        let why = if ours.len() != theirs.len() {
+            Some(format!("{} classes against {}", ours.len(), theirs.len()))
+        } else {
+            (ours.iter().zip(&theirs).enumerate())
+                .find(|(_, (a, b))| a != b)
+                .map(|(c, (a, b))| format!("class {c} is {a:?} in one and {b:?} in the other"))
+        };
+        let ids_differ =
+            matches!((&spec.class_ids, &other.class_ids), (Some(a), Some(b)) if a != b);
+        if let Some(why) = why.or(ids_differ.then(|| "their class ids differ".to_owned())) {
+            return refuse(format!(
+                "models {first} and {name} do not have the same classes ({why}): a job of \
+                 several models compares models of the same classes, in the same order; stage \
+                 them with the same --classes"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads the models' specs, finds the dataset and resolves the labels.
+fn find_inputs(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Inputs, SubmitError> {
+    let names = match options.models.as_slice() {
+        [] => vec![crate::models::chosen(store, None)?],
+        names => names.to_vec(),
+    };
+    let mut models = names
+        .into_iter()
+        .map(|name| {
+            let (json, spec) = staged_spec(store, &name)?;
+            Ok((name, json, spec))
+        })
+        .collect::<Result<Vec<_>, SubmitError>>()?;
+    check_together(&models)?;
+    let jsons: Vec<(String, Vec<u8>)> = (models.iter())
+        .map(|(name, json, _)| (name.clone(), json.clone()))
+        .collect();
+    let (model, _, mut spec) = models.remove(0);
+    let more: Vec<(String, ModelSpec)> = (models.into_iter())
+        .map(|(name, _, mut spec)| {
+            // The first model's class names are the job's: the others have the same.
+            (spec.classes, spec.class_ids) = (None, None);
+            (name, spec)
+        })
+        .collect();
+    let model = &model;
     // A name that cannot be a blob (`photos/`, `./photos`) can still be a prefix.
     let tarball = match store.exists(&options.dataset) {
         Ok(exists) => exists,
@@ -286,6 +384,7 @@ fn find_inputs(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Inputs,
             model: model.clone(),
             labels: if labelled { "tarball" } else { "none" }.into(),
             spec,
+            more,
             classes,
             dataset: Dataset::Tarball {
                 blob: options.dataset.clone(),
@@ -324,9 +423,12 @@ fn find_inputs(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Inputs,
     };
     // A collection listed page by page records its listing, so that later incremental jobs
     // of its scope can build on it.
-    let scope = held
-        .is_none()
-        .then(|| incremental::scope(&spec_json, options.top_k));
+    let scope = held.is_none().then(|| {
+        let models: Vec<(&str, &[u8])> = (jsons.iter())
+            .map(|(name, json)| (name.as_str(), json.as_slice()))
+            .collect();
+        incremental::scope(&models, options.top_k)
+    });
     let coverage = match &scope {
         Some(scope) if options.incremental => Some(Coverage::find(store, scope)?),
         _ => None,
@@ -335,6 +437,7 @@ fn find_inputs(store: &dyn BlobStore, options: &SubmitOptions) -> Result<Inputs,
         model: model.clone(),
         labels: options.labels.to_string(),
         spec,
+        more,
         classes,
         dataset: Dataset::Images {
             prefix: options.dataset.clone(),
@@ -532,8 +635,12 @@ impl<B: Broker> Submission<'_, B> {
             top_k: self.options.top_k,
             several_batches,
             max_failed_partitions: self.options.max_failed_partitions,
-            vectors: self.inputs.spec.vector_columns(),
+            vectors: self.vector_columns(),
             multi_label: self.inputs.spec.multi_label.clone(),
+            models: match self.inputs.more.is_empty() {
+                true => Vec::new(),
+                false => self.inputs.names(),
+            },
         };
         let (store, job) = (self.store.clone(), self.job.to_owned());
         let index = (self.inputs.scope.as_ref()).map(|scope| job::index_key(scope, self.job));
@@ -548,6 +655,28 @@ impl<B: Broker> Submission<'_, B> {
         .await
         .map_err(SubmitError::Task)??;
         Ok(())
+    }
+
+    /// The vector columns of the job's rows: the model's; in a job of several models, each
+    /// model's in turn, each named with its model's name first.
+    fn vector_columns(&self) -> Vec<job::VectorColumn> {
+        if self.inputs.more.is_empty() {
+            return self.inputs.spec.vector_columns();
+        }
+        let specs = std::iter::once((&self.inputs.model, &self.inputs.spec))
+            .chain(self.inputs.more.iter().map(|(name, spec)| (name, spec)));
+        specs
+            .enumerate()
+            .flat_map(|(m, (name, spec))| {
+                spec.vector_columns()
+                    .into_iter()
+                    .map(move |column| job::VectorColumn {
+                        name: format!("{name}_{}", column.name),
+                        model: m as u8,
+                        ..column
+                    })
+            })
+            .collect()
     }
 
     /// Refuses partition `partition` when the job would have more than its results can hold.
@@ -570,6 +699,12 @@ impl<B: Broker> Submission<'_, B> {
             labelled_images: published.labelled_images,
             model: self.inputs.model.clone(),
             model_sha256: self.inputs.spec.provenance.onnx_sha256.clone(),
+            more_models: (self.inputs.more.iter())
+                .map(|(name, spec)| job::ModelRef {
+                    name: name.clone(),
+                    sha256: spec.provenance.onnx_sha256.clone(),
+                })
+                .collect(),
             classes: self.inputs.classes.clone(),
             top_k: self.options.top_k,
             partition_size: self.options.partition_size,
@@ -760,7 +895,7 @@ impl<B: Broker> Submission<'_, B> {
         let partition = Partition {
             job: self.job.into(),
             partition,
-            model: self.inputs.model.clone(),
+            models: self.inputs.names(),
             batch: prefix.to_owned(),
             first_index,
             images: Images::Blobs {
@@ -854,12 +989,12 @@ impl<B: Broker> Submission<'_, B> {
         labelled: bool,
         tx: mpsc::Sender<Partition>,
     ) -> tokio::task::JoinHandle<Result<Vec<BatchEntry>, SubmitError>> {
-        let (store, dataset, selection, size, model, job_id, top_k) = (
+        let (store, dataset, selection, size, models, job_id, top_k) = (
             self.store.clone(),
             blob.to_owned(),
             self.options.batches.clone(),
             self.options.partition_size as usize,
-            self.inputs.model.clone(),
+            self.inputs.names(),
             self.job.to_owned(),
             self.options.top_k,
         );
@@ -876,7 +1011,7 @@ impl<B: Broker> Submission<'_, B> {
                     let partition = Partition {
                         job: job_id.clone(),
                         partition: next_partition,
-                        model: model.clone(),
+                        models: models.clone(),
                         batch: batch.name.clone(),
                         first_index: start as u64,
                         images: Images::Planes {

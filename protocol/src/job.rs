@@ -221,6 +221,11 @@ pub struct Plan {
     /// precision, recall, F1 and average precision per class instead of accuracy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multi_label: Option<Thresholds>,
+    /// A job of several models: their names, in order (the first is the one the others are
+    /// compared with). Each model's columns are then prefixed with its name; `vectors` holds
+    /// every model's, one model after another. Empty for a job of one model.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<String>,
 }
 
 /// The scores a class needs to be an image's tag: one for every class, or one per class.
@@ -242,6 +247,20 @@ impl Thresholds {
 pub const CLASS_SCORES_COLUMN: &str = "class_scores";
 
 impl Plan {
+    /// Models each image is scored with.
+    pub fn model_count(&self) -> usize {
+        self.models.len().max(1)
+    }
+
+    /// What model `m`'s columns start with: its name and `_` in a job of several models,
+    /// nothing in a job of one.
+    pub fn column_prefix(&self, m: usize) -> String {
+        match self.models.len() {
+            0 | 1 => String::new(),
+            _ => format!("{}_", self.models[m]),
+        }
+    }
+
     /// Classes each row reports: the job's top-k, or every class of a model with fewer; none
     /// for a model with no classes (an embedding model).
     pub fn columns_top_k(&self) -> usize {
@@ -277,6 +296,15 @@ pub struct VectorColumn {
     pub precision: VectorPrecision,
     /// Whether each vector was scaled to length 1 (L2) before it was written.
     pub normalized: bool,
+    /// In a job of several models, the model it is of (its place in [`Plan::models`]); 0 in a
+    /// job of one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub model: u8,
+}
+
+/// Whether a model's place is the first (left out of the JSON, as a job of one model has it).
+fn is_zero(model: &u8) -> bool {
+    *model == 0
 }
 
 impl VectorColumn {
@@ -378,6 +406,9 @@ pub struct Manifest {
     pub model: String,
     /// SHA-256 of the model scored, from its spec: the job is reproducible from it.
     pub model_sha256: String,
+    /// A job of several models: each one after the first, in the job's order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_models: Vec<ModelRef>,
     /// Class names by model output index: a record for whoever reads the job's files. Never
     /// read back (left empty when the manifest is parsed): a model may have a million.
     #[serde(default, skip_deserializing)]
@@ -400,6 +431,28 @@ pub struct Manifest {
     /// Set for an incremental job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incremental: Option<Incremental>,
+}
+
+/// A staged model as a job names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRef {
+    /// Its name (`models/<name>.onnx`).
+    pub name: String,
+    /// SHA-256 of its ONNX file, from its spec.
+    pub sha256: String,
+}
+
+impl Manifest {
+    /// Every model of the job, in order, with its SHA-256.
+    pub fn models(&self) -> Vec<ModelRef> {
+        let first = ModelRef {
+            name: self.model.clone(),
+            sha256: self.model_sha256.clone(),
+        };
+        std::iter::once(first)
+            .chain(self.more_models.iter().cloned())
+            .collect()
+    }
 }
 
 /// Milliseconds since the Unix epoch.

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the message format written by this build.
-pub const MESSAGE_VERSION: u16 = 5;
+pub const MESSAGE_VERSION: u16 = 6;
 
 /// Largest message accepted. A partition of 1,000 CIFAR images is about 3 MB, one of 1,000
 /// blob names a few tens of kB; anything much larger is a mistake or an attack, and is refused
@@ -17,6 +17,9 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// Largest top-k a job may ask for.
 pub const MAX_TOP_K: u8 = 20;
+
+/// Most models one job scores each image with.
+pub const MAX_MODELS: usize = 8;
 
 /// The images of a partition.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,8 +75,10 @@ pub struct Partition {
     pub job: String,
     /// Position of this partition in the job, from 0.
     pub partition: u32,
-    /// Model name: the worker loads `models/<model>.onnx` and `models/<model>.json`.
-    pub model: String,
+    /// The job's models, in order (one, or several compared over the same images): for each
+    /// name, the worker loads `models/<name>.onnx` and `models/<name>.json`, and each image is
+    /// read once and prepared for each model by its own spec.
+    pub models: Vec<String>,
     /// Part of the dataset the images come from: a tarball's batch (`test_batch`), or the
     /// prefix of an image collection.
     pub batch: String,
@@ -115,6 +120,17 @@ impl Partition {
         };
         if n == 0 {
             return bad("no images".into());
+        }
+        if self.models.is_empty() || self.models.len() > MAX_MODELS {
+            return bad(format!(
+                "{} models, where a job has 1 to {MAX_MODELS}",
+                self.models.len()
+            ));
+        }
+        if let Some(twice) =
+            (1..self.models.len()).find(|&i| self.models[..i].contains(&self.models[i]))
+        {
+            return bad(format!("model {} named twice", self.models[twice]));
         }
         if self.labels.len() != n {
             return bad(format!("{} labels for {n} images", self.labels.len()));
@@ -185,12 +201,17 @@ pub struct Scored {
     pub first_index: u64,
     /// Each image's name, in order.
     pub filenames: Vec<String>,
-    /// Each image's score, in the same order.
+    /// Each image's score by the job's first model, in the same order.
     pub scores: Vec<Score>,
+    /// For a job of several models, each further model's scores of the same images, in the
+    /// job's order of models ([`crate::job::Plan::models`]); empty for one model.
+    pub more: Vec<Vec<Score>>,
     /// Which worker scored it (host and process), for the summary.
     pub worker: String,
-    /// Time spent in the model call, in milliseconds.
+    /// Time spent in the model calls, in milliseconds (every model's).
     pub inference_ms: f64,
+    /// For a job of several models, each model's share of `inference_ms`, in the job's order.
+    pub model_ms: Vec<f64>,
     /// Time spent fetching, decoding and preprocessing the images, in milliseconds.
     pub preprocess_ms: f64,
     /// The partition's [`Partition::published_at_ms`].
@@ -214,6 +235,11 @@ pub struct Scored {
 }
 
 impl Scored {
+    /// Each model's scores of the partition's images, in the job's order of models.
+    pub fn by_model(&self) -> impl Iterator<Item = &[Score]> {
+        std::iter::once(self.scores.as_slice()).chain(self.more.iter().map(Vec::as_slice))
+    }
+
     /// Checks what the collector relies on: a name per score, a partition number a job can
     /// have, thumbnails of images the partition holds.
     pub fn validate(&self) -> Result<(), MessageError> {
@@ -227,6 +253,13 @@ impl Scored {
             return bad(format!(
                 "{} file names for {} scores",
                 self.filenames.len(),
+                self.scores.len()
+            ));
+        }
+        if let Some(other) = self.more.iter().find(|m| m.len() != self.scores.len()) {
+            return bad(format!(
+                "{} scores of a further model for {} images",
+                other.len(),
                 self.scores.len()
             ));
         }
@@ -294,8 +327,8 @@ pub struct Cancelled {
 /// Everything on the results queue.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ResultMessage {
-    /// A partition's scores.
-    Scored(Scored),
+    /// A partition's scores (boxed: by far the largest message).
+    Scored(Box<Scored>),
     /// The job is fully published: it completes when every partition is in.
     Sealed(Sealed),
     /// The job will not complete: drop it.
@@ -379,7 +412,7 @@ mod tests {
         Partition {
             job: "j".into(),
             partition: 3,
-            model: "m".into(),
+            models: vec!["m".into()],
             batch: "test_batch".into(),
             first_index: 600,
             images: Images::Planes {
@@ -465,8 +498,10 @@ mod tests {
                 tags: Vec::new(),
                 true_tags: None,
             }],
+            more: Vec::new(),
             worker: "w".into(),
             inference_ms: 0.0,
+            model_ms: Vec::new(),
             preprocess_ms: 0.0,
             published_at_ms: 0,
             started_at_ms: 0,
@@ -483,6 +518,7 @@ mod tests {
             s.validate().unwrap_err().to_string()
         };
         assert!(invalid(|s| s.filenames.clear()).contains("0 file names for 1 scores"));
+        assert!(invalid(|s| s.more.push(Vec::new())).contains("0 scores of a further model"));
         assert!(invalid(|s| s.partition = crate::job::MAX_PARTITIONS).contains("beyond"));
         assert!(
             invalid(|s| s.thumbnails.push(Thumbnail {
@@ -505,6 +541,16 @@ mod tests {
         assert!(p.validate().is_err());
         let mut p = partition();
         p.top_k = 0;
+        assert!(p.validate().is_err());
+        let mut p = partition();
+        p.models.push("m".into());
+        assert!(
+            p.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("model m named twice")
+        );
+        p.models.clear();
         assert!(p.validate().is_err());
     }
 }

@@ -117,6 +117,74 @@ pub struct Summary {
     /// A multi-label job's measures, instead of accuracy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub multi_label: Option<MultiLabel>,
+    /// A job of several models: each model's figures, in the job's order (the fields above
+    /// are the first model's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelFigures>,
+    /// A job of several models: every pair of them compared, over the images both scored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub comparisons: Vec<Comparison>,
+}
+
+/// One model of a job of several.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelFigures {
+    /// The model's name: its columns' prefix.
+    pub model: String,
+    /// Images it scored.
+    pub scored: u64,
+    /// Images it could not score.
+    pub unreadable: u64,
+    /// Scored images with a true label.
+    pub labelled: u64,
+    /// Those it predicted right.
+    pub correct: u64,
+    /// `correct / labelled`; absent without labels.
+    pub accuracy: Option<f64>,
+    /// The accuracy's 95% confidence interval (Wilson's score interval), low and high.
+    pub accuracy_interval: Option<[f64; 2]>,
+    /// Time in its model calls, summed over workers.
+    pub inference_seconds: f64,
+}
+
+/// Two models of a job compared over the images both scored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    /// The first model of the pair (earlier in the job's order).
+    pub a: String,
+    /// The second.
+    pub b: String,
+    /// Images both scored.
+    pub images: u64,
+    /// Those both gave the same best class.
+    pub agree: u64,
+    /// `agree / images`.
+    pub agreement: f64,
+    /// With top-k above 1: the mean share of the k best classes the two have in common.
+    pub top_k_overlap: Option<f64>,
+    /// The most frequent disagreements (a's class, b's class), largest first.
+    pub most_disagreed: Vec<Disagreement>,
+    /// Of the images both scored, those with a true label.
+    pub labelled: u64,
+    /// Labelled images only `a` predicted right.
+    pub only_a_right: u64,
+    /// Labelled images only `b` predicted right.
+    pub only_b_right: u64,
+    /// McNemar's exact test on those two counts (two-sided binomial test with p = 1/2, as
+    /// statsmodels' `mcnemar(exact=True)`): how likely a difference at least this large is if
+    /// the two models were equally accurate. Absent without labels.
+    pub mcnemar_p_value: Option<f64>,
+}
+
+/// Images one model of a pair put in one class and the other in another.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Disagreement {
+    /// The first model's class.
+    pub a_class: String,
+    /// The second model's class.
+    pub b_class: String,
+    /// How many images.
+    pub images: u64,
 }
 
 /// What a multi-label job came to, over its labelled images the model scored.
@@ -191,7 +259,9 @@ impl Summary {
     /// The walkthrough's closing line, or what stands for it in a job without labels; images
     /// that could not be read are named.
     pub fn accuracy_line(&self) -> String {
-        let mut line = if let Some(m) = self.multi_label.as_ref().filter(|m| m.labelled > 0) {
+        let mut line = if self.models.len() > 1 {
+            self.models_line()
+        } else if let Some(m) = self.multi_label.as_ref().filter(|m| m.labelled > 0) {
             let value = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.3}"));
             format!(
                 "mAP {} over {} labelled images (micro precision {}, recall {}, F1 {})",
@@ -240,6 +310,35 @@ impl Summary {
             );
         }
         line
+    }
+
+    /// Each model's accuracy (or images scored) and how far each pair agrees.
+    fn models_line(&self) -> String {
+        let mut parts: Vec<String> = (self.models.iter())
+            .map(|m| match m.accuracy {
+                Some(_) => format!(
+                    "{}: {}",
+                    m.model,
+                    accuracy_line(m.correct, m.labelled).replace("Correctly predicted", "correct")
+                ),
+                None => format!("{}: scored {} images", m.model, m.scored),
+            })
+            .collect();
+        for c in &self.comparisons {
+            let mut part = format!(
+                "{} and {} agree on {} of {} images ({:.2}%)",
+                c.a,
+                c.b,
+                c.agree,
+                c.images,
+                100.0 * c.agreement
+            );
+            if let Some(p) = c.mcnemar_p_value {
+                let _ = write!(part, ", McNemar p = {p:.4}");
+            }
+            parts.push(part);
+        }
+        parts.join("; ")
     }
 }
 

@@ -414,11 +414,7 @@ impl ModelSpec {
     /// large embeddings is scored in smaller partitions instead of exhausting a worker's or the
     /// collector's memory.
     pub fn max_partition_images(&self) -> u32 {
-        let waiting = MAX_PARTITION_WAITING_BYTES / self.waiting_bytes().max(1);
-        let vectors = MAX_PARTITION_VECTOR_BYTES / (self.vector_bytes() as u64).max(1);
-        u32::try_from(waiting.min(vectors))
-            .unwrap_or(u32::MAX)
-            .max(1)
+        max_partition_images(std::slice::from_ref(self))
     }
 
     /// The oldest spec format that holds everything this spec says: version 3 for a model with
@@ -444,6 +440,7 @@ impl ModelSpec {
             dim: self.class_count,
             precision: VectorPrecision::Float32,
             normalized: false,
+            model: 0,
         });
         (scores.into_iter())
             .chain(self.embeddings.iter().map(|e| e.column.clone()))
@@ -733,6 +730,17 @@ pub fn parse_class_list(text: &str, source: &str) -> Result<ClassList, String> {
         names,
         ids: Some(ids),
     })
+}
+
+/// The most images one partition of a job scoring each image with every model of `specs` may
+/// hold: each image waits once for each model, and writes each model's vectors (see
+/// [`ModelSpec::max_partition_images`]).
+pub fn max_partition_images(specs: &[ModelSpec]) -> u32 {
+    let waiting: u64 = specs.iter().map(ModelSpec::waiting_bytes).sum();
+    let vectors: u64 = specs.iter().map(|s| s.vector_bytes() as u64).sum();
+    let images = (MAX_PARTITION_WAITING_BYTES / waiting.max(1))
+        .min(MAX_PARTITION_VECTOR_BYTES / vectors.max(1));
+    u32::try_from(images).unwrap_or(u32::MAX).max(1)
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod graph;
+
 /// How long a test waits for a process it expects to end: far beyond any healthy run, so
 /// that a stuck one fails its test with what it printed instead of holding up the suite.
 pub const PROCESS_DEADLINE: Duration = Duration::from_secs(600);
@@ -751,15 +753,14 @@ pub fn parquet_as_csv(store: &dyn fleet_storage::BlobStore, job: &str) -> String
     csv
 }
 
-/// The vector column `column` of job `job`'s Parquet files, read back with the Parquet crate's
-/// own reader: each row's file name with its vector (`None` for a null), in row order.
-pub fn parquet_vectors(
+/// Each row's file name and its cell of column `column`, from job `job`'s Parquet files.
+pub fn parquet_cells(
     store: &dyn fleet_storage::BlobStore,
     job: &str,
     column: &str,
-) -> Vec<(String, Option<Vec<f32>>)> {
+) -> Vec<(String, parquet::record::Field)> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
-    use parquet::record::{Field, RowAccessor};
+    use parquet::record::RowAccessor;
     let mut rows = Vec::new();
     for key in store
         .list(&fleet_protocol::job::parquet_prefix(job))
@@ -770,32 +771,50 @@ pub fn parquet_vectors(
         for row in reader.get_row_iter(None).unwrap() {
             let row = row.unwrap();
             let mut name = None;
-            let mut vector = None;
+            let mut cell = None;
             for (at, (field_name, field)) in row.get_column_iter().enumerate() {
                 if field_name == "filename" {
                     name = Some(row.get_string(at).unwrap().clone());
                 }
                 if field_name == column {
-                    vector = match field {
-                        Field::Null => None,
-                        Field::ListInternal(list) => Some(
-                            list.elements()
-                                .iter()
-                                .map(|value| match value {
-                                    Field::Float(v) => *v,
-                                    Field::Float16(v) => v.to_f32(),
-                                    other => panic!("{column} holds {other:?}"),
-                                })
-                                .collect(),
-                        ),
-                        other => panic!("{column} holds {other:?}, not a list"),
-                    };
+                    cell = Some(field.clone());
                 }
             }
-            rows.push((name.expect("a filename column"), vector));
+            let cell = cell.unwrap_or_else(|| panic!("no column {column} in job {job}'s rows"));
+            rows.push((name.expect("a filename column"), cell));
         }
     }
     rows
+}
+
+/// Each row's file name and its vector in list column `column` (float32 or float16, widened),
+/// from job `job`'s Parquet files; `None` where the cell is null.
+pub fn parquet_vectors(
+    store: &dyn fleet_storage::BlobStore,
+    job: &str,
+    column: &str,
+) -> Vec<(String, Option<Vec<f32>>)> {
+    use parquet::record::Field;
+    parquet_cells(store, job, column)
+        .into_iter()
+        .map(|(name, field)| {
+            let vector = match field {
+                Field::Null => None,
+                Field::ListInternal(list) => Some(
+                    list.elements()
+                        .iter()
+                        .map(|value| match value {
+                            Field::Float(v) => *v,
+                            Field::Float16(v) => v.to_f32(),
+                            other => panic!("{column} holds {other:?}"),
+                        })
+                        .collect(),
+                ),
+                other => panic!("{column} holds {other:?}, not a list"),
+            };
+            (name, vector)
+        })
+        .collect()
 }
 
 /// The job named by a running `producer --wait` started with [`spawn`], read from its output

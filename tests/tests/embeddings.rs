@@ -11,10 +11,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use cntk_onnx::proto::onnx::{
-    AttributeProto, Dimension, DimensionValue, GraphProto, ModelProto, NodeProto,
-    OperatorSetIdProto, TensorShapeProto, TensorTypeProto, TypeProto, ValueInfoProto,
-};
+use cntk_onnx::proto::onnx::{AttributeProto, ModelProto, ValueInfoProto};
+use fleet_tests::graph::{self, node};
 use fleet_tests::real_photos::RECIPE;
 use fleet_tests::{
     Fleet, Producer, field, fixture, parquet_vectors, run_ok, run_with, spawn, stop, terminate,
@@ -159,59 +157,18 @@ fn an_intermediate_tensor_of_a_real_classifier_is_what_onnx_runtime_gives() {
     );
 }
 
-fn dims(dims: &[Option<i64>]) -> Option<TypeProto> {
-    Some(TypeProto {
-        tensor_type: Some(TensorTypeProto {
-            elem_type: 1,
-            shape: Some(TensorShapeProto {
-                dim: dims
-                    .iter()
-                    .map(|d| Dimension {
-                        value: Some(match d {
-                            Some(v) => DimensionValue::Value(*v),
-                            None => DimensionValue::Param("batch".into()),
-                        }),
-                    })
-                    .collect(),
-            }),
-        }),
-    })
-}
-
 /// An embedding model: each 32x32 RGB image's values, flattened (CHW), four times over: 12,288
 /// values an image, each known from the image itself.
 fn fourfold_model() -> Vec<u8> {
-    let node = |op: &str, inputs: &[&str], output: &str| NodeProto {
-        op_type: op.into(),
-        input: inputs.iter().map(|i| i.to_string()).collect(),
-        output: vec![output.into()],
-        name: output.into(),
-        ..Default::default()
-    };
     let mut concat = node("Concat", &["flat", "flat", "flat", "flat"], "features");
     concat.attribute = vec![AttributeProto::int("axis", 1)];
-    ModelProto {
-        ir_version: 8,
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: 17,
-        }],
-        graph: Some(GraphProto {
-            name: "fourfold".into(),
-            node: vec![node("Flatten", &["input"], "flat"), concat],
-            input: vec![ValueInfoProto {
-                name: "input".into(),
-                r#type: dims(&[None, Some(3), Some(32), Some(32)]),
-            }],
-            output: vec![ValueInfoProto {
-                name: "features".into(),
-                r#type: dims(&[None, Some(4 * 3072)]),
-            }],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-    .encode_to_vec()
+    graph::model(
+        "fourfold",
+        vec![node("Flatten", &["input"], "flat"), concat],
+        Vec::new(),
+        ("input", &[None, Some(3), Some(32), Some(32)]),
+        ("features", &[None, Some(4 * 3072)]),
+    )
 }
 
 #[test]

@@ -387,7 +387,7 @@ fn poison_messages_end_in_the_dead_letter_queue_with_their_reason() {
         let inconsistent = message::encode(&Partition {
             job: "j".into(),
             partition: 0,
-            model: "resnet20".into(),
+            models: vec!["resnet20".into()],
             batch: "test_batch".into(),
             first_index: 0,
             images: Images::Planes {

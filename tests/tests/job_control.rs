@@ -185,7 +185,7 @@ fn digits_job(
 ) -> (String, Result<EmbeddedRun, EmbeddedError>) {
     let options = SubmitOptions {
         dataset: "mnist".into(),
-        model: Some("mnist".into()),
+        models: vec!["mnist".into()],
         labels: LabelSource::None,
         partition_size: 2,
         max_failed_partitions: budget,

@@ -5,13 +5,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use cntk_onnx::proto::onnx::{
-    Dimension, DimensionValue, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    TensorShapeProto, TensorTypeProto, TypeProto, ValueInfoProto,
-};
 use fleet_protocol::Summary;
+use fleet_tests::graph::{self, floats, node};
 use fleet_tests::{Fleet, Producer, field, parquet_vectors, run_with, spawn, stop, terminate};
-use prost::Message;
 
 const CLASSES: [&str; 4] = ["red", "green", "blue", "dark"];
 /// Each class's weights on the image's mean R, G and B (0..255), and its bias.
@@ -23,76 +19,25 @@ const WEIGHTS: [[f32; 3]; 4] = [
 ];
 const BIASES: [f32; 4] = [-1.0, -1.0, -1.0, 2.0];
 
-fn dims(dims: &[Option<i64>]) -> Option<TypeProto> {
-    Some(TypeProto {
-        tensor_type: Some(TensorTypeProto {
-            elem_type: 1,
-            shape: Some(TensorShapeProto {
-                dim: dims
-                    .iter()
-                    .map(|d| Dimension {
-                        value: Some(match d {
-                            Some(v) => DimensionValue::Value(*v),
-                            None => DimensionValue::Param("batch".into()),
-                        }),
-                    })
-                    .collect(),
-            }),
-        }),
-    })
-}
-
-fn floats(name: &str, dims: Vec<i64>, values: impl IntoIterator<Item = f32>) -> TensorProto {
-    TensorProto {
-        dims,
-        data_type: 1,
-        name: name.into(),
-        raw_data: values.into_iter().flat_map(f32::to_le_bytes).collect(),
-    }
-}
-
 /// Mean colour, a linear layer, a sigmoid: four independent classes.
 fn tagger() -> Vec<u8> {
-    let node = |op: &str, inputs: &[&str], output: &str| NodeProto {
-        op_type: op.into(),
-        input: inputs.iter().map(|i| i.to_string()).collect(),
-        output: vec![output.into()],
-        name: output.into(),
-        ..Default::default()
-    };
     let weights = (0..3).flat_map(|j| WEIGHTS.iter().map(move |w| w[j]));
-    ModelProto {
-        ir_version: 8,
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: 17,
-        }],
-        graph: Some(GraphProto {
-            name: "tagger".into(),
-            node: vec![
-                node("GlobalAveragePool", &["input"], "pooled"),
-                node("Flatten", &["pooled"], "mean"),
-                node("MatMul", &["mean", "weights"], "product"),
-                node("Add", &["product", "biases"], "logits"),
-                node("Sigmoid", &["logits"], "scores"),
-            ],
-            initializer: vec![
-                floats("weights", vec![3, 4], weights),
-                floats("biases", vec![4], BIASES),
-            ],
-            input: vec![ValueInfoProto {
-                name: "input".into(),
-                r#type: dims(&[None, Some(3), Some(8), Some(8)]),
-            }],
-            output: vec![ValueInfoProto {
-                name: "scores".into(),
-                r#type: dims(&[None, Some(4)]),
-            }],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-    .encode_to_vec()
+    graph::model(
+        "tagger",
+        vec![
+            node("GlobalAveragePool", &["input"], "pooled"),
+            node("Flatten", &["pooled"], "mean"),
+            node("MatMul", &["mean", "weights"], "product"),
+            node("Add", &["product", "biases"], "logits"),
+            node("Sigmoid", &["logits"], "scores"),
+        ],
+        vec![
+            floats("weights", vec![3, 4], weights),
+            floats("biases", vec![4], BIASES),
+        ],
+        ("input", &[None, Some(3), Some(8), Some(8)]),
+        ("scores", &[None, Some(4)]),
+    )
 }
 
 /// Image `i`'s colour, from a fixed sequence.

@@ -132,7 +132,7 @@ fn a_failure_at_any_submission_step_cancels_the_job_and_writes_no_results() {
     let workers = [spawn("worker", &[], &env), spawn("worker", &[], &env)];
     let options = SubmitOptions {
         dataset: job::DATASET_BLOB.into(),
-        model: Some("resnet20".into()),
+        models: vec!["resnet20".into()],
         labels: "auto".parse().unwrap(),
         batches: "test_batch".parse().unwrap(),
         partition_size: PARTITION_SIZE.parse().unwrap(),

@@ -168,7 +168,7 @@ pub async fn run<B: Broker>(
         // One call holds one model: partitions of another wait for the next call.
         if waiting
             .first()
-            .is_some_and(|w| !w.prepared.same_model(&prepared))
+            .is_some_and(|w| !w.prepared.same_models(&prepared))
         {
             settler.settle_after(running.take()).await?;
             running = Running::start(std::mem::take(&mut waiting), &name);
@@ -380,7 +380,7 @@ impl<B: Broker> Settler<B> {
                 tracing::debug!(job = %scored.job, partition = scored.partition, images = scored.scores.len(), inference_ms = format_args!("{:.0}", scored.inference_ms), "scored");
                 self.flush().await?;
                 let broker = self.broker.clone();
-                let payload = message::encode(&ResultMessage::Scored(scored));
+                let payload = message::encode(&ResultMessage::Scored(Box::new(scored)));
                 self.in_flight = Some(tokio::spawn(async move {
                     broker.publish(Queue::Results, payload).await?;
                     settled(delivery.ack().await)
@@ -459,7 +459,7 @@ impl<B: Broker> Settler<B> {
         // without it (a poison message names no images: it gets none).
         if let Ok(partition) = message::decode::<Partition>(delivery.payload()) {
             self.flush().await?;
-            let failed = ResultMessage::Scored(scoring::failed(&partition, reason));
+            let failed = ResultMessage::Scored(Box::new(scoring::failed(&partition, reason)));
             self.broker
                 .publish(Queue::Results, message::encode(&failed))
                 .await?;
@@ -522,7 +522,7 @@ mod tests {
         let partition = Partition {
             job: "job-1".into(),
             partition: 3,
-            model: "no-such-model".into(),
+            models: vec!["no-such-model".into()],
             batch: "test_batch".into(),
             first_index: 0,
             images: Images::Planes {

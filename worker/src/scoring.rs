@@ -182,13 +182,13 @@ pub struct Models {
 /// 12-megapixel photo turned upright on each.
 const DECODE_BYTES_PER_CORE: u64 = 64 << 20;
 
-/// A partition with its model input ready ([`Models::prepare`]), to be run by the model
+/// A partition with its models' input ready ([`Models::prepare`]), to be run by the models
 /// ([`score_together`]).
 #[derive(Debug)]
 pub struct Prepared {
     partition: Partition,
-    model: Arc<Loaded>,
-    input: Input,
+    /// The job's models, in its order, each with the partition's images prepared for it.
+    models: Vec<(Arc<Loaded>, Input)>,
     images: ImagesRead,
     started_at_ms: u64,
     preprocess_ms: f64,
@@ -227,45 +227,57 @@ impl Models {
         Ok(self.loaded[model].clone())
     }
 
-    /// Gets a validated partition's images ready for its model (loaded on first use): the
-    /// pixels in the message, or its blobs fetched and decoded.
+    /// Gets a validated partition's images ready for its models (each loaded on first use):
+    /// the pixels in the message, or its blobs fetched and decoded, once, and prepared for
+    /// each model by its own spec.
     pub fn prepare(&mut self, partition: Partition) -> Result<Prepared, ScoreError> {
-        let model = self.load(&partition.model)?;
-        let classes = model.spec.class_count;
-        let tags = partition.tags.iter().flatten().flatten();
-        if let Some(label) = partition
-            .labels
-            .iter()
-            .flatten()
-            .chain(tags)
-            .find(|&&l| l >= classes)
-        {
-            return Err(ScoreError::Permanent(format!(
-                "partition {} of job {}: label {label} is beyond model {}'s {classes} classes",
-                partition.partition, partition.job, partition.model
-            )));
+        let models = (partition.models.iter())
+            .map(|name| self.load(name))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (name, model) in partition.models.iter().zip(&models) {
+            let classes = model.spec.class_count;
+            let tags = partition.tags.iter().flatten().flatten();
+            if let Some(label) = partition
+                .labels
+                .iter()
+                .flatten()
+                .chain(tags)
+                .find(|&&l| l >= classes)
+            {
+                return Err(ScoreError::Permanent(format!(
+                    "partition {} of job {}: label {label} is beyond model {name}'s {classes} \
+                     classes",
+                    partition.partition, partition.job
+                )));
+            }
         }
-        // A partition cut for this model holds this at most (the producer cuts them so);
+        // A partition cut for these models holds this at most (the producer cuts them so);
         // a larger one would exhaust the worker's memory, whoever made it.
-        let most = model.spec.max_partition_images() as usize;
+        let specs: Vec<ModelSpec> = models.iter().map(|m| m.spec.clone()).collect();
+        let most = fleet_spec::max_partition_images(&specs) as usize;
         if partition.len() > most {
             return Err(ScoreError::Permanent(format!(
                 "partition {} of job {} has {} images, but a worker holds at most {most} of \
-                 model {}'s ({} bytes each) at once: submit it again with --partition-size {most}",
+                 model {} ({} bytes each) at once: submit it again with --partition-size {most}",
                 partition.partition,
                 partition.job,
                 partition.len(),
-                partition.model,
-                model.spec.waiting_bytes()
+                partition.models.join(" and "),
+                specs.iter().map(ModelSpec::waiting_bytes).sum::<u64>()
             )));
         }
-        let mut input = Input::new(&model, partition.len());
+        let mut models: Vec<(Arc<Loaded>, Input)> = models
+            .into_iter()
+            .map(|model| {
+                let input = Input::new(&model, partition.len());
+                (model, input)
+            })
+            .collect();
         let started_at_ms = now_ms();
         let started = Instant::now();
         let images = read_images(
             &partition.images,
-            &model.preprocessor,
-            &mut input,
+            &mut models,
             self.store.as_ref(),
             &Reading {
                 options: &self.images,
@@ -275,8 +287,7 @@ impl Models {
         Ok(Prepared {
             preprocess_ms: started.elapsed().as_secs_f64() * 1000.0,
             partition,
-            model,
-            input,
+            models,
             images,
             started_at_ms,
         })
@@ -284,9 +295,10 @@ impl Models {
 }
 
 impl Prepared {
-    /// Whether `self` and `other` are for the same loaded model (and so can share a call).
-    pub fn same_model(&self, other: &Prepared) -> bool {
-        Arc::ptr_eq(&self.model, &other.model)
+    /// Whether `self` and `other` are for the same loaded models (and so can share calls).
+    pub fn same_models(&self, other: &Prepared) -> bool {
+        self.models.len() == other.models.len()
+            && (self.models.iter().zip(&other.models)).all(|(a, b)| Arc::ptr_eq(&a.0, &b.0))
     }
 
     /// Images in the partition.
@@ -294,19 +306,12 @@ impl Prepared {
         self.partition.len()
     }
 
-    /// The partition's result from its images' rankings (none when no image of the
-    /// partition could be read); `vectors` says whether its vectors blob was written.
-    fn into_scored(
-        self,
-        ranked: Vec<Ranked>,
-        inference_ms: f64,
-        worker: &str,
-        vectors: bool,
-    ) -> Scored {
+    /// The partition's result from its images' rankings by each model (none when no image of
+    /// the partition could be read); `vectors` says whether its vectors blob was written.
+    fn into_scored(self, ranked: Vec<Vec<Ranked>>, calls: &Calls, worker: &str) -> Scored {
         let Self {
             partition,
-            model,
-            input,
+            models,
             images:
                 ImagesRead {
                     errors,
@@ -316,42 +321,48 @@ impl Prepared {
             started_at_ms,
             preprocess_ms,
         } = self;
-        input.recycle(&model);
+        let provider = models.first().map_or("", |(model, _)| model.provider);
+        for (model, input) in models {
+            input.recycle(&model);
+        }
         let k = usize::from(partition.top_k).max(1);
-        let mut ranked = ranked.into_iter();
-        let scores: Vec<Score> = errors
-            .into_iter()
-            .zip(notes)
-            .zip(&partition.labels)
-            .enumerate()
-            .map(|(i, ((error, note), &label))| {
-                let ranking = ranked.next();
-                let true_tags = partition.tags.get(i).cloned().flatten();
-                match (error, ranking) {
-                    (Some(error), _) | (None, Some(Err(error))) => Score {
-                        label,
-                        top: Vec::new(),
-                        error: Some(error),
-                        scored: false,
-                        tags: Vec::new(),
-                        true_tags,
-                    },
-                    (None, Some(Ok(Ranking { mut top, tags }))) => {
-                        top.truncate(k);
-                        Score {
+        let mut by_model = ranked.into_iter().map(|ranked| {
+            let mut ranked = ranked.into_iter();
+            (errors.iter().cloned())
+                .zip(notes.iter().cloned())
+                .zip(&partition.labels)
+                .enumerate()
+                .map(|(i, ((error, note), &label))| {
+                    let ranking = ranked.next();
+                    let true_tags = partition.tags.get(i).cloned().flatten();
+                    match (error, ranking) {
+                        (Some(error), _) | (None, Some(Err(error))) => Score {
                             label,
-                            top,
-                            error: note.map(|note| format!("scored despite: {note}")),
-                            scored: true,
-                            tags,
+                            top: Vec::new(),
+                            error: Some(error),
+                            scored: false,
+                            tags: Vec::new(),
                             true_tags,
+                        },
+                        (None, Some(Ok(Ranking { mut top, tags }))) => {
+                            top.truncate(k);
+                            Score {
+                                label,
+                                top,
+                                error: note.map(|note| format!("scored despite: {note}")),
+                                scored: true,
+                                tags,
+                                true_tags,
+                            }
                         }
+                        (None, None) => unreachable!("a readable image has its ranking"),
                     }
-                    (None, None) => unreachable!("a readable image has its ranking"),
-                }
-            })
-            .collect();
-        let thumbnails = gallery::pick_thumbnails(partition.partition, &scores)
+                })
+                .collect::<Vec<Score>>()
+        });
+        let scores = by_model.next().unwrap_or_default();
+        let more: Vec<Vec<Score>> = by_model.collect();
+        let thumbnails = gallery::pick_thumbnails(partition.partition, &scores, &more)
             .into_iter()
             .filter_map(|i| {
                 let image = match &partition.images {
@@ -376,6 +387,10 @@ impl Prepared {
                 })
             })
             .collect();
+        // Each partition is charged its images' share of the calls, so that the job's summed
+        // model time stays the time the models ran.
+        let share = partition.len() as f64 / calls.images.max(1) as f64;
+        let model_ms: Vec<f64> = calls.model_ms.iter().map(|ms| ms * share).collect();
         Scored {
             filenames: partition.images.names().to_vec(),
             job: partition.job,
@@ -383,45 +398,62 @@ impl Prepared {
             batch: partition.batch,
             first_index: partition.first_index,
             scores,
+            inference_ms: model_ms.iter().sum(),
+            model_ms: if more.is_empty() {
+                Vec::new()
+            } else {
+                model_ms
+            },
+            more,
             worker: worker.to_owned(),
-            inference_ms,
             preprocess_ms,
             published_at_ms: partition.published_at_ms,
             started_at_ms,
             finished_at_ms: now_ms(),
-            provider: model.provider.to_owned(),
+            provider: provider.to_owned(),
             thumbnails,
             failed: None,
-            vectors,
+            vectors: calls.vectors,
         }
     }
+}
+
+/// What the calls that scored a batch of partitions came to, for each partition's result.
+struct Calls {
+    /// Images in the batch.
+    images: usize,
+    /// Each model's time in its calls, in the job's order.
+    model_ms: Vec<f64>,
+    /// Whether each partition's vectors blob was written.
+    vectors: bool,
 }
 
 /// The scores of a partition no worker could score: every image with `reason` as its error.
 /// The collector writes its rows and counts it against the job's error budget.
 pub fn failed(partition: &Partition, reason: &str) -> Scored {
     let now = now_ms();
+    let scores: Vec<Score> = (partition.labels.iter())
+        .enumerate()
+        .map(|(i, &label)| Score {
+            label,
+            top: Vec::new(),
+            error: Some(format!("partition not scored: {reason}")),
+            scored: false,
+            tags: Vec::new(),
+            true_tags: partition.tags.get(i).cloned().flatten(),
+        })
+        .collect();
     Scored {
         job: partition.job.clone(),
         partition: partition.partition,
         batch: partition.batch.clone(),
         first_index: partition.first_index,
         filenames: partition.images.names().to_vec(),
-        scores: partition
-            .labels
-            .iter()
-            .enumerate()
-            .map(|(i, &label)| Score {
-                label,
-                top: Vec::new(),
-                error: Some(format!("partition not scored: {reason}")),
-                scored: false,
-                tags: Vec::new(),
-                true_tags: partition.tags.get(i).cloned().flatten(),
-            })
-            .collect(),
+        scores: scores.clone(),
+        more: vec![scores; partition.models.len().saturating_sub(1)],
         worker: String::new(),
         inference_ms: 0.0,
+        model_ms: Vec::new(),
         preprocess_ms: 0.0,
         published_at_ms: partition.published_at_ms,
         started_at_ms: now,
@@ -433,20 +465,20 @@ pub fn failed(partition: &Partition, reason: &str) -> Scored {
     }
 }
 
-/// Scores partitions of one model ([`Prepared::same_model`]) together, and gives each its own
-/// outcome, in order. A device runs one large batch much faster per image than several small
-/// ones, so the partitions' images go to the model in calls of as many as `--max-call-mb` holds,
-/// each call's input made from the images' 8-bit crops just before it (or copied, for a filter
-/// that keeps values). A failed call fails every partition.
+/// Scores partitions of the same models ([`Prepared::same_models`]) together, and gives each
+/// its own outcome, in order. A device runs one large batch much faster per image than several
+/// small ones, so the partitions' images go to each model in calls of as many as
+/// `--max-call-mb` holds, each call's input made from the images' 8-bit crops just before it
+/// (or copied, for a filter that keeps values). A failed call fails every partition.
 pub fn score_together(batch: Vec<Prepared>, worker: &str) -> Vec<Result<Scored, ScoreError>> {
     let Some(first) = batch.first() else {
         return Vec::new();
     };
-    let model = first.model.clone();
     assert!(
-        batch.iter().all(|p| Arc::ptr_eq(&p.model, &model)),
-        "partitions scored together share their model"
+        batch.iter().all(|p| p.same_models(first)),
+        "partitions scored together share their models"
     );
+    let models: Vec<Arc<Loaded>> = first.models.iter().map(|(m, _)| m.clone()).collect();
     let total: usize = batch.iter().map(Prepared::len).sum();
     let any_readable = batch
         .iter()
@@ -457,44 +489,116 @@ pub fn score_together(batch: Vec<Prepared>, worker: &str) -> Vec<Result<Scored, 
         .enumerate()
         .flat_map(|(p, prepared)| (0..prepared.len()).map(move |i| (p, i)))
         .collect();
-    let image_len = model.preprocessor.input_len();
-    let classes = model.spec.class_count as usize;
-    let row_len = classes
-        + model
-            .spec
-            .embeddings
-            .iter()
-            .map(|e| e.column.dim as usize)
-            .sum::<usize>();
     let k = batch
         .iter()
         .map(|p| usize::from(p.partition.top_k))
         .max()
         .unwrap_or(1);
-    let probabilities = model.spec.outputs == Outputs::Probabilities;
-    let multi_label = model.spec.multi_label.as_ref();
-    let columns = model.spec.vector_columns();
-    let vector_bytes = model.spec.vector_bytes();
-    // Each partition's vectors blob, filled as its images' rows come.
-    let mut vectors: Vec<Vec<u8>> = batch
-        .iter()
-        .map(|p| vec![0; p.len() * vector_bytes])
-        .collect();
-    let started = Instant::now();
-    // Each call's outputs are ranked as they come: a partition of a many-class model would
-    // otherwise hold images x classes values (2 GB for 500 images of 1,000,000 classes).
-    let mut ranked: Vec<Ranked> = Vec::with_capacity(total);
-    let call = if any_readable {
+    // Each partition's vectors blob, filled as its images' rows come: an image's vectors of
+    // every model, one model after another.
+    let row_bytes: usize = models.iter().map(|m| m.spec.vector_bytes()).sum();
+    let mut vectors: Vec<Vec<u8>> = batch.iter().map(|p| vec![0; p.len() * row_bytes]).collect();
+    let mut ranked: Vec<Vec<Ranked>> = Vec::with_capacity(models.len());
+    let mut model_ms = Vec::with_capacity(models.len());
+    let mut offset = 0;
+    let mut call = Ok(());
+    for (m, model) in models.iter().enumerate() {
+        let started = Instant::now();
+        let run = Run {
+            batch: &batch,
+            m,
+            images: &images,
+            k,
+            offset,
+            row_bytes,
+        };
+        match any_readable.then(|| run.rank(model, &mut vectors)) {
+            Some(Ok(rankings)) => ranked.push(rankings),
+            Some(Err(e)) => {
+                call = Err(e);
+                break;
+            }
+            None => ranked.push(Vec::new()),
+        }
+        model_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        offset += model.spec.vector_bytes();
+    }
+    let calls = Calls {
+        images: total,
+        model_ms,
+        vectors: row_bytes > 0,
+    };
+    // Each model's rankings, taken a partition at a time.
+    let mut ranked: Vec<std::vec::IntoIter<Ranked>> =
+        ranked.into_iter().map(Vec::into_iter).collect();
+    let store = models.first().map(|m| m.store.clone());
+    batch
+        .into_iter()
+        .zip(vectors)
+        .map(|(prepared, vectors)| {
+            let n = prepared.len();
+            let rankings: Vec<Vec<Ranked>> = (ranked.iter_mut())
+                .map(|r| r.by_ref().take(n).collect())
+                .collect();
+            call.clone()?;
+            // Large outputs travel through the store: the message only says they are there.
+            if let (true, Some(store)) = (calls.vectors, &store) {
+                let key = job::vectors_key(&prepared.partition.job, prepared.partition.partition);
+                store.put(&key, &vectors).map_err(|e| match e.kind() {
+                    ErrorKind::Transient => ScoreError::Transient(chain(&e)),
+                    _ => ScoreError::Permanent(chain(&e)),
+                })?;
+            }
+            Ok(prepared.into_scored(rankings, &calls, worker))
+        })
+        .collect()
+}
+
+/// One model's pass over a batch of partitions ([`score_together`]).
+struct Run<'a> {
+    batch: &'a [Prepared],
+    /// The model's place in the job's order.
+    m: usize,
+    /// Every image of the batch, as (partition, image).
+    images: &'a [(usize, usize)],
+    /// Classes ranked per image.
+    k: usize,
+    /// Where the model's vectors start in an image's row of the vectors blob.
+    offset: usize,
+    /// Bytes of an image's row of the vectors blob (every model's vectors).
+    row_bytes: usize,
+}
+
+impl Run<'_> {
+    /// Runs `model` over the batch's images, in calls of as many as it takes at once; each
+    /// image's ranking, in order, and its vectors written into its partition's blob.
+    fn rank(&self, model: &Loaded, vectors: &mut [Vec<u8>]) -> Result<Vec<Ranked>, ScoreError> {
+        let image_len = model.preprocessor.input_len();
+        let classes = model.spec.class_count as usize;
+        let row_len = classes
+            + (model.spec.embeddings.iter())
+                .map(|e| e.column.dim as usize)
+                .sum::<usize>();
+        let probabilities = model.spec.outputs == Outputs::Probabilities;
+        let multi_label = model.spec.multi_label.as_ref();
+        let columns = model.spec.vector_columns();
+        let vector_bytes = model.spec.vector_bytes();
+        // Each call's outputs are ranked as they come: a partition of a many-class model would
+        // otherwise hold images x classes values (2 GB for 500 images of 1,000,000 classes).
+        let mut ranked: Vec<Ranked> = Vec::with_capacity(self.images.len());
         let mut input = lock(&model.spare).values.pop().unwrap_or_default();
         let mut call_outputs = Vec::new();
         let mut scorer = lock(&model.scorer);
-        let result = images
+        let result = self
+            .images
             .chunks(model.call_images)
             .try_for_each(|chunk| {
                 input.clear();
                 input.resize(chunk.len() * image_len, 0.0);
                 for (&(p, i), slot) in chunk.iter().zip(input.chunks_exact_mut(image_len)) {
-                    batch[p].input.write(i, &model.preprocessor, slot);
+                    self.batch[p].models[self.m]
+                        .1
+                        .write(i, &model.preprocessor, slot);
                 }
                 scorer.score(&input, chunk.len(), &mut call_outputs)?;
                 let mut values = Vec::new();
@@ -503,7 +607,7 @@ pub fn score_together(batch: Vec<Prepared>, worker: &str) -> Vec<Result<Scored, 
                     values.clear();
                     ranked.push(match (classes, multi_label) {
                         (0, _) => Ok(Ranking::default()),
-                        (_, None) => rank(class_row, k, probabilities),
+                        (_, None) => rank(class_row, self.k, probabilities),
                         (_, Some(thresholds)) => {
                             // Each class on its own: its sigmoid, kept as the row's
                             // class scores.
@@ -511,48 +615,19 @@ pub fn score_together(batch: Vec<Prepared>, worker: &str) -> Vec<Result<Scored, 
                                 true => x,
                                 false => sigmoid(x),
                             }));
-                            rank_tags(&values, k, thresholds)
+                            rank_tags(&values, self.k, thresholds)
                         }
                     });
                     values.extend_from_slice(embedding_row);
-                    let out = &mut vectors[p][i * vector_bytes..][..vector_bytes];
+                    let out = &mut vectors[p][i * self.row_bytes + self.offset..][..vector_bytes];
                     write_vectors(&columns, &values, out);
                 }
                 Ok(())
             })
             .map_err(|e: InferenceError| ScoreError::Transient(chain(&e)));
         lock(&model.spare).values.push(input);
-        result
-    } else {
-        Ok(())
-    };
-    let call_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let mut ranked = ranked.into_iter();
-    batch
-        .into_iter()
-        .zip(vectors)
-        .map(|(prepared, vectors)| {
-            let n = prepared.len();
-            let rankings: Vec<Ranked> = ranked.by_ref().take(n).collect();
-            call.clone()?;
-            // Large outputs travel through the store: the message only says they are there.
-            let wrote = vector_bytes > 0;
-            if wrote {
-                let key = job::vectors_key(&prepared.partition.job, prepared.partition.partition);
-                model
-                    .store
-                    .put(&key, &vectors)
-                    .map_err(|e| match e.kind() {
-                        ErrorKind::Transient => ScoreError::Transient(chain(&e)),
-                        _ => ScoreError::Permanent(chain(&e)),
-                    })?;
-            }
-            // Each partition is charged its images' share of the calls, so that the job's
-            // summed model time stays the time the model ran.
-            let inference_ms = call_ms * n as f64 / total.max(1) as f64;
-            Ok(prepared.into_scored(rankings, inference_ms, worker, wrote))
-        })
-        .collect()
+        result.map(|()| ranked)
+    }
 }
 
 /// Writes one image's `values` (its vectors, one after another) into `out` as the job's vector
@@ -766,17 +841,16 @@ struct Reading<'a> {
     decoding: &'a MemoryBudget,
 }
 
-/// Fills `input` with every image's model input. A storage failure other than a missing blob
-/// fails the partition, to be retried: it says nothing about the image.
+/// Fills each model's input with every image's model input, each image read once. A storage
+/// failure other than a missing blob fails the partition, to be retried: it says nothing about
+/// the image.
 fn read_images(
     images: &Images,
-    preprocessor: &Preprocessor,
-    input: &mut Input,
+    models: &mut [(Arc<Loaded>, Input)],
     store: &dyn BlobStore,
     reading: &Reading<'_>,
 ) -> Result<ImagesRead, ScoreError> {
     let options = reading.options;
-    let image_len = preprocessor.input_len();
     match images {
         Images::Planes {
             height,
@@ -785,18 +859,21 @@ fn read_images(
             ..
         } => {
             let (height, width) = (*height as usize, *width as usize);
-            match input {
-                Input::Values(values) => {
-                    preprocessor.write_planes(pixels, height, width, values);
-                }
-                Input::Pixels(_) => {
-                    for (planes, slot) in pixels
-                        .chunks_exact(3 * height * width)
-                        .zip(input.slots(image_len))
-                    {
-                        let image = Image::from_planes(planes, height, width);
-                        if let Slot::Pixels(out) = slot {
-                            preprocessor.write_pixels(&image, out);
+            for (model, input) in models.iter_mut() {
+                let preprocessor = &model.preprocessor;
+                match input {
+                    Input::Values(values) => {
+                        preprocessor.write_planes(pixels, height, width, values);
+                    }
+                    Input::Pixels(_) => {
+                        for (planes, slot) in pixels
+                            .chunks_exact(3 * height * width)
+                            .zip(input.slots(preprocessor.input_len()))
+                        {
+                            let image = Image::from_planes(planes, height, width);
+                            if let Slot::Pixels(out) = slot {
+                                preprocessor.write_pixels(&image, out);
+                            }
                         }
                     }
                 }
@@ -812,50 +889,59 @@ fn read_images(
                 max_pixels: options.max_image_pixels,
                 max_scans: options.max_jpeg_scans,
             };
+            let loaded: Vec<Arc<Loaded>> = models.iter().map(|(m, _)| m.clone()).collect();
+            let preprocessors: Vec<&Preprocessor> =
+                loaded.iter().map(|m| &m.preprocessor).collect();
+            // Each image's slot in each model's input.
+            let mut slots: Vec<Vec<Slot<'_>>> = (0..names.len()).map(|_| Vec::new()).collect();
+            for ((_, input), preprocessor) in models.iter_mut().zip(&preprocessors) {
+                let image_len = preprocessor.input_len();
+                for (i, slot) in input.slots(image_len).into_iter().enumerate() {
+                    slots[i].push(slot);
+                }
+            }
             let prepared = Mutex::new(ImagesRead {
                 errors: vec![None; names.len()],
                 notes: vec![None; names.len()],
                 thumbnails: vec![None; names.len()],
             });
             let threads = usize::from(options.fetch_concurrency).min(names.len());
-            concurrent::try_for_each(
-                input.slots(image_len).into_iter().enumerate(),
-                threads,
-                |(i, slot)| {
-                    let key = format!("{prefix}{}", names[i]);
-                    let bytes = match fetch(store, &key, options.max_image_bytes) {
-                        Ok(bytes) => Ok(bytes),
-                        Err(Fetch::Image(error)) => Err(error),
-                        Err(Fetch::Store(error)) => return Err(ScoreError::Transient(error)),
-                    };
-                    // Held until the decoded pixels are dropped, at the end of this image.
-                    let _held = bytes.as_ref().ok().map(|bytes| {
-                        reading
-                            .decoding
-                            .hold(decoding_bytes(bytes).unwrap_or(u64::MAX))
-                    });
-                    let decoded = bytes.and_then(|bytes| {
-                        preprocessor.decode(&bytes, limits).map_err(|e| chain(&e))
-                    });
-                    // The thumbnail is made now, while the pixels are at hand; which ones the
-                    // report wants is known only once the partition is scored.
-                    let (error, note, small) = match decoded {
-                        Ok((image, note)) => {
+            concurrent::try_for_each(slots.into_iter().enumerate(), threads, |(i, slots)| {
+                let key = format!("{prefix}{}", names[i]);
+                let bytes = match fetch(store, &key, options.max_image_bytes) {
+                    Ok(bytes) => Ok(bytes),
+                    Err(Fetch::Image(error)) => Err(error),
+                    Err(Fetch::Store(error)) => return Err(ScoreError::Transient(error)),
+                };
+                // Held until the decoded pixels are dropped, at the end of this image.
+                let _held = bytes.as_ref().ok().map(|bytes| {
+                    reading
+                        .decoding
+                        .hold(decoding_bytes(bytes).unwrap_or(u64::MAX))
+                });
+                let decoded = bytes.and_then(|bytes| {
+                    Preprocessor::decode_for(&preprocessors, &bytes, limits).map_err(|e| chain(&e))
+                });
+                // The thumbnail is made now, while the pixels are at hand; which ones the
+                // report wants is known only once the partition is scored.
+                let (error, note, small) = match decoded {
+                    Ok((image, note)) => {
+                        for (slot, preprocessor) in slots.into_iter().zip(&preprocessors) {
                             match slot {
                                 Slot::Pixels(out) => preprocessor.write_pixels(&image, out),
                                 Slot::Values(out) => preprocessor.write(&image, out),
                             }
-                            (None, note, Some(thumbnail(&image, gallery::THUMBNAIL_SIDE)))
                         }
-                        Err(error) => (Some(error), None, None),
-                    };
-                    let mut prepared = prepared.lock().expect("no panic holds the results");
-                    prepared.errors[i] = error;
-                    prepared.notes[i] = note;
-                    prepared.thumbnails[i] = small;
-                    Ok(())
-                },
-            )?;
+                        (None, note, Some(thumbnail(&image, gallery::THUMBNAIL_SIDE)))
+                    }
+                    Err(error) => (Some(error), None, None),
+                };
+                let mut prepared = prepared.lock().expect("no panic holds the results");
+                prepared.errors[i] = error;
+                prepared.notes[i] = note;
+                prepared.thumbnails[i] = small;
+                Ok(())
+            })?;
             Ok(prepared.into_inner().expect("no panic holds the results"))
         }
     }

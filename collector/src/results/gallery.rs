@@ -3,7 +3,7 @@
 
 use std::cmp::Ordering;
 
-use fleet_protocol::gallery::{GALLERY_SIZE, SAMPLE_SIZE};
+use fleet_protocol::gallery::{GALLERY_SIZE, SAMPLE_SIZE, disagreement};
 use fleet_protocol::message::{Score, Scored};
 
 /// Unreadable images listed by name; the rest are counted (`scores.csv` has them all).
@@ -20,6 +20,8 @@ pub struct Pictured {
     pub name: String,
     /// Its score.
     pub score: Score,
+    /// In a job of several models, the others' scores of it, in the job's order.
+    pub more: Vec<Score>,
 }
 
 /// An image that could not be scored.
@@ -42,6 +44,9 @@ pub struct Gallery {
     pub mistakes: Vec<Pictured>,
     /// The least confident predictions of images without a label, least confident first.
     pub unsure: Vec<Pictured>,
+    /// In a job of several models, the images they disagree on while all are most confident,
+    /// most confident first ([`disagreement`]).
+    pub disagreements: Vec<Pictured>,
     /// The first unreadable images in job order.
     pub unreadable: Vec<Unreadable>,
     /// Unreadable images in all.
@@ -56,12 +61,19 @@ impl Gallery {
             let Some(score) = p.scores.get(position) else {
                 continue;
             };
+            let more: Vec<&Score> = p.more.iter().filter_map(|m| m.get(position)).collect();
             let picture = || Pictured {
                 at: (p.partition, thumbnail.position),
                 png: thumbnail.png.clone(),
                 name: image_name(p, position),
                 score: score.clone(),
+                more: more.iter().map(|&s| s.clone()).collect(),
             };
+            if disagreement(std::iter::once(score).chain(more.iter().copied())).is_some() {
+                keep_best(&mut self.disagreements, picture(), GALLERY_SIZE, |a, b| {
+                    lowest(b).total_cmp(&lowest(a)).then(a.at.cmp(&b.at))
+                });
+            }
             if p.partition == 0 && position < SAMPLE_SIZE {
                 keep_best(&mut self.samples, picture(), SAMPLE_SIZE, |a, b| {
                     a.at.cmp(&b.at)
@@ -120,6 +132,11 @@ fn confidence(picture: &Pictured) -> f32 {
     picture.score.predicted().map_or(0.0, |p| p.1)
 }
 
+/// The lowest confidence of the models that disagree on a picture's image.
+fn lowest(picture: &Pictured) -> f32 {
+    disagreement(std::iter::once(&picture.score).chain(&picture.more)).unwrap_or(0.0)
+}
+
 /// An image's name in the report: its file name, else its index in the batch.
 pub fn image_name(partition: &Scored, position: usize) -> String {
     match partition.filenames.get(position) {
@@ -139,6 +156,8 @@ mod tests {
 
     fn partition(partition: u32, confidences: &[f32]) -> Scored {
         Scored {
+            more: Vec::new(),
+            model_ms: Vec::new(),
             job: "j".into(),
             partition,
             batch: "b".into(),

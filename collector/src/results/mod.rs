@@ -6,6 +6,7 @@
 //! Everything is sized by the job's classes (the model's output), never by a constant, and
 //! nothing held grows with the number of images.
 
+pub mod compare;
 mod confusion;
 pub mod gallery;
 pub mod multilabel;
@@ -43,6 +44,9 @@ pub struct Finished {
     pub confused_pairs_csv: Option<String>,
     /// Labelled jobs of up to [`MAX_HEAT_MAP_CLASSES`] classes.
     pub confusion_png: Option<Vec<u8>>,
+    /// A job of several models: for every pair, its file name and the matrix of one model's
+    /// class against the other's.
+    pub agreement_csvs: Vec<(String, String)>,
     /// `summary.json`'s content.
     pub summary: Summary,
 }
@@ -50,12 +54,22 @@ pub struct Finished {
 /// The files of the sealed job whose every partition `tally` has counted.
 pub fn finish(tally: &Tally, plan: &Plan, sealed: &Sealed, completed_at_ms: u64) -> Finished {
     let summary = tally.summary(plan, sealed, completed_at_ms);
+    let agreement_csvs = (tally.models.iter())
+        .flat_map(|models| &models.pairs)
+        .map(|pair| {
+            let (a, b) = (&plan.models[pair.a], &plan.models[pair.b]);
+            let name = format!("agreement_{}_{}.csv", file_part(a), file_part(b));
+            let corner = format!("{a}_class\\{b}_class");
+            (name, matrix_csv(&pair.matrix, &plan.classes, &corner))
+        })
+        .collect();
     // A multi-label job has no one true class an image: its measures are per class.
     if !sealed.labelled || plan.multi_label.is_some() {
         return Finished {
             confusion_csv: None,
             confused_pairs_csv: None,
             confusion_png: None,
+            agreement_csvs,
             summary,
         };
     }
@@ -67,8 +81,20 @@ pub fn finish(tally: &Tally, plan: &Plan, sealed: &Sealed, completed_at_ms: u64)
         confused_pairs_csv: Some(confused_pairs_csv(confusion, classes)),
         confusion_png: (classes.len() <= MAX_HEAT_MAP_CLASSES)
             .then(|| fleet_figures::confusion_png(&confusion.dense(), &names)),
+        agreement_csvs,
         summary,
     }
+}
+
+/// A model's name as part of a file name: characters other than letters, digits, `.`, `-` and
+/// `_` made `_`.
+fn file_part(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' | '_' => c,
+            _ => '_',
+        })
+        .collect()
 }
 
 /// The off-diagonal cells, largest first; ties in class order, so the tables are stable.
@@ -97,9 +123,17 @@ fn confused_pairs_csv(confusion: &Confusion, classes: &[String]) -> String {
 /// `confusion.csv`: the whole matrix, true class by row, for up to [`MAX_MATRIX_CLASSES`]
 /// classes; beyond, the non-zero cells one a row (`true_class,predicted_class,images`).
 fn confusion_csv(confusion: &Confusion, classes: &[String]) -> String {
+    matrix_csv(confusion, classes, "true_class\\predicted_class")
+}
+
+/// A matrix of classes by classes as CSV: the rows' class by row, for up to
+/// [`MAX_MATRIX_CLASSES`] classes, with `corner` (`rows\\columns`) heading the first column;
+/// beyond, the non-zero cells one a row, under the two names of `corner`.
+fn matrix_csv(confusion: &Confusion, classes: &[String], corner: &str) -> String {
     let mut csv = String::new();
     if classes.len() > MAX_MATRIX_CLASSES {
-        csv.push_str("true_class,predicted_class,images\n");
+        let (rows, columns) = corner.split_once('\\').unwrap_or((corner, ""));
+        let _ = writeln!(csv, "{},{},images", csv_field(rows), csv_field(columns));
         for ((t, p), images) in confusion.cells() {
             let _ = writeln!(
                 csv,
@@ -110,7 +144,7 @@ fn confusion_csv(confusion: &Confusion, classes: &[String]) -> String {
         }
         return csv;
     }
-    csv.push_str("true_class\\predicted_class");
+    csv.push_str(&csv_field(corner));
     for class in classes {
         let _ = write!(csv, ",{}", csv_field(class));
     }
@@ -137,6 +171,7 @@ mod tests {
 
     fn plan(classes: Vec<String>, top_k: u8, several_batches: bool) -> Plan {
         Plan {
+            models: Vec::new(),
             job: "j".into(),
             classes,
             top_k,
@@ -160,6 +195,8 @@ mod tests {
 
     fn scored(partition: u32, batch: &str, first: u64, pairs: &[(u32, u32)]) -> Scored {
         Scored {
+            more: Vec::new(),
+            model_ms: Vec::new(),
             job: "j".into(),
             partition,
             batch: batch.into(),

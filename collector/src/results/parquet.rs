@@ -27,7 +27,9 @@ use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::Type;
 
-use super::rows::label_and_best;
+use fleet_protocol::message::Score;
+
+use super::rows::{label_and_best, row_error};
 
 /// One column's cells: the values present, and for a nullable column whether each row has one.
 enum Cells {
@@ -99,7 +101,12 @@ impl Cells {
         let mut lists = Lists::default();
         let mut f32s = Vec::new();
         let mut f16s = Vec::new();
-        for (i, score) in p.scores.iter().enumerate() {
+        // The column's model scored the image, or not.
+        let scores = p
+            .by_model()
+            .nth(usize::from(column.model))
+            .unwrap_or(&p.scores);
+        for (i, score) in scores.iter().enumerate() {
             let Some(blob) = blob.filter(|_| score.scored) else {
                 lists.null();
                 continue;
@@ -298,15 +305,18 @@ fn columns(plan: &Plan, p: &Scored, vectors: Option<&[u8]>) -> Vec<(String, Cell
         "filename".into(),
         Cells::Text(names.collect(), Vec::new(), Repetition::REQUIRED),
     ));
-    if plan.has_classes() {
+    if plan.has_classes() && plan.models.len() > 1 {
+        several(plan, p, &mut columns);
+    } else if plan.has_classes() {
         if plan.multi_label.is_some() {
             tags(plan, p, &mut columns);
         }
         predictions(plan, p, &mut columns);
     }
+    let errors: Vec<Option<String>> = (0..p.scores.len()).map(|i| row_error(plan, p, i)).collect();
     columns.push((
         "error".into(),
-        Cells::texts(p.scores.iter().map(|s| s.error.as_deref())),
+        Cells::texts(errors.iter().map(Option::as_deref)),
     ));
     for (at, column) in plan.vectors.iter().enumerate() {
         columns.push((column.name.clone(), Cells::vectors(p, vectors, plan, at)));
@@ -342,6 +352,69 @@ fn tags(plan: &Plan, p: &Scored, columns: &mut Vec<(String, Cells)>) {
                 .map(|s| s.tags.iter().map(|t| t.1).collect()),
         ),
     ));
+}
+
+/// The columns of a job of several models, in `scores.csv`'s order: the true label, then each
+/// model's predictions, prefixed with its name.
+fn several(plan: &Plan, p: &Scored, columns: &mut Vec<(String, Cells)>) {
+    let classes = &plan.classes;
+    let class_name = |class: u32| classes.get(class as usize).map(String::as_str);
+    let labels: Vec<Option<u32>> = (p.scores.iter())
+        .map(|s| label_and_best(s, classes.len()).0)
+        .collect();
+    columns.push(("true_label".into(), Cells::ints(labels.iter().copied())));
+    columns.push((
+        "true_class".into(),
+        Cells::texts(labels.iter().map(|l| l.and_then(class_name))),
+    ));
+    for (m, scores) in p.by_model().enumerate() {
+        let prefix = plan.column_prefix(m);
+        top_columns(&prefix, scores, plan, 0..plan.columns_top_k(), columns);
+    }
+}
+
+/// The `label`, `class` and `confidence` columns of each rank in `ranks` (from 0, the best:
+/// `predicted_label`, ...; then `top2_label`, ...), behind `prefix`.
+fn top_columns(
+    prefix: &str,
+    scores: &[Score],
+    plan: &Plan,
+    ranks: std::ops::Range<usize>,
+    columns: &mut Vec<(String, Cells)>,
+) {
+    let classes = &plan.classes;
+    let class_name = |class: u32| classes.get(class as usize).map(String::as_str);
+    for k in ranks {
+        let kth = || {
+            scores.iter().map(move |s| {
+                (s.top.get(k).copied()).filter(|&(c, _)| (c as usize) < classes.len())
+            })
+        };
+        let (label, class, confidence) = match k {
+            0 => (
+                "predicted_label".to_owned(),
+                "predicted_class".to_owned(),
+                "confidence".to_owned(),
+            ),
+            k => (
+                format!("top{}_label", k + 1),
+                format!("top{}_class", k + 1),
+                format!("top{}_confidence", k + 1),
+            ),
+        };
+        columns.push((
+            format!("{prefix}{label}"),
+            Cells::ints(kth().map(|t| t.map(|t| t.0))),
+        ));
+        columns.push((
+            format!("{prefix}{class}"),
+            Cells::texts(kth().map(|t| t.and_then(|t| class_name(t.0)))),
+        ));
+        columns.push((
+            format!("{prefix}{confidence}"),
+            Cells::floats(kth().map(|t| t.map(|t| t.1))),
+        ));
+    }
 }
 
 /// The columns of a classifier's labels and predictions, in `scores.csv`'s order (a
@@ -399,7 +472,6 @@ fn predictions(plan: &Plan, p: &Scored, columns: &mut Vec<(String, Cells)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fleet_protocol::message::Score;
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use parquet::record::{Field, ListAccessor};
 
@@ -410,8 +482,10 @@ mod tests {
             dim,
             precision,
             normalized: false,
+            model: 0,
         };
         let plan = Plan {
+            models: Vec::new(),
             job: "j".into(),
             classes: Vec::new(),
             top_k: 1,
@@ -432,6 +506,8 @@ mod tests {
             true_tags: None,
         };
         let scored = Scored {
+            more: Vec::new(),
+            model_ms: Vec::new(),
             job: "j".into(),
             partition: 0,
             batch: "b/".into(),

@@ -96,6 +96,9 @@ pub fn render(report: &Report<'_>) -> String {
     }
     job_section(&mut html, report);
     timings_section(&mut html, summary);
+    if summary.models.len() > 1 {
+        models_section(&mut html, report);
+    }
     let samples = &report.tally.gallery.samples;
     if !samples.is_empty() {
         html.push_str(if summary.classes.is_empty() {
@@ -121,6 +124,146 @@ pub fn render(report: &Report<'_>) -> String {
     unreadable_section(&mut html, report);
     html.push_str("</body></html>\n");
     html
+}
+
+/// Disagreements of a pair of models read out in words.
+const DISAGREEMENTS_IN_WORDS: usize = 5;
+
+/// A job of several models: each model's accuracy with its interval and time, every pair
+/// compared (agreement, McNemar's test, what they disagree on), and the images they disagree on
+/// while most sure. The rest of the report is the first model's.
+fn models_section(html: &mut String, report: &Report<'_>) {
+    let summary = report.summary;
+    html.push_str(
+        "<h2 id=\"models\">Models</h2>\n<p>Each image was read once and scored by every model, \
+         each preparing it by its own spec. The sections after this one are the first \
+         model's.</p>\n<table id=\"model-table\"><tr><th>model</th><th>accuracy (95% \
+         interval)</th><th>scored</th><th>not scored</th><th>model time</th></tr>\n",
+    );
+    for m in &summary.models {
+        let accuracy = match (m.accuracy, m.accuracy_interval) {
+            (Some(a), Some([low, high])) => format!(
+                "{:.2}% ({:.2}% to {:.2}%) of {}",
+                100.0 * a,
+                100.0 * low,
+                100.0 * high,
+                m.labelled
+            ),
+            (Some(a), None) => format!("{:.2}%", 100.0 * a),
+            _ => "no labels".to_owned(),
+        };
+        let _ = writeln!(
+            html,
+            "<tr><td>{}</td><td>{accuracy}</td><td>{}</td><td>{}</td><td>{:.1} s</td></tr>",
+            escape(&m.model),
+            m.scored,
+            m.unreadable,
+            m.inference_seconds
+        );
+    }
+    html.push_str("</table>\n");
+    for c in &summary.comparisons {
+        let (a, b) = (escape(&c.a), escape(&c.b));
+        let _ = write!(
+            html,
+            "<h3>{a} and {b}</h3>\n<p>They give the same class to {} of the {} images both \
+             scored ({:.2}%)",
+            c.agree,
+            c.images,
+            100.0 * c.agreement
+        );
+        if let Some(overlap) = c.top_k_overlap {
+            let _ = write!(
+                html,
+                "; their top-k classes overlap by {:.1}% on average",
+                100.0 * overlap
+            );
+        }
+        html.push_str(".</p>\n");
+        if let Some(p) = c.mcnemar_p_value {
+            let verdict = if p < 0.05 {
+                let better = if c.only_a_right > c.only_b_right {
+                    &a
+                } else {
+                    &b
+                };
+                format!(
+                    "a difference this large would be unlikely if the two were equally accurate \
+                     (p &lt; 0.05): {better} is the more accurate on images like these"
+                )
+            } else {
+                "a difference this small could be chance (p ≥ 0.05): these images do not show \
+                 either model to be the more accurate"
+                    .to_owned()
+            };
+            let _ = writeln!(
+                html,
+                "<p class=\"mcnemar\">Of the {} labelled images both scored, only {a} is right \
+                 on {}, only {b} on {}. McNemar's exact test: p = {p:.4}; {verdict}.</p>",
+                c.labelled, c.only_a_right, c.only_b_right
+            );
+        }
+        if !c.most_disagreed.is_empty() {
+            html.push_str("<ul>");
+            for d in c.most_disagreed.iter().take(DISAGREEMENTS_IN_WORDS) {
+                let _ = write!(
+                    html,
+                    "<li>{a} says <b>{}</b> where {b} says <b>{}</b>: {} image{}</li>",
+                    escape(&d.a_class),
+                    escape(&d.b_class),
+                    d.images,
+                    if d.images == 1 { "" } else { "s" }
+                );
+            }
+            html.push_str("</ul>\n");
+        }
+    }
+    let shown = &report.tally.gallery.disagreements;
+    if shown.is_empty() {
+        return;
+    }
+    html.push_str(
+        "<h3>Confident disagreements</h3>\n<p>Images the models give different classes while \
+         each is at its most sure: true class (where known), then each model's class.</p>\n\
+         <div class=\"gallery\" id=\"disagreements\">\n",
+    );
+    let classes = &summary.classes;
+    let class = |c: u32| classes.get(c as usize).map_or("?", String::as_str);
+    for picture in shown {
+        let mut lines = Vec::new();
+        if let Some(label) = picture.score.label {
+            lines.push(format!(
+                "<span class=\"truth\">{}</span>",
+                escape(class(label))
+            ));
+        }
+        let scores = std::iter::once(&picture.score).chain(&picture.more);
+        for (model, score) in summary.models.iter().zip(scores) {
+            let Some((c, p)) = score.predicted() else {
+                continue;
+            };
+            let right = match score.label {
+                Some(label) if label == c => " class=\"right\"",
+                Some(_) => " class=\"wrong\"",
+                None => "",
+            };
+            lines.push(format!(
+                "{}: <span{right}>{} ({:.1}%)</span>",
+                escape(&model.model),
+                escape(class(c)),
+                100.0 * p
+            ));
+        }
+        let caption = lines.join("<br>");
+        let _ = writeln!(
+            html,
+            "<figure><img alt=\"{name}\" title=\"{name}\" src=\"{}\"><figcaption>{caption}<br>\
+             <span class=\"name\">{name}</span></figcaption></figure>",
+            data_uri(&picture.png),
+            name = escape(&picture.name),
+        );
+    }
+    html.push_str("</div>\n");
 }
 
 /// Rows of the per-class table of a multi-label job.
@@ -252,6 +395,12 @@ fn job_section(html: &mut String, report: &Report<'_>) {
         row("true labels", manifest.labels.clone());
         row("model", manifest.model.clone());
         row("model sha256 (ONNX)", manifest.model_sha256.clone());
+        for other in &manifest.more_models {
+            row(
+                "compared with",
+                format!("{} (sha256 {})", other.name, other.sha256),
+            );
+        }
     }
     match report.provenance {
         Some(p) => {
@@ -675,6 +824,7 @@ mod tests {
         use fleet_protocol::message::{Scored, Sealed, Thumbnail};
         let classes: Vec<String> = (0..40).map(|i| format!("species <{i}>")).collect();
         let plan = Plan {
+            models: Vec::new(),
             job: "j".into(),
             classes: classes.clone(),
             top_k: 1,
@@ -695,7 +845,7 @@ mod tests {
         let scores: Vec<Score> = (0..40u32)
             .map(|i| score(Some(i), if i % 2 == 1 { (i + 1) % 40 } else { i }, 0.9))
             .collect();
-        let thumbnails = pick_thumbnails(0, &scores)
+        let thumbnails = pick_thumbnails(0, &scores, &[])
             .into_iter()
             .map(|i| Thumbnail {
                 position: i as u32,
@@ -703,6 +853,8 @@ mod tests {
             })
             .collect();
         let partition = Scored {
+            more: Vec::new(),
+            model_ms: Vec::new(),
             job: "j".into(),
             partition: 0,
             batch: "photos/".into(),

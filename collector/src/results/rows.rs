@@ -20,6 +20,13 @@ pub const SCORES_HEADER: &str =
 pub const MULTI_LABEL_HEADER: &str =
     "index,filename,true_tags,predicted_tags,tag_scores,predicted_label,predicted_class,confidence";
 
+/// The header of a job of several models up to its first model's columns: the image and its
+/// true class; then each model's columns, prefixed with its name (`resnet50_predicted_label`).
+pub const SEVERAL_MODELS_HEADER: &str = "index,filename,true_label,true_class";
+
+/// One model's columns in a job of several, behind its name and `_`; its top-k columns follow.
+const MODEL_COLUMNS: [&str; 3] = ["predicted_label", "predicted_class", "confidence"];
+
 /// The header of a job whose model has no classes (an embedding model): its rows say which
 /// images were scored, and its vectors are in the Parquet results.
 pub const UNCLASSED_HEADER: &str = "index,filename";
@@ -30,6 +37,23 @@ pub fn header(plan: &Plan) -> String {
     let mut text = String::new();
     if plan.several_batches {
         text.push_str("batch,");
+    }
+    if plan.models.len() > 1 && plan.has_classes() {
+        text.push_str(SEVERAL_MODELS_HEADER);
+        for m in 0..plan.models.len() {
+            let prefix = plan.column_prefix(m);
+            for column in MODEL_COLUMNS {
+                let _ = write!(text, ",{prefix}{column}");
+            }
+            for k in 2..=plan.columns_top_k() {
+                let _ = write!(
+                    text,
+                    ",{prefix}top{k}_label,{prefix}top{k}_class,{prefix}top{k}_confidence"
+                );
+            }
+        }
+        text.push_str(",error\n");
+        return text;
     }
     text.push_str(match (plan.has_classes(), &plan.multi_label) {
         (false, _) => UNCLASSED_HEADER,
@@ -61,7 +85,35 @@ pub fn rows(plan: &Plan, p: &Scored) -> String {
             csv_field(filename)
         );
         if !plan.has_classes() {
-            let _ = writeln!(text, "{}", csv_field(score.error.as_deref().unwrap_or("")));
+            let error = row_error(plan, p, i);
+            let _ = writeln!(text, "{}", csv_field(error.as_deref().unwrap_or("")));
+            continue;
+        }
+        if plan.models.len() > 1 {
+            let (label, _) = label_and_best(score, classes.len());
+            let _ = write!(
+                text,
+                "{},{}",
+                label.map(|l| l.to_string()).unwrap_or_default(),
+                label
+                    .map(|l| csv_field(class_name(l)).into_owned())
+                    .unwrap_or_default()
+            );
+            for scores in p.by_model() {
+                let score = &scores[i];
+                let (_, best) = label_and_best(score, classes.len());
+                let _ = write!(
+                    text,
+                    ",{},{},{}",
+                    best.map(|b| b.0.to_string()).unwrap_or_default(),
+                    best.map(|b| csv_field(class_name(b.0)).into_owned())
+                        .unwrap_or_default(),
+                    best.map(|b| format!("{:.6}", b.1)).unwrap_or_default()
+                );
+                top_columns(&mut text, score, top_k, &class_name);
+            }
+            let error = row_error(plan, p, i);
+            let _ = writeln!(text, ",{}", csv_field(error.as_deref().unwrap_or("")));
             continue;
         }
         if plan.multi_label.is_some() {
@@ -106,6 +158,27 @@ pub fn rows(plan: &Plan, p: &Scored) -> String {
         let _ = writeln!(text, ",{}", csv_field(score.error.as_deref().unwrap_or("")));
     }
     text
+}
+
+/// The error cell of image `i` of partition `p`: its error, the same for every model (an image
+/// that could not be read, a partition not scored); or, where the models differ, each model's
+/// that has one, behind its name (`resnet50: the model's output is not a number`).
+pub fn row_error(plan: &Plan, p: &Scored, i: usize) -> Option<String> {
+    let first = p.scores[i].error.as_deref();
+    if p.more
+        .iter()
+        .all(|scores| scores[i].error.as_deref() == first)
+    {
+        return first.map(str::to_owned);
+    }
+    let errors: Vec<String> = (p.by_model().enumerate())
+        .filter_map(|(m, scores)| {
+            let error = scores[i].error.as_deref()?;
+            let name = plan.models.get(m).map_or("?", String::as_str);
+            Some(format!("{name}: {error}"))
+        })
+        .collect();
+    Some(errors.join("; "))
 }
 
 /// A row's `topN_label,topN_class,topN_confidence` for N from 2 to `top_k`.

@@ -10,6 +10,7 @@ use fleet_protocol::summary::{
     ClassAccuracy, ClassCount, ConfusedPair, Embeddings, Partial, Summary, Timings, ratio,
 };
 
+use super::compare::Models;
 use super::gallery::Gallery;
 use super::multilabel::MultiLabelTally;
 use super::projection::Projection;
@@ -50,6 +51,9 @@ pub struct Tally {
     pub projection: Option<Projection>,
     /// A multi-label job's counts.
     multi_label: Option<MultiLabelTally>,
+    /// A job of several models: each model's counts and every pair's (the fields above are
+    /// the first model's).
+    pub models: Option<Models>,
 }
 
 impl Tally {
@@ -78,6 +82,7 @@ impl Tally {
             projection: Projection::new(plan),
             multi_label: (plan.multi_label.clone())
                 .map(|thresholds| MultiLabelTally::new(classes, thresholds)),
+            models: Models::new(plan),
         }
     }
 
@@ -86,6 +91,9 @@ impl Tally {
     pub fn add(&mut self, p: &Scored, vectors: Option<&[u8]>) {
         if let (Some(projection), Some(blob)) = (&mut self.projection, vectors) {
             projection.add(p, blob);
+        }
+        if let Some(models) = &mut self.models {
+            models.add(p);
         }
         if let Some(multi) = &mut self.multi_label {
             // The class scores are the first vector column of a multi-label job.
@@ -235,6 +243,12 @@ impl Tally {
                     images: self.images - self.unreadable,
                 })
                 .collect(),
+            models: (self.models.as_ref())
+                .map(|m| m.figures(plan, sealed.labelled))
+                .unwrap_or_default(),
+            comparisons: (self.models.as_ref())
+                .map(|m| m.comparisons(plan, sealed.labelled))
+                .unwrap_or_default(),
         }
     }
 
