@@ -148,8 +148,9 @@ struct Earlier {
 enum ScoredColumn {
     /// A classifier's `predicted_label`: not empty.
     Predicted(usize),
-    /// A model with no classes has no predictions: its `error` is empty, or names a fault
-    /// the image was scored despite.
+    /// A model with no classes has no predictions, and a job of several models has them under
+    /// their names: an image was scored (by every model) when its `error` is empty, or names a
+    /// fault the image was scored despite.
     Error(usize),
 }
 

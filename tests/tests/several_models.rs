@@ -300,6 +300,10 @@ fn each_models_columns_are_its_own_jobs_and_the_comparison_is_computed_from_them
         serde_json::from_slice(&std::fs::read(results(&both).join("summary.json")).unwrap())
             .unwrap();
     assert_eq!(summary.models.len(), 2);
+    let vectors: Vec<(&str, u64)> = (summary.embeddings.iter())
+        .map(|e| (e.column.name.as_str(), e.images))
+        .collect();
+    assert_eq!(vectors, [("sq_embedding", 151), ("colour_embedding", 150)]);
     let (mut agree, mut images, mut overlap) = (0u64, 0u64, 0.0f64);
     let (mut only_sq, mut only_colour, mut labelled) = (0u64, 0u64, 0u64);
     let mut matrix: BTreeMap<(String, String), u64> = BTreeMap::new();

@@ -100,7 +100,9 @@ impl Projection {
     /// partition's vectors blob `blob`.
     pub fn add(&mut self, p: &Scored, blob: &[u8]) {
         let (column, offset, stride) = (&self.column, self.offset, self.stride);
-        for (i, score) in p.scores.iter().enumerate() {
+        // The column's model scored the image, or not (in a job of several models).
+        let scores = (p.by_model().nth(usize::from(column.model))).unwrap_or(&p.scores);
+        for (i, score) in scores.iter().enumerate() {
             if !score.scored {
                 continue;
             }

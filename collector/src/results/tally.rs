@@ -54,6 +54,8 @@ pub struct Tally {
     /// A job of several models: each model's counts and every pair's (the fields above are
     /// the first model's).
     pub models: Option<Models>,
+    /// Images each model scored, in the job's order: those with its vectors.
+    vectors: Vec<u64>,
 }
 
 impl Tally {
@@ -83,6 +85,7 @@ impl Tally {
             multi_label: (plan.multi_label.clone())
                 .map(|thresholds| MultiLabelTally::new(classes, thresholds)),
             models: Models::new(plan),
+            vectors: vec![0; plan.model_count()],
         }
     }
 
@@ -94,6 +97,9 @@ impl Tally {
         }
         if let Some(models) = &mut self.models {
             models.add(p);
+        }
+        for (count, scores) in self.vectors.iter_mut().zip(p.by_model()) {
+            *count += scores.iter().filter(|s| s.scored).count() as u64;
         }
         if let Some(multi) = &mut self.multi_label {
             // The class scores are the first vector column of a multi-label job.
@@ -240,7 +246,9 @@ impl Tally {
                 .filter(|column| column.name != CLASS_SCORES_COLUMN || plan.multi_label.is_none())
                 .map(|column| Embeddings {
                     column: column.clone(),
-                    images: self.images - self.unreadable,
+                    images: (self.vectors.get(usize::from(column.model)))
+                        .copied()
+                        .unwrap_or_default(),
                 })
                 .collect(),
             models: (self.models.as_ref())
