@@ -2,8 +2,10 @@
 # Starts what the integration tests talk to, and prints the environment that points at it:
 #   eval "$(scripts/services.sh)"
 # - RabbitMQ on 127.0.0.1:5672 (started with `rabbitmq-server -detached` if it is down);
-# - Azurite (the Azure Storage emulator, from npm) on 127.0.0.1:10000, in the background,
-#   installed into .tools/ on first use. Its process id goes to .tools/azurite.pid.
+# - Azurite (the Azure Storage emulator, from npm) on 127.0.0.1:10000, in the background.
+# Whatever already listens on either port is used as it is. Azurite is installed into .tools/
+# on first use even then: the storage outage test starts an Azurite of its own on a free port
+# (it must not stop one the machine runs for others).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,6 +19,12 @@ wait_port() {
     return 1
 }
 
+if [[ ! -x "$tools/node_modules/.bin/azurite-blob" ]]; then
+    npm install --silent --no-audit --no-fund --prefix "$tools" azurite@3.35.0 >&2
+fi
+# --install-only: Azurite installed, nothing started (the environment names the services).
+[[ "${1:-}" == "--install-only" ]] && exit 0
+
 if ! port_open 5672; then
     command -v rabbitmq-server >/dev/null || { echo "RabbitMQ is not running and rabbitmq-server is not installed" >&2; exit 1; }
     rabbitmq-server -detached >&2
@@ -24,21 +32,13 @@ if ! port_open 5672; then
 fi
 
 if ! port_open 10000; then
-    if [[ ! -x "$tools/node_modules/.bin/azurite-blob" ]]; then
-        npm install --silent --no-audit --no-fund --prefix "$tools" azurite@3.35.0 >&2
-    fi
     # --skipApiVersionCheck: the Azure SDK speaks a newer storage API version than this Azurite.
     # --disableTelemetry: this is a test double; it must not call out to the internet.
-    # On disk, not in memory: the outage tests stop it mid-job and start it again with this
-    # script. (Delete .tools/azurite-data to start empty.)
+    # On disk, not in memory, so that its blobs outlive it. (Delete .tools/azurite-data to
+    # start empty.)
     nohup "$tools/node_modules/.bin/azurite-blob" --blobHost 127.0.0.1 --blobPort 10000 --location "$tools/azurite-data" \
         --skipApiVersionCheck --loose --silent --disableTelemetry >"$tools/azurite.log" 2>&1 &
-    echo $! >"$tools/azurite.pid"
     wait_port 10000 "Azurite; see $tools/azurite.log"
-fi
-if [[ -f "$tools/azurite.pid" ]] && kill -0 "$(cat "$tools/azurite.pid")" 2>/dev/null; then
-    # Lets the outage tests pause this Azurite.
-    echo "export AZURITE_PID=$(cat "$tools/azurite.pid")"
 fi
 
 echo "export AMQP_URL='amqp://guest:guest@127.0.0.1:5672/%2f'"

@@ -25,8 +25,11 @@ if ! command -v nasm >/dev/null && command -v apt-get >/dev/null && [[ "$(id -u)
 fi
 # The integration tests talk to a real RabbitMQ and a real Azurite: start them unless the
 # environment already points at some (AMQP_URL and AZURE_STORAGE_CONNECTION_STRING).
+# The outage tests start a RabbitMQ node and an Azurite of their own, on free ports.
 if [[ -z "${AMQP_URL:-}" || -z "${AZURE_STORAGE_CONNECTION_STRING:-}" ]]; then
     eval "$(scripts/services.sh)"
+else
+    scripts/services.sh --install-only
 fi
 # Microsoft's ONNX Runtime builds keep a usage database under ~/.cache unless told not to.
 export ORT_DISABLE_TELEMETRY="${ORT_DISABLE_TELEMETRY:-1}"

@@ -944,19 +944,30 @@ fn read_label_file(
     let beside = format!("{prefix}{name}");
     for key in [beside.as_str(), name] {
         match store.get(key) {
-            Ok(bytes) => return LabelFile::parse(&String::from_utf8_lossy(&bytes), key),
+            Ok(bytes) => {
+                let text =
+                    crate::text::utf8(&bytes, key).map_err(|detail| DatasetError::Labels {
+                        source_name: key.into(),
+                        detail,
+                    })?;
+                return LabelFile::parse(&text, key);
+            }
             // Not there, or a name that cannot be a blob: try the next place. Any other
             // failure (access denied, the store away) is the answer.
             Err(e) if e.is_not_found() || matches!(e, StoreError::BadKey(_)) => {}
             Err(e) => return Err(e.into()),
         }
     }
-    let text = std::fs::read_to_string(name).map_err(|e| DatasetError::Labels {
+    let bytes = std::fs::read(name).map_err(|e| DatasetError::Labels {
         source_name: name.into(),
         detail: format!(
             "neither a blob ({beside} or {name} in {}) nor a readable local file ({e})",
             store.describe()
         ),
+    })?;
+    let text = crate::text::utf8(&bytes, name).map_err(|detail| DatasetError::Labels {
+        source_name: name.into(),
+        detail,
     })?;
     LabelFile::parse(&text, name)
 }
@@ -990,6 +1001,17 @@ mod tests {
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn csv_fields_unescape_doubled_quotes_as_rfc_4180_says() {
+        let file = LabelFile::parse(
+            "filename,label\n\"say \"\"hi\"\".jpg\",\"a, \"\"quoted\"\" class\"\n",
+            "labels.csv",
+        )
+        .unwrap();
+        assert_eq!(file.entries[1].path, "say \"hi\".jpg");
+        assert_eq!(file.entries[1].label, "a, \"quoted\" class");
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 pub mod collection;
 mod pickle;
+pub mod text;
 
 use std::io::{BufRead, BufReader, Read};
 use std::str::FromStr;

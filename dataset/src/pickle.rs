@@ -40,12 +40,19 @@ pub enum PickleError {
     Malformed { at: usize, what: &'static str },
 }
 
+/// Containers nested in containers, at most. A CIFAR batch nests four deep; a hostile pickle
+/// nesting a hundred thousand lists in a few hundred bytes would overflow the stack of any
+/// recursive walk of the value (dropping it, to begin with).
+pub const MAX_DEPTH: u32 = 100;
+
 struct Machine<'a> {
     data: &'a [u8],
     pos: usize,
     stack: Vec<Value>,
+    /// How deep each value of `stack` nests (a scalar or an empty container: 0).
+    depths: Vec<u32>,
     marks: Vec<usize>,
-    memo: Vec<Option<Value>>,
+    memo: Vec<Option<(Value, u32)>>,
 }
 
 /// Parses one pickle and returns the value it builds.
@@ -54,6 +61,7 @@ pub fn parse(data: &[u8]) -> Result<Value, PickleError> {
         data,
         pos: 0,
         stack: Vec::new(),
+        depths: Vec::new(),
         marks: Vec::new(),
         memo: Vec::new(),
     };
@@ -101,48 +109,84 @@ impl<'a> Machine<'a> {
         PickleError::Malformed { at: self.pos, what }
     }
 
-    fn pop(&mut self) -> Result<Value, PickleError> {
-        self.stack
-            .pop()
-            .ok_or_else(|| self.malformed("stack underflow"))
+    /// Pushes a value nesting `depth` deep, refused beyond [`MAX_DEPTH`].
+    fn push_at(&mut self, value: Value, depth: u32) -> Result<(), PickleError> {
+        if depth > MAX_DEPTH {
+            return Err(self.malformed("containers nested more than 100 deep"));
+        }
+        self.stack.push(value);
+        self.depths.push(depth);
+        Ok(())
     }
 
-    /// Pops everything above the last mark.
-    fn pop_mark(&mut self) -> Result<Vec<Value>, PickleError> {
+    /// Pushes a value that holds no other (a scalar, an empty container, a name).
+    fn push(&mut self, value: Value) {
+        self.stack.push(value);
+        self.depths.push(0);
+    }
+
+    /// Pops the top value, with how deep it nests.
+    fn pop(&mut self) -> Result<(Value, u32), PickleError> {
+        match (self.stack.pop(), self.depths.pop()) {
+            (Some(value), Some(depth)) => Ok((value, depth)),
+            _ => Err(self.malformed("stack underflow")),
+        }
+    }
+
+    /// Pops the top `n` values, with the deepest nesting among them.
+    fn pop_n(&mut self, n: usize) -> Result<(Vec<Value>, u32), PickleError> {
+        let at = self
+            .stack
+            .len()
+            .checked_sub(n)
+            .ok_or_else(|| self.malformed("stack underflow"))?;
+        let depth = self.depths.split_off(at).into_iter().max().unwrap_or(0);
+        Ok((self.stack.split_off(at), depth))
+    }
+
+    /// Pops everything above the last mark, with the deepest nesting among it.
+    fn pop_mark(&mut self) -> Result<(Vec<Value>, u32), PickleError> {
         let mark = self.marks.pop().ok_or_else(|| self.malformed("no mark"))?;
         if mark > self.stack.len() {
             return Err(self.malformed("mark above stack"));
         }
-        Ok(self.stack.split_off(mark))
+        self.pop_n(self.stack.len() - mark)
     }
 
-    fn top_mut(&mut self) -> Result<&mut Value, PickleError> {
+    /// The top value, to be filled with values nesting `depth` deep.
+    fn top_mut(&mut self, depth: u32) -> Result<&mut Value, PickleError> {
         let at = self.pos;
-        self.stack.last_mut().ok_or(PickleError::Malformed {
+        let top = self.depths.last_mut().ok_or(PickleError::Malformed {
             at,
             what: "stack underflow",
-        })
+        })?;
+        *top = (*top).max(depth + 1);
+        if *top > MAX_DEPTH {
+            return Err(PickleError::Malformed {
+                at,
+                what: "containers nested more than 100 deep",
+            });
+        }
+        Ok(self.stack.last_mut().expect("a depth for each value"))
     }
 
     fn push_str(&mut self, n: usize) -> Result<(), PickleError> {
         let raw = self.bytes(n)?;
         let s = std::str::from_utf8(raw)
             .map_err(|_| self.malformed("invalid UTF-8 in a unicode string"))?;
-        self.stack.push(Value::Str(s.into()));
+        self.push(Value::Str(s.into()));
         Ok(())
     }
 
     fn push_bytes(&mut self, n: usize) -> Result<(), PickleError> {
         let r = self.take(n)?;
-        self.stack.push(Value::Bytes(r));
+        self.push(Value::Bytes(r));
         Ok(())
     }
 
     fn memo_put(&mut self, index: usize) -> Result<(), PickleError> {
-        let value = self
-            .stack
-            .last()
-            .cloned()
+        let value = (self.stack.last().cloned())
+            .zip(self.depths.last().copied())
             .ok_or_else(|| self.malformed("memo of empty stack"))?;
         if self.memo.len() <= index {
             // Bound the memo by the input: a hostile index must not allocate gigabytes.
@@ -156,14 +200,13 @@ impl<'a> Machine<'a> {
     }
 
     fn memo_get(&mut self, index: usize) -> Result<(), PickleError> {
-        let value = self
+        let (value, depth) = self
             .memo
             .get(index)
             .cloned()
             .flatten()
             .ok_or_else(|| self.malformed("unknown memo index"))?;
-        self.stack.push(value);
-        Ok(())
+        self.push_at(value, depth)
     }
 
     fn run(&mut self) -> Result<Value, PickleError> {
@@ -177,25 +220,25 @@ impl<'a> Machine<'a> {
                 0x95 => {
                     self.le::<8>()?; // FRAME: a size hint only
                 }
-                b'.' => return self.pop(), // STOP
+                b'.' => return self.pop().map(|(value, _)| value), // STOP
                 b'(' => self.marks.push(self.stack.len()),
-                b'}' => self.stack.push(Value::Dict(Rc::new(Vec::new()))),
-                b']' => self.stack.push(Value::List(Rc::new(Vec::new()))),
-                b')' => self.stack.push(Value::Tuple(Rc::new(Vec::new()))),
-                b'N' => self.stack.push(Value::None),
-                0x88 => self.stack.push(Value::Bool(true)),
-                0x89 => self.stack.push(Value::Bool(false)),
+                b'}' => self.push(Value::Dict(Rc::new(Vec::new()))),
+                b']' => self.push(Value::List(Rc::new(Vec::new()))),
+                b')' => self.push(Value::Tuple(Rc::new(Vec::new()))),
+                b'N' => self.push(Value::None),
+                0x88 => self.push(Value::Bool(true)),
+                0x89 => self.push(Value::Bool(false)),
                 b'K' => {
                     let v = self.u8()?;
-                    self.stack.push(Value::Int(v.into()));
+                    self.push(Value::Int(v.into()));
                 }
                 b'M' => {
                     let v = u16::from_le_bytes(self.le()?);
-                    self.stack.push(Value::Int(v.into()));
+                    self.push(Value::Int(v.into()));
                 }
                 b'J' => {
                     let v = i32::from_le_bytes(self.le()?);
-                    self.stack.push(Value::Int(v.into()));
+                    self.push(Value::Int(v.into()));
                 }
                 0x8a => {
                     // LONG1: little-endian two's complement of n bytes.
@@ -210,11 +253,11 @@ impl<'a> Machine<'a> {
                         [0; 8]
                     };
                     buf[..n].copy_from_slice(raw);
-                    self.stack.push(Value::Int(i64::from_le_bytes(buf)));
+                    self.push(Value::Int(i64::from_le_bytes(buf)));
                 }
                 b'G' => {
                     let v = f64::from_be_bytes(self.le()?);
-                    self.stack.push(Value::Float(v));
+                    self.push(Value::Float(v));
                 }
                 b'U' | b'C' => {
                     let n = self.u8()? as usize;
@@ -241,24 +284,20 @@ impl<'a> Machine<'a> {
                     self.push_str(n)?;
                 }
                 b't' => {
-                    let items = self.pop_mark()?;
-                    self.stack.push(Value::Tuple(Rc::new(items)));
+                    let (items, depth) = self.pop_mark()?;
+                    self.push_at(Value::Tuple(Rc::new(items)), depth + 1)?;
                 }
                 0x85..=0x87 => {
-                    let n = (opcode - 0x84) as usize;
-                    if self.stack.len() < n {
-                        return Err(self.malformed("stack underflow"));
-                    }
-                    let items = self.stack.split_off(self.stack.len() - n);
-                    self.stack.push(Value::Tuple(Rc::new(items)));
+                    let (items, depth) = self.pop_n((opcode - 0x84) as usize)?;
+                    self.push_at(Value::Tuple(Rc::new(items)), depth + 1)?;
                 }
                 b'l' => {
-                    let items = self.pop_mark()?;
-                    self.stack.push(Value::List(Rc::new(items)));
+                    let (items, depth) = self.pop_mark()?;
+                    self.push_at(Value::List(Rc::new(items)), depth + 1)?;
                 }
                 b'a' => {
-                    let item = self.pop()?;
-                    match self.top_mut()? {
+                    let (item, depth) = self.pop()?;
+                    match self.top_mut(depth)? {
                         Value::List(list) => Rc::make_mut(list).push(item),
                         _ => {
                             return Err(PickleError::Malformed {
@@ -269,8 +308,8 @@ impl<'a> Machine<'a> {
                     }
                 }
                 b'e' => {
-                    let items = self.pop_mark()?;
-                    match self.top_mut()? {
+                    let (items, depth) = self.pop_mark()?;
+                    match self.top_mut(depth)? {
                         Value::List(list) => Rc::make_mut(list).extend(items),
                         _ => {
                             return Err(PickleError::Malformed {
@@ -281,26 +320,27 @@ impl<'a> Machine<'a> {
                     }
                 }
                 b'd' => {
-                    let items = self.pop_mark()?;
+                    let (items, depth) = self.pop_mark()?;
                     let pairs = pairs(items).ok_or(PickleError::Malformed {
                         at,
                         what: "odd DICT",
                     })?;
-                    self.stack.push(Value::Dict(Rc::new(pairs)));
+                    self.push_at(Value::Dict(Rc::new(pairs)), depth + 1)?;
                 }
                 b's' | b'u' => {
-                    let items = if opcode == b's' {
-                        let value = self.pop()?;
-                        let key = self.pop()?;
-                        vec![(key, value)]
+                    let (items, depth) = if opcode == b's' {
+                        let (value, value_depth) = self.pop()?;
+                        let (key, key_depth) = self.pop()?;
+                        (vec![(key, value)], value_depth.max(key_depth))
                     } else {
-                        let items = self.pop_mark()?;
-                        pairs(items).ok_or(PickleError::Malformed {
+                        let (items, depth) = self.pop_mark()?;
+                        let pairs = pairs(items).ok_or(PickleError::Malformed {
                             at,
                             what: "odd SETITEMS",
-                        })?
+                        })?;
+                        (pairs, depth)
                     };
-                    match self.top_mut()? {
+                    match self.top_mut(depth)? {
                         Value::Dict(dict) => Rc::make_mut(dict).extend(items),
                         _ => {
                             return Err(PickleError::Malformed {
@@ -313,15 +353,14 @@ impl<'a> Machine<'a> {
                 b'c' => {
                     let module = self.line()?;
                     let name = self.line()?;
-                    self.stack
-                        .push(Value::Global(format!("{module}.{name}").into()));
+                    self.push(Value::Global(format!("{module}.{name}").into()));
                 }
                 0x93 => {
-                    let name = self.pop()?;
-                    let module = self.pop()?;
+                    let (name, _) = self.pop()?;
+                    let (module, _) = self.pop()?;
                     match (module, name) {
                         (Value::Str(m), Value::Str(n)) => {
-                            self.stack.push(Value::Global(format!("{m}.{n}").into()))
+                            self.push(Value::Global(format!("{m}.{n}").into()))
                         }
                         _ => {
                             return Err(PickleError::Malformed {
@@ -333,17 +372,18 @@ impl<'a> Machine<'a> {
                 }
                 b'R' | 0x81 => {
                     // REDUCE and NEWOBJ: record the call, run nothing.
-                    let args = self.pop()?;
-                    let callable = self.pop()?;
-                    self.stack.push(Value::Object {
+                    let (args, args_depth) = self.pop()?;
+                    let (callable, callable_depth) = self.pop()?;
+                    let object = Value::Object {
                         callable: Rc::new(callable),
                         args: Rc::new(args),
                         state: None,
-                    });
+                    };
+                    self.push_at(object, args_depth.max(callable_depth) + 1)?;
                 }
                 b'b' => {
-                    let new_state = self.pop()?;
-                    match self.top_mut()? {
+                    let (new_state, depth) = self.pop()?;
+                    match self.top_mut(depth)? {
                         Value::Object { state, .. } => *state = Some(Rc::new(new_state)),
                         _ => {
                             return Err(PickleError::Malformed {
@@ -508,6 +548,34 @@ mod tests {
     fn truncated_input_is_an_error() {
         let data = b"\x80\x02}q\x00(U\x05ab";
         assert!(matches!(parse(data), Err(PickleError::Truncated(_))));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        // A list nesting a million lists, in 2 MB: pushed, then each appended to the one below.
+        let n = 1_000_000;
+        let mut data = b"\x80\x02".to_vec();
+        data.extend(std::iter::repeat_n(b']', n));
+        data.extend(std::iter::repeat_n(b'a', n - 1));
+        data.push(b'.');
+        let error = parse(&data).unwrap_err();
+        assert!(
+            error.to_string().contains("nested more than 100 deep"),
+            "{error}"
+        );
+        // As deep as allowed is read; the same through MARK and LIST, and through tuples.
+        let nested = |opens: &[u8], close: u8, n: usize| {
+            let mut data = b"\x80\x02".to_vec();
+            for _ in 0..n {
+                data.extend(opens);
+            }
+            data.extend(std::iter::repeat_n(close, n));
+            data.push(b'.');
+            parse(&data)
+        };
+        assert!(nested(b"(", b'l', MAX_DEPTH as usize).is_ok());
+        assert!(nested(b"(", b'l', MAX_DEPTH as usize + 1).is_err());
+        assert!(nested(b"(", b't', 100_000).is_err());
     }
 
     #[test]

@@ -56,9 +56,16 @@ pub enum DecodeError {
     /// The file has no bytes.
     #[error("empty file")]
     Empty,
-    /// No decoder here reads the file's format.
-    #[error("not an image this product reads (JPEG, PNG, BMP, GIF, WebP)")]
-    Unsupported,
+    /// No decoder here reads the file's format: named where its signature says which it is.
+    #[error(
+        "not an image this product reads ({}it reads JPEG, PNG, BMP, GIF and WebP: convert it \
+         to one of those)",
+        format.map(|format| format!("a {format} file; ")).unwrap_or_default()
+    )]
+    Unsupported {
+        /// The format the file's first bytes name, when they name one.
+        format: Option<&'static str>,
+    },
     /// An image of more pixels than allowed.
     #[error(
         "image of {width}x{height} pixels is larger than the {max}-pixel limit (--max-image-pixels)"
@@ -238,6 +245,36 @@ fn pixels_only(bytes: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     }
 }
 
+/// The image format the first bytes of a file this product does not read name, for the error
+/// to say which it is (a user with a folder of HEIC photos learns what to convert).
+fn format_named(bytes: &[u8]) -> Option<&'static str> {
+    // ISO base media files (HEIF, AVIF): a box size, `ftyp`, then the major brand.
+    if bytes.get(4..8) == Some(b"ftyp") {
+        return match bytes.get(8..12)? {
+            b"avif" | b"avis" => Some("AVIF"),
+            b"heic" | b"heix" | b"heim" | b"heis" | b"hevc" | b"hevx" | b"mif1" | b"msf1" => {
+                Some("HEIF/HEIC")
+            }
+            _ => None,
+        };
+    }
+    const SIGNATURES: [(&[u8], &str); 9] = [
+        (b"II*\0", "TIFF"),
+        (b"MM\0*", "TIFF"),
+        (b"\0\0\x01\0", "ICO"),
+        (b"\0\0\x02\0", "CUR"),
+        (b"\0\0\0\x0cjP  \r\n\x87\n", "JPEG 2000"),
+        (b"\xff\x4f\xff\x51", "JPEG 2000"),
+        (b"\xff\x0a", "JPEG XL"),
+        (b"\0\0\0\x0cJXL \r\n\x87\n", "JPEG XL"),
+        (b"8BPS", "Photoshop"),
+    ];
+    SIGNATURES
+        .iter()
+        .find(|(signature, _)| bytes.starts_with(signature))
+        .map(|&(_, format)| format)
+}
+
 /// Every format but JPEG, through `image`.
 fn decode_other(bytes: &[u8], limits: DecodeLimits) -> Result<Image, DecodeError> {
     let bytes = pixels_only(bytes);
@@ -248,11 +285,18 @@ fn decode_other(bytes: &[u8], limits: DecodeLimits) -> Result<Image, DecodeError
             .map_err(|e| DecodeError::Malformed(e.into()))
     };
     let probe = reader()?;
+    let unsupported = || DecodeError::Unsupported {
+        format: format_named(bytes),
+    };
     if probe.format().is_none() {
-        return Err(DecodeError::Unsupported);
+        return Err(unsupported());
     }
-    // The header alone says how large the image claims to be: refuse before allocating.
-    let (width, height) = probe.into_dimensions().map_err(DecodeError::Malformed)?;
+    // The header alone says how large the image claims to be: refuse before allocating. A
+    // format `image` knows but is built without (TIFF, AVIF, ICO) is unsupported, not corrupt.
+    let (width, height) = probe.into_dimensions().map_err(|e| match e {
+        image::ImageError::Unsupported(_) => unsupported(),
+        other => DecodeError::Malformed(other),
+    })?;
     if u64::from(width) * u64::from(height) > limits.max_pixels {
         return Err(DecodeError::TooLarge {
             width,
@@ -266,7 +310,7 @@ fn decode_other(bytes: &[u8], limits: DecodeLimits) -> Result<Image, DecodeError
     image_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8).max(1 << 20));
     reader.limits(image_limits);
     let failed = |e| match e {
-        image::ImageError::Unsupported(_) => DecodeError::Unsupported,
+        image::ImageError::Unsupported(_) => unsupported(),
         // The header's size was within the limit (checked above): what the decoder needed
         // beyond it is something the header did not declare (a GIF frame larger than its
         // screen).
@@ -517,7 +561,7 @@ pub(crate) mod tests {
         assert!(matches!(decode(b"", LIMITS), Err(DecodeError::Empty)));
         assert!(matches!(
             decode(b"just some text, named .jpg", LIMITS),
-            Err(DecodeError::Unsupported)
+            Err(DecodeError::Unsupported { format: None })
         ));
         let whole = png(4, 4, png::ColorType::Rgb, &[9; 48]);
         let truncated = &whole[..whole.len() - 20];
@@ -527,6 +571,40 @@ pub(crate) mod tests {
         assert!(matches!(e, DecodeError::Malformed(_)), "{e:?}");
         // The decoder's own words are kept, as the error's source.
         assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn formats_not_read_here_are_named_as_such_never_as_corrupt() {
+        // The first bytes of real files of each format, then some of their body.
+        let mut tiff = b"II*\0\x08\0\0\0".to_vec();
+        tiff.extend_from_slice(&[0; 64]);
+        let mut avif = b"\0\0\0\x20ftypavif\0\0\0\0avifmif1miaf".to_vec();
+        avif.extend_from_slice(&[0; 64]);
+        let mut heic = b"\0\0\0\x18ftypheic\0\0\0\0mif1heic".to_vec();
+        heic.extend_from_slice(&[0; 64]);
+        let mut ico = b"\0\0\x01\0\x01\0\x10\x10\0\0\x01\0\x20\0".to_vec();
+        ico.extend_from_slice(&[0; 64]);
+        let mut jp2 = b"\0\0\0\x0cjP  \r\n\x87\n".to_vec();
+        jp2.extend_from_slice(&[0; 64]);
+        for (bytes, format) in [
+            (tiff, "TIFF"),
+            (avif, "AVIF"),
+            (heic, "HEIF/HEIC"),
+            (ico, "ICO"),
+            (jp2, "JPEG 2000"),
+        ] {
+            let e = decode(&bytes, LIMITS).expect_err(format);
+            assert!(
+                matches!(e, DecodeError::Unsupported { format: Some(named) } if named == format),
+                "{format}: {e:?}"
+            );
+            assert!(
+                e.to_string().starts_with(&format!(
+                    "not an image this product reads (a {format} file; it reads JPEG"
+                )),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -42,7 +42,8 @@ thread_local! {
     static LOST_DATA: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Decodes a JPEG (baseline, extended or progressive; gray, YCbCr, RGB, CMYK or YCCK). The
+/// Decodes a JPEG (baseline, extended or progressive, Huffman- or arithmetic-coded; gray, YCbCr,
+/// RGB, CMYK or YCCK). The
 /// second value is libjpeg's warning when it lost data on the way (a damaged segment it
 /// skipped, a bad Huffman code) and decoded the rest, as Pillow and OpenCV return such images.
 ///

@@ -43,6 +43,35 @@ const LOCAL_DIR: &str = ".onnxruntime";
 
 static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 
+/// The variable by which Microsoft's builds of ONNX Runtime are told to send no usage events and
+/// keep no usage database (`~/.cache/Microsoft/DeveloperTools/.onnxruntime/`): read when the
+/// library loads, before any setting through its API can say so.
+pub const TELEMETRY_ENV: &str = "ORT_DISABLE_TELEMETRY";
+
+/// Sets [`TELEMETRY_ENV`] for this process unless the user set it, so that the bare binary
+/// writes nothing of ONNX Runtime's under the user's home. Call it first in `main`: changing the
+/// environment is only sound while the process has a single thread, which is checked (Linux's
+/// `/proc/self/task`); elsewhere, or with threads running, it leaves the environment alone and
+/// says so. Whether it was set.
+pub fn opt_out_of_telemetry() -> bool {
+    if std::env::var_os(TELEMETRY_ENV).is_some() {
+        return true;
+    }
+    // One thread cannot race with another over the environment, and only it could start one.
+    let single = std::fs::read_dir("/proc/self/task").is_ok_and(|tasks| tasks.count() == 1);
+    if !single {
+        tracing::debug!("{TELEMETRY_ENV} left unset: the process has threads, or no /proc");
+        return false;
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: the process has one thread (checked just above, and only this thread could have
+    // started another since), so nothing reads or writes the environment concurrently.
+    unsafe {
+        std::env::set_var(TELEMETRY_ENV, "1");
+    }
+    true
+}
+
 /// Loads ONNX Runtime once per process and returns its environment.
 pub fn environment() -> Result<&'static ort::environment::Environment, InferenceError> {
     ENVIRONMENT

@@ -5,6 +5,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 
 use cntk_onnx::ImportError;
+use fleet_storage::printable;
 
 /// What `producer convert` converts, and where to.
 #[derive(Debug, clap::Args)]
@@ -29,7 +30,7 @@ pub struct ConvertArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
     /// The model file or the ONNX file cannot be read or written.
-    #[error("cannot {doing} {}", path.display())]
+    #[error("cannot {doing} {}", printable(path))]
     File {
         /// `read` or `write`.
         doing: &'static str,
@@ -56,7 +57,7 @@ pub fn run(args: ConvertArgs) -> Result<(), ConvertError> {
     };
     let bytes = std::fs::read(&args.input).map_err(file("read", &args.input))?;
     let name = args.input.file_name().map_or_else(
-        || args.input.display().to_string(),
+        || printable(&args.input),
         |n| n.to_string_lossy().into_owned(),
     );
     let options = cntk_onnx::Options {
@@ -78,8 +79,8 @@ pub fn run(args: ConvertArgs) -> Result<(), ConvertError> {
     std::fs::write(&output, &imported.onnx).map_err(file("write", &output))?;
     println!(
         "{} -> {}: {} nodes, {} weights, input {:?}, output {:?}, source sha256 {}",
-        args.input.display(),
-        output.display(),
+        printable(&args.input),
+        printable(&output),
         imported.nodes,
         imported.parameters,
         imported.input_shape,

@@ -213,7 +213,11 @@ async fn run_fleet(
                 Some(Event::Completed(summary)) if summary.job == job => break Ok(*summary),
                 Some(Event::Cancelled { job: j, reason }) if j == job => break Err(EmbeddedError::Cancelled { job: j, reason }),
                 Some(_) => {}
-                None => break Err(EmbeddedError::Incomplete),
+                // The collector ended: its error, not this silence, is what to say.
+                None => break match fleet.join_next().await {
+                    Some(Ok(Err(e))) => Err(e),
+                    _ => Err(EmbeddedError::Incomplete),
+                },
             },
             // Failed partitions beyond the error budget mean the job cannot complete: stop
             // waiting once every other partition is scored, so that a retry has only the

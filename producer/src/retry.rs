@@ -41,6 +41,24 @@ pub enum RetryError {
         /// Where its results are.
         results: String,
     },
+    /// The job completed within its error budget: its results are final, and the images of
+    /// its failed partitions are scored by another job.
+    #[error(
+        "job {job} completed partial ({images} images in {partitions} failed partitions, within \
+         its error budget): its results in {results} are final. To score those images, {how}"
+    )]
+    Partial {
+        /// The job.
+        job: String,
+        /// Where its results are.
+        results: String,
+        /// Images of its failed partitions.
+        images: u64,
+        /// Its failed partitions.
+        partitions: u32,
+        /// The job that scores them.
+        how: &'static str,
+    },
     /// The job was cancelled: nothing of it is kept.
     #[error("job {job} was cancelled ({reason}); submit it again")]
     Cancelled {
@@ -119,7 +137,29 @@ pub fn prepare(store: &dyn BlobStore, job: &str) -> Result<Retry, RetryError> {
     };
     let standing = ledger.standing()?.ok_or_else(no_such_job)?;
     match standing.state {
-        JobState::Complete(_) | JobState::Partial(_) => {
+        JobState::Partial(summary) => {
+            let narrowable = standing.manifest.as_ref().is_some_and(|manifest| {
+                manifest.dataset_kind == DatasetKind::Images
+                    && ["none", "folders"].contains(&manifest.labels.as_str())
+            });
+            let (images, partitions) = (summary.partial.as_ref()).map_or((0, 0), |lacking| {
+                (lacking.images, lacking.failed_partitions)
+            });
+            return Err(RetryError::Partial {
+                job: job.to_owned(),
+                results: store.location(&job::result_key(job, "")),
+                images,
+                partitions,
+                how: if narrowable {
+                    "run the job again with --incremental: it scores only the images that no \
+                     complete job of the same models has a prediction for"
+                } else {
+                    "submit the job again (--incremental, which scores only those, narrows a \
+                     collection listed with --labels none or folders)"
+                },
+            });
+        }
+        JobState::Complete(_) => {
             return Err(RetryError::Complete {
                 job: job.to_owned(),
                 results: store.location(&job::result_key(job, "")),

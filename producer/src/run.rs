@@ -51,18 +51,24 @@ pub struct FleetArgs {
     /// The broker.
     #[command(flatten)]
     pub amqp: AmqpArgs,
-    /// Workers in the embedded run.
+    /// Workers in the embedded run, each with its own copy of the models (so at most
+    /// [`MAX_EMBEDDED_WORKERS`]); they share the cores.
     #[arg(
         long,
         env = "EMBEDDED_WORKERS",
         default_value_t = 1,
-        requires = "embedded"
+        requires = "embedded",
+        value_parser = clap::value_parser!(u16).range(1..=MAX_EMBEDDED_WORKERS as i64)
     )]
-    pub workers: usize,
+    pub workers: u16,
     /// The embedded run's workers.
     #[command(flatten)]
     pub worker: WorkerOptions,
 }
+
+/// Workers an embedded run may have: each holds the models and a few partitions, so a
+/// thousand would hold gigabytes to no gain on any machine.
+pub const MAX_EMBEDDED_WORKERS: u16 = 64;
 
 /// Why a job did not run to its end.
 #[derive(Debug, thiserror::Error)]
@@ -127,7 +133,7 @@ pub async fn run(args: RunArgs) -> Result<Completed, RunError> {
         let run = crate::embedded::run(
             store.clone(),
             &args.submit,
-            fleet.workers,
+            usize::from(fleet.workers),
             fleet.worker,
             &job,
         )
@@ -189,8 +195,13 @@ pub async fn retry(args: RetryArgs) -> Result<Completed, RunError> {
     );
     let fleet = args.fleet;
     if fleet.embedded {
-        let done =
-            crate::embedded::retry(store.clone(), &retry, fleet.workers, fleet.worker).await?;
+        let done = crate::embedded::retry(
+            store.clone(),
+            &retry,
+            usize::from(fleet.workers),
+            fleet.worker,
+        )
+        .await?;
         return Ok(embedded_done(store.as_ref(), &done));
     }
     let broker = AmqpBroker::connect(fleet.amqp).await?;

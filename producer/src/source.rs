@@ -5,6 +5,8 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use fleet_storage::printable;
+
 /// A local path or a URL, as given on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
@@ -29,7 +31,7 @@ impl FromStr for Source {
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Source::File(p) => write!(f, "{}", p.display()),
+            Source::File(p) => f.write_str(&printable(p)),
             Source::Url(u) => f.write_str(u),
         }
     }
@@ -73,7 +75,7 @@ impl Source {
         match self {
             Source::File(path) => {
                 let fail = |e: std::io::Error| SourceError::File {
-                    path: path.display().to_string(),
+                    path: printable(path),
                     source: e,
                 };
                 let file = std::fs::File::open(path).map_err(fail)?;
@@ -109,7 +111,7 @@ impl Source {
     pub fn failed_reading(&self, e: std::io::Error) -> SourceError {
         match self {
             Source::File(p) => SourceError::File {
-                path: p.display().to_string(),
+                path: printable(p),
                 source: e,
             },
             Source::Url(u) => SourceError::Download {

@@ -22,7 +22,7 @@ use fleet_spec::{
     Recipe, Resize, SPEC_VERSION, SpecError, parse_class_list, plain_recipe, sha256_hex,
     shorter_side_for,
 };
-use fleet_storage::{BlobStore, StoreArgs, StoreError, check_key};
+use fleet_storage::{BlobStore, StoreArgs, StoreError, check_key, printable};
 use indicatif::{ProgressBar, ProgressStyle};
 use model_tools::expose::{ExposeError, expose};
 use model_tools::import::{Head, ImportError, ImportedModel, SourceFormat, head_of, import};
@@ -416,7 +416,8 @@ impl SpecArgs {
         }
         let thresholds = match &self.thresholds {
             Some(file) => {
-                let text = String::from_utf8_lossy(&file.read_all()?).into_owned();
+                let text = fleet_dataset::text::utf8(&file.read_all()?, &file.to_string())
+                    .map_err(StageError::Invalid)?;
                 let values: Vec<f32> = text
                     .lines()
                     .filter(|l| !l.trim().is_empty())
@@ -520,7 +521,7 @@ pub fn stage_dataset(
         }
     };
     let file = std::fs::File::open(&path).map_err(|e| SourceError::File {
-        path: path.display().to_string(),
+        path: printable(&path),
         source: e,
     })?;
     let mut images = 0;
@@ -552,19 +553,31 @@ pub fn stage_images(
         files,
         skipped: left_out,
     } = walk(dir)?;
-    // Check every name at the door: nothing is uploaded when one cannot be.
+    // Check every name at the door. A file whose name no blob can have (a control character,
+    // a backslash, over 1,024 bytes) is left out and named; a reserved folder refuses the
+    // whole folder, since every file under it would land among the product's own blobs.
+    let mut left_out = left_out;
     let mut uploads = Vec::with_capacity(files.len());
     for (path, relative, size) in files {
         let key = format!("{prefix}{relative}");
-        check_key(&key)
-            .map_err(|e| StageError::Invalid(format!("cannot stage {}: {e}", path.display())))?;
+        if let Err(e) = check_key(&key) {
+            left_out.push(format!("{} ({e})", printable(&path)));
+            continue;
+        }
+        if let Some(reserved) = job::reserved(&key) {
+            return Err(StageError::Invalid(format!(
+                "cannot stage {} as {key}: {reserved} is where the product keeps its own \
+                 blobs; give another --prefix",
+                printable(&path)
+            )));
+        }
         uploads.push((path, key, size));
     }
     let images = uploads.iter().filter(|(_, key, _)| is_image(key)).count();
     if images == 0 {
         return Err(StageError::Invalid(format!(
             "{} holds no image files ({})",
-            dir.display(),
+            printable(dir),
             collection::IMAGE_EXTENSIONS.join(", ")
         )));
     }
@@ -592,7 +605,7 @@ pub fn stage_images(
     uploaded?;
     let mut summary = format!(
         "images {} -> {prefix} ({total} files, {images} images: {} uploaded, {skipped} already there)",
-        dir.display(),
+        printable(dir),
         total - skipped
     );
     if !left_out.is_empty() {
@@ -614,7 +627,7 @@ struct Walked {
 /// lead inside `dir` (each folder walked once, so a link to a parent does not loop).
 fn walk(dir: &Path) -> Result<Walked, StageError> {
     let io = |path: &Path| {
-        let path = path.display().to_string();
+        let path = printable(path);
         move |source| StageError::Folder { path, source }
     };
     let root = std::fs::canonicalize(dir).map_err(io(dir))?;
@@ -631,7 +644,7 @@ fn walk(dir: &Path) -> Result<Walked, StageError> {
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
                 walked
                     .skipped
-                    .push(format!("{} (its name is not UTF-8)", path.display()));
+                    .push(format!("{} (its name is not UTF-8)", printable(&path)));
                 continue;
             };
             if name.starts_with('.') {
@@ -642,7 +655,7 @@ fn walk(dir: &Path) -> Result<Walked, StageError> {
                 if !inside {
                     walked
                         .skipped
-                        .push(format!("{} (a link out of the folder)", path.display()));
+                        .push(format!("{} (a link out of the folder)", printable(&path)));
                     continue;
                 }
             }
@@ -672,9 +685,12 @@ pub fn stage_model(
     spec_args: &SpecArgs,
     inference: &InferenceOptions,
 ) -> Result<String, StageError> {
-    check_key(&job::spec_key(name)).map_err(|_| {
-        StageError::Invalid(format!("model name {name:?} is not a valid blob name"))
-    })?;
+    if !job::valid_model_name(name) {
+        return Err(StageError::Invalid(format!(
+            "model name {name:?}: use 1 to 100 letters, digits, '.', '-' and '_' (it names the \
+             model's blobs and, in a job of several models, its columns)"
+        )));
+    }
     let file_name = source.file_name();
     let (imported, signature, output) = import_and_load(source, spec_args, inference)?;
     let classes = match (&spec_args.classes, spec_args.embedding_only) {
@@ -899,7 +915,8 @@ fn import_and_load(
 
 /// The class list in `source`, which must name as many classes as `model` has.
 fn class_list(source: &Source, classes: usize, model: &str) -> Result<ClassList, StageError> {
-    let text = String::from_utf8_lossy(&source.read_all()?).into_owned();
+    let text = fleet_dataset::text::utf8(&source.read_all()?, &source.to_string())
+        .map_err(StageError::Invalid)?;
     let list = parse_class_list(&text, &source.to_string()).map_err(StageError::Invalid)?;
     if list.names.len() != classes {
         return Err(StageError::Invalid(format!(

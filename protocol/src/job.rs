@@ -22,6 +22,28 @@ use serde::{Deserialize, Serialize};
 /// Default name of the dataset blob: the walkthrough's tarball.
 pub const DATASET_BLOB: &str = "cifar-10-python.tar.gz";
 
+/// The folders of a container where the product keeps its own blobs: no user's file goes there
+/// (`producer status` would read images staged under `jobs/` as jobs).
+pub const RESERVED_PREFIXES: [&str; 4] = ["jobs/", "models/", "results/", "index/"];
+
+/// The reserved folder ([`RESERVED_PREFIXES`]) blob `key` would be in, if any.
+pub fn reserved(key: &str) -> Option<&'static str> {
+    RESERVED_PREFIXES
+        .into_iter()
+        .find(|prefix| key.starts_with(prefix) || key == prefix.trim_end_matches('/'))
+}
+
+/// Whether `name` may name a staged model: 1 to 100 letters, digits, `.`, `-` and `_`, not
+/// beginning with `.`. It names blobs (`models/<name>.onnx`), is listed in `--model-name a,b`
+/// and prefixes a job's columns (`<name>_predicted_label`).
+pub fn valid_model_name(name: &str) -> bool {
+    (1..=100).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
 /// Where models and their specs are staged.
 pub fn models_prefix() -> &'static str {
     "models/"
@@ -508,6 +530,19 @@ fn civil_time(secs: u64) -> (i64, u32, u32, u32, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn reserved_folders_and_model_names() {
+        use super::{reserved, valid_model_name};
+        assert_eq!(reserved("jobs/x.jpg"), Some("jobs/"));
+        assert_eq!(reserved("index"), Some("index/"));
+        assert_eq!(reserved("jobsite/x.jpg"), None);
+        assert_eq!(reserved("photos/jobs/x.jpg"), None);
+        assert!(valid_model_name("resnet50-v2.int8_a"));
+        for bad in ["", ".hidden", "a,b", "a/b", "a b", &"x".repeat(101)] {
+            assert!(!valid_model_name(bad), "{bad:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -558,6 +558,11 @@ impl ModelSpec {
                 self.class_count
             ));
         }
+        for list in [&self.classes, &self.class_ids].into_iter().flatten() {
+            if let Some(at) = list.iter().position(|n| n.len() > MAX_CLASS_NAME_BYTES) {
+                return Err(long_name(at, list[at].len()));
+            }
+        }
         if let Some(ids) = &self.class_ids
             && (ids.len() != self.class_count as usize || self.classes.is_none())
         {
@@ -687,6 +692,19 @@ pub struct ClassList {
     pub ids: Option<Vec<String>>,
 }
 
+/// Longest class name or id, in bytes (UTF-8). Each is copied into every row that names the
+/// class, every report and the summary: a name of megabytes would make each of them gigabytes.
+/// WordNet's longest synset line is under 300.
+pub const MAX_CLASS_NAME_BYTES: usize = 1024;
+
+/// Why class `at`'s name of `len` bytes is refused.
+fn long_name(at: usize, len: usize) -> String {
+    format!(
+        "class {at}'s name is {len} bytes, longer than the {MAX_CLASS_NAME_BYTES} a name may \
+         have (it is copied into every row that names the class)"
+    )
+}
+
 /// Whether `token` is a WordNet synset id: `n` and eight digits.
 fn is_synset_id(token: &str) -> bool {
     token.len() == 9 && token.starts_with('n') && token[1..].bytes().all(|b| b.is_ascii_digit())
@@ -704,6 +722,9 @@ pub fn parse_class_list(text: &str, source: &str) -> Result<ClassList, String> {
         .collect();
     if lines.is_empty() {
         return Err(format!("{source} holds no class names (one per line)"));
+    }
+    if let Some(at) = lines.iter().position(|l| l.len() > MAX_CLASS_NAME_BYTES) {
+        return Err(format!("{source}: {}", long_name(at, lines[at].len())));
     }
     let with_ids = lines.iter().all(|line| {
         line.split_once(char::is_whitespace)

@@ -99,7 +99,7 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// A local file to upload cannot be read.
-    #[error("cannot read {}", path.display())]
+    #[error("cannot read {}", printable(path))]
     LocalFile {
         /// The file.
         path: std::path::PathBuf,
@@ -343,6 +343,26 @@ pub const LIST_PAGE: usize = 5_000;
 
 /// Longest blob name Azure Blob Storage accepts.
 pub const MAX_KEY_BYTES: usize = 1024;
+
+/// A local path as messages and logs show it: control characters (a newline, a terminal's
+/// escape sequence in a file's name) written as escapes, so that a hostile name cannot forge
+/// lines or drive the terminal. Names that are not UTF-8 are shown lossily.
+pub fn printable(path: &std::path::Path) -> String {
+    let shown = path.display().to_string();
+    if !shown.chars().any(char::is_control) {
+        return shown;
+    }
+    shown
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
 
 /// Rejects names that could escape the container or mean different things to the two back
 /// ends. Users' own file names (spaces, accents, `#`, ...) are valid: image collections are

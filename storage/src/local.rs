@@ -19,7 +19,7 @@ impl LocalStore {
     pub fn create(root: &Path, container: &str) -> Result<Self, StoreError> {
         let dir = Self::container_dir(root, container)?;
         fs::create_dir_all(&dir).map_err(|e| {
-            StoreError::from_io(dir.display().to_string(), "creating", "the container", e)
+            StoreError::from_io(crate::printable(&dir), "creating", "the container", e)
         })?;
         Ok(Self { dir })
     }
@@ -30,7 +30,7 @@ impl LocalStore {
         if !dir.is_dir() {
             return Err(StoreError::NoContainer {
                 container: container.into(),
-                location: root.display().to_string(),
+                location: crate::printable(root),
             });
         }
         Ok(Self { dir })
@@ -46,6 +46,32 @@ impl LocalStore {
     fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
         check_key(key)?;
         Ok(self.dir.join(key))
+    }
+
+    /// The path of `key`, once no folder on the way to it, nor its file, is a link: a blob
+    /// store has no links, and one planted in a container (`photos/evil -> /etc`) must not
+    /// reach outside it, to read or to write. Parts not there yet are fine (a write makes
+    /// them).
+    fn unlinked(&self, key: &str) -> Result<PathBuf, StoreError> {
+        let path = self.path(key)?;
+        let mut at = self.dir.clone();
+        let mut named = String::new();
+        for part in key.split('/') {
+            at.push(part);
+            named.push_str(part);
+            match fs::symlink_metadata(&at) {
+                Ok(metadata) if metadata.file_type().is_symlink() => {
+                    return Err(StoreError::NotABlob {
+                        store: self.describe(),
+                        key: named,
+                    });
+                }
+                Ok(_) => named.push('/'),
+                // Not there: nothing below it is either.
+                Err(_) => break,
+            }
+        }
+        Ok(path)
     }
 
     /// Lists the directory of keys beginning with `dir` (empty, or ending in `/`) depth first,
@@ -73,7 +99,11 @@ impl LocalStore {
             if name.starts_with('.') {
                 continue; // writes in progress, and staged blocks
             }
-            let metadata = fs::metadata(entry.path()).map_err(|e| self.io("listing", prefix, e))?;
+            // Of the entry itself: a link (dangling, looping, or leading out of the
+            // container) is no blob, and is not followed.
+            let metadata = entry
+                .metadata()
+                .map_err(|e| self.io("listing", prefix, e))?;
             if metadata.is_dir() {
                 children.push((format!("{dir}{name}/"), None));
             } else if metadata.is_file() {
@@ -125,7 +155,7 @@ impl LocalStore {
         key: &str,
         write: impl FnOnce(&mut fs::File) -> std::io::Result<()>,
     ) -> Result<(), StoreError> {
-        let path = self.path(key)?;
+        let path = self.unlinked(key)?;
         let parent = path.parent().expect("keys are relative to the container");
         fs::create_dir_all(parent).map_err(|e| self.io("writing", key, e))?;
         // Short whatever the blob's name (a 255-byte name is the file system's limit), and
@@ -151,7 +181,7 @@ impl LocalStore {
 
 impl BlobStore for LocalStore {
     fn open(&self, key: &str) -> Result<Box<dyn Read + Send>, StoreError> {
-        let path = self.path(key)?;
+        let path = self.unlinked(key)?;
         // Only regular files are blobs: opening a FIFO would wait for a writer forever.
         let metadata = fs::metadata(&path).map_err(|e| self.io("reading", key, e))?;
         if !metadata.is_file() {
@@ -177,7 +207,7 @@ impl BlobStore for LocalStore {
     }
 
     fn exists(&self, key: &str) -> Result<bool, StoreError> {
-        Ok(self.path(key)?.is_file())
+        Ok(self.unlinked(key)?.is_file())
     }
 
     fn list_pages(
@@ -190,6 +220,10 @@ impl BlobStore for LocalStore {
             Some(i) => &prefix[..=i],
             None => "",
         };
+        // A folder reached through a link holds no blobs of this container.
+        if !start.is_empty() && self.unlinked(start.trim_end_matches('/')).is_err() {
+            return Ok(());
+        }
         let mut page = Vec::new();
         if self.walk(start, prefix, &mut page, each)?.is_continue() && !page.is_empty() {
             // The last page: whether the caller would stop after it makes no difference.
@@ -265,15 +299,12 @@ impl BlobStore for LocalStore {
     }
 
     fn describe(&self) -> String {
-        format!("local container {}", self.dir.display())
+        format!("local container {}", crate::printable(&self.dir))
     }
 
     fn location(&self, key: &str) -> String {
         let path = self.dir.join(key);
-        std::path::absolute(&path)
-            .unwrap_or(path)
-            .display()
-            .to_string()
+        crate::printable(&std::path::absolute(&path).unwrap_or(path))
     }
 }
 

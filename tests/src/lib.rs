@@ -265,6 +265,18 @@ pub fn field(output: &str, key: &str) -> String {
         .to_owned()
 }
 
+/// The account key every Azurite accepts (its documented development account).
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// The connection string of an Azurite listening on 127.0.0.1:`port`.
+fn azurite_connection_string(port: u16) -> String {
+    format!(
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};\
+         BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+    )
+}
+
 /// Where the real RabbitMQ and Azurite are: `AMQP_URL` and `AZURE_STORAGE_CONNECTION_STRING`
 /// when set (the test script sets them), else containers started with testcontainers.
 #[derive(Debug)]
@@ -274,6 +286,242 @@ pub struct Services {
     /// Containers started for this test, stopped when it ends.
     rabbit: Option<testcontainers::Container<testcontainers_modules::rabbitmq::RabbitMq>>,
     azurite: Option<testcontainers::Container<testcontainers_modules::azurite::Azurite>>,
+    /// An Azurite process of this test's own, which it may stop.
+    own_azurite: Option<OwnAzurite>,
+    /// A RabbitMQ node of this test's own, which it may restart.
+    own_rabbit: Option<OwnRabbit>,
+}
+
+/// Waits until something listens on 127.0.0.1:`port`.
+fn wait_listening(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on port {port} within 90 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A RabbitMQ node started for one test (`rabbitmq-server`, under a node name of its own, on
+/// free ports, its data in a temporary folder, the machine's `rabbitmq-env.conf` ignored): a
+/// test that restarts the broker restarts this one, never a broker the machine runs for others.
+#[derive(Debug)]
+pub struct OwnRabbit {
+    node: String,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl OwnRabbit {
+    /// Starts one speaking plain AMQP and waits until it takes connections.
+    pub fn start() -> Self {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("a folder for the broker's data");
+        Self::start_in(
+            dir,
+            port,
+            &format!("listeners.tcp.local = 127.0.0.1:{port}\n"),
+        )
+    }
+
+    /// Starts one whose `rabbitmq.conf` is `config` (which makes it listen on `port`), with
+    /// its data in `dir` (where the configuration's own files may lie), and waits until it
+    /// listens.
+    pub fn start_in(dir: tempfile::TempDir, port: u16, config: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static STARTED: AtomicU32 = AtomicU32::new(0);
+        let node = format!(
+            "fleet-test-{}-{}@localhost",
+            std::process::id(),
+            STARTED.fetch_add(1, Ordering::Relaxed)
+        );
+        let path = dir.path();
+        std::fs::write(path.join("rabbitmq.conf"), config).unwrap();
+        // No plugins: the management plugin would want the machine's broker's port.
+        std::fs::write(path.join("enabled_plugins"), "[].\n").unwrap();
+        for sub in ["mnesia", "log"] {
+            std::fs::create_dir_all(path.join(sub)).unwrap();
+        }
+        // Run as root, rabbitmq-server drops to the rabbitmq user: it must read the files and
+        // write its data.
+        let _ = Command::new("chmod")
+            .args(["-R", "a+rwX"])
+            .arg(path)
+            .status();
+        let status = Command::new("rabbitmq-server")
+            .arg("-detached")
+            .env("RABBITMQ_CONF_ENV_FILE", "/dev/null")
+            .env("RABBITMQ_NODENAME", &node)
+            .env("RABBITMQ_CONFIG_FILE", path.join("rabbitmq.conf"))
+            .env("RABBITMQ_MNESIA_BASE", path.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", path.join("log"))
+            .env(
+                "RABBITMQ_ENABLED_PLUGINS_FILE",
+                path.join("enabled_plugins"),
+            )
+            .env("RABBITMQ_DIST_PORT", free_port().to_string())
+            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("rabbitmq-server is installed (Debian: apt-get install rabbitmq-server)");
+        assert!(status.success(), "rabbitmq-server -detached: {status}");
+        let own = Self { node, port, dir };
+        wait_listening(
+            port,
+            &format!(
+                "the test's RabbitMQ (its log: {})",
+                own.dir.path().join("log").display()
+            ),
+        );
+        own
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its folder: its configuration and data.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Its AMQP URL.
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    fn ctl(&self, action: &str) {
+        let out = Command::new("rabbitmqctl")
+            .args(["-n", &self.node, "--timeout", "120", action])
+            .output()
+            .expect("rabbitmqctl is installed");
+        assert!(
+            out.status.success(),
+            "rabbitmqctl {action}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Stops its RabbitMQ application for `down` (every connection drops; durable queues
+    /// survive), then starts it again.
+    pub fn restart(&self, down: Duration) {
+        self.ctl("stop_app");
+        std::thread::sleep(down);
+        self.ctl("start_app");
+        wait_listening(self.port, "the test's RabbitMQ");
+    }
+}
+
+impl Drop for OwnRabbit {
+    fn drop(&mut self) {
+        let _ = Command::new("rabbitmqctl")
+            .args(["-n", &self.node, "stop"])
+            .output();
+    }
+}
+
+/// An Azurite process started for one test on a free port, with its data in a temporary
+/// folder: a test that takes storage away stops this one, never an Azurite the machine runs
+/// for others (which may not be this suite's to stop, or even a process it can see).
+#[derive(Debug)]
+pub struct OwnAzurite {
+    port: u16,
+    data: tempfile::TempDir,
+    process: std::sync::Mutex<Child>,
+}
+
+impl OwnAzurite {
+    /// The `azurite-blob` script: `AZURITE_BIN`, else the one `scripts/services.sh` installs
+    /// under `.tools/`.
+    fn program() -> PathBuf {
+        std::env::var_os("AZURITE_BIN").map_or_else(
+            || {
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../.tools/node_modules/.bin/azurite-blob")
+            },
+            PathBuf::from,
+        )
+    }
+
+    /// Starts one on a free port and waits until it listens.
+    pub fn start() -> Self {
+        let port = free_port();
+        let data = tempfile::tempdir().expect("a folder for Azurite's data");
+        let process = Self::spawn(port, data.path());
+        let own = Self {
+            port,
+            data,
+            process: std::sync::Mutex::new(process),
+        };
+        wait_listening(own.port, "the test's Azurite");
+        own
+    }
+
+    fn spawn(port: u16, data: &Path) -> Child {
+        let program = Self::program();
+        Command::new(&program)
+            .args([
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                &port.to_string(),
+                "--location",
+            ])
+            .arg(data)
+            .args([
+                "--skipApiVersionCheck",
+                "--loose",
+                "--silent",
+                "--disableTelemetry",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} ({e}): scripts/services.sh installs Azurite, or set \
+                     AZURITE_BIN to an azurite-blob",
+                    program.display()
+                )
+            })
+    }
+
+    /// Its connection string.
+    pub fn connection_string(&self) -> String {
+        azurite_connection_string(self.port)
+    }
+
+    /// Stops it for `down`, then starts it again on the same port with the same data.
+    pub fn outage(&self, down: Duration) {
+        let mut process = self.process.lock().unwrap_or_else(|p| p.into_inner());
+        // SIGTERM, not SIGKILL: Azurite saves its metadata every few seconds and on the way
+        // out; killed, it would come back without the blobs written last, which no real
+        // outage does.
+        let stopped = Command::new("kill")
+            .args(["-TERM", &process.id().to_string()])
+            .status()
+            .is_ok_and(|status| status.success());
+        if !stopped {
+            let _ = process.kill();
+        }
+        let _ = process.wait();
+        std::thread::sleep(down);
+        *process = Self::spawn(self.port, self.data.path());
+        drop(process);
+        wait_listening(self.port, "the test's Azurite");
+    }
+}
+
+impl Drop for OwnAzurite {
+    fn drop(&mut self) {
+        let process = self.process.get_mut().unwrap_or_else(|p| p.into_inner());
+        let _ = process.kill();
+        let _ = process.wait();
+    }
 }
 
 impl Services {
@@ -287,9 +535,37 @@ impl Services {
                 connection_string,
                 rabbit: None,
                 azurite: None,
+                own_azurite: None,
+                own_rabbit: None,
             };
         }
         Self::from_containers()
+    }
+
+    /// [`Services::get`], with blob storage this test may take away
+    /// ([`Services::storage_outage`]): its own Azurite process, unless the storage is a
+    /// container started for this test already.
+    pub fn with_own_storage() -> Self {
+        let mut services = Self::get();
+        if services.azurite.is_none() {
+            let own = OwnAzurite::start();
+            services.connection_string = own.connection_string();
+            services.own_azurite = Some(own);
+        }
+        services
+    }
+
+    /// [`Services::get`], with a broker this test may restart
+    /// ([`Services::restart_broker`]): a RabbitMQ node of its own, unless the broker is a
+    /// container started for this test already.
+    pub fn with_own_broker() -> Self {
+        let mut services = Self::get();
+        if services.rabbit.is_none() {
+            let own = OwnRabbit::start();
+            services.amqp_url = own.url();
+            services.own_rabbit = Some(own);
+        }
+        services
     }
 
     fn from_containers() -> Self {
@@ -308,51 +584,46 @@ impl Services {
         let blob_port = azurite.get_host_port_ipv4(10000).expect("Azurite port");
         Self {
             amqp_url: format!("amqp://guest:guest@127.0.0.1:{amqp_port}/%2f"),
-            connection_string: format!(
-                "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;BlobEndpoint=http://127.0.0.1:{blob_port}/devstoreaccount1;"
-            ),
+            connection_string: azurite_connection_string(blob_port),
             rabbit: Some(rabbit),
             azurite: Some(azurite),
+            own_azurite: None,
+            own_rabbit: None,
         }
     }
 
     /// Restarts the RabbitMQ application: every connection drops; durable queues survive.
-    /// `rabbitmqctl` is given two minutes: a long-lived development broker holding hundreds of
-    /// quorum queues from earlier runs can take longer to stop, and the test then says so
-    /// instead of hanging.
+    /// Only for services from [`Services::with_own_broker`]: the test's own node, or its
+    /// container.
     pub fn restart_broker(&self, down: Duration) {
-        let ctl = |action: &str| match &self.rabbit {
-            Some(rabbit) => {
-                let mut exec = rabbit
-                    .exec(testcontainers::core::ExecCommand::new([
-                        "rabbitmqctl",
-                        "--timeout",
-                        "120",
-                        action,
-                    ]))
-                    .expect("rabbitmqctl runs in the container");
-                let _ = exec.stdout_to_vec();
-            }
-            None => {
-                let status = Command::new("rabbitmqctl")
-                    .args(["--timeout", "120", action])
-                    .output()
-                    .expect("rabbitmqctl is installed");
-                assert!(
-                    status.status.success(),
-                    "rabbitmqctl {action}: {} (a broker holding many queues from earlier test \
-                     runs stops slowly: `rabbitmqctl list_queues`, and delete the old ones)",
-                    String::from_utf8_lossy(&status.stderr)
-                );
-            }
+        let Some(rabbit) = &self.rabbit else {
+            self.own_rabbit
+                .as_ref()
+                .expect(
+                    "a broker restart needs a broker of the test's own: Services::with_own_broker",
+                )
+                .restart(down);
+            return;
+        };
+        let ctl = |action: &str| {
+            let mut exec = rabbit
+                .exec(testcontainers::core::ExecCommand::new([
+                    "rabbitmqctl",
+                    "--timeout",
+                    "120",
+                    action,
+                ]))
+                .expect("rabbitmqctl runs in the container");
+            let _ = exec.stdout_to_vec();
         };
         ctl("stop_app");
         std::thread::sleep(down);
         ctl("start_app");
     }
 
-    /// Takes blob storage away for `down`: Azurite is stopped and started again (its data is
-    /// on disk), or its container is paused.
+    /// Takes blob storage away for `down`: the test's own Azurite is stopped and started again
+    /// (its data is on disk), or its container is paused. Only for services from
+    /// [`Services::with_own_storage`].
     pub fn storage_outage(&self, down: Duration) {
         if let Some(azurite) = &self.azurite {
             // The blocking container hands out its async pause; drive it on a small runtime.
@@ -367,20 +638,10 @@ impl Services {
                 .expect("unpause Azurite");
             return;
         }
-        let pid = std::env::var("AZURITE_PID")
-            .expect("AZURITE_PID names the Azurite to stop (scripts/services.sh sets it)");
-        let _ = Command::new("kill").arg("-TERM").arg(&pid).status();
-        std::thread::sleep(down);
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/services.sh");
-        let out = Command::new("bash")
-            .arg(script)
-            .output()
-            .expect("scripts/services.sh runs");
-        assert!(
-            out.status.success(),
-            "Azurite did not come back: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.own_azurite
+            .as_ref()
+            .expect("a storage outage needs storage of the test's own: Services::with_own_storage")
+            .outage(down);
     }
 }
 
@@ -477,9 +738,14 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn isolated() -> Self {
+        Self::on(Services::get())
+    }
+
+    /// A fleet of its own queues and container on `services`.
+    pub fn on(services: Services) -> Self {
         let id = unique("fleet");
         Self {
-            services: Services::get(),
+            services,
             queues: [
                 ("PARTITIONS_QUEUE".into(), format!("{id}.partitions")),
                 ("RESULTS_QUEUE".into(), format!("{id}.results")),

@@ -627,6 +627,32 @@ fn pickles_with_a_wrong_dtype_shape_or_label_are_refused() {
     assert!(!store.join("cifar/cifar-10-python.tar.gz").exists());
 }
 
+/// A batch whose pickle nests a million lists (2 MB, compressed to a few kB) is refused with the
+/// reason, at staging and when a tarball planted in the store is scored: no stack overflow.
+#[test]
+fn a_pickle_nesting_a_million_lists_is_refused_not_a_crash() {
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join("store");
+    let nested = tarball_with_edited_batch(root.path(), "nested.tar.gz", |b| {
+        let n = 1_000_000;
+        *b = b"\x80\x02".to_vec();
+        b.extend(std::iter::repeat_n(b']', n));
+        b.extend(std::iter::repeat_n(b'a', n - 1));
+        b.push(b'.');
+    });
+    let err = stage(&store, "tarball", &nested);
+    assert!(
+        err.contains("batch test_batch") && err.contains("nested more than 100 deep"),
+        "{err}"
+    );
+    // Planted past the staging checks, then scored.
+    stage_fixtures(root.path(), "cifar");
+    std::fs::copy(&nested, root.path().join("cifar/cifar-10-python.tar.gz")).unwrap();
+    let err = run_job(root.path(), &[]);
+    assert!(err.contains("nested more than 100 deep"), "{err}");
+    assert_no_results(root.path());
+}
+
 /// A model whose output is not a number predicts nothing: ranking NaN would report an
 /// arbitrary class with confidence NaN. Each image's row says why, and the job how many.
 #[test]

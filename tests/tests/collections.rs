@@ -323,6 +323,94 @@ fn bad_images_get_their_own_rows_and_the_job_goes_on() {
     );
 }
 
+/// JPEGs whose entropy coding is arithmetic (`jpegtran -arithmetic` of fixture files, so the
+/// same coefficients as the originals, sequential and progressive, one with an EXIF
+/// orientation) decode to the originals' pixels and score as they do; files of formats this
+/// product does not read, named like images it reads (a phone's HEIC saved as `.jpg`), are
+/// named for what they are, never called corrupt.
+#[test]
+fn arithmetic_coded_jpegs_score_as_their_originals_and_unread_formats_are_named() {
+    let arithmetic = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/arithmetic");
+    let cat = fixture("cifar-10-test-jpeg/cat/0000.jpg");
+    let hopper = fixture("real-photos/photos/pillow_hopper_orientation_6.jpg");
+    let twins = [
+        ("cat-0000.jpg", &cat),
+        ("cat-0000-progressive.jpg", &cat),
+        ("pillow_hopper_orientation_6.jpg", &hopper),
+    ];
+    let limits = fleet_imaging::DecodeLimits {
+        max_pixels: 1 << 26,
+        max_scans: 1000,
+    };
+    for (name, original) in twins {
+        let decoded = fleet_imaging::decode(&std::fs::read(arithmetic.join(name)).unwrap(), limits)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let expected = fleet_imaging::decode(&std::fs::read(original).unwrap(), limits).unwrap();
+        assert!(
+            decoded == expected,
+            "{name}: other pixels than its original"
+        );
+    }
+
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().to_str().unwrap();
+    stage_fixtures(root.path(), "ctr");
+    let images = root.path().join("images");
+    std::fs::create_dir(&images).unwrap();
+    std::fs::copy(&cat, images.join("original-cat.jpg")).unwrap();
+    std::fs::copy(&hopper, images.join("original-hopper.jpg")).unwrap();
+    for (name, _) in twins {
+        std::fs::copy(arithmetic.join(name), images.join(name)).unwrap();
+    }
+    let body = [0u8; 64];
+    for (name, head) in [
+        ("scan.png", &b"II*\0\x08\0\0\0"[..]),
+        ("phone.jpg", b"\0\0\0\x18ftypheic\0\0\0\0mif1heic"),
+        ("photo.webp", b"\0\0\0\x20ftypavif\0\0\0\0avifmif1miaf"),
+    ] {
+        write(&images, name, &[head, &body].concat());
+    }
+    Producer::stage(store, "ctr")
+        .args(&["--images", images.to_str().unwrap(), "--prefix", "coded"])
+        .ok();
+    let output = Producer::embedded(store, "ctr")
+        .args(&["--dataset", "coded", "--top-k", "3"])
+        .ok();
+    let rows = rows(&job_dir(root.path(), "ctr", &output).join("scores.csv"));
+    let row = |file: &str| rows.iter().find(|r| r["filename"] == file).unwrap();
+    let answer = |file: &str| {
+        let row = row(file);
+        assert_eq!(row["error"], "", "{file}");
+        let mut answer: Vec<(String, String)> = row
+            .iter()
+            .filter(|(column, _)| !["index", "filename"].contains(&column.as_str()))
+            .map(|(column, value)| (column.clone(), value.clone()))
+            .collect();
+        answer.sort();
+        answer
+    };
+    for (twin, original) in [
+        ("cat-0000.jpg", "original-cat.jpg"),
+        ("cat-0000-progressive.jpg", "original-cat.jpg"),
+        ("pillow_hopper_orientation_6.jpg", "original-hopper.jpg"),
+    ] {
+        assert_eq!(answer(twin), answer(original), "{twin}");
+    }
+    for (file, format) in [
+        ("scan.png", "TIFF"),
+        ("phone.jpg", "HEIF/HEIC"),
+        ("photo.webp", "AVIF"),
+    ] {
+        let error = &row(file)["error"];
+        assert!(
+            error.contains(&format!(
+                "not an image this product reads (a {format} file; it reads JPEG"
+            )),
+            "{file}: {error}"
+        );
+    }
+}
+
 /// A PNG whose header claims `width` x `height` (valid CRC), followed by a few bytes of data.
 fn png_header_claiming(width: u32, height: u32) -> Vec<u8> {
     let mut out = Vec::new();

@@ -691,6 +691,20 @@ fn thread_counts_beyond_any_machine_are_refused() {
             "{flag}: {err}"
         );
     }
+    // Each embedded worker holds its own models: a million would hold gigabytes for nothing.
+    let err = run_err(
+        "producer",
+        &[
+            "--store",
+            "/nonexistent",
+            "--container",
+            "cifar",
+            "--embedded",
+            "--workers",
+            "1000000",
+        ],
+    );
+    assert!(err.contains("1000000 is not in 1..=64"), "{err}");
 }
 
 /// A progressive JPEG with two thousand empty scans appended (each a pass over the whole image
@@ -813,40 +827,298 @@ fn classifier_of_side(side: i64, classes: i64) -> Vec<u8> {
     model.encode_to_vec()
 }
 
-/// ONNX Runtime keeps no usage database when run as the scripts and the image run it
-/// (`ORT_DISABLE_TELEMETRY=1`; sessions are also created with telemetry disabled), where
-/// Microsoft's builds otherwise write one under `~/.cache/Microsoft` on every run.
+/// ONNX Runtime keeps no usage database when the bare binaries run it, with no variable set
+/// (Microsoft's builds otherwise write one under `~/.cache/Microsoft` on every run): neither
+/// staging a model nor scoring with it writes anything under HOME.
 #[test]
 fn onnx_runtime_writes_no_telemetry_as_the_product_runs_it() {
     let root = tempfile::tempdir().unwrap();
     let home = root.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
-    let store = root.path().join("store");
-    let out = fleet_tests::run_with(
-        "producer",
-        &[
-            "stage",
-            "--store",
-            store.to_str().unwrap(),
-            "--container",
-            "cifar",
-            "--model",
-            fixture("resnet20_meanimage_159.dnn").to_str().unwrap(),
-        ],
-        &[
-            ("HOME", home.to_str().unwrap()),
-            ("XDG_CACHE_HOME", home.join(".cache").to_str().unwrap()),
-            ("ORT_DISABLE_TELEMETRY", "1"),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let bare = |args: &[&str]| {
+        let out = fleet_tests::output(
+            std::process::Command::new(fleet_tests::bin("producer"))
+                .args(args)
+                .env_remove("ORT_DISABLE_TELEMETRY")
+                .env("HOME", &home)
+                .env("XDG_CACHE_HOME", home.join(".cache")),
+        );
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    stage_fixtures(root.path(), "cifar");
+    bare(&[
+        "stage",
+        "--store",
+        root.path().to_str().unwrap(),
+        "--container",
+        "cifar",
+        "--model",
+        fixture("resnet20_meanimage_159.dnn").to_str().unwrap(),
+        "--model-name",
+        "again",
+    ]);
+    bare(&[
+        "--store",
+        root.path().to_str().unwrap(),
+        "--container",
+        "cifar",
+        "--embedded",
+        "--model-name",
+        "again",
+        "--batches",
+        "test_batch",
+    ]);
     assert_eq!(
         tree(&home),
         Vec::<String>::new(),
         "nothing written under HOME"
+    );
+}
+
+/// A class list saved with a byte-order mark (as Windows editors and spreadsheets save UTF-8)
+/// names its first class without it, so that folder labels match; one saved in another encoding
+/// is refused, naming the line, instead of its names turning into look-alike U+FFFD strings; and
+/// one with a name of megabytes is refused before it is copied anywhere.
+#[test]
+fn class_lists_with_a_byte_order_mark_read_and_those_not_in_utf8_or_with_huge_names_are_refused() {
+    use fleet_dataset::CLASS_NAMES;
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().to_str().unwrap();
+    stage_fixtures(root.path(), "cifar");
+    let images = root.path().join("images");
+    for class in CLASS_NAMES {
+        std::fs::create_dir_all(images.join(class)).unwrap();
+        let from = fixture("cifar-10-test-jpeg").join(class).join("0000.jpg");
+        std::fs::copy(from, images.join(class).join("0000.jpg")).unwrap();
+    }
+    stage_images(store, images.to_str().unwrap(), "folders");
+    let with_mark = root.path().join("bom.txt");
+    let mut bytes = b"\xEF\xBB\xBF".to_vec();
+    bytes.extend(CLASS_NAMES.join("\r\n").as_bytes());
+    std::fs::write(&with_mark, bytes).unwrap();
+    let stage_classes = |file: &Path| {
+        fleet_tests::run(
+            "producer",
+            &[
+                "stage",
+                "--store",
+                store,
+                "--container",
+                "cifar",
+                "--model",
+                fixture("resnet20_meanimage_159.dnn").to_str().unwrap(),
+                "--mean-image",
+                fixture("CIFAR-10_mean.xml").to_str().unwrap(),
+                "--model-name",
+                "named",
+                "--classes",
+                file.to_str().unwrap(),
+            ],
+        )
+    };
+    assert!(stage_classes(&with_mark).status.success());
+    let output = run_job(
+        store,
+        "folders",
+        &["--model-name", "named", "--labels", "folders"],
+    );
+    // Every folder, airplane included, is a class: ten labelled images.
+    assert!(output.contains(" of 10 images"), "{output}");
+    let latin1 = root.path().join("latin1.txt");
+    std::fs::write(&latin1, b"airplane\nautomobile\ncaf\xE9\n").unwrap();
+    let out = stage_classes(&latin1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("line 3 is not UTF-8 text"), "{stderr}");
+    // A name of 20 MB would be copied into every row, report and summary naming it.
+    let long = root.path().join("long.txt");
+    let mut names: Vec<String> = CLASS_NAMES.map(String::from).to_vec();
+    names[3] = "x".repeat(20 << 20);
+    std::fs::write(&long, names.join("\n")).unwrap();
+    let out = stage_classes(&long);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("class 3's name is 20971520 bytes, longer than the 1024"),
+        "{}",
+        &stderr[..stderr.len().min(500)]
+    );
+}
+
+/// The folders the product keeps its own blobs in take no user's files (images staged under
+/// `jobs/` would be listed as jobs), and a model's name is one a blob, a list of models and a
+/// column can carry.
+#[test]
+fn reserved_folders_and_unusable_model_names_are_refused_at_staging() {
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().join("store");
+    let store = store.to_str().unwrap();
+    let images = root.path().join("images");
+    std::fs::create_dir_all(images.join("results")).unwrap();
+    let jpeg = fixture("cifar-10-test-jpeg/cat/0000.jpg");
+    std::fs::copy(&jpeg, images.join("results/cat.jpg")).unwrap();
+    let stage = |extra: &[&str]| {
+        let args = [
+            &["stage", "--store", store, "--container", "cifar"][..],
+            extra,
+        ]
+        .concat();
+        run_err("producer", &args)
+    };
+    for prefix in ["jobs", "models/x", "index", "results/"] {
+        let err = stage(&["--images", images.to_str().unwrap(), "--prefix", prefix]);
+        assert!(
+            err.contains("is where the product keeps its own blobs; give another --prefix"),
+            "{prefix}: {err}"
+        );
+    }
+    let model = fixture("resnet20_meanimage_159.dnn");
+    for name in ["", "a,b", "../up", "with space"] {
+        let err = stage(&["--model", model.to_str().unwrap(), "--model-name", name]);
+        assert!(
+            err.contains("use 1 to 100 letters, digits"),
+            "{name:?}: {err}"
+        );
+    }
+    assert!(
+        !Path::new(store).join("cifar").exists()
+            || tree(&Path::new(store).join("cifar")).is_empty(),
+        "nothing staged"
+    );
+}
+
+/// A store that cannot be written, and will not be until it is mended (a file where the product
+/// keeps a folder of its own), ends an embedded job at once with the reason, instead of being
+/// retried for ever.
+#[test]
+fn a_store_that_cannot_be_written_ends_the_embedded_job_with_the_reason() {
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().to_str().unwrap();
+    stage_fixtures(root.path(), "cifar");
+    for (folder, written) in [("jobs", "plan.json"), ("results", "scores.parquet")] {
+        let path = root.path().join("cifar").join(folder);
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::write(&path, b"a file, not a folder").unwrap();
+        let started = std::time::Instant::now();
+        let err = run_err(
+            "producer",
+            &["--store", store, "--container", "cifar", "--embedded"],
+        );
+        assert!(
+            err.contains(written) && err.contains("will until the store is mended"),
+            "{folder}: {err}"
+        );
+        assert!(
+            err.contains("Not a directory"),
+            "{folder}: the cause is kept: {err}"
+        );
+        // Well before the collector's patience for a store that comes back (5 minutes).
+        assert!(
+            started.elapsed().as_secs() < 120,
+            "{folder}: {:?}",
+            started.elapsed()
+        );
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+/// Links planted in a local container (by hand, past staging): dangling, looping, or leading
+/// out of it to a file or a folder. None is a blob: the job scores the container's own images
+/// and nothing else, and a blob named through one is refused.
+#[test]
+fn links_planted_in_a_local_container_are_not_blobs() {
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().to_str().unwrap();
+    stage_fixtures(root.path(), "cifar");
+    let images = root.path().join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    for i in 0..3 {
+        let from = fixture("cifar-10-test-jpeg/cat").join(format!("{i:04}.jpg"));
+        std::fs::copy(from, images.join(format!("{i}.jpg"))).unwrap();
+    }
+    stage_images(store, images.to_str().unwrap(), "mine");
+    let outside = root.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::copy(
+        fixture("cifar-10-test-jpeg/dog/0000.jpg"),
+        outside.join("dog.jpg"),
+    )
+    .unwrap();
+    let planted = root.path().join("cifar/mine");
+    std::os::unix::fs::symlink("/nonexistent/x.jpg", planted.join("dangling.jpg")).unwrap();
+    std::os::unix::fs::symlink("loop.jpg", planted.join("loop.jpg")).unwrap();
+    std::os::unix::fs::symlink(outside.join("dog.jpg"), planted.join("outside.jpg")).unwrap();
+    std::os::unix::fs::symlink(&outside, planted.join("elsewhere")).unwrap();
+    let output = run_job(store, "mine", &["--labels", "none"]);
+    let summary: fleet_protocol::Summary = serde_json::from_slice(
+        &std::fs::read(results(store, &output).join("summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!((summary.images, summary.scored), (3, 3), "{output}");
+    // Named through a link, as a label file or a dataset: not found in the store.
+    let err = run_err(
+        "producer",
+        &[
+            "--store",
+            store,
+            "--container",
+            "cifar",
+            "--embedded",
+            "--dataset",
+            "mine/elsewhere/",
+        ],
+    );
+    assert!(err.contains("mine/elsewhere"), "{err}");
+}
+
+/// A file whose name holds a terminal's escape sequence and a newline: staging leaves it out
+/// and names it, escaped, and stages the rest; messages that echo a local path escape it too,
+/// so neither the terminal nor a log line is driven or forged by a name.
+#[test]
+fn control_characters_in_local_names_are_escaped_and_such_files_left_out() {
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().to_str().unwrap();
+    let folder = root.path().join("images");
+    std::fs::create_dir_all(&folder).unwrap();
+    let jpeg = fixture("cifar-10-test-jpeg/cat/0000.jpg");
+    std::fs::copy(&jpeg, folder.join("plain.jpg")).unwrap();
+    let hostile = "red\u{1b}[31m\nERROR forged line.jpg";
+    std::fs::copy(&jpeg, folder.join(hostile)).unwrap();
+    let output = stage_images(store, folder.to_str().unwrap(), "named");
+    assert!(
+        !output.contains('\u{1b}') && !output.contains("\nERROR forged"),
+        "{output:?}"
+    );
+    assert!(
+        output.contains(r"red\u{1b}[31m\nERROR forged line.jpg (invalid blob name"),
+        "{output}"
+    );
+    assert_eq!(tree(&root.path().join("cifar/named")), ["plain.jpg"]);
+
+    // A path that does not exist, with the same characters, in an error message.
+    let missing = root.path().join(hostile).with_extension("tar.gz");
+    let err = run_err(
+        "producer",
+        &[
+            "stage",
+            "--store",
+            store,
+            "--container",
+            "cifar",
+            "--tarball",
+            missing.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !err.contains('\u{1b}') && !err.contains("\nERROR forged"),
+        "{err:?}"
+    );
+    assert!(
+        err.contains(r"red\u{1b}[31m\nERROR forged line.tar.gz"),
+        "{err}"
     );
 }

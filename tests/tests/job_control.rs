@@ -13,8 +13,8 @@ use fleet_protocol::job;
 use fleet_storage::local::LocalStore;
 use fleet_storage::{BlobStore, StoreError};
 use fleet_tests::{
-    Fleet, InjectedStore, PROCESS_DEADLINE, Producer, StoreCall, fixture, job_of, run_with, spawn,
-    terminate, wait_output,
+    Fleet, InjectedStore, PROCESS_DEADLINE, Producer, StoreCall, fixture, job_of, run_err,
+    run_with, spawn, terminate, wait_output,
 };
 use producer::embedded::{EmbeddedError, EmbeddedRun};
 use producer::submit::SubmitOptions;
@@ -157,22 +157,33 @@ fn stage_digits(root: &std::path::Path) {
         .ok();
 }
 
-/// The digits' container in `root` with an outage of one blob while `outage` holds: the store
-/// answers every read of `mnist/digit_3.png` as an outage would, so the partition holding it is
-/// retried, then dead-lettered.
+/// The digits' container in `root` with an outage of the blobs of partition 1 while `outage`
+/// holds: the store answers every read of `mnist/digit_2.png` and `mnist/digit_3.png` as an
+/// outage would, so the partition holding them is retried, then dead-lettered.
 fn digits_with_outage(root: &std::path::Path, outage: Arc<AtomicBool>) -> Arc<dyn BlobStore> {
+    digits_with_faults(root, outage, &["mnist/digit_2.png", "mnist/digit_3.png"])
+}
+
+/// The digits' container in `root` where every read of the blobs `keys` fails, as in an outage,
+/// while `outage` holds.
+fn digits_with_faults(
+    root: &std::path::Path,
+    outage: Arc<AtomicBool>,
+    keys: &'static [&'static str],
+) -> Arc<dyn BlobStore> {
     let inner: Arc<dyn BlobStore> = Arc::new(LocalStore::open(root, "ctr").unwrap());
     let local = inner.describe();
     Arc::new(InjectedStore {
         inner,
         fault: Box::new(move |call, key| {
-            (outage.load(Ordering::SeqCst) && call == StoreCall::Open && key == "mnist/digit_3.png")
-                .then(|| StoreError::Io {
+            (outage.load(Ordering::SeqCst) && call == StoreCall::Open && keys.contains(&key)).then(
+                || StoreError::Io {
                     store: local.clone(),
                     operation: "reading",
                     key: key.into(),
                     source: "injected outage of this blob".into(),
-                })
+                },
+            )
         }),
     })
 }
@@ -213,6 +224,41 @@ fn scores_csv(store: &dyn BlobStore, job: &str) -> String {
             .unwrap(),
     )
     .unwrap()
+}
+
+/// One blob the store fails to read however often it is asked, beside readable ones: after the
+/// partition's attempts, that image gets its own error row and its neighbour is scored; the job
+/// completes whole.
+#[test]
+fn one_blob_that_cannot_be_read_costs_only_its_own_row() {
+    let root = tempfile::tempdir().unwrap();
+    stage_digits(root.path());
+    let store = digits_with_faults(
+        root.path(),
+        Arc::new(AtomicBool::new(true)),
+        &["mnist/digit_3.png"],
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (id, run) = digits_job(&runtime, &store, 0);
+    let summary = run.expect("the job completes").summary;
+    assert!(summary.partial.is_none(), "{:?}", summary.partial);
+    assert_eq!(
+        (summary.images, summary.scored, summary.unreadable),
+        (10, 9, 1)
+    );
+    let csv = scores_csv(store.as_ref(), &id);
+    let row = |name: &str| {
+        csv.lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("no row of {name}: {csv}"))
+            .to_owned()
+    };
+    assert!(
+        row("digit_3.png").contains("the store failed to read it on every attempt")
+            && row("digit_3.png").contains("injected outage"),
+        "{csv}"
+    );
+    assert!(row("digit_2.png").ends_with(','), "scored, no error: {csv}");
 }
 
 /// A partition that can never be scored: with an error budget of one the job completes
@@ -323,17 +369,16 @@ fn a_stuck_job_retried_after_the_fix_completes_whole() {
     ));
 }
 
-/// The same through the binary, over a local container where one image is a link to a file
-/// that cannot be read (`/proc/self/mem` fails every read at its start): `producer --embedded`
-/// exits with status 3 and says the job completed partial, and why.
-#[cfg(target_os = "linux")]
+/// The same through the binary, over a local container where the model's file is no longer
+/// the one its spec describes, so that no partition can be scored: within a budget of all five,
+/// `producer --embedded` exits with status 3 and says the job completed partial, and why.
 #[test]
 fn a_partial_job_exits_with_status_3() {
     let root = tempfile::tempdir().unwrap();
     stage_digits(root.path());
-    let unreadable = root.path().join("ctr/mnist/digit_3.png");
-    std::fs::remove_file(&unreadable).unwrap();
-    std::os::unix::fs::symlink("/proc/self/mem", &unreadable).unwrap();
+    let model = root.path().join("ctr/models/mnist.onnx");
+    let staged = std::fs::read(&model).unwrap();
+    std::fs::write(&model, b"not the model").unwrap();
     let args = [
         "--dataset",
         "mnist",
@@ -342,7 +387,7 @@ fn a_partial_job_exits_with_status_3() {
         "--partition-size",
         "2",
         "--max-failed-partitions",
-        "1",
+        "5",
     ];
     let out = Producer::embedded(root.path(), "ctr").args(&args).output();
     let (stdout, stderr) = (
@@ -351,10 +396,45 @@ fn a_partial_job_exits_with_status_3() {
     );
     assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
     assert!(
-        stdout.contains("partial: 2 images in 1 failed partitions"),
+        stdout.contains("partial: 10 images in 5 failed partitions"),
         "{stdout}"
     );
     assert!(stderr.contains("completed partial"), "{stderr}");
+
+    // Its results are final: a retry names the job that scores what it could not.
+    let job = fleet_tests::field(&stdout, "job");
+    let store = root.path().to_str().unwrap();
+    let err = run_err(
+        "producer",
+        &["retry", &job, "--store", store, "--container", "ctr"],
+    );
+    assert!(
+        err.contains(&format!(
+            "job {job} completed partial (10 images in 5 failed partitions, within its error budget)"
+        )) && err.contains("run the job again with --incremental"),
+        "{err}"
+    );
+    // The cause fixed, that job scores the images of the failed partitions, and only those.
+    std::fs::write(&model, staged).unwrap();
+    let again = Producer::embedded(root.path(), "ctr")
+        .args(&args)
+        .args(&["--incremental"])
+        .ok();
+    let summary: fleet_protocol::Summary = serde_json::from_slice(
+        &std::fs::read(
+            root.path()
+                .join("ctr/results")
+                .join(fleet_tests::field(&again, "job"))
+                .join("summary.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (summary.images, summary.scored, summary.partial.is_none()),
+        (10, 10, true),
+        "{again}"
+    );
 }
 
 /// Over RabbitMQ and Azurite, with a model deleted before any worker loads it, so that every
@@ -455,7 +535,11 @@ fn a_job_stuck_on_a_deleted_model_completes_whole_after_a_retry() {
     );
     let (code, _, stderr) = producer(&["retry", &partial]);
     assert_ne!(code, Some(0));
-    assert!(stderr.contains("is complete"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("job {partial} completed partial"))
+            && stderr.contains("submit the job again"),
+        "{stderr}"
+    );
     terminate(worker);
     terminate(collector);
 }

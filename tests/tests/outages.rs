@@ -1,5 +1,6 @@
-//! Outages of the shared services and load, one at a time (they disturb every fleet on the
-//! services, so they live in this test binary of their own and hold a lock).
+//! Outages of the services and load, one at a time (load disturbs every fleet on the machine,
+//! so these live in this test binary of their own and hold a lock). A test that takes a
+//! service away takes away one started for it alone, on free ports: never the machine's.
 
 use std::process::Child;
 use std::sync::Mutex;
@@ -14,7 +15,7 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 #[test]
 fn a_broker_restart_mid_job_loses_nothing() {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let fleet = Fleet::isolated();
+    let fleet = Fleet::on(Services::with_own_broker());
     fleet.stage();
     let env = fleet.env();
     let collector = spawn("collector", &[], &env);
@@ -41,7 +42,7 @@ fn a_broker_restart_mid_job_loses_nothing() {
 #[test]
 fn storage_away_during_the_final_write_is_waited_out() {
     let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let fleet = Fleet::isolated();
+    let fleet = Fleet::on(Services::with_own_storage());
     fleet.stage();
     let env = fleet.env();
     let collector = spawn("collector", &[], &env);

@@ -4,24 +4,14 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use fleet_tests::{Fleet, finish, free_port, run_with, spawn, terminate};
+use fleet_tests::{Fleet, OwnRabbit, finish, free_port, run_with, spawn, terminate};
 
-/// A RabbitMQ node listening for TLS only, stopped when dropped.
+/// A RabbitMQ node listening for TLS only, stopped when dropped, and the authority that
+/// signed its certificate.
 struct TlsBroker {
-    node: String,
-    port: u16,
-    _dir: tempfile::TempDir,
+    node: OwnRabbit,
     ca: std::path::PathBuf,
-}
-
-impl Drop for TlsBroker {
-    fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl")
-            .args(["-n", &self.node, "stop"])
-            .output();
-    }
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -104,68 +94,18 @@ fn start_tls_broker() -> TlsBroker {
         ],
     );
     let port = free_port();
-    std::fs::write(
-        path.join("rabbitmq.conf"),
-        format!(
-            "listeners.tcp = none\nlisteners.ssl.default = 127.0.0.1:{port}\n\
-             ssl_options.cacertfile = {0}/ca.pem\nssl_options.certfile = {0}/server.pem\n\
-             ssl_options.keyfile = {0}/server.key\nssl_options.verify = verify_none\n\
-             ssl_options.fail_if_no_peer_cert = false\n",
-            path.display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(path.join("enabled_plugins"), "[].\n").unwrap();
-    for sub in ["mnesia", "log"] {
-        std::fs::create_dir(path.join(sub)).unwrap();
-    }
-    // rabbitmq-server drops to the rabbitmq user: it must read the files and write its data.
-    let _ = Command::new("chmod")
-        .args(["-R", "a+rwX"])
-        .arg(path)
-        .status();
-    let node = format!("fleet-tls-{}@localhost", std::process::id());
-    let status = Command::new("rabbitmq-server")
-        .arg("-detached")
-        .envs([
-            ("RABBITMQ_CONF_ENV_FILE", "/dev/null".to_owned()),
-            ("RABBITMQ_NODENAME", node.clone()),
-            (
-                "RABBITMQ_CONFIG_FILE",
-                path.join("rabbitmq.conf").display().to_string(),
-            ),
-            (
-                "RABBITMQ_MNESIA_BASE",
-                path.join("mnesia").display().to_string(),
-            ),
-            ("RABBITMQ_LOG_BASE", path.join("log").display().to_string()),
-            (
-                "RABBITMQ_ENABLED_PLUGINS_FILE",
-                path.join("enabled_plugins").display().to_string(),
-            ),
-            ("RABBITMQ_DIST_PORT", free_port().to_string()),
-            ("ERL_EPMD_ADDRESS", "127.0.0.1".to_owned()),
-        ])
-        .status()
-        .expect("rabbitmq-server is needed to start a TLS broker");
-    assert!(status.success(), "rabbitmq-server -detached failed");
+    let config = format!(
+        "listeners.tcp = none\nlisteners.ssl.default = 127.0.0.1:{port}\n\
+         ssl_options.cacertfile = {0}/ca.pem\nssl_options.certfile = {0}/server.pem\n\
+         ssl_options.keyfile = {0}/server.key\nssl_options.verify = verify_none\n\
+         ssl_options.fail_if_no_peer_cert = false\n",
+        path.display()
+    );
     let ca = path.join("ca.pem");
-    let broker = TlsBroker {
-        node,
-        port,
-        _dir: dir,
+    TlsBroker {
+        node: OwnRabbit::start_in(dir, port, &config),
         ca,
-    };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "the TLS broker did not listen on {port}; see its log in {}",
-            broker._dir.path().join("log").display()
-        );
-        std::thread::sleep(Duration::from_millis(200));
     }
-    broker
 }
 
 #[test]
@@ -173,7 +113,7 @@ fn the_fleet_runs_over_amqps_with_a_private_certificate_authority() {
     let broker = start_tls_broker();
     let fleet = Fleet::isolated();
     fleet.stage();
-    let url = format!("amqps://guest:guest@localhost:{}/%2f", broker.port);
+    let url = format!("amqps://guest:guest@localhost:{}/%2f", broker.node.port());
     let ca = broker.ca.display().to_string();
     let mut env = fleet.env();
     env.retain(|(k, _)| *k != "AMQP_URL");

@@ -158,7 +158,9 @@ pub async fn run<B: Broker>(
             continue;
         };
         let (job, number) = (partition.job.clone(), partition.partition);
-        let prepared = match prepare_off_thread(&mut models, partition).await? {
+        // Its last attempt: what still fails to be read is the blob's, not the partition's.
+        let last_attempt = delivery.attempt() >= options.max_attempts;
+        let prepared = match prepare_off_thread(&mut models, partition, last_attempt).await? {
             Ok(prepared) => prepared,
             Err(e) => {
                 settler.settle(delivery, &job, number, Err(e)).await?;
@@ -202,12 +204,13 @@ pub async fn run<B: Broker>(
 async fn prepare_off_thread(
     models: &mut Option<Models>,
     partition: Partition,
+    last_attempt: bool,
 ) -> Result<Result<Prepared, ScoreError>, WorkerError> {
     let mut owned = models
         .take()
         .expect("models are returned after each partition");
     let (returned, prepared) = tokio::task::spawn_blocking(move || {
-        let prepared = owned.prepare(partition);
+        let prepared = owned.prepare(partition, last_attempt);
         (owned, prepared)
     })
     .await?;

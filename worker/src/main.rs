@@ -30,6 +30,8 @@ struct Cli {
 }
 
 fn main() -> Result<()> {
+    // Before any thread: ONNX Runtime keeps no usage database of ours.
+    fleet_inference::runtime::opt_out_of_telemetry();
     let cli = Cli::parse();
     fleet_service::logging::init("warn,worker=info", &cli.log);
     tokio::runtime::Runtime::new()

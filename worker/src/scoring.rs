@@ -229,8 +229,14 @@ impl Models {
 
     /// Gets a validated partition's images ready for its models (each loaded on first use):
     /// the pixels in the message, or its blobs fetched and decoded, once, and prepared for
-    /// each model by its own spec.
-    pub fn prepare(&mut self, partition: Partition) -> Result<Prepared, ScoreError> {
+    /// each model by its own spec. On the partition's `last_attempt`, a blob the store still
+    /// fails to read is that image's error, unless every blob fails (the store is away, not
+    /// the blobs): one bad blob never costs its neighbours their scores.
+    pub fn prepare(
+        &mut self,
+        partition: Partition,
+        last_attempt: bool,
+    ) -> Result<Prepared, ScoreError> {
         let models = (partition.models.iter())
             .map(|name| self.load(name))
             .collect::<Result<Vec<_>, _>>()?;
@@ -282,6 +288,7 @@ impl Models {
             &Reading {
                 options: &self.images,
                 decoding: &self.decoding,
+                last_attempt,
             },
         )?;
         Ok(Prepared {
@@ -835,10 +842,12 @@ struct ImagesRead {
     thumbnails: Vec<Option<Image>>,
 }
 
-/// How blobs are read: the worker's limits, and its memory budget for decoding.
+/// How blobs are read: the worker's limits, its memory budget for decoding, and whether this
+/// is the partition's last attempt.
 struct Reading<'a> {
     options: &'a ImageOptions,
     decoding: &'a MemoryBudget,
+    last_attempt: bool,
 }
 
 /// Fills each model's input with every image's model input, each image read once. A storage
@@ -906,12 +915,24 @@ fn read_images(
                 thumbnails: vec![None; names.len()],
             });
             let threads = usize::from(options.fetch_concurrency).min(names.len());
+            // Blobs the store failed to read on the last attempt, and the first reason.
+            let store_failed = Mutex::new((0usize, None::<String>));
             concurrent::try_for_each(slots.into_iter().enumerate(), threads, |(i, slots)| {
                 let key = format!("{prefix}{}", names[i]);
                 let bytes = match fetch(store, &key, options.max_image_bytes) {
                     Ok(bytes) => Ok(bytes),
                     Err(Fetch::Image(error)) => Err(error),
-                    Err(Fetch::Store(error)) => return Err(ScoreError::Transient(error)),
+                    Err(Fetch::Store(error)) if !reading.last_attempt => {
+                        return Err(ScoreError::Transient(error));
+                    }
+                    Err(Fetch::Store(error)) => {
+                        let mut failed = lock(&store_failed);
+                        failed.0 += 1;
+                        failed.1.get_or_insert_with(|| error.clone());
+                        Err(format!(
+                            "the store failed to read it on every attempt: {error}"
+                        ))
+                    }
                 };
                 // Held until the decoded pixels are dropped, at the end of this image.
                 let _held = bytes.as_ref().ok().map(|bytes| {
@@ -942,6 +963,14 @@ fn read_images(
                 prepared.thumbnails[i] = small;
                 Ok(())
             })?;
+            // Every blob failing is the store's outage, not the blobs': the partition is retried
+            // later (`producer retry`), not written as so many unreadable images.
+            let (failed, first) = store_failed.into_inner().expect("no panic holds it");
+            if failed == names.len()
+                && let Some(error) = first
+            {
+                return Err(ScoreError::Transient(error));
+            }
             Ok(prepared.into_inner().expect("no panic holds the results"))
         }
     }
