@@ -136,7 +136,7 @@ struct Row {
 fn main() -> Result<()> {
     // Before any thread: ONNX Runtime keeps no usage database of ours.
     fleet_inference::runtime::opt_out_of_telemetry();
-    let args = Args::parse();
+    let args: Args = fleet_service::cli::parse();
     if !args.scale.is_empty() {
         let fleet = match (&args.connection_string, args.skip_fleet) {
             (Some(connection), false) => Some((&args.amqp, connection.as_str())),

@@ -27,7 +27,7 @@ struct Cli {
 }
 
 fn main() -> Result<()> {
-    let cli = Cli::parse();
+    let cli: Cli = fleet_service::cli::parse();
     fleet_service::logging::init("warn,collector=info", &cli.log);
     tokio::runtime::Runtime::new()
         .context("starting the async runtime")?

@@ -430,8 +430,9 @@ fn resolve(
                 return Err(DatasetError::Labels {
                     source_name: "folder labels".into(),
                     detail: format!(
-                        "folder{} {} {} not a class of the model ({}); stage the model with \
-                         --classes naming its classes in output order, or score with --labels none",
+                        "folder{} {} {} not a class of the model ({}); name its classes in \
+                         output order with `producer stage --model-name MODEL --classes FILE`, \
+                         or score with --labels none",
                         if unknown.len() > 1 { "s" } else { "" },
                         quote_list(&unknown, 10),
                         if unknown.len() > 1 { "are" } else { "is" },
@@ -443,6 +444,23 @@ fn resolve(
         }
         ResolvedSource::File(file) => {
             let entry_of = match_entries(names, file, classes)?;
+            // A file that labels nothing is the wrong file, or names its images otherwise:
+            // scoring on as if there were no labels would hide that.
+            if let (Some(image), Some(entry)) = (names.first(), file.entries.last())
+                && entry_of.iter().all(Option::is_none)
+            {
+                return Err(DatasetError::Labels {
+                    source_name: file.name.clone(),
+                    detail: format!(
+                        "it labels none of the {} images (line {} names {:?}; the images are \
+                         named like {image:?}): name each image by its path under the prefix, \
+                         a longer path ending in it, or its bare file name",
+                        names.len(),
+                        entry.line,
+                        entry.path
+                    ),
+                });
+            }
             let mut bad: Vec<String> = Vec::new();
             let mut shared: Vec<String> = Vec::new();
             let mut several: Option<String> = None;
@@ -929,8 +947,9 @@ pub fn labelled(
 fn folders_need_names() -> DatasetError {
     DatasetError::Labels {
         source_name: "folders".into(),
-        detail: "folder labels need the model's class names: stage it with --classes FILE (one \
-                 name per line, in the model's output order)"
+        detail: "folder labels need the model's class names: name them with `producer stage \
+                 --model-name MODEL --classes FILE` (one name per line, in the model's output \
+                 order; the model file need not be staged again)"
             .into(),
     }
 }
@@ -1001,6 +1020,30 @@ mod tests {
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_label_file_that_labels_no_image_is_refused() {
+        let file = LabelFile::parse("filename,label\nx/1.jpg,0\ny/2.jpg,1\n", "l.csv").unwrap();
+        let names = names(&["a/1.png", "b/2.png"]);
+        let class_names = class_names();
+        let classes = Classes::new(&class_names, None);
+        let e = resolve_labels(&names, &ResolvedSource::File(file.clone()), &classes)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("it labels none of the 2 images (line 3 names \"y/2.jpg\"")
+                && e.contains("named like \"a/1.png\""),
+            "{e}"
+        );
+        // One image labelled is enough: the others are unlabelled, as in any partial file.
+        let labels = resolve_labels(
+            &self::names(&["a/1.png", "x/1.jpg"]),
+            &ResolvedSource::File(file),
+            &classes,
+        )
+        .unwrap();
+        assert_eq!(labels, [None, Some(0)]);
     }
 
     #[test]

@@ -56,7 +56,7 @@ const PARTIAL_EXIT: i32 = 3;
 fn main() -> Result<()> {
     // Before any thread: ONNX Runtime keeps no usage database of ours.
     fleet_inference::runtime::opt_out_of_telemetry();
-    let cli = Cli::parse();
+    let cli: Cli = fleet_service::cli::parse();
     fleet_service::logging::init("warn,producer=info", &cli.log);
     let runtime = || tokio::runtime::Runtime::new().context("starting the async runtime");
     let completed = match cli.command {

@@ -51,8 +51,8 @@ pub struct FleetArgs {
     /// The broker.
     #[command(flatten)]
     pub amqp: AmqpArgs,
-    /// Workers in the embedded run, each with its own copy of the models (so at most
-    /// [`MAX_EMBEDDED_WORKERS`]); they share the cores.
+    /// Workers in the embedded run, each with its own copy of the models (so at most 64); they
+    /// share the cores.
     #[arg(
         long,
         env = "EMBEDDED_WORKERS",

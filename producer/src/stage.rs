@@ -106,7 +106,8 @@ pub fn run(mut args: StageArgs) -> Result<(), StageError> {
     let named = args.tarball.is_some()
         || args.images.is_some()
         || args.model.is_some()
-        || args.spec.mean_image.is_some();
+        || args.spec.mean_image.is_some()
+        || args.spec.classes.is_some();
     // The walkthrough's inputs: all three when nothing is named, or those --only lists.
     let defaults: Vec<Input> = if !args.only.is_empty() {
         args.only.clone()
@@ -172,11 +173,16 @@ pub fn run(mut args: StageArgs) -> Result<(), StageError> {
                 &args.inference
             )?
         ),
-        (None, Some(mean)) => println!(
-            "{}",
-            stage_mean_image(store.as_ref(), mean, &chosen_name()?)?
-        ),
-        (None, None) => {}
+        (None, mean) => {
+            if let Some(mean) = mean {
+                let staged = stage_mean_image(store.as_ref(), mean, &chosen_name()?)?;
+                println!("{staged}");
+            }
+            if let Some(classes) = &args.spec.classes {
+                let staged = stage_classes(store.as_ref(), classes, &chosen_name()?)?;
+                println!("{staged}");
+            }
+        }
     }
     if args.quantize {
         let staged = stage_quantized(
@@ -1014,6 +1020,31 @@ pub fn stage_mean_image(
     spec.normalize = Normalize::MeanImage { key: key.clone() };
     put_spec(store, name, &spec)?;
     Ok(format!("mean image {source} -> {key}"))
+}
+
+/// Names the classes of the staged model `name` (the fix a job's label check suggests, with no
+/// need to stage the model file again): the list must have one name a class of the model.
+pub fn stage_classes(
+    store: &dyn BlobStore,
+    source: &Source,
+    name: &str,
+) -> Result<String, StageError> {
+    let mut spec = read_spec(store, name)?;
+    if spec.class_count == 0 {
+        return Err(StageError::Invalid(format!(
+            "model {name} was staged with --embedding-only: it has no classes to name"
+        )));
+    }
+    let list = class_list(source, spec.class_count as usize, name)?;
+    let count = list.names.len();
+    spec.class_ids = list.ids;
+    spec.classes = Some(list.names);
+    spec.validate().map_err(StageError::Invalid)?;
+    put_spec(store, name, &spec)?;
+    Ok(format!(
+        "classes {source} -> {} ({count} classes)",
+        job::spec_key(name)
+    ))
 }
 
 fn check_mean_image(spec: &ModelSpec, xml: &[u8], source_name: &str) -> Result<(), StageError> {

@@ -9,6 +9,23 @@ pub fn defaults<T: clap::Args + clap::FromArgMatches>() -> Result<T, clap::Error
     T::from_arg_matches(&matches)
 }
 
+/// Parses the process's command line into `T`, as `T::parse()` does, except that help shows
+/// each flag's environment variable by name alone (`[env: FLEET_CONTAINER]`): clap would show
+/// its value, `[env: FLEET_CONTAINER=]` when unset, which reads as "set to empty", and a
+/// deployed container's help would print whatever its environment holds.
+pub fn parse<T: clap::Parser>() -> T {
+    let command = names_env_only(T::command());
+    let mut matches = command.get_matches();
+    T::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.exit())
+}
+
+/// `command` with every argument's environment value hidden, in every subcommand.
+fn names_env_only(command: clap::Command) -> clap::Command {
+    command
+        .mut_args(|arg| arg.hide_env_values(true))
+        .mut_subcommands(names_env_only)
+}
+
 #[cfg(test)]
 mod tests {
     #[derive(Debug, clap::Args)]
@@ -17,6 +34,36 @@ mod tests {
         count: u32,
         #[arg(long)]
         name: Option<String>,
+    }
+
+    #[derive(Debug, clap::Parser)]
+    struct Cli {
+        #[arg(long, env = "CLI_TEST_NAME")]
+        name: Option<String>,
+        #[command(subcommand)]
+        command: Option<Sub>,
+    }
+
+    #[derive(Debug, clap::Subcommand)]
+    enum Sub {
+        Run {
+            #[arg(long, env = "CLI_TEST_COUNT")]
+            count: Option<u32>,
+        },
+    }
+
+    #[test]
+    fn help_names_variables_without_their_values() {
+        use clap::CommandFactory;
+        let mut command = super::names_env_only(Cli::command());
+        let top = command.render_long_help().to_string();
+        assert!(top.contains("[env: CLI_TEST_NAME]"), "{top}");
+        let run = command
+            .find_subcommand_mut("run")
+            .expect("the subcommand")
+            .render_long_help()
+            .to_string();
+        assert!(run.contains("[env: CLI_TEST_COUNT]"), "{run}");
     }
 
     #[test]

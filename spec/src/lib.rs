@@ -54,7 +54,7 @@ pub enum Resize {
     /// Both sides scaled to the model's, aspect ratio not kept (CNTK's `Scale` transform,
     /// Keras' `image_dataset_from_directory`).
     Stretch,
-    /// Shorter side scaled to [`ModelSpec::shorter_side`] (torchvision's `Resize(S)`: the
+    /// Shorter side scaled to the spec's shorter side (torchvision's `Resize(S)`: the
     /// longer side in proportion, truncated), then the model's height and width cut from the
     /// centre (torchvision's `CenterCrop`, half-pixel offsets rounded to even). Without a
     /// shorter side, the image is scaled just enough to cover the model's input.

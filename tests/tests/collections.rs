@@ -411,6 +411,80 @@ fn arithmetic_coded_jpegs_score_as_their_originals_and_unread_formats_are_named(
     }
 }
 
+/// The fix a job's folder-label check names, as a user types it: `producer stage --model-name
+/// M --classes FILE` names the classes of the staged model (no model file again, and none of
+/// the walkthrough's inputs fetched), after which the folders label the images. A label file
+/// that labels none of the images is refused, not taken as "no labels".
+#[test]
+fn classes_are_named_for_a_staged_model_and_a_label_file_that_labels_nothing_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let store = root.path().to_str().unwrap();
+    stage_fixtures(root.path(), "ctr");
+    let images = root.path().join("images");
+    for class in ["cat", "dog"] {
+        std::fs::create_dir_all(images.join(class)).unwrap();
+        for i in 0..3 {
+            std::fs::copy(
+                fixture(&format!("cifar-10-test-jpeg/{class}/{i:04}.jpg")),
+                images.join(class).join(format!("{i}.jpg")),
+            )
+            .unwrap();
+        }
+    }
+    Producer::stage(store, "ctr")
+        .args(&["--images", images.to_str().unwrap(), "--prefix", "pets"])
+        .ok();
+    let job = |labels: &str| {
+        Producer::embedded(store, "ctr").args(&["--dataset", "pets", "--labels", labels])
+    };
+    let err = job("folders").err();
+    assert!(
+        err.contains("producer stage --model-name MODEL --classes FILE"),
+        "{err}"
+    );
+
+    let wrong = write(root.path(), "three.txt", b"cat\ndog\nbird\n");
+    let err = Producer::stage(store, "ctr")
+        .args(&["--model-name", "resnet20", "--classes", &wrong])
+        .err();
+    assert!(
+        err.contains("names 3 classes, but model resnet20 has 10"),
+        "{err}"
+    );
+    let classes = write(
+        root.path(),
+        "classes.txt",
+        CIFAR_CLASSES.join("\n").as_bytes(),
+    );
+    let staged = Producer::stage(store, "ctr")
+        .args(&["--model-name", "resnet20", "--classes", &classes])
+        .ok();
+    assert_eq!(
+        staged.trim(),
+        format!("classes {classes} -> models/resnet20.json (10 classes)"),
+        "only the classes are staged"
+    );
+    let output = job("folders").ok();
+    assert!(output.contains("of 6 images"), "{output}");
+    let rows = rows(&job_dir(root.path(), "ctr", &output).join("scores.csv"));
+    for row in &rows {
+        let folder = row["filename"].split('/').next().unwrap();
+        assert_eq!(row["true_class"], folder, "{row:?}");
+    }
+
+    let elsewhere = write(
+        root.path(),
+        "elsewhere.csv",
+        b"filename,label\nkitten.jpg,cat\npuppy.jpg,dog\n",
+    );
+    let err = job(&elsewhere).err();
+    assert!(
+        err.contains("it labels none of the 6 images (line 3 names \"puppy.jpg\"")
+            && err.contains("named like \"cat/0.jpg\""),
+        "{err}"
+    );
+}
+
 /// A PNG whose header claims `width` x `height` (valid CRC), followed by a few bytes of data.
 fn png_header_claiming(width: u32, height: u32) -> Vec<u8> {
     let mut out = Vec::new();

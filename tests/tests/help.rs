@@ -275,3 +275,32 @@ fn the_readme_lists_every_flag_of_every_binary_and_no_other() {
         );
     }
 }
+
+/// Help is read by people: a doc comment's rustdoc links (`[`Name`]`) must not reach it, and a
+/// flag's variable is named without a value (`[env: FLEET_CONTAINER=]` reads as "set to
+/// empty").
+#[test]
+fn help_is_plain_text_for_people() {
+    let cases: [(&str, &[&str]); 9] = [
+        ("producer", &["--help"]),
+        ("producer", &["stage", "--help"]),
+        ("producer", &["status", "--help"]),
+        ("producer", &["cancel", "--help"]),
+        ("producer", &["retry", "--help"]),
+        ("producer", &["convert", "--help"]),
+        ("worker", &["--help"]),
+        ("collector", &["--help"]),
+        ("bench", &["--help"]),
+    ];
+    for (name, args) in cases {
+        let text = help(name, args);
+        assert!(
+            !text.contains("[`"),
+            "{name} {args:?} shows rustdoc syntax:\n{text}"
+        );
+        let valued = text
+            .lines()
+            .find(|line| line.contains("[env: ") && line.contains('='));
+        assert!(valued.is_none(), "{name} {args:?}: {valued:?}");
+    }
+}

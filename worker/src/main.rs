@@ -32,7 +32,7 @@ struct Cli {
 fn main() -> Result<()> {
     // Before any thread: ONNX Runtime keeps no usage database of ours.
     fleet_inference::runtime::opt_out_of_telemetry();
-    let cli = Cli::parse();
+    let cli: Cli = fleet_service::cli::parse();
     fleet_service::logging::init("warn,worker=info", &cli.log);
     tokio::runtime::Runtime::new()
         .context("starting the async runtime")?
