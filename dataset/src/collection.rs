@@ -954,6 +954,20 @@ fn folders_need_names() -> DatasetError {
     }
 }
 
+/// The label source keyword a name that is no file was likely meant to be (`folder`,
+/// `Folders`, `non`): a name with no extension and no folder, that is a keyword in another
+/// case, or begins one or is begun by one.
+fn keyword_meant(name: &str) -> Option<&'static str> {
+    if name.contains(['.', '/', '\\']) {
+        return None;
+    }
+    let lower = name.to_ascii_lowercase();
+    ["auto", "none", "folders"].into_iter().find(|keyword| {
+        lower == *keyword
+            || (lower.len() >= 3 && (keyword.starts_with(&lower) || lower.starts_with(keyword)))
+    })
+}
+
 /// A label file: beside the images, else a blob of that name, else a local file.
 fn read_label_file(
     store: &dyn BlobStore,
@@ -980,8 +994,11 @@ fn read_label_file(
     let bytes = std::fs::read(name).map_err(|e| DatasetError::Labels {
         source_name: name.into(),
         detail: format!(
-            "neither a blob ({beside} or {name} in {}) nor a readable local file ({e})",
-            store.describe()
+            "neither a blob ({beside} or {name} in {}) nor a readable local file ({e}){}",
+            store.describe(),
+            keyword_meant(name)
+                .map(|keyword| format!("; did you mean --labels {keyword}?"))
+                .unwrap_or_default()
         ),
     })?;
     let text = crate::text::utf8(&bytes, name).map_err(|detail| DatasetError::Labels {
@@ -1020,6 +1037,17 @@ mod tests {
 
     fn names(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_mistyped_label_keyword_is_named() {
+        assert_eq!(keyword_meant("folder"), Some("folders"));
+        assert_eq!(keyword_meant("Folders"), Some("folders"));
+        assert_eq!(keyword_meant("NONE"), Some("none"));
+        assert_eq!(keyword_meant("automatic"), Some("auto"));
+        assert_eq!(keyword_meant("folder.csv"), None);
+        assert_eq!(keyword_meant("labels"), None);
+        assert_eq!(keyword_meant("no"), None);
     }
 
     #[test]

@@ -78,7 +78,9 @@ pub struct SubmitOptions {
 pub enum SubmitError {
     /// The model is not staged.
     #[error(
-        "model {model} is not staged in {store} (no {key}); run `producer stage --model ... --model-name {model}` first"
+        "model {model} is not staged in {store} (no {key}); {}run `producer stage --model ... \
+         --model-name {model}` first",
+        staged_here(.staged)
     )]
     NotStaged {
         /// The model's name.
@@ -87,6 +89,8 @@ pub enum SubmitError {
         store: String,
         /// The blob that is missing.
         key: String,
+        /// The models that are staged there, for a user who mistyped one.
+        staged: Vec<String>,
     },
     /// No model is named and the container holds none or several.
     #[error(transparent)]
@@ -239,12 +243,32 @@ impl Inputs {
     }
 }
 
+/// "staged there: a, b; " (at most ten named), or nothing when none is.
+fn staged_here(models: &[String]) -> String {
+    const NAMED: usize = 10;
+    match models.len() {
+        0 => String::new(),
+        n if n <= NAMED => format!("staged there: {}; ", models.join(", ")),
+        n => format!(
+            "staged there: {} and {} more; ",
+            models[..NAMED].join(", "),
+            n - NAMED
+        ),
+    }
+}
+
 /// Model `model`'s spec, as staged and as read, once its ONNX file is found beside it.
 fn staged_spec(store: &dyn BlobStore, model: &str) -> Result<(Vec<u8>, ModelSpec), SubmitError> {
     let not_staged = |key: String| SubmitError::NotStaged {
         model: model.to_owned(),
         store: store.describe(),
         key,
+        // Only to help: a listing that fails names nothing.
+        staged: crate::models::staged(store)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|name| name != model)
+            .collect(),
     };
     let spec_key = job::spec_key(model);
     let spec_json = match store.get(&spec_key) {

@@ -483,6 +483,16 @@ fn classes_are_named_for_a_staged_model_and_a_label_file_that_labels_nothing_is_
             && err.contains("named like \"cat/0.jpg\""),
         "{err}"
     );
+    // Mistakes get a suggestion: a keyword mistyped, a model misnamed.
+    let err = job("folder").err();
+    assert!(err.contains("did you mean --labels folders?"), "{err}");
+    let err = Producer::embedded(store, "ctr")
+        .args(&["--dataset", "pets", "--model-name", "resnet"])
+        .err();
+    assert!(
+        err.contains("model resnet is not staged") && err.contains("staged there: resnet20;"),
+        "{err}"
+    );
 }
 
 /// A PNG whose header claims `width` x `height` (valid CRC), followed by a few bytes of data.
