@@ -81,6 +81,15 @@ impl Confusion {
         self.rows.iter().map(|(&class, &count)| (class, count))
     }
 
+    /// The classes some image has as its true or predicted class, in class order: the rows
+    /// and columns of the matrix as written (a 1,000-class model's job over a few images is a
+    /// few rows, not a million cells of zeros).
+    pub fn seen(&self) -> Vec<u32> {
+        let seen: std::collections::BTreeSet<u32> =
+            self.cells.keys().flat_map(|&(t, p)| [t, p]).collect();
+        seen.into_iter().collect()
+    }
+
     /// The whole matrix, dense: only for drawing a few classes.
     pub fn dense(&self) -> Vec<Vec<u64>> {
         let mut rows = vec![vec![0; self.classes]; self.classes];

@@ -120,18 +120,21 @@ fn confused_pairs_csv(confusion: &Confusion, classes: &[String]) -> String {
     csv
 }
 
-/// `confusion.csv`: the whole matrix, true class by row, for up to [`MAX_MATRIX_CLASSES`]
-/// classes; beyond, the non-zero cells one a row (`true_class,predicted_class,images`).
+/// `confusion.csv`: the matrix, true class by row, over the classes some image has as its
+/// true or predicted class, when they are at most [`MAX_MATRIX_CLASSES`]; beyond, the non-zero
+/// cells one a row (`true_class,predicted_class,images`).
 fn confusion_csv(confusion: &Confusion, classes: &[String]) -> String {
     matrix_csv(confusion, classes, "true_class\\predicted_class")
 }
 
-/// A matrix of classes by classes as CSV: the rows' class by row, for up to
-/// [`MAX_MATRIX_CLASSES`] classes, with `corner` (`rows\\columns`) heading the first column;
-/// beyond, the non-zero cells one a row, under the two names of `corner`.
+/// A matrix of classes by classes as CSV: the rows' class by row, over the classes seen (see
+/// [`Confusion::seen`]) when they are at most [`MAX_MATRIX_CLASSES`], with `corner`
+/// (`rows\\columns`) heading the first column; beyond, the non-zero cells one a row, under the
+/// two names of `corner`.
 fn matrix_csv(confusion: &Confusion, classes: &[String], corner: &str) -> String {
     let mut csv = String::new();
-    if classes.len() > MAX_MATRIX_CLASSES {
+    let seen = confusion.seen();
+    if seen.len() > MAX_MATRIX_CLASSES {
         let (rows, columns) = corner.split_once('\\').unwrap_or((corner, ""));
         let _ = writeln!(csv, "{},{},images", csv_field(rows), csv_field(columns));
         for ((t, p), images) in confusion.cells() {
@@ -145,14 +148,14 @@ fn matrix_csv(confusion: &Confusion, classes: &[String], corner: &str) -> String
         return csv;
     }
     csv.push_str(&csv_field(corner));
-    for class in classes {
-        let _ = write!(csv, ",{}", csv_field(class));
+    for &class in &seen {
+        let _ = write!(csv, ",{}", csv_field(&classes[class as usize]));
     }
     csv.push('\n');
-    for (t, class) in classes.iter().enumerate() {
-        csv.push_str(&csv_field(class));
-        for p in 0..classes.len() {
-            let _ = write!(csv, ",{}", confusion.get(t as u32, p as u32));
+    for &t in &seen {
+        csv.push_str(&csv_field(&classes[t as usize]));
+        for &p in &seen {
+            let _ = write!(csv, ",{}", confusion.get(t, p));
         }
         csv.push('\n');
     }
@@ -256,13 +259,13 @@ mod tests {
         assert_eq!(lines[0], format!("{SCORES_HEADER},error"));
         assert_eq!(lines[2], "1,f1.png,5,3,dog,cat,0.500000,");
         assert_eq!(lines[3], "2,f0.png,0,0,airplane,airplane,0.500000,");
-        let confusion = files.confusion_csv.unwrap();
-        assert!(
-            confusion
-                .lines()
-                .nth(6)
-                .unwrap()
-                .starts_with("dog,0,0,0,1,")
+        // The classes seen (true or predicted), not all ten.
+        assert_eq!(
+            files.confusion_csv.unwrap(),
+            "true_class\\predicted_class,airplane,cat,dog\n\
+             airplane,1,0,0\n\
+             cat,0,1,0\n\
+             dog,0,1,0\n"
         );
         assert_eq!(
             files.confused_pairs_csv.unwrap().lines().nth(1),
