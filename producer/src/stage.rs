@@ -557,12 +557,11 @@ pub fn stage_images(
     let prefix = collection::normalize_prefix(prefix);
     let Walked {
         files,
-        skipped: left_out,
+        skipped: mut left_out,
     } = walk(dir)?;
     // Check every name at the door. A file whose name no blob can have (a control character,
     // a backslash, over 1,024 bytes) is left out and named; a reserved folder refuses the
     // whole folder, since every file under it would land among the product's own blobs.
-    let mut left_out = left_out;
     let mut uploads = Vec::with_capacity(files.len());
     for (path, relative, size) in files {
         let key = format!("{prefix}{relative}");
@@ -1023,7 +1022,7 @@ pub fn stage_mean_image(
 }
 
 /// Names the classes of the staged model `name` (the fix a job's label check suggests, with no
-/// need to stage the model file again): the list must have one name a class of the model.
+/// need to stage the model file again): the list must name each class of the model, in order.
 pub fn stage_classes(
     store: &dyn BlobStore,
     source: &Source,
