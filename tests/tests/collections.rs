@@ -588,7 +588,10 @@ fn unlabelled_jobs_and_mismatched_labels() {
             "folders",
         ])
         .err();
-    assert!(error.contains("stage it with --classes"), "{error}");
+    assert!(
+        error.contains("producer stage --model-name MODEL --classes FILE"),
+        "{error}"
+    );
     // A mean image of another size than the model's input is refused at staging.
     let error = Producer::stage(store, "ctr")
         .args(&[
