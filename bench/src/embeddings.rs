@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
+use crate::photos::TORCHVISION_PREPARATION;
 use crate::{Row, run, run_measured};
 
 /// Copies of each photo: about a thousand images, several partitions.
@@ -43,20 +44,12 @@ pub fn rows(fixtures: &Path, bin_dir: &Path, runs: usize) -> Result<Vec<Row>> {
     for (i, (_, flags)) in VARIANTS.iter().enumerate() {
         let name = format!("variant-{i}");
         let recipe = [
-            "--model",
-            model.to_str().unwrap(),
-            "--model-name",
-            &name,
-            "--channel-order",
-            "bgr",
-            "--resize",
-            "center-crop",
-            "--shorter-side",
-            "256",
-            "--filter",
-            "pillow-bilinear",
+            &["--model", model.to_str().unwrap(), "--model-name", &name][..],
+            &TORCHVISION_PREPARATION,
+            &["--filter", "pillow-bilinear"],
+            flags,
         ];
-        stage(&[&recipe[..], flags].concat())?;
+        stage(&recipe.concat())?;
     }
     let mut measured: Vec<(Vec<f64>, u64, u64)> = vec![(Vec::new(), 0, 0); VARIANTS.len()];
     for _ in 0..runs.max(1) {

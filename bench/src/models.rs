@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use fleet_protocol::Summary;
 
 use crate::embeddings::{copy_photos, median};
+use crate::photos::TORCHVISION_PREPARATION;
 use crate::{Row, run, run_measured};
 
 /// The two models: their names and filters.
@@ -46,20 +47,14 @@ pub fn rows(fixtures: &Path, bin_dir: &Path, runs: usize) -> Result<Vec<Row>> {
     let stage = |extra: &[&str]| run(&producer, &[&["stage"], &base[..], extra].concat(), &[]);
     stage(&["--images", folder.to_str().unwrap(), "--prefix", "photos"])?;
     for (name, filter) in MODELS {
-        stage(&[
-            "--model",
-            model.to_str().unwrap(),
-            "--model-name",
-            name,
-            "--channel-order",
-            "bgr",
-            "--resize",
-            "center-crop",
-            "--shorter-side",
-            "256",
-            "--filter",
-            filter,
-        ])?;
+        stage(
+            &[
+                &["--model", model.to_str().unwrap(), "--model-name", name][..],
+                &TORCHVISION_PREPARATION,
+                &["--filter", filter],
+            ]
+            .concat(),
+        )?;
     }
     let mut measured = vec![Measured::default(); JOBS.len()];
     for _ in 0..runs.max(1) {

@@ -21,6 +21,17 @@ use crate::{Row, repeated, run, run_measured};
 /// Copies of each photo in the job rows: about a thousand images, several partitions.
 const COPIES: usize = 7;
 
+/// How the fixture's SqueezeNet is staged, besides its filter: BGR, raw 0..255 (its recipe's
+/// default), torchvision's shorter side of 256 then the centre crop.
+pub(crate) const TORCHVISION_PREPARATION: [&str; 6] = [
+    "--channel-order",
+    "bgr",
+    "--resize",
+    "center-crop",
+    "--shorter-side",
+    "256",
+];
+
 /// The conventions measured: name, geometry, shorter side, filter.
 const CONVENTIONS: [(&str, Resize, Option<u32>, Filter); 6] = [
     (
@@ -231,17 +242,11 @@ pub(crate) fn job_rows(
     };
     stage(&["--images", folder.to_str().unwrap(), "--prefix", "photos"])?;
     let model_args = [
-        "--model",
-        model.to_str().unwrap(),
-        "--channel-order",
-        "bgr",
-        "--resize",
-        "center-crop",
-        "--shorter-side",
-        "256",
-        "--filter",
-        "pillow-bilinear",
-    ];
+        &["--model", model.to_str().unwrap()][..],
+        &TORCHVISION_PREPARATION,
+        &["--filter", "pillow-bilinear"],
+    ]
+    .concat();
     stage(&[&model_args[..], &["--model-name", "squeezenet"]].concat())?;
     stage(
         &[
