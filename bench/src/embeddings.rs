@@ -61,13 +61,12 @@ pub fn rows(fixtures: &Path, bin_dir: &Path, runs: usize) -> Result<Vec<Row>> {
             ]
             .concat();
             let started = Instant::now();
-            let (out, rss) = run_measured(&producer, &args, &[])?;
+            let ran = run_measured(&producer, &args, &[])?;
+            let rss = ran.peak_kib;
             seconds.push(started.elapsed().as_secs_f64());
             *peak = (*peak).max(rss);
-            let job = out
-                .lines()
-                .find_map(|l| l.strip_prefix("job: "))
-                .context("the job's id in the output")?;
+            // Standard output holds the job's id alone.
+            let job = ran.stdout.trim();
             *parquet = folder_bytes(&store.join(format!("photos/results/{job}/scores.parquet")))?;
         }
     }

@@ -68,7 +68,8 @@ struct Args {
     /// Skip the 60,000-image tarball.
     #[arg(long)]
     skip_full: bool,
-    /// Images per partition in the job runs [default: the producer's `--partition-size`].
+    /// Images per partition in the job runs [default: the producer's `--partition-size`, which
+    /// for the walkthrough's 10,000 images is its largest].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     partition_size: Option<u32>,
     /// Partitions a worker joins into one model call in the job runs [default: the worker's
@@ -293,7 +294,8 @@ impl<'a> Bench<'a> {
             bin_dir,
             store: work.path().join("store"),
             work,
-            partition_size: args.partition_size.unwrap_or(submit.partition_size),
+            partition_size: (args.partition_size.or(submit.partition_size))
+                .unwrap_or(producer::submit::MAX_PARTITION_SIZE),
             partitions_per_call: args
                 .partitions_per_call
                 .unwrap_or(worker.partitions_per_call),
@@ -575,7 +577,7 @@ impl<'a> Bench<'a> {
         let partition_size = self.partition_size.to_string();
         let env = self.job_env();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let (_, peak) = run_measured(
+        let peak = run_measured(
             &self.bin_dir.join("producer"),
             &[
                 "--store",
@@ -591,7 +593,8 @@ impl<'a> Bench<'a> {
                 model,
             ],
             &env,
-        )?;
+        )?
+        .peak_kib;
         Ok((started.elapsed().as_secs_f64(), peak, watcher.first()))
     }
 
@@ -667,7 +670,7 @@ impl<'a> Bench<'a> {
                 &partition_size,
             ];
             let started = Instant::now();
-            let (_, peak) = run_measured(&self.bin_dir.join("producer"), &job_args, &env)?;
+            let peak = run_measured(&self.bin_dir.join("producer"), &job_args, &env)?.peak_kib;
             Ok((started.elapsed().as_secs_f64(), peak))
         };
         let (folder_seconds, peaks) = repeated(runs, folder_job)?;
@@ -793,7 +796,8 @@ impl<'a> Bench<'a> {
                     let started = Instant::now();
                     let mut producer_args = vec!["--wait", "--partition-size", &partition_size];
                     producer_args.extend(job);
-                    let (_, producer_peak) = run_measured(&bin("producer"), &producer_args, &envs)?;
+                    let producer_peak =
+                        run_measured(&bin("producer"), &producer_args, &envs)?.peak_kib;
                     let seconds = started.elapsed().as_secs_f64();
                     let worker_peaks: Vec<u64> = fleet
                         .into_iter()
@@ -1033,8 +1037,18 @@ fn run(exe: &Path, args: &[&str], envs: &[(&str, &str)]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Runs a process to completion; returns its output and peak RSS in KiB.
-fn run_measured(exe: &Path, args: &[&str], envs: &[(&str, &str)]) -> Result<(String, u64)> {
+/// What a process run to completion printed, and its peak RSS.
+struct Finished {
+    /// Standard output: a job run's id alone.
+    stdout: String,
+    /// Standard error: what a job run said of its job.
+    stderr: String,
+    /// Peak RSS in KiB.
+    peak_kib: u64,
+}
+
+/// Runs a process to completion; returns what it printed and its peak RSS.
+fn run_measured(exe: &Path, args: &[&str], envs: &[(&str, &str)]) -> Result<Finished> {
     let child = Command::new(exe)
         .args(args)
         .envs(envs.iter().copied())
@@ -1053,10 +1067,11 @@ fn run_measured(exe: &Path, args: &[&str], envs: &[(&str, &str)]) -> Result<(Str
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok((
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        peak.load(Ordering::SeqCst),
-    ))
+    Ok(Finished {
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        peak_kib: peak.load(Ordering::SeqCst),
+    })
 }
 
 /// A child process whose peak RSS (VmHWM) is sampled while it runs.

@@ -55,7 +55,7 @@ pub fn rows(fixtures: &Path, bin_dir: &Path, images: u64) -> Result<Vec<Row>> {
     );
     let submission = submission_row(root.path(), images)?;
     let started = Instant::now();
-    let (stdout, peak_kib) = run_measured(
+    let ran = run_measured(
         &producer,
         &[
             "--store",
@@ -73,10 +73,11 @@ pub fn rows(fixtures: &Path, bin_dir: &Path, images: u64) -> Result<Vec<Row>> {
         &[],
     )?;
     let seconds = started.elapsed().as_secs_f64();
-    let accuracy = stdout
+    let (said, peak_kib) = (&ran.stderr, ran.peak_kib);
+    let accuracy = said
         .lines()
         .find(|l| l.starts_with("Correctly predicted"))
-        .with_context(|| format!("no accuracy line in the job's output:\n{stdout}"))?;
+        .with_context(|| format!("no accuracy line in what the job said:\n{said}"))?;
     let expected = format!("Correctly predicted {images} of {images} images");
     if !accuracy.starts_with(&expected) {
         bail!("the job's answer changed: {accuracy} (expected {expected})");

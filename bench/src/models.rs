@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use fleet_protocol::Summary;
 
 use crate::embeddings::{copy_photos, median};
@@ -65,13 +65,12 @@ pub fn rows(fixtures: &Path, bin_dir: &Path, runs: usize) -> Result<Vec<Row>> {
             ]
             .concat();
             let started = Instant::now();
-            let (out, rss) = run_measured(&producer, &args, &[])?;
+            let ran = run_measured(&producer, &args, &[])?;
+            let rss = ran.peak_kib;
             m.seconds.push(started.elapsed().as_secs_f64());
             m.peak_kib = m.peak_kib.max(rss);
-            let job = out
-                .lines()
-                .find_map(|l| l.strip_prefix("job: "))
-                .context("the job's id in the output")?;
+            // Standard output holds the job's id alone.
+            let job = ran.stdout.trim();
             let summary: Summary = serde_json::from_slice(&std::fs::read(
                 store.join(format!("photos/results/{job}/summary.json")),
             )?)?;

@@ -328,7 +328,7 @@ pub(crate) fn job_rows(
         envs.extend_from_slice(env);
         let (seconds, peaks) = repeated(runs, || {
             let started = Instant::now();
-            let (_, peak) = run_measured(&producer, &job_args, &envs)?;
+            let peak = run_measured(&producer, &job_args, &envs)?.peak_kib;
             Ok((started.elapsed().as_secs_f64(), peak))
         })?;
         rows.push(Row {
@@ -351,11 +351,12 @@ pub(crate) fn job_rows(
     let fast_args = [&job_args[..job_args.len() - 1], &["squeezenet-fast"]].concat();
     let (seconds, _) = repeated(runs, || {
         let started = Instant::now();
-        let (_, peak) = run_measured(
+        let peak = run_measured(
             &producer,
             &fast_args,
             &[("INTRA_OP_THREADS", threads.as_str())],
-        )?;
+        )?
+        .peak_kib;
         Ok((started.elapsed().as_secs_f64(), peak))
     })?;
     rows.push(Row {

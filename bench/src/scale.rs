@@ -22,7 +22,7 @@ use fleet_protocol::gallery::pick_thumbnails;
 use fleet_protocol::job::{self, Plan, files, now_ms};
 use fleet_protocol::message::{self, ResultMessage, Score, Scored, Sealed, Thumbnail};
 use fleet_service::shutdown::Shutdown;
-use fleet_storage::{BlobStore, StoreArgs, StoreError};
+use fleet_storage::{AccountArgs, BlobStore, Containers, StoreError};
 use tokio::sync::mpsc;
 
 /// Classes of the synthetic model: ImageNet's count, so the confusion matrix is sparse.
@@ -82,13 +82,7 @@ pub fn rows(
             amqp.queues.partitions = format!("{id}.partitions");
             amqp.queues.results = format!("{id}.results");
             amqp.queues.dead_letter = format!("{id}.dead-letter");
-            let store = StoreArgs {
-                store: Some(connection.to_owned()),
-                connection_string: None,
-                container: id.clone(),
-                managed_identity_client_id: None,
-            }
-            .open(true)?;
+            let store = AccountArgs::new(connection).open(&id, true)?;
             let broker = runtime.block_on(AmqpBroker::connect(amqp))?;
             let row = runtime.block_on(one_job(
                 "RabbitMQ, Azurite",
@@ -133,9 +127,11 @@ async fn one_job<B: Broker + Clone>(
     reset_peak_rss();
     let (shutdown, trigger) = Shutdown::manual();
     let (events_tx, mut events) = mpsc::unbounded_channel();
+    let container = store.container().to_owned();
+    let served = Containers::one(&container, counted.clone() as Arc<dyn BlobStore>);
     let collector = tokio::spawn(collector::run(
         broker.clone(),
-        counted.clone() as Arc<dyn BlobStore>,
+        Arc::new(served),
         CollectorOptions {
             prefetch: 8,
             store_retry_secs: 30,
@@ -148,7 +144,7 @@ async fn one_job<B: Broker + Clone>(
         let (broker, job) = (broker.clone(), job.clone());
         tokio::spawn(async move {
             for partition in 0..partitions {
-                let scored = synthetic(&job, partition, images);
+                let scored = synthetic(&job, &container, partition, images);
                 broker
                     .publish(
                         Queue::Results,
@@ -158,6 +154,7 @@ async fn one_job<B: Broker + Clone>(
             }
             let sealed = Sealed {
                 job,
+                container,
                 partitions,
                 images: u64::from(partitions) * u64::from(images),
                 labelled: true,
@@ -223,7 +220,7 @@ async fn one_job<B: Broker + Clone>(
 /// Partition `partition` as a worker would send it: `images` rows with a label and a top-1
 /// class (most right, some wrong, spread over the classes), file names of a realistic length,
 /// and the thumbnails the report may show (8x8 PNGs).
-fn synthetic(job: &str, partition: u32, images: u32) -> Scored {
+fn synthetic(job: &str, container: &str, partition: u32, images: u32) -> Scored {
     let first = u64::from(partition) * u64::from(images);
     let scores: Vec<Score> = (0..u64::from(images))
         .map(|i| {
@@ -251,10 +248,12 @@ fn synthetic(job: &str, partition: u32, images: u32) -> Scored {
         .map(|position| Thumbnail {
             position: position as u32,
             png: png.clone(),
+            top: Vec::new(),
         })
         .collect();
     Scored {
         job: job.into(),
+        container: container.into(),
         partition,
         batch: "photos/".into(),
         first_index: first,
@@ -371,6 +370,14 @@ impl BlobStore for Counted {
 
     fn location(&self, key: &str) -> String {
         self.inner.location(key)
+    }
+
+    fn container(&self) -> &str {
+        self.inner.container()
+    }
+
+    fn shareable(&self, key: &str, lifetime: std::time::Duration) -> Option<String> {
+        self.inner.shareable(key, lifetime)
     }
 }
 

@@ -28,10 +28,10 @@ use fleet_service::errors::Chain;
 use fleet_service::metrics::metrics;
 use fleet_service::ops::health;
 use fleet_service::shutdown::Shutdown;
-use fleet_storage::{BlobStore, StoreError};
+use fleet_storage::{Containers, StoreError};
 use tokio::sync::mpsc;
 
-use crate::state::Jobs;
+use crate::state::Served;
 
 /// How the collector runs. Part of the `collector` binary's configuration.
 #[derive(Debug, Clone, clap::Args)]
@@ -97,10 +97,12 @@ pub enum Event {
 /// How often the open jobs are checked for a cancellation marked in the container alone.
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
-/// Consumes results until shutdown or the broker closes. Events go to `events`, if given.
+/// Consumes results until shutdown or the broker closes, for the jobs of every container
+/// `containers` serves; a result of another is dead-lettered with the reason. Events go to
+/// `events`, if given.
 pub async fn run<B: Broker>(
     broker: B,
-    store: Arc<dyn BlobStore>,
+    containers: Arc<Containers>,
     options: CollectorOptions,
     mut shutdown: Shutdown,
     events: Option<mpsc::UnboundedSender<Event>>,
@@ -108,7 +110,7 @@ pub async fn run<B: Broker>(
     let mut consumer = broker.consume(Queue::Results, options.prefetch).await?;
     // Consuming: as the active collector, or as a standby the broker will hand over to.
     health().set_ready(true);
-    let mut jobs = Some(Jobs::new(store));
+    let mut jobs = Some(Served::new(containers));
     // What memory holds of a job is whole only while this collector alone has been handed the
     // job's results: since its subscription began.
     let mut subscription = 0;
@@ -163,17 +165,27 @@ pub async fn run<B: Broker>(
         })
         .await?;
         jobs = Some(returned);
-        // On error the delivery is dropped unacknowledged: the broker hands it out again.
-        let events = outcome?;
+        let events = match outcome {
+            // A job of a container not served here: no retry or other collector of this
+            // fleet mends it.
+            Err(e) if Containers::refuses(&e) => {
+                let reason = Chain(&e).to_string();
+                tracing::error!(%reason, "result of a container this collector does not serve: dead-lettering it");
+                settled(delivery.dead_letter(&reason).await)?;
+                continue;
+            }
+            // On error the delivery is dropped unacknowledged: the broker hands it out again.
+            other => other?,
+        };
         // Stored durably (and, when complete, written): now the broker may forget it.
         settled(delivery.ack().await)?;
         metrics()
             .jobs_in_flight
-            .set(jobs.as_ref().map_or(0, Jobs::open_jobs) as i64);
+            .set(jobs.as_ref().map_or(0, Served::open_jobs) as i64);
         events.into_iter().for_each(emit);
-        if jobs.as_ref().is_some_and(Jobs::has_completed) {
+        if jobs.as_ref().is_some_and(Served::has_completed) {
             let owned = jobs.take().expect("state is returned after each step");
-            let (returned, events) = with_jobs(owned, Jobs::tidy_up_completed).await?;
+            let (returned, events) = with_jobs(owned, Served::tidy_up_completed).await?;
             jobs = Some(returned);
             events.into_iter().for_each(emit);
         }
@@ -185,9 +197,9 @@ pub async fn run<B: Broker>(
 /// Runs `step` on the jobs off the async threads (storage is blocking I/O), and hands them
 /// back with its outcome.
 async fn with_jobs<T: Send + 'static>(
-    mut jobs: Jobs,
-    step: impl FnOnce(&mut Jobs) -> T + Send + 'static,
-) -> Result<(Jobs, T), CollectorError> {
+    mut jobs: Served,
+    step: impl FnOnce(&mut Served) -> T + Send + 'static,
+) -> Result<(Served, T), CollectorError> {
     tokio::task::spawn_blocking(move || {
         let outcome = step(&mut jobs);
         (jobs, outcome)
@@ -252,10 +264,12 @@ mod tests {
     use fleet_ledger::Ledger;
     use fleet_protocol::job::{self, Plan};
     use fleet_protocol::message::{Score, Scored, Sealed};
+    use fleet_storage::BlobStore;
     use fleet_storage::local::LocalStore;
 
     fn scored(partition: u32, failed: Option<&str>) -> Vec<u8> {
         message::encode(&ResultMessage::Scored(Box::new(Scored {
+            container: "ctr".into(),
             more: Vec::new(),
             model_ms: Vec::new(),
             job: "j".into(),
@@ -315,7 +329,7 @@ mod tests {
         };
         let collector = tokio::spawn(run(
             broker.clone(),
-            store.clone(),
+            Arc::new(Containers::one("ctr", store.clone())),
             options,
             shutdown,
             Some(events_tx),
@@ -325,6 +339,7 @@ mod tests {
         publish(scored(1, Some("the model is gone"))).await.unwrap();
         let sealed = Sealed {
             job: "j".into(),
+            container: "ctr".into(),
             partitions: 3,
             images: 3,
             labelled: false,

@@ -7,20 +7,20 @@ use fleet_broker::amqp::{AmqpArgs, AmqpBroker};
 use fleet_service::logging::{LogArgs, LogFormat};
 use fleet_service::ops::{self, OpsArgs};
 use fleet_service::shutdown::Shutdown;
-use fleet_storage::StoreArgs;
+use fleet_storage::FleetStoreArgs;
 
 /// Consumes scores from RabbitMQ, stores them durably, and writes `results/<job>/` when a job
 /// is complete. Safe to restart at any point: it resumes from what it stored.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
-    #[command(flatten)]
-    store: StoreArgs,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Store")]
+    store: FleetStoreArgs,
+    #[command(flatten, next_help_heading = "Broker")]
     amqp: AmqpArgs,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Logging")]
     log: LogArgs,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Operations endpoint")]
     ops: OpsArgs,
     #[command(flatten)]
     collector: CollectorOptions,
@@ -38,11 +38,12 @@ async fn run(cli: Cli) -> Result<()> {
     ops::serve(&cli.ops)
         .await
         .context("cannot serve the operations endpoint (--http-port)")?;
-    let store = cli.store.open_async(false).await?;
+    cli.store.account.spec()?;
+    let containers = std::sync::Arc::new(cli.store.containers());
     let broker = AmqpBroker::connect(cli.amqp).await?;
     let (shutdown, _trigger) = Shutdown::on_signals();
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    tracing::info!(store = %store.describe(), "collector started");
+    tracing::info!(serves = %containers.describe(), "collector started");
     // A log pipeline reading JSON gets JSON on both streams.
     let json = cli.log.log_format == LogFormat::Json;
     let logger = tokio::spawn(async move {
@@ -59,7 +60,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
     });
-    collector::run(broker, store, cli.collector, shutdown, Some(events_tx)).await?;
+    collector::run(broker, containers, cli.collector, shutdown, Some(events_tx)).await?;
     logger.await?;
     tracing::info!("collector stopped");
     Ok(())

@@ -19,7 +19,7 @@ use fleet_protocol::job::{self, Manifest, Plan, files, now_ms};
 use fleet_protocol::message::{Cancelled, ResultMessage, Scored, Sealed};
 use fleet_service::errors::Chain;
 use fleet_spec::ModelSpec;
-use fleet_storage::{BlobStore, ErrorKind, StoreError};
+use fleet_storage::{BlobStore, Containers, ErrorKind, StoreError};
 
 use crate::Event;
 
@@ -158,7 +158,74 @@ enum Arrival {
     Again,
 }
 
-/// The jobs a collector holds open, and those it saw finish.
+/// The jobs of every container a collector serves: each container's in its own [`Jobs`],
+/// made when its first message comes.
+#[derive(Debug)]
+pub struct Served {
+    containers: Arc<Containers>,
+    by_container: HashMap<String, Jobs>,
+}
+
+impl Served {
+    /// No job yet, of any of `containers`.
+    pub fn new(containers: Arc<Containers>) -> Self {
+        Self {
+            containers,
+            by_container: HashMap::new(),
+        }
+    }
+
+    /// Applies one message to the jobs of its container ([`Jobs::handle`]). A container not
+    /// served, or not there, is refused ([`Containers::refuses`]) before anything is stored.
+    pub fn handle(&mut self, message: ResultMessage) -> Result<Vec<Event>, StoreError> {
+        let container = message.container();
+        if !self.by_container.contains_key(container) {
+            let store = self.containers.get(container)?;
+            self.by_container
+                .insert(container.to_owned(), Jobs::new(store));
+        }
+        let jobs = (self.by_container.get_mut(container)).expect("made above");
+        jobs.handle(message)
+    }
+
+    /// Jobs held open, in every container.
+    pub fn open_jobs(&self) -> usize {
+        self.by_container.values().map(Jobs::open_jobs).sum()
+    }
+
+    /// [`Jobs::forget`], in every container.
+    pub fn forget(&mut self) {
+        self.by_container.values_mut().for_each(Jobs::forget);
+    }
+
+    /// Whether a container has completed jobs to tidy up.
+    pub fn has_completed(&self) -> bool {
+        self.by_container.values().any(Jobs::has_completed)
+    }
+
+    /// [`Jobs::tidy_up_completed`], in every container.
+    pub fn tidy_up_completed(&mut self) -> Vec<Event> {
+        (self.by_container.values_mut())
+            .flat_map(Jobs::tidy_up_completed)
+            .collect()
+    }
+
+    /// [`Jobs::sweep`], in every container; the first failure is returned after every
+    /// container was swept.
+    pub fn sweep(&mut self) -> Result<Vec<Event>, StoreError> {
+        let mut events = Vec::new();
+        let mut failed = None;
+        for jobs in self.by_container.values_mut() {
+            match jobs.sweep() {
+                Ok(more) => events.extend(more),
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        failed.map_or(Ok(events), Err)
+    }
+}
+
+/// The jobs a collector holds open in one container, and those it saw finish.
 #[derive(Debug)]
 pub struct Jobs {
     store: Arc<dyn BlobStore>,
@@ -239,7 +306,7 @@ impl Jobs {
             tracing::debug!(%job, "result for a finished job: ignored");
             return Ok(vec![]);
         }
-        if let ResultMessage::Cancelled(Cancelled { job, reason }) = message {
+        if let ResultMessage::Cancelled(Cancelled { job, reason, .. }) = message {
             tracing::warn!(%job, %reason, "job cancelled by its producer");
             return Ok(vec![self.cancel(&job, reason)?]);
         }
@@ -611,6 +678,7 @@ mod tests {
 
     fn scored(partition: u32) -> ResultMessage {
         ResultMessage::Scored(Box::new(Scored {
+            container: "ctr".into(),
             more: Vec::new(),
             model_ms: Vec::new(),
             job: "j".into(),
@@ -643,6 +711,7 @@ mod tests {
 
     fn sealed() -> ResultMessage {
         ResultMessage::Sealed(Sealed {
+            container: "ctr".into(),
             job: "j".into(),
             partitions: 3,
             images: 6,
@@ -1006,6 +1075,7 @@ mod tests {
         }
         let events = a
             .handle(ResultMessage::Cancelled(Cancelled {
+                container: "ctr".into(),
                 job: "j".into(),
                 reason: "the seal could not be published".into(),
             }))

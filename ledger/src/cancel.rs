@@ -63,12 +63,14 @@ pub async fn cancel<B: Broker>(
     reason: &str,
 ) -> Result<(), CancelError> {
     let (owned_job, owned_reason) = (job.to_owned(), reason.to_owned());
+    let container = store.container().to_owned();
     let marked = tokio::task::spawn_blocking(move || {
         Ledger::new(store.as_ref(), &owned_job).mark_cancelled(&owned_reason)
     })
     .await?;
     let message = ResultMessage::Cancelled(Cancelled {
         job: job.to_owned(),
+        container,
         reason: reason.to_owned(),
     });
     let told = broker

@@ -119,6 +119,8 @@ pub struct Standing {
     pub manifest: Option<Manifest>,
     /// Partitions the collector holds (it deletes them once the job is complete).
     pub stored: usize,
+    /// Images in them, once the manifest says how many each holds.
+    pub stored_images: Option<u64>,
     /// Its failed partitions.
     pub failures: Failures,
     /// Its error budget; the default once its plan is gone (complete or cancelled).
@@ -187,10 +189,16 @@ pub fn read(ledger: &Ledger<'_>, names: &[String]) -> Result<Standing, StoreErro
     } else {
         JobState::Submitting
     };
+    let stored_images = (manifest.as_ref()).map(|m| {
+        (stored.iter())
+            .map(|&p| u64::from(m.partition_images(p)))
+            .sum()
+    });
     Ok(Standing {
         job: ledger.job().to_owned(),
         manifest,
         stored: stored.len(),
+        stored_images,
         failures,
         budget: budget.unwrap_or_default(),
         state,

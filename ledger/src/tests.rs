@@ -51,6 +51,7 @@ fn manifest() -> Manifest {
 /// Partition `partition` as the collector stores it: scored, or failed for `failed`.
 fn scored(partition: u32, failed: Option<&str>) -> Scored {
     Scored {
+        container: "ctr".into(),
         more: Vec::new(),
         model_ms: Vec::new(),
         job: "j".into(),

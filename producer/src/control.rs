@@ -53,11 +53,8 @@ pub enum ControlError {
 /// What `producer cancel` cancels, and why.
 #[derive(Debug, clap::Args)]
 pub struct CancelArgs {
-    /// Where the container is.
-    #[command(flatten)]
-    pub store: StoreArgs,
     /// The broker.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Broker")]
     pub amqp: AmqpArgs,
     /// The job's id.
     pub job: String,
@@ -68,8 +65,8 @@ pub struct CancelArgs {
 
 /// `producer cancel`: marks the job cancelled in the container, then tells the collector at
 /// once; prints the reason recorded.
-pub async fn run(args: CancelArgs) -> Result<(), ControlError> {
-    let store = args.store.open_async(false).await?;
+pub async fn run(store: &StoreArgs, args: CancelArgs) -> Result<(), ControlError> {
+    let store = store.open_async(false).await?;
     let (checked, job) = (store.clone(), args.job.clone());
     tokio::task::spawn_blocking(move || check(checked.as_ref(), &job)).await??;
     let reason = fleet_ledger::cancel::reason(&caller(), args.reason.as_deref());

@@ -11,7 +11,7 @@ use fleet_ledger::{ErrorBudget, Ledger};
 use fleet_protocol::Summary;
 use fleet_protocol::message::{self, Partition};
 use fleet_service::shutdown::Shutdown;
-use fleet_storage::BlobStore;
+use fleet_storage::{BlobStore, Containers};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -151,8 +151,10 @@ async fn run_fleet(
     let collector_options: CollectorOptions =
         fleet_service::cli::defaults().map_err(EmbeddedError::Config)?;
     let mut fleet: JoinSet<Result<(), EmbeddedError>> = JoinSet::new();
+    // The job's container alone: the embedded fleet serves nothing else.
+    let served = Arc::new(Containers::one(store.container(), store.clone()));
     {
-        let (broker, store, shutdown) = (broker.clone(), store.clone(), shutdown.clone());
+        let (broker, store, shutdown) = (broker.clone(), served.clone(), shutdown.clone());
         fleet.spawn(async move {
             collector::run(broker, store, collector_options, shutdown, Some(events_tx)).await?;
             Ok(())
@@ -161,7 +163,7 @@ async fn run_fleet(
     for i in 0..workers {
         let (broker, store, shutdown, options) = (
             broker.clone(),
-            store.clone(),
+            served.clone(),
             shutdown.clone(),
             worker_options.clone(),
         );
@@ -175,7 +177,7 @@ async fn run_fleet(
 
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template(
-            "{spinner} scoring {bar:40} {pos}/{len} images ({per_sec}, {elapsed})",
+            "{spinner} scoring {bar:40} {pos}/{len} images ({per_sec}, {eta} left)",
         )
         .expect("the template is valid"),
     );

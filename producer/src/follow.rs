@@ -67,9 +67,9 @@ pub async fn follow(
     manifest: &Manifest,
     timeout: Duration,
 ) -> Result<Summary, FollowError> {
-    let bar = ProgressBar::new(u64::from(manifest.partitions)).with_style(
+    let bar = ProgressBar::new(manifest.images).with_style(
         ProgressStyle::with_template(
-            "{spinner} scoring {bar:40} {pos}/{len} partitions ({elapsed})",
+            "{spinner} scoring {bar:40} {pos}/{len} images ({per_sec}, {eta} left)",
         )
         .expect("the template is valid"),
     );
@@ -78,6 +78,8 @@ pub async fn follow(
     let job = manifest.job.clone();
     let mut tick = 0u64;
     let mut unreachable = false;
+    // Partitions stored at the last look.
+    let mut done = 0;
     loop {
         // The summary is looked for often, so that the command returns as soon as the job is
         // done (a missing blob is one cheap request); the rest of the ledger less often.
@@ -136,7 +138,10 @@ pub async fn follow(
                     });
                 }
                 // Completed between the two reads: the next poll reads its summary.
-                _ => bar.set_position(standing.stored as u64),
+                _ => {
+                    done = standing.stored;
+                    bar.set_position(standing.stored_images.unwrap_or_default());
+                }
             }
         }
         if Instant::now() > deadline {
@@ -144,7 +149,7 @@ pub async fn follow(
             return Err(FollowError::TimedOut {
                 job,
                 seconds: timeout.as_secs(),
-                done: bar.position() as usize,
+                done,
                 total: manifest.partitions,
             });
         }

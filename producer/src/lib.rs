@@ -11,6 +11,7 @@
 //! - [`follow`]: waiting for a submitted job, by watching the container.
 //! - [`incremental`]: which images of a collection earlier jobs scored as they are now.
 //! - [`status`]: the container's jobs and where each stands, as the ledger reads them.
+//! - [`results`]: a job's result files brought home (`producer results`).
 //! - [`control`]: cancelling a submitted job.
 //! - [`retry`]: publishing a job's failed partitions again.
 //! - [`embedded`]: the whole fleet in one process, on the in-process broker.
@@ -23,6 +24,7 @@ pub mod embedded;
 pub mod follow;
 pub mod incremental;
 pub mod models;
+pub mod results;
 pub mod retry;
 pub mod run;
 pub mod source;

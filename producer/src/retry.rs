@@ -313,6 +313,7 @@ impl Retry {
     fn rebuild(&self, failed: &Scored, images: Images) -> Partition {
         Partition {
             job: self.job.clone(),
+            container: failed.container.clone(),
             partition: failed.partition,
             models: self.manifest.models().into_iter().map(|m| m.name).collect(),
             batch: failed.batch.clone(),

@@ -19,17 +19,12 @@ use crate::retry::RetryError;
 use crate::submit::{SubmitError, SubmitOptions};
 
 /// A job, and where it runs: `producer` without a subcommand.
-#[derive(Debug, clap::Args)]
+#[derive(Debug)]
 pub struct RunArgs {
-    /// Where the container is.
-    #[command(flatten)]
-    pub store: StoreArgs,
-    /// Where the job runs.
-    #[command(flatten)]
-    pub fleet: FleetArgs,
     /// What to score.
-    #[command(flatten)]
     pub submit: SubmitOptions,
+    /// Where the job runs.
+    pub fleet: FleetArgs,
 }
 
 /// Where a job's partitions are scored, and whether to wait for its end.
@@ -48,9 +43,6 @@ pub struct FleetArgs {
         default_value_t = 3600
     )]
     pub wait_timeout_secs: u64,
-    /// The broker.
-    #[command(flatten)]
-    pub amqp: AmqpArgs,
     /// Workers in the embedded run, each with its own copy of the models (so at most 64); they
     /// share the cores.
     #[arg(
@@ -61,8 +53,11 @@ pub struct FleetArgs {
         value_parser = clap::value_parser!(u16).range(1..=MAX_EMBEDDED_WORKERS as i64)
     )]
     pub workers: u16,
+    /// The broker.
+    #[command(flatten, next_help_heading = "Broker")]
+    pub amqp: AmqpArgs,
     /// The embedded run's workers.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Embedded workers' tuning")]
     pub worker: WorkerOptions,
 }
 
@@ -125,8 +120,8 @@ impl Completed {
 }
 
 /// Submits the job `args` describe and, embedded or with `--wait`, sees it to its end.
-pub async fn run(args: RunArgs) -> Result<Completed, RunError> {
-    let store = args.store.open_async(false).await?;
+pub async fn run(store: &StoreArgs, args: RunArgs) -> Result<Completed, RunError> {
+    let store = store.open_async(false).await?;
     let job = job::new_job_id();
     let fleet = args.fleet;
     if fleet.embedded {
@@ -150,11 +145,12 @@ pub async fn run(args: RunArgs) -> Result<Completed, RunError> {
         crate::submit::submit(&broker, store.clone(), &args.submit, &job, |n| bar.inc(n)).await;
     bar.finish_and_clear();
     let manifest = manifest?;
-    println!(
+    eprintln!(
         "submitted {} images in {} partitions",
         manifest.images, manifest.partitions
     );
-    println!("job: {job}");
+    // Standard output carries the id alone, for `J=$(producer ...)`.
+    println!("{job}");
     if fleet.wait {
         return wait(store, &manifest, fleet.wait_timeout_secs).await;
     }
@@ -164,20 +160,16 @@ pub async fn run(args: RunArgs) -> Result<Completed, RunError> {
 /// What `producer retry` retries, and where.
 #[derive(Debug, clap::Args)]
 pub struct RetryArgs {
-    /// Where the container is.
-    #[command(flatten)]
-    pub store: StoreArgs,
     /// The job's id.
     pub job: String,
-    /// Where the job runs.
     /// Where the partitions are scored.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Where the job runs")]
     pub fleet: FleetArgs,
 }
 
 /// Publishes a job's failed partitions again, over the fleet or in this process.
-pub async fn retry(args: RetryArgs) -> Result<Completed, RunError> {
-    let store = args.store.open_async(false).await?;
+pub async fn retry(store: &StoreArgs, args: RetryArgs) -> Result<Completed, RunError> {
+    let store = store.open_async(false).await?;
     let (found_in, job) = (store.clone(), args.job.clone());
     let retry = tokio::task::spawn_blocking(move || crate::retry::prepare(found_in.as_ref(), &job))
         .await??;
@@ -188,7 +180,7 @@ pub async fn retry(args: RetryArgs) -> Result<Completed, RunError> {
             "dead-lettered partitions whose rows the collector has not stored yet are left out: retry again once it has"
         );
     }
-    println!(
+    eprintln!(
         "job {}: scoring {} failed partitions again",
         retry.job,
         retry.partitions.len()
@@ -206,22 +198,24 @@ pub async fn retry(args: RetryArgs) -> Result<Completed, RunError> {
     }
     let broker = AmqpBroker::connect(fleet.amqp).await?;
     let published = retry.publish(&broker, store.clone(), &mut |_| {}).await?;
-    println!("published {published} partitions");
+    eprintln!("published {published} partitions");
+    println!("{}", retry.job);
     if fleet.wait {
         return wait(store, &retry.manifest, fleet.wait_timeout_secs).await;
     }
     Ok(Completed::Whole)
 }
 
-/// What an embedded run prints once its job is complete.
+/// What an embedded run prints once its job is complete: the job's id on standard output, the
+/// rest on standard error.
 pub fn embedded_done(store: &dyn BlobStore, run: &EmbeddedRun) -> Completed {
     print_summary(&run.summary);
     if let Some(peak) = peak_memory_mb() {
         // Every role ran in this process: its peak is the job's.
-        println!("peak memory: {peak} MB");
+        eprintln!("peak memory: {peak} MB");
     }
-    println!("job: {}", run.job);
     print_report(store, &run.job);
+    println!("{}", run.job);
     Completed::of(&run.summary)
 }
 
@@ -238,12 +232,20 @@ pub async fn wait(
     Ok(Completed::of(&summary))
 }
 
-/// Where the job's report is: a path or a blob URL to open in a browser.
+/// How long a printed report link opens without credentials.
+pub const REPORT_LINK_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Where the job's report opens in a browser: a path, or a link signed for reading it alone;
+/// where no link can be signed (a managed identity), the command that brings it home.
 fn print_report(store: &dyn BlobStore, job: &str) {
-    println!(
-        "report: {}",
-        store.location(&job::result_key(job, job::files::REPORT))
-    );
+    let key = job::result_key(job, job::files::REPORT);
+    match store.shareable(&key, REPORT_LINK_LIFETIME) {
+        Some(link) => eprintln!("report: {link}"),
+        None => eprintln!(
+            "report: {} (needs the store's credentials; `producer results {job}` brings the job's files home)",
+            store.location(&key)
+        ),
+    }
 }
 
 /// This process's peak resident memory, in MB (Linux's `VmHWM`; `None` elsewhere).
@@ -255,8 +257,11 @@ fn peak_memory_mb() -> Option<u64> {
 }
 
 fn print_summary(summary: &Summary) {
-    println!("{}", summary.accuracy_line());
-    println!(
+    for warning in &summary.warnings {
+        tracing::warn!("{warning}");
+    }
+    eprintln!("{}", summary.accuracy_line());
+    eprintln!(
         "scored {} images in {:.2}s ({:.0} images/s)",
         summary.scored, summary.timings.wall_seconds, summary.timings.images_per_second
     );

@@ -38,9 +38,6 @@ pub const DEFAULT_MEAN_IMAGE_URL: &str = "https://raw.githubusercontent.com/Azur
 /// What `producer stage` puts into a container.
 #[derive(Debug, clap::Args)]
 pub struct StageArgs {
-    /// Where the container is.
-    #[command(flatten)]
-    pub store: StoreArgs,
     /// CIFAR-10 tarball: a file or an http(s) URL, staged as --tarball-blob.
     #[arg(long)]
     pub tarball: Option<Source>,
@@ -71,7 +68,7 @@ pub struct StageArgs {
     #[arg(long = "model-name", env = "MODEL_NAME")]
     pub model_name: Option<String>,
     /// How the model's images are prepared.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "How the model's images are prepared")]
     pub spec: SpecArgs,
     /// Blob name of the tarball in the container (what a job's `--dataset` names).
     #[arg(long = "tarball-blob", env = "TARBALL_BLOB", default_value = job::DATASET_BLOB)]
@@ -84,7 +81,7 @@ pub struct StageArgs {
     #[arg(long, value_delimiter = ',', value_enum)]
     pub only: Vec<Input>,
     /// How the model is loaded, to check it.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "How the model is loaded")]
     pub inference: InferenceOptions,
 }
 
@@ -101,8 +98,8 @@ pub enum Input {
 
 /// `producer stage`: stages what `args` names (the walkthrough's inputs when it names
 /// nothing), printing a line for each input staged.
-pub fn run(mut args: StageArgs) -> Result<(), StageError> {
-    let store = args.store.open(true)?;
+pub fn run(store: &StoreArgs, mut args: StageArgs) -> Result<(), StageError> {
+    let store = store.open(true)?;
     let named = args.tarball.is_some()
         || args.images.is_some()
         || args.model.is_some()

@@ -47,16 +47,14 @@ pub struct SubmitOptions {
     /// (`filename,label`, a class name or index).
     #[arg(long, env = "LABELS", default_value = "auto")]
     pub labels: LabelSource,
-    /// Batches of a tarball to score: `all`, or a comma-separated list (`test_batch,data_batch_1`).
-    #[arg(long, env = "BATCHES", default_value = "test_batch")]
-    pub batches: BatchSelection,
-    /// Images per partition: one message, which a worker scores in calls of `--max-call-mb`
-    /// (a model with a large input gets smaller partitions, as many images as a worker holds).
-    #[arg(long, env = "PARTITION_SIZE", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=20_000))]
-    pub partition_size: u32,
     /// Classes reported per image in `scores.csv`, best first.
     #[arg(long = "top-k", env = "TOP_K", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=MAX_TOP_K as i64))]
     pub top_k: u8,
+    /// Score only the images of the collection that no complete job of the same model (its
+    /// ONNX sha256 and spec) and top-k scored at their present size and version; the job's
+    /// results name the earlier jobs whose rows cover the rest.
+    #[arg(long, env = "INCREMENTAL")]
+    pub incremental: bool,
     /// Partitions that may fail (dead-lettered: no worker could score them) with the job still
     /// completing, as partial: their images get rows with the reason, the summary and report
     /// say partial, and `--wait` exits with status 3. Beyond it the job cannot complete.
@@ -66,11 +64,15 @@ pub struct SubmitOptions {
         default_value_t = 0
     )]
     pub max_failed_partitions: u32,
-    /// Score only the images of the collection that no complete job of the same model (its
-    /// ONNX sha256 and spec) and top-k scored at their present size and version; the job's
-    /// results name the earlier jobs whose rows cover the rest.
-    #[arg(long, env = "INCREMENTAL")]
-    pub incremental: bool,
+    /// Batches of a tarball to score: `all`, or a comma-separated list (`test_batch,data_batch_1`).
+    #[arg(long, env = "BATCHES", default_value = "test_batch")]
+    pub batches: BatchSelection,
+    /// Images per partition: one message, which a worker scores in calls of `--max-call-mb`
+    /// (a model with a large input gets smaller partitions, as many images as a worker holds)
+    /// [default: a size that cuts the job into at least 16 partitions, so that every worker of
+    /// a fleet gets work, and at most 500].
+    #[arg(long, env = "PARTITION_SIZE", value_parser = clap::value_parser!(u32).range(1..=20_000))]
+    pub partition_size: Option<u32>,
 }
 
 /// Why a job cannot be submitted.
@@ -200,22 +202,27 @@ pub async fn submit<B: Broker>(
     let most = fleet_spec::max_partition_images(&specs);
     let mut options = options.clone();
     options.models = inputs.names();
-    if options.partition_size > most {
+    if let Some(requested) = options.partition_size.filter(|&size| size > most) {
         tracing::warn!(
-            requested = options.partition_size,
+            requested,
             partition_size = most,
             "the input of {} is {} bytes an image: partitions cut to {most} images, which a worker can hold",
             options.models.join(" and "),
             specs.iter().map(ModelSpec::waiting_bytes).sum::<u64>()
         );
-        options.partition_size = most;
+        options.partition_size = Some(most);
     }
+    let sizing = Sizing {
+        chosen: options.partition_size,
+        most,
+    };
     let options = &options;
     let submitted_at_ms = now_ms();
     let submission = Submission {
         broker,
         store: store.clone(),
         options,
+        sizing,
         job,
         inputs: &inputs,
         coverage,
@@ -503,24 +510,28 @@ fn narrow(coverage: &mut Coverage, prefix: &str, page: &mut Vec<Entry>) -> u64 {
 /// each as soon as it is full.
 struct Cutter {
     prefix: String,
-    size: usize,
+    sizing: Sizing,
+    /// The partition size, once settled: when the images seen settle it, or at the end.
+    size: Option<usize>,
     waiting: Vec<Entry>,
     partitions: u32,
     published: u64,
 }
 
 impl Cutter {
-    fn new(prefix: &str, size: usize) -> Self {
+    fn new(prefix: &str, sizing: Sizing) -> Self {
         Self {
             prefix: prefix.to_owned(),
-            size,
+            sizing,
+            size: None,
             waiting: Vec::new(),
             partitions: 0,
             published: 0,
         }
     }
 
-    /// Takes a page in, publishing every partition it fills.
+    /// Takes a page in, publishing every partition it fills once the size is settled (until
+    /// then, the images wait: a bounded number, [`Sizing::settled_after`]).
     async fn add<B: Broker>(
         &mut self,
         submission: &Submission<'_, B>,
@@ -528,26 +539,36 @@ impl Cutter {
         on_published: &mut impl FnMut(u64),
     ) -> Result<(), SubmitError> {
         self.waiting.extend(page);
-        while self.waiting.len() >= self.size {
-            let rest = self.waiting.split_off(self.size);
+        if self.size.is_none() && self.waiting.len() >= self.sizing.settled_after() {
+            self.size = Some(self.sizing.of(self.waiting.len()) as usize);
+        }
+        let Some(size) = self.size else {
+            return Ok(());
+        };
+        while self.waiting.len() >= size {
+            let rest = self.waiting.split_off(size);
             let full = std::mem::replace(&mut self.waiting, rest);
             self.publish(submission, full, on_published).await?;
         }
         Ok(())
     }
 
-    /// Publishes the last, partial partition; what was published.
+    /// Publishes what waits (all of a collection smaller than the size's settling point,
+    /// else the last, partial partition); what was published.
     async fn finish<B: Broker>(
         mut self,
         submission: &Submission<'_, B>,
         labelled_images: u64,
         on_published: &mut impl FnMut(u64),
     ) -> Result<Published, SubmitError> {
-        if !self.waiting.is_empty() {
-            let last = std::mem::take(&mut self.waiting);
-            self.publish(submission, last, on_published).await?;
+        let size = *(self.size).get_or_insert(self.sizing.of(self.waiting.len()) as usize);
+        while !self.waiting.is_empty() {
+            let rest = self.waiting.split_off(size.min(self.waiting.len()));
+            let part = std::mem::replace(&mut self.waiting, rest);
+            self.publish(submission, part, on_published).await?;
         }
         Ok(Published {
+            partition_size: size as u32,
             kind: DatasetKind::Images,
             dataset: self.prefix.clone(),
             batches: vec![BatchEntry {
@@ -584,11 +605,51 @@ impl Cutter {
     }
 }
 
+/// Partitions a job is cut into at least, by default: enough for every worker of a
+/// fleet to get work (and for the bars to move) however few the images.
+pub const MIN_PARTITIONS: u32 = 16;
+/// Images a partition holds at most, by default: one message, scored in a few model calls.
+pub const MAX_PARTITION_SIZE: u32 = 500;
+
+/// How a job's images are cut into partitions: each batch (a collection, or a tarball's
+/// batch) into partitions of one size, its last one holding the rest.
+#[derive(Debug, Clone, Copy)]
+struct Sizing {
+    /// `--partition-size`, when given (within `most`).
+    chosen: Option<u32>,
+    /// The most images a worker can hold waiting for the models.
+    most: u32,
+}
+
+impl Sizing {
+    /// The partition size of a batch of `images` images: the one chosen, else the largest
+    /// that cuts it into at least [`MIN_PARTITIONS`] partitions (one per image when it has
+    /// fewer), within [`MAX_PARTITION_SIZE`] and what a worker can hold.
+    fn of(self, images: usize) -> u32 {
+        let ceiling = MAX_PARTITION_SIZE.min(self.most).max(1);
+        self.chosen.unwrap_or_else(|| {
+            let even = images / MIN_PARTITIONS as usize;
+            u32::try_from(even).unwrap_or(u32::MAX).clamp(1, ceiling)
+        })
+    }
+
+    /// Images of a batch listed page by page after which its size is settled, whatever
+    /// follows: the size is the ceiling from there on.
+    fn settled_after(self) -> usize {
+        match self.chosen {
+            Some(_) => 0,
+            None => MIN_PARTITIONS as usize * MAX_PARTITION_SIZE.min(self.most).max(1) as usize,
+        }
+    }
+}
+
 /// One job being submitted: what its publishing steps share.
 struct Submission<'a, B> {
     broker: &'a B,
     store: Arc<dyn BlobStore>,
     options: &'a SubmitOptions,
+    /// How its images are cut into partitions.
+    sizing: Sizing,
     job: &'a str,
     inputs: &'a Inputs,
     /// The inputs' coverage, taken by the collection's lister.
@@ -597,6 +658,8 @@ struct Submission<'a, B> {
 
 /// What publishing a dataset's partitions came to.
 struct Published {
+    /// Images per partition (each batch's last partition holds the rest).
+    partition_size: u32,
     kind: DatasetKind,
     /// The tarball blob or the collection's prefix.
     dataset: String,
@@ -704,10 +767,10 @@ impl<B: Broker> Submission<'_, B> {
     }
 
     /// Refuses partition `partition` when the job would have more than its results can hold.
-    fn check_partition(&self, partition: u32) -> Result<(), SubmitError> {
+    fn check_partition(&self, partition: u32, size: usize) -> Result<(), SubmitError> {
         if partition >= job::MAX_PARTITIONS {
             return Err(SubmitError::TooManyPartitions {
-                partition_size: self.options.partition_size,
+                partition_size: size as u32,
             });
         }
         Ok(())
@@ -731,7 +794,7 @@ impl<B: Broker> Submission<'_, B> {
                 .collect(),
             classes: self.inputs.classes.clone(),
             top_k: self.options.top_k,
-            partition_size: self.options.partition_size,
+            partition_size: published.partition_size,
             partitions: batches.iter().map(|b| b.partitions).sum(),
             images: batches.iter().map(|b| u64::from(b.images)).sum(),
             batches: batches.clone(),
@@ -765,6 +828,7 @@ impl<B: Broker> Submission<'_, B> {
     async fn seal(&self, manifest: &Manifest) -> Result<(), SubmitError> {
         let sealed = ResultMessage::Sealed(Sealed {
             job: self.job.into(),
+            container: self.store.container().to_owned(),
             partitions: manifest.partitions,
             images: manifest.images,
             labelled: manifest.labelled_images > 0,
@@ -786,7 +850,6 @@ impl<B: Broker> Submission<'_, B> {
         named: bool,
         on_published: &mut impl FnMut(u64),
     ) -> Result<Published, SubmitError> {
-        let size = self.options.partition_size as usize;
         let prefix = collection::normalize_prefix(dataset);
         let (tx, mut rx) = mpsc::channel::<Vec<Entry>>(2);
         let lister = {
@@ -838,7 +901,7 @@ impl<B: Broker> Submission<'_, B> {
                 Ok(outcome)
             })
         };
-        let mut cutter = Cutter::new(&prefix, size);
+        let mut cutter = Cutter::new(&prefix, self.sizing);
         let mut outcome = Ok(());
         while let Some(page) = rx.recv().await {
             outcome = cutter.add(self, page, on_published).await;
@@ -869,8 +932,8 @@ impl<B: Broker> Submission<'_, B> {
         held: &collection::Labelled,
         on_published: &mut impl FnMut(u64),
     ) -> Result<Published, SubmitError> {
-        let size = self.options.partition_size as usize;
-        let mut cutter = Cutter::new(&held.collection.prefix, size);
+        let size = self.sizing.of(held.collection.names.len()) as usize;
+        let mut cutter = Cutter::new(&held.collection.prefix, self.sizing);
         let mut page_start = 0;
         for (names, labels) in held
             .collection
@@ -905,7 +968,7 @@ impl<B: Broker> Submission<'_, B> {
         entries: Vec<Entry>,
         on_published: &mut impl FnMut(u64),
     ) -> Result<(), SubmitError> {
-        self.check_partition(partition)?;
+        self.check_partition(partition, entries.len())?;
         let images = entries.len() as u64;
         let multi = self.inputs.spec.multi_label.is_some();
         let (mut names, mut labels, mut tags) = (Vec::new(), Vec::new(), Vec::new());
@@ -918,6 +981,7 @@ impl<B: Broker> Submission<'_, B> {
         }
         let partition = Partition {
             job: self.job.into(),
+            container: self.store.container().to_owned(),
             partition,
             models: self.inputs.names(),
             batch: prefix.to_owned(),
@@ -957,7 +1021,7 @@ impl<B: Broker> Submission<'_, B> {
                     samples.push((image, names[i].clone()));
                 }
             }
-            if let Err(e) = self.check_partition(partition.partition) {
+            if let Err(e) = self.check_partition(partition.partition, partition.len()) {
                 drop(rx);
                 let _ = reader.await;
                 return Err(e);
@@ -980,7 +1044,7 @@ impl<B: Broker> Submission<'_, B> {
         if let Some(e) = publish_error {
             return Err(e.into());
         }
-        let batches = read?;
+        let (partition_size, batches) = read?;
         let labelled_images = if labelled {
             batches.iter().map(|b| u64::from(b.images)).sum()
         } else {
@@ -996,6 +1060,7 @@ impl<B: Broker> Submission<'_, B> {
             })
             .collect();
         Ok(Published {
+            partition_size,
             kind: DatasetKind::Tarball,
             dataset: blob.to_owned(),
             batches,
@@ -1006,34 +1071,39 @@ impl<B: Broker> Submission<'_, B> {
     }
 
     /// Reads the tarball's chosen batches on a blocking thread into `tx`, one partition at a
-    /// time; the batches seen.
+    /// time; the partition size (settled by the first batch, for every batch) and the batches
+    /// seen.
     fn read_tarball(
         &self,
         blob: &str,
         labelled: bool,
         tx: mpsc::Sender<Partition>,
-    ) -> tokio::task::JoinHandle<Result<Vec<BatchEntry>, SubmitError>> {
-        let (store, dataset, selection, size, models, job_id, top_k) = (
+    ) -> tokio::task::JoinHandle<Result<(u32, Vec<BatchEntry>), SubmitError>> {
+        let container = self.store.container().to_owned();
+        let (store, dataset, selection, sizing, models, job_id, top_k) = (
             self.store.clone(),
             blob.to_owned(),
             self.options.batches.clone(),
-            self.options.partition_size as usize,
+            self.sizing,
             self.inputs.names(),
             self.job.to_owned(),
             self.options.top_k,
         );
         // A multi-label model's true classes are tags: CIFAR-10's one label, as a set.
         let multi = self.inputs.spec.multi_label.is_some();
-        tokio::task::spawn_blocking(move || -> Result<Vec<BatchEntry>, SubmitError> {
+        tokio::task::spawn_blocking(move || -> Result<(u32, Vec<BatchEntry>), SubmitError> {
             let source = store.open(&dataset)?;
             let mut entries = Vec::new();
             let mut next_partition = 0u32;
+            let mut settled = None;
             dataset::read_tarball(source, &dataset, &selection, |batch| {
+                let size = *settled.get_or_insert(sizing.of(batch.len()) as usize);
                 let first_partition = next_partition;
                 for start in (0..batch.len()).step_by(size) {
                     let end = (start + size).min(batch.len());
                     let partition = Partition {
                         job: job_id.clone(),
+                        container: container.clone(),
                         partition: next_partition,
                         models: models.clone(),
                         batch: batch.name.clone(),
@@ -1071,7 +1141,8 @@ impl<B: Broker> Submission<'_, B> {
                 });
                 Ok(())
             })?;
-            Ok(entries)
+            let size = settled.unwrap_or(1) as u32;
+            Ok((size, entries))
         })
     }
 }

@@ -14,6 +14,8 @@ pub const GALLERY_SIZE: usize = 12;
 pub const SAMPLE_SIZE: usize = 16;
 /// Longest side of a thumbnail, in pixels.
 pub const THUMBNAIL_SIDE: usize = 64;
+/// Classes the report shows under each picture, best first.
+pub const SHOWN_TOP: usize = 3;
 /// Positions of the images of partition `partition` whose thumbnails the report may show: the
 /// first [`SAMPLE_SIZE`] images the model scored in the job's first partition, the partition's
 /// [`GALLERY_SIZE`] most confident mistakes, and its [`GALLERY_SIZE`] least confident

@@ -465,6 +465,18 @@ pub struct ModelRef {
 }
 
 impl Manifest {
+    /// Images in partition `partition`: each batch is cut into partitions of
+    /// `partition_size`, its last one holding the rest; 0 for a partition the job does not have.
+    pub fn partition_images(&self, partition: u32) -> u32 {
+        let Some(batch) = self.batches.iter().find(|b| {
+            partition >= b.first_partition && partition - b.first_partition < b.partitions
+        }) else {
+            return 0;
+        };
+        let before = (partition - batch.first_partition).saturating_mul(self.partition_size);
+        batch.images.saturating_sub(before).min(self.partition_size)
+    }
+
     /// Every model of the job, in order, with its SHA-256.
     pub fn models(&self) -> Vec<ModelRef> {
         let first = ModelRef {
@@ -565,5 +577,41 @@ mod tests {
             "{a}"
         );
         assert_eq!(a.len(), "20261123-233012-7f3a9c".len(), "{a}");
+    }
+
+    #[test]
+    fn a_partition_holds_its_batch_share() {
+        let batch = |name: &str, images, first_partition, partitions| BatchEntry {
+            name: name.into(),
+            images,
+            first_partition,
+            partitions,
+        };
+        let manifest = Manifest {
+            job: "j".into(),
+            dataset: "d".into(),
+            dataset_kind: DatasetKind::Tarball,
+            labels: "none".into(),
+            labelled_images: 0,
+            model: "m".into(),
+            model_sha256: String::new(),
+            more_models: Vec::new(),
+            classes: Vec::new(),
+            top_k: 1,
+            partition_size: 4,
+            // 10 images: 4, 4, 2; then 4 images: one partition of 4.
+            partitions: 4,
+            images: 14,
+            batches: vec![batch("a", 10, 0, 3), batch("b", 4, 3, 1)],
+            submitted_at_ms: 0,
+            published_at_ms: 0,
+            incremental: None,
+        };
+        let images: Vec<u32> = (0..6).map(|p| manifest.partition_images(p)).collect();
+        assert_eq!(images, [4, 4, 2, 4, 0, 0]);
+        assert_eq!(
+            images.iter().map(|&n| u64::from(n)).sum::<u64>(),
+            manifest.images
+        );
     }
 }

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the message format written by this build.
-pub const MESSAGE_VERSION: u16 = 6;
+pub const MESSAGE_VERSION: u16 = 7;
 
 /// Largest message accepted. A partition of 1,000 CIFAR images is about 3 MB, one of 1,000
 /// blob names a few tens of kB; anything much larger is a mistake or an attack, and is refused
@@ -73,6 +73,9 @@ impl Images {
 pub struct Partition {
     /// The job's id.
     pub job: String,
+    /// The container the job lives in (its images, models and results): one fleet serves
+    /// every container of its storage account.
+    pub container: String,
     /// Position of this partition in the job, from 0.
     pub partition: u32,
     /// The job's models, in order (one, or several compared over the same images): for each
@@ -193,6 +196,8 @@ impl Score {
 pub struct Scored {
     /// The job's id.
     pub job: String,
+    /// The job's container ([`Partition::container`]).
+    pub container: String,
     /// The partition's number in the job.
     pub partition: u32,
     /// The batch it belongs to.
@@ -281,6 +286,19 @@ impl Scored {
                 self.scores.len()
             ));
         }
+        let models = 1 + self.more.len();
+        if let Some(t) = (self.thumbnails.iter()).find(|t| {
+            t.top.len() > models
+                || t.top
+                    .iter()
+                    .any(|top| top.len() > crate::gallery::SHOWN_TOP)
+        }) {
+            return bad(format!(
+                "the thumbnail of image {} ranks {} models' classes, of a job of {models}",
+                t.position,
+                t.top.len()
+            ));
+        }
         Ok(())
     }
 }
@@ -293,6 +311,10 @@ pub struct Thumbnail {
     /// The thumbnail as a PNG file.
     #[serde(with = "serde_bytes")]
     pub png: Vec<u8>,
+    /// The image's best classes by each of the job's models, in the job's order, best first:
+    /// up to [`crate::gallery::SHOWN_TOP`], whatever the job's top-k (the report shows them
+    /// under the picture); empty for a model that did not score it.
+    pub top: Vec<Vec<(u32, f32)>>,
 }
 
 /// Sent by the producer after the last partition of a job: the collector knows the job is
@@ -302,6 +324,8 @@ pub struct Thumbnail {
 pub struct Sealed {
     /// The job's id.
     pub job: String,
+    /// The job's container ([`Partition::container`]).
+    pub container: String,
     /// Partitions published for the job.
     pub partitions: u32,
     /// Images in the job.
@@ -320,6 +344,8 @@ pub struct Sealed {
 pub struct Cancelled {
     /// The job's id.
     pub job: String,
+    /// The job's container ([`Partition::container`]).
+    pub container: String,
     /// Why it was cancelled.
     pub reason: String,
 }
@@ -342,6 +368,15 @@ impl ResultMessage {
             ResultMessage::Scored(m) => &m.job,
             ResultMessage::Sealed(m) => &m.job,
             ResultMessage::Cancelled(m) => &m.job,
+        }
+    }
+
+    /// The container of the job the message is about.
+    pub fn container(&self) -> &str {
+        match self {
+            ResultMessage::Scored(m) => &m.container,
+            ResultMessage::Sealed(m) => &m.container,
+            ResultMessage::Cancelled(m) => &m.container,
         }
     }
 }
@@ -410,6 +445,7 @@ mod tests {
 
     fn partition() -> Partition {
         Partition {
+            container: "ctr".into(),
             job: "j".into(),
             partition: 3,
             models: vec!["m".into()],
@@ -485,6 +521,7 @@ mod tests {
     #[test]
     fn scores_the_collector_cannot_write_are_invalid() {
         let scored = Scored {
+            container: "ctr".into(),
             job: "j".into(),
             partition: 0,
             batch: "b".into(),
@@ -523,9 +560,18 @@ mod tests {
         assert!(
             invalid(|s| s.thumbnails.push(Thumbnail {
                 position: 1,
-                png: vec![]
+                png: vec![],
+                top: vec![]
             }))
             .contains("a thumbnail of image 1 of 1")
+        );
+        assert!(
+            invalid(|s| s.thumbnails.push(Thumbnail {
+                position: 0,
+                png: vec![],
+                top: vec![vec![(0, 1.0)], vec![(1, 0.5)]]
+            }))
+            .contains("ranks 2 models' classes, of a job of 1")
         );
     }
 

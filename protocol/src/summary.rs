@@ -124,6 +124,10 @@ pub struct Summary {
     /// A job of several models: every pair of them compared, over the images both scored.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub comparisons: Vec<Comparison>,
+    /// What looks wrong with the job's results, with its likely cause (one class taking most
+    /// predictions, say): said at the job's end and in the report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// One model of a job of several.

@@ -14,9 +14,16 @@ pub fn defaults<T: clap::Args + clap::FromArgMatches>() -> Result<T, clap::Error
 /// its value, `[env: FLEET_CONTAINER=]` when unset, which reads as "set to empty", and a
 /// deployed container's help would print whatever its environment holds.
 pub fn parse<T: clap::Parser>() -> T {
+    parse_with_matches().0
+}
+
+/// [`parse`], with the matches it was read from: where each value came from (the command
+/// line, the environment, a default), for checks clap cannot state.
+pub fn parse_with_matches<T: clap::Parser>() -> (T, clap::ArgMatches) {
     let command = names_env_only(T::command());
-    let mut matches = command.get_matches();
-    T::from_arg_matches_mut(&mut matches).unwrap_or_else(|e| e.exit())
+    let matches = command.get_matches();
+    let parsed = T::from_arg_matches_mut(&mut matches.clone()).unwrap_or_else(|e| e.exit());
+    (parsed, matches)
 }
 
 /// `command` with every argument's environment value hidden, in every subcommand.

@@ -80,6 +80,8 @@ fn managed_identity(client_id: Option<&str>) -> Option<String> {
 pub struct AzureStore {
     /// `https://account.blob.core.windows.net/container`, without any SAS.
     container_url: Url,
+    /// The container's name.
+    container: String,
     auth: Auth,
     /// The client and when its SAS expires (`None` for token auth).
     client: Mutex<(Arc<BlobContainerClient>, Option<SystemTime>)>,
@@ -155,6 +157,7 @@ impl AzureStore {
         let client = make_client(&container_url, &auth)?;
         let store = Self {
             container_url,
+            container: container.to_owned(),
             auth,
             client: Mutex::new(client),
         };
@@ -547,6 +550,84 @@ impl BlobStore for AzureStore {
             self.container_url.as_str().trim_end_matches('/')
         )
     }
+
+    fn container(&self) -> &str {
+        &self.container
+    }
+
+    fn shareable(&self, key: &str, lifetime: Duration) -> Option<String> {
+        let Auth::Key {
+            account,
+            key: secret,
+        } = &self.auth
+        else {
+            return None;
+        };
+        let container = &self.container;
+        let content_type = key.ends_with(".html").then_some("text/html; charset=utf-8");
+        let sas = blob_read_sas(
+            account,
+            secret,
+            container,
+            key,
+            SystemTime::now() + lifetime,
+            content_type,
+        );
+        Some(format!("{}?{sas}", self.location(key)))
+    }
+}
+
+/// A service SAS that reads blob `blob` of `container` alone until `expiry`; with
+/// `content_type`, the response says that type whatever the blob was uploaded as (a browser
+/// shows an HTML report instead of downloading it).
+fn blob_read_sas(
+    account: &str,
+    key: &[u8],
+    container: &str,
+    blob: &str,
+    expiry: SystemTime,
+    content_type: Option<&str>,
+) -> String {
+    let expiry = iso8601(expiry);
+    let (permissions, resource, protocols) = ("r", "b", "https,http");
+    let content_type = content_type.unwrap_or("");
+    // The service SAS string-to-sign (versions 2020-12-06 and later): permissions, start,
+    // expiry, canonical resource, identifier, IP range, protocols, version, resource,
+    // snapshot time, encryption scope, then the five response header overrides (cache control,
+    // disposition, encoding, language, type).
+    let to_sign = [
+        permissions,
+        "",
+        &expiry,
+        &format!("/blob/{account}/{container}/{blob}"),
+        "",
+        "",
+        protocols,
+        SAS_VERSION,
+        resource,
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        content_type,
+    ]
+    .join("\n");
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(to_sign.as_bytes());
+    let signature = BASE64.encode(mac.finalize().into_bytes());
+    let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let mut sas = format!(
+        "sv={SAS_VERSION}&sr={resource}&sp={permissions}&se={}&spr={}",
+        encode(&expiry),
+        encode(protocols)
+    );
+    if !content_type.is_empty() {
+        sas.push_str(&format!("&rsct={}", encode(content_type)));
+    }
+    sas.push_str(&format!("&sig={}", encode(&signature)));
+    sas
 }
 
 #[cfg(test)]

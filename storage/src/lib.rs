@@ -5,8 +5,11 @@
 //! the embedded default) and [`azure::AzureStore`] (Azure Blob Storage). The API is blocking:
 //! both back ends are blocking I/O, and async callers run it on the blocking pool.
 
+pub mod account;
 pub mod azure;
 pub mod local;
+
+pub use account::{AccountArgs, Containers, FleetStoreArgs, StoreArgs};
 
 use std::fmt::Debug;
 use std::io::Read;
@@ -39,6 +42,22 @@ pub enum StoreError {
         /// The directory or account it was looked for in.
         location: String,
     },
+    /// A container this process does not serve: a fleet restricted to an allow-list
+    /// (`--containers`), or an embedded run, which serves its own container alone.
+    #[error(
+        "container {container} is not served here (this fleet serves {}); add it to the \
+         workers' and collector's FLEET_CONTAINERS, or submit the job to one of those",
+        served.join(", ")
+    )]
+    NotServed {
+        /// The container a job named.
+        container: String,
+        /// Those served.
+        served: Vec<String>,
+    },
+    /// A container name Azure would refuse, from a message: never opened.
+    #[error("{0}")]
+    BadContainer(String),
     /// The store refused access to the blob.
     #[error("{store}: access denied to {key}{hint}")]
     Denied {
@@ -161,9 +180,11 @@ impl StoreError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             StoreError::NotFound { .. } => ErrorKind::NotFound,
-            StoreError::Denied { .. } | StoreError::NotABlob { .. } | StoreError::BadKey(_) => {
-                ErrorKind::Blob
-            }
+            StoreError::Denied { .. }
+            | StoreError::NotABlob { .. }
+            | StoreError::BadKey(_)
+            | StoreError::NotServed { .. }
+            | StoreError::BadContainer(_) => ErrorKind::Blob,
             StoreError::Corrupt { .. } => ErrorKind::Corrupt,
             StoreError::NoContainer { .. }
             | StoreError::Config { .. }
@@ -322,8 +343,17 @@ pub trait BlobStore: Send + Sync + Debug {
     /// Where this is, for messages: a directory or a container URL.
     fn describe(&self) -> String;
 
+    /// The container's name: what a job's messages name it by.
+    fn container(&self) -> &str;
+
     /// Where blob `key` opens from outside this program: a file path or the blob's URL.
     fn location(&self, key: &str) -> String;
+
+    /// Where blob `key` opens in a browser with no credentials for `lifetime`: a local file's
+    /// path; an Azure blob's URL with a read-only signature for that blob alone (as HTML when
+    /// its name ends in `.html`). `None` where no such link can be made (a store reached with
+    /// a managed identity holds no key to sign with).
+    fn shareable(&self, key: &str, lifetime: std::time::Duration) -> Option<String>;
 }
 
 /// A blob as a listing shows it.
@@ -504,86 +534,5 @@ mod tests {
         for bad in ["", "/etc/passwd", "a/../b", "a//b", "./x", "a\\b", "a\nb"] {
             assert!(check_key(bad).is_err(), "{bad:?}");
         }
-    }
-}
-
-/// Where the container is. Part of every binary's configuration.
-#[derive(Debug, Clone, clap::Args)]
-pub struct StoreArgs {
-    /// The store: a local directory (one sub-directory per container), an Azure Storage
-    /// connection string, or a blob service URL (`https://<account>.blob.core.windows.net`,
-    /// authenticated by the host's managed identity).
-    #[arg(
-        long,
-        env = "FLEET_STORE",
-        value_name = "DIR|CONNECTION STRING|URL",
-        hide_env_values = true
-    )]
-    pub store: Option<String>,
-    /// Azure Storage connection string, used when --store is not given.
-    #[arg(
-        long = "azure-connection-string",
-        env = "AZURE_STORAGE_CONNECTION_STRING",
-        hide_env_values = true
-    )]
-    pub connection_string: Option<String>,
-    /// Blob container holding the dataset, models and results (3 to 63 lowercase letters,
-    /// digits and hyphens).
-    #[arg(long, env = "FLEET_CONTAINER", default_value = "fleet", value_parser = container_name)]
-    pub container: String,
-    /// Client id of the user-assigned managed identity to authenticate as when the store is a
-    /// blob service URL (the deployment sets it); without it, the system-assigned identity.
-    #[arg(long = "managed-identity-client-id", env = "AZURE_CLIENT_ID")]
-    pub managed_identity_client_id: Option<String>,
-}
-
-/// `--container`'s parser: [`check_container`].
-fn container_name(name: &str) -> Result<String, String> {
-    check_container(name).map(|()| name.to_owned())
-}
-
-impl StoreArgs {
-    /// [`StoreArgs::open`] from async code: run on the blocking pool.
-    pub async fn open_async(
-        &self,
-        create: bool,
-    ) -> Result<std::sync::Arc<dyn BlobStore>, StoreError> {
-        let args = self.clone();
-        tokio::task::spawn_blocking(move || args.open(create))
-            .await
-            .map_err(|e| StoreError::Config {
-                message: "opening the store failed".into(),
-                source: Some(e.into()),
-            })?
-    }
-
-    /// Opens the container; with `create`, makes it if it does not exist. Blocking (it may
-    /// talk to Azure): call it from a blocking context.
-    pub fn open(&self, create: bool) -> Result<std::sync::Arc<dyn BlobStore>, StoreError> {
-        let spec = self
-            .store
-            .as_deref()
-            .or(self.connection_string.as_deref())
-            .ok_or_else(|| {
-                StoreError::config(
-                    "no store given: pass --store DIR for a local store, or an Azure connection \
-                     string (--store or AZURE_STORAGE_CONNECTION_STRING)",
-                )
-            })?;
-        if azure::is_azure(spec) {
-            return Ok(std::sync::Arc::new(azure::AzureStore::open(
-                spec,
-                &self.container,
-                create,
-                self.managed_identity_client_id.as_deref(),
-            )?));
-        }
-        let root = std::path::Path::new(spec);
-        let store = if create {
-            local::LocalStore::create(root, &self.container)?
-        } else {
-            local::LocalStore::open(root, &self.container)?
-        };
-        Ok(std::sync::Arc::new(store))
     }
 }

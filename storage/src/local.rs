@@ -12,6 +12,7 @@ use super::{BlobStore, Listed, StoreError, check_container, check_key, check_pre
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     dir: PathBuf,
+    container: String,
 }
 
 impl LocalStore {
@@ -21,7 +22,10 @@ impl LocalStore {
         fs::create_dir_all(&dir).map_err(|e| {
             StoreError::from_io(crate::printable(&dir), "creating", "the container", e)
         })?;
-        Ok(Self { dir })
+        Ok(Self {
+            dir,
+            container: container.to_owned(),
+        })
     }
 
     /// The existing container `container` under `root`.
@@ -33,7 +37,10 @@ impl LocalStore {
                 location: crate::printable(root),
             });
         }
-        Ok(Self { dir })
+        Ok(Self {
+            dir,
+            container: container.to_owned(),
+        })
     }
 
     /// The directory of `container` under `root`: a name Azure accepts, which never reaches
@@ -300,6 +307,14 @@ impl BlobStore for LocalStore {
 
     fn describe(&self) -> String {
         format!("local container {}", crate::printable(&self.dir))
+    }
+
+    fn shareable(&self, key: &str, _lifetime: std::time::Duration) -> Option<String> {
+        Some(self.location(key))
+    }
+
+    fn container(&self) -> &str {
+        &self.container
     }
 
     fn location(&self, key: &str) -> String {

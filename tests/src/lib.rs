@@ -226,6 +226,66 @@ impl Producer {
     pub fn err(&self) -> String {
         run_err("producer", &self.argv())
     }
+
+    /// Runs it as a job run (embedded, or submitted); it must succeed.
+    pub fn job(&self) -> JobRun {
+        run_job(&self.argv())
+    }
+}
+
+/// A `producer` job run that succeeded: the job's id, which standard output holds alone (for
+/// `J=$(producer ...)`), and what it said of the job on standard error.
+#[derive(Debug, Clone)]
+pub struct JobRun {
+    /// The job's id.
+    pub id: String,
+    /// Standard error: the accuracy, the timings, the report's location.
+    pub said: String,
+}
+
+impl std::fmt::Display for JobRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "job {}; it said:\n{}", self.id, self.said)
+    }
+}
+
+impl JobRun {
+    /// Whether the run said `text` of its job (on standard error).
+    pub fn contains(&self, text: &str) -> bool {
+        self.said.contains(text)
+    }
+
+    /// Checks `output` is a job run's: success, and the job's id alone on standard output.
+    pub fn of(output: Output, what: &str) -> Self {
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        );
+        assert!(
+            output.status.success(),
+            "{what} failed ({}):\n{stdout}\n{stderr}",
+            output.status
+        );
+        JobRun {
+            id: job_id(&stdout),
+            said: stderr,
+        }
+    }
+}
+
+/// The job id a `producer` run printed: its standard output, which holds it alone.
+pub fn job_id(stdout: &str) -> String {
+    let id = stdout.trim_end_matches('\n');
+    assert!(
+        !id.is_empty() && !id.contains(char::is_whitespace),
+        "standard output is not a job id alone: {stdout:?}"
+    );
+    id.to_owned()
+}
+
+/// Runs `producer ARGS`, a job run that must succeed.
+pub fn run_job(args: &[&str]) -> JobRun {
+    JobRun::of(run("producer", args), &format!("producer {args:?}"))
 }
 
 /// Stages the fixture dataset, model (as `resnet20`) and mean image into `store`/`container`.
@@ -777,13 +837,8 @@ impl Fleet {
     fn open_store(
         &self,
     ) -> Result<std::sync::Arc<dyn fleet_storage::BlobStore>, fleet_storage::StoreError> {
-        fleet_storage::StoreArgs {
-            store: Some(self.services.connection_string.clone()),
-            connection_string: None,
-            container: self.container.clone(),
-            managed_identity_client_id: None,
-        }
-        .open(false)
+        fleet_storage::AccountArgs::new(self.services.connection_string.clone())
+            .open(&self.container, false)
     }
 
     /// Connection settings for this fleet's queues on the test broker, for a test that talks
@@ -923,17 +978,14 @@ pub fn reference_rows() -> &'static std::collections::BTreeMap<u32, (String, Str
     REFERENCE.get_or_init(|| {
         let local = tempfile::TempDir::new().expect("temporary directory");
         stage_fixtures(local.path(), "cifar");
-        let out = run_ok(
-            "producer",
-            &[
-                "--store",
-                local.path().to_str().unwrap(),
-                "--container",
-                "cifar",
-                "--embedded",
-            ],
-        );
-        let job = field(&out, "job");
+        let job = run_job(&[
+            "--store",
+            local.path().to_str().unwrap(),
+            "--container",
+            "cifar",
+            "--embedded",
+        ])
+        .id;
         let csv =
             std::fs::read_to_string(local.path().join(format!("cifar/results/{job}/scores.csv")))
                 .unwrap();
@@ -1090,10 +1142,9 @@ pub fn job_of(producer: &mut Child) -> String {
     let stdout = std::io::BufReader::new(producer.stdout.take().expect("a piped stdout"));
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        // Standard output holds the job's id alone, once it is submitted.
         for line in stdout.lines().map_while(Result::ok) {
-            if let Some(job) = line.trim().strip_prefix("job: ") {
-                let _ = tx.send(job.to_owned());
-            }
+            let _ = tx.send(job_id(&line));
         }
     });
     rx.recv_timeout(PROCESS_DEADLINE)
@@ -1104,13 +1155,7 @@ pub fn job_of(producer: &mut Child) -> String {
 /// succeeded.
 pub fn finish(producer: Child) -> String {
     let out = wait_output(producer, "producer --wait", PROCESS_DEADLINE);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "producer failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    field(&stdout, "job")
+    JobRun::of(out, "producer --wait").id
 }
 
 /// A port nothing listens on now, for a process under test to serve on.
@@ -1145,6 +1190,31 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
         .and_then(|s| s.parse().ok())
         .expect("a status code");
     (status, body.to_owned())
+}
+
+/// `GET url` of an `http://host:port/path?query` URL, with no credentials but what the URL
+/// holds, as a browser opens it: the status code, the response's head and its body.
+pub fn http_get_url(url: &str) -> (u16, String, String) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("an http:// URL");
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut stream = std::net::TcpStream::connect(authority)
+        .unwrap_or_else(|e| panic!("cannot reach {authority}: {e}"));
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    (status, head.to_owned(), body.to_owned())
 }
 
 /// The value of an unlabelled sample in a Prometheus text exposition.
@@ -1358,5 +1428,13 @@ impl fleet_storage::BlobStore for InjectedStore {
 
     fn location(&self, key: &str) -> String {
         self.inner.location(key)
+    }
+
+    fn container(&self) -> &str {
+        self.inner.container()
+    }
+
+    fn shareable(&self, key: &str, lifetime: std::time::Duration) -> Option<String> {
+        self.inner.shareable(key, lifetime)
     }
 }

@@ -7,7 +7,7 @@ use cntk_onnx::proto::onnx::{
     AttributeProto, Dimension, DimensionValue, GraphProto, ModelProto, NodeProto,
     OperatorSetIdProto, TensorProto, TensorShapeProto, TensorTypeProto, TypeProto, ValueInfoProto,
 };
-use fleet_tests::{field, fixture, run_err, run_ok, stage_fixtures};
+use fleet_tests::{fixture, run_err, run_ok, stage_fixtures};
 use prost::Message;
 
 fn stage(store: &Path, what: &str, source: &Path) -> String {
@@ -424,23 +424,17 @@ fn models_exported_for_a_fixed_batch_any_image_size_or_several_outputs_score_as_
         }
         args.extend(*extra);
         run_ok("producer", &args);
-        let output = run_ok(
-            "producer",
-            &[
-                "--store",
-                store,
-                "--container",
-                "cifar",
-                "--embedded",
-                "--model-name",
-                name,
-            ],
-        );
+        let output = fleet_tests::run_job(&[
+            "--store",
+            store,
+            "--container",
+            "cifar",
+            "--embedded",
+            "--model-name",
+            name,
+        ]);
         assert!(output.contains("of 10000 images"), "{output}");
-        let results = root
-            .path()
-            .join("cifar/results")
-            .join(field(&output, "job"));
+        let results = root.path().join("cifar/results").join(&output.id);
         scores.push(std::fs::read_to_string(results.join("scores.csv")).unwrap());
     }
     assert_eq!(scores[1], scores[0], "batch 1 differs from any batch");
@@ -503,20 +497,17 @@ fn a_model_with_more_classes_than_the_labels_is_not_scored_against_them() {
         "{err}"
     );
     assert_no_results(root.path());
-    let output = run_ok(
-        "producer",
-        &[
-            "--store",
-            store,
-            "--container",
-            "cifar",
-            "--embedded",
-            "--model-name",
-            "fifteen",
-            "--labels",
-            "none",
-        ],
-    );
+    let output = fleet_tests::run_job(&[
+        "--store",
+        store,
+        "--container",
+        "cifar",
+        "--embedded",
+        "--model-name",
+        "fifteen",
+        "--labels",
+        "none",
+    ]);
     assert!(
         output.contains("Scored 10000 images (no true labels)"),
         "{output}"
@@ -524,7 +515,7 @@ fn a_model_with_more_classes_than_the_labels_is_not_scored_against_them() {
     let scores = std::fs::read_to_string(
         root.path()
             .join("cifar/results")
-            .join(field(&output, "job"))
+            .join(&output.id)
             .join("scores.csv"),
     )
     .unwrap();
@@ -690,18 +681,15 @@ fn a_model_that_outputs_nan_predicts_nothing_and_says_so() {
             "nan",
         ],
     );
-    let output = run_ok(
-        "producer",
-        &[
-            "--store",
-            store,
-            "--container",
-            "cifar",
-            "--embedded",
-            "--model-name",
-            "nan",
-        ],
-    );
+    let output = fleet_tests::run_job(&[
+        "--store",
+        store,
+        "--container",
+        "cifar",
+        "--embedded",
+        "--model-name",
+        "nan",
+    ]);
     assert!(
         output.contains("10000 of 10000 images could not be scored"),
         "{output}"
@@ -709,7 +697,7 @@ fn a_model_that_outputs_nan_predicts_nothing_and_says_so() {
     let scores = std::fs::read_to_string(
         root.path()
             .join("cifar/results")
-            .join(field(&output, "job"))
+            .join(&output.id)
             .join("scores.csv"),
     )
     .unwrap();

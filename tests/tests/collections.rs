@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use fleet_tests::{Producer, field, fixture, stage_fixtures};
+use fleet_tests::{JobRun, Producer, fixture, stage_fixtures};
 
 use fleet_dataset::CLASS_NAMES as CIFAR_CLASSES;
 
@@ -29,11 +29,8 @@ fn rows(path: &Path) -> Vec<HashMap<String, String>> {
         .collect()
 }
 
-fn job_dir(store: &Path, container: &str, output: &str) -> std::path::PathBuf {
-    store
-        .join(container)
-        .join("results")
-        .join(field(output, "job"))
+fn job_dir(store: &Path, container: &str, run: &JobRun) -> std::path::PathBuf {
+    store.join(container).join("results").join(&run.id)
 }
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
@@ -89,7 +86,7 @@ fn a_jpeg_folder_job_agrees_with_the_tarball_job() {
 
     let tarball = Producer::embedded(store, "ctr")
         .args(&["--model-name", "resnet20"])
-        .ok();
+        .job();
     let folder = Producer::embedded(store, "ctr")
         .args(&[
             "--dataset",
@@ -103,7 +100,7 @@ fn a_jpeg_folder_job_agrees_with_the_tarball_job() {
             "--workers",
             "2",
         ])
-        .ok();
+        .job();
     let tarball_rows = rows(&job_dir(root.path(), "ctr", &tarball).join("scores.csv"));
     let folder_rows = rows(&job_dir(root.path(), "ctr", &folder).join("scores.csv"));
     assert_eq!(folder_rows.len(), 10_000, "one row per image");
@@ -160,7 +157,7 @@ fn a_jpeg_folder_job_agrees_with_the_tarball_job() {
             "--max-call-mb",
             "1",
         ])
-        .ok();
+        .job();
     let small_rows = rows(&job_dir(root.path(), "ctr", &small_calls).join("scores.csv"));
     assert_eq!(small_rows.len(), folder_rows.len());
     for (a, b) in small_rows.iter().zip(&folder_rows) {
@@ -171,9 +168,8 @@ fn a_jpeg_folder_job_agrees_with_the_tarball_job() {
         let confidence = |r: &HashMap<String, String>| r["confidence"].parse::<f64>().unwrap();
         assert!((confidence(a) - confidence(b)).abs() < 1e-5, "{a:?} {b:?}");
     }
-    let accuracy = |output: &str| -> f64 {
-        let line = output
-            .lines()
+    let accuracy = |run: &JobRun| -> f64 {
+        let line = (run.said.lines())
             .find(|l| l.starts_with("Correctly predicted"))
             .unwrap();
         line.rsplit('(')
@@ -198,7 +194,7 @@ fn a_jpeg_folder_job_agrees_with_the_tarball_job() {
         &std::fs::read(
             root.path()
                 .join("ctr/jobs")
-                .join(field(&folder, "job"))
+                .join(&folder.id)
                 .join("manifest.json"),
         )
         .unwrap(),
@@ -248,7 +244,7 @@ fn mnist_digits_are_all_recognised() {
             "--labels",
             &labels,
         ])
-        .ok();
+        .job();
     assert!(
         output.contains("Correctly predicted 10 of 10 images (100.00%)"),
         "{output}"
@@ -286,7 +282,7 @@ fn bad_images_get_their_own_rows_and_the_job_goes_on() {
         .ok();
     let output = Producer::embedded(store, "ctr")
         .args(&["--dataset", "mixed", "--labels", "labels.tsv"])
-        .ok();
+        .job();
     assert!(
         output.contains(
             "Correctly predicted 6 of 6 images (100.00%); 4 of 10 images could not be scored"
@@ -375,7 +371,7 @@ fn arithmetic_coded_jpegs_score_as_their_originals_and_unread_formats_are_named(
         .ok();
     let output = Producer::embedded(store, "ctr")
         .args(&["--dataset", "coded", "--top-k", "3"])
-        .ok();
+        .job();
     let rows = rows(&job_dir(root.path(), "ctr", &output).join("scores.csv"));
     let row = |file: &str| rows.iter().find(|r| r["filename"] == file).unwrap();
     let answer = |file: &str| {
@@ -464,7 +460,7 @@ fn classes_are_named_for_a_staged_model_and_a_label_file_that_labels_nothing_is_
         format!("classes {classes} -> models/resnet20.json (10 classes)"),
         "only the classes are staged"
     );
-    let output = job("folders").ok();
+    let output = job("folders").job();
     assert!(output.contains("of 6 images"), "{output}");
     let rows = rows(&job_dir(root.path(), "ctr", &output).join("scores.csv"));
     for row in &rows {
@@ -548,7 +544,7 @@ fn unlabelled_jobs_and_mismatched_labels() {
     assert!(output.contains("10 classes"), "{output}");
     let output = Producer::embedded(store, "ctr")
         .args(&["--dataset", "digits", "--model-name", "mnist"])
-        .ok();
+        .job();
     assert!(
         output.contains("Scored 10 images (no true labels)"),
         "{output}"
@@ -557,7 +553,7 @@ fn unlabelled_jobs_and_mismatched_labels() {
     for prefix in ["digits/", "./digits"] {
         let again = Producer::embedded(store, "ctr")
             .args(&["--dataset", prefix, "--model-name", "mnist"])
-            .ok();
+            .job();
         assert!(again.contains("Scored 10 images"), "{prefix}: {again}");
     }
     let dir = job_dir(root.path(), "ctr", &output);

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use std::process::Command;
 
-use fleet_tests::{Producer, assert_matches_reference, bin, field, output, stage_fixtures};
+use fleet_tests::{Producer, assert_matches_reference, bin, job_id, output, stage_fixtures};
 
 fn decode_png(path: &Path) -> (u32, u32) {
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
@@ -29,12 +29,11 @@ fn embedded_job_scores_every_test_image_once() {
     let root = tempfile::tempdir().unwrap();
     let store = root.path().to_str().unwrap();
     stage_fixtures(root.path(), "cifar");
-    let out = Producer::embedded(store, "cifar")
+    let run = Producer::embedded(store, "cifar")
         .args(&["--workers", "2"])
-        .ok();
-    let job = field(&out, "job");
-    let accuracy_line = out
-        .lines()
+        .job();
+    let job = run.id.clone();
+    let accuracy_line = (run.said.lines())
         .find(|l| l.starts_with("Correctly predicted"))
         .expect("accuracy line");
     println!("{accuracy_line}");
@@ -208,7 +207,7 @@ fn partitions_prepared_while_the_model_runs_share_its_next_call() {
         "no model call took several partitions:\n{stderr}"
     );
     assert!(joined.iter().all(|&n| (2..=4).contains(&n)), "{joined:?}");
-    let job = field(&stdout, "job");
+    let job = job_id(&stdout);
     let csv = std::fs::read_to_string(root.path().join(format!("cifar/results/{job}/scores.csv")))
         .unwrap();
     assert_matches_reference(&csv);

@@ -15,7 +15,7 @@ use cntk_onnx::proto::onnx::{AttributeProto, ModelProto, ValueInfoProto};
 use fleet_tests::graph::{self, node};
 use fleet_tests::real_photos::RECIPE;
 use fleet_tests::{
-    Fleet, Producer, field, fixture, parquet_vectors, run_ok, run_with, spawn, stop, terminate,
+    Fleet, Producer, fixture, job_id, parquet_vectors, run_ok, run_with, spawn, stop, terminate,
 };
 use prost::Message;
 
@@ -102,8 +102,8 @@ fn an_intermediate_tensor_of_a_real_classifier_is_what_onnx_runtime_gives() {
     let job = |model: &str| {
         let output = Producer::embedded(store, "photos")
             .args(&["--dataset", "photos", "--model-name", model])
-            .ok();
-        field(&output, "job")
+            .job();
+        output.id
     };
     let (plain, features) = (job("plain"), job("features"));
     let container = fleet_storage::local::LocalStore::open(Path::new(store), "photos").unwrap();
@@ -225,20 +225,22 @@ fn an_embedding_model_with_large_vectors_runs_over_the_fleet() {
         terminate(worker);
     }
     let collector = stop(collector);
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
     assert!(
         out.status.success(),
-        "{stdout}{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
+        "{stdout}{stderr}\n{}",
         String::from_utf8_lossy(&collector.stderr)
     );
     assert!(
-        stdout.contains(
+        stderr.contains(
             "Scored 600 images (no classes); 600 vectors of 12288 values in column embedding"
         ),
-        "{stdout}"
+        "{stderr}"
     );
-    let job = field(&stdout, "job");
+    let job = job_id(&stdout);
     let store = fleet.store();
     // No predictions: the rows say which images were scored.
     let scores = fleet.scores(&job);
@@ -312,7 +314,7 @@ fn an_incremental_embedding_job_scores_only_what_is_new() {
     let run = || {
         Producer::embedded(store, "pets")
             .args(&["--dataset", "dogs", "--incremental"])
-            .ok()
+            .job()
     };
     let first = run();
     assert!(first.contains("Scored 20 images (no classes)"), "{first}");
@@ -323,12 +325,12 @@ fn an_incremental_embedding_job_scores_only_what_is_new() {
         second.contains("Scored 5 images (no classes)")
             && second.contains(&format!(
                 "incremental: 20 unchanged images are in the rows of job {}",
-                field(&first, "job")
+                first.id
             )),
         "{second}"
     );
     let container = fleet_storage::local::LocalStore::open(Path::new(store), "pets").unwrap();
-    let rows = parquet_vectors(&container, &field(&second, "job"), "embedding");
+    let rows = parquet_vectors(&container, &second.id, "embedding");
     let names: Vec<&str> = rows.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(
         names,

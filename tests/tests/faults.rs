@@ -385,6 +385,7 @@ fn poison_messages_end_in_the_dead_letter_queue_with_their_reason() {
         let mut future_version = postcard_u16(9);
         future_version.extend_from_slice(b"a body from a newer release");
         let inconsistent = message::encode(&Partition {
+            container: fleet.container.clone(),
             job: "j".into(),
             partition: 0,
             models: vec!["resnet20".into()],

@@ -2,8 +2,8 @@
 //! two workers and a collector, compared with the embedded run on the same fixture.
 
 use fleet_tests::{
-    Fleet, Producer, field, finish, fixture, free_port, http_get, metric, rows, run_ok, run_with,
-    spawn, stage_fixtures, terminate,
+    Fleet, JobRun, Producer, field, finish, fixture, free_port, http_get, http_get_url, metric,
+    rows, run_job, run_ok, run_with, spawn, stage_fixtures, terminate,
 };
 
 #[test]
@@ -22,16 +22,11 @@ fn two_workers_and_a_collector_match_the_embedded_run() {
         .collect();
 
     let out = run_with("producer", &["--wait", "--partition-size", "250"], &env);
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let run = JobRun::of(out, "producer --wait");
+    let job = run.id.clone();
     assert!(
-        out.status.success(),
-        "producer failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let job = field(&stdout, "job");
-    assert!(
-        stdout.contains("submitted 10000 images in 40 partitions"),
-        "{stdout}"
+        run.contains("submitted 10000 images in 40 partitions"),
+        "{run}"
     );
 
     // The metrics count what the job's rows hold: every image scored once, by one worker or
@@ -104,13 +99,31 @@ fn two_workers_and_a_collector_match_the_embedded_run() {
             "{name} missing"
         );
     }
-    // `--wait` says where the report is: the blob's URL. The report names both workers and
-    // shows a full gallery of mistakes, gathered from thumbnails sent over the broker.
-    let report_url = field(&stdout, "report");
+    // `--wait` says where the report is: the blob's URL, signed to read it alone, which a
+    // browser opens with no credentials, as HTML. The report names both workers and shows a
+    // full gallery of mistakes, gathered from thumbnails sent over the broker.
+    let report_url = field(&run.said, "report");
+    let (blob_url, signature) = report_url.split_once('?').expect("a signed URL");
     assert!(
-        report_url.starts_with("http")
-            && report_url.ends_with(&format!("/results/{job}/report.html")),
+        blob_url.ends_with(&format!("/results/{job}/report.html")) && signature.contains("sp=r&"),
         "{report_url}"
+    );
+    let (status, head, page) = http_get_url(&report_url);
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/html"),
+        "{head}"
+    );
+    assert!(page.contains("<!DOCTYPE html>"), "{page:.200}");
+    // The signature reads that blob alone: the summary beside it stays closed.
+    let (status, _, _) = http_get_url(&format!(
+        "{}?{signature}",
+        blob_url.replace("report.html", "summary.json")
+    ));
+    assert_eq!(
+        status, 403,
+        "another blob opened with the report's signature"
     );
     let report =
         String::from_utf8(store.get(&format!("results/{job}/report.html")).unwrap()).unwrap();
@@ -136,8 +149,8 @@ fn two_workers_and_a_collector_match_the_embedded_run() {
     let store_dir = local.path().to_str().unwrap();
     let out = Producer::embedded(store_dir, "cifar")
         .args(&["--partition-size", "250"])
-        .ok();
-    let embedded_job = field(&out, "job");
+        .job();
+    let embedded_job = out.id;
     let embedded_csv = std::fs::read_to_string(
         local
             .path()
@@ -363,11 +376,10 @@ fn an_image_folder_over_the_fleet_survives_a_killed_worker() {
     run_ok("producer", &local_stage);
     let mut local_job = vec!["--store", local_store, "--container", "cifar", "--embedded"];
     local_job.extend(job_args);
-    let out = run_ok("producer", &local_job);
-    let embedded_csv = std::fs::read_to_string(
-        local.join(format!("cifar/results/{}/scores.csv", field(&out, "job"))),
-    )
-    .unwrap();
+    let out = run_job(&local_job);
+    let embedded_csv =
+        std::fs::read_to_string(local.join(format!("cifar/results/{}/scores.csv", out.id)))
+            .unwrap();
     let by_name = |csv: &str| -> std::collections::BTreeMap<String, String> {
         csv.lines()
             .skip(1)

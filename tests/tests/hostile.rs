@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use fleet_tests::{field, fixture, run_err, run_ok, stage_fixtures};
+use fleet_tests::{JobRun, field, fixture, run_err, run_ok, stage_fixtures};
 
 /// Every path under `dir`, relative to it.
 fn tree(dir: &Path) -> Vec<String> {
@@ -42,8 +42,8 @@ fn stage_images(store: &str, folder: &str, prefix: &str) -> String {
 }
 
 /// An embedded job over `dataset` in the store's `cifar` container, with `extra` flags, which
-/// must succeed; its output.
-fn run_job(store: &str, dataset: &str, extra: &[&str]) -> String {
+/// must succeed.
+fn run_job(store: &str, dataset: &str, extra: &[&str]) -> JobRun {
     let args = [
         &[
             "--store",
@@ -57,19 +57,17 @@ fn run_job(store: &str, dataset: &str, extra: &[&str]) -> String {
         extra,
     ]
     .concat();
-    run_ok("producer", &args)
+    fleet_tests::run_job(&args)
 }
 
-/// Where the job an embedded run printed wrote its results.
-fn results(store: &str, output: &str) -> std::path::PathBuf {
-    Path::new(store)
-        .join("cifar/results")
-        .join(field(output, "job"))
+/// Where the job of an embedded run wrote its results.
+fn results(store: &str, run: &JobRun) -> std::path::PathBuf {
+    Path::new(store).join("cifar/results").join(&run.id)
 }
 
 /// The peak memory an embedded run printed, in MB.
-fn peak_mb(output: &str) -> u64 {
-    field(output, "peak memory")
+fn peak_mb(run: &JobRun) -> u64 {
+    field(&run.said, "peak memory")
         .trim_end_matches(" MB")
         .parse()
         .unwrap()
@@ -795,7 +793,7 @@ fn a_model_with_a_huge_input_gets_partitions_a_worker_can_hold() {
     }
     let output = run_job(store, "big/", &["--model-name", "huge", "--labels", "none"]);
     assert!(output.contains("Scored 20 images"), "{output}");
-    let job = field(&output, "job");
+    let job = &output.id;
     let manifest: serde_json::Value = serde_json::from_slice(
         &std::fs::read(Path::new(store).join(format!("cifar/jobs/{job}/manifest.json"))).unwrap(),
     )

@@ -9,7 +9,7 @@ use fleet_protocol::Summary;
 use fleet_protocol::job::{self, files};
 use fleet_storage::BlobStore;
 use fleet_storage::local::LocalStore;
-use fleet_tests::{Fleet, Producer, field, fixture, rows, run_with, spawn, terminate};
+use fleet_tests::{Fleet, Producer, fixture, job_id, rows, run_with, spawn, terminate};
 
 /// `n` of the fixture's JPEG files from each of its ten class folders, starting at the
 /// `from`th of each, as (blob name under `photos/`, bytes).
@@ -148,7 +148,7 @@ fn embedded_over_a_local_directory() {
     stage_model(&[], |args| Producer::stage(dir, "ctr").args(args).ok());
     let store = LocalStore::open(Path::new(dir), "ctr").unwrap();
     a_grown_collection_scores_only_what_is_new(&store, &|args| {
-        field(&Producer::embedded(dir, "ctr").args(args).ok(), "job")
+        Producer::embedded(dir, "ctr").args(args).job().id
     });
 }
 
@@ -172,7 +172,7 @@ fn over_rabbitmq_and_azurite() {
     a_grown_collection_scores_only_what_is_new(fleet.store().as_ref(), &|args| {
         let mut args = args.to_vec();
         args.push("--wait");
-        field(&ok(&args), "job")
+        job_id(&ok(&args))
     });
     terminate(worker);
     terminate(collector);

@@ -198,7 +198,7 @@ fn digits_job(
         dataset: "mnist".into(),
         models: vec!["mnist".into()],
         labels: LabelSource::None,
-        partition_size: 2,
+        partition_size: Some(2),
         max_failed_partitions: budget,
         ..fleet_service::cli::defaults().unwrap()
     };
@@ -396,13 +396,13 @@ fn a_partial_job_exits_with_status_3() {
     );
     assert_eq!(out.status.code(), Some(3), "{stdout}{stderr}");
     assert!(
-        stdout.contains("partial: 10 images in 5 failed partitions"),
-        "{stdout}"
+        stderr.contains("partial: 10 images in 5 failed partitions"),
+        "{stderr}"
     );
     assert!(stderr.contains("completed partial"), "{stderr}");
 
     // Its results are final: a retry names the job that scores what it could not.
-    let job = fleet_tests::field(&stdout, "job");
+    let job = fleet_tests::job_id(&stdout);
     let store = root.path().to_str().unwrap();
     let err = run_err(
         "producer",
@@ -419,12 +419,12 @@ fn a_partial_job_exits_with_status_3() {
     let again = Producer::embedded(root.path(), "ctr")
         .args(&args)
         .args(&["--incremental"])
-        .ok();
+        .job();
     let summary: fleet_protocol::Summary = serde_json::from_slice(
         &std::fs::read(
             root.path()
                 .join("ctr/results")
-                .join(fleet_tests::field(&again, "job"))
+                .join(&again.id)
                 .join("summary.json"),
         )
         .unwrap(),
@@ -516,8 +516,13 @@ fn a_job_stuck_on_a_deleted_model_completes_whole_after_a_retry() {
     let (code, stdout, stderr) = producer(&["retry", &stuck, "--wait"]);
     assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(
-        stdout.contains(&format!("job {stuck}: scoring 4 failed partitions again")),
-        "{stdout}"
+        stderr.contains(&format!("job {stuck}: scoring 4 failed partitions again")),
+        "{stderr}"
+    );
+    assert_eq!(
+        stdout,
+        format!("{stuck}\n"),
+        "a retry's standard output is its job"
     );
     fleet.assert_matches_reference(&stuck);
     let summary = fleet

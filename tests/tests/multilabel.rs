@@ -7,7 +7,7 @@ use std::path::Path;
 
 use fleet_protocol::Summary;
 use fleet_tests::graph::{self, floats, node};
-use fleet_tests::{Fleet, Producer, field, parquet_vectors, run_with, spawn, stop, terminate};
+use fleet_tests::{Fleet, Producer, job_id, parquet_vectors, run_with, spawn, stop, terminate};
 
 const CLASSES: [&str; 4] = ["red", "green", "blue", "dark"];
 /// Each class's weights on the image's mean R, G and B (0..255), and its bias.
@@ -196,8 +196,8 @@ fn a_multi_label_job_gives_tags_and_per_class_measures_as_computed_independently
             "--top-k",
             "2",
         ])
-        .ok();
-    let job = field(&output, "job");
+        .job();
+    let job = output.id.clone();
     let results = Path::new(store).join(format!("tags/results/{job}"));
     let summary: Summary =
         serde_json::from_slice(&std::fs::read(results.join("summary.json")).unwrap()).unwrap();
@@ -336,7 +336,7 @@ fn a_multi_label_job_over_the_fleet_is_the_embedded_job() {
     Producer::stage(store, "tags")
         .args(&["--model", model, "--classes", classes])
         .ok();
-    let embedded = field(&Producer::embedded(store, "tags").args(&job).ok(), "job");
+    let embedded = Producer::embedded(store, "tags").args(&job).job().id;
     let results = Path::new(store).join(format!("tags/results/{embedded}"));
     let embedded_summary: Summary =
         serde_json::from_slice(&std::fs::read(results.join("summary.json")).unwrap()).unwrap();
@@ -371,7 +371,7 @@ fn a_multi_label_job_over_the_fleet_is_the_embedded_job() {
         String::from_utf8_lossy(&out.stderr),
         String::from_utf8_lossy(&collector.stderr)
     );
-    let job = field(&stdout, "job");
+    let job = job_id(&stdout);
     let summary: Summary = serde_json::from_slice(
         &fleet
             .store()

@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use fleet_tests::real_photos::{RECIPE, Reference, imagenet_layout, reference, rows};
-use fleet_tests::{Producer, field, fixture, run_err, run_ok};
+use fleet_tests::{Producer, fixture, run_err, run_ok};
 
 /// `producer stage` of the fixture's SqueezeNet as `name`, with the class list `classes` and
 /// `extra` flags.
@@ -81,11 +81,8 @@ fn a_float16_imagenet_model_over_real_photos_agrees_with_its_reference() {
             "--top-k",
             "5",
         ])
-        .ok();
-    let results = root
-        .path()
-        .join("store/photos/results")
-        .join(field(&output, "job"));
+        .job();
+    let results = root.path().join("store/photos/results").join(&output.id);
     let rows = rows(&results.join("scores.csv"));
     assert_eq!(rows.len(), reference.len(), "one row per photo");
     let mut same_top1 = 0;
@@ -180,7 +177,7 @@ fn imagenets_own_class_list_with_its_duplicate_names_labels_by_index() {
             "--labels",
             "labels.csv",
         ])
-        .ok();
+        .job();
     assert!(
         output.contains(&format!(
             "Correctly predicted {0} of {0} images",
@@ -326,11 +323,8 @@ fn fast_jpeg_decodes_large_jpegs_reduced_and_leaves_the_others_exact() {
     );
     let output = Producer::embedded(store, "photos")
         .args(&["--dataset", "photos", "--model-name", "squeezenet"])
-        .ok();
-    let results = root
-        .path()
-        .join("store/photos/results")
-        .join(field(&output, "job"));
+        .job();
+    let results = root.path().join("store/photos/results").join(&output.id);
     let (mut reduced, mut moved, mut same_top1) = (0, 0, 0);
     for row in rows(&results.join("scores.csv")) {
         let photo = row["filename"].rsplit('/').next().unwrap().to_owned();

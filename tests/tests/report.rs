@@ -6,7 +6,7 @@ use std::process::Command;
 
 use fleet_protocol::Summary;
 use fleet_protocol::gallery::GALLERY_SIZE;
-use fleet_tests::{Producer, field, fixture, run_ok, stage_fixtures};
+use fleet_tests::{JobRun, Producer, field, fixture, run_ok, stage_fixtures};
 
 /// Chromium's name on Debian (`apt-get install chromium`; `.ci/run` installs it).
 const CHROMIUM: &str = "chromium";
@@ -128,8 +128,8 @@ fn assert_self_contained(html: &str) {
     }
 }
 
-fn report_path(output: &str) -> PathBuf {
-    let path = PathBuf::from(field(output, "report"));
+fn report_path(run: &JobRun) -> PathBuf {
+    let path = PathBuf::from(field(&run.said, "report"));
     assert!(
         path.is_file(),
         "the printed report {} is missing",
@@ -143,9 +143,9 @@ fn a_labelled_jobs_report_reads_in_a_browser() {
     let root = tempfile::tempdir().unwrap();
     let store = root.path().to_str().unwrap();
     stage_fixtures(root.path(), "ctr");
-    let output = Producer::embedded(store, "ctr").ok();
+    let output = Producer::embedded(store, "ctr").job();
     let report = report_path(&output);
-    let job = field(&output, "job");
+    let job = output.id.clone();
     // `producer status` lists it complete; with its id, it names the report.
     let listed = run_ok(
         "producer",
@@ -268,7 +268,7 @@ fn an_unlabelled_jobs_report_shows_the_distribution_and_unreadable_images() {
         .ok();
     let output = Producer::embedded(store, "ctr")
         .args(&["--dataset", "digits", "--model-name", "mnist"])
-        .ok();
+        .job();
     let report = report_path(&output);
     let html = std::fs::read_to_string(&report).unwrap();
     assert_self_contained(&html);

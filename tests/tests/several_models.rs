@@ -11,7 +11,7 @@ use fleet_protocol::Summary;
 use fleet_tests::graph::{self, floats, node};
 use fleet_tests::real_photos::RECIPE;
 use fleet_tests::{
-    Fleet, Producer, field, finish, fixture, parquet_cells, parquet_vectors, run_ok, run_with,
+    Fleet, Producer, finish, fixture, parquet_cells, parquet_vectors, run_job, run_ok, run_with,
     spawn, terminate,
 };
 use parquet::record::Field;
@@ -202,8 +202,8 @@ fn each_models_columns_are_its_own_jobs_and_the_comparison_is_computed_from_them
                 "--model-name",
                 models,
             ])
-            .ok();
-        (field(&output, "job"), output)
+            .job();
+        (output.id.clone(), output)
     };
     let ((sq_job, _), (colour_job, _), (both, printed)) =
         (job("sq"), job("colour"), job("sq,colour"));
@@ -493,7 +493,7 @@ fn a_job_stuck_on_one_of_its_models_completes_after_a_retry() {
     let scores = |job: &str| {
         std::fs::read_to_string(Path::new(store).join(format!("pair/results/{job}/scores.csv")))
     };
-    let whole = field(&Producer::embedded(store, "pair").args(&job).ok(), "job");
+    let whole = Producer::embedded(store, "pair").args(&job).job().id;
     // The second model's file is now another model's: no worker can load it as staged.
     let wide = Path::new(store).join("pair/models/wide.onnx");
     let staged = std::fs::read(&wide).unwrap();
@@ -657,17 +657,15 @@ fn a_job_of_two_models_over_the_fleet_survives_a_killed_worker() {
     }
     let mut local_job = vec!["--store", local_store, "--container", "cifar", "--embedded"];
     local_job.extend(job_args);
-    let out = run_ok("producer", &local_job);
-    let embedded_csv = std::fs::read_to_string(
-        local.join(format!("cifar/results/{}/scores.csv", field(&out, "job"))),
-    )
-    .unwrap();
+    let out = run_job(&local_job);
+    let embedded_csv =
+        std::fs::read_to_string(local.join(format!("cifar/results/{}/scores.csv", out.id)))
+            .unwrap();
     let (fleet_rows, embedded_rows) = (rows_by_name(&fleet_csv), rows_by_name(&embedded_csv));
     assert_eq!(fleet_rows.len(), 400);
     assert_eq!(fleet_rows, embedded_rows);
     let embedded: Summary = serde_json::from_slice(
-        &std::fs::read(local.join(format!("cifar/results/{}/summary.json", field(&out, "job"))))
-            .unwrap(),
+        &std::fs::read(local.join(format!("cifar/results/{}/summary.json", out.id))).unwrap(),
     )
     .unwrap();
     assert_eq!(summary.comparisons, embedded.comparisons);

@@ -5,7 +5,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use fleet_storage::local::LocalStore;
-use fleet_storage::{BlobStore, StoreArgs};
+use fleet_storage::{AccountArgs, BlobStore};
 use fleet_tests::{Services, unique};
 
 /// A blob written a block at a time: staged blocks stay invisible until committed, a block
@@ -122,14 +122,9 @@ fn the_local_store_keeps_the_contract() {
 fn the_azure_store_keeps_the_contract() {
     let services = Services::get();
     let container = unique("blocks");
-    let store: Arc<dyn BlobStore> = StoreArgs {
-        store: Some(services.connection_string.clone()),
-        connection_string: None,
-        container,
-        managed_identity_client_id: None,
-    }
-    .open(true)
-    .expect("the test container");
+    let store: Arc<dyn BlobStore> = AccountArgs::new(services.connection_string.clone())
+        .open(&container, true)
+        .expect("the test container");
     blocks_build_one_blob(store.as_ref());
     listings_come_in_name_order(store.as_ref());
     versions_change_with_every_write(store.as_ref());

@@ -135,7 +135,7 @@ fn a_failure_at_any_submission_step_cancels_the_job_and_writes_no_results() {
         models: vec!["resnet20".into()],
         labels: "auto".parse().unwrap(),
         batches: "test_batch".parse().unwrap(),
-        partition_size: PARTITION_SIZE.parse().unwrap(),
+        partition_size: Some(PARTITION_SIZE.parse().unwrap()),
         top_k: 1,
         max_failed_partitions: 0,
         incremental: false,

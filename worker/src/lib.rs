@@ -26,7 +26,7 @@ use fleet_service::errors::Chain;
 use fleet_service::metrics::metrics;
 use fleet_service::ops::{Busy, health};
 use fleet_service::shutdown::Shutdown;
-use fleet_storage::BlobStore;
+use fleet_storage::Containers;
 use tokio::task::JoinHandle;
 
 use crate::scoring::{ImageOptions, Models, Prepared, ScoreError, score_together};
@@ -101,7 +101,7 @@ pub struct WorkerReport {
 /// order it ran.
 pub async fn run<B: Broker>(
     broker: B,
-    store: Arc<dyn BlobStore>,
+    containers: Arc<Containers>,
     options: WorkerOptions,
     name: String,
     mut shutdown: Shutdown,
@@ -119,15 +119,16 @@ pub async fn run<B: Broker>(
     health().set_ready(true);
     let mut settler = Settler {
         broker,
-        notes: store.clone(),
+        containers: containers.clone(),
         cancelled: HashSet::new(),
         live: HashMap::new(),
         max_attempts: options.max_attempts,
         report: WorkerReport::default(),
         in_flight: None,
+        pace: Pace::new(),
     };
     let mut models = Some(Models::new(
-        store,
+        containers,
         options.inference.clone(),
         options.images.clone(),
     ));
@@ -268,14 +269,59 @@ async fn finished<D>(
 /// Settles partitions by their outcome, and keeps the worker's tally.
 struct Settler<B> {
     broker: B,
-    notes: Arc<dyn BlobStore>,
+    /// Where each job's ledger is: its cancellation, the notes of its dead letters.
+    containers: Arc<Containers>,
     max_attempts: u32,
     report: WorkerReport,
     /// The previous partition's publish-and-ack, overlapped with the next one's work.
     in_flight: Option<JoinHandle<Result<(), BrokerError>>>,
-    /// Jobs found cancelled, and when each other job was last found not to be.
-    cancelled: HashSet<String>,
-    live: HashMap<String, Instant>,
+    /// Jobs found cancelled, and when each other job was last found not to be, by container
+    /// and job.
+    cancelled: HashSet<(String, String)>,
+    live: HashMap<(String, String), Instant>,
+    /// What was scored since the last throughput line.
+    pace: Pace,
+}
+
+/// How often a working worker logs its throughput.
+const PACE_EVERY: Duration = Duration::from_secs(60);
+
+/// Images and partitions scored since the last throughput line.
+struct Pace {
+    since: Instant,
+    partitions: u64,
+    images: u64,
+}
+
+impl Pace {
+    fn new() -> Self {
+        Pace {
+            since: Instant::now(),
+            partitions: 0,
+            images: 0,
+        }
+    }
+
+    /// Counts a scored partition; every [`PACE_EVERY`] of work, logs the throughput since the
+    /// last line and the worker's totals.
+    fn scored(&mut self, images: u64, report: &WorkerReport) {
+        self.partitions += 1;
+        self.images += images;
+        let elapsed = self.since.elapsed();
+        if elapsed >= PACE_EVERY {
+            tracing::info!(
+                partitions = self.partitions,
+                images = self.images,
+                images_per_second =
+                    format_args!("{:.1}", self.images as f64 / elapsed.as_secs_f64()),
+                total_partitions = report.partitions,
+                total_images = report.images,
+                "throughput over the last {}s",
+                elapsed.as_secs()
+            );
+            *self = Pace::new();
+        }
+    }
 }
 
 impl<B: Broker> Settler<B> {
@@ -313,7 +359,10 @@ impl<B: Broker> Settler<B> {
             self.dead_letter(delivery, job, number, &reason).await?;
             return Ok(None);
         }
-        if self.is_cancelled(&partition.job).await {
+        if self
+            .is_cancelled(&partition.container, &partition.job)
+            .await
+        {
             tracing::debug!(job = %partition.job, partition = partition.partition, "the job is cancelled: dropping its partition unscored");
             settled(delivery.ack().await)?;
             self.report.dropped += 1;
@@ -325,25 +374,28 @@ impl<B: Broker> Settler<B> {
     /// Whether `job` was cancelled (`producer cancel`, or a submission that failed), as the
     /// container says; asked at most once a second a job, so that watching for it costs a read
     /// a second at most, and the partitions delivered a second after it are dropped.
-    async fn is_cancelled(&mut self, job: &str) -> bool {
+    async fn is_cancelled(&mut self, container: &str, job: &str) -> bool {
         const RECHECK: Duration = Duration::from_secs(1);
-        if self.cancelled.contains(job) {
+        let key = (container.to_owned(), job.to_owned());
+        if self.cancelled.contains(&key) {
             return true;
         }
-        if self.live.get(job).is_some_and(|at| at.elapsed() < RECHECK) {
+        if self.live.get(&key).is_some_and(|at| at.elapsed() < RECHECK) {
             return false;
         }
-        let (store, owned) = (self.notes.clone(), job.to_owned());
-        let asked =
-            tokio::task::spawn_blocking(move || Ledger::new(store.as_ref(), &owned).is_cancelled());
+        let (containers, (owned_container, owned_job)) = (self.containers.clone(), key.clone());
+        let asked = tokio::task::spawn_blocking(move || {
+            let store = containers.get(&owned_container)?;
+            Ledger::new(store.as_ref(), &owned_job).is_cancelled()
+        });
         match asked.await {
             Ok(Ok(true)) => {
                 tracing::info!(%job, "job cancelled: its partitions are dropped unscored");
-                self.cancelled.insert(job.to_owned());
+                self.cancelled.insert(key);
                 true
             }
             Ok(Ok(false)) => {
-                self.live.insert(job.to_owned(), Instant::now());
+                self.live.insert(key, Instant::now());
                 false
             }
             // Unknown: score it. A cancelled job's scores are dropped by the collector.
@@ -380,7 +432,16 @@ impl<B: Broker> Settler<B> {
                 m.partition_seconds.observe(
                     scored.finished_at_ms.saturating_sub(scored.published_at_ms) as f64 / 1000.0,
                 );
-                tracing::debug!(job = %scored.job, partition = scored.partition, images = scored.scores.len(), inference_ms = format_args!("{:.0}", scored.inference_ms), "scored");
+                tracing::info!(
+                    job = %scored.job,
+                    partition = scored.partition,
+                    images = scored.scores.len(),
+                    unreadable,
+                    seconds = format_args!("{:.2}", scored.finished_at_ms.saturating_sub(scored.started_at_ms) as f64 / 1000.0),
+                    inference_seconds = format_args!("{:.2}", scored.inference_ms / 1000.0),
+                    "partition scored"
+                );
+                self.pace.scored(scored.scores.len() as u64, &self.report);
                 self.flush().await?;
                 let broker = self.broker.clone();
                 let payload = message::encode(&ResultMessage::Scored(Box::new(scored)));
@@ -466,8 +527,8 @@ impl<B: Broker> Settler<B> {
             self.broker
                 .publish(Queue::Results, message::encode(&failed))
                 .await?;
+            note_dead_letter(&self.containers, &partition.container, job, number, reason).await;
         }
-        note_dead_letter(&self.notes, job, number, reason).await;
         settled(delivery.dead_letter(reason).await)?;
         self.report.dead_lettered += 1;
         metrics().dead_letters.add(1);
@@ -483,11 +544,21 @@ impl<B: Broker> Settler<B> {
     }
 }
 
-/// Notes in the container that partition `number` of `job` is dead-lettered, and why, for
-/// `producer --wait`. Best effort: the dead-letter queue keeps the partition either way.
-async fn note_dead_letter(store: &Arc<dyn BlobStore>, job: &str, number: u32, reason: &str) {
-    let (store, owned, reason) = (store.clone(), job.to_owned(), reason.to_owned());
+/// Notes in the job's container that partition `number` of `job` is dead-lettered, and why,
+/// for `producer --wait`; in a container this fleet does not serve too, since the note is how
+/// its submitter learns that. Best effort: the dead-letter queue keeps the partition either
+/// way.
+async fn note_dead_letter(
+    containers: &Arc<Containers>,
+    container: &str,
+    job: &str,
+    number: u32,
+    reason: &str,
+) {
+    let (containers, container) = (containers.clone(), container.to_owned());
+    let (owned, reason) = (job.to_owned(), reason.to_owned());
     let noted = tokio::task::spawn_blocking(move || {
+        let store = containers.to_tell(&container)?;
         Ledger::new(store.as_ref(), &owned).note_dead_letter(number, &reason)
     })
     .await;
@@ -523,6 +594,7 @@ mod tests {
     async fn a_partition_delivered_past_max_attempts_is_dead_lettered_untried() {
         let broker = MemoryBroker::new(4, 10);
         let partition = Partition {
+            container: "ctr".into(),
             job: "job-1".into(),
             partition: 3,
             models: vec!["no-such-model".into()],
@@ -552,12 +624,14 @@ mod tests {
         }
         drop(taken);
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn BlobStore> = Arc::new(LocalStore::create(dir.path(), "ctr").unwrap());
+        let store: Arc<dyn fleet_storage::BlobStore> =
+            Arc::new(LocalStore::create(dir.path(), "ctr").unwrap());
+        let served = Arc::new(Containers::one("ctr", store.clone()));
         let mut options: WorkerOptions = fleet_service::cli::defaults().unwrap();
         options.max_attempts = 2;
         options.idle_exit_secs = Some(1);
         let (shutdown, _trigger) = Shutdown::manual();
-        let report = run(broker.clone(), store.clone(), options, "w".into(), shutdown)
+        let report = run(broker.clone(), served, options, "w".into(), shutdown)
             .await
             .unwrap();
         assert_eq!((report.partitions, report.dead_lettered), (0, 1));

@@ -6,7 +6,7 @@ use fleet_broker::amqp::{AmqpArgs, AmqpBroker};
 use fleet_service::logging::LogArgs;
 use fleet_service::ops::{self, OpsArgs};
 use fleet_service::shutdown::Shutdown;
-use fleet_storage::StoreArgs;
+use fleet_storage::FleetStoreArgs;
 use worker::WorkerOptions;
 
 /// Consumes partitions from RabbitMQ, scores each as one batch with ONNX Runtime, publishes
@@ -14,13 +14,13 @@ use worker::WorkerOptions;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
-    #[command(flatten)]
-    store: StoreArgs,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Store")]
+    store: FleetStoreArgs,
+    #[command(flatten, next_help_heading = "Broker")]
     amqp: AmqpArgs,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Logging")]
     log: LogArgs,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Operations endpoint")]
     ops: OpsArgs,
     #[command(flatten)]
     worker: WorkerOptions,
@@ -51,12 +51,13 @@ async fn run(cli: Cli) -> Result<()> {
              stopping are dead-lettered by the broker, with no note for `producer --wait`"
         );
     }
-    let store = cli.store.open_async(false).await?;
+    cli.store.account.spec()?;
+    let containers = std::sync::Arc::new(cli.store.containers());
     let broker = AmqpBroker::connect(cli.amqp).await?;
     let (shutdown, _trigger) = Shutdown::on_signals();
     let name = cli.name.unwrap_or_else(default_name);
-    tracing::info!(worker = %name, store = %store.describe(), "worker started");
-    let report = worker::run(broker, store, cli.worker, name.clone(), shutdown).await?;
+    tracing::info!(worker = %name, serves = %containers.describe(), "worker started");
+    let report = worker::run(broker, containers, cli.worker, name.clone(), shutdown).await?;
     tracing::info!(
         worker = %name,
         partitions = report.partitions,

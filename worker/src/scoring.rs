@@ -21,7 +21,7 @@ use fleet_protocol::message::{Images, Partition, Score, Scored, Thumbnail};
 use fleet_service::concurrent;
 use fleet_service::errors::chain;
 use fleet_spec::{ModelSpec, Outputs, sha256_hex};
-use fleet_storage::{BlobStore, ErrorKind};
+use fleet_storage::{BlobStore, Containers, ErrorKind};
 
 use crate::budget::MemoryBudget;
 
@@ -167,15 +167,16 @@ impl Input {
     }
 }
 
-/// The models this worker has loaded, by name: each loaded once, on first use.
+/// The models this worker has loaded, by container and name: each loaded once, on first use.
 #[derive(Debug)]
 pub struct Models {
-    store: Arc<dyn BlobStore>,
+    /// The containers served: each job's images and models are in its own.
+    containers: Arc<Containers>,
     inference: InferenceOptions,
     images: ImageOptions,
     /// What images decoding at once may hold, over every partition.
     decoding: MemoryBudget,
-    loaded: HashMap<String, Arc<Loaded>>,
+    loaded: HashMap<(String, String), Arc<Loaded>>,
 }
 
 /// Default memory for images decoding at once, per core (`--decode-memory-mb 0`): room for a
@@ -195,10 +196,10 @@ pub struct Prepared {
 }
 
 impl Models {
-    /// Models to be loaded from `store` as partitions name them, run and fed as the options
-    /// say.
+    /// Models to be loaded from the partitions' containers as they name them, run and fed as
+    /// the options say.
     pub fn new(
-        store: Arc<dyn BlobStore>,
+        containers: Arc<Containers>,
         inference: InferenceOptions,
         images: ImageOptions,
     ) -> Self {
@@ -210,7 +211,7 @@ impl Models {
             mb => u64::from(mb) << 20,
         };
         Self {
-            store,
+            containers,
             inference,
             images,
             decoding: MemoryBudget::new(decoding),
@@ -218,13 +219,19 @@ impl Models {
         }
     }
 
-    fn load(&mut self, model: &str) -> Result<Arc<Loaded>, ScoreError> {
-        if !self.loaded.contains_key(model) {
+    fn load(
+        &mut self,
+        store: &Arc<dyn BlobStore>,
+        container: &str,
+        model: &str,
+    ) -> Result<Arc<Loaded>, ScoreError> {
+        let key = (container.to_owned(), model.to_owned());
+        if !self.loaded.contains_key(&key) {
             let call_bytes = (self.images.max_call_mb as usize).saturating_mul(1 << 20);
-            let loaded = load(&self.store, model, &self.inference, call_bytes)?;
-            self.loaded.insert(model.to_owned(), Arc::new(loaded));
+            let loaded = load(store, model, &self.inference, call_bytes)?;
+            self.loaded.insert(key.clone(), Arc::new(loaded));
         }
-        Ok(self.loaded[model].clone())
+        Ok(self.loaded[&key].clone())
     }
 
     /// Gets a validated partition's images ready for its models (each loaded on first use):
@@ -237,8 +244,16 @@ impl Models {
         partition: Partition,
         last_attempt: bool,
     ) -> Result<Prepared, ScoreError> {
+        // The job's container: served here, or the partition is the job's mistake.
+        let store = self
+            .containers
+            .get(&partition.container)
+            .map_err(|e| match e.kind() {
+                ErrorKind::Transient => ScoreError::Transient(chain(&e)),
+                _ => ScoreError::Permanent(chain(&e)),
+            })?;
         let models = (partition.models.iter())
-            .map(|name| self.load(name))
+            .map(|name| self.load(&store, &partition.container, name))
             .collect::<Result<Vec<_>, _>>()?;
         for (name, model) in partition.models.iter().zip(&models) {
             let classes = model.spec.class_count;
@@ -284,7 +299,7 @@ impl Models {
         let images = read_images(
             &partition.images,
             &mut models,
-            self.store.as_ref(),
+            store.as_ref(),
             &Reading {
                 options: &self.images,
                 decoding: &self.decoding,
@@ -333,40 +348,52 @@ impl Prepared {
             input.recycle(&model);
         }
         let k = usize::from(partition.top_k).max(1);
-        let mut by_model = ranked.into_iter().map(|ranked| {
+        // Each model's scores of the partition's images, and the few best classes of each
+        // image, for the pictures the report may show (the scores keep the job's top-k).
+        let mut shown: Vec<Vec<Vec<(u32, f32)>>> = Vec::with_capacity(ranked.len());
+        let mut by_model: Vec<Vec<Score>> = Vec::with_capacity(ranked.len());
+        for ranked in ranked {
             let mut ranked = ranked.into_iter();
-            (errors.iter().cloned())
+            let mut model_shown = Vec::with_capacity(partition.len());
+            let mut model_scores = Vec::with_capacity(partition.len());
+            let images = (errors.iter().cloned())
                 .zip(notes.iter().cloned())
                 .zip(&partition.labels)
-                .enumerate()
-                .map(|(i, ((error, note), &label))| {
-                    let ranking = ranked.next();
-                    let true_tags = partition.tags.get(i).cloned().flatten();
-                    match (error, ranking) {
-                        (Some(error), _) | (None, Some(Err(error))) => Score {
+                .enumerate();
+            for (i, ((error, note), &label)) in images {
+                let ranking = ranked.next();
+                let true_tags = partition.tags.get(i).cloned().flatten();
+                model_scores.push(match (error, ranking) {
+                    (Some(error), _) | (None, Some(Err(error))) => {
+                        model_shown.push(Vec::new());
+                        Score {
                             label,
                             top: Vec::new(),
                             error: Some(error),
                             scored: false,
                             tags: Vec::new(),
                             true_tags,
-                        },
-                        (None, Some(Ok(Ranking { mut top, tags }))) => {
-                            top.truncate(k);
-                            Score {
-                                label,
-                                top,
-                                error: note.map(|note| format!("scored despite: {note}")),
-                                scored: true,
-                                tags,
-                                true_tags,
-                            }
                         }
-                        (None, None) => unreachable!("a readable image has its ranking"),
                     }
-                })
-                .collect::<Vec<Score>>()
-        });
+                    (None, Some(Ok(Ranking { mut top, tags }))) => {
+                        model_shown.push(top.iter().take(gallery::SHOWN_TOP).copied().collect());
+                        top.truncate(k);
+                        Score {
+                            label,
+                            top,
+                            error: note.map(|note| format!("scored despite: {note}")),
+                            scored: true,
+                            tags,
+                            true_tags,
+                        }
+                    }
+                    (None, None) => unreachable!("a readable image has its ranking"),
+                });
+            }
+            shown.push(model_shown);
+            by_model.push(model_scores);
+        }
+        let mut by_model = by_model.into_iter();
         let scores = by_model.next().unwrap_or_default();
         let more: Vec<Vec<Score>> = by_model.collect();
         let thumbnails = gallery::pick_thumbnails(partition.partition, &scores, &more)
@@ -391,6 +418,9 @@ impl Prepared {
                 Some(Thumbnail {
                     position: i as u32,
                     png: fleet_figures::rgb_png(image.width, image.height, &image.data),
+                    top: (shown.iter())
+                        .map(|model| model.get(i).cloned().unwrap_or_default())
+                        .collect(),
                 })
             })
             .collect();
@@ -401,6 +431,7 @@ impl Prepared {
         Scored {
             filenames: partition.images.names().to_vec(),
             job: partition.job,
+            container: partition.container,
             partition: partition.partition,
             batch: partition.batch,
             first_index: partition.first_index,
@@ -452,6 +483,7 @@ pub fn failed(partition: &Partition, reason: &str) -> Scored {
         .collect();
     Scored {
         job: partition.job.clone(),
+        container: partition.container.clone(),
         partition: partition.partition,
         batch: partition.batch.clone(),
         first_index: partition.first_index,
@@ -496,11 +528,13 @@ pub fn score_together(batch: Vec<Prepared>, worker: &str) -> Vec<Result<Scored, 
         .enumerate()
         .flat_map(|(p, prepared)| (0..prepared.len()).map(move |i| (p, i)))
         .collect();
+    // The report shows a few classes under each picture, whatever the job's top-k.
     let k = batch
         .iter()
         .map(|p| usize::from(p.partition.top_k))
         .max()
-        .unwrap_or(1);
+        .unwrap_or(1)
+        .max(gallery::SHOWN_TOP);
     // Each partition's vectors blob, filled as its images' rows come: an image's vectors of
     // every model, one model after another.
     let row_bytes: usize = models.iter().map(|m| m.spec.vector_bytes()).sum();

@@ -18,7 +18,8 @@ pub struct Pictured {
     pub png: Vec<u8>,
     /// Its name (see [`image_name`]).
     pub name: String,
-    /// Its score.
+    /// Its score, ranking as many classes as the report shows (the worker ranks them for
+    /// pictures whatever the job's top-k).
     pub score: Score,
     /// In a job of several models, the others' scores of it, in the job's order.
     pub more: Vec<Score>,
@@ -62,12 +63,22 @@ impl Gallery {
                 continue;
             };
             let more: Vec<&Score> = p.more.iter().filter_map(|m| m.get(position)).collect();
+            // The picture's scores rank the classes its thumbnail carries, where it does.
+            let shown = |model: usize, score: &Score| match thumbnail.top.get(model) {
+                Some(top) if !top.is_empty() => Score {
+                    top: top.clone(),
+                    ..score.clone()
+                },
+                _ => score.clone(),
+            };
             let picture = || Pictured {
                 at: (p.partition, thumbnail.position),
                 png: thumbnail.png.clone(),
                 name: image_name(p, position),
-                score: score.clone(),
-                more: more.iter().map(|&s| s.clone()).collect(),
+                score: shown(0, score),
+                more: (more.iter().enumerate())
+                    .map(|(m, &s)| shown(m + 1, s))
+                    .collect(),
             };
             if disagreement(std::iter::once(score).chain(more.iter().copied())).is_some() {
                 keep_best(&mut self.disagreements, picture(), GALLERY_SIZE, |a, b| {
@@ -156,6 +167,7 @@ mod tests {
 
     fn partition(partition: u32, confidences: &[f32]) -> Scored {
         Scored {
+            container: "ctr".into(),
             more: Vec::new(),
             model_ms: Vec::new(),
             job: "j".into(),
@@ -187,6 +199,7 @@ mod tests {
                 .map(|position| Thumbnail {
                     position,
                     png: vec![1],
+                    top: Vec::new(),
                 })
                 .collect(),
             failed: None,

@@ -187,6 +187,7 @@ mod tests {
 
     fn sealed(labelled: bool) -> Sealed {
         Sealed {
+            container: "ctr".into(),
             job: "j".into(),
             partitions: 2,
             images: 3,
@@ -198,6 +199,7 @@ mod tests {
 
     fn scored(partition: u32, batch: &str, first: u64, pairs: &[(u32, u32)]) -> Scored {
         Scored {
+            container: "ctr".into(),
             more: Vec::new(),
             model_ms: Vec::new(),
             job: "j".into(),

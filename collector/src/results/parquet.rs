@@ -506,6 +506,7 @@ mod tests {
             true_tags: None,
         };
         let scored = Scored {
+            container: "ctr".into(),
             more: Vec::new(),
             model_ms: Vec::new(),
             job: "j".into(),

@@ -68,6 +68,13 @@ pub fn render(report: &Report<'_>) -> String {
         "<p class=\"accuracy\" id=\"accuracy\">{}</p>",
         escape(&summary.accuracy_line())
     );
+    for warning in &summary.warnings {
+        let _ = writeln!(
+            html,
+            "<p class=\"partial\" id=\"warning\">Warning: {}</p>",
+            escape(warning)
+        );
+    }
     if let Some(partial) = &summary.partial {
         let _ = writeln!(
             html,
@@ -732,9 +739,17 @@ fn gallery(html: &mut String, id: &str, images: &[Pictured], report: &Report<'_>
             ),
             _ => escape(&predicted),
         };
+        // The runners-up, smaller: what the model nearly said.
+        let then: Vec<String> = (shown.score.top.iter().skip(1))
+            .map(|&(c, p)| format!("{} ({:.1}%)", escape(class(c)), 100.0 * p))
+            .collect();
+        let then = match then.is_empty() {
+            true => String::new(),
+            false => format!("<br><span class=\"then\">then {}</span>", then.join(", ")),
+        };
         let _ = writeln!(
             html,
-            "<figure><img alt=\"{name}\" title=\"{name}\" src=\"{}\"><figcaption>{caption}<br>\
+            "<figure><img alt=\"{name}\" title=\"{name}\" src=\"{}\"><figcaption>{caption}{then}<br>\
              <span class=\"name\">{name}</span></figcaption></figure>",
             data_uri(&shown.png),
             name = escape(&shown.name),
@@ -780,7 +795,7 @@ border-bottom:1px solid #eaeef2;vertical-align:top}.facts th{font-weight:500;col
 figure{margin:0;width:140px;text-align:center;font-size:.85em}\
 figure img{width:96px;height:96px;object-fit:contain;image-rendering:pixelated;\
 border:1px solid #d0d7de;background:#f6f8fa}\
-.truth{font-weight:600}.right{color:#1a7f37}.wrong{color:#cf222e}.name{color:#57606a;word-break:break-all}\
+.truth{font-weight:600}.right{color:#1a7f37}.wrong{color:#cf222e}.name{color:#57606a;word-break:break-all}.then{color:#57606a;font-size:90%}\
 code{background:#f6f8fa;padding:0 .2em}";
 
 #[cfg(test)]
@@ -834,6 +849,7 @@ mod tests {
             multi_label: None,
         };
         let sealed = Sealed {
+            container: "ctr".into(),
             job: "j".into(),
             partitions: 1,
             images: 40,
@@ -850,9 +866,11 @@ mod tests {
             .map(|i| Thumbnail {
                 position: i as u32,
                 png: fleet_figures::rgb_png(1, 1, &[200, 10, 10]),
+                top: Vec::new(),
             })
             .collect();
         let partition = Scored {
+            container: "ctr".into(),
             more: Vec::new(),
             model_ms: Vec::new(),
             job: "j".into(),

@@ -23,6 +23,13 @@ const SUMMARY_PAIRS: usize = 10;
 /// Distinct reasons of failed partitions kept for the summary.
 const MAX_REASONS: usize = 10;
 
+/// The share of a job's predictions one class may take before the job is warned of it.
+const COLLAPSED_SHARE: f64 = 0.5;
+/// Predictions a job needs before a collapsed distribution means anything.
+const COLLAPSED_MIN_IMAGES: u64 = 20;
+/// Classes a model needs before one class taking most predictions is unusual.
+const COLLAPSED_MIN_CLASSES: usize = 10;
+
 /// The running counts of one job.
 #[derive(Debug, Clone)]
 pub struct Tally {
@@ -257,7 +264,39 @@ impl Tally {
             comparisons: (self.models.as_ref())
                 .map(|m| m.comparisons(plan, sealed.labelled))
                 .unwrap_or_default(),
+            warnings: self.collapsed(classes).into_iter().collect(),
         }
+    }
+
+    /// A warning when one class takes most of a single-label job's predictions though the model
+    /// has many and the true labels (if any) do not say so: the usual sign of images prepared
+    /// unlike the model's training (another size, channel order, scale or normalisation).
+    fn collapsed(&self, classes: &[String]) -> Option<String> {
+        if self.multi_label.is_some() || classes.len() < COLLAPSED_MIN_CLASSES {
+            return None;
+        }
+        let total: u64 = self.predicted.iter().sum();
+        let (class, &count) = (self.predicted.iter().enumerate()).max_by_key(|&(_, &n)| n)?;
+        let share = ratio(count, total);
+        if total < COLLAPSED_MIN_IMAGES || share < COLLAPSED_SHARE {
+            return None;
+        }
+        // Labels that are mostly that class too explain it.
+        let labelled = self.confusion.labelled();
+        let truly = (self.confusion.true_classes())
+            .find(|&(c, _)| c as usize == class)
+            .map_or(0, |(_, n)| n);
+        if labelled > 0 && ratio(truly, labelled) >= share / 2.0 {
+            return None;
+        }
+        Some(format!(
+            "{count} of {total} predictions ({:.0}%) are one class, `{}`: unless the images \
+             really are mostly that, they are likely prepared unlike the model's training. \
+             Check the staged model's preparation (`producer stage --preset`, or its size, \
+             channel order, scale, mean and std: the model's spec in models/)",
+            100.0 * share,
+            classes[class]
+        ))
     }
 
     fn timings(&self, sealed: &Sealed, completed_at_ms: u64) -> Timings {
