@@ -27,5 +27,7 @@ else
     inputs=()  # the walkthrough's URLs
 fi
 target/release/producer stage --store "$store" --container cifar --model-name resnet20 "${inputs[@]}"
-target/release/producer --store "$store" --container cifar --model-name resnet20 --embedded "$@"
-echo "results: $store/cifar/results/"
+# Standard output is the job's id alone; the rest (accuracy, timings, report) is on stderr.
+job="$(target/release/producer --store "$store" --container cifar --model-name resnet20 --embedded "$@")"
+echo "job: $job"
+echo "results: $store/cifar/results/$job/"

@@ -234,11 +234,12 @@ fn flags_in_readme() -> std::collections::BTreeMap<String, std::collections::BTr
 fn the_readme_lists_every_flag_of_every_binary_and_no_other() {
     let mut in_help: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
         Default::default();
-    let binaries: [(&str, &[&str]); 8] = [
+    let binaries: [(&str, &[&str]); 9] = [
         ("producer", &["--help"]),
         ("producer", &["stage", "--help"]),
         ("producer", &["convert", "--help"]),
         ("producer", &["status", "--help"]),
+        ("producer", &["results", "--help"]),
         ("producer", &["cancel", "--help"]),
         ("producer", &["retry", "--help"]),
         ("worker", &["--help"]),
