@@ -40,6 +40,8 @@ async fn run(cli: Cli) -> Result<()> {
         .context("cannot serve the operations endpoint (--http-port)")?;
     cli.store.account.spec()?;
     let containers = std::sync::Arc::new(cli.store.containers());
+    let checked = containers.clone();
+    tokio::task::spawn_blocking(move || checked.check()).await??;
     let broker = AmqpBroker::connect(cli.amqp).await?;
     let (shutdown, _trigger) = Shutdown::on_signals();
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();

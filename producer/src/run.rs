@@ -43,6 +43,16 @@ pub struct FleetArgs {
         default_value_t = 3600
     )]
     pub wait_timeout_secs: u64,
+    /// The containers the fleet serves, when its workers and collector are restricted to a
+    /// list (their FLEET_CONTAINERS, which a deployment shares with the producer): a job of
+    /// another container is refused at submission.
+    #[arg(
+        long = "fleet-containers",
+        env = "FLEET_CONTAINERS",
+        value_delimiter = ',',
+        conflicts_with = "embedded"
+    )]
+    pub fleet_containers: Vec<String>,
     /// Workers in the embedded run, each with its own copy of the models (so at most 64); they
     /// share the cores.
     #[arg(
@@ -61,6 +71,21 @@ pub struct FleetArgs {
     pub worker: WorkerOptions,
 }
 
+impl FleetArgs {
+    /// Refuses a job of `container` the fleet does not serve, as far as the producer knows
+    /// (`--fleet-containers`); an embedded run serves its own.
+    fn serves(&self, container: &str) -> Result<(), RunError> {
+        let served = &self.fleet_containers;
+        match self.embedded || served.is_empty() || served.iter().any(|c| c == container) {
+            true => Ok(()),
+            false => Err(RunError::NotServed {
+                container: container.to_owned(),
+                served: served.clone(),
+            }),
+        }
+    }
+}
+
 /// Workers an embedded run may have: each holds the models and a few partitions, so a
 /// thousand would hold gigabytes to no gain on any machine.
 pub const MAX_EMBEDDED_WORKERS: u16 = 64;
@@ -71,6 +96,17 @@ pub enum RunError {
     /// The container cannot be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The fleet does not serve the job's container.
+    #[error(
+        "the fleet serves containers {} (FLEET_CONTAINERS), not {container}: submit the job to one of those, or add {container} to the fleet's FLEET_CONTAINERS",
+        served.join(", ")
+    )]
+    NotServed {
+        /// The job's container.
+        container: String,
+        /// Those the fleet serves.
+        served: Vec<String>,
+    },
     /// The broker cannot be reached.
     #[error(transparent)]
     Broker(#[from] BrokerError),
@@ -121,6 +157,7 @@ impl Completed {
 
 /// Submits the job `args` describe and, embedded or with `--wait`, sees it to its end.
 pub async fn run(store: &StoreArgs, args: RunArgs) -> Result<Completed, RunError> {
+    args.fleet.serves(&store.container)?;
     let store = store.open_async(false).await?;
     let job = job::new_job_id();
     let fleet = args.fleet;
@@ -169,6 +206,7 @@ pub struct RetryArgs {
 
 /// Publishes a job's failed partitions again, over the fleet or in this process.
 pub async fn retry(store: &StoreArgs, args: RetryArgs) -> Result<Completed, RunError> {
+    args.fleet.serves(&store.container)?;
     let store = store.open_async(false).await?;
     let (found_in, job) = (store.clone(), args.job.clone());
     let retry = tokio::task::spawn_blocking(move || crate::retry::prepare(found_in.as_ref(), &job))

@@ -1146,3 +1146,40 @@ impl<B: Broker> Submission<'_, B> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{MAX_PARTITION_SIZE, MIN_PARTITIONS, Sizing};
+
+    #[test]
+    fn a_job_is_cut_into_at_least_sixteen_partitions_of_at_most_five_hundred() {
+        let auto = Sizing {
+            chosen: None,
+            most: 20_000,
+        };
+        let partitions = |images: usize| images.div_ceil(auto.of(images) as usize);
+        for images in [16, 17, 40, 150, 1_000, 7_999] {
+            assert!(partitions(images) >= MIN_PARTITIONS as usize, "{images}");
+        }
+        assert_eq!(
+            (auto.of(5), partitions(5)),
+            (1, 5),
+            "one image a partition below 16"
+        );
+        assert_eq!(auto.of(150), 9);
+        assert_eq!(auto.of(10_000), MAX_PARTITION_SIZE);
+        assert_eq!(auto.of(1_000_000), MAX_PARTITION_SIZE);
+        // What a worker can hold of a large model bounds the size; a chosen size is kept.
+        let held = Sizing {
+            chosen: None,
+            most: 5,
+        };
+        assert_eq!(held.of(10_000), 5);
+        let chosen = Sizing {
+            chosen: Some(3),
+            most: 5,
+        };
+        assert_eq!((chosen.of(10_000), chosen.settled_after()), (3, 0));
+        assert_eq!(auto.settled_after(), 16 * 500);
+    }
+}

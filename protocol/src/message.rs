@@ -491,12 +491,14 @@ mod tests {
 
     #[test]
     fn other_versions_are_refused_before_decoding() {
-        let mut bytes = postcard::to_stdvec(&7u16).unwrap();
-        bytes.extend_from_slice(b"whatever follows");
-        assert!(matches!(
-            decode::<Partition>(&bytes),
-            Err(MessageError::UnknownVersion(7))
-        ));
+        for other in [MESSAGE_VERSION - 1, MESSAGE_VERSION + 1] {
+            let mut bytes = postcard::to_stdvec(&other).unwrap();
+            bytes.extend_from_slice(b"whatever follows");
+            assert!(matches!(
+                decode::<Partition>(&bytes),
+                Err(MessageError::UnknownVersion(v)) if v == other
+            ));
+        }
     }
 
     #[test]

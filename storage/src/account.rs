@@ -222,6 +222,15 @@ impl Containers {
         }
     }
 
+    /// Opens every container of the allow-list, so that a fleet set up with one that is not
+    /// there (or an account it cannot reach) says so as it starts. Blocking.
+    pub fn check(&self) -> Result<(), StoreError> {
+        for name in self.allowed.iter().flatten() {
+            self.get(name)?;
+        }
+        Ok(())
+    }
+
     /// What is served, for a log line: the allow-list, or "every container of the account".
     pub fn describe(&self) -> String {
         match &self.allowed {

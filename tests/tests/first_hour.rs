@@ -143,6 +143,26 @@ fn one_fleet_serves_every_container_of_its_account() {
         "--wait took {:?} to say the job cannot run",
         started.elapsed()
     );
+    // A producer that shares the fleet's settings (as a deployment's apps do) refuses such a
+    // job before it publishes anything.
+    let jobs_before = other.store().list("jobs/").unwrap();
+    let mut shared = in_container(&env, containers[1]);
+    shared.push(("FLEET_CONTAINERS", containers[0]));
+    let out = run_with("producer", &JOB, &shared);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains(&format!(
+                "the fleet serves containers {} (FLEET_CONTAINERS), not {}",
+                containers[0], containers[1]
+            )),
+        "{stderr}"
+    );
+    assert_eq!(
+        other.store().list("jobs/").unwrap(),
+        jobs_before,
+        "something was submitted"
+    );
     // The listed container is still served.
     let out = run_with("producer", &JOB, &in_container(&env, containers[0]));
     JobRun::of(out, "a job in the listed container");

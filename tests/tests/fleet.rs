@@ -218,11 +218,24 @@ fn wrong_broker_url_and_credentials_are_named() {
 fn missing_container_and_missing_blob_are_named() {
     let fleet = Fleet::isolated();
     let env = fleet.env();
-    let out = run_with("collector", &[], &env);
+    // A fleet restricted to a container that is not there says so as it starts.
+    let mut listed = env.clone();
+    listed.push(("FLEET_CONTAINERS", &fleet.container));
+    for role in ["collector", "worker"] {
+        let out = run_with(role, &[], &listed);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains(&format!("container {} does not exist", fleet.container)),
+            "{role}: {stderr}"
+        );
+    }
+    // A job of a missing container is refused at submission.
+    let out = run_with("producer", &[], &env);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
     assert!(
-        stderr.contains(&format!("container {} does not exist", fleet.container)),
+        !out.status.success()
+            && stderr.contains(&format!("container {} does not exist", fleet.container)),
         "{stderr}"
     );
 

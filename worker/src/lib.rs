@@ -385,7 +385,13 @@ impl<B: Broker> Settler<B> {
         }
         let (containers, (owned_container, owned_job)) = (self.containers.clone(), key.clone());
         let asked = tokio::task::spawn_blocking(move || {
-            let store = containers.get(&owned_container)?;
+            let store = match containers.get(&owned_container) {
+                Ok(store) => store,
+                // Not served here: the partition is refused, with the reason, when it is
+                // prepared.
+                Err(e) if Containers::refuses(&e) => return Ok(false),
+                Err(e) => return Err(e),
+            };
             Ledger::new(store.as_ref(), &owned_job).is_cancelled()
         });
         match asked.await {

@@ -53,6 +53,8 @@ async fn run(cli: Cli) -> Result<()> {
     }
     cli.store.account.spec()?;
     let containers = std::sync::Arc::new(cli.store.containers());
+    let checked = containers.clone();
+    tokio::task::spawn_blocking(move || checked.check()).await??;
     let broker = AmqpBroker::connect(cli.amqp).await?;
     let (shutdown, _trigger) = Shutdown::on_signals();
     let name = cli.name.unwrap_or_else(default_name);

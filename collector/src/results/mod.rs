@@ -242,6 +242,42 @@ mod tests {
         (csv, finish(&tally, plan, sealed, at_ms))
     }
 
+    /// One class taking most predictions is warned of, unless the true labels say the images
+    /// are mostly that class, the job is too small to tell, or the model has few classes.
+    #[test]
+    fn a_collapsed_distribution_is_warned_unless_the_labels_explain_it() {
+        let warnings = |pairs: &[(u32, u32)], classes: Vec<String>| {
+            let plan = plan(classes, 1, false);
+            let (_, files) = build(&plan, &sealed(true), &[scored(0, "b", 0, pairs)], 3_000);
+            files.summary.warnings
+        };
+        // 30 images, one of each class thrice, 21 of them predicted `cat` (3).
+        let collapsed: Vec<(u32, u32)> = (0..30)
+            .map(|i| (i % 10, if i < 21 { 3 } else { i % 10 }))
+            .collect();
+        let said = warnings(&collapsed, cifar_classes());
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].starts_with("21 of 30 predictions (70%) are one class, `cat`"),
+            "{said:?}"
+        );
+        // The labels say they are mostly cats: the model is right to say so.
+        let cats: Vec<(u32, u32)> = (0..30)
+            .map(|i| {
+                (
+                    if i < 20 { 3 } else { i % 10 },
+                    if i < 21 { 3 } else { i % 10 },
+                )
+            })
+            .collect();
+        assert!(warnings(&cats, cifar_classes()).is_empty());
+        // Too few images, or too few classes, to tell.
+        assert!(warnings(&collapsed[..19], cifar_classes()).is_empty());
+        let four: Vec<String> = cifar_classes().into_iter().take(4).collect();
+        let few: Vec<(u32, u32)> = (0..30).map(|i| (i % 4, 3)).collect();
+        assert!(warnings(&few, four).is_empty());
+    }
+
     #[test]
     fn counts_accuracy_and_rows() {
         let parts = [
