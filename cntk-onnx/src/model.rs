@@ -97,7 +97,9 @@ impl Model {
 impl Model {
     /// Makes the model's output the one a classifier is scored by: `chosen` (a function's name
     /// or uid) if given; else, for a root `Combine` saved by a trainer checkpoint, its first
-    /// output that is not a loss or metric (the labels go with them, unread).
+    /// output that is neither a loss or metric nor an aggregate of them (the labels go with
+    /// them, unread); and when the checkpoint keeps only its criteria, the prediction its first
+    /// criterion scores.
     pub fn choose_output(&mut self, chosen: Option<&str>) -> Result<(), Problem> {
         if let Some(chosen) = chosen {
             let found = self
@@ -154,8 +156,22 @@ impl Model {
                     .is_some_and(|b| CRITERION_BLOCKS.contains(&b.op_name.as_str()))
                 || (reads_output && reads_input)
         };
-        if let Some(output) = outputs.iter().find(|f| !criterion(f)) {
+        // What a trainer sums a loss or metric into (`aggregateLoss`, `aggregateEvalMetric`):
+        // a function that reads criteria and nothing else computed.
+        let aggregate = |f: &Function| {
+            let read: Vec<&Function> = f.inputs.iter().filter_map(|i| owner(i)).collect();
+            !read.is_empty() && read.iter().all(|o| o.uid != f.uid && criterion(o))
+        };
+        if let Some(output) = outputs.iter().find(|f| !criterion(f) && !aggregate(f)) {
             self.root = output.uid.clone();
+        } else if let Some(prediction) = outputs.iter().filter(|f| criterion(f)).find_map(|f| {
+            // The computed input of a criterion: its labels are an input variable.
+            f.inputs
+                .iter()
+                .filter_map(|i| owner(i))
+                .find(|o| o.uid != f.uid)
+        }) {
+            self.root = prediction.uid.clone();
         }
         Ok(())
     }
@@ -482,6 +498,48 @@ mod tests {
                 value: None,
             },
         );
+        model.choose_output(None).unwrap();
+        assert_eq!(model.root, "z");
+    }
+
+    /// A checkpoint whose root keeps only its criteria, as blocks, and what the trainer sums
+    /// them into (CNTK 2's early trainers): the classifier is what its loss scores.
+    #[test]
+    fn a_checkpoint_of_criteria_and_their_aggregates_gives_what_they_score() {
+        let block_op = (0..).find(|&op| ops::name(op) == "Block").unwrap();
+        let criterion = |uid: &str, op_name: &str| {
+            let (uid, mut f) = function(uid, block_op, &["z_Output_0", "labels"]);
+            f.block = Some(Block {
+                root: "inner".into(),
+                op_name: op_name.into(),
+                arguments: HashMap::new(),
+            });
+            (uid, f)
+        };
+        let mut model = Model {
+            variables: HashMap::new(),
+            functions: [
+                function(
+                    "root",
+                    ops::COMBINE,
+                    &[
+                        "ce_Output_0",
+                        "loss_Output_0",
+                        "err_Output_0",
+                        "metric_Output_0",
+                    ],
+                ),
+                criterion("ce", "CrossEntropyWithSoftmax"),
+                function("loss", ops::REDUCE_ELEMENTS, &["ce_Output_0"]),
+                criterion("err", "ClassificationError"),
+                function("metric", ops::REDUCE_ELEMENTS, &["err_Output_0"]),
+                function("z", ops::PLUS, &["y_Output_0", "b"]),
+                function("y", ops::TIMES, &["w", "x"]),
+            ]
+            .into_iter()
+            .collect(),
+            root: "root".into(),
+        };
         model.choose_output(None).unwrap();
         assert_eq!(model.root, "z");
     }

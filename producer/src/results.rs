@@ -62,12 +62,11 @@ pub fn run(store: &StoreArgs, args: ResultsArgs) -> Result<(), ResultsError> {
     let store = store.open(false)?;
     let out = args.out.unwrap_or_else(|| PathBuf::from(&args.job));
     let files = bring_home(store.as_ref(), &args.job, &out)?;
-    eprintln!(
-        "{} files of job {} from {}",
-        files,
+    fleet_service::logging::say(format!(
+        "{files} files of job {} from {}",
         args.job,
         store.describe()
-    );
+    ));
     println!("{}", printable(&out));
     Ok(())
 }

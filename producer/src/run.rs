@@ -9,6 +9,7 @@ use fleet_broker::BrokerError;
 use fleet_broker::amqp::{AmqpArgs, AmqpBroker};
 use fleet_protocol::Summary;
 use fleet_protocol::job::{self, Manifest};
+use fleet_service::logging::say;
 use fleet_storage::{BlobStore, StoreArgs, StoreError};
 use indicatif::{ProgressBar, ProgressStyle};
 use worker::WorkerOptions;
@@ -141,13 +142,13 @@ impl Completed {
     pub fn of(summary: &Summary) -> Self {
         match &summary.partial {
             Some(partial) => {
-                eprintln!(
+                say(format!(
                     "job {} completed partial: {} images in {} partitions could not be scored ({}); their rows in scores.csv carry the reason",
                     summary.job,
                     partial.images,
                     partial.failed_partitions,
                     partial.reasons.join("; ")
-                );
+                ));
                 Completed::Partial
             }
             None => Completed::Whole,
@@ -182,10 +183,10 @@ pub async fn run(store: &StoreArgs, args: RunArgs) -> Result<Completed, RunError
         crate::submit::submit(&broker, store.clone(), &args.submit, &job, |n| bar.inc(n)).await;
     bar.finish_and_clear();
     let manifest = manifest?;
-    eprintln!(
+    say(format!(
         "submitted {} images in {} partitions",
         manifest.images, manifest.partitions
-    );
+    ));
     // Standard output carries the id alone, for `J=$(producer ...)`.
     println!("{job}");
     if fleet.wait {
@@ -218,11 +219,11 @@ pub async fn retry(store: &StoreArgs, args: RetryArgs) -> Result<Completed, RunE
             "dead-lettered partitions whose rows the collector has not stored yet are left out: retry again once it has"
         );
     }
-    eprintln!(
+    say(format!(
         "job {}: scoring {} failed partitions again",
         retry.job,
         retry.partitions.len()
-    );
+    ));
     let fleet = args.fleet;
     if fleet.embedded {
         let done = crate::embedded::retry(
@@ -236,7 +237,7 @@ pub async fn retry(store: &StoreArgs, args: RetryArgs) -> Result<Completed, RunE
     }
     let broker = AmqpBroker::connect(fleet.amqp).await?;
     let published = retry.publish(&broker, store.clone(), &mut |_| {}).await?;
-    eprintln!("published {published} partitions");
+    say(format!("published {published} partitions"));
     println!("{}", retry.job);
     if fleet.wait {
         return wait(store, &retry.manifest, fleet.wait_timeout_secs).await;
@@ -250,7 +251,7 @@ pub fn embedded_done(store: &dyn BlobStore, run: &EmbeddedRun) -> Completed {
     print_summary(&run.summary);
     if let Some(peak) = peak_memory_mb() {
         // Every role ran in this process: its peak is the job's.
-        eprintln!("peak memory: {peak} MB");
+        say(format!("peak memory: {peak} MB"));
     }
     print_report(store, &run.job);
     println!("{}", run.job);
@@ -278,11 +279,11 @@ pub const REPORT_LINK_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 fn print_report(store: &dyn BlobStore, job: &str) {
     let key = job::result_key(job, job::files::REPORT);
     match store.shareable(&key, REPORT_LINK_LIFETIME) {
-        Some(link) => eprintln!("report: {link}"),
-        None => eprintln!(
+        Some(link) => say(format!("report: {link}")),
+        None => say(format!(
             "report: {} (needs the store's credentials; `producer results {job}` brings the job's files home)",
             store.location(&key)
-        ),
+        )),
     }
 }
 
@@ -298,9 +299,9 @@ fn print_summary(summary: &Summary) {
     for warning in &summary.warnings {
         tracing::warn!("{warning}");
     }
-    eprintln!("{}", summary.accuracy_line());
-    eprintln!(
+    say(summary.accuracy_line());
+    say(format!(
         "scored {} images in {:.2}s ({:.0} images/s)",
         summary.scored, summary.timings.wall_seconds, summary.timings.images_per_second
-    );
+    ));
 }

@@ -22,9 +22,40 @@ pub struct LogArgs {
     pub log_format: LogFormat,
 }
 
+/// The format chosen at [`init`], for [`say`].
+static FORMAT: std::sync::OnceLock<LogFormat> = std::sync::OnceLock::new();
+
+/// Writes one line of what a command has to tell (a job's accuracy, where its report is) to
+/// standard error, whatever `RUST_LOG` filters: as it is, or, with `--log-format json`, as a
+/// log line's JSON object, so that a log pipeline reads one format on the stream.
+pub fn say(message: impl std::fmt::Display) {
+    match FORMAT.get().copied().unwrap_or(LogFormat::Text) {
+        LogFormat::Text => eprintln!("{message}"),
+        LogFormat::Json => {
+            let line = serde_json::json!({
+                "timestamp": now_rfc3339(),
+                "level": "INFO",
+                "target": "output",
+                "message": message.to_string(),
+            });
+            eprintln!("{line}");
+        }
+    }
+}
+
+/// The time now as the JSON log lines write it (tracing-subscriber's clock, RFC 3339).
+fn now_rfc3339() -> String {
+    use tracing_subscriber::fmt::time::FormatTime;
+    let mut now = String::new();
+    let _ = tracing_subscriber::fmt::time::SystemTime
+        .format_time(&mut tracing_subscriber::fmt::format::Writer::new(&mut now));
+    now
+}
+
 /// Installs the subscriber. `default` is the filter used when `RUST_LOG` is unset, e.g.
 /// `"warn,worker=info"`: warnings from everything, progress from the binary itself.
 pub fn init(default: &str, args: &LogArgs) {
+    let _ = FORMAT.set(args.log_format);
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
     let builder = tracing_subscriber::fmt()

@@ -378,18 +378,19 @@ fn iso8601(t: SystemTime) -> String {
     to_rfc3339(&time)
 }
 
-/// A download in progress, read as chunks arrive.
+/// A download in progress, read as chunks arrive. Read from a blocking thread, as every call
+/// of the store is.
 struct ChunkReader {
-    chunks: std::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
+    chunks: tokio::sync::mpsc::Receiver<std::io::Result<bytes::Bytes>>,
     current: bytes::Bytes,
 }
 
 impl Read for ChunkReader {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         while self.current.is_empty() {
-            match self.chunks.recv() {
-                Ok(chunk) => self.current = chunk?,
-                Err(_) => return Ok(0), // the sender is done: end of blob
+            match self.chunks.blocking_recv() {
+                Some(chunk) => self.current = chunk?,
+                None => return Ok(0), // the sender is done: end of blob
             }
         }
         let n = buf.len().min(self.current.len());
@@ -404,13 +405,16 @@ impl BlobStore for AzureStore {
         let blob = self.client()?.blob_client(key);
         let response = block_on(async move { blob.download(None).await })
             .map_err(|e| self.error("reading", key, e))?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(8);
+        // Waiting for a slow reader suspends the download, never the runtime's thread: readers
+        // left open while others run (an incremental job reads earlier jobs' files in step
+        // with its own listing) must not stall every other call of the store.
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
         runtime().spawn(async move {
             let mut body = response.body;
             while let Some(chunk) = body.next().await {
                 let chunk = chunk.map_err(std::io::Error::other);
                 let failed = chunk.is_err();
-                if tx.send(chunk).is_err() || failed {
+                if tx.send(chunk).await.is_err() || failed {
                     break;
                 }
             }

@@ -100,6 +100,62 @@ fn a_v2_trainer_checkpoint_converts_its_classifier_not_its_loss() {
     );
 }
 
+/// An early CNTK 2 trainer checkpoint keeps only its criteria at its root, as blocks (the loss
+/// a `CrossEntropyWithSoftmax` block holding a `TransposeTimes`), with what the trainer sums
+/// them into: the classifier converted is what the loss scores, and it reads the digits.
+#[test]
+fn an_early_checkpoint_of_criteria_blocks_converts_what_they_score() {
+    let imported = import(&model("mnist.early.cmf"), "mnist.early.cmf").unwrap();
+    assert_eq!(imported.source_format, "CNTK v2");
+    assert_eq!(
+        (
+            imported.input_shape.as_slice(),
+            imported.output_shape.as_slice()
+        ),
+        (&[-1, 28, 28][..], &[-1, 10][..])
+    );
+    for digit in [4, 9] {
+        let path = fixture(&format!("cntk-models/node-cntk-digits/sample_{digit}.bmp"));
+        let gray = image::open(&path).unwrap().to_luma8();
+        // Raw pixels 0..255, or scaled to 0..1: the classifier says the same.
+        for scale in [1.0, 1.0 / 255.0] {
+            let input: Vec<f32> = (gray.as_raw().iter())
+                .map(|&p| f32::from(p) * scale)
+                .collect();
+            let (shape, logits) = run_graph(&imported.onnx, &[1, 28, 28], &input);
+            assert_eq!(shape, [1, 10]);
+            let best = (0..10).fold(0, |b, k| if logits[k] > logits[b] { k } else { b });
+            assert_eq!(
+                best, digit,
+                "sample_{digit}.bmp, pixels x {scale}: {logits:?}"
+            );
+        }
+    }
+}
+
+/// BrainScript's ResNet of CNTK's ImageHandsOn tutorial: convolution kernels stored as
+/// matrices, and shortcuts widened by splicing a tensor of size 1 in space onto the
+/// subsampled input (broadcast along the spatial axes). It converts and runs; its answers are
+/// not yet CNTK's (it scores at chance on the test batch), so no accuracy is claimed here.
+#[test]
+fn a_brainscript_resnet_with_broadcasting_splices_converts_and_runs() {
+    let imported = import(&model("cifar10.ResNet.cmf"), "cifar10.ResNet.cmf").unwrap();
+    assert_eq!(imported.output, "z");
+    assert_eq!(
+        (
+            imported.input_shape.as_slice(),
+            imported.output_shape.as_slice()
+        ),
+        (&[-1, 3, 32, 32][..], &[-1, 10][..])
+    );
+    // Every shortcut's splice: the subsampled input, then its zero padding broadcast in space.
+    let batch = test_batch();
+    let input = walkthrough_preprocess(&batch.pixels[..4 * IMAGE_BYTES], &[0.0; IMAGE_BYTES]);
+    let (shape, logits) = run_graph(&imported.onnx, &[4, 3, 32, 32], &input);
+    assert_eq!(shape, [4, 10]);
+    assert!(logits.iter().all(|v| v.is_finite()), "{logits:?}");
+}
+
 #[test]
 fn cntk_unit_test_models_convert_and_run() {
     // `abs` of a (1, 2) input.

@@ -817,6 +817,37 @@ fn slices_transposes_pads_and_splices_move_elements_as_cntk_does() {
     assert_eq!(dims, [4, 3, 2, 2]);
     let expected: Vec<f32> = x.iter().copied().chain(x.iter().map(|v| 2.0 * v)).collect();
     assert_close(&values, &expected, "Splice along a new axis");
+
+    // A parameter of size 1 along the second axis, and no batch axis, spliced with x along the
+    // first: broadcast along the second axis and the batch, as CNTK's `SpliceNode` does
+    // (BrainScript's ResNets widen their shortcuts so, with zeros).
+    let (dims, values, x) = run_op(&DIMS, |b, x| {
+        let p = b.parameter(&[2, 1, 2], vec![10.0, 20.0, 30.0, 40.0]);
+        b.op(SPLICE, &[x, &p], vec![("axis", axis(0))])
+    });
+    assert_eq!(dims, [6, 3, 2]);
+    // p[i, 0, k], column-major: element i + 2k.
+    let p = [10.0, 20.0, 30.0, 40.0];
+    let expected: Vec<f32> = (0..dims.iter().product())
+        .map(|i| {
+            let c = coords(&dims, i);
+            match c[0] < DIMS[0] {
+                true => x[offset(&DIMS, &c)],
+                false => p[(c[0] - DIMS[0]) + 2 * c[2]],
+            }
+        })
+        .collect();
+    assert_close(&values, &expected, "Splice broadcasting a parameter");
+    // Sizes that differ along another axis, neither of them 1, are still refused.
+    let mut b = Builder::default();
+    let x = b.input(&[4, 3, 2]);
+    let p = b.parameter(&[1, 2, 2], vec![0.0; 4]);
+    let s = b.op(SPLICE, &[&x, &p], vec![("axis", axis(0))]);
+    let err = import(&b.finish(&s), "splice.dnn").unwrap_err();
+    assert!(
+        err.to_string().contains("splicing inputs of shapes"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -652,7 +652,15 @@ fn sixteen_bit_pngs_decode_within_the_memory_budget() {
         let output = run_job(
             store,
             "deep/",
-            &["--labels", "none", "--decode-memory-mb", budget],
+            // One partition: its eight images are decoded together, as far as the budget allows.
+            &[
+                "--labels",
+                "none",
+                "--decode-memory-mb",
+                budget,
+                "--partition-size",
+                "8",
+            ],
         );
         assert!(output.contains("Scored 8 images"), "{output}");
         peak_mb(&output)
@@ -791,7 +799,19 @@ fn a_model_with_a_huge_input_gets_partitions_a_worker_can_hold() {
             .concat(),
         );
     }
-    let output = run_job(store, "big/", &["--model-name", "huge", "--labels", "none"]);
+    // Asked for partitions larger than a worker can hold: cut to what it can.
+    let output = run_job(
+        store,
+        "big/",
+        &[
+            "--model-name",
+            "huge",
+            "--labels",
+            "none",
+            "--partition-size",
+            "500",
+        ],
+    );
     assert!(output.contains("Scored 20 images"), "{output}");
     let job = &output.id;
     let manifest: serde_json::Value = serde_json::from_slice(

@@ -189,7 +189,34 @@ impl<'m> Lowering<'m> {
         };
         // Splicing along the axis after the last stacks the inputs along a new axis.
         let new_axis = axis == rank;
-        let mut shape = first.shape.clone();
+        // Along every other axis, an input of size 1 is broadcast to the others' size, and one
+        // without a batch axis to the batch (CNTK's `SpliceNode`: BrainScript's ResNets widen
+        // their shortcuts with a zero tensor of size 1 in space).
+        let mut target = vec![1; rank];
+        for input in &inputs {
+            let fits = input.rank() == rank
+                && (input.shape.iter().zip(&mut target).enumerate()).all(|(i, (&d, t))| {
+                    if i == axis || d == *t || d == 1 {
+                        return true;
+                    }
+                    let widened = *t == 1;
+                    *t = d;
+                    widened
+                });
+            if !fits {
+                let shapes: Vec<_> = inputs.iter().map(|t| &t.shape).collect();
+                return Err(unsupported(
+                    f,
+                    &format!("splicing inputs of shapes {shapes:?}"),
+                ));
+            }
+        }
+        let reference = inputs
+            .iter()
+            .find(|t| t.batched)
+            .cloned()
+            .ok_or_else(|| unsupported(f, "splicing inputs none of which has a batch axis"))?;
+        let mut shape = target.clone();
         if new_axis {
             shape.push(0);
         } else {
@@ -197,19 +224,16 @@ impl<'m> Lowering<'m> {
         }
         let mut names = Vec::with_capacity(inputs.len());
         for input in &inputs {
-            let same_elsewhere = input.rank() == rank
-                && input
-                    .shape
-                    .iter()
-                    .zip(&first.shape)
-                    .enumerate()
-                    .all(|(i, (a, b))| i == axis || a == b);
-            if !input.batched || !same_elsewhere {
-                return Err(unsupported(
-                    f,
-                    &format!("splicing {:?} with {:?}", input.shape, first.shape),
-                ));
+            let mut full = target.clone();
+            if !new_axis {
+                full[axis] = input.shape[axis];
             }
+            let input = if input.batched && input.shape == full {
+                input.clone()
+            } else {
+                self.expand_to_batch(f, input, &reference, &full)
+            };
+            let input = &input;
             if new_axis {
                 let mut unit = input.shape.clone();
                 unit.push(1);
@@ -229,6 +253,37 @@ impl<'m> Lowering<'m> {
             vec![AttributeProto::int("axis", onnx)],
         );
         Ok(computed(name, shape, true))
+    }
+
+    /// `input` broadcast to `shape` (CNTK order) and to the batch of `reference`, a batched
+    /// value: `Expand` to the batch size read from `reference` at run time, then `shape`.
+    fn expand_to_batch(
+        &mut self,
+        f: &Function,
+        input: &Tensor<'m>,
+        reference: &Tensor<'m>,
+        shape: &[u64],
+    ) -> Tensor<'m> {
+        let base = format!("{}_broadcast", f.uid);
+        let value = self.value_name(input);
+        let whole = self.node(
+            "Shape",
+            &format!("{base}_shape"),
+            vec![reference.name.clone()],
+            vec![],
+        );
+        let batch = self.slice_node(&whole, &format!("{base}_batch"), &[0], &[1], &[0], None);
+        let dims: Vec<i64> = shape.iter().rev().map(|&d| d as i64).collect();
+        let dims = self.int64_initializer(&format!("{base}_dims"), &dims);
+        let full = self.node(
+            "Concat",
+            &format!("{base}_full"),
+            vec![batch, dims],
+            vec![AttributeProto::int("axis", 0)],
+        );
+        // An unbatched value's dims align with the last ones; a batched one's all align.
+        let name = self.node("Expand", &base, vec![value, full], vec![]);
+        computed(name, shape.to_vec(), true)
     }
 
     pub(super) fn reshape_op(
