@@ -461,6 +461,25 @@ fn resolve(
                     ),
                 });
             }
+            // Images the file leaves out are scored without a label: say how many, and which.
+            let unlabelled: Vec<&String> = (names.iter().zip(&entry_of))
+                .filter(|(_, entry)| entry.is_none())
+                .map(|(name, _)| name)
+                .collect();
+            if !unlabelled.is_empty() {
+                tracing::warn!(
+                    "{} of the {} images have no label in {} ({}{}): they are scored without one, \
+                     and left out of the accuracy",
+                    unlabelled.len(),
+                    names.len(),
+                    file.name,
+                    (unlabelled.iter().take(5))
+                        .map(|n| format!("{n:?}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if unlabelled.len() > 5 { ", ..." } else { "" }
+                );
+            }
             let mut bad: Vec<String> = Vec::new();
             let mut shared: Vec<String> = Vec::new();
             let mut several: Option<String> = None;

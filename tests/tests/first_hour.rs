@@ -489,3 +489,43 @@ fn a_collapsed_prediction_distribution_is_warned() {
     .unwrap();
     assert!(report.contains("id=\"warning\""), "the report's warning");
 }
+
+/// A label file that labels some of the images says how many it leaves out, and which; the
+/// job scores them without a label.
+#[test]
+fn a_label_file_leaving_images_out_says_which() {
+    let root = tempfile::tempdir().unwrap();
+    let (images, classes) = cifar_folder(root.path(), 1);
+    let labels = root.path().join("labels.csv");
+    std::fs::write(
+        &labels,
+        "filename,label\nairplane/0000.jpg,airplane\ncat/0000.jpg,cat\n",
+    )
+    .unwrap();
+    let store = root.path().join("store");
+    Producer::stage(&store, "ctr")
+        .args(&[
+            "--images",
+            images.to_str().unwrap(),
+            "--prefix",
+            "photos",
+            "--model",
+            fixture("resnet20_meanimage_159.dnn").to_str().unwrap(),
+            "--mean-image",
+            fixture("CIFAR-10_mean.xml").to_str().unwrap(),
+            "--model-name",
+            "cifar",
+            "--classes",
+            classes.to_str().unwrap(),
+        ])
+        .ok();
+    let run = Producer::embedded(&store, "ctr")
+        .args(&["--dataset", "photos", "--labels", labels.to_str().unwrap()])
+        .job();
+    assert!(
+        run.contains("8 of the 10 images have no label in")
+            && run.contains("\"automobile/0000.jpg\"")
+            && run.contains("of 2 images"),
+        "{run}"
+    );
+}
