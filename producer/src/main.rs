@@ -122,9 +122,10 @@ fn refuse_job_flags(matches: &clap::ArgMatches, subcommand: &str) {
             .error(
                 clap::error::ErrorKind::ArgumentConflict,
                 format!(
-                    "{} belong to a job (`producer` without a subcommand), not to `producer {subcommand}`; \
+                    "{} {} to a job (`producer` without a subcommand), not to `producer {subcommand}`; \
                      give them without the subcommand, or see `producer {subcommand} --help`",
-                    given.join(", ")
+                    given.join(", "),
+                    if given.len() == 1 { "belongs" } else { "belong" }
                 ),
             )
             .exit();

@@ -293,7 +293,7 @@ fn output_a_script_can_use() {
     let err = fleet_tests::run_err("producer", &["--store", store, "--top-k", "3", "status"]);
     assert!(
         err.contains(
-            "--top-k belong to a job (`producer` without a subcommand), not to `producer status`"
+            "--top-k belongs to a job (`producer` without a subcommand), not to `producer status`"
         ),
         "{err}"
     );
