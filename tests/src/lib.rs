@@ -1183,13 +1183,19 @@ pub fn http_get(port: u16, path: &str) -> (u16, String) {
     write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
+    let (status, _, body) = parse_response(&response);
+    (status, body)
+}
+
+/// An HTTP response's status code, head and body.
+fn parse_response(response: &str) -> (u16, String, String) {
     let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("a status code");
-    (status, body.to_owned())
+    (status, head.to_owned(), body.to_owned())
 }
 
 /// `GET url` of an `http://host:port/path?query` URL, with no credentials but what the URL
@@ -1207,14 +1213,7 @@ pub fn http_get_url(url: &str) -> (u16, String, String) {
     .unwrap();
     let mut response = Vec::new();
     stream.read_to_end(&mut response).unwrap();
-    let response = String::from_utf8_lossy(&response);
-    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("a status code");
-    (status, head.to_owned(), body.to_owned())
+    parse_response(&String::from_utf8_lossy(&response))
 }
 
 /// The value of an unlabelled sample in a Prometheus text exposition.

@@ -27,36 +27,52 @@ fn cifar_folder(dir: &Path, per_class: usize) -> (PathBuf, PathBuf) {
     (images, classes)
 }
 
-/// `producer stage` of the folder and the walkthrough's model (as `cifar`) with `env`.
-fn stage_folder(images: &Path, classes: &Path, env: &[(&str, &str)]) {
+/// The `producer stage` arguments of the folder (as `photos`) and the walkthrough's model (as
+/// `cifar`, with the class list).
+fn folder_stage_args(images: &Path, classes: &Path) -> Vec<String> {
     let (model, mean) = (
         fixture("resnet20_meanimage_159.dnn"),
         fixture("CIFAR-10_mean.xml"),
     );
-    let out = run_with(
-        "producer",
-        &[
-            "stage",
-            "--images",
-            images.to_str().unwrap(),
-            "--prefix",
-            "photos",
-            "--model",
-            model.to_str().unwrap(),
-            "--mean-image",
-            mean.to_str().unwrap(),
-            "--model-name",
-            "cifar",
-            "--classes",
-            classes.to_str().unwrap(),
-        ],
-        env,
-    );
+    let paths = [images, &model, &mean, classes].map(|p| p.to_str().unwrap().to_owned());
+    let [images, model, mean, classes] = paths;
+    [
+        "--images",
+        &images,
+        "--prefix",
+        "photos",
+        "--model",
+        &model,
+        "--mean-image",
+        &mean,
+        "--model-name",
+        "cifar",
+        "--classes",
+        &classes,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// `producer stage` of the folder and the walkthrough's model with `env`.
+fn stage_folder(images: &Path, classes: &Path, env: &[(&str, &str)]) {
+    let args = folder_stage_args(images, classes);
+    let args: Vec<&str> = std::iter::once("stage")
+        .chain(args.iter().map(String::as_str))
+        .collect();
+    let out = run_with("producer", &args, env);
     assert!(
         out.status.success(),
         "staging failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `producer stage` of the folder and the walkthrough's model into the local `store`.
+fn stage_folder_locally(store: &Path, images: &Path, classes: &Path) {
+    let args = folder_stage_args(images, classes);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Producer::stage(store, "ctr").args(&args).ok();
 }
 
 /// `env` with `FLEET_CONTAINER` set to `container`.
@@ -343,21 +359,7 @@ fn a_small_job_is_cut_for_every_worker() {
     let root = tempfile::tempdir().unwrap();
     let (images, classes) = cifar_folder(root.path(), 4);
     let store = root.path().join("store");
-    let staged = Producer::stage(&store, "ctr").args(&[
-        "--images",
-        images.to_str().unwrap(),
-        "--prefix",
-        "photos",
-        "--model",
-        fixture("resnet20_meanimage_159.dnn").to_str().unwrap(),
-        "--mean-image",
-        fixture("CIFAR-10_mean.xml").to_str().unwrap(),
-        "--model-name",
-        "cifar",
-        "--classes",
-        classes.to_str().unwrap(),
-    ]);
-    staged.ok();
+    stage_folder_locally(&store, &images, &classes);
     let job = |extra: &[&str]| {
         let mut args = vec!["--dataset", "photos", "--labels", "folders"];
         args.extend(extra);
@@ -503,22 +505,7 @@ fn a_label_file_leaving_images_out_says_which() {
     )
     .unwrap();
     let store = root.path().join("store");
-    Producer::stage(&store, "ctr")
-        .args(&[
-            "--images",
-            images.to_str().unwrap(),
-            "--prefix",
-            "photos",
-            "--model",
-            fixture("resnet20_meanimage_159.dnn").to_str().unwrap(),
-            "--mean-image",
-            fixture("CIFAR-10_mean.xml").to_str().unwrap(),
-            "--model-name",
-            "cifar",
-            "--classes",
-            classes.to_str().unwrap(),
-        ])
-        .ok();
+    stage_folder_locally(&store, &images, &classes);
     let run = Producer::embedded(&store, "ctr")
         .args(&["--dataset", "photos", "--labels", labels.to_str().unwrap()])
         .job();
