@@ -40,11 +40,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
     && useradd --system --uid 10001 --no-create-home fleet
 COPY --from=build /out/producer /out/worker /out/collector /usr/local/bin/
 COPY --from=build /out/lib/ /usr/local/lib/
-# glibc raises its mmap threshold to the size of the largest buffer freed, so decoded photos
-# (tens of MB each, several at once) are then kept in its heaps after use: a fixed threshold
-# hands them back (a worker over 224x224 photos peaks at 355 MB instead of 581 MB: BENCHMARKS.md).
 ENV ORT_DYLIB_PATH=/usr/local/lib/libonnxruntime.so \
-    MALLOC_MMAP_THRESHOLD_=131072 \
     ORT_DISABLE_TELEMETRY=1 \
     RUST_LOG=info \
     LOG_FORMAT=json \

@@ -14,9 +14,6 @@ fixtures="${CIFAR_FLEET_FIXTURES:-$root/../shared/fixtures}"
 
 scripts/install-onnxruntime.sh
 cargo build --release --quiet --bin producer
-# glibc keeps large freed buffers (decoded photos) in its heaps once its mmap threshold has
-# grown; a fixed one hands them back (BENCHMARKS.md, the real-photo job rows).
-export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-131072}"
 # Microsoft's ONNX Runtime builds keep a usage database under ~/.cache unless told not to.
 export ORT_DISABLE_TELEMETRY="${ORT_DISABLE_TELEMETRY:-1}"
 

@@ -16,12 +16,15 @@ if ! command -v chromium >/dev/null; then
         exit 1
     fi
 fi
-# nasm lets the build compile libjpeg-turbo's SIMD code (faster decoding, the same pixels); the
-# build works without it, so it is only installed where that is easy.
+# Builds without nasm link libjpeg-turbo's x86-64 SIMD code pregenerated from its sources; with
+# nasm, check that those objects are what the sources make (installed where that is easy).
 if ! command -v nasm >/dev/null && command -v apt-get >/dev/null && [[ "$(id -u)" == 0 ]]; then
     { apt-get install -y -qq --no-install-recommends nasm \
         || { apt-get update -qq && apt-get install -y -qq --no-install-recommends nasm; }; } >&2 \
-        || echo "nasm did not install: JPEG decoding is built without SIMD" >&2
+        || echo "nasm did not install: the pregenerated SIMD objects are not checked" >&2
+fi
+if command -v nasm >/dev/null; then
+    scripts/pregenerate-jpeg-simd.sh --check
 fi
 # The integration tests talk to a real RabbitMQ and a real Azurite: start them unless the
 # environment already points at some (AMQP_URL and AZURE_STORAGE_CONNECTION_STRING).

@@ -135,7 +135,9 @@ struct Row {
 }
 
 fn main() -> Result<()> {
-    // Before any thread: ONNX Runtime keeps no usage database of ours.
+    // Before any thread: one C heap for all of them, and ONNX Runtime keeps no usage database
+    // of ours.
+    fleet_service::memory::one_heap();
     fleet_inference::runtime::opt_out_of_telemetry();
     let args: Args = fleet_service::cli::parse();
     if !args.scale.is_empty() {

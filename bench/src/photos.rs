@@ -1,6 +1,7 @@
-//! The real-photo rows: each photo of `real-photos/photos/` decoded and prepared for a 224x224
-//! ImageNet model by every filter convention, one thread, beside Pillow preparing the same
-//! photos as torchvision does (`bench/python/photos_peer.py`) in the same run; then the whole
+//! The real-photo rows: each photo of `real-photos/photos/`, and a small copy of each, decoded
+//! alone and decoded and prepared for a 224x224 ImageNet model by every filter convention, one
+//! thread, beside Pillow decoding and preparing the same photos as torchvision does
+//! (`bench/python/photos_peer.py`) in the same run; then the whole
 //! embedded job scoring the photos (seven copies of each) with the fixture's float16
 //! SqueezeNet, against the engine alone on the same tensors and a Python peer (Pillow + ONNX
 //! Runtime, one process per core: `bench/python/photos_job_peer.py`).
@@ -9,7 +10,8 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use fleet_imaging::{DecodeLimits, Preprocessor, decode};
+use fleet_imaging::resize::{Geometry, resize_u8};
+use fleet_imaging::{DecodeLimits, Image, Preprocessor, decode, decode_jpeg, encode_jpeg};
 use fleet_inference::{InferenceOptions, Scorer};
 use fleet_spec::{
     ChannelOrder, Filter, IMAGENET_MEAN, IMAGENET_STD, Layout, ModelSpec, Normalize, Outputs,
@@ -108,23 +110,114 @@ fn spec(resize: Resize, shorter_side: Option<u32>, filter: Filter, fast_jpeg: bo
     }
 }
 
-/// The rows: decode + resize + preprocess per convention, then Pillow's, when `python` is
-/// given.
+/// The longer side of the small photos: ImageNet's photos are mostly 500x375.
+const SMALL_SIDE: usize = 500;
+
+/// The preparation rows, on the fixture photos that are JPEGs and on small copies of them
+/// (longer side [`SMALL_SIDE`], baseline JPEG at quality 90): libjpeg-turbo's decode alone, the product's
+/// decode + prepare by each convention, and Pillow's decode alone and torchvision preparation
+/// when `python` is given; each row says how far it is from the decode alone.
 pub(crate) fn rows(photos: &Path, runs: usize, python: Option<&Path>) -> Result<Vec<Row>> {
     let mut paths: Vec<_> = std::fs::read_dir(photos)
         .with_context(|| photos.display().to_string())?
         .map(|entry| entry.map(|e| e.path()))
         .collect::<Result<_, _>>()?;
     paths.sort();
-    let encoded: Vec<Vec<u8>> = paths
-        .iter()
-        .map(|path| std::fs::read(path).with_context(|| path.display().to_string()))
-        .collect::<Result<_>>()?;
+    // The JPEGs alone, in a folder of their own for the Python peer: the decode alone is
+    // libjpeg's.
+    let jpeg_folder = tempfile::tempdir()?;
+    let mut encoded = Vec::new();
+    for path in &paths {
+        let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
+        if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+            std::fs::write(
+                jpeg_folder.path().join(path.file_name().context("a name")?),
+                &bytes,
+            )?;
+            encoded.push(bytes);
+        }
+    }
+    let small_folder = tempfile::tempdir()?;
+    let small = small_photos(&encoded, small_folder.path())?;
+    let mut rows = preparation_rows(
+        "real photos (JPEG)",
+        jpeg_folder.path(),
+        &encoded,
+        runs,
+        python,
+        true,
+    )?;
+    rows.extend(preparation_rows(
+        &format!("small photos ({SMALL_SIDE} px)"),
+        small_folder.path(),
+        &small,
+        runs,
+        python,
+        false,
+    )?);
+    Ok(rows)
+}
+
+/// Each photo upright, shrunk to a longer side of [`SMALL_SIDE`] (Pillow's bilinear; smaller
+/// ones kept at their size) and stored as a baseline JPEG at quality 90, as photo collections
+/// are; written to `folder` too, for the Python peer.
+fn small_photos(encoded: &[Vec<u8>], folder: &Path) -> Result<Vec<Vec<u8>>> {
+    let mut small = Vec::with_capacity(encoded.len());
+    for (i, bytes) in encoded.iter().enumerate() {
+        let image = decode(bytes, unlimited())?;
+        let (height, width) = (image.height, image.width);
+        let scale = (SMALL_SIDE as f64 / height.max(width) as f64).min(1.0);
+        let size = (
+            ((height as f64 * scale).round() as usize).max(1),
+            ((width as f64 * scale).round() as usize).max(1),
+        );
+        let geometry = Geometry::new((height, width), size, Resize::Stretch, None);
+        let shrunk = Image {
+            width: size.1,
+            height: size.0,
+            channels: image.channels,
+            data: resize_u8(
+                &image.data,
+                image.channels,
+                &geometry,
+                Filter::PillowBilinear,
+            ),
+        };
+        let jpeg = encode_jpeg(&shrunk, 90);
+        std::fs::write(folder.join(format!("{i:03}.jpg")), &jpeg)?;
+        small.push(jpeg);
+    }
+    Ok(small)
+}
+
+/// The rows of one photo set (`encoded`, the files of `folder`): see [`rows`]. With
+/// `fast_jpeg`, a row of the torchvision preparation decoding large JPEGs reduced.
+fn preparation_rows(
+    set: &str,
+    folder: &Path,
+    encoded: &[Vec<u8>],
+    runs: usize,
+    python: Option<&Path>,
+    fast_jpeg: bool,
+) -> Result<Vec<Row>> {
     let megapixels: f64 = encoded
         .iter()
         .map(|bytes| decode(bytes, unlimited()).map(|i| (i.width * i.height) as f64 / 1e6))
         .sum::<Result<f64, _>>()?;
-    let mut rows = Vec::new();
+    let photos = format!("{} photos, {megapixels:.0} megapixels", encoded.len());
+    let (decode_alone, _) = repeated(runs, || {
+        let started = Instant::now();
+        for bytes in encoded {
+            std::hint::black_box(decode_jpeg(bytes, unlimited())?);
+        }
+        Ok((started.elapsed().as_secs_f64(), ()))
+    })?;
+    let mut rows = vec![Row {
+        what: format!("{set}: libjpeg-turbo decode alone, to RGB, 1 thread"),
+        images: encoded.len() as u64,
+        seconds: decode_alone,
+        note: format!("{photos}; {}", fleet_imaging::jpeg_decoder()),
+    }];
     let mut torchvision = 0.0;
     let fast = (
         "torchvision, --fast-jpeg",
@@ -132,35 +225,36 @@ pub(crate) fn rows(photos: &Path, runs: usize, python: Option<&Path>) -> Result<
         Some(256),
         Filter::PillowBilinear,
     );
-    for (name, resize, shorter_side, filter) in CONVENTIONS.into_iter().chain([fast]) {
-        let fast_jpeg = name == fast.0;
-        let spec = spec(resize, shorter_side, filter, fast_jpeg);
+    let fast = fast_jpeg.then_some(fast);
+    for (name, resize, shorter_side, filter) in CONVENTIONS.into_iter().chain(fast) {
+        let reduced = fast.is_some_and(|fast| name == fast.0);
+        let spec = spec(resize, shorter_side, filter, reduced);
         let preprocessor = Preprocessor::new(&spec, None)?;
         let mut input = vec![0.0; preprocessor.input_len()];
         let (seconds, _) = repeated(runs, || {
             let started = Instant::now();
-            for bytes in &encoded {
+            for bytes in encoded {
                 preprocessor.write(&preprocessor.decode(bytes, unlimited())?.0, &mut input);
             }
             Ok((started.elapsed().as_secs_f64(), ()))
         })?;
-        let note = if fast_jpeg {
+        let note = if reduced {
             format!(
                 "large JPEGs decoded reduced; {:.2} x the exact torchvision row",
                 torchvision / seconds
             )
         } else {
             format!(
-                "{} photos, {megapixels:.0} megapixels; {}",
-                encoded.len(),
+                "{:.2} x the decode alone's speed; {}",
+                decode_alone / seconds,
                 filter.name()
             )
         };
-        if filter == Filter::PillowBilinear && resize == Resize::CenterCrop && !fast_jpeg {
+        if filter == Filter::PillowBilinear && resize == Resize::CenterCrop && !reduced {
             torchvision = seconds;
         }
         rows.push(Row {
-            what: format!("real photos: decode + resize + preprocess to 224x224, {name}, 1 thread"),
+            what: format!("{set}: decode + resize + preprocess to 224x224, {name}, 1 thread"),
             images: encoded.len() as u64,
             seconds,
             note,
@@ -170,10 +264,10 @@ pub(crate) fn rows(photos: &Path, runs: usize, python: Option<&Path>) -> Result<
         let script = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("python")
             .join("photos_peer.py");
-        let (seconds, _) = repeated(runs, || {
+        let (seconds, decode_seconds) = repeated(runs, || {
             let out = run(
                 python,
-                &[script.to_str().unwrap(), photos.to_str().unwrap()],
+                &[script.to_str().unwrap(), folder.to_str().unwrap()],
                 &[],
             )?;
             let line = out
@@ -182,18 +276,34 @@ pub(crate) fn rows(photos: &Path, runs: usize, python: Option<&Path>) -> Result<
                 .find(|l| l.starts_with('{'))
                 .context("the photo peer printed no result line")?;
             let report: serde_json::Value = serde_json::from_str(line)?;
-            let seconds = report["seconds"]
-                .as_f64()
-                .context("no seconds in the photo peer's line")?;
-            Ok((seconds, ()))
+            let seconds = |key: &str| {
+                report[key]
+                    .as_f64()
+                    .with_context(|| format!("no {key} in the photo peer's line"))
+            };
+            Ok((seconds("seconds")?, seconds("decode_seconds")?))
         })?;
+        let mut decode_seconds = decode_seconds;
+        decode_seconds.sort_by(f64::total_cmp);
+        let pillow_decode = decode_seconds[decode_seconds.len() / 2];
         rows.push(Row {
-            what: "real photos: Pillow decode + torchvision preprocessing, 1 process".into(),
+            what: format!("{set}: Pillow decode alone, 1 process"),
+            images: encoded.len() as u64,
+            seconds: pillow_decode,
+            note: format!(
+                "Image.open + load, files in memory; libjpeg-turbo's decode alone is {:.2} x as \
+                 fast",
+                pillow_decode / decode_alone
+            ),
+        });
+        rows.push(Row {
+            what: format!("{set}: Pillow decode + torchvision preprocessing, 1 process"),
             images: encoded.len() as u64,
             seconds,
             note: format!(
-                "the loop alone, files in memory; the product's torchvision row is {:.2} x as \
-                 fast",
+                "{:.2} x Pillow's decode alone's speed; the product's torchvision row is {:.2} x \
+                 as fast",
+                pillow_decode / seconds,
                 seconds / torchvision
             ),
         });

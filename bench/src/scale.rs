@@ -270,6 +270,7 @@ fn synthetic(job: &str, container: &str, partition: u32, images: u32) -> Scored 
         started_at_ms: now_ms(),
         finished_at_ms: now_ms(),
         provider: "CPU".into(),
+        decoder: String::new(),
         thumbnails,
         failed: None,
         vectors: false,

@@ -27,6 +27,8 @@ struct Cli {
 }
 
 fn main() -> Result<()> {
+    // Before any thread: one C heap for all of them.
+    fleet_service::memory::one_heap();
     let cli: Cli = fleet_service::cli::parse();
     fleet_service::logging::init("warn,collector=info", &cli.log);
     tokio::runtime::Runtime::new()

@@ -703,6 +703,7 @@ mod tests {
             started_at_ms: 2,
             finished_at_ms: 3,
             provider: "CPU".into(),
+            decoder: String::new(),
             thumbnails: Vec::new(),
             failed: None,
             vectors: false,

@@ -126,6 +126,13 @@ pub fn decode_with_warning(
     decode_reduced(bytes, limits, None)
 }
 
+/// A JPEG decoded by libjpeg to RGB (or gray) and nothing else: not turned upright, not
+/// reduced. The yardstick the bench measures preparation against; [`decode`] is what scoring
+/// uses.
+pub fn decode_jpeg(bytes: &[u8], limits: DecodeLimits) -> Result<Image, DecodeError> {
+    crate::jpeg::decode(bytes, limits, None, None).map(|(image, _)| image)
+}
+
 /// The smallest size (height, width) an image of the given upright size may be decoded at:
 /// see [`decode_reduced`].
 pub type AtLeast<'a> = &'a dyn Fn((usize, usize)) -> (usize, usize);

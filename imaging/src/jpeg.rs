@@ -22,6 +22,150 @@ use mozjpeg_sys as ffi;
 
 use crate::decode::{AtLeast, DecodeError, DecodeLimits, Image, transposes};
 
+unsafe extern "C" {
+    /// The C library's, which `jpeg_mem_dest` allocates with.
+    fn free(pointer: *mut std::ffi::c_void);
+    /// libjpeg-turbo's own answer to whether its SIMD IDCT runs on this CPU: 0 in a build without
+    /// SIMD (whose stubs define it too) or on a CPU without the instructions. (This build reads
+    /// no `JSIMD_*` environment variables.)
+    fn jsimd_can_idct_islow() -> c_int;
+}
+
+/// The JPEG decoder this process runs: libjpeg-turbo with the SIMD code this CPU takes, or
+/// without SIMD. Decoded pixels are the same either way; the speed is not, so figures say which.
+pub fn decoder() -> &'static str {
+    static DECODER: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    DECODER.get_or_init(|| {
+        // SAFETY: a query without arguments or shared state (libjpeg-turbo keeps what it
+        // detected per thread).
+        if unsafe { jsimd_can_idct_islow() } == 0 {
+            return "libjpeg-turbo without SIMD";
+        }
+        simd_instructions()
+    })
+}
+
+/// The instructions libjpeg-turbo's SIMD code picks on this CPU (its own choice, which it
+/// does not export, made by the same test: AVX2 where the CPU and the OS have it).
+fn simd_instructions() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            return "libjpeg-turbo with SIMD (AVX2)";
+        }
+        "libjpeg-turbo with SIMD (SSE2)"
+    }
+    #[cfg(any(target_arch = "aarch64", target_arch = "arm"))]
+    {
+        "libjpeg-turbo with SIMD (NEON)"
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "arm")))]
+    {
+        "libjpeg-turbo with SIMD"
+    }
+}
+
+/// `image` (gray or RGB) as a baseline JPEG at `quality` (1 to 100) with 4:2:0 chroma, as
+/// Pillow and libjpeg-turbo's `cjpeg` write by default, none of mozjpeg's slower extensions
+/// (progressive scans, trellis quantisation): how photos are usually stored. The bench makes its
+/// small photos with it.
+///
+/// # Panics
+/// If `image` is not 1 or 3 channels of `height * width` pixels, none of them empty: a caller's
+/// bug, as is any error libjpeg reports on valid input.
+pub fn encode(image: &Image, quality: u8) -> Vec<u8> {
+    assert!(
+        matches!(image.channels, 1 | 3),
+        "{} channels",
+        image.channels
+    );
+    assert_eq!(
+        image.data.len(),
+        image.width * image.height * image.channels
+    );
+    let (width, height) = (
+        u32::try_from(image.width).expect("a width libjpeg takes"),
+        u32::try_from(image.height).expect("a height libjpeg takes"),
+    );
+    assert!(width > 0 && height > 0, "an empty image");
+    compress(width, height, image.channels, &image.data, quality, false)
+}
+
+/// libjpeg's compressor on `pixels` (HWC), baseline with libjpeg-turbo's defaults, or with
+/// its simple progression when `progressive`.
+fn compress(
+    width: u32,
+    height: u32,
+    channels: usize,
+    pixels: &[u8],
+    quality: u8,
+    progressive: bool,
+) -> Vec<u8> {
+    /// Owns the compressor and the buffer `jpeg_mem_dest` allocates, freeing both however it
+    /// is left (an error unwinds out of libjpeg).
+    struct Compressor {
+        cinfo: Box<ffi::jpeg_compress_struct>,
+        _errors: Box<ffi::jpeg_error_mgr>,
+        out: *mut u8,
+        len: c_ulong,
+    }
+    impl Drop for Compressor {
+        fn drop(&mut self) {
+            // SAFETY: created below; destroying is valid in any state. `out` is null or the
+            // buffer libjpeg allocated with malloc, freed once.
+            unsafe {
+                ffi::jpeg_destroy_compress(&mut self.cinfo);
+                if !self.out.is_null() {
+                    free(self.out.cast());
+                }
+            }
+        }
+    }
+    // SAFETY: the standard compress sequence on zeroed structs, as in `Decompressor::new`, the
+    // error manager boxed before the compressor points at it; every row handed to libjpeg is
+    // `width * channels` bytes of `pixels`.
+    unsafe {
+        let mut errors: Box<ffi::jpeg_error_mgr> = Box::new(std::mem::zeroed());
+        ffi::jpeg_std_error(&mut errors);
+        errors.error_exit = Some(error_exit);
+        let mut c = Compressor {
+            cinfo: Box::new(std::mem::zeroed()),
+            _errors: errors,
+            out: std::ptr::null_mut(),
+            len: 0,
+        };
+        c.cinfo.common.err = &mut *c._errors;
+        ffi::jpeg_create_compress(&mut *c.cinfo);
+        ffi::jpeg_mem_dest(&mut c.cinfo, &mut c.out, &mut c.len);
+        c.cinfo.image_width = width;
+        c.cinfo.image_height = height;
+        c.cinfo.input_components = channels as c_int;
+        c.cinfo.in_color_space = if channels == 1 {
+            ffi::JCS_GRAYSCALE
+        } else {
+            ffi::JCS_RGB
+        };
+        // Before the defaults, which it chooses among.
+        ffi::jpeg_c_set_int_param(
+            &mut c.cinfo,
+            ffi::J_INT_PARAM::JINT_COMPRESS_PROFILE,
+            ffi::JCP_FASTEST as c_int,
+        );
+        ffi::jpeg_set_defaults(&mut c.cinfo);
+        ffi::jpeg_set_quality(&mut c.cinfo, c_int::from(quality.clamp(1, 100)), 1);
+        if progressive {
+            ffi::jpeg_simple_progression(&mut c.cinfo);
+        }
+        ffi::jpeg_start_compress(&mut c.cinfo, 1);
+        for row in pixels.chunks_exact(width as usize * channels) {
+            let rows = [row.as_ptr()];
+            ffi::jpeg_write_scanlines(&mut c.cinfo, rows.as_ptr(), 1);
+        }
+        ffi::jpeg_finish_compress(&mut c.cinfo);
+        std::slice::from_raw_parts(c.out, c.len as usize).to_vec()
+    }
+}
+
 /// A libjpeg error, or a warning that the file ends early, carried by the unwind out of C.
 struct Fatal(String);
 
@@ -387,10 +531,6 @@ pub(crate) mod tests {
         max_pixels: 1 << 24,
     };
 
-    unsafe extern "C" {
-        fn free(pointer: *mut std::ffi::c_void);
-    }
-
     /// `pixels` (HWC, 1 or 3 channels) as a JPEG from libjpeg's encoder, at quality 90.
     fn encode(width: u32, height: u32, channels: usize, pixels: &[u8]) -> Vec<u8> {
         encode_with(width, height, channels, pixels, false)
@@ -404,41 +544,7 @@ pub(crate) mod tests {
         pixels: &[u8],
         progressive: bool,
     ) -> Vec<u8> {
-        // SAFETY: the standard compress sequence on zeroed structs, as in `Decompressor::new`;
-        // the output buffer is malloc'd by `jpeg_mem_dest` and freed here after copying.
-        unsafe {
-            let mut errors: ffi::jpeg_error_mgr = std::mem::zeroed();
-            let mut cinfo: ffi::jpeg_compress_struct = std::mem::zeroed();
-            cinfo.common.err = ffi::jpeg_std_error(&mut errors);
-            ffi::jpeg_create_compress(&mut cinfo);
-            let mut out: *mut u8 = std::ptr::null_mut();
-            let mut len: c_ulong = 0;
-            ffi::jpeg_mem_dest(&mut cinfo, &mut out, &mut len);
-            cinfo.image_width = width;
-            cinfo.image_height = height;
-            cinfo.input_components = channels as c_int;
-            cinfo.in_color_space = if channels == 1 {
-                ffi::JCS_GRAYSCALE
-            } else {
-                ffi::JCS_RGB
-            };
-            ffi::jpeg_set_defaults(&mut cinfo);
-            ffi::jpeg_set_quality(&mut cinfo, 90, 1);
-            if progressive {
-                ffi::jpeg_simple_progression(&mut cinfo);
-            }
-            ffi::jpeg_start_compress(&mut cinfo, 1);
-            let stride = width as usize * channels;
-            for row in pixels.chunks_exact(stride) {
-                let rows = [row.as_ptr()];
-                ffi::jpeg_write_scanlines(&mut cinfo, rows.as_ptr(), 1);
-            }
-            ffi::jpeg_finish_compress(&mut cinfo);
-            let bytes = std::slice::from_raw_parts(out, len as usize).to_vec();
-            ffi::jpeg_destroy_compress(&mut cinfo);
-            free(out.cast());
-            bytes
-        }
+        compress(width, height, channels, pixels, 90, progressive)
     }
 
     /// A smooth 24x16 gradient, which JPEG keeps within a few levels.
@@ -449,6 +555,34 @@ pub(crate) mod tests {
                 [x * 8, y * 12, 128].map(|v| v as u8)[..channels].to_vec()
             })
             .collect()
+    }
+
+    #[test]
+    fn encode_writes_a_baseline_jpeg_of_the_pixels() {
+        for channels in [1, 3] {
+            let image = Image {
+                width: 24,
+                height: 16,
+                channels,
+                data: gradient(channels),
+            };
+            let jpeg = super::encode(&image, 90);
+            // SOF0: baseline, not mozjpeg's default progressive (SOF2).
+            let sof: Vec<u8> = segments(&jpeg)
+                .map(|(marker, _)| marker)
+                .filter(|m| matches!(m, 0xC0..=0xCF) && !matches!(m, 0xC4 | 0xC8 | 0xCC))
+                .collect();
+            assert_eq!(sof, [0xC0]);
+            let decoded = crate::decode::decode_jpeg(&jpeg, LIMITS).unwrap();
+            assert_eq!(
+                (decoded.width, decoded.height, decoded.channels),
+                (24, 16, channels)
+            );
+            let worst = (decoded.data.iter().zip(&image.data))
+                .map(|(&a, &b)| a.abs_diff(b))
+                .max();
+            assert!(worst.is_some_and(|w| w <= 12), "{worst:?}");
+        }
     }
 
     #[test]
@@ -554,6 +688,18 @@ pub(crate) mod tests {
             &jpeg[app0_end..],
         ]
         .concat()
+    }
+
+    /// Every build on these CPUs decodes with SIMD, with or without nasm on the host (the
+    /// pregenerated objects): a build that lost it fails here, not silently in the figures.
+    #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+    #[test]
+    fn this_build_decodes_with_simd() {
+        assert!(
+            decoder().starts_with("libjpeg-turbo with SIMD"),
+            "{}",
+            decoder()
+        );
     }
 
     #[test]

@@ -20,7 +20,9 @@ pub mod resize;
 pub mod thumbnail;
 
 pub use decode::{
-    DecodeError, DecodeLimits, Image, decode, decode_reduced, decode_with_warning, decoding_bytes,
+    DecodeError, DecodeLimits, Image, decode, decode_jpeg, decode_reduced, decode_with_warning,
+    decoding_bytes,
 };
+pub use jpeg::{decoder as jpeg_decoder, encode as encode_jpeg};
 pub use preprocess::Preprocessor;
 pub use thumbnail::thumbnail;

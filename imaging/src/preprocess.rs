@@ -172,10 +172,65 @@ impl Preprocessor {
     /// `out` (`input_len()` values): channel order, scale, normalisation, layout.
     pub fn write_from_pixels(&self, pixels: &[u8], out: &mut [f32]) {
         assert_eq!(out.len(), self.input_len(), "one image's worth of input");
-        let (c, w) = (self.channels, self.width);
-        for (i, pixel) in pixels.chunks_exact(c).enumerate() {
-            for (ch, &v) in pixel.iter().enumerate() {
-                self.put(out, i / w, i % w, ch, f32::from(v));
+        assert_eq!(pixels.len(), self.input_len(), "one image's crop");
+        let (c, plane) = (self.channels, self.height * self.width);
+        if let (3, Layout::Nchw, Subtract::PerChannel(sub)) = (c, self.layout, &self.subtract) {
+            // The common case in one pass over the crop, a pixel at a time into three planes.
+            let (first, rest) = out.split_at_mut(plane);
+            let (second, third) = rest.split_at_mut(plane);
+            // Plane `k` takes RGB channel `order[k]`.
+            let order = match self.order {
+                ChannelOrder::Bgr => [2, 1, 0],
+                ChannelOrder::Rgb => [0, 1, 2],
+            };
+            let [m0, m1, m2] = [0, 1, 2].map(|k| self.multiply[k]);
+            let [s0, s1, s2] = [0, 1, 2].map(|k| sub[k]);
+            for (((pixel, a), b), d) in pixels.chunks_exact(3).zip(first).zip(second).zip(third) {
+                *a = f32::from(pixel[order[0]]) * m0 - s0;
+                *b = f32::from(pixel[order[1]]) * m1 - s1;
+                *d = f32::from(pixel[order[2]]) * m2 - s2;
+            }
+            return;
+        }
+        // A model channel at a time, each a straight loop over the plane (what [`Self::put`]
+        // does value by value, with the same arithmetic).
+        for ch in 0..c {
+            // Decoded colour is RGB: BGR input plane `k` is RGB channel `2 - k`.
+            let source = if c == 3 && self.order == ChannelOrder::Bgr {
+                2 - ch
+            } else {
+                ch
+            };
+            let multiply = self.multiply[ch];
+            let values = pixels[source..]
+                .iter()
+                .step_by(c)
+                .map(|&v| f32::from(v) * multiply);
+            match (&self.subtract, self.layout) {
+                (Subtract::PerChannel(sub), Layout::Nchw) => {
+                    let sub = sub[ch];
+                    for (o, v) in out[ch * plane..][..plane].iter_mut().zip(values) {
+                        *o = v - sub;
+                    }
+                }
+                (Subtract::Image(sub), Layout::Nchw) => {
+                    let sub = &sub[ch * plane..][..plane];
+                    for ((o, v), s) in out[ch * plane..][..plane].iter_mut().zip(values).zip(sub) {
+                        *o = v - s;
+                    }
+                }
+                (Subtract::PerChannel(sub), Layout::Nhwc) => {
+                    let sub = sub[ch];
+                    for (o, v) in out[ch..].iter_mut().step_by(c).zip(values) {
+                        *o = v - sub;
+                    }
+                }
+                (Subtract::Image(sub), Layout::Nhwc) => {
+                    let sub = &sub[ch * plane..][..plane];
+                    for ((o, v), s) in out[ch..].iter_mut().step_by(c).zip(values).zip(sub) {
+                        *o = v - s;
+                    }
+                }
             }
         }
     }

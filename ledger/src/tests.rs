@@ -78,6 +78,7 @@ fn scored(partition: u32, failed: Option<&str>) -> Scored {
         started_at_ms: 2,
         finished_at_ms: 3,
         provider: "CPU".into(),
+        decoder: String::new(),
         thumbnails: Vec::new(),
         failed: failed.map(str::to_owned),
         vectors: false,

@@ -68,7 +68,9 @@ enum Command {
 const PARTIAL_EXIT: i32 = 3;
 
 fn main() -> Result<()> {
-    // Before any thread: ONNX Runtime keeps no usage database of ours.
+    // Before any thread: one C heap for all of them, and ONNX Runtime keeps no usage database
+    // of ours.
+    fleet_service::memory::one_heap();
     fleet_inference::runtime::opt_out_of_telemetry();
     let (cli, matches): (Cli, _) = fleet_service::cli::parse_with_matches();
     if let Some((subcommand, _)) = matches.subcommand() {

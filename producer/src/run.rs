@@ -304,4 +304,7 @@ fn print_summary(summary: &Summary) {
         "scored {} images in {:.2}s ({:.0} images/s)",
         summary.scored, summary.timings.wall_seconds, summary.timings.images_per_second
     ));
+    if !summary.decoders.is_empty() {
+        say(format!("JPEG decoding: {}", summary.decoders.join(", ")));
+    }
 }

@@ -8,7 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Version of the message format written by this build.
-pub const MESSAGE_VERSION: u16 = 7;
+pub const MESSAGE_VERSION: u16 = 8;
 
 /// Largest message accepted. A partition of 1,000 CIFAR images is about 3 MB, one of 1,000
 /// blob names a few tens of kB; anything much larger is a mistake or an attack, and is refused
@@ -227,6 +227,8 @@ pub struct Scored {
     pub finished_at_ms: u64,
     /// ONNX Runtime execution provider that ran the model (`CPU`, `CUDA`).
     pub provider: String,
+    /// The JPEG decoder the worker runs (`fleet_imaging::jpeg_decoder`): with SIMD or without.
+    pub decoder: String,
     /// Small copies of the images the job report may show (see
     /// [`crate::gallery::pick_thumbnails`]).
     pub thumbnails: Vec<Thumbnail>,
@@ -546,6 +548,7 @@ mod tests {
             started_at_ms: 0,
             finished_at_ms: 0,
             provider: "CPU".into(),
+            decoder: String::new(),
             thumbnails: Vec::new(),
             failed: None,
             vectors: false,

@@ -128,6 +128,10 @@ pub struct Summary {
     /// predictions, say): said at the job's end and in the report.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// The JPEG decoders the workers ran (with SIMD or without): the pixels are the same,
+    /// the speed is not, so timings are read with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decoders: Vec<String>,
 }
 
 /// One model of a job of several.

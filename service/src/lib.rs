@@ -9,11 +9,13 @@
 //! - [`cli`]: a role's options at their defaults, as clap would parse an empty command line.
 //! - [`concurrent`]: blocking work on a few threads at once, stopping at the first error.
 //! - [`errors`]: an error and its causes as one line of text, each cause once.
+//! - [`memory`]: the C heap's shape, set first thing in `main`.
 
 pub mod cli;
 pub mod concurrent;
 pub mod errors;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod ops;
 pub mod shutdown;

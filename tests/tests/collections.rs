@@ -190,6 +190,23 @@ fn a_jpeg_folder_job_agrees_with_the_tarball_job() {
     .unwrap();
     assert_eq!(summary["classes"][3], "cat");
     assert_eq!(summary["unreadable"], 0);
+    // The JPEG decoder the worker ran is said with the job's figures; a tarball job decodes
+    // no file, and says none.
+    let decoder = fleet_imaging::jpeg_decoder();
+    assert_eq!(summary["decoders"], serde_json::json!([decoder]));
+    assert!(
+        folder.said.contains(&format!("JPEG decoding: {decoder}")),
+        "{folder}"
+    );
+    let tarball_summary: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(job_dir(root.path(), "ctr", &tarball).join("summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        tarball_summary.get("decoders").is_none(),
+        "{tarball_summary}"
+    );
+    assert!(!tarball.said.contains("JPEG decoding"), "{tarball}");
     let manifest: serde_json::Value = serde_json::from_slice(
         &std::fs::read(
             root.path()

@@ -1,26 +1,27 @@
-//! A memory budget shared by the threads that decode images: an image is decoded only when
+//! Budgets shared by the threads that read images: of memory (an image is decoded only when
 //! what it will hold fits beside the images already decoding, so that a worker's memory
-//! follows the budget, not the number of threads or the size files claim.
+//! follows the budget, not the number of threads or the size files claim), and of cores (as
+//! many images decode at once as there are cores, however many are being fetched).
 
 use std::sync::{Condvar, Mutex};
 
-/// Bytes that threads take and give back.
+/// Units (bytes, or cores) that threads take and give back.
 #[derive(Debug)]
-pub struct MemoryBudget {
+pub struct Budget {
     total: u64,
     used: Mutex<u64>,
     freed: Condvar,
 }
 
-/// Bytes held until dropped.
+/// Units held until dropped.
 #[derive(Debug)]
 pub struct Held<'a> {
-    budget: &'a MemoryBudget,
+    budget: &'a Budget,
     bytes: u64,
 }
 
-impl MemoryBudget {
-    /// A budget of `total` bytes (at least one).
+impl Budget {
+    /// A budget of `total` units (at least one).
     pub fn new(total: u64) -> Self {
         Self {
             total: total.max(1),
@@ -29,8 +30,9 @@ impl MemoryBudget {
         }
     }
 
-    /// Waits until `bytes` fit, and holds them. A claim larger than the whole budget waits
-    /// until nothing else is held, and then holds all of it: such an image is decoded alone.
+    /// Waits until `bytes` units fit, and holds them. A claim larger than the whole budget
+    /// waits until nothing else is held, and then holds all of it: such an image is decoded
+    /// alone.
     pub fn hold(&self, bytes: u64) -> Held<'_> {
         let bytes = bytes.clamp(1, self.total);
         let mut used = self.lock();
@@ -70,7 +72,7 @@ mod tests {
 
     #[test]
     fn what_is_held_at_once_never_exceeds_the_budget() {
-        let budget = MemoryBudget::new(100);
+        let budget = Budget::new(100);
         let held = AtomicU64::new(0);
         let most = AtomicU64::new(0);
         std::thread::scope(|scope| {

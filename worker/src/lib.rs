@@ -109,7 +109,11 @@ pub async fn run<B: Broker>(
     // A host that cannot score stops before it takes a partition.
     let provider = fleet_inference::Scorer::check_host(&options.inference)
         .map_err(|e| WorkerError::Host(Chain(&e).to_string()))?;
-    tracing::info!(provider, "this host can score");
+    tracing::info!(
+        provider,
+        jpeg = fleet_imaging::jpeg_decoder(),
+        "this host can score"
+    );
     let partitions_per_call = usize::from(options.partitions_per_call.max(1));
     // One batch the model runs and one gathering: both held unacknowledged.
     let prefetch = options

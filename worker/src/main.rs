@@ -30,7 +30,9 @@ struct Cli {
 }
 
 fn main() -> Result<()> {
-    // Before any thread: ONNX Runtime keeps no usage database of ours.
+    // Before any thread: one C heap for all of them, and ONNX Runtime keeps no usage database
+    // of ours.
+    fleet_service::memory::one_heap();
     fleet_inference::runtime::opt_out_of_telemetry();
     let cli: Cli = fleet_service::cli::parse();
     fleet_service::logging::init("warn,worker=info", &cli.log);

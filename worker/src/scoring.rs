@@ -23,7 +23,7 @@ use fleet_service::errors::chain;
 use fleet_spec::{ModelSpec, Outputs, sha256_hex};
 use fleet_storage::{BlobStore, Containers, ErrorKind};
 
-use crate::budget::MemoryBudget;
+use crate::budget::Budget;
 
 /// How images are fetched, decoded and fed to the model. Part of the worker's configuration.
 #[derive(Debug, Clone, clap::Args)]
@@ -35,8 +35,8 @@ pub struct ImageOptions {
     /// (1024, say).
     #[arg(long, env = "MAX_CALL_MB", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub max_call_mb: u32,
-    /// Blobs of one partition fetched at once (and decoded, as far as --decode-memory-mb
-    /// allows).
+    /// Blobs of one partition fetched at once (decoded one per core, as far as
+    /// --decode-memory-mb allows).
     #[arg(long, env = "FETCH_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub fetch_concurrency: u16,
     /// Memory that images decoding at once may hold, in MiB, as their headers say (16-bit
@@ -175,7 +175,11 @@ pub struct Models {
     inference: InferenceOptions,
     images: ImageOptions,
     /// What images decoding at once may hold, over every partition.
-    decoding: MemoryBudget,
+    decoding: Budget,
+    /// Images decoding at once, over every partition: one per core. Fetching is I/O and runs
+    /// `--fetch-concurrency` wide; decoding more images than there are cores would only hold
+    /// more of them at once (and scatter their buffers over more of the C heap's arenas).
+    cores: Budget,
     loaded: HashMap<(String, String), Arc<Loaded>>,
 }
 
@@ -203,18 +207,17 @@ impl Models {
         inference: InferenceOptions,
         images: ImageOptions,
     ) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from) as u64;
         let decoding = match images.decode_memory_mb {
-            0 => {
-                let cores = std::thread::available_parallelism().map_or(1, usize::from);
-                DECODE_BYTES_PER_CORE * cores as u64
-            }
+            0 => DECODE_BYTES_PER_CORE * cores,
             mb => u64::from(mb) << 20,
         };
         Self {
             containers,
             inference,
             images,
-            decoding: MemoryBudget::new(decoding),
+            decoding: Budget::new(decoding),
+            cores: Budget::new(cores),
             loaded: HashMap::new(),
         }
     }
@@ -303,6 +306,7 @@ impl Models {
             &Reading {
                 options: &self.images,
                 decoding: &self.decoding,
+                cores: &self.cores,
                 last_attempt,
             },
         )?;
@@ -449,6 +453,11 @@ impl Prepared {
             started_at_ms,
             finished_at_ms: now_ms(),
             provider: provider.to_owned(),
+            // Tarball pixels arrive decoded: only files are.
+            decoder: match &partition.images {
+                Images::Planes { .. } => String::new(),
+                Images::Blobs { .. } => fleet_imaging::jpeg_decoder().to_owned(),
+            },
             thumbnails,
             failed: None,
             vectors: calls.vectors,
@@ -498,6 +507,7 @@ pub fn failed(partition: &Partition, reason: &str) -> Scored {
         started_at_ms: now,
         finished_at_ms: now,
         provider: String::new(),
+        decoder: String::new(),
         thumbnails: Vec::new(),
         failed: Some(reason.to_owned()),
         vectors: false,
@@ -876,11 +886,12 @@ struct ImagesRead {
     thumbnails: Vec<Option<Image>>,
 }
 
-/// How blobs are read: the worker's limits, its memory budget for decoding, and whether this
-/// is the partition's last attempt.
+/// How blobs are read: the worker's limits, its budgets for decoding, and whether this is the
+/// partition's last attempt.
 struct Reading<'a> {
     options: &'a ImageOptions,
-    decoding: &'a MemoryBudget,
+    decoding: &'a Budget,
+    cores: &'a Budget,
     last_attempt: bool,
 }
 
@@ -968,7 +979,9 @@ fn read_images(
                         ))
                     }
                 };
-                // Held until the decoded pixels are dropped, at the end of this image.
+                // Both held until the decoded pixels are dropped, at the end of this image; the
+                // core first, so that no memory is held by an image waiting for one.
+                let _core = bytes.as_ref().ok().map(|_| reading.cores.hold(1));
                 let _held = bytes.as_ref().ok().map(|bytes| {
                     reading
                         .decoding

@@ -195,6 +195,7 @@ mod tests {
             started_at_ms: 0,
             finished_at_ms: 0,
             provider: "CPU".into(),
+            decoder: String::new(),
             thumbnails: (0..confidences.len() as u32)
                 .map(|position| Thumbnail {
                     position,

@@ -225,6 +225,7 @@ mod tests {
             started_at_ms: 1_700 + u64::from(partition) * 100,
             finished_at_ms: 1_800 + u64::from(partition) * 100,
             provider: "CPU".into(),
+            decoder: String::new(),
             thumbnails: Vec::new(),
             failed: None,
             vectors: false,

@@ -522,6 +522,7 @@ mod tests {
             started_at_ms: 0,
             finished_at_ms: 0,
             provider: "CPU".into(),
+            decoder: String::new(),
             thumbnails: Vec::new(),
             failed: None,
             vectors: true,

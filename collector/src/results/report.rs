@@ -423,6 +423,9 @@ fn job_section(html: &mut String, report: &Report<'_>) {
         "execution provider",
         report.tally.providers().collect::<Vec<_>>().join(", "),
     );
+    if !summary.decoders.is_empty() {
+        row("JPEG decoder", summary.decoders.join(", "));
+    }
     row("images", summary.images.to_string());
     row("scored", summary.scored.to_string());
     row("could not be scored", summary.unreadable.to_string());
@@ -886,6 +889,7 @@ mod tests {
             started_at_ms: 30,
             finished_at_ms: 40,
             provider: "CPU".into(),
+            decoder: String::new(),
             thumbnails,
             failed: None,
             vectors: false,

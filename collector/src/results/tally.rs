@@ -42,6 +42,7 @@ pub struct Tally {
     /// Each batch with the first partition it was seen in: the batches in job order.
     batches: BTreeMap<String, u32>,
     providers: BTreeSet<String>,
+    decoders: BTreeSet<String>,
     /// Partitions no worker could score, their images, and their distinct reasons.
     failed_partitions: u32,
     failed_images: u64,
@@ -78,6 +79,7 @@ impl Tally {
             workers: BTreeMap::new(),
             batches: BTreeMap::new(),
             providers: BTreeSet::new(),
+            decoders: BTreeSet::new(),
             failed_partitions: 0,
             failed_images: 0,
             failed_reasons: BTreeSet::new(),
@@ -140,6 +142,9 @@ impl Tally {
         *first = (*first).min(p.partition);
         if !p.provider.is_empty() && !self.providers.contains(&p.provider) {
             self.providers.insert(p.provider.clone());
+        }
+        if !p.decoder.is_empty() && !self.decoders.contains(&p.decoder) {
+            self.decoders.insert(p.decoder.clone());
         }
         self.inference_ms += p.inference_ms;
         self.preprocess_ms += p.preprocess_ms;
@@ -265,6 +270,7 @@ impl Tally {
                 .map(|m| m.comparisons(plan, sealed.labelled))
                 .unwrap_or_default(),
             warnings: self.collapsed(classes).into_iter().collect(),
+            decoders: self.decoders.iter().cloned().collect(),
         }
     }
 
