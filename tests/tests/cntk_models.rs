@@ -13,6 +13,20 @@ fn model(name: &str) -> Vec<u8> {
     std::fs::read(fixture(&format!("cntk-models/{name}"))).unwrap()
 }
 
+/// The fixture model `name` imported, its input and output shapes checked.
+fn import_fixture(name: &str, input: &[i64], output: &[i64]) -> cntk_onnx::Imported {
+    let imported = import(&model(name), name).unwrap();
+    assert_eq!(
+        (
+            imported.input_shape.as_slice(),
+            imported.output_shape.as_slice()
+        ),
+        (input, output),
+        "{name}"
+    );
+    imported
+}
+
 /// The share of the test batch `onnx` gets right on `input`.
 fn accuracy(onnx: &[u8], batch: &dataset::Batch, input: &[f32]) -> f64 {
     let options: InferenceOptions = fleet_service::cli::defaults().unwrap();
@@ -32,17 +46,10 @@ fn accuracy(onnx: &[u8], batch: &dataset::Batch, input: &[f32]) -> f64 {
 
 #[test]
 fn a_cntk_v1_brainscript_model_converts_and_scores_far_above_chance() {
-    let imported = import(&model("cifar10.pretrained.cmf"), "cifar10.pretrained.cmf").unwrap();
+    let imported = import_fixture("cifar10.pretrained.cmf", &[-1, 3, 32, 32], &[-1, 10]);
     assert_eq!(imported.source_format, "CNTK v1 (model version 14)");
     // The saved output node, not the loss or the error metric beside it.
     assert_eq!(imported.output, "z");
-    assert_eq!(
-        (
-            imported.input_shape.as_slice(),
-            imported.output_shape.as_slice()
-        ),
-        (&[-1, 3, 32, 32][..], &[-1, 10][..])
-    );
     // Pixels 0..255 in: the network subtracts 128 itself.
     let batch = test_batch();
     let accuracy = accuracy(
@@ -105,15 +112,8 @@ fn a_v2_trainer_checkpoint_converts_its_classifier_not_its_loss() {
 /// them into: the classifier converted is what the loss scores, and it reads the digits.
 #[test]
 fn an_early_checkpoint_of_criteria_blocks_converts_what_they_score() {
-    let imported = import(&model("mnist.early.cmf"), "mnist.early.cmf").unwrap();
+    let imported = import_fixture("mnist.early.cmf", &[-1, 28, 28], &[-1, 10]);
     assert_eq!(imported.source_format, "CNTK v2");
-    assert_eq!(
-        (
-            imported.input_shape.as_slice(),
-            imported.output_shape.as_slice()
-        ),
-        (&[-1, 28, 28][..], &[-1, 10][..])
-    );
     for digit in [4, 9] {
         let path = fixture(&format!("cntk-models/node-cntk-digits/sample_{digit}.bmp"));
         let gray = image::open(&path).unwrap().to_luma8();
@@ -139,15 +139,8 @@ fn an_early_checkpoint_of_criteria_blocks_converts_what_they_score() {
 /// not yet CNTK's (it scores at chance on the test batch), so no accuracy is claimed here.
 #[test]
 fn a_brainscript_resnet_with_broadcasting_splices_converts_and_runs() {
-    let imported = import(&model("cifar10.ResNet.cmf"), "cifar10.ResNet.cmf").unwrap();
+    let imported = import_fixture("cifar10.ResNet.cmf", &[-1, 3, 32, 32], &[-1, 10]);
     assert_eq!(imported.output, "z");
-    assert_eq!(
-        (
-            imported.input_shape.as_slice(),
-            imported.output_shape.as_slice()
-        ),
-        (&[-1, 3, 32, 32][..], &[-1, 10][..])
-    );
     // Every shortcut's splice: the subsampled input, then its zero padding broadcast in space.
     let batch = test_batch();
     let input = walkthrough_preprocess(&batch.pixels[..4 * IMAGE_BYTES], &[0.0; IMAGE_BYTES]);
